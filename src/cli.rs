@@ -1,0 +1,430 @@
+//! The command line: a plain lexopt loop into raw values ([`Args`]), then a step that
+//! resolves them with the environment into settings ([`Args::serve_settings`]), so every flag
+//! can be tested through `Parser::from_args` without touching the process environment.
+//!
+//! ```text
+//! keel serve  [--port N] [--bind ADDR] [--config FILE] [--state-dir DIR]
+//! keel check  [--config FILE] [--state-dir DIR]
+//! keel status [--port N] [--bind ADDR] [--config FILE] [--state-dir DIR] [--json]
+//! keel --version | --help
+//! ```
+//! Environment: `KEEL_PORT`, `KEEL_BIND`, `KEEL_CONFIG`, `KEEL_STATE_DIR`,
+//! `KEEL_GATEWAY_TOKEN`, `KEEL_HANDSHAKE_TIMEOUT_MS` (or `OPENCLAW_HANDSHAKE_TIMEOUT_MS`),
+//! `KEEL_LOG` (log filter, default `info`). Flags win over the environment, which wins over
+//! the config file.
+
+use crate::config::{self, EX_CONFIG, Overrides};
+use crate::lifecycle::{self, ServeSettings};
+use crate::state;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Exit status for a usage error.
+pub const EX_USAGE: i32 = 2;
+
+const HELP: &str = "keel — a gateway for self-hosted AI agents (OpenClaw gateway protocol v3/v4)
+
+Usage:
+  keel serve  [--port N] [--bind ADDR] [--config FILE] [--state-dir DIR]
+  keel check  [--config FILE] [--state-dir DIR]
+  keel status [--port N] [--bind ADDR] [--config FILE] [--state-dir DIR] [--json]
+  keel --version
+
+serve   run the gateway (no config file needed: 127.0.0.1:18789, state in ~/.keel,
+        a generated token in <state>/gateway.token)
+check   validate a config file with the same rules as boot; exit 1 listing every problem
+status  ask the running gateway for its status (token from the state directory)
+
+Environment: KEEL_PORT, KEEL_BIND, KEEL_CONFIG, KEEL_STATE_DIR, KEEL_GATEWAY_TOKEN,
+KEEL_HANDSHAKE_TIMEOUT_MS, KEEL_LOG (default info).
+Signals: SIGTERM/SIGINT drain (twice: cancel now), SIGUSR1 diagnostic dump, SIGHUP reload.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Serve,
+    Check,
+    Status,
+    Version,
+    Help,
+}
+
+/// The command line as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    pub command: Command,
+    pub port: Option<String>,
+    pub bind: Option<String>,
+    pub config: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub json: bool,
+}
+
+pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_args(args);
+    let mut a = Args {
+        command: Command::Help,
+        port: None,
+        bind: None,
+        config: None,
+        state_dir: None,
+        json: false,
+    };
+    let mut command = None;
+    while let Some(arg) = p.next()? {
+        match arg {
+            Short('V') | Long("version") => return Ok(Args { command: Command::Version, ..a }),
+            Short('h') | Long("help") => return Ok(Args { command: Command::Help, ..a }),
+            Long("port") | Short('p') => a.port = Some(p.value()?.string()?),
+            Long("bind") => a.bind = Some(p.value()?.string()?),
+            Long("config") | Short('c') => a.config = Some(p.value()?.into()),
+            Long("state-dir") => a.state_dir = Some(p.value()?.into()),
+            Long("json") => a.json = true,
+            Value(v) if command.is_none() => {
+                command = Some(match v.string()?.as_str() {
+                    "serve" | "run" => Command::Serve,
+                    "check" => Command::Check,
+                    "status" => Command::Status,
+                    "version" => Command::Version,
+                    "help" => Command::Help,
+                    other => return Err(lexopt::Error::from(format!("unknown command {other:?} (try: serve, check, status)"))),
+                });
+            }
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    a.command = command.unwrap_or(Command::Help);
+    Ok(a)
+}
+
+/// Reads one environment variable (injected, so tests need not touch the process's).
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn process_env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+impl Args {
+    fn state_dir(&self, env: Env<'_>) -> Result<PathBuf, String> {
+        self.state_dir
+            .clone()
+            .or_else(|| env("KEEL_STATE_DIR").map(PathBuf::from))
+            .or_else(state::default_state_dir)
+            .ok_or_else(|| "no state directory: set --state-dir or HOME".to_string())
+    }
+
+    /// Resolves flags and environment into what `serve` (and `status`) use.
+    pub fn serve_settings(&self, env: Env<'_>) -> Result<ServeSettings, String> {
+        let port = match self.port.clone().or_else(|| env("KEEL_PORT")) {
+            None => None,
+            Some(p) => Some(p.trim().parse::<u16>().map_err(|_| format!("invalid port {p:?}: expected 0-65535"))?),
+        };
+        let bind = match self.bind.clone().or_else(|| env("KEEL_BIND")) {
+            None => None,
+            Some(b) => Some(config::resolve_bind(&b, None).map_err(|e| format!("invalid bind: {e}"))?),
+        };
+        let (handshake_timeout, handshake_warning) = config::handshake_override(
+            env("KEEL_HANDSHAKE_TIMEOUT_MS").as_deref(),
+            env("OPENCLAW_HANDSHAKE_TIMEOUT_MS").as_deref(),
+        );
+        Ok(ServeSettings {
+            state_dir: self.state_dir(env)?,
+            config: self.config.clone().or_else(|| env("KEEL_CONFIG").map(PathBuf::from)),
+            overrides: Overrides {
+                port,
+                bind,
+                token: env("KEEL_GATEWAY_TOKEN"),
+                fallback_token: None,
+                handshake_timeout,
+            },
+            handshake_warning,
+            test_hooks: env("KEEL_TEST_HOOKS").as_deref() == Some("1"),
+        })
+    }
+}
+
+fn init_logging() {
+    let env = env_logger::Env::new().filter_or("KEEL_LOG", "info");
+    let _ = env_logger::Builder::from_env(env)
+        .format_timestamp_millis()
+        .format_target(false)
+        .try_init();
+}
+
+/// Runs the command line; returns the exit code.
+pub fn main(args: Vec<OsString>) -> i32 {
+    let args = match parse_args(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("keel: {e}\n\n{HELP}");
+            return EX_USAGE;
+        }
+    };
+    match args.command {
+        Command::Version => {
+            println!("keel {}", crate::VERSION);
+            0
+        }
+        Command::Help => {
+            println!("{HELP}");
+            0
+        }
+        Command::Serve => {
+            init_logging();
+            install_panic_logger();
+            match args.serve_settings(&process_env) {
+                Ok(s) => lifecycle::serve(s),
+                Err(e) => {
+                    log::error!("{e}");
+                    EX_USAGE
+                }
+            }
+        }
+        Command::Check => check(&args, &process_env),
+        Command::Status => status(&args, &process_env),
+    }
+}
+
+/// Panics are logged through the logger (one line with the thread name), not just printed.
+fn install_panic_logger() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        log::error!("panic in thread {}: {info}", thread.name().unwrap_or("?"));
+    }));
+}
+
+/// `keel check`: validates with the same rules as boot and lists everything.
+fn check(args: &Args, env: Env<'_>) -> i32 {
+    let settings = match args.serve_settings(env) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("keel check: {e}");
+            return EX_USAGE;
+        }
+    };
+    let path = lifecycle::config_path(settings.config.as_deref(), &settings.state_dir);
+    let Some(path) = path else {
+        println!("no config file (looked for --config, KEEL_CONFIG, {}); the embedded default is valid", settings.state_dir.join("keel.json").display());
+        return 0;
+    };
+    let v = config::load_file(&path);
+    for w in &v.warnings {
+        println!("warning: {w}");
+    }
+    for p in &v.problems {
+        println!("{p}");
+    }
+    if v.problems.is_empty() {
+        println!("{}: ok ({} warning(s))", path.display(), v.warnings.len());
+        0
+    } else {
+        let fatal = v.problems.iter().filter(|p| p.fatal).count();
+        println!(
+            "{}: {} problem(s), {fatal} of which stop the gateway from starting",
+            path.display(),
+            v.problems.len()
+        );
+        if fatal > 0 { EX_CONFIG } else { 1 }
+    }
+}
+
+/// `keel status`: asks the running gateway over HTTP and prints a summary.
+fn status(args: &Args, env: Env<'_>) -> i32 {
+    match status_inner(args, env) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("keel status: {e}");
+            1
+        }
+    }
+}
+
+fn status_inner(args: &Args, env: Env<'_>) -> Result<i32, String> {
+    let settings = args.serve_settings(env)?;
+    let path = lifecycle::config_path(settings.config.as_deref(), &settings.state_dir);
+    let v = match &path {
+        Some(p) => config::load_file(p),
+        None => config::embedded_default(),
+    };
+    let mut cfg = v.config;
+    let mut overrides = settings.overrides.clone();
+    overrides.fallback_token = state::read_token(&settings.state_dir).ok().flatten();
+    overrides.apply(&mut cfg);
+    let secret = cfg.auth.token.clone().or(cfg.auth.password.clone()).ok_or_else(|| {
+        format!("no token: none configured and none in {}", state::token_path(&settings.state_dir).display())
+    })?;
+    let host = match cfg.bind {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let addr = SocketAddr::new(host, cfg.port);
+    let (code, body) = http_post(addr, "/api/rpc/status", &secret, Duration::from_secs(10))
+        .map_err(|e| format!("cannot reach the gateway at {addr}: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("gateway at {addr} answered {code} with a body that is not JSON: {e}"))?;
+    if code != 200 {
+        let msg = v["error"]["message"].as_str().unwrap_or("no message");
+        return Err(format!("gateway at {addr} answered {code}: {msg}"));
+    }
+    let p = &v["payload"];
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(p).unwrap_or_default());
+        return Ok(0);
+    }
+    print!("{}", summarize(addr, p));
+    Ok(0)
+}
+
+/// The human summary `keel status` prints.
+pub fn summarize(addr: SocketAddr, p: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+    out.push_str(&format!("keel {} at {addr} (pid {})\n", s(&p["version"]), p["pid"]));
+    let ready = if p["ready"].as_bool() == Some(true) { "ready".to_string() } else {
+        let reasons: Vec<String> = p["notReadyReasons"].as_array().map(|a| a.iter().map(s).collect()).unwrap_or_default();
+        format!("NOT ready: {}", reasons.join("; "))
+    };
+    let up = p["uptimeMs"].as_u64().unwrap_or(0) / 1000;
+    out.push_str(&format!("  phase     {} — {ready}\n", s(&p["phase"])));
+    out.push_str(&format!("  uptime    {}h{:02}m{:02}s\n", up / 3600, up / 60 % 60, up % 60));
+    let reasons: Vec<String> = p["pressure"]["reasons"].as_array().map(|a| a.iter().map(s).collect()).unwrap_or_default();
+    let why = if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join("; ")) };
+    out.push_str(&format!("  pressure  {}{why}\n", s(&p["pressure"]["level"])));
+    out.push_str(&format!("  memory    {} MiB resident\n", p["rssBytes"].as_u64().unwrap_or(0) >> 20));
+    let c = &p["connections"];
+    out.push_str(&format!("  clients   {} WebSocket, {} handshaking, {} HTTP\n", c["ws"], c["wsHandshake"], c["http"]));
+    for pool in ["cpu", "io"] {
+        let q = &p["pools"][pool];
+        let lanes: Vec<String> = ["control", "interactive", "background"]
+            .iter()
+            .map(|l| format!("{l} {}", q["lanes"][l]["depth"]))
+            .collect();
+        out.push_str(&format!("  {pool:<9} {}/{} busy; queued: {}\n", q["busy"], q["workers"], lanes.join(", ")));
+    }
+    let jobs = p["jobs"].as_array().map_or(0, Vec::len);
+    out.push_str(&format!("  jobs      {jobs} in flight\n"));
+    if let Some(d) = p["config"]["disabled"].as_array().filter(|d| !d.is_empty()) {
+        for f in d {
+            out.push_str(&format!("  disabled  {}: {}\n", s(&f["feature"]), s(&f["reason"])));
+        }
+    }
+    out
+}
+
+/// A minimal blocking HTTP/1.1 POST with `Connection: close`, bounded by `timeout`.
+fn http_post(addr: SocketAddr, path: &str, token: &str, timeout: Duration) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    s.write_all(req.as_bytes())?;
+    let mut buf = Vec::new();
+    s.take(64 << 20).read_to_end(&mut buf)?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("response has no header end"))?;
+    let head = String::from_utf8_lossy(&buf[..split]);
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("response has no status"))?;
+    Ok((code, buf[split + 4..].to_vec()))
+}
+
+/// Used by `status` and tests: does `path` look like a state directory keel made?
+pub fn has_token(state_dir: &Path) -> bool {
+    state::token_path(state_dir).is_file()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Result<Args, lexopt::Error> {
+        parse_args(a.iter().map(OsString::from).collect())
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn commands() {
+        assert_eq!(args(&["serve"]).unwrap().command, Command::Serve);
+        assert_eq!(args(&["check"]).unwrap().command, Command::Check);
+        assert_eq!(args(&["status", "--json"]).unwrap().json, true);
+        assert_eq!(args(&["--version"]).unwrap().command, Command::Version);
+        assert_eq!(args(&["-V"]).unwrap().command, Command::Version);
+        assert_eq!(args(&[]).unwrap().command, Command::Help);
+        assert!(args(&["launch"]).is_err());
+        assert!(args(&["serve", "--frob"]).is_err());
+        assert!(args(&["serve", "extra"]).is_err());
+    }
+
+    #[test]
+    fn port_flag() {
+        let a = args(&["serve", "--port", "9000"]).unwrap();
+        assert_eq!(a.serve_settings(&no_env).unwrap().overrides.port, Some(9000));
+        let a = args(&["serve", "--port=70000"]).unwrap();
+        assert!(a.serve_settings(&no_env).unwrap_err().contains("invalid port"));
+    }
+
+    #[test]
+    fn bind_flag() {
+        let a = args(&["serve", "--bind", "lan"]).unwrap();
+        assert_eq!(a.serve_settings(&no_env).unwrap().overrides.bind, Some("0.0.0.0".parse().unwrap()));
+        let a = args(&["serve", "--bind", "nowhere"]).unwrap();
+        assert!(a.serve_settings(&no_env).is_err());
+    }
+
+    #[test]
+    fn config_and_state_dir_flags() {
+        let a = args(&["serve", "--config", "/etc/keel.json", "--state-dir", "/var/lib/keel"]).unwrap();
+        let s = a.serve_settings(&no_env).unwrap();
+        assert_eq!(s.config, Some(PathBuf::from("/etc/keel.json")));
+        assert_eq!(s.state_dir, PathBuf::from("/var/lib/keel"));
+    }
+
+    #[test]
+    fn environment_fills_in_and_flags_win() {
+        let env = |k: &str| match k {
+            "KEEL_PORT" => Some("1234".to_string()),
+            "KEEL_STATE_DIR" => Some("/srv/keel".to_string()),
+            "KEEL_GATEWAY_TOKEN" => Some("tok".to_string()),
+            "KEEL_HANDSHAKE_TIMEOUT_MS" => Some("soon".to_string()),
+            "KEEL_TEST_HOOKS" => Some("1".to_string()),
+            _ => None,
+        };
+        let s = args(&["serve"]).unwrap().serve_settings(&env).unwrap();
+        assert_eq!(s.overrides.port, Some(1234));
+        assert_eq!(s.state_dir, PathBuf::from("/srv/keel"));
+        assert_eq!(s.overrides.token.as_deref(), Some("tok"));
+        assert!(s.handshake_warning.unwrap().contains("soon"));
+        assert!(s.test_hooks);
+        let s = args(&["serve", "--port", "5"]).unwrap().serve_settings(&env).unwrap();
+        assert_eq!(s.overrides.port, Some(5));
+    }
+
+    #[test]
+    fn summary_reads_like_a_status() {
+        let p = serde_json::json!({
+            "version": "0.1.0", "pid": 42, "ready": false, "notReadyReasons": ["draining"],
+            "phase": "draining", "uptimeMs": 3_723_000, "pressure": {"level": "normal", "reasons": []},
+            "rssBytes": 8 << 20, "connections": {"ws": 2, "wsHandshake": 0, "http": 1},
+            "pools": {"cpu": {"busy": 1, "workers": 2, "lanes": {"control": {"depth": 0}, "interactive": {"depth": 3}, "background": {"depth": 0}}}},
+            "jobs": [{}], "config": {"disabled": [{"feature": "hooks", "reason": "no token"}]}
+        });
+        let s = summarize("127.0.0.1:1".parse().unwrap(), &p);
+        assert!(s.contains("NOT ready: draining"), "{s}");
+        assert!(s.contains("uptime    1h02m03s"), "{s}");
+        assert!(s.contains("interactive 3"), "{s}");
+        assert!(s.contains("disabled  hooks: no token"), "{s}");
+    }
+}

@@ -1,0 +1,777 @@
+//! The configuration: a JSON file with OpenClaw's key names for what keel supports, validated
+//! into a [`Config`]. Defaults live in [`Config::default`] and nowhere else.
+//!
+//! Rules, learned from the gateway keel replaces (an unknown key crash-looped it 700+ times):
+//! - an unknown key is one warning, never a refusal to start;
+//! - a bad value outside the core disables only its own feature (the default is kept) and is
+//!   reported in the log, in `/readyz` and by `keel check`;
+//! - only what keel cannot run without — where to listen and how to authenticate — is fatal,
+//!   and then the process exits with [`EX_CONFIG`] so systemd does not restart it in a loop.
+//!
+//! `keel check`, boot and SIGHUP all go through [`parse`], so they agree on every verdict.
+
+use serde_json::{Map, Value};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Exit status for a configuration keel cannot start with (sysexits' EX_CONFIG). The unit file
+/// lists it in `RestartPreventExitStatus`, so a bad file stops the service instead of looping.
+pub const EX_CONFIG: i32 = 78;
+
+pub const DEFAULT_PORT: u16 = 18789;
+pub const HANDSHAKE_MIN: Duration = Duration::from_secs(1);
+pub const HANDSHAKE_MAX: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Token,
+    Password,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Auth {
+    pub mode: AuthMode,
+    pub token: Option<String>,
+    pub password: Option<String>,
+}
+
+// Secrets never reach a log line, a dump or `status`.
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("mode", &self.mode)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Capacity of each lane's queue, per pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCaps {
+    pub control: usize,
+    pub interactive: usize,
+    pub background: usize,
+}
+
+/// Thresholds of the pressure levels (see `watchdog`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PressureConfig {
+    pub rss_warn_bytes: u64,
+    pub rss_critical_bytes: u64,
+    pub lag_warn: Duration,
+    pub lag_critical: Duration,
+    pub queue_age_warn: Duration,
+    pub queue_age_critical: Duration,
+    /// How long a level holds after its last trigger before stepping down.
+    pub hold: Duration,
+}
+
+/// Limits the reactor enforces on clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// Largest WebSocket message after `connect` (announced as `policy.maxPayload`).
+    pub max_payload: usize,
+    /// Most bytes queued for one client before it is closed as a slow consumer.
+    pub max_buffered_bytes: usize,
+    /// Largest body of `POST /api/rpc/<method>`.
+    pub rpc_body_bytes: usize,
+    /// Requests one connection may have in flight at once.
+    pub max_inflight_per_conn: usize,
+}
+
+/// A feature turned off because its part of the config is bad.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disabled {
+    pub feature: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub source: Option<PathBuf>,
+    pub port: u16,
+    pub bind: IpAddr,
+    pub auth: Auth,
+    pub drain_timeout: Duration,
+    pub drain_grace: Duration,
+    pub handshake_timeout: Duration,
+    pub tick_interval: Duration,
+    pub cpu_workers: usize,
+    pub io_workers: usize,
+    pub queues: QueueCaps,
+    pub pressure: PressureConfig,
+    pub limits: Limits,
+    pub disabled: Vec<Disabled>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Config {
+            source: None,
+            port: DEFAULT_PORT,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            auth: Auth {
+                mode: AuthMode::Token,
+                token: None,
+                password: None,
+            },
+            drain_timeout: Duration::from_millis(30_000),
+            drain_grace: Duration::from_millis(5_000),
+            handshake_timeout: Duration::from_millis(15_000),
+            tick_interval: Duration::from_millis(30_000),
+            cpu_workers: cores,
+            io_workers: 16,
+            queues: QueueCaps {
+                control: 64,
+                interactive: 256,
+                background: 1024,
+            },
+            pressure: PressureConfig {
+                rss_warn_bytes: 512 << 20,
+                rss_critical_bytes: 1024 << 20,
+                lag_warn: Duration::from_millis(50),
+                lag_critical: Duration::from_millis(500),
+                queue_age_warn: Duration::from_millis(2_000),
+                queue_age_critical: Duration::from_millis(10_000),
+                hold: Duration::from_millis(10_000),
+            },
+            limits: Limits {
+                max_connections: 4096,
+                max_payload: 4 << 20,
+                max_buffered_bytes: 8 << 20,
+                rpc_body_bytes: 1 << 20,
+                max_inflight_per_conn: 64,
+            },
+            disabled: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Why `/readyz` is failing because of the config, one line per disabled feature.
+    pub fn readiness_reasons(&self) -> Vec<String> {
+        self.disabled
+            .iter()
+            .map(|d| format!("config: {} disabled: {}", d.feature, d.reason))
+            .collect()
+    }
+
+    /// The listen address.
+    pub fn listen_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.bind, self.port)
+    }
+}
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the key (`gateway.port`), or `<file>` for the file as a whole.
+    pub path: String,
+    pub message: String,
+    /// Fatal problems stop the gateway from starting; the others disable a feature.
+    pub fatal: bool,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.fatal { "error" } else { "error (feature disabled)" };
+        write!(f, "{kind}: {}: {}", self.path, self.message)
+    }
+}
+
+/// The verdict on a config file: the config to run with, and everything said about the file.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub config: Config,
+    pub warnings: Vec<String>,
+    pub problems: Vec<Problem>,
+}
+
+impl Validated {
+    pub fn is_fatal(&self) -> bool {
+        self.problems.iter().any(|p| p.fatal)
+    }
+}
+
+/// The embedded default: what `keel serve` runs with when there is no config file.
+pub fn embedded_default() -> Validated {
+    Validated {
+        config: Config::default(),
+        warnings: Vec::new(),
+        problems: Vec::new(),
+    }
+}
+
+/// Reads and validates a config file. An unreadable file is a fatal problem, not a panic.
+pub fn load_file(path: &Path) -> Validated {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, Some(path)),
+        Err(e) => {
+            let mut v = embedded_default();
+            v.config.source = Some(path.to_path_buf());
+            v.problems.push(Problem {
+                path: "<file>".into(),
+                message: format!("cannot read {}: {e}", path.display()),
+                fatal: true,
+            });
+            v
+        }
+    }
+}
+
+/// OpenClaw's top-level keys that keel knows of but does not act on (yet): one warning each.
+const OPENCLAW_UNSUPPORTED: &[&str] = &[
+    "agents",
+    "models",
+    "channels",
+    "session",
+    "messages",
+    "commands",
+    "tools",
+    "plugins",
+    "skills",
+    "ui",
+    "browser",
+    "diagnostics",
+    "update",
+    "cron",
+    "discovery",
+    "talk",
+    "broadcast",
+    "bindings",
+    "approvals",
+    "web",
+    "canvasHost",
+    "memory",
+    "auth",
+    "env",
+    "wizard",
+    "acp",
+];
+
+/// `gateway.*` keys OpenClaw has and keel does not act on.
+const GATEWAY_UNSUPPORTED: &[&str] = &[
+    "mode",
+    "controlUi",
+    "tailscale",
+    "remote",
+    "reload",
+    "tls",
+    "http",
+    "nodes",
+    "trustedProxies",
+];
+
+/// Validates config text. Never fails: everything wrong is in [`Validated::problems`].
+pub fn parse(text: &str, source: Option<&Path>) -> Validated {
+    let mut v = Validator {
+        config: Config {
+            source: source.map(Path::to_path_buf),
+            ..Config::default()
+        },
+        warnings: Vec::new(),
+        problems: Vec::new(),
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(root)) => v.root(&root),
+        Ok(_) => v.fatal("<file>", "the config must be a JSON object".into()),
+        Err(e) => v.fatal("<file>", format!("not valid JSON: {e}")),
+    }
+    Validated {
+        config: v.config,
+        warnings: v.warnings,
+        problems: v.problems,
+    }
+}
+
+struct Validator {
+    config: Config,
+    warnings: Vec<String>,
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn fatal(&mut self, path: &str, message: String) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message,
+            fatal: true,
+        });
+    }
+
+    /// A bad value outside the core: keep the default, disable the feature, say why.
+    fn disable(&mut self, path: &str, message: String) {
+        self.config.disabled.push(Disabled {
+            feature: path.into(),
+            reason: message.clone(),
+        });
+        self.problems.push(Problem {
+            path: path.into(),
+            message,
+            fatal: false,
+        });
+    }
+
+    fn warn_keys(&mut self, map: &Map<String, Value>, prefix: &str, known: &[&str], unsupported: &[&str]) {
+        for key in map.keys() {
+            let path = join(prefix, key);
+            if unsupported.contains(&key.as_str()) {
+                self.warnings
+                    .push(format!("{path}: OpenClaw setting not supported by keel; ignored"));
+            } else if !known.contains(&key.as_str()) {
+                self.warnings.push(format!("{path}: unknown key; ignored"));
+            }
+        }
+    }
+
+    fn root(&mut self, root: &Map<String, Value>) {
+        self.warn_keys(root, "", &["gateway", "hooks", "meta", "logging"], OPENCLAW_UNSUPPORTED);
+        if let Some(g) = root.get("gateway") {
+            match g {
+                Value::Object(g) => self.gateway(g),
+                _ => self.fatal("gateway", "must be an object".into()),
+            }
+        }
+        if let Some(h) = root.get("hooks") {
+            self.hooks(h);
+        }
+    }
+
+    fn gateway(&mut self, g: &Map<String, Value>) {
+        const KNOWN: &[&str] = &[
+            "port",
+            "bind",
+            "customBindHost",
+            "auth",
+            "drainTimeoutMs",
+            "drainGraceMs",
+            "handshakeTimeoutMs",
+            "tickIntervalMs",
+            "workers",
+            "queues",
+            "pressure",
+            "limits",
+        ];
+        self.warn_keys(g, "gateway", KNOWN, GATEWAY_UNSUPPORTED);
+
+        // The core: where to listen and how to authenticate. Wrong here is fatal.
+        if let Some(p) = g.get("port") {
+            match p.as_u64() {
+                Some(n) if n <= u64::from(u16::MAX) => self.config.port = n as u16,
+                _ => self.fatal("gateway.port", format!("expected a port number 0-65535, got {p}")),
+            }
+        }
+        if let Some(b) = g.get("bind") {
+            let custom = g.get("customBindHost").and_then(Value::as_str);
+            match b.as_str().map(|s| resolve_bind(s, custom)) {
+                Some(Ok(ip)) => self.config.bind = ip,
+                Some(Err(msg)) => self.fatal("gateway.bind", msg),
+                None => self.fatal("gateway.bind", format!("expected a string, got {b}")),
+            }
+        }
+        if let Some(a) = g.get("auth") {
+            self.auth(a);
+        }
+
+        // Tuning: a bad value keeps the default and disables only itself.
+        let ms = |v: &mut Validator, key: &str, min: u64, max: u64| -> Option<Duration> {
+            let path = format!("gateway.{key}");
+            let raw = g.get(key)?;
+            match raw.as_u64() {
+                Some(n) if (min..=max).contains(&n) => Some(Duration::from_millis(n)),
+                _ => {
+                    v.disable(&path, format!("expected milliseconds in {min}..={max}, got {raw}"));
+                    None
+                }
+            }
+        };
+        if let Some(d) = ms(self, "drainTimeoutMs", 0, 3_600_000) {
+            self.config.drain_timeout = d;
+        }
+        if let Some(d) = ms(self, "drainGraceMs", 0, 600_000) {
+            self.config.drain_grace = d;
+        }
+        if let Some(d) = ms(self, "handshakeTimeoutMs", 1_000, 120_000) {
+            self.config.handshake_timeout = d;
+        }
+        if let Some(d) = ms(self, "tickIntervalMs", 1_000, 3_600_000) {
+            self.config.tick_interval = d;
+        }
+        if let Some(w) = self.section(g, "gateway.workers", "workers", &["cpu", "io"]) {
+            if let Some(n) = self.count(&w, "gateway.workers.cpu", "cpu", 1, 256) {
+                self.config.cpu_workers = n;
+            }
+            if let Some(n) = self.count(&w, "gateway.workers.io", "io", 1, 1024) {
+                self.config.io_workers = n;
+            }
+        }
+        if let Some(q) = self.section(g, "gateway.queues", "queues", &["control", "interactive", "background"]) {
+            let caps = [
+                self.count(&q, "gateway.queues.control", "control", 1, 1 << 20),
+                self.count(&q, "gateway.queues.interactive", "interactive", 1, 1 << 20),
+                self.count(&q, "gateway.queues.background", "background", 1, 1 << 20),
+            ];
+            let qc = &mut self.config.queues;
+            if let Some(n) = caps[0] {
+                qc.control = n;
+            }
+            if let Some(n) = caps[1] {
+                qc.interactive = n;
+            }
+            if let Some(n) = caps[2] {
+                qc.background = n;
+            }
+        }
+        self.pressure(g);
+        self.limits(g);
+    }
+
+    fn pressure(&mut self, g: &Map<String, Value>) {
+        const KEYS: &[&str] = &[
+            "rssWarnMb",
+            "rssCriticalMb",
+            "lagWarnMs",
+            "lagCriticalMs",
+            "queueAgeWarnMs",
+            "queueAgeCriticalMs",
+            "holdMs",
+        ];
+        let Some(p) = self.section(g, "gateway.pressure", "pressure", KEYS) else {
+            return;
+        };
+        let mut vals = [0usize; 7];
+        let defaults = self.config.pressure;
+        let def = [
+            (defaults.rss_warn_bytes >> 20) as usize,
+            (defaults.rss_critical_bytes >> 20) as usize,
+            defaults.lag_warn.as_millis() as usize,
+            defaults.lag_critical.as_millis() as usize,
+            defaults.queue_age_warn.as_millis() as usize,
+            defaults.queue_age_critical.as_millis() as usize,
+            defaults.hold.as_millis() as usize,
+        ];
+        for (i, key) in KEYS.iter().enumerate() {
+            vals[i] = self
+                .count(&p, &format!("gateway.pressure.{key}"), key, 1, 1 << 30)
+                .unwrap_or(def[i]);
+        }
+        let pairs = [(0, 1, "rssWarnMb", "rssCriticalMb"), (2, 3, "lagWarnMs", "lagCriticalMs"), (4, 5, "queueAgeWarnMs", "queueAgeCriticalMs")];
+        for (w, c, wk, ck) in pairs {
+            if vals[w] > vals[c] {
+                self.disable(
+                    "gateway.pressure",
+                    format!("{wk} ({}) is above {ck} ({}); using the defaults", vals[w], vals[c]),
+                );
+                return;
+            }
+        }
+        let ms = |n: usize| Duration::from_millis(n as u64);
+        self.config.pressure = PressureConfig {
+            rss_warn_bytes: (vals[0] as u64) << 20,
+            rss_critical_bytes: (vals[1] as u64) << 20,
+            lag_warn: ms(vals[2]),
+            lag_critical: ms(vals[3]),
+            queue_age_warn: ms(vals[4]),
+            queue_age_critical: ms(vals[5]),
+            hold: ms(vals[6]),
+        };
+    }
+
+    fn limits(&mut self, g: &Map<String, Value>) {
+        const KEYS: &[&str] = &[
+            "maxConnections",
+            "maxPayloadBytes",
+            "maxBufferedBytes",
+            "rpcBodyBytes",
+            "maxInflightPerConnection",
+        ];
+        let Some(l) = self.section(g, "gateway.limits", "limits", KEYS) else {
+            return;
+        };
+        let mut lim = self.config.limits;
+        if let Some(n) = self.count(&l, "gateway.limits.maxConnections", "maxConnections", 1, 1 << 20) {
+            lim.max_connections = n;
+        }
+        if let Some(n) = self.count(&l, "gateway.limits.maxPayloadBytes", "maxPayloadBytes", 64 << 10, 256 << 20) {
+            lim.max_payload = n;
+        }
+        if let Some(n) = self.count(&l, "gateway.limits.maxBufferedBytes", "maxBufferedBytes", 64 << 10, 1 << 30) {
+            lim.max_buffered_bytes = n;
+        }
+        if let Some(n) = self.count(&l, "gateway.limits.rpcBodyBytes", "rpcBodyBytes", 1 << 10, 256 << 20) {
+            lim.rpc_body_bytes = n;
+        }
+        if let Some(n) = self.count(&l, "gateway.limits.maxInflightPerConnection", "maxInflightPerConnection", 1, 1 << 16) {
+            lim.max_inflight_per_conn = n;
+        }
+        self.config.limits = lim;
+    }
+
+    /// An optional object under `g[key]`; a non-object disables it.
+    fn section(&mut self, g: &Map<String, Value>, path: &str, key: &str, known: &[&str]) -> Option<Map<String, Value>> {
+        match g.get(key)? {
+            Value::Object(m) => {
+                self.warn_keys(m, path, known, &[]);
+                Some(m.clone())
+            }
+            other => {
+                self.disable(path, format!("expected an object, got {other}"));
+                None
+            }
+        }
+    }
+
+    fn count(&mut self, m: &Map<String, Value>, path: &str, key: &str, min: usize, max: usize) -> Option<usize> {
+        let raw = m.get(key)?;
+        match raw.as_u64() {
+            Some(n) if (min as u64..=max as u64).contains(&n) => Some(n as usize),
+            _ => {
+                self.disable(path, format!("expected an integer in {min}..={max}, got {raw}"));
+                None
+            }
+        }
+    }
+
+    fn auth(&mut self, a: &Value) {
+        let Value::Object(a) = a else {
+            return self.fatal("gateway.auth", format!("expected an object, got {a}"));
+        };
+        self.warn_keys(a, "gateway.auth", &["mode", "token", "password"], &["allowTailscale", "rateLimit", "trustedProxy"]);
+        let secret = |v: &mut Validator, key: &str| -> Option<String> {
+            match a.get(key)? {
+                Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+                Value::String(_) | Value::Null => None,
+                other => {
+                    let kind = json_kind(other);
+                    v.fatal(&format!("gateway.auth.{key}"), format!("expected a string, got {kind}"));
+                    None
+                }
+            }
+        };
+        let token = secret(self, "token");
+        let password = secret(self, "password");
+        let mode = match a.get("mode").map(|m| m.as_str()) {
+            None | Some(Some("token")) => AuthMode::Token,
+            Some(Some("password")) => AuthMode::Password,
+            Some(other) => {
+                let shown = other.map_or_else(|| "a non-string".to_string(), |s| format!("{s:?}"));
+                return self.fatal(
+                    "gateway.auth.mode",
+                    format!("expected \"token\" or \"password\", got {shown}"),
+                );
+            }
+        };
+        if mode == AuthMode::Password && password.is_none() {
+            self.fatal(
+                "gateway.auth.password",
+                "mode is \"password\" but no password is set".into(),
+            );
+        }
+        self.config.auth = Auth {
+            mode,
+            token,
+            password,
+        };
+    }
+
+    fn hooks(&mut self, h: &Value) {
+        let Value::Object(h) = h else {
+            return self.disable("hooks", format!("expected an object, got {}", json_kind(h)));
+        };
+        let enabled = h.get("enabled").and_then(Value::as_bool).unwrap_or(false);
+        if !enabled {
+            return;
+        }
+        let has_token = h.get("token").and_then(Value::as_str).is_some_and(|t| !t.trim().is_empty());
+        if has_token {
+            self.warnings
+                .push("hooks: enabled, but /hooks ingress is not supported by this version of keel; ignored".into());
+        } else {
+            self.disable("hooks", "hooks.enabled is true but hooks.token is not set".into());
+        }
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Resolves a bind setting: OpenClaw's names (`loopback`, `lan`, `custom` with
+/// `customBindHost`) or an IP address.
+pub fn resolve_bind(bind: &str, custom_host: Option<&str>) -> Result<IpAddr, String> {
+    match bind {
+        "loopback" | "localhost" => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        "lan" | "all" => Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        "custom" => custom_host
+            .ok_or_else(|| "\"custom\" needs gateway.customBindHost".to_string())?
+            .parse()
+            .map_err(|_| "gateway.customBindHost is not an IP address".to_string()),
+        other => other.parse().map_err(|_| {
+            format!("expected \"loopback\", \"lan\", \"custom\" or an IP address, got {other:?}")
+        }),
+    }
+}
+
+/// Applies `KEEL_HANDSHAKE_TIMEOUT_MS` / `OPENCLAW_HANDSHAKE_TIMEOUT_MS` (the first set wins),
+/// clamped to [1 s, 120 s]. An invalid value is returned as a message to log once, and ignored.
+pub fn handshake_override(keel: Option<&str>, openclaw: Option<&str>) -> (Option<Duration>, Option<String>) {
+    let (name, raw) = match (keel, openclaw) {
+        (Some(v), _) => ("KEEL_HANDSHAKE_TIMEOUT_MS", v),
+        (None, Some(v)) => ("OPENCLAW_HANDSHAKE_TIMEOUT_MS", v),
+        (None, None) => return (None, None),
+    };
+    match raw.trim().parse::<u64>() {
+        Ok(ms) if ms > 0 => {
+            let d = Duration::from_millis(ms).clamp(HANDSHAKE_MIN, HANDSHAKE_MAX);
+            (Some(d), None)
+        }
+        _ => (
+            None,
+            Some(format!(
+                "{name}={raw:?} is not a positive number of milliseconds; ignored"
+            )),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_object_is_the_default() {
+        let v = parse("{}", None);
+        assert!(v.problems.is_empty() && v.warnings.is_empty());
+        assert_eq!(v.config, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_warn_once_each_and_never_refuse() {
+        let v = parse(r#"{"gateway":{"port":1234,"frobnicate":1},"nonsense":true,"channels":{}}"#, None);
+        assert!(v.problems.is_empty());
+        assert_eq!(v.config.port, 1234);
+        assert_eq!(v.warnings.len(), 3, "{:?}", v.warnings);
+        assert!(v.warnings.iter().any(|w| w.starts_with("gateway.frobnicate: unknown key")));
+        assert!(v.warnings.iter().any(|w| w.starts_with("channels: OpenClaw setting not supported")));
+    }
+
+    #[test]
+    fn bad_tuning_disables_only_itself() {
+        let v = parse(r#"{"gateway":{"drainTimeoutMs":"soon","drainGraceMs":100}}"#, None);
+        assert!(!v.is_fatal());
+        assert_eq!(v.config.drain_timeout, Config::default().drain_timeout);
+        assert_eq!(v.config.drain_grace, Duration::from_millis(100));
+        assert_eq!(v.config.disabled.len(), 1);
+        assert_eq!(v.config.disabled[0].feature, "gateway.drainTimeoutMs");
+        assert!(v.config.readiness_reasons()[0].contains("gateway.drainTimeoutMs"));
+    }
+
+    #[test]
+    fn hooks_without_token_disables_hooks_not_the_gateway() {
+        let v = parse(r#"{"hooks":{"enabled":true}}"#, None);
+        assert!(!v.is_fatal());
+        assert_eq!(v.config.disabled[0].feature, "hooks");
+        assert!(v.problems[0].message.contains("hooks.token"));
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let v = parse(
+            r#"{"gateway":{"port":70000,"bind":"moon","auth":{"mode":"magic"},"queues":{"control":0}}}"#,
+            None,
+        );
+        let paths: Vec<_> = v.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["gateway.port", "gateway.bind", "gateway.auth.mode", "gateway.queues.control"]);
+        assert!(v.is_fatal());
+    }
+
+    #[test]
+    fn malformed_json_is_fatal_with_position() {
+        let v = parse("{\"gateway\": ", None);
+        assert!(v.is_fatal());
+        assert!(v.problems[0].message.contains("not valid JSON"));
+    }
+
+    #[test]
+    fn auth_modes() {
+        let v = parse(r#"{"gateway":{"auth":{"mode":"password"}}}"#, None);
+        assert!(v.is_fatal());
+        let v = parse(r#"{"gateway":{"auth":{"mode":"password","password":"pw"}}}"#, None);
+        assert!(!v.is_fatal());
+        assert_eq!(v.config.auth.password.as_deref(), Some("pw"));
+        assert!(!format!("{:?}", v.config.auth).contains("pw"));
+    }
+
+    #[test]
+    fn bind_names() {
+        assert_eq!(resolve_bind("loopback", None).unwrap().to_string(), "127.0.0.1");
+        assert_eq!(resolve_bind("lan", None).unwrap().to_string(), "0.0.0.0");
+        assert_eq!(resolve_bind("custom", Some("10.0.0.2")).unwrap().to_string(), "10.0.0.2");
+        assert!(resolve_bind("custom", None).is_err());
+        assert_eq!(resolve_bind("::1", None).unwrap().to_string(), "::1");
+    }
+
+    #[test]
+    fn handshake_env_is_clamped_and_bad_values_ignored() {
+        assert_eq!(handshake_override(Some("50"), None).0, Some(HANDSHAKE_MIN));
+        assert_eq!(handshake_override(None, Some("999999")).0, Some(HANDSHAKE_MAX));
+        assert_eq!(handshake_override(Some("2500"), Some("9000")).0, Some(Duration::from_millis(2500)));
+        let (d, msg) = handshake_override(Some("abc"), None);
+        assert!(d.is_none() && msg.unwrap().contains("KEEL_HANDSHAKE_TIMEOUT_MS"));
+        assert_eq!(handshake_override(None, None), (None, None));
+    }
+}
+
+/// Settings from flags and the environment, re-applied on top of every config file load (boot
+/// and SIGHUP), so a reload never forgets what the command line said.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub port: Option<u16>,
+    pub bind: Option<IpAddr>,
+    /// `KEEL_GATEWAY_TOKEN`: wins over the file's token.
+    pub token: Option<String>,
+    /// The token from `<state>/gateway.token`: used when neither the file nor the environment
+    /// sets one.
+    pub fallback_token: Option<String>,
+    pub handshake_timeout: Option<Duration>,
+}
+
+impl Overrides {
+    pub fn apply(&self, c: &mut Config) {
+        if let Some(p) = self.port {
+            c.port = p;
+        }
+        if let Some(b) = self.bind {
+            c.bind = b;
+        }
+        if let Some(t) = &self.token {
+            c.auth.token = Some(t.clone());
+        }
+        if c.auth.token.is_none() && c.auth.mode == AuthMode::Token {
+            c.auth.token = self.fallback_token.clone();
+        }
+        if let Some(h) = self.handshake_timeout {
+            c.handshake_timeout = h;
+        }
+    }
+}

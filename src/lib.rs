@@ -1,0 +1,24 @@
+//! keel: a gateway for self-hosted AI agents, wire-compatible with the OpenClaw gateway.
+//!
+//! The process is one mio reactor thread (accept, parse, authenticate, answer health), two
+//! fixed worker pools fed by bounded queues, a watchdog thread and a signal thread. See
+//! `docs/DESIGN.md` for the whole story; each module opens with the part it keeps.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod jobs;
+pub mod lifecycle;
+pub mod metrics;
+pub mod protocol;
+pub mod reactor;
+pub mod runtime;
+pub mod sdnotify;
+pub mod state;
+pub mod watchdog;
+
+/// The version keel reports to clients, in `--version`, `hello-ok` and `/metrics`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

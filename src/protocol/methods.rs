@@ -1,0 +1,176 @@
+//! The method table: name → how it runs (inline on the reactor, or as a job with a pool,
+//! lane and deadline). Only cheap, in-memory methods are inline; everything else is a job.
+//!
+//! The hidden `keel.test.*` methods exist only when the gateway was started with
+//! `KEEL_TEST_HOOKS=1`; they still need the token. They let tests and the benchmark occupy
+//! workers (`keel.test.busy`) — also with a job that ignores its cancel token — so the
+//! watchdog, the queues and the drain can be proven against the real binary.
+
+use crate::error::RpcError;
+use crate::jobs::{JobCtx, JobSpec, Lane, PoolKind, Work};
+use crate::runtime::Shared;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How a call is carried out.
+pub enum Call {
+    /// Answered on the reactor from memory.
+    Inline(Result<Value, RpcError>),
+    /// Queued for a worker.
+    Job(JobSpec, Work),
+}
+
+type InlineFn = fn(&Shared, &Value) -> Result<Value, RpcError>;
+type JobFn = fn(&Arc<Shared>, &Value) -> Result<(JobSpec, Work), RpcError>;
+
+enum Handler {
+    Inline(InlineFn),
+    Job(JobFn),
+}
+
+struct Method {
+    name: &'static str,
+    handler: Handler,
+    hidden: bool,
+}
+
+const METHODS: &[Method] = &[
+    Method {
+        name: "health",
+        handler: Handler::Inline(health),
+        hidden: false,
+    },
+    Method {
+        name: "status",
+        handler: Handler::Job(status),
+        hidden: false,
+    },
+    Method {
+        name: "keel.test.busy",
+        handler: Handler::Job(test_busy),
+        hidden: true,
+    },
+];
+
+/// Method names announced in `hello-ok`.
+pub fn public_names() -> Vec<&'static str> {
+    METHODS.iter().filter(|m| !m.hidden).map(|m| m.name).collect()
+}
+
+/// Resolves a call. Unknown methods (and hidden ones without test hooks) are
+/// `INVALID_REQUEST "unknown method: X"`.
+pub fn call(shared: &Arc<Shared>, method: &str, params: &Value) -> Result<Call, RpcError> {
+    let m = METHODS
+        .iter()
+        .find(|m| m.name == method && (!m.hidden || shared.test_hooks))
+        .ok_or_else(|| RpcError::unknown_method(method))?;
+    if !params.is_object() {
+        return Err(RpcError::invalid("invalid params: expected an object"));
+    }
+    Ok(match &m.handler {
+        Handler::Inline(f) => Call::Inline(f(shared, params)),
+        Handler::Job(f) => {
+            let (spec, work) = f(shared, params)?;
+            Call::Job(spec, work)
+        }
+    })
+}
+
+fn health(shared: &Shared, _params: &Value) -> Result<Value, RpcError> {
+    Ok(shared.health_json())
+}
+
+fn status(shared: &Arc<Shared>, _params: &Value) -> Result<(JobSpec, Work), RpcError> {
+    let sh = shared.clone();
+    Ok((
+        JobSpec {
+            kind: "status".into(),
+            pool: PoolKind::Cpu,
+            lane: Lane::Control,
+            timeout: Duration::from_secs(5),
+            stall_limit: None,
+        },
+        Box::new(move |ctx: &JobCtx| {
+            ctx.check()?;
+            Ok(sh.status_json())
+        }),
+    ))
+}
+
+fn opt_u64(params: &Value, key: &str, default: u64, max: u64) -> Result<u64, RpcError> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n <= max)
+            .ok_or_else(|| RpcError::invalid(format!("invalid params: {key} must be an integer <= {max}"))),
+    }
+}
+
+fn opt_bool(params: &Value, key: &str) -> Result<bool, RpcError> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(RpcError::invalid(format!("invalid params: {key} must be a boolean"))),
+    }
+}
+
+/// `keel.test.busy {ms, pool?, lane?, timeoutMs?, stallMs?, ignoreCancel?, stall?, panic?,
+/// sleep?}`: occupies a worker for `ms`. `ignoreCancel` keeps going after the token fires;
+/// `stall` stops stamping progress; `sleep` sleeps instead of spinning the CPU.
+fn test_busy(_shared: &Arc<Shared>, p: &Value) -> Result<(JobSpec, Work), RpcError> {
+    let ms = opt_u64(p, "ms", 100, 3_600_000)?;
+    let pool = match p.get("pool").and_then(Value::as_str) {
+        None => PoolKind::Cpu,
+        Some(s) => PoolKind::parse(s).ok_or_else(|| RpcError::invalid("invalid params: pool must be cpu or io"))?,
+    };
+    let lane = match p.get("lane").and_then(Value::as_str) {
+        None => Lane::Interactive,
+        Some(s) => Lane::parse(s).ok_or_else(|| RpcError::invalid("invalid params: unknown lane"))?,
+    };
+    let timeout = opt_u64(p, "timeoutMs", ms + 60_000, 7_200_000)?;
+    let stall = opt_u64(p, "stallMs", 0, 7_200_000)?;
+    let ignore_cancel = opt_bool(p, "ignoreCancel")?;
+    let stall_progress = opt_bool(p, "stall")?;
+    let panic = opt_bool(p, "panic")?;
+    let sleep = opt_bool(p, "sleep")?;
+    let spec = JobSpec {
+        kind: "keel.test.busy".into(),
+        pool,
+        lane,
+        timeout: Duration::from_millis(timeout),
+        stall_limit: (stall > 0).then(|| Duration::from_millis(stall)),
+    };
+    let work: Work = Box::new(move |ctx: &JobCtx| {
+        if panic {
+            panic!("keel.test.busy was asked to panic");
+        }
+        let start = Instant::now();
+        let end = start + Duration::from_millis(ms);
+        let mut spins: u64 = 0;
+        while Instant::now() < end {
+            if sleep {
+                std::thread::sleep(Duration::from_millis(2).min(end.saturating_duration_since(Instant::now())));
+            } else {
+                // About a millisecond of real CPU work between checks.
+                let slice = Instant::now() + Duration::from_millis(1);
+                while Instant::now() < slice {
+                    spins = spins.wrapping_add(1);
+                    std::hint::spin_loop();
+                }
+            }
+            if !ignore_cancel {
+                if stall_progress {
+                    if let Some(reason) = ctx.token().reason() {
+                        return Err(crate::jobs::cancel_error(ctx.info, reason));
+                    }
+                } else {
+                    ctx.check()?;
+                }
+            }
+        }
+        Ok(json!({"sleptMs": start.elapsed().as_millis() as u64, "spins": spins, "ignoredCancel": ctx.token().is_cancelled()}))
+    });
+    Ok((spec, work))
+}

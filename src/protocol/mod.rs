@@ -1,0 +1,172 @@
+//! The OpenClaw gateway protocol (v3/v4) as keel speaks it: frame envelopes, the `connect`
+//! handshake, and the method table.
+//!
+//! Envelopes carry exactly the keys OpenClaw's client accepts — it rejects extra ones:
+//! `req {type,id,method,params?}`, `res {type,id,ok,payload?|error}`,
+//! `event {type,event,payload?,seq?}`.
+
+pub mod handshake;
+pub mod methods;
+
+use crate::error::RpcError;
+use crate::jobs::{Completion, CompletionBody, ReplyTo};
+use serde_json::{Map, Value, json};
+
+/// A `req` frame from a client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: String,
+    pub method: String,
+    pub params: Value,
+}
+
+/// Why a text frame is not a usable request. `id` is set when the frame had one, so the error
+/// can be answered as a `res`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameError {
+    pub id: Option<String>,
+    pub error: RpcError,
+}
+
+/// Parses one text frame as a `req`.
+pub fn parse_request(text: &str) -> Result<Request, FrameError> {
+    let bad = |id: Option<String>, msg: String| FrameError {
+        id,
+        error: RpcError::invalid(msg),
+    };
+    let v: Value = serde_json::from_str(text).map_err(|e| bad(None, format!("invalid frame: not JSON ({e})")))?;
+    let Value::Object(mut m) = v else {
+        return Err(bad(None, "invalid frame: expected a JSON object".into()));
+    };
+    let id = match m.remove("id") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    match m.get("type").and_then(Value::as_str) {
+        Some("req") => {}
+        Some(other) => {
+            return Err(bad(id, format!("invalid frame: expected type \"req\", got {other:?}")));
+        }
+        None => return Err(bad(id, "invalid frame: missing \"type\"".into())),
+    }
+    let Some(id) = id else {
+        return Err(bad(None, "invalid frame: \"id\" must be a non-empty string".into()));
+    };
+    let method = match m.remove("method") {
+        Some(Value::String(s)) if !s.is_empty() => s,
+        _ => return Err(bad(Some(id), "invalid frame: \"method\" must be a non-empty string".into())),
+    };
+    let params = match m.remove("params") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(p @ Value::Object(_)) => p,
+        Some(_) => return Err(bad(Some(id), "invalid params: expected an object".into())),
+    };
+    Ok(Request { id, method, params })
+}
+
+/// `{"type":"res","id":…,"ok":true,"payload":…}`
+pub fn res_ok(id: &str, payload: &Value) -> String {
+    json!({"type": "res", "id": id, "ok": true, "payload": payload}).to_string()
+}
+
+/// `{"type":"res","id":…,"ok":false,"error":{…}}`
+pub fn res_err(id: &str, error: &RpcError) -> String {
+    json!({"type": "res", "id": id, "ok": false, "error": error.to_json()}).to_string()
+}
+
+/// `{"type":"event","event":…,"payload":…,"seq"?:…}`
+pub fn event(name: &str, payload: &Value, seq: Option<u64>) -> String {
+    let mut m = Map::new();
+    m.insert("type".into(), json!("event"));
+    m.insert("event".into(), json!(name));
+    m.insert("payload".into(), payload.clone());
+    if let Some(s) = seq {
+        m.insert("seq".into(), json!(s));
+    }
+    Value::Object(m).to_string()
+}
+
+/// The HTTP body for an RPC outcome: `{"ok":true,"payload":…}` or `{"ok":false,"error":…}`.
+pub fn http_body(outcome: &Result<Value, RpcError>) -> (u16, Option<u64>, Vec<u8>) {
+    match outcome {
+        Ok(p) => (200, None, json!({"ok": true, "payload": p}).to_string().into_bytes()),
+        Err(e) => (
+            e.code.http_status(),
+            e.retry_after_ms.map(|ms| ms.div_ceil(1000).max(1)),
+            json!({"ok": false, "error": e.to_json()}).to_string().into_bytes(),
+        ),
+    }
+}
+
+/// Serializes a job's outcome for where it goes (on the worker, not the reactor).
+pub fn encode_reply(reply: &ReplyTo, outcome: &Result<Value, RpcError>) -> Option<Completion> {
+    match reply {
+        ReplyTo::Ws { conn, generation, id } => Some(Completion {
+            conn: *conn,
+            generation: *generation,
+            body: CompletionBody::WsText(match outcome {
+                Ok(p) => res_ok(id, p),
+                Err(e) => res_err(id, e),
+            }),
+        }),
+        ReplyTo::Http { conn, generation } => {
+            let (status, retry_after_s, body) = http_body(outcome);
+            Some(Completion {
+                conn: *conn,
+                generation: *generation,
+                body: CompletionBody::Http {
+                    status,
+                    retry_after_s,
+                    body,
+                },
+            })
+        }
+        ReplyTo::Internal => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Code;
+
+    #[test]
+    fn requests() {
+        let r = parse_request(r#"{"type":"req","id":"1:a","method":"health"}"#).unwrap();
+        assert_eq!(r.method, "health");
+        assert_eq!(r.params, json!({}));
+        let e = parse_request(r#"{"type":"req","id":"7","method":"x","params":[1]}"#).unwrap_err();
+        assert_eq!(e.id.as_deref(), Some("7"));
+        let e = parse_request("not json").unwrap_err();
+        assert!(e.id.is_none() && e.error.message.contains("not JSON"));
+        let e = parse_request(r#"{"type":"event","id":"3"}"#).unwrap_err();
+        assert_eq!(e.id.as_deref(), Some("3"));
+        assert!(parse_request(r#"{"type":"req","method":"m"}"#).is_err());
+        assert!(parse_request("[]").is_err());
+    }
+
+    #[test]
+    fn envelopes_have_exactly_their_keys() {
+        let keys = |s: &str| {
+            let v: Value = serde_json::from_str(s).unwrap();
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&res_ok("1", &json!({}))), ["id", "ok", "payload", "type"]);
+        assert_eq!(keys(&res_err("1", &RpcError::invalid("x"))), ["error", "id", "ok", "type"]);
+        assert_eq!(keys(&event("tick", &json!({"ts": 1}), None)), ["event", "payload", "type"]);
+        assert_eq!(keys(&event("tick", &json!({}), Some(3))), ["event", "payload", "seq", "type"]);
+    }
+
+    #[test]
+    fn http_bodies_carry_status_and_retry_after() {
+        let (status, retry, _) = http_body(&Err(RpcError::unavailable("full", 1500)));
+        assert_eq!((status, retry), (503, Some(2)));
+        let (status, _, body) = http_body(&Err(RpcError::new(Code::DeadlineExceeded, "late")));
+        assert_eq!(status, 504);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "DEADLINE_EXCEEDED");
+    }
+}

@@ -1,0 +1,603 @@
+//! HTTP/1.1 on the reactor: heads parsed with httparse, keep-alive, pipelining one request at
+//! a time, bounded buffers, and the inline routes (`/healthz`, `/livez`, `/readyz`,
+//! `/metrics`). `POST /api/rpc/<method>` and the WebSocket upgrade are routed from here.
+//!
+//! Connection lifecycle:
+//!
+//! ```text
+//! idle ──first byte──▶ head (10 s total) ──▶ body (30 s) ──▶ handled ──▶ idle (keep-alive)
+//!   │                     │                                   │
+//!   └ 60 s: closed        └ 408 / 431 / 400: answered, closed └ waiting on a job: no reads
+//!                                                               are parsed until it answers
+//! ```
+
+use super::{Cx, Outcome, io_would_block};
+use crate::error::{Code, RpcError};
+use crate::jobs::ReplyTo;
+use crate::protocol::{self, methods};
+use mio::net::TcpStream;
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+/// Largest request head.
+pub const HEAD_MAX: usize = 16 << 10;
+/// A head must arrive whole within this time of its first byte (slowloris).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A body must arrive within this time of its head.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// An idle keep-alive connection is closed after this.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A client that does not take its response within this time is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes read from one connection per wake-up.
+const READ_BUDGET: usize = 64 << 10;
+/// Bytes written to one connection per wake-up.
+const WRITE_BUDGET: usize = 256 << 10;
+const MAX_HEADERS: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Head,
+    Body,
+    /// Waiting for a job's reply.
+    Waiting,
+}
+
+/// What the reactor must do to complete a WebSocket upgrade once the 101 is written.
+pub struct Upgrade {
+    pub leftover: Vec<u8>,
+}
+
+pub struct HttpConn {
+    pub stream: TcpStream,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    phase: Phase,
+    deadline: Instant,
+    write_since: Option<Instant>,
+    close_after_write: bool,
+    upgrade: bool,
+    eof: bool,
+    /// Keep-alive of the request being answered.
+    keep_alive: bool,
+    head_only: bool,
+}
+
+/// The parts of a request head keel uses, copied out of the read buffer.
+struct Head {
+    method: String,
+    path: String,
+    keep_alive: bool,
+    content_length: usize,
+    chunked: bool,
+    authorization: Option<String>,
+    upgrade_ws: bool,
+    ws_key: Option<String>,
+    ws_version: Option<String>,
+}
+
+enum Parsed {
+    NeedMore,
+    Request(Head, usize),
+    Reject(u16, &'static str),
+}
+
+fn parse_head(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Partial) if buf.len() > HEAD_MAX => {
+            return Parsed::Reject(431, "request head larger than 16 KiB");
+        }
+        Ok(httparse::Status::Partial) => return Parsed::NeedMore,
+        Ok(httparse::Status::Complete(len)) if len > HEAD_MAX => {
+            return Parsed::Reject(431, "request head larger than 16 KiB");
+        }
+        Ok(httparse::Status::Complete(len)) => len,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Parsed::Reject(431, "too many request headers");
+        }
+        Err(_) => return Parsed::Reject(400, "malformed HTTP request"),
+    };
+    let minor = req.version.unwrap_or(1);
+    let mut h = Head {
+        method: req.method.unwrap_or("").to_string(),
+        path: req.path.unwrap_or("/").to_string(),
+        keep_alive: minor >= 1,
+        content_length: 0,
+        chunked: false,
+        authorization: None,
+        upgrade_ws: false,
+        ws_key: None,
+        ws_version: None,
+    };
+    let mut seen_length = false;
+    for hd in req.headers.iter() {
+        let value = match std::str::from_utf8(hd.value) {
+            Ok(v) => v.trim(),
+            Err(_) => return Parsed::Reject(400, "header value is not UTF-8"),
+        };
+        let name = hd.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            match value.parse::<usize>() {
+                Ok(n) if !seen_length || n == h.content_length => h.content_length = n,
+                _ => return Parsed::Reject(400, "invalid Content-Length"),
+            }
+            seen_length = true;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            h.chunked = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    h.keep_alive = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    h.keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("authorization") {
+            h.authorization = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            h.upgrade_ws = value.eq_ignore_ascii_case("websocket");
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            h.ws_key = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            h.ws_version = Some(value.to_string());
+        }
+    }
+    Parsed::Request(h, len)
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Unknown",
+    }
+}
+
+/// A JSON error body in the same shape as RPC errors.
+fn error_body(code: Code, message: &str) -> Vec<u8> {
+    json!({"ok": false, "error": {"code": code.as_str(), "message": message}})
+        .to_string()
+        .into_bytes()
+}
+
+impl HttpConn {
+    pub fn new(stream: TcpStream, now: Instant) -> HttpConn {
+        HttpConn {
+            stream,
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            wpos: 0,
+            phase: Phase::Idle,
+            deadline: now + IDLE_TIMEOUT,
+            write_since: None,
+            close_after_write: false,
+            upgrade: false,
+            eof: false,
+            keep_alive: true,
+            head_only: false,
+        }
+    }
+
+    /// Takes the bytes that arrived after the upgrade request: the client's first frames.
+    pub fn into_upgrade(self) -> (TcpStream, Upgrade) {
+        (self.stream, Upgrade { leftover: self.rbuf })
+    }
+
+    /// Asks the connection to close once what it owes is written (shutdown).
+    pub fn close_when_idle(&mut self) {
+        self.keep_alive = false;
+        if self.phase != Phase::Waiting {
+            self.close_after_write = true;
+        }
+    }
+
+    pub fn has_output(&self) -> bool {
+        self.wpos < self.wbuf.len()
+    }
+
+    /// Reads, handles complete requests, writes. Called on readiness, after a completion, and
+    /// again while it reports [`Outcome::Again`].
+    pub fn drive(&mut self, cx: &mut Cx<'_>) -> Outcome {
+        let mut again = false;
+        if !self.eof {
+            match self.read_some() {
+                Ok(more) => again |= more,
+                Err(()) => return Outcome::Close,
+            }
+        }
+        while self.phase != Phase::Waiting && !self.upgrade && !self.close_after_write {
+            if !self.next_request(cx) {
+                break;
+            }
+        }
+        match self.write_some(cx.now) {
+            Ok(more) => again |= more,
+            Err(()) => return Outcome::Close,
+        }
+        if self.has_output() {
+            return if again { Outcome::Again } else { Outcome::Keep };
+        }
+        if self.upgrade {
+            return Outcome::Upgrade;
+        }
+        if self.close_after_write || (self.eof && self.phase != Phase::Waiting) {
+            return Outcome::Close;
+        }
+        if again { Outcome::Again } else { Outcome::Keep }
+    }
+
+    /// Reads up to the budget. Ok(true) if the budget ran out before the socket was drained.
+    fn read_some(&mut self) -> Result<bool, ()> {
+        // Hold off reading while a job is answered or the buffer holds a whole body already:
+        // back-pressure instead of buffering without bound.
+        let cap = HEAD_MAX + super::MAX_BODY_ANY;
+        let mut budget = READ_BUDGET;
+        let mut chunk = [0u8; 16 << 10];
+        while budget > 0 && self.rbuf.len() < cap {
+            let want = chunk.len().min(budget).min(cap - self.rbuf.len());
+            match self.stream.read(&mut chunk[..want]) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    self.rbuf.extend_from_slice(&chunk[..n]);
+                    budget -= n;
+                }
+                Err(e) if io_would_block(&e) => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(()),
+            }
+        }
+        Ok(budget == 0)
+    }
+
+    fn write_some(&mut self, now: Instant) -> Result<bool, ()> {
+        let mut budget = WRITE_BUDGET;
+        while self.wpos < self.wbuf.len() && budget > 0 {
+            let end = self.wbuf.len().min(self.wpos + budget);
+            match self.stream.write(&self.wbuf[self.wpos..end]) {
+                Ok(0) => return Err(()),
+                Ok(n) => {
+                    self.wpos += n;
+                    budget -= n;
+                    self.write_since = Some(now);
+                }
+                Err(e) if io_would_block(&e) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(()),
+            }
+        }
+        if self.wpos >= self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+            self.write_since = None;
+            return Ok(false);
+        }
+        self.write_since.get_or_insert(now);
+        Ok(budget == 0)
+    }
+
+    /// Handles the next complete request in the buffer; false when there is none yet.
+    fn next_request(&mut self, cx: &mut Cx<'_>) -> bool {
+        if self.rbuf.is_empty() {
+            if self.phase != Phase::Idle {
+                self.phase = Phase::Idle;
+                self.deadline = cx.now + IDLE_TIMEOUT;
+            }
+            return false;
+        }
+        if self.phase == Phase::Idle {
+            self.phase = Phase::Head;
+            self.deadline = cx.now + HEAD_TIMEOUT;
+        }
+        let (head, head_len) = match parse_head(&self.rbuf) {
+            Parsed::NeedMore => return false,
+            Parsed::Reject(status, msg) => {
+                self.reject(cx, status, msg);
+                return false;
+            }
+            Parsed::Request(h, len) => (h, len),
+        };
+        cx.shared.metrics.http_requests.inc();
+        if head.chunked {
+            self.reject(cx, 411, "chunked bodies are not supported; send Content-Length");
+            return false;
+        }
+        let limit = super::body_limit(&head.method, &head.path, &cx.config());
+        if head.content_length > limit {
+            let msg = format!("body of {} bytes is over this route's limit of {limit} bytes", head.content_length);
+            self.respond(cx, 413, "application/json", &[], &error_body(Code::InvalidRequest, &msg));
+            cx.shared.metrics.http_errors_4xx.inc();
+            self.close_after_write = true;
+            return false;
+        }
+        let total = head_len + head.content_length;
+        if self.rbuf.len() < total {
+            if self.phase != Phase::Body {
+                self.phase = Phase::Body;
+                self.deadline = cx.now + BODY_TIMEOUT;
+            }
+            return false;
+        }
+        let body: Vec<u8> = self.rbuf[head_len..total].to_vec();
+        self.rbuf.drain(..total);
+        self.keep_alive = head.keep_alive;
+        self.head_only = head.method == "HEAD";
+        self.phase = Phase::Idle;
+        self.deadline = cx.now + IDLE_TIMEOUT;
+        self.route(cx, head, body);
+        if !self.keep_alive && self.phase != Phase::Waiting {
+            self.close_after_write = true;
+        }
+        true
+    }
+
+    /// Answers and closes: the request cannot be read further.
+    fn reject(&mut self, cx: &mut Cx<'_>, status: u16, msg: &str) {
+        cx.shared.metrics.http_errors_4xx.inc();
+        self.keep_alive = false;
+        self.head_only = false;
+        self.rbuf.clear();
+        self.respond(cx, status, "application/json", &[], &error_body(Code::InvalidRequest, msg));
+        self.close_after_write = true;
+    }
+
+    fn route(&mut self, cx: &mut Cx<'_>, head: Head, body: Vec<u8>) {
+        let path = head.path.split('?').next().unwrap_or("/").to_string();
+        let get = head.method == "GET" || head.method == "HEAD";
+        if head.upgrade_ws {
+            return self.upgrade_ws(cx, &head);
+        }
+        match path.as_str() {
+            "/healthz" | "/livez" if get => {
+                let body = cx.shared.liveness_json().to_string();
+                self.respond(cx, 200, "application/json", &[], body.as_bytes());
+            }
+            "/readyz" if get => {
+                let failing = cx.shared.not_ready_reasons();
+                let p = cx.shared.pressure();
+                let uptime = cx.shared.uptime().as_millis() as u64;
+                let (status, body) = if failing.is_empty() {
+                    (200, json!({"ready": true, "uptimeMs": uptime}))
+                } else {
+                    (503, json!({
+                        "ready": false,
+                        "failing": failing,
+                        "uptimeMs": uptime,
+                        "eventLoop": {
+                            "degraded": p.level != crate::watchdog::Level::Normal,
+                            "reasons": p.reasons,
+                            "delayP99Ms": p.lag_p99.map(|d| d.as_secs_f64() * 1000.0),
+                            "delayMaxMs": p.lag_max.as_secs_f64() * 1000.0,
+                        },
+                    }))
+                };
+                self.respond(cx, status, "application/json", &[], body.to_string().as_bytes());
+            }
+            "/metrics" if get => {
+                if self.authorize(cx, &head) {
+                    let text = cx.shared.prometheus();
+                    self.respond(cx, 200, "text/plain; version=0.0.4; charset=utf-8", &[], text.as_bytes());
+                }
+            }
+            p if p.starts_with("/api/rpc/") && head.method == "POST" => {
+                if self.authorize(cx, &head) {
+                    let method = p["/api/rpc/".len()..].to_string();
+                    self.rpc(cx, &method, &body);
+                }
+            }
+            "/healthz" | "/livez" | "/readyz" | "/metrics" => {
+                self.method_not_allowed(cx, "GET, HEAD");
+            }
+            p if p.starts_with("/api/rpc/") => self.method_not_allowed(cx, "POST"),
+            _ => {
+                cx.shared.metrics.http_errors_4xx.inc();
+                let msg = format!("no route for {} {}", head.method, path);
+                self.respond(cx, 404, "application/json", &[], &error_body(Code::NotFound, &msg));
+            }
+        }
+    }
+
+    fn method_not_allowed(&mut self, cx: &mut Cx<'_>, allow: &str) {
+        cx.shared.metrics.http_errors_4xx.inc();
+        let body = error_body(Code::InvalidRequest, &format!("method not allowed; use {allow}"));
+        self.respond(cx, 405, "application/json", &[("Allow", allow.to_string())], &body);
+    }
+
+    /// Checks `Authorization: Bearer <token>`; answers 401/429 itself when it fails.
+    fn authorize(&mut self, cx: &mut Cx<'_>, head: &Head) -> bool {
+        let presented = head.authorization.as_deref().and_then(|a| {
+            let (scheme, rest) = a.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        });
+        let presented = match presented {
+            Some(t) => crate::auth::Presented::Token(t),
+            None => crate::auth::Presented::Nothing,
+        };
+        match cx.authenticate(presented) {
+            Ok(()) => true,
+            Err(e) => {
+                cx.shared.metrics.http_errors_4xx.inc();
+                let (status, extra) = match e.retry_after_ms {
+                    Some(ms) => (429, ("Retry-After", ms.div_ceil(1000).to_string())),
+                    None => (401, ("WWW-Authenticate", "Bearer realm=\"keel\"".to_string())),
+                };
+                let body = json!({"ok": false, "error": e.to_json()}).to_string();
+                self.respond(cx, status, "application/json", &[extra], body.as_bytes());
+                false
+            }
+        }
+    }
+
+    fn rpc(&mut self, cx: &mut Cx<'_>, method: &str, body: &[u8]) {
+        let params: Value = if body.iter().all(u8::is_ascii_whitespace) {
+            json!({})
+        } else {
+            match serde_json::from_slice(body) {
+                Ok(v @ Value::Object(_)) => v,
+                Ok(Value::Null) => json!({}),
+                Ok(_) => return self.rpc_answer(cx, &Err(RpcError::invalid("invalid params: expected a JSON object"))),
+                Err(e) => return self.rpc_answer(cx, &Err(RpcError::invalid(format!("invalid params: not JSON ({e})")))),
+            }
+        };
+        let outcome = match methods::call(cx.shared, method, &params) {
+            Ok(methods::Call::Inline(r)) => r,
+            Ok(methods::Call::Job(spec, work)) => {
+                let reply = ReplyTo::Http { conn: cx.slot, generation: cx.generation };
+                match cx.shared.submit(spec, reply, work) {
+                    Ok(_) => {
+                        self.phase = Phase::Waiting;
+                        return;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        self.rpc_answer(cx, &outcome);
+    }
+
+    fn rpc_answer(&mut self, cx: &mut Cx<'_>, outcome: &Result<Value, RpcError>) {
+        let (status, retry, body) = protocol::http_body(outcome);
+        self.respond_status(cx, status, retry, &body);
+    }
+
+    fn respond_status(&mut self, cx: &mut Cx<'_>, status: u16, retry_after_s: Option<u64>, body: &[u8]) {
+        if (400..500).contains(&status) {
+            cx.shared.metrics.http_errors_4xx.inc();
+        }
+        match retry_after_s {
+            Some(s) => self.respond(cx, status, "application/json", &[("Retry-After", s.to_string())], body),
+            None => self.respond(cx, status, "application/json", &[], body),
+        }
+    }
+
+    /// A job's reply has arrived.
+    pub fn complete(&mut self, cx: &mut Cx<'_>, status: u16, retry_after_s: Option<u64>, body: &[u8]) {
+        if self.phase != Phase::Waiting {
+            return;
+        }
+        self.phase = Phase::Idle;
+        self.deadline = cx.now + IDLE_TIMEOUT;
+        self.respond_status(cx, status, retry_after_s, body);
+        if !self.keep_alive {
+            self.close_after_write = true;
+        }
+    }
+
+    fn upgrade_ws(&mut self, cx: &mut Cx<'_>, head: &Head) {
+        if head.method != "GET" {
+            return self.reject(cx, 400, "a WebSocket upgrade must be a GET");
+        }
+        if head.ws_version.as_deref() != Some("13") {
+            cx.shared.metrics.http_errors_4xx.inc();
+            let body = error_body(Code::InvalidRequest, "unsupported WebSocket version; use 13");
+            self.respond(cx, 426, "application/json", &[("Sec-WebSocket-Version", "13".into())], &body);
+            self.close_after_write = true;
+            return;
+        }
+        let Some(key) = head.ws_key.as_deref().filter(|k| !k.is_empty()) else {
+            return self.reject(cx, 400, "missing Sec-WebSocket-Key");
+        };
+        if cx.shared.phase() >= crate::runtime::Phase::Draining {
+            let body = json!({"ok": false, "error": RpcError::draining().to_json()}).to_string();
+            self.respond(cx, 503, "application/json", &[("Retry-After", "5".into())], body.as_bytes());
+            self.close_after_write = true;
+            return;
+        }
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let head = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        self.wbuf.extend_from_slice(head.as_bytes());
+        self.upgrade = true;
+    }
+
+    fn respond(&mut self, cx: &mut Cx<'_>, status: u16, content_type: &str, extra: &[(&str, String)], body: &[u8]) {
+        let _ = cx;
+        let mut head = format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
+            reason(status),
+            body.len()
+        );
+        for (k, v) in extra {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(if self.keep_alive { "Connection: keep-alive\r\n\r\n" } else { "Connection: close\r\n\r\n" });
+        self.wbuf.extend_from_slice(head.as_bytes());
+        if !self.head_only {
+            self.wbuf.extend_from_slice(body);
+        }
+    }
+
+    /// Timers: idle, head, body and write timeouts.
+    pub fn on_timer(&mut self, cx: &mut Cx<'_>) -> Outcome {
+        if let Some(since) = self.write_since
+            && cx.now.saturating_duration_since(since) >= WRITE_TIMEOUT
+        {
+            return Outcome::Close;
+        }
+        if cx.now < self.deadline || self.phase == Phase::Waiting || self.has_output() {
+            return Outcome::Keep;
+        }
+        match self.phase {
+            Phase::Idle => Outcome::Close,
+            Phase::Head | Phase::Body => {
+                let msg = if self.phase == Phase::Head {
+                    "request head not received within 10 s"
+                } else {
+                    "request body not received within 30 s"
+                };
+                self.reject(cx, 408, msg);
+                self.drive(cx)
+            }
+            Phase::Waiting => Outcome::Keep,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads() {
+        let raw = b"POST /api/rpc/status HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nAuthorization: Bearer t\r\n\r\n{}";
+        let Parsed::Request(h, len) = parse_head(raw) else {
+            panic!("complete head");
+        };
+        assert_eq!((h.method.as_str(), h.path.as_str(), h.content_length), ("POST", "/api/rpc/status", 2));
+        assert_eq!(h.authorization.as_deref(), Some("Bearer t"));
+        assert!(h.keep_alive);
+        assert_eq!(len + 2, raw.len());
+        let Parsed::Request(h, _) = parse_head(b"GET / HTTP/1.0\r\n\r\n") else { panic!() };
+        assert!(!h.keep_alive, "HTTP/1.0 closes by default");
+        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nHost"), Parsed::NeedMore));
+        assert!(matches!(parse_head(b"\x01\x02 / HTTP/1.1\r\n\r\n"), Parsed::Reject(400, _)));
+        let conflicting = b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n";
+        assert!(matches!(parse_head(conflicting), Parsed::Reject(400, _)));
+        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        big.resize(HEAD_MAX + 10, b'a');
+        assert!(matches!(parse_head(&big), Parsed::Reject(431, _)));
+    }
+}

@@ -1,0 +1,447 @@
+//! The reactor: one thread, one `mio::Poll`, owning the listener and every connection.
+//!
+//! It accepts, reads, parses HTTP heads, upgrades to WebSocket, runs the `connect` handshake
+//! and answers from memory (`/healthz`, `/readyz`, `/metrics`, `health`). Everything else is a
+//! job; replies come back serialized through one channel and the `mio::Waker`.
+//!
+//! It never touches the disk and never waits on a worker. Work per wake-up is bounded: events
+//! per poll, accepts per wake-up, bytes and frames per connection; a connection that used up
+//! its budget is driven again on the next iteration (poll with a zero timeout), so one noisy
+//! client cannot starve the rest. Readiness is a hint: every read and write runs to
+//! `WouldBlock` or to its budget. The poll timeout is at most 50 ms; timers (handshake, head,
+//! idle, ticks, close linger) are swept every 25 ms. Each iteration stamps the heartbeat the
+//! watchdog reads and records its busy time in the lag histogram.
+
+mod http;
+mod ws;
+
+use crate::auth::{FailureLimiter, Presented};
+use crate::clock::Rng;
+use crate::config::Config;
+use crate::error::RpcError;
+use crate::jobs::{Completion, CompletionBody};
+use crate::runtime::{Phase, Shared};
+use crossbeam_channel::Receiver;
+use http::HttpConn;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use serde_json::json;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tungstenite::protocol::frame::coding::CloseCode;
+use ws::WsConn;
+
+pub const LISTENER: Token = Token(0);
+pub const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+const POLL_TIMEOUT: Duration = Duration::from_millis(50);
+const SWEEP_EVERY: Duration = Duration::from_millis(25);
+const ACCEPT_BUDGET: usize = 128;
+const COMPLETION_BUDGET: usize = 4096;
+/// After accept fails for lack of descriptors, wait this long before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At stop, how long to flush replies and close frames before exiting.
+const STOP_FLUSH: Duration = Duration::from_secs(1);
+/// Largest body any route accepts; the per-route limits are in [`body_limit`].
+pub const MAX_BODY_ANY: usize = 256 << 20;
+
+/// What a connection handler asks of the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Keep,
+    /// Budget used up: drive again next iteration.
+    Again,
+    Close,
+    /// The 101 is written: become a WebSocket.
+    Upgrade,
+}
+
+/// `WouldBlock` means "not yet" on a non-blocking socket.
+pub fn io_would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Body limit per route.
+pub fn body_limit(method: &str, path: &str, cfg: &Config) -> usize {
+    if method == "POST" && path.starts_with("/api/rpc/") {
+        cfg.limits.rpc_body_bytes
+    } else {
+        0
+    }
+}
+
+/// What a handler may use: the shared state, the connection's identity, the auth limiter.
+pub struct Cx<'a> {
+    pub shared: &'a Arc<Shared>,
+    pub now: Instant,
+    pub slot: usize,
+    pub generation: u64,
+    pub peer: SocketAddr,
+    pub rng: &'a mut Rng,
+    limiter: &'a mut FailureLimiter,
+    config: &'a Arc<Config>,
+}
+
+impl Cx<'_> {
+    pub fn config(&self) -> Arc<Config> {
+        self.config.clone()
+    }
+
+    /// Checks a presented secret against the config, under the per-IP failure limit.
+    pub fn authenticate(&mut self, presented: Presented<'_>) -> Result<(), RpcError> {
+        let ip = self.peer.ip();
+        if let Some(wait) = self.limiter.blocked(ip, self.now) {
+            self.shared.metrics.auth_rate_limited.inc();
+            let ms = wait.as_millis().max(1) as u64;
+            return Err(RpcError {
+                retryable: Some(true),
+                retry_after_ms: Some(ms),
+                ..RpcError::invalid(format!(
+                    "unauthorized: too many failed attempts from {ip}; retry in {} s",
+                    ms.div_ceil(1000)
+                ))
+                .with_details(json!({"code": "AUTH_RATE_LIMITED"}))
+            });
+        }
+        crate::auth::verify(&self.config.auth, presented).map_err(|f| {
+            self.limiter.record_failure(ip, self.now);
+            self.shared.metrics.auth_failures.inc();
+            log::info!("authentication failed from {}: {}", self.peer, f.detail_code());
+            RpcError::invalid(f.message()).with_details(json!({"code": f.detail_code()}))
+        })
+    }
+}
+
+enum Conn {
+    Http(HttpConn),
+    Ws(WsConn),
+}
+
+struct Slot {
+    generation: u64,
+    peer: SocketAddr,
+    conn: Conn,
+}
+
+pub struct Reactor {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    shared: Arc<Shared>,
+    completions: Receiver<Completion>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    live: usize,
+    next_gen: u64,
+    again: Vec<usize>,
+    rng: Rng,
+    limiter: FailureLimiter,
+    accept_again: bool,
+    accept_paused_until: Option<Instant>,
+    last_accept_warning: Option<Instant>,
+    more_completions: bool,
+    last_sweep: Instant,
+    announced_drain: bool,
+    stop_by: Option<Instant>,
+}
+
+enum Why {
+    Ready,
+    Timer,
+}
+
+impl Reactor {
+    pub fn new(poll: Poll, mut listener: TcpListener, shared: Arc<Shared>, completions: Receiver<Completion>) -> io::Result<Reactor> {
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Reactor {
+            poll,
+            listener: Some(listener),
+            shared,
+            completions,
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            next_gen: 1,
+            again: Vec::new(),
+            rng: Rng::from_os(),
+            limiter: FailureLimiter::default(),
+            accept_again: false,
+            accept_paused_until: None,
+            last_accept_warning: None,
+            more_completions: false,
+            last_sweep: Instant::now(),
+            announced_drain: false,
+            stop_by: None,
+        })
+    }
+
+    /// Runs until the drain has finished and replies are flushed.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            let timeout = if !self.again.is_empty() || self.accept_again || self.more_completions {
+                Duration::ZERO
+            } else if let Some(until) = self.accept_paused_until {
+                until.saturating_duration_since(now).min(POLL_TIMEOUT)
+            } else {
+                POLL_TIMEOUT
+            };
+            self.shared.reactor_idle(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let t0 = Instant::now();
+            self.shared.reactor_busy(t0);
+            let again = std::mem::take(&mut self.again);
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_all(t0),
+                    WAKER => {}
+                    Token(t) => self.drive(t - FIRST_CONN, t0, Why::Ready),
+                }
+            }
+            for slot in again {
+                self.drive(slot, t0, Why::Ready);
+            }
+            self.take_completions(t0);
+            if self.accept_again || self.accept_paused_until.is_some_and(|u| t0 >= u) {
+                self.accept_all(t0);
+            }
+            if t0.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
+                self.last_sweep = t0;
+                self.sweep(t0);
+            }
+            let done = self.lifecycle(t0);
+            self.shared.metrics.lag.record(t0.elapsed());
+            if done {
+                self.shared.reactor_idle(Instant::now());
+                return Ok(());
+            }
+        }
+    }
+
+    fn accept_all(&mut self, now: Instant) {
+        self.accept_again = false;
+        self.accept_paused_until = None;
+        let max = self.shared.config().limits.max_connections;
+        for _ in 0..ACCEPT_BUDGET {
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    self.shared.metrics.connections_accepted.inc();
+                    if self.live >= max {
+                        self.shared.metrics.connections_refused.inc();
+                        drop(stream);
+                        continue;
+                    }
+                    if let Err(e) = self.insert(stream, peer, now) {
+                        log::warn!("cannot register connection from {peer}: {e}");
+                    }
+                }
+                Err(e) if io_would_block(&e) => return,
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e) => {
+                    // Out of descriptors (EMFILE/ENFILE) or memory: back off instead of
+                    // spinning on a listener that stays readable.
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    if self.last_accept_warning.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(10)) {
+                        self.last_accept_warning = Some(now);
+                        log::warn!("accept failed ({e}); pausing accepts for {} ms ({} connections open)", ACCEPT_BACKOFF.as_millis(), self.live);
+                    }
+                    return;
+                }
+            }
+        }
+        self.accept_again = true;
+    }
+
+    fn insert(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) -> io::Result<()> {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(slot + FIRST_CONN), Interest::READABLE | Interest::WRITABLE) {
+            self.free.push(slot);
+            return Err(e);
+        }
+        let _ = stream.set_nodelay(true);
+        let generation = self.next_gen;
+        self.next_gen += 1;
+        self.slots[slot] = Some(Slot {
+            generation,
+            peer,
+            conn: Conn::Http(HttpConn::new(stream, now)),
+        });
+        self.live += 1;
+        Ok(())
+    }
+
+    fn remove(&mut self, slot: usize) {
+        let Some(s) = self.slots.get_mut(slot).and_then(Option::take) else { return };
+        let mut stream = match s.conn {
+            Conn::Http(h) => h.into_upgrade().0,
+            Conn::Ws(w) => {
+                if w.inflight > 0 {
+                    log::debug!("WebSocket {} left with {} request(s) in flight; their jobs continue", w.conn_id, w.inflight);
+                }
+                w.into_stream()
+            }
+        };
+        let _ = self.poll.registry().deregister(&mut stream);
+        self.free.push(slot);
+        self.live -= 1;
+    }
+
+    /// Runs one handler on a slot and applies its outcome.
+    fn drive(&mut self, slot: usize, now: Instant, why: Why) {
+        let outcome = {
+            let Reactor { slots, shared, rng, limiter, .. } = self;
+            let Some(Some(s)) = slots.get_mut(slot) else { return };
+            let config = shared.config();
+            let mut cx = Cx { shared, now, slot, generation: s.generation, peer: s.peer, rng, limiter, config: &config };
+            match (&mut s.conn, why) {
+                (Conn::Http(h), Why::Ready) => h.drive(&mut cx),
+                (Conn::Http(h), Why::Timer) => h.on_timer(&mut cx),
+                (Conn::Ws(w), Why::Ready) => w.drive(&mut cx),
+                (Conn::Ws(w), Why::Timer) => w.on_timer(&mut cx),
+            }
+        };
+        self.apply(slot, now, outcome);
+    }
+
+    fn apply(&mut self, slot: usize, now: Instant, outcome: Outcome) {
+        match outcome {
+            Outcome::Keep => {}
+            Outcome::Again => self.again.push(slot),
+            Outcome::Close => self.remove(slot),
+            Outcome::Upgrade => self.upgrade(slot, now),
+        }
+    }
+
+    fn upgrade(&mut self, slot: usize, now: Instant) {
+        let Some(Slot { generation, peer, conn: Conn::Http(h) }) = self.slots.get_mut(slot).and_then(Option::take) else { return };
+        let (stream, up) = h.into_upgrade();
+        let config = self.shared.config();
+        let mut cx = Cx { shared: &self.shared, now, slot, generation, peer, rng: &mut self.rng, limiter: &mut self.limiter, config: &config };
+        let ws = WsConn::start(stream, up.leftover, &mut cx);
+        self.slots[slot] = Some(Slot { generation, peer, conn: Conn::Ws(ws) });
+        // The upgrade request may have carried the first frames already.
+        self.again.push(slot);
+    }
+
+    fn take_completions(&mut self, now: Instant) {
+        self.more_completions = false;
+        for _ in 0..COMPLETION_BUDGET {
+            let Ok(c) = self.completions.try_recv() else { return };
+            self.complete(c, now);
+        }
+        self.more_completions = true;
+    }
+
+    fn complete(&mut self, c: Completion, now: Instant) {
+        let outcome = {
+            let Reactor { slots, shared, rng, limiter, .. } = self;
+            // A reply for a connection that has gone (or whose slot was reused) is dropped: the
+            // job outlived its socket, as designed.
+            let Some(Some(s)) = slots.get_mut(c.conn) else { return };
+            if s.generation != c.generation {
+                return;
+            }
+            let config = shared.config();
+            let mut cx = Cx { shared, now, slot: c.conn, generation: s.generation, peer: s.peer, rng, limiter, config: &config };
+            match (&mut s.conn, c.body) {
+                (Conn::Http(h), CompletionBody::Http { status, retry_after_s, body }) => {
+                    h.complete(&mut cx, status, retry_after_s, &body);
+                    h.drive(&mut cx)
+                }
+                (Conn::Ws(w), CompletionBody::WsText(text)) => {
+                    w.complete(&mut cx, text);
+                    match w.flush(&mut cx) {
+                        Ok(()) => Outcome::Keep,
+                        Err(o) => o,
+                    }
+                }
+                _ => Outcome::Keep,
+            }
+        };
+        self.apply(c.conn, now, outcome);
+    }
+
+    /// Timers on every connection, and the connection gauges.
+    fn sweep(&mut self, now: Instant) {
+        let (mut http, mut handshaking, mut open) = (0, 0, 0);
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].is_some() {
+                self.drive(slot, now, Why::Timer);
+            }
+            match self.slots[slot].as_ref().map(|s| &s.conn) {
+                Some(Conn::Http(_)) => http += 1,
+                Some(Conn::Ws(w)) if w.is_handshaking() => handshaking += 1,
+                Some(Conn::Ws(_)) => open += 1,
+                None => {}
+            }
+        }
+        let m = &self.shared.metrics;
+        m.conns_http.set(http);
+        m.conns_ws_handshake.set(handshaking);
+        m.conns_ws_open.set(open);
+        if self.slots.len() > 64 && self.live < self.slots.len() / 4 {
+            self.limiter.prune(now);
+        }
+    }
+
+    /// Drain and stop. Returns true when the loop should exit.
+    fn lifecycle(&mut self, now: Instant) -> bool {
+        if self.shared.phase() < Phase::Draining {
+            return false;
+        }
+        if !self.announced_drain {
+            self.announced_drain = true;
+            let drain_ms = self.shared.config().drain_timeout.as_millis() as u64;
+            self.each_ws(now, |w, cx| w.announce_shutdown(cx, drain_ms));
+        }
+        if self.stop_by.is_none() && self.shared.jobs.is_empty() && self.completions.is_empty() {
+            // Every job has finished and every reply has been handed to its connection.
+            self.stop_by = Some(now + STOP_FLUSH);
+            self.shared.set_phase(Phase::Stopped);
+            if let Some(mut l) = self.listener.take() {
+                let _ = self.poll.registry().deregister(&mut l);
+            }
+            self.each_ws(now, |w, cx| w.close(cx, CloseCode::Restart, "service restart"));
+            for slot in 0..self.slots.len() {
+                if let Some(Slot { conn: Conn::Http(h), .. }) = self.slots[slot].as_mut() {
+                    h.close_when_idle();
+                    self.drive(slot, now, Why::Ready);
+                }
+            }
+        }
+        match self.stop_by {
+            Some(by) => self.live == 0 || now >= by,
+            None => false,
+        }
+    }
+
+    fn each_ws(&mut self, now: Instant, mut f: impl FnMut(&mut WsConn, &mut Cx<'_>)) {
+        for slot in 0..self.slots.len() {
+            let outcome = {
+                let Reactor { slots, shared, rng, limiter, .. } = self;
+                let Some(Some(s)) = slots.get_mut(slot) else { continue };
+                let Conn::Ws(w) = &mut s.conn else { continue };
+                let config = shared.config();
+                let mut cx = Cx { shared, now, slot, generation: s.generation, peer: s.peer, rng, limiter, config: &config };
+                f(w, &mut cx);
+                match w.flush(&mut cx) {
+                    Ok(()) => Outcome::Keep,
+                    Err(o) => o,
+                }
+            };
+            self.apply(slot, now, outcome);
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! WebSocket connections on the reactor: tungstenite over the non-blocking socket, the
+//! `connect` handshake, requests, ticks and shutdown.
+//!
+//! Connection lifecycle:
+//!
+//! ```text
+//! upgraded ──challenge sent──▶ awaiting connect (handshake timeout, frames ≤ 64 KiB)
+//!     ├─ valid connect ──▶ open (frames ≤ maxPayload; requests; tick every tickIntervalMs)
+//!     ├─ not a connect / bad params / wrong secret ──▶ error res, close 1008
+//!     └─ no common protocol ──▶ error res, close 1002
+//! open ── shutdown ──▶ `shutdown` event … close 1012
+//! any ── close sent ──▶ closing (until the peer's close or 2 s) ──▶ dropped
+//! ```
+//!
+//! A client whose write buffer reaches `maxBufferedBytes` is closed as a slow consumer: the
+//! buffer hands the message back instead of growing.
+
+use super::{Cx, Outcome, io_would_block};
+use crate::auth::Presented;
+use crate::error::RpcError;
+use crate::jobs::ReplyTo;
+use crate::protocol::handshake::{self, Hello, PRE_AUTH_MAX_FRAME};
+use crate::protocol::{self, methods};
+use mio::net::TcpStream;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::{Error as WsError, Message, WebSocket};
+
+/// Messages handled per connection per wake-up.
+const MESSAGE_BUDGET: usize = 32;
+/// How long to wait for the peer's close frame after sending ours.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    AwaitingConnect,
+    Open,
+    Closing,
+}
+
+pub struct WsConn {
+    ws: WebSocket<TcpStream>,
+    phase: Phase,
+    /// Handshake deadline, then the close linger.
+    deadline: Option<Instant>,
+    next_tick: Option<Instant>,
+    pub inflight: usize,
+    seq: u64,
+    pub conn_id: String,
+    announced_shutdown: bool,
+}
+
+fn ws_config(max_message: usize, max_buffered: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(8 << 10)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_buffered)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+impl WsConn {
+    /// Wraps an upgraded socket and sends `connect.challenge`.
+    pub fn start(stream: TcpStream, leftover: Vec<u8>, cx: &mut Cx<'_>) -> WsConn {
+        let cfg = cx.config();
+        let conf = ws_config(PRE_AUTH_MAX_FRAME, cfg.limits.max_buffered_bytes);
+        let ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(conf));
+        let mut c = WsConn {
+            ws,
+            phase: Phase::AwaitingConnect,
+            deadline: Some(cx.now + cfg.handshake_timeout),
+            next_tick: None,
+            inflight: 0,
+            seq: 0,
+            conn_id: cx.rng.uuid(),
+            announced_shutdown: false,
+        };
+        let nonce = cx.rng.uuid();
+        let challenge = protocol::event(
+            "connect.challenge",
+            &json!({"nonce": nonce, "ts": crate::clock::wall_ms()}),
+            None,
+        );
+        c.send(cx, challenge);
+        c
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open)
+    }
+
+    pub fn is_handshaking(&self) -> bool {
+        self.phase == Phase::AwaitingConnect
+    }
+
+    pub fn into_stream(self) -> TcpStream {
+        self.ws.into_inner()
+    }
+
+    /// Queues a text frame. A full write buffer closes the client as a slow consumer.
+    fn send(&mut self, cx: &mut Cx<'_>, text: String) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        match self.ws.write(Message::text(text)) {
+            Ok(()) => {}
+            Err(WsError::Io(e)) if io_would_block(&e) => {}
+            Err(WsError::WriteBufferFull(_)) => {
+                cx.shared.metrics.slow_consumers_closed.inc();
+                log::warn!("closing slow WebSocket client {} ({}): write buffer full", self.conn_id, cx.peer);
+                self.close(cx, CloseCode::Policy, "slow consumer: write buffer full");
+            }
+            Err(_) => self.phase = Phase::Closing,
+        }
+    }
+
+    /// Sends a close frame and lingers for the peer's.
+    pub fn close(&mut self, cx: &mut Cx<'_>, code: CloseCode, reason: &str) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        self.phase = Phase::Closing;
+        self.deadline = Some(cx.now + CLOSE_LINGER);
+        let frame = CloseFrame {
+            code,
+            reason: reason.to_string().into(),
+        };
+        let _ = self.ws.close(Some(frame));
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Sends an event with this connection's next sequence number.
+    pub fn send_event(&mut self, cx: &mut Cx<'_>, name: &str, payload: &Value) {
+        if self.is_open() {
+            let seq = self.next_seq();
+            self.send(cx, protocol::event(name, payload, Some(seq)));
+        }
+    }
+
+    /// A job's reply frame has arrived.
+    pub fn complete(&mut self, cx: &mut Cx<'_>, text: String) {
+        self.inflight = self.inflight.saturating_sub(1);
+        self.send(cx, text);
+    }
+
+    /// The gateway has begun draining: tell the client once.
+    pub fn announce_shutdown(&mut self, cx: &mut Cx<'_>, drain_ms: u64) {
+        if self.announced_shutdown {
+            return;
+        }
+        self.announced_shutdown = true;
+        match self.phase {
+            Phase::Open => {
+                let payload = json!({"reason": "gateway draining for shutdown", "restartExpectedMs": drain_ms});
+                self.send_event(cx, "shutdown", &payload);
+            }
+            Phase::AwaitingConnect => self.close(cx, CloseCode::Restart, "gateway shutting down"),
+            Phase::Closing => {}
+        }
+    }
+
+    pub fn drive(&mut self, cx: &mut Cx<'_>) -> Outcome {
+        for _ in 0..MESSAGE_BUDGET {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => {
+                    if self.phase != Phase::Closing {
+                        self.on_text(cx, t.as_str());
+                    }
+                }
+                Ok(Message::Binary(_)) => {
+                    self.close(cx, CloseCode::Unsupported, "binary frames are not supported");
+                }
+                Ok(_) => {}
+                Err(e) => return self.on_error(cx, e),
+            }
+        }
+        // The budget ran out with frames possibly left: come back next iteration.
+        match self.flush(cx) {
+            Ok(()) => Outcome::Again,
+            Err(o) => o,
+        }
+    }
+
+    fn on_error(&mut self, cx: &mut Cx<'_>, e: WsError) -> Outcome {
+        match e {
+            WsError::Io(e) if io_would_block(&e) => self.flush(cx).then_keep(),
+            WsError::ConnectionClosed | WsError::AlreadyClosed => Outcome::Close,
+            WsError::Capacity(c) => {
+                let code = if self.is_open() { CloseCode::Size } else { CloseCode::Policy };
+                log::info!("WebSocket {} ({}): frame too large: {c}", self.conn_id, cx.peer);
+                self.close(cx, code, "frame too large");
+                self.flush(cx).then_keep()
+            }
+            WsError::Utf8(_) => {
+                self.close(cx, CloseCode::Invalid, "invalid UTF-8");
+                self.flush(cx).then_keep()
+            }
+            WsError::Protocol(p) => {
+                log::debug!("WebSocket {} ({}): protocol error: {p}", self.conn_id, cx.peer);
+                self.close(cx, CloseCode::Protocol, "protocol error");
+                self.flush(cx).then_keep()
+            }
+            WsError::WriteBufferFull(_) => {
+                cx.shared.metrics.slow_consumers_closed.inc();
+                Outcome::Close
+            }
+            _ => Outcome::Close,
+        }
+    }
+
+    /// Writes what is buffered. `Err` means the connection is finished.
+    pub fn flush(&mut self, _cx: &mut Cx<'_>) -> Result<(), Outcome> {
+        match self.ws.flush() {
+            Ok(()) => Ok(()),
+            Err(WsError::Io(e)) if io_would_block(&e) => Ok(()),
+            Err(_) => Err(Outcome::Close),
+        }
+    }
+
+    fn on_text(&mut self, cx: &mut Cx<'_>, text: &str) {
+        let req = match protocol::parse_request(text) {
+            Ok(r) => r,
+            Err(fe) => {
+                if let Some(id) = &fe.id {
+                    self.send(cx, protocol::res_err(id, &fe.error));
+                }
+                if !self.is_open() || fe.id.is_none() {
+                    self.close(cx, CloseCode::Policy, "invalid frame");
+                }
+                return;
+            }
+        };
+        match self.phase {
+            Phase::AwaitingConnect => self.on_connect(cx, &req),
+            Phase::Open => self.on_request(cx, req),
+            Phase::Closing => {}
+        }
+    }
+
+    fn fail_handshake(&mut self, cx: &mut Cx<'_>, id: &str, err: &RpcError, code: CloseCode, reason: &str) {
+        self.send(cx, protocol::res_err(id, err));
+        self.close(cx, code, reason);
+    }
+
+    fn on_connect(&mut self, cx: &mut Cx<'_>, req: &protocol::Request) {
+        if req.method != "connect" {
+            let err = RpcError::invalid(format!("invalid handshake: first request must be connect, got {}", req.method));
+            return self.fail_handshake(cx, &req.id, &err, CloseCode::Policy, "connect required");
+        }
+        let params = match handshake::parse_connect(&req.params) {
+            Ok(p) => p,
+            Err(e) => return self.fail_handshake(cx, &req.id, &e, CloseCode::Policy, "invalid connect params"),
+        };
+        let protocol = match handshake::negotiate(&params) {
+            Ok(v) => v,
+            Err(e) => return self.fail_handshake(cx, &req.id, &e, CloseCode::Protocol, "protocol mismatch"),
+        };
+        let presented = match (&params.token, &params.password) {
+            (Some(t), _) => Presented::Token(t),
+            (None, Some(p)) => Presented::Password(p),
+            (None, None) => Presented::Nothing,
+        };
+        if let Err(e) = cx.authenticate(presented) {
+            return self.fail_handshake(cx, &req.id, &e, CloseCode::Policy, "unauthorized");
+        }
+        if cx.shared.phase() >= crate::runtime::Phase::Draining {
+            return self.fail_handshake(cx, &req.id, &RpcError::draining(), CloseCode::Restart, "gateway shutting down");
+        }
+        let cfg = cx.config();
+        let scopes = handshake::granted_scopes(&params);
+        let hello = handshake::hello_ok(&Hello {
+            protocol,
+            conn_id: &self.conn_id,
+            methods: methods::public_names(),
+            health: cx.shared.health_json(),
+            uptime_ms: cx.shared.uptime().as_millis() as u64,
+            role: &params.role,
+            scopes,
+            max_payload: cfg.limits.max_payload,
+            max_buffered_bytes: cfg.limits.max_buffered_bytes,
+            tick_interval_ms: cfg.tick_interval.as_millis() as u64,
+        });
+        let max = cfg.limits.max_payload;
+        self.ws.set_config(|c| {
+            c.max_message_size = Some(max);
+            c.max_frame_size = Some(max);
+        });
+        self.phase = Phase::Open;
+        self.deadline = None;
+        self.next_tick = Some(cx.now + cfg.tick_interval);
+        self.send(cx, protocol::res_ok(&req.id, &hello));
+        log::debug!(
+            "WebSocket {} ({}) connected: protocol {protocol}, client {}",
+            self.conn_id,
+            cx.peer,
+            params.client_id.as_deref().unwrap_or("?")
+        );
+    }
+
+    fn on_request(&mut self, cx: &mut Cx<'_>, req: protocol::Request) {
+        cx.shared.metrics.ws_requests.inc();
+        if req.method == "connect" {
+            let err = RpcError::invalid("already connected: connect is only valid as the first request");
+            return self.send(cx, protocol::res_err(&req.id, &err));
+        }
+        let limit = cx.config().limits.max_inflight_per_conn;
+        if self.inflight >= limit {
+            let err = RpcError::unavailable(format!("too many requests in flight on this connection (limit {limit})"), 1_000);
+            return self.send(cx, protocol::res_err(&req.id, &err));
+        }
+        let outcome = match methods::call(cx.shared, &req.method, &req.params) {
+            Ok(methods::Call::Inline(r)) => r,
+            Ok(methods::Call::Job(spec, work)) => {
+                let reply = ReplyTo::Ws { conn: cx.slot, generation: cx.generation, id: req.id.clone() };
+                match cx.shared.submit(spec, reply, work) {
+                    Ok(_) => {
+                        self.inflight += 1;
+                        return;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let text = match &outcome {
+            Ok(p) => protocol::res_ok(&req.id, p),
+            Err(e) => protocol::res_err(&req.id, e),
+        };
+        self.send(cx, text);
+    }
+
+    /// Timers: the handshake timeout, ticks, the close linger.
+    pub fn on_timer(&mut self, cx: &mut Cx<'_>) -> Outcome {
+        if let Some(d) = self.deadline
+            && cx.now >= d
+        {
+            match self.phase {
+                Phase::AwaitingConnect => {
+                    cx.shared.metrics.handshake_timeouts.inc();
+                    log::info!("WebSocket {} ({}): no connect within the handshake timeout; closing", self.conn_id, cx.peer);
+                    self.close(cx, CloseCode::Policy, "handshake timeout");
+                }
+                Phase::Closing => return Outcome::Close,
+                Phase::Open => {}
+            }
+        }
+        if let Some(t) = self.next_tick
+            && cx.now >= t
+            && self.is_open()
+        {
+            self.next_tick = Some(cx.now + cx.config().tick_interval);
+            let payload = json!({"ts": crate::clock::wall_ms()});
+            self.send_event(cx, "tick", &payload);
+        }
+        self.flush(cx).then_keep()
+    }
+}
+
+trait ThenKeep {
+    fn then_keep(self) -> Outcome;
+}
+
+impl ThenKeep for Result<(), Outcome> {
+    fn then_keep(self) -> Outcome {
+        match self {
+            Ok(()) => Outcome::Keep,
+            Err(o) => o,
+        }
+    }
+}
