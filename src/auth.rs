@@ -156,12 +156,21 @@ mod tests {
     fn verify_secrets() {
         let a = auth(Some("t0k"), None, AuthMode::Token);
         assert_eq!(verify(&a, Presented::Token("t0k")), Ok(()));
-        assert_eq!(verify(&a, Presented::Token("nope")), Err(Failure::TokenMismatch));
-        assert_eq!(verify(&a, Presented::Password("t0k")), Err(Failure::PasswordMismatch));
+        assert_eq!(
+            verify(&a, Presented::Token("nope")),
+            Err(Failure::TokenMismatch)
+        );
+        assert_eq!(
+            verify(&a, Presented::Password("t0k")),
+            Err(Failure::PasswordMismatch)
+        );
         assert_eq!(verify(&a, Presented::Nothing), Err(Failure::Missing));
         let p = auth(None, Some("pw"), AuthMode::Password);
         assert_eq!(verify(&p, Presented::Password("pw")), Ok(()));
-        assert_eq!(verify(&p, Presented::Token("")), Err(Failure::TokenMismatch));
+        assert_eq!(
+            verify(&p, Presented::Token("")),
+            Err(Failure::TokenMismatch)
+        );
     }
 
     #[test]
@@ -175,8 +184,14 @@ mod tests {
         }
         let wait = l.blocked(ip, t0 + Duration::from_secs(1)).unwrap();
         assert_eq!(wait, Duration::from_secs(59));
-        assert!(l.blocked("127.0.0.10".parse().unwrap(), t0).is_none(), "per IP");
-        assert!(l.blocked(ip, t0 + WINDOW + Duration::from_millis(1)).is_none());
+        assert!(
+            l.blocked("127.0.0.10".parse().unwrap(), t0).is_none(),
+            "per IP"
+        );
+        assert!(
+            l.blocked(ip, t0 + WINDOW + Duration::from_millis(1))
+                .is_none()
+        );
         l.prune(t0 + WINDOW * 2);
         assert_eq!(l.tracked(), 0);
     }

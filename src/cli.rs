@@ -76,8 +76,18 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
     let mut command = None;
     while let Some(arg) = p.next()? {
         match arg {
-            Short('V') | Long("version") => return Ok(Args { command: Command::Version, ..a }),
-            Short('h') | Long("help") => return Ok(Args { command: Command::Help, ..a }),
+            Short('V') | Long("version") => {
+                return Ok(Args {
+                    command: Command::Version,
+                    ..a
+                });
+            }
+            Short('h') | Long("help") => {
+                return Ok(Args {
+                    command: Command::Help,
+                    ..a
+                });
+            }
             Long("port") | Short('p') => a.port = Some(p.value()?.string()?),
             Long("bind") => a.bind = Some(p.value()?.string()?),
             Long("config") | Short('c') => a.config = Some(p.value()?.into()),
@@ -90,7 +100,11 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
                     "status" => Command::Status,
                     "version" => Command::Version,
                     "help" => Command::Help,
-                    other => return Err(lexopt::Error::from(format!("unknown command {other:?} (try: serve, check, status)"))),
+                    other => {
+                        return Err(lexopt::Error::from(format!(
+                            "unknown command {other:?} (try: serve, check, status)"
+                        )));
+                    }
                 });
             }
             _ => return Err(arg.unexpected()),
@@ -120,11 +134,17 @@ impl Args {
     pub fn serve_settings(&self, env: Env<'_>) -> Result<ServeSettings, String> {
         let port = match self.port.clone().or_else(|| env("KEEL_PORT")) {
             None => None,
-            Some(p) => Some(p.trim().parse::<u16>().map_err(|_| format!("invalid port {p:?}: expected 0-65535"))?),
+            Some(p) => Some(
+                p.trim()
+                    .parse::<u16>()
+                    .map_err(|_| format!("invalid port {p:?}: expected 0-65535"))?,
+            ),
         };
         let bind = match self.bind.clone().or_else(|| env("KEEL_BIND")) {
             None => None,
-            Some(b) => Some(config::resolve_bind(&b, None).map_err(|e| format!("invalid bind: {e}"))?),
+            Some(b) => {
+                Some(config::resolve_bind(&b, None).map_err(|e| format!("invalid bind: {e}"))?)
+            }
         };
         let (handshake_timeout, handshake_warning) = config::handshake_override(
             env("KEEL_HANDSHAKE_TIMEOUT_MS").as_deref(),
@@ -132,7 +152,10 @@ impl Args {
         );
         Ok(ServeSettings {
             state_dir: self.state_dir(env)?,
-            config: self.config.clone().or_else(|| env("KEEL_CONFIG").map(PathBuf::from)),
+            config: self
+                .config
+                .clone()
+                .or_else(|| env("KEEL_CONFIG").map(PathBuf::from)),
             overrides: Overrides {
                 port,
                 bind,
@@ -207,7 +230,10 @@ fn check(args: &Args, env: Env<'_>) -> i32 {
     };
     let path = lifecycle::config_path(settings.config.as_deref(), &settings.state_dir);
     let Some(path) = path else {
-        println!("no config file (looked for --config, KEEL_CONFIG, {}); the embedded default is valid", settings.state_dir.join("keel.json").display());
+        println!(
+            "no config file (looked for --config, KEEL_CONFIG, {}); the embedded default is valid",
+            settings.state_dir.join("keel.json").display()
+        );
         return 0;
     };
     let v = config::load_file(&path);
@@ -253,9 +279,17 @@ fn status_inner(args: &Args, env: Env<'_>) -> Result<i32, String> {
     let mut overrides = settings.overrides.clone();
     overrides.fallback_token = state::read_token(&settings.state_dir).ok().flatten();
     overrides.apply(&mut cfg);
-    let secret = cfg.auth.token.clone().or(cfg.auth.password.clone()).ok_or_else(|| {
-        format!("no token: none configured and none in {}", state::token_path(&settings.state_dir).display())
-    })?;
+    let secret = cfg
+        .auth
+        .token
+        .clone()
+        .or(cfg.auth.password.clone())
+        .ok_or_else(|| {
+            format!(
+                "no token: none configured and none in {}",
+                state::token_path(&settings.state_dir).display()
+            )
+        })?;
     let host = match cfg.bind {
         IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
@@ -264,7 +298,9 @@ fn status_inner(args: &Args, env: Env<'_>) -> Result<i32, String> {
     let addr = SocketAddr::new(host, cfg.port);
     let (code, body) = http_post(addr, "/api/rpc/status", &secret, Duration::from_secs(10))
         .map_err(|e| format!("cannot reach the gateway at {addr}: {e}"))?;
-    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("gateway at {addr} answered {code} with a body that is not JSON: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        format!("gateway at {addr} answered {code} with a body that is not JSON: {e}")
+    })?;
     if code != 200 {
         let msg = v["error"]["message"].as_str().unwrap_or("no message");
         return Err(format!("gateway at {addr} answered {code}: {msg}"));
@@ -282,40 +318,84 @@ fn status_inner(args: &Args, env: Env<'_>) -> Result<i32, String> {
 pub fn summarize(addr: SocketAddr, p: &serde_json::Value) -> String {
     let mut out = String::new();
     let s = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
-    out.push_str(&format!("keel {} at {addr} (pid {})\n", s(&p["version"]), p["pid"]));
-    let ready = if p["ready"].as_bool() == Some(true) { "ready".to_string() } else {
-        let reasons: Vec<String> = p["notReadyReasons"].as_array().map(|a| a.iter().map(s).collect()).unwrap_or_default();
+    out.push_str(&format!(
+        "keel {} at {addr} (pid {})\n",
+        s(&p["version"]),
+        p["pid"]
+    ));
+    let ready = if p["ready"].as_bool() == Some(true) {
+        "ready".to_string()
+    } else {
+        let reasons: Vec<String> = p["notReadyReasons"]
+            .as_array()
+            .map(|a| a.iter().map(s).collect())
+            .unwrap_or_default();
         format!("NOT ready: {}", reasons.join("; "))
     };
     let up = p["uptimeMs"].as_u64().unwrap_or(0) / 1000;
     out.push_str(&format!("  phase     {} — {ready}\n", s(&p["phase"])));
-    out.push_str(&format!("  uptime    {}h{:02}m{:02}s\n", up / 3600, up / 60 % 60, up % 60));
-    let reasons: Vec<String> = p["pressure"]["reasons"].as_array().map(|a| a.iter().map(s).collect()).unwrap_or_default();
-    let why = if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join("; ")) };
-    out.push_str(&format!("  pressure  {}{why}\n", s(&p["pressure"]["level"])));
-    out.push_str(&format!("  memory    {} MiB resident\n", p["rssBytes"].as_u64().unwrap_or(0) >> 20));
+    out.push_str(&format!(
+        "  uptime    {}h{:02}m{:02}s\n",
+        up / 3600,
+        up / 60 % 60,
+        up % 60
+    ));
+    let reasons: Vec<String> = p["pressure"]["reasons"]
+        .as_array()
+        .map(|a| a.iter().map(s).collect())
+        .unwrap_or_default();
+    let why = if reasons.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", reasons.join("; "))
+    };
+    out.push_str(&format!(
+        "  pressure  {}{why}\n",
+        s(&p["pressure"]["level"])
+    ));
+    out.push_str(&format!(
+        "  memory    {} MiB resident\n",
+        p["rssBytes"].as_u64().unwrap_or(0) >> 20
+    ));
     let c = &p["connections"];
-    out.push_str(&format!("  clients   {} WebSocket, {} handshaking, {} HTTP\n", c["ws"], c["wsHandshake"], c["http"]));
+    out.push_str(&format!(
+        "  clients   {} WebSocket, {} handshaking, {} HTTP\n",
+        c["ws"], c["wsHandshake"], c["http"]
+    ));
     for pool in ["cpu", "io"] {
         let q = &p["pools"][pool];
         let lanes: Vec<String> = ["control", "interactive", "background"]
             .iter()
             .map(|l| format!("{l} {}", q["lanes"][l]["depth"]))
             .collect();
-        out.push_str(&format!("  {pool:<9} {}/{} busy; queued: {}\n", q["busy"], q["workers"], lanes.join(", ")));
+        out.push_str(&format!(
+            "  {pool:<9} {}/{} busy; queued: {}\n",
+            q["busy"],
+            q["workers"],
+            lanes.join(", ")
+        ));
     }
     let jobs = p["jobs"].as_array().map_or(0, Vec::len);
     out.push_str(&format!("  jobs      {jobs} in flight\n"));
     if let Some(d) = p["config"]["disabled"].as_array().filter(|d| !d.is_empty()) {
         for f in d {
-            out.push_str(&format!("  disabled  {}: {}\n", s(&f["feature"]), s(&f["reason"])));
+            out.push_str(&format!(
+                "  disabled  {}: {}\n",
+                s(&f["feature"]),
+                s(&f["reason"])
+            ));
         }
     }
     out
 }
 
 /// A minimal blocking HTTP/1.1 POST with `Connection: close`, bounded by `timeout`.
-fn http_post(addr: SocketAddr, path: &str, token: &str, timeout: Duration) -> std::io::Result<(u16, Vec<u8>)> {
+fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
@@ -359,7 +439,7 @@ mod tests {
     fn commands() {
         assert_eq!(args(&["serve"]).unwrap().command, Command::Serve);
         assert_eq!(args(&["check"]).unwrap().command, Command::Check);
-        assert_eq!(args(&["status", "--json"]).unwrap().json, true);
+        assert!(args(&["status", "--json"]).unwrap().json);
         assert_eq!(args(&["--version"]).unwrap().command, Command::Version);
         assert_eq!(args(&["-V"]).unwrap().command, Command::Version);
         assert_eq!(args(&[]).unwrap().command, Command::Help);
@@ -371,22 +451,39 @@ mod tests {
     #[test]
     fn port_flag() {
         let a = args(&["serve", "--port", "9000"]).unwrap();
-        assert_eq!(a.serve_settings(&no_env).unwrap().overrides.port, Some(9000));
+        assert_eq!(
+            a.serve_settings(&no_env).unwrap().overrides.port,
+            Some(9000)
+        );
         let a = args(&["serve", "--port=70000"]).unwrap();
-        assert!(a.serve_settings(&no_env).unwrap_err().contains("invalid port"));
+        assert!(
+            a.serve_settings(&no_env)
+                .unwrap_err()
+                .contains("invalid port")
+        );
     }
 
     #[test]
     fn bind_flag() {
         let a = args(&["serve", "--bind", "lan"]).unwrap();
-        assert_eq!(a.serve_settings(&no_env).unwrap().overrides.bind, Some("0.0.0.0".parse().unwrap()));
+        assert_eq!(
+            a.serve_settings(&no_env).unwrap().overrides.bind,
+            Some("0.0.0.0".parse().unwrap())
+        );
         let a = args(&["serve", "--bind", "nowhere"]).unwrap();
         assert!(a.serve_settings(&no_env).is_err());
     }
 
     #[test]
     fn config_and_state_dir_flags() {
-        let a = args(&["serve", "--config", "/etc/keel.json", "--state-dir", "/var/lib/keel"]).unwrap();
+        let a = args(&[
+            "serve",
+            "--config",
+            "/etc/keel.json",
+            "--state-dir",
+            "/var/lib/keel",
+        ])
+        .unwrap();
         let s = a.serve_settings(&no_env).unwrap();
         assert_eq!(s.config, Some(PathBuf::from("/etc/keel.json")));
         assert_eq!(s.state_dir, PathBuf::from("/var/lib/keel"));
@@ -408,7 +505,10 @@ mod tests {
         assert_eq!(s.overrides.token.as_deref(), Some("tok"));
         assert!(s.handshake_warning.unwrap().contains("soon"));
         assert!(s.test_hooks);
-        let s = args(&["serve", "--port", "5"]).unwrap().serve_settings(&env).unwrap();
+        let s = args(&["serve", "--port", "5"])
+            .unwrap()
+            .serve_settings(&env)
+            .unwrap();
         assert_eq!(s.overrides.port, Some(5));
     }
 

@@ -81,6 +81,8 @@ pub struct Limits {
     pub rpc_body_bytes: usize,
     /// Requests one connection may have in flight at once.
     pub max_inflight_per_conn: usize,
+    /// A request head must arrive whole within this time of its first byte (slowloris).
+    pub header_timeout: Duration,
 }
 
 /// A feature turned off because its part of the config is bad.
@@ -146,6 +148,7 @@ impl Default for Config {
                 max_buffered_bytes: 8 << 20,
                 rpc_body_bytes: 1 << 20,
                 max_inflight_per_conn: 64,
+                header_timeout: Duration::from_secs(10),
             },
             disabled: Vec::new(),
         }
@@ -179,7 +182,11 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = if self.fatal { "error" } else { "error (feature disabled)" };
+        let kind = if self.fatal {
+            "error"
+        } else {
+            "error (feature disabled)"
+        };
         write!(f, "{kind}: {}: {}", self.path, self.message)
     }
 }
@@ -317,12 +324,19 @@ impl Validator {
         });
     }
 
-    fn warn_keys(&mut self, map: &Map<String, Value>, prefix: &str, known: &[&str], unsupported: &[&str]) {
+    fn warn_keys(
+        &mut self,
+        map: &Map<String, Value>,
+        prefix: &str,
+        known: &[&str],
+        unsupported: &[&str],
+    ) {
         for key in map.keys() {
             let path = join(prefix, key);
             if unsupported.contains(&key.as_str()) {
-                self.warnings
-                    .push(format!("{path}: OpenClaw setting not supported by keel; ignored"));
+                self.warnings.push(format!(
+                    "{path}: OpenClaw setting not supported by keel; ignored"
+                ));
             } else if !known.contains(&key.as_str()) {
                 self.warnings.push(format!("{path}: unknown key; ignored"));
             }
@@ -330,7 +344,12 @@ impl Validator {
     }
 
     fn root(&mut self, root: &Map<String, Value>) {
-        self.warn_keys(root, "", &["gateway", "hooks", "meta", "logging"], OPENCLAW_UNSUPPORTED);
+        self.warn_keys(
+            root,
+            "",
+            &["gateway", "hooks", "meta", "logging"],
+            OPENCLAW_UNSUPPORTED,
+        );
         if let Some(g) = root.get("gateway") {
             match g {
                 Value::Object(g) => self.gateway(g),
@@ -363,7 +382,10 @@ impl Validator {
         if let Some(p) = g.get("port") {
             match p.as_u64() {
                 Some(n) if n <= u64::from(u16::MAX) => self.config.port = n as u16,
-                _ => self.fatal("gateway.port", format!("expected a port number 0-65535, got {p}")),
+                _ => self.fatal(
+                    "gateway.port",
+                    format!("expected a port number 0-65535, got {p}"),
+                ),
             }
         }
         if let Some(b) = g.get("bind") {
@@ -385,7 +407,10 @@ impl Validator {
             match raw.as_u64() {
                 Some(n) if (min..=max).contains(&n) => Some(Duration::from_millis(n)),
                 _ => {
-                    v.disable(&path, format!("expected milliseconds in {min}..={max}, got {raw}"));
+                    v.disable(
+                        &path,
+                        format!("expected milliseconds in {min}..={max}, got {raw}"),
+                    );
                     None
                 }
             }
@@ -410,7 +435,12 @@ impl Validator {
                 self.config.io_workers = n;
             }
         }
-        if let Some(q) = self.section(g, "gateway.queues", "queues", &["control", "interactive", "background"]) {
+        if let Some(q) = self.section(
+            g,
+            "gateway.queues",
+            "queues",
+            &["control", "interactive", "background"],
+        ) {
             let caps = [
                 self.count(&q, "gateway.queues.control", "control", 1, 1 << 20),
                 self.count(&q, "gateway.queues.interactive", "interactive", 1, 1 << 20),
@@ -460,12 +490,19 @@ impl Validator {
                 .count(&p, &format!("gateway.pressure.{key}"), key, 1, 1 << 30)
                 .unwrap_or(def[i]);
         }
-        let pairs = [(0, 1, "rssWarnMb", "rssCriticalMb"), (2, 3, "lagWarnMs", "lagCriticalMs"), (4, 5, "queueAgeWarnMs", "queueAgeCriticalMs")];
+        let pairs = [
+            (0, 1, "rssWarnMb", "rssCriticalMb"),
+            (2, 3, "lagWarnMs", "lagCriticalMs"),
+            (4, 5, "queueAgeWarnMs", "queueAgeCriticalMs"),
+        ];
         for (w, c, wk, ck) in pairs {
             if vals[w] > vals[c] {
                 self.disable(
                     "gateway.pressure",
-                    format!("{wk} ({}) is above {ck} ({}); using the defaults", vals[w], vals[c]),
+                    format!(
+                        "{wk} ({}) is above {ck} ({}); using the defaults",
+                        vals[w], vals[c]
+                    ),
                 );
                 return;
             }
@@ -489,31 +526,77 @@ impl Validator {
             "maxBufferedBytes",
             "rpcBodyBytes",
             "maxInflightPerConnection",
+            "headerTimeoutMs",
         ];
         let Some(l) = self.section(g, "gateway.limits", "limits", KEYS) else {
             return;
         };
         let mut lim = self.config.limits;
-        if let Some(n) = self.count(&l, "gateway.limits.maxConnections", "maxConnections", 1, 1 << 20) {
+        if let Some(n) = self.count(
+            &l,
+            "gateway.limits.maxConnections",
+            "maxConnections",
+            1,
+            1 << 20,
+        ) {
             lim.max_connections = n;
         }
-        if let Some(n) = self.count(&l, "gateway.limits.maxPayloadBytes", "maxPayloadBytes", 64 << 10, 256 << 20) {
+        if let Some(n) = self.count(
+            &l,
+            "gateway.limits.maxPayloadBytes",
+            "maxPayloadBytes",
+            64 << 10,
+            256 << 20,
+        ) {
             lim.max_payload = n;
         }
-        if let Some(n) = self.count(&l, "gateway.limits.maxBufferedBytes", "maxBufferedBytes", 64 << 10, 1 << 30) {
+        if let Some(n) = self.count(
+            &l,
+            "gateway.limits.maxBufferedBytes",
+            "maxBufferedBytes",
+            64 << 10,
+            1 << 30,
+        ) {
             lim.max_buffered_bytes = n;
         }
-        if let Some(n) = self.count(&l, "gateway.limits.rpcBodyBytes", "rpcBodyBytes", 1 << 10, 256 << 20) {
+        if let Some(n) = self.count(
+            &l,
+            "gateway.limits.rpcBodyBytes",
+            "rpcBodyBytes",
+            1 << 10,
+            256 << 20,
+        ) {
             lim.rpc_body_bytes = n;
         }
-        if let Some(n) = self.count(&l, "gateway.limits.maxInflightPerConnection", "maxInflightPerConnection", 1, 1 << 16) {
+        if let Some(n) = self.count(
+            &l,
+            "gateway.limits.maxInflightPerConnection",
+            "maxInflightPerConnection",
+            1,
+            1 << 16,
+        ) {
             lim.max_inflight_per_conn = n;
+        }
+        if let Some(n) = self.count(
+            &l,
+            "gateway.limits.headerTimeoutMs",
+            "headerTimeoutMs",
+            100,
+            600_000,
+        ) {
+            lim.header_timeout = Duration::from_millis(n as u64);
         }
         self.config.limits = lim;
     }
 
     /// An optional object under `g[key]`; a non-object disables it.
-    fn section(&mut self, g: &Map<String, Value>, path: &str, key: &str, known: &[&str]) -> Option<Map<String, Value>> {
+    fn section(
+        &mut self,
+        g: &Map<String, Value>,
+        path: &str,
+        key: &str,
+        known: &[&str],
+    ) -> Option<Map<String, Value>> {
         match g.get(key)? {
             Value::Object(m) => {
                 self.warn_keys(m, path, known, &[]);
@@ -526,12 +609,22 @@ impl Validator {
         }
     }
 
-    fn count(&mut self, m: &Map<String, Value>, path: &str, key: &str, min: usize, max: usize) -> Option<usize> {
+    fn count(
+        &mut self,
+        m: &Map<String, Value>,
+        path: &str,
+        key: &str,
+        min: usize,
+        max: usize,
+    ) -> Option<usize> {
         let raw = m.get(key)?;
         match raw.as_u64() {
             Some(n) if (min as u64..=max as u64).contains(&n) => Some(n as usize),
             _ => {
-                self.disable(path, format!("expected an integer in {min}..={max}, got {raw}"));
+                self.disable(
+                    path,
+                    format!("expected an integer in {min}..={max}, got {raw}"),
+                );
                 None
             }
         }
@@ -541,14 +634,22 @@ impl Validator {
         let Value::Object(a) = a else {
             return self.fatal("gateway.auth", format!("expected an object, got {a}"));
         };
-        self.warn_keys(a, "gateway.auth", &["mode", "token", "password"], &["allowTailscale", "rateLimit", "trustedProxy"]);
+        self.warn_keys(
+            a,
+            "gateway.auth",
+            &["mode", "token", "password"],
+            &["allowTailscale", "rateLimit", "trustedProxy"],
+        );
         let secret = |v: &mut Validator, key: &str| -> Option<String> {
             match a.get(key)? {
                 Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
                 Value::String(_) | Value::Null => None,
                 other => {
                     let kind = json_kind(other);
-                    v.fatal(&format!("gateway.auth.{key}"), format!("expected a string, got {kind}"));
+                    v.fatal(
+                        &format!("gateway.auth.{key}"),
+                        format!("expected a string, got {kind}"),
+                    );
                     None
                 }
             }
@@ -587,12 +688,18 @@ impl Validator {
         if !enabled {
             return;
         }
-        let has_token = h.get("token").and_then(Value::as_str).is_some_and(|t| !t.trim().is_empty());
+        let has_token = h
+            .get("token")
+            .and_then(Value::as_str)
+            .is_some_and(|t| !t.trim().is_empty());
         if has_token {
             self.warnings
                 .push("hooks: enabled, but /hooks ingress is not supported by this version of keel; ignored".into());
         } else {
-            self.disable("hooks", "hooks.enabled is true but hooks.token is not set".into());
+            self.disable(
+                "hooks",
+                "hooks.enabled is true but hooks.token is not set".into(),
+            );
         }
     }
 }
@@ -634,7 +741,10 @@ pub fn resolve_bind(bind: &str, custom_host: Option<&str>) -> Result<IpAddr, Str
 
 /// Applies `KEEL_HANDSHAKE_TIMEOUT_MS` / `OPENCLAW_HANDSHAKE_TIMEOUT_MS` (the first set wins),
 /// clamped to [1 s, 120 s]. An invalid value is returned as a message to log once, and ignored.
-pub fn handshake_override(keel: Option<&str>, openclaw: Option<&str>) -> (Option<Duration>, Option<String>) {
+pub fn handshake_override(
+    keel: Option<&str>,
+    openclaw: Option<&str>,
+) -> (Option<Duration>, Option<String>) {
     let (name, raw) = match (keel, openclaw) {
         (Some(v), _) => ("KEEL_HANDSHAKE_TIMEOUT_MS", v),
         (None, Some(v)) => ("OPENCLAW_HANDSHAKE_TIMEOUT_MS", v),
@@ -667,17 +777,31 @@ mod tests {
 
     #[test]
     fn unknown_keys_warn_once_each_and_never_refuse() {
-        let v = parse(r#"{"gateway":{"port":1234,"frobnicate":1},"nonsense":true,"channels":{}}"#, None);
+        let v = parse(
+            r#"{"gateway":{"port":1234,"frobnicate":1},"nonsense":true,"channels":{}}"#,
+            None,
+        );
         assert!(v.problems.is_empty());
         assert_eq!(v.config.port, 1234);
         assert_eq!(v.warnings.len(), 3, "{:?}", v.warnings);
-        assert!(v.warnings.iter().any(|w| w.starts_with("gateway.frobnicate: unknown key")));
-        assert!(v.warnings.iter().any(|w| w.starts_with("channels: OpenClaw setting not supported")));
+        assert!(
+            v.warnings
+                .iter()
+                .any(|w| w.starts_with("gateway.frobnicate: unknown key"))
+        );
+        assert!(
+            v.warnings
+                .iter()
+                .any(|w| w.starts_with("channels: OpenClaw setting not supported"))
+        );
     }
 
     #[test]
     fn bad_tuning_disables_only_itself() {
-        let v = parse(r#"{"gateway":{"drainTimeoutMs":"soon","drainGraceMs":100}}"#, None);
+        let v = parse(
+            r#"{"gateway":{"drainTimeoutMs":"soon","drainGraceMs":100}}"#,
+            None,
+        );
         assert!(!v.is_fatal());
         assert_eq!(v.config.drain_timeout, Config::default().drain_timeout);
         assert_eq!(v.config.drain_grace, Duration::from_millis(100));
@@ -701,7 +825,15 @@ mod tests {
             None,
         );
         let paths: Vec<_> = v.problems.iter().map(|p| p.path.as_str()).collect();
-        assert_eq!(paths, ["gateway.port", "gateway.bind", "gateway.auth.mode", "gateway.queues.control"]);
+        assert_eq!(
+            paths,
+            [
+                "gateway.port",
+                "gateway.bind",
+                "gateway.auth.mode",
+                "gateway.queues.control"
+            ]
+        );
         assert!(v.is_fatal());
     }
 
@@ -716,7 +848,10 @@ mod tests {
     fn auth_modes() {
         let v = parse(r#"{"gateway":{"auth":{"mode":"password"}}}"#, None);
         assert!(v.is_fatal());
-        let v = parse(r#"{"gateway":{"auth":{"mode":"password","password":"pw"}}}"#, None);
+        let v = parse(
+            r#"{"gateway":{"auth":{"mode":"password","password":"pw"}}}"#,
+            None,
+        );
         assert!(!v.is_fatal());
         assert_eq!(v.config.auth.password.as_deref(), Some("pw"));
         assert!(!format!("{:?}", v.config.auth).contains("pw"));
@@ -724,9 +859,17 @@ mod tests {
 
     #[test]
     fn bind_names() {
-        assert_eq!(resolve_bind("loopback", None).unwrap().to_string(), "127.0.0.1");
+        assert_eq!(
+            resolve_bind("loopback", None).unwrap().to_string(),
+            "127.0.0.1"
+        );
         assert_eq!(resolve_bind("lan", None).unwrap().to_string(), "0.0.0.0");
-        assert_eq!(resolve_bind("custom", Some("10.0.0.2")).unwrap().to_string(), "10.0.0.2");
+        assert_eq!(
+            resolve_bind("custom", Some("10.0.0.2"))
+                .unwrap()
+                .to_string(),
+            "10.0.0.2"
+        );
         assert!(resolve_bind("custom", None).is_err());
         assert_eq!(resolve_bind("::1", None).unwrap().to_string(), "::1");
     }
@@ -734,8 +877,14 @@ mod tests {
     #[test]
     fn handshake_env_is_clamped_and_bad_values_ignored() {
         assert_eq!(handshake_override(Some("50"), None).0, Some(HANDSHAKE_MIN));
-        assert_eq!(handshake_override(None, Some("999999")).0, Some(HANDSHAKE_MAX));
-        assert_eq!(handshake_override(Some("2500"), Some("9000")).0, Some(Duration::from_millis(2500)));
+        assert_eq!(
+            handshake_override(None, Some("999999")).0,
+            Some(HANDSHAKE_MAX)
+        );
+        assert_eq!(
+            handshake_override(Some("2500"), Some("9000")).0,
+            Some(Duration::from_millis(2500))
+        );
         let (d, msg) = handshake_override(Some("abc"), None);
         assert!(d.is_none() && msg.unwrap().contains("KEEL_HANDSHAKE_TIMEOUT_MS"));
         assert_eq!(handshake_override(None, None), (None, None));

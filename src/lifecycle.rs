@@ -73,7 +73,10 @@ pub fn serve(s: ServeSettings) -> i32 {
         }
     };
     if let Err(e) = state::ensure_dir(&s.state_dir) {
-        log::error!("cannot create state directory {}: {e}", s.state_dir.display());
+        log::error!(
+            "cannot create state directory {}: {e}",
+            s.state_dir.display()
+        );
         return 1;
     }
     if let Some(w) = &s.handshake_warning {
@@ -105,7 +108,10 @@ pub fn serve(s: ServeSettings) -> i32 {
                 overrides.apply(&mut cfg);
             }
             Err(e) => {
-                log::error!("cannot read or create the gateway token in {}: {e}", s.state_dir.display());
+                log::error!(
+                    "cannot read or create the gateway token in {}: {e}",
+                    s.state_dir.display()
+                );
                 return 1;
             }
         }
@@ -117,7 +123,13 @@ pub fn serve(s: ServeSettings) -> i32 {
     run(s, path, overrides, cfg, signals)
 }
 
-fn run(s: ServeSettings, path: Option<PathBuf>, overrides: Overrides, mut cfg: Config, signals: Signals) -> i32 {
+fn run(
+    s: ServeSettings,
+    path: Option<PathBuf>,
+    overrides: Overrides,
+    mut cfg: Config,
+    signals: Signals,
+) -> i32 {
     let addr = cfg.listen_addr();
     let std_listener = match std::net::TcpListener::bind(addr) {
         Ok(l) => l,
@@ -160,7 +172,9 @@ fn run(s: ServeSettings, path: Option<PathBuf>, overrides: Overrides, mut cfg: C
         test_hooks: s.test_hooks,
     }));
     if s.test_hooks {
-        log::warn!("KEEL_TEST_HOOKS=1: test-only methods are enabled; never set this in production");
+        log::warn!(
+            "KEEL_TEST_HOOKS=1: test-only methods are enabled; never set this in production"
+        );
     }
     let runner = shared.clone();
     let started = receivers
@@ -171,7 +185,12 @@ fn run(s: ServeSettings, path: Option<PathBuf>, overrides: Overrides, mut cfg: C
         log::error!("cannot start threads: {e}");
         return 1;
     }
-    let reactor = match Reactor::new(poll, mio::net::TcpListener::from_std(std_listener), shared.clone(), rx) {
+    let reactor = match Reactor::new(
+        poll,
+        mio::net::TcpListener::from_std(std_listener),
+        shared.clone(),
+        rx,
+    ) {
         Ok(r) => r,
         Err(e) => {
             log::error!("cannot register the listener: {e}");
@@ -180,8 +199,13 @@ fn run(s: ServeSettings, path: Option<PathBuf>, overrides: Overrides, mut cfg: C
     };
     shared.set_listen_addr(local);
     shared.set_phase(Phase::Serving);
-    log::info!("keel {} listening on {local} ({cpu} cpu workers, {io} io workers)", crate::VERSION);
-    shared.notifier.notify(&format!("READY=1\nSTATUS=serving on {local}"));
+    log::info!(
+        "keel {} listening on {local} ({cpu} cpu workers, {io} io workers)",
+        crate::VERSION
+    );
+    shared
+        .notifier
+        .notify(&format!("READY=1\nSTATUS=serving on {local}"));
     if let Err(e) = reactor.run() {
         log::error!("reactor failed: {e}");
         return 1;
@@ -254,7 +278,10 @@ pub fn write_dump(shared: &Shared) -> std::io::Result<PathBuf> {
     state::ensure_dir(&dir)?;
     let path = dir.join(format!("dump-{}.json", clock::file_stamp(clock::wall_ms())));
     state::write_atomic(&path, text.as_bytes())?;
-    log::info!("SIGUSR1: diagnostic dump written to {}: {dump}", path.display());
+    log::info!(
+        "SIGUSR1: diagnostic dump written to {}: {dump}",
+        path.display()
+    );
     Ok(path)
 }
 
@@ -262,25 +289,41 @@ pub fn write_dump(shared: &Shared) -> std::io::Result<PathBuf> {
 /// need a restart (listen address, pool sizes, queue sizes) keep their running values.
 pub fn reload(shared: &Shared) {
     let running = shared.config();
-    let Some(path) = running.source.clone().or_else(|| config_path(None, &shared.state_dir)) else {
+    let Some(path) = running
+        .source
+        .clone()
+        .or_else(|| config_path(None, &shared.state_dir))
+    else {
         log::info!("SIGHUP: no config file (embedded default); nothing to reload");
         return;
     };
     let v = load_config(Some(&path));
     if v.is_fatal() {
-        log::error!("SIGHUP: {} refused; keeping the running config", path.display());
+        log::error!(
+            "SIGHUP: {} refused; keeping the running config",
+            path.display()
+        );
         return;
     }
     let mut next = v.config;
     shared.overrides.apply(&mut next);
     next.source = Some(path.clone());
     if next.auth.token.is_none() && next.auth.password.is_none() {
-        log::error!("SIGHUP: {} leaves no token or password; keeping the running config", path.display());
+        log::error!(
+            "SIGHUP: {} leaves no token or password; keeping the running config",
+            path.display()
+        );
         return;
     }
     let restart_only = [
-        ("listen address", next.listen_addr() != running.listen_addr()),
-        ("gateway.workers", (next.cpu_workers, next.io_workers) != (running.cpu_workers, running.io_workers)),
+        (
+            "listen address",
+            next.listen_addr() != running.listen_addr(),
+        ),
+        (
+            "gateway.workers",
+            (next.cpu_workers, next.io_workers) != (running.cpu_workers, running.io_workers),
+        ),
         ("gateway.queues", next.queues != running.queues),
     ];
     for (what, changed) in restart_only {

@@ -26,7 +26,10 @@ pub struct LagHistogram {
 impl LagHistogram {
     pub fn record(&self, d: Duration) {
         let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
-        let i = LAG_BOUNDS_US.iter().position(|&b| us <= b).unwrap_or(LAG_BOUNDS_US.len());
+        let i = LAG_BOUNDS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LAG_BOUNDS_US.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
         self.max_us.fetch_max(us, Ordering::Relaxed);
@@ -49,7 +52,10 @@ impl LagHistogram {
 
     fn render(&self, out: &mut String) {
         let name = "keel_reactor_lag_seconds";
-        let _ = writeln!(out, "# HELP {name} Time each reactor iteration kept new events waiting.");
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time each reactor iteration kept new events waiting."
+        );
         let _ = writeln!(out, "# TYPE {name} histogram");
         let counts = self.counts();
         let mut cum = 0;
@@ -136,6 +142,8 @@ pub struct Metrics {
     pub auth_rate_limited: Counter,
     pub handshake_timeouts: Counter,
     pub slow_consumers_closed: Counter,
+    /// Connection handlers that panicked (the connection was dropped, the reactor lived).
+    pub reactor_panics: Counter,
     pub conns_http: Gauge,
     pub conns_ws_handshake: Gauge,
     pub conns_ws_open: Gauge,
@@ -168,32 +176,92 @@ impl Metrics {
             let _ = writeln!(out, "keel_jobs_total{{outcome=\"{outcome}\"}} {}", c.get());
         }
         let counters: [(&str, &str, &Counter); 4] = [
-            ("keel_jobs_deadline_exceeded_total", "Jobs that passed their deadline (queued or running).", &self.jobs_deadline_exceeded),
-            ("keel_jobs_cancelled_total", "Jobs cancelled (drain, stall or request).", &self.jobs_cancelled),
-            ("keel_jobs_panicked_total", "Jobs whose code panicked; each became an error reply.", &self.jobs_panicked),
-            ("keel_connections_accepted_total", "TCP connections accepted.", &self.connections_accepted),
+            (
+                "keel_jobs_deadline_exceeded_total",
+                "Jobs that passed their deadline (queued or running).",
+                &self.jobs_deadline_exceeded,
+            ),
+            (
+                "keel_jobs_cancelled_total",
+                "Jobs cancelled (drain, stall or request).",
+                &self.jobs_cancelled,
+            ),
+            (
+                "keel_jobs_panicked_total",
+                "Jobs whose code panicked; each became an error reply.",
+                &self.jobs_panicked,
+            ),
+            (
+                "keel_connections_accepted_total",
+                "TCP connections accepted.",
+                &self.connections_accepted,
+            ),
         ];
         for (name, help, c) in counters {
             family(out, name, "counter", help, c.get());
         }
-        let _ = writeln!(out, "# HELP keel_jobs_rejected_total Jobs refused at admission, by reason.");
+        let _ = writeln!(
+            out,
+            "# HELP keel_jobs_rejected_total Jobs refused at admission, by reason."
+        );
         let _ = writeln!(out, "# TYPE keel_jobs_rejected_total counter");
         for (reason, c) in [
             ("queue_full", &self.rejected_queue_full),
             ("draining", &self.rejected_draining),
             ("pressure", &self.rejected_pressure),
         ] {
-            let _ = writeln!(out, "keel_jobs_rejected_total{{reason=\"{reason}\"}} {}", c.get());
+            let _ = writeln!(
+                out,
+                "keel_jobs_rejected_total{{reason=\"{reason}\"}} {}",
+                c.get()
+            );
         }
-        let simple: [(&str, &str, &Counter); 8] = [
-            ("keel_connections_refused_total", "Connections closed at accept (limit reached).", &self.connections_refused),
-            ("keel_http_requests_total", "HTTP requests parsed.", &self.http_requests),
-            ("keel_http_client_errors_total", "HTTP requests answered 4xx.", &self.http_errors_4xx),
-            ("keel_ws_requests_total", "WebSocket requests after connect.", &self.ws_requests),
-            ("keel_auth_failures_total", "Failed authentications (HTTP and WebSocket).", &self.auth_failures),
-            ("keel_auth_rate_limited_total", "Attempts refused by the per-IP failure limit.", &self.auth_rate_limited),
-            ("keel_ws_handshake_timeouts_total", "WebSockets closed for not sending connect in time.", &self.handshake_timeouts),
-            ("keel_slow_consumers_closed_total", "Clients closed because their write buffer was full.", &self.slow_consumers_closed),
+        let simple: [(&str, &str, &Counter); 9] = [
+            (
+                "keel_reactor_handler_panics_total",
+                "Connections dropped after a panic in their handler.",
+                &self.reactor_panics,
+            ),
+            (
+                "keel_connections_refused_total",
+                "Connections closed at accept (limit reached).",
+                &self.connections_refused,
+            ),
+            (
+                "keel_http_requests_total",
+                "HTTP requests parsed.",
+                &self.http_requests,
+            ),
+            (
+                "keel_http_client_errors_total",
+                "HTTP requests answered 4xx.",
+                &self.http_errors_4xx,
+            ),
+            (
+                "keel_ws_requests_total",
+                "WebSocket requests after connect.",
+                &self.ws_requests,
+            ),
+            (
+                "keel_auth_failures_total",
+                "Failed authentications (HTTP and WebSocket).",
+                &self.auth_failures,
+            ),
+            (
+                "keel_auth_rate_limited_total",
+                "Attempts refused by the per-IP failure limit.",
+                &self.auth_rate_limited,
+            ),
+            (
+                "keel_ws_handshake_timeouts_total",
+                "WebSockets closed for not sending connect in time.",
+                &self.handshake_timeouts,
+            ),
+            (
+                "keel_slow_consumers_closed_total",
+                "Clients closed because their write buffer was full.",
+                &self.slow_consumers_closed,
+            ),
         ];
         for (name, help, c) in simple {
             family(out, name, "counter", help, c.get());
@@ -207,7 +275,13 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "keel_connections{{kind=\"{kind}\"}} {}", g.get());
         }
-        family(out, "keel_resident_memory_bytes", "gauge", "Resident set size.", self.rss_bytes.get());
+        family(
+            out,
+            "keel_resident_memory_bytes",
+            "gauge",
+            "Resident set size.",
+            self.rss_bytes.get(),
+        );
     }
 }
 

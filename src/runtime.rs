@@ -17,10 +17,10 @@ use crate::watchdog::Level;
 use crossbeam_channel::Sender;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -155,7 +155,10 @@ impl Shared {
 
     /// The bound address (the configured one until the listener exists).
     pub fn listen_addr(&self) -> SocketAddr {
-        self.listen.get().copied().unwrap_or_else(|| self.config().listen_addr())
+        self.listen
+            .get()
+            .copied()
+            .unwrap_or_else(|| self.config().listen_addr())
     }
 
     pub fn uptime(&self) -> Duration {
@@ -243,13 +246,16 @@ impl Shared {
     // ---- reactor heartbeat -----------------------------------------------------------------
 
     pub fn reactor_busy(&self, now: Instant) {
-        self.reactor_busy_since.store(clock::mono_ms(now) + 1, Ordering::Release);
-        self.reactor_heartbeat.store(clock::mono_ms(now), Ordering::Release);
+        self.reactor_busy_since
+            .store(clock::mono_ms(now) + 1, Ordering::Release);
+        self.reactor_heartbeat
+            .store(clock::mono_ms(now), Ordering::Release);
     }
 
     pub fn reactor_idle(&self, now: Instant) {
         self.reactor_busy_since.store(0, Ordering::Release);
-        self.reactor_heartbeat.store(clock::mono_ms(now), Ordering::Release);
+        self.reactor_heartbeat
+            .store(clock::mono_ms(now), Ordering::Release);
     }
 
     /// How long the reactor has been inside its current iteration (zero while it waits).
@@ -355,7 +361,10 @@ impl Shared {
                     log::error!("job {} ({}) panicked: {what}", info.id, info.kind);
                     Err(RpcError::new(
                         Code::Internal,
-                        format!("{} failed: internal error (job {} panicked)", info.kind, info.id),
+                        format!(
+                            "{} failed: internal error (job {} panicked)",
+                            info.kind, info.id
+                        ),
                     ))
                 }
             };
@@ -507,39 +516,97 @@ impl Shared {
         let _ = writeln!(out, "# HELP keel_build_info keel's version.");
         let _ = writeln!(out, "# TYPE keel_build_info gauge");
         let _ = writeln!(out, "keel_build_info{{version=\"{}\"}} 1", crate::VERSION);
-        family(&mut out, "keel_uptime_seconds", "gauge", "Seconds since start.", self.uptime().as_secs_f64());
+        family(
+            &mut out,
+            "keel_uptime_seconds",
+            "gauge",
+            "Seconds since start.",
+            self.uptime().as_secs_f64(),
+        );
         self.metrics.render(&mut out);
-        let _ = writeln!(out, "# HELP keel_queue_depth Jobs waiting, by pool and lane.");
+        let _ = writeln!(
+            out,
+            "# HELP keel_queue_depth Jobs waiting, by pool and lane."
+        );
         let _ = writeln!(out, "# TYPE keel_queue_depth gauge");
         for kind in [PoolKind::Cpu, PoolKind::Io] {
             for q in self.pools.get(kind).queues() {
-                let _ = writeln!(out, "keel_queue_depth{{pool=\"{}\",lane=\"{}\"}} {}", kind.as_str(), q.lane.as_str(), q.depth);
+                let _ = writeln!(
+                    out,
+                    "keel_queue_depth{{pool=\"{}\",lane=\"{}\"}} {}",
+                    kind.as_str(),
+                    q.lane.as_str(),
+                    q.depth
+                );
             }
         }
-        let _ = writeln!(out, "# HELP keel_queue_oldest_age_seconds Age of the oldest queued job, by pool and lane.");
+        let _ = writeln!(
+            out,
+            "# HELP keel_queue_oldest_age_seconds Age of the oldest queued job, by pool and lane."
+        );
         let _ = writeln!(out, "# TYPE keel_queue_oldest_age_seconds gauge");
         for (pi, kind) in [PoolKind::Cpu, PoolKind::Io].into_iter().enumerate() {
             for lane in Lane::ALL {
                 let age = self.metrics.oldest_queued_ms[pi][lane as usize].get() as f64 / 1000.0;
-                let _ = writeln!(out, "keel_queue_oldest_age_seconds{{pool=\"{}\",lane=\"{}\"}} {age}", kind.as_str(), lane.as_str());
+                let _ = writeln!(
+                    out,
+                    "keel_queue_oldest_age_seconds{{pool=\"{}\",lane=\"{}\"}} {age}",
+                    kind.as_str(),
+                    lane.as_str()
+                );
             }
         }
         let _ = writeln!(out, "# HELP keel_jobs_in_flight Jobs running, by pool.");
         let _ = writeln!(out, "# TYPE keel_jobs_in_flight gauge");
         for kind in [PoolKind::Cpu, PoolKind::Io] {
-            let _ = writeln!(out, "keel_jobs_in_flight{{pool=\"{}\"}} {}", kind.as_str(), self.pools.get(kind).busy());
+            let _ = writeln!(
+                out,
+                "keel_jobs_in_flight{{pool=\"{}\"}} {}",
+                kind.as_str(),
+                self.pools.get(kind).busy()
+            );
         }
         let p = self.pressure();
-        family(&mut out, "keel_pressure_level", "gauge", "0 normal, 1 elevated, 2 critical.", p.level as u8);
-        family(&mut out, "keel_draining", "gauge", "1 while draining for shutdown.", u8::from(self.phase() >= Phase::Draining));
-        family(&mut out, "keel_reactor_stuck_seconds", "gauge", "How long the reactor has been inside its current iteration.", self.reactor_stuck_for(now).as_secs_f64());
-        family(&mut out, "keel_config_disabled_features", "gauge", "Features disabled by a bad config.", self.config().disabled.len());
+        family(
+            &mut out,
+            "keel_pressure_level",
+            "gauge",
+            "0 normal, 1 elevated, 2 critical.",
+            p.level as u8,
+        );
+        family(
+            &mut out,
+            "keel_draining",
+            "gauge",
+            "1 while draining for shutdown.",
+            u8::from(self.phase() >= Phase::Draining),
+        );
+        family(
+            &mut out,
+            "keel_reactor_stuck_seconds",
+            "gauge",
+            "How long the reactor has been inside its current iteration.",
+            self.reactor_stuck_for(now).as_secs_f64(),
+        );
+        family(
+            &mut out,
+            "keel_config_disabled_features",
+            "gauge",
+            "Features disabled by a bad config.",
+            self.config().disabled.len(),
+        );
         out
     }
 
     /// Pools, queues and every job, for `status` and the dump.
     fn jobs_json(&self, now: Instant) -> Value {
-        Value::Array(self.jobs.snapshot().iter().map(|j| j.describe(now)).collect())
+        Value::Array(
+            self.jobs
+                .snapshot()
+                .iter()
+                .map(|j| j.describe(now))
+                .collect(),
+        )
     }
 
     /// The `status` method (runs as a job).

@@ -25,8 +25,13 @@ impl Notifier {
         )
     }
 
-    pub fn new(socket: Option<String>, watchdog_usec: Option<&str>, watchdog_pid: Option<&str>) -> Notifier {
-        let pid_ok = watchdog_pid.is_none_or(|p| p.trim().parse::<u32>().ok() == Some(std::process::id()));
+    pub fn new(
+        socket: Option<String>,
+        watchdog_usec: Option<&str>,
+        watchdog_pid: Option<&str>,
+    ) -> Notifier {
+        let pid_ok =
+            watchdog_pid.is_none_or(|p| p.trim().parse::<u32>().ok() == Some(std::process::id()));
         let watchdog = watchdog_usec
             .and_then(|u| u.trim().parse::<u64>().ok())
             .filter(|&u| u > 0 && pid_ok)
@@ -84,7 +89,11 @@ mod tests {
         let n = Notifier::new(None, Some("1000000"), Some("1"));
         assert_eq!(n.watchdog, None);
         let me = std::process::id().to_string();
-        assert!(Notifier::new(None, Some("1000000"), Some(&me)).watchdog.is_some());
+        assert!(
+            Notifier::new(None, Some("1000000"), Some(&me))
+                .watchdog
+                .is_some()
+        );
     }
 
     #[test]

@@ -149,11 +149,24 @@ impl Pressure {
             } else {
                 Level::Normal
             };
-            let bound = if l == Level::Critical { c.lag_critical } else { c.lag_warn };
-            raise(l, format!("reactor lag p99 {} >= {}", fmt_ms(p99), fmt_ms(bound)));
+            let bound = if l == Level::Critical {
+                c.lag_critical
+            } else {
+                c.lag_warn
+            };
+            raise(
+                l,
+                format!("reactor lag p99 {} >= {}", fmt_ms(p99), fmt_ms(bound)),
+            );
         }
         if s.reactor_stuck >= STUCK_CRITICAL {
-            raise(Level::Critical, format!("reactor stuck in one iteration for {}", fmt_ms(s.reactor_stuck)));
+            raise(
+                Level::Critical,
+                format!(
+                    "reactor stuck in one iteration for {}",
+                    fmt_ms(s.reactor_stuck)
+                ),
+            );
         }
         let age = s.interactive_age.as_millis() as u64;
         let l = Self::bump(
@@ -162,11 +175,34 @@ impl Pressure {
             c.queue_age_warn.as_millis() as u64,
             c.queue_age_critical.as_millis() as u64,
         );
-        let bound = if l == Level::Critical { c.queue_age_critical } else { c.queue_age_warn };
-        raise(l, format!("interactive queue: oldest job waiting {} >= {}", fmt_ms(s.interactive_age), fmt_ms(bound)));
-        let l = Self::bump(&mut self.rss_streak, s.rss_bytes, c.rss_warn_bytes, c.rss_critical_bytes);
-        let bound = if l == Level::Critical { c.rss_critical_bytes } else { c.rss_warn_bytes };
-        raise(l, format!("rss {} >= {}", fmt_mib(s.rss_bytes), fmt_mib(bound)));
+        let bound = if l == Level::Critical {
+            c.queue_age_critical
+        } else {
+            c.queue_age_warn
+        };
+        raise(
+            l,
+            format!(
+                "interactive queue: oldest job waiting {} >= {}",
+                fmt_ms(s.interactive_age),
+                fmt_ms(bound)
+            ),
+        );
+        let l = Self::bump(
+            &mut self.rss_streak,
+            s.rss_bytes,
+            c.rss_warn_bytes,
+            c.rss_critical_bytes,
+        );
+        let bound = if l == Level::Critical {
+            c.rss_critical_bytes
+        } else {
+            c.rss_warn_bytes
+        };
+        raise(
+            l,
+            format!("rss {} >= {}", fmt_mib(s.rss_bytes), fmt_mib(bound)),
+        );
         (level, reasons)
     }
 
@@ -211,7 +247,12 @@ pub struct LagWindow {
 impl LagWindow {
     /// Adds a snapshot of the cumulative counts and the max since the last one; returns the
     /// window's p99 (if it has enough samples) and max.
-    pub fn push(&mut self, now: Instant, counts: [u64; LAG_BUCKETS], recent_max: Duration) -> (Option<Duration>, Duration) {
+    pub fn push(
+        &mut self,
+        now: Instant,
+        counts: [u64; LAG_BUCKETS],
+        recent_max: Duration,
+    ) -> (Option<Duration>, Duration) {
         self.snaps.push_back((now, counts, recent_max));
         // The front is the baseline: the newest snapshot at least a window old (or the first).
         while self
@@ -223,7 +264,13 @@ impl LagWindow {
         }
         let first = self.snaps.front().map(|s| s.1).unwrap_or([0; LAG_BUCKETS]);
         let diff: [u64; LAG_BUCKETS] = std::array::from_fn(|i| counts[i].saturating_sub(first[i]));
-        let max = self.snaps.iter().skip(1).map(|s| s.2).max().unwrap_or_default();
+        let max = self
+            .snaps
+            .iter()
+            .skip(1)
+            .map(|s| s.2)
+            .max()
+            .unwrap_or_default();
         let total: u64 = diff.iter().sum();
         let p99 = if total >= MIN_LAG_SAMPLES {
             quantile(&diff, 0.99, max).map(|q| q.min(max.max(Duration::from_micros(1))))
@@ -338,7 +385,8 @@ impl Watchdog {
         for (p, pool) in [PoolKind::Cpu, PoolKind::Io].into_iter().enumerate() {
             let _ = pool;
             for lane in Lane::ALL {
-                m.oldest_queued_ms[p][lane as usize].set(oldest[p][lane as usize].as_millis() as u64);
+                m.oldest_queued_ms[p][lane as usize]
+                    .set(oldest[p][lane as usize].as_millis() as u64);
             }
         }
 
@@ -347,13 +395,23 @@ impl Watchdog {
         let sample = Sample {
             lag_p99,
             reactor_stuck: sh.reactor_stuck_for(now),
-            interactive_age: oldest[0][Lane::Interactive as usize].max(oldest[1][Lane::Interactive as usize]),
+            interactive_age: oldest[0][Lane::Interactive as usize]
+                .max(oldest[1][Lane::Interactive as usize]),
             rss_bytes: rss,
         };
         let previous = sh.pressure();
         let transition = self.pressure.observe(now, &sample);
         if let Some(t) = &transition {
-            let msg = format!("pressure {} -> {}: {}", t.from.as_str(), t.to.as_str(), if t.reasons.is_empty() { "signals back to normal".into() } else { t.reasons.join("; ") });
+            let msg = format!(
+                "pressure {} -> {}: {}",
+                t.from.as_str(),
+                t.to.as_str(),
+                if t.reasons.is_empty() {
+                    "signals back to normal".into()
+                } else {
+                    t.reasons.join("; ")
+                }
+            );
             if t.to > t.from {
                 log::warn!("{msg}");
             } else {
@@ -363,7 +421,11 @@ impl Watchdog {
         }
         sh.set_pressure(PressureView {
             level: self.pressure.level(),
-            since_wall_ms: if transition.is_some() { clock::wall_ms() } else { previous.since_wall_ms },
+            since_wall_ms: if transition.is_some() {
+                clock::wall_ms()
+            } else {
+                previous.since_wall_ms
+            },
             reasons: self.pressure.reasons().to_vec(),
             lag_p99,
             lag_max,
@@ -382,9 +444,13 @@ impl Watchdog {
             log::error!(
                 "drain grace expired; exiting with {} job(s) still running: {}",
                 jobs.len(),
-                jobs.iter().map(|j| format!("{} ({})", j.id, j.kind)).collect::<Vec<_>>().join(", ")
+                jobs.iter()
+                    .map(|j| format!("{} ({})", j.id, j.kind))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
-            sh.notifier.notify("STATUS=drain grace expired; exiting with work aborted");
+            sh.notifier
+                .notify("STATUS=drain grace expired; exiting with work aborted");
             std::process::exit(1);
         }
         if now >= d.deadline && !d.cancelled {
@@ -397,7 +463,8 @@ impl Watchdog {
                     "drain deadline reached: aborting job {} ({}, running {} ms)",
                     j.id,
                     j.kind,
-                    j.started_at().map_or(0, |s| now.saturating_duration_since(s).as_millis())
+                    j.started_at()
+                        .map_or(0, |s| now.saturating_duration_since(s).as_millis())
                 );
             }
             if !jobs.is_empty() {
@@ -408,15 +475,24 @@ impl Watchdog {
                 );
             }
         }
-        if self.last_drain_log.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(5)) && sh.phase() == Phase::Draining {
+        if self
+            .last_drain_log
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(5))
+            && sh.phase() == Phase::Draining
+        {
             self.last_drain_log = Some(now);
-            let (step, at) = if now < d.deadline { ("cancel", d.deadline) } else { ("exit", d.hard_deadline) };
+            let (step, at) = if now < d.deadline {
+                ("cancel", d.deadline)
+            } else {
+                ("exit", d.hard_deadline)
+            };
             let remaining = at.saturating_duration_since(now);
             log::info!(
                 "draining: {in_flight} job(s) in flight; {step} in {:.1} s",
                 remaining.as_secs_f64()
             );
-            let until_exit = d.hard_deadline.saturating_duration_since(now) + Duration::from_secs(5);
+            let until_exit =
+                d.hard_deadline.saturating_duration_since(now) + Duration::from_secs(5);
             sh.notifier.notify(&format!(
                 "EXTEND_TIMEOUT_USEC={}\nSTATUS=draining: {in_flight} job(s) in flight",
                 until_exit.as_micros()
@@ -426,10 +502,16 @@ impl Watchdog {
 
     fn systemd(&mut self, now: Instant) {
         let sh = &self.shared;
-        let Some(interval) = sh.notifier.watchdog else { return };
+        let Some(interval) = sh.notifier.watchdog else {
+            return;
+        };
         let half = interval / 2;
         let fresh = sh.reactor_heartbeat_age(now) < half.max(Duration::from_millis(500));
-        if fresh && self.last_systemd_ping.is_none_or(|t| now.saturating_duration_since(t) >= half) {
+        if fresh
+            && self
+                .last_systemd_ping
+                .is_none_or(|t| now.saturating_duration_since(t) >= half)
+        {
             self.last_systemd_ping = Some(now);
             sh.notifier.notify("WATCHDOG=1");
         }
@@ -461,7 +543,10 @@ mod tests {
         let (p99, _) = w.push(t(100), counts, Duration::from_secs(1));
         assert_eq!(p99, None);
         let mut p = Pressure::new(cfg());
-        let s = Sample { lag_p99: p99, ..Sample::default() };
+        let s = Sample {
+            lag_p99: p99,
+            ..Sample::default()
+        };
         assert_eq!(p.observe(t(100), &s), None);
         counts[0] = 1000;
         counts[12] = 20;
@@ -476,27 +561,43 @@ mod tests {
         let mut counts = [0u64; LAG_BUCKETS];
         counts[12] = 100;
         w.push(t(0), [0; LAG_BUCKETS], Duration::ZERO);
-        assert_eq!(w.push(t(100), counts, Duration::from_secs(1)).0, Some(Duration::from_secs(1)));
+        assert_eq!(
+            w.push(t(100), counts, Duration::from_secs(1)).0,
+            Some(Duration::from_secs(1))
+        );
         counts[0] = 10_000;
         // Eleven seconds later the slow iterations have left the window.
-        assert_eq!(w.push(t(11_000), counts, Duration::from_micros(90)).0, Some(Duration::from_micros(90)));
+        assert_eq!(
+            w.push(t(11_000), counts, Duration::from_micros(90)).0,
+            Some(Duration::from_micros(90))
+        );
     }
 
     #[test]
     fn rss_must_hold_for_a_streak_and_levels_hold_then_step_down() {
         let c = cfg();
         let mut p = Pressure::new(c);
-        let high = Sample { rss_bytes: c.rss_critical_bytes + 1, ..Sample::default() };
+        let high = Sample {
+            rss_bytes: c.rss_critical_bytes + 1,
+            ..Sample::default()
+        };
         let low = Sample::default();
         for i in 0..STREAK - 1 {
-            assert_eq!(p.observe(t(u64::from(i) * 100), &high), None, "a short spike is ignored");
+            assert_eq!(
+                p.observe(t(u64::from(i) * 100), &high),
+                None,
+                "a short spike is ignored"
+            );
         }
         let tr = p.observe(t(500), &high).expect("critical after the streak");
         assert_eq!((tr.from, tr.to), (Level::Normal, Level::Critical));
         assert!(tr.reasons[0].starts_with("rss "), "{:?}", tr.reasons);
         // Holds while the hold window runs, then steps down one level at a time.
         assert_eq!(p.observe(t(600), &low), None);
-        assert_eq!(p.observe(t(500) + c.hold - Duration::from_millis(1), &low), None);
+        assert_eq!(
+            p.observe(t(500) + c.hold - Duration::from_millis(1), &low),
+            None
+        );
         let tr = p.observe(t(500) + c.hold, &low).unwrap();
         assert_eq!(tr.to, Level::Elevated);
         let tr = p.observe(t(500) + c.hold * 2, &low).unwrap();
@@ -507,7 +608,10 @@ mod tests {
     #[test]
     fn a_stuck_reactor_is_critical_at_once() {
         let mut p = Pressure::new(cfg());
-        let s = Sample { reactor_stuck: Duration::from_secs(2), ..Sample::default() };
+        let s = Sample {
+            reactor_stuck: Duration::from_secs(2),
+            ..Sample::default()
+        };
         assert_eq!(p.observe(t(0), &s).unwrap().to, Level::Critical);
     }
 
@@ -521,13 +625,23 @@ mod tests {
             stall_limit: Some(Duration::from_secs(2)),
         };
         let j = JobInfo::new(1, &spec, ReplyTo::Internal, t(0));
-        assert_eq!(job_verdict(&j, t(5_000)), Verdict::Fine, "queued jobs do not stall");
+        assert_eq!(
+            job_verdict(&j, t(5_000)),
+            Verdict::Fine,
+            "queued jobs do not stall"
+        );
         j.mark_started(t(5_000));
         assert_eq!(job_verdict(&j, t(6_000)), Verdict::Fine);
-        assert_eq!(job_verdict(&j, t(7_000)), Verdict::Cancel(CancelReason::Stalled));
+        assert_eq!(
+            job_verdict(&j, t(7_000)),
+            Verdict::Cancel(CancelReason::Stalled)
+        );
         j.stamp(t(6_900));
         assert_eq!(job_verdict(&j, t(7_000)), Verdict::Fine);
-        assert_eq!(job_verdict(&j, t(10_000)), Verdict::Cancel(CancelReason::Deadline));
+        assert_eq!(
+            job_verdict(&j, t(10_000)),
+            Verdict::Cancel(CancelReason::Deadline)
+        );
         j.token.cancel(CancelReason::Deadline);
         assert_eq!(job_verdict(&j, t(10_000)), Verdict::Fine, "acted on once");
     }

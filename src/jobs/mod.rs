@@ -169,7 +169,11 @@ impl std::fmt::Debug for CancelToken {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplyTo {
     /// A WebSocket request: connection slot, its generation, and the request id.
-    Ws { conn: usize, generation: u64, id: String },
+    Ws {
+        conn: usize,
+        generation: u64,
+        id: String,
+    },
     /// An HTTP request (`POST /api/rpc/<method>`) waiting on its connection.
     Http { conn: usize, generation: u64 },
     /// Internal work; the result is only logged.
@@ -253,7 +257,8 @@ impl JobInfo {
     }
 
     pub fn mark_started(&self, now: Instant) {
-        self.started.store(clock::mono_ms(now) + 1, Ordering::Release);
+        self.started
+            .store(clock::mono_ms(now) + 1, Ordering::Release);
         self.stamp(now);
     }
 
@@ -336,11 +341,17 @@ impl JobCtx<'_> {
 
 /// The error a client gets for a job cancelled for `reason`.
 pub fn cancel_error(info: &JobInfo, reason: CancelReason) -> RpcError {
-    let timeout = info.deadline.saturating_duration_since(info.enqueued).as_millis();
+    let timeout = info
+        .deadline
+        .saturating_duration_since(info.enqueued)
+        .as_millis();
     match reason {
         CancelReason::Deadline => RpcError::new(
             Code::DeadlineExceeded,
-            format!("{} (job {}) exceeded its deadline of {timeout} ms", info.kind, info.id),
+            format!(
+                "{} (job {}) exceeded its deadline of {timeout} ms",
+                info.kind, info.id
+            ),
         ),
         CancelReason::Stalled => RpcError::new(
             Code::DeadlineExceeded,
@@ -461,9 +472,15 @@ mod tests {
         };
         let t0 = clock::epoch() + Duration::from_secs(100);
         let info = JobInfo::new(1, &spec, ReplyTo::Internal, t0);
-        assert_eq!(info.queue_wait(t0 + Duration::from_millis(30)), Duration::from_millis(30));
+        assert_eq!(
+            info.queue_wait(t0 + Duration::from_millis(30)),
+            Duration::from_millis(30)
+        );
         info.mark_started(t0 + Duration::from_millis(40));
-        assert_eq!(info.queue_wait(t0 + Duration::from_secs(5)), Duration::from_millis(40));
+        assert_eq!(
+            info.queue_wait(t0 + Duration::from_secs(5)),
+            Duration::from_millis(40)
+        );
         let d = info.describe(t0 + Duration::from_millis(50));
         assert_eq!(d["state"], "running");
         assert_eq!(d["runningMs"], 10);

@@ -180,7 +180,10 @@ mod tests {
         assert!(pools.cpu.try_submit(job(1, Lane::Background)).is_ok());
         let back = pools.cpu.try_submit(job(2, Lane::Background)).unwrap_err();
         assert_eq!(back.info.id, 2);
-        assert!(pools.cpu.try_submit(job(3, Lane::Control)).is_ok(), "lanes are separate");
+        assert!(
+            pools.cpu.try_submit(job(3, Lane::Control)).is_ok(),
+            "lanes are separate"
+        );
     }
 
     #[test]
@@ -191,10 +194,17 @@ mod tests {
             background: 8,
         };
         let (pools, rx) = Pools::new(1, 1, caps);
-        for (id, lane) in [(1, Lane::Background), (2, Lane::Interactive), (3, Lane::Control)] {
+        for (id, lane) in [
+            (1, Lane::Background),
+            (2, Lane::Interactive),
+            (3, Lane::Control),
+        ] {
             pools.cpu.try_submit(job(id, lane)).map_err(|_| ()).unwrap();
         }
-        let order: Vec<u64> = std::iter::from_fn(|| next_job(&rx.cpu.0)).take(3).map(|j| j.info.id).collect();
+        let order: Vec<u64> = std::iter::from_fn(|| next_job(&rx.cpu.0))
+            .take(3)
+            .map(|j| j.info.id)
+            .collect();
         assert_eq!(order, [3, 2, 1]);
         drop(pools);
         assert!(next_job(&rx.cpu.0).is_none());

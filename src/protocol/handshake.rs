@@ -67,7 +67,11 @@ pub fn parse_connect(params: &Value) -> Result<ConnectParams, RpcError> {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) if a.len() <= 64 => a
             .iter()
-            .map(|s| s.as_str().map(String::from).ok_or_else(|| bad("scopes must be strings")))
+            .map(|s| {
+                s.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| bad("scopes must be strings"))
+            })
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(bad("scopes must be an array of strings")),
     };
@@ -77,7 +81,12 @@ pub fn parse_connect(params: &Value) -> Result<ConnectParams, RpcError> {
     {
         return Err(bad("device must be an object"));
     }
-    let field = |key: &str| client.and_then(|c| c.get(key)).and_then(Value::as_str).map(String::from);
+    let field = |key: &str| {
+        client
+            .and_then(|c| c.get(key))
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
     Ok(ConnectParams {
         min_protocol,
         max_protocol,
@@ -182,8 +191,14 @@ mod tests {
 
     #[test]
     fn negotiation_picks_the_highest_common_version() {
-        assert_eq!(negotiate(&parse_connect(&cli_connect(3, 3)).unwrap()).unwrap(), 3);
-        assert_eq!(negotiate(&parse_connect(&cli_connect(1, 9)).unwrap()).unwrap(), 4);
+        assert_eq!(
+            negotiate(&parse_connect(&cli_connect(3, 3)).unwrap()).unwrap(),
+            3
+        );
+        assert_eq!(
+            negotiate(&parse_connect(&cli_connect(1, 9)).unwrap()).unwrap(),
+            4
+        );
         let e = negotiate(&parse_connect(&cli_connect(1, 2)).unwrap()).unwrap_err();
         assert_eq!(e.message, "protocol mismatch");
         let d = e.details.unwrap();
@@ -203,7 +218,10 @@ mod tests {
             json!({"minProtocol": 3, "maxProtocol": 4, "scopes": [1]}),
         ] {
             let e = parse_connect(&bad).unwrap_err();
-            assert!(e.message.starts_with("invalid connect params"), "{bad}: {e}");
+            assert!(
+                e.message.starts_with("invalid connect params"),
+                "{bad}: {e}"
+            );
         }
     }
 
@@ -226,9 +244,20 @@ mod tests {
             k.sort();
             k
         };
-        assert_eq!(keys(&h), ["auth", "features", "policy", "protocol", "server", "snapshot", "type"]);
-        assert_eq!(keys(&h["snapshot"]), ["health", "presence", "stateVersion", "uptimeMs"]);
-        assert_eq!(keys(&h["policy"]), ["maxBufferedBytes", "maxPayload", "tickIntervalMs"]);
+        assert_eq!(
+            keys(&h),
+            [
+                "auth", "features", "policy", "protocol", "server", "snapshot", "type"
+            ]
+        );
+        assert_eq!(
+            keys(&h["snapshot"]),
+            ["health", "presence", "stateVersion", "uptimeMs"]
+        );
+        assert_eq!(
+            keys(&h["policy"]),
+            ["maxBufferedBytes", "maxPayload", "tickIntervalMs"]
+        );
         assert_eq!(keys(&h["server"]), ["connId", "version"]);
     }
 }

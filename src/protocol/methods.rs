@@ -55,7 +55,11 @@ const METHODS: &[Method] = &[
 
 /// Method names announced in `hello-ok`.
 pub fn public_names() -> Vec<&'static str> {
-    METHODS.iter().filter(|m| !m.hidden).map(|m| m.name).collect()
+    METHODS
+        .iter()
+        .filter(|m| !m.hidden)
+        .map(|m| m.name)
+        .collect()
 }
 
 /// Resolves a call. Unknown methods (and hidden ones without test hooks) are
@@ -101,10 +105,9 @@ fn status(shared: &Arc<Shared>, _params: &Value) -> Result<(JobSpec, Work), RpcE
 fn opt_u64(params: &Value, key: &str, default: u64, max: u64) -> Result<u64, RpcError> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(default),
-        Some(v) => v
-            .as_u64()
-            .filter(|n| *n <= max)
-            .ok_or_else(|| RpcError::invalid(format!("invalid params: {key} must be an integer <= {max}"))),
+        Some(v) => v.as_u64().filter(|n| *n <= max).ok_or_else(|| {
+            RpcError::invalid(format!("invalid params: {key} must be an integer <= {max}"))
+        }),
     }
 }
 
@@ -112,7 +115,9 @@ fn opt_bool(params: &Value, key: &str) -> Result<bool, RpcError> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(RpcError::invalid(format!("invalid params: {key} must be a boolean"))),
+        Some(_) => Err(RpcError::invalid(format!(
+            "invalid params: {key} must be a boolean"
+        ))),
     }
 }
 
@@ -123,11 +128,14 @@ fn test_busy(_shared: &Arc<Shared>, p: &Value) -> Result<(JobSpec, Work), RpcErr
     let ms = opt_u64(p, "ms", 100, 3_600_000)?;
     let pool = match p.get("pool").and_then(Value::as_str) {
         None => PoolKind::Cpu,
-        Some(s) => PoolKind::parse(s).ok_or_else(|| RpcError::invalid("invalid params: pool must be cpu or io"))?,
+        Some(s) => PoolKind::parse(s)
+            .ok_or_else(|| RpcError::invalid("invalid params: pool must be cpu or io"))?,
     };
     let lane = match p.get("lane").and_then(Value::as_str) {
         None => Lane::Interactive,
-        Some(s) => Lane::parse(s).ok_or_else(|| RpcError::invalid("invalid params: unknown lane"))?,
+        Some(s) => {
+            Lane::parse(s).ok_or_else(|| RpcError::invalid("invalid params: unknown lane"))?
+        }
     };
     let timeout = opt_u64(p, "timeoutMs", ms + 60_000, 7_200_000)?;
     let stall = opt_u64(p, "stallMs", 0, 7_200_000)?;
@@ -151,7 +159,9 @@ fn test_busy(_shared: &Arc<Shared>, p: &Value) -> Result<(JobSpec, Work), RpcErr
         let mut spins: u64 = 0;
         while Instant::now() < end {
             if sleep {
-                std::thread::sleep(Duration::from_millis(2).min(end.saturating_duration_since(Instant::now())));
+                std::thread::sleep(
+                    Duration::from_millis(2).min(end.saturating_duration_since(Instant::now())),
+                );
             } else {
                 // About a millisecond of real CPU work between checks.
                 let slice = Instant::now() + Duration::from_millis(1);
@@ -170,7 +180,9 @@ fn test_busy(_shared: &Arc<Shared>, p: &Value) -> Result<(JobSpec, Work), RpcErr
                 }
             }
         }
-        Ok(json!({"sleptMs": start.elapsed().as_millis() as u64, "spins": spins, "ignoredCancel": ctx.token().is_cancelled()}))
+        Ok(
+            json!({"sleptMs": start.elapsed().as_millis() as u64, "spins": spins, "ignoredCancel": ctx.token().is_cancelled()}),
+        )
     });
     Ok((spec, work))
 }

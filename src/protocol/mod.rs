@@ -34,7 +34,8 @@ pub fn parse_request(text: &str) -> Result<Request, FrameError> {
         id,
         error: RpcError::invalid(msg),
     };
-    let v: Value = serde_json::from_str(text).map_err(|e| bad(None, format!("invalid frame: not JSON ({e})")))?;
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| bad(None, format!("invalid frame: not JSON ({e})")))?;
     let Value::Object(mut m) = v else {
         return Err(bad(None, "invalid frame: expected a JSON object".into()));
     };
@@ -46,16 +47,27 @@ pub fn parse_request(text: &str) -> Result<Request, FrameError> {
     match m.get("type").and_then(Value::as_str) {
         Some("req") => {}
         Some(other) => {
-            return Err(bad(id, format!("invalid frame: expected type \"req\", got {other:?}")));
+            return Err(bad(
+                id,
+                format!("invalid frame: expected type \"req\", got {other:?}"),
+            ));
         }
         None => return Err(bad(id, "invalid frame: missing \"type\"".into())),
     }
     let Some(id) = id else {
-        return Err(bad(None, "invalid frame: \"id\" must be a non-empty string".into()));
+        return Err(bad(
+            None,
+            "invalid frame: \"id\" must be a non-empty string".into(),
+        ));
     };
     let method = match m.remove("method") {
         Some(Value::String(s)) if !s.is_empty() => s,
-        _ => return Err(bad(Some(id), "invalid frame: \"method\" must be a non-empty string".into())),
+        _ => {
+            return Err(bad(
+                Some(id),
+                "invalid frame: \"method\" must be a non-empty string".into(),
+            ));
+        }
     };
     let params = match m.remove("params") {
         None | Some(Value::Null) => Value::Object(Map::new()),
@@ -90,11 +102,17 @@ pub fn event(name: &str, payload: &Value, seq: Option<u64>) -> String {
 /// The HTTP body for an RPC outcome: `{"ok":true,"payload":…}` or `{"ok":false,"error":…}`.
 pub fn http_body(outcome: &Result<Value, RpcError>) -> (u16, Option<u64>, Vec<u8>) {
     match outcome {
-        Ok(p) => (200, None, json!({"ok": true, "payload": p}).to_string().into_bytes()),
+        Ok(p) => (
+            200,
+            None,
+            json!({"ok": true, "payload": p}).to_string().into_bytes(),
+        ),
         Err(e) => (
             e.code.http_status(),
             e.retry_after_ms.map(|ms| ms.div_ceil(1000).max(1)),
-            json!({"ok": false, "error": e.to_json()}).to_string().into_bytes(),
+            json!({"ok": false, "error": e.to_json()})
+                .to_string()
+                .into_bytes(),
         ),
     }
 }
@@ -102,7 +120,11 @@ pub fn http_body(outcome: &Result<Value, RpcError>) -> (u16, Option<u64>, Vec<u8
 /// Serializes a job's outcome for where it goes (on the worker, not the reactor).
 pub fn encode_reply(reply: &ReplyTo, outcome: &Result<Value, RpcError>) -> Option<Completion> {
     match reply {
-        ReplyTo::Ws { conn, generation, id } => Some(Completion {
+        ReplyTo::Ws {
+            conn,
+            generation,
+            id,
+        } => Some(Completion {
             conn: *conn,
             generation: *generation,
             body: CompletionBody::WsText(match outcome {
@@ -154,10 +176,22 @@ mod tests {
             k.sort();
             k
         };
-        assert_eq!(keys(&res_ok("1", &json!({}))), ["id", "ok", "payload", "type"]);
-        assert_eq!(keys(&res_err("1", &RpcError::invalid("x"))), ["error", "id", "ok", "type"]);
-        assert_eq!(keys(&event("tick", &json!({"ts": 1}), None)), ["event", "payload", "type"]);
-        assert_eq!(keys(&event("tick", &json!({}), Some(3))), ["event", "payload", "seq", "type"]);
+        assert_eq!(
+            keys(&res_ok("1", &json!({}))),
+            ["id", "ok", "payload", "type"]
+        );
+        assert_eq!(
+            keys(&res_err("1", &RpcError::invalid("x"))),
+            ["error", "id", "ok", "type"]
+        );
+        assert_eq!(
+            keys(&event("tick", &json!({"ts": 1}), None)),
+            ["event", "payload", "type"]
+        );
+        assert_eq!(
+            keys(&event("tick", &json!({}), Some(3))),
+            ["event", "payload", "seq", "type"]
+        );
     }
 
     #[test]

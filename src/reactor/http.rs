@@ -5,11 +5,12 @@
 //! Connection lifecycle:
 //!
 //! ```text
-//! idle ──first byte──▶ head (10 s total) ──▶ body (30 s) ──▶ handled ──▶ idle (keep-alive)
+//! idle ──first byte──▶ head (10 s total*) ──▶ body (30 s) ──▶ handled ──▶ idle (keep-alive)
 //!   │                     │                                   │
 //!   └ 60 s: closed        └ 408 / 431 / 400: answered, closed └ waiting on a job: no reads
 //!                                                               are parsed until it answers
 //! ```
+//! (*) `gateway.limits.headerTimeoutMs`, default 10 s, measured from the head's first byte.
 
 use super::{Cx, Outcome, io_would_block};
 use crate::error::{Code, RpcError};
@@ -22,8 +23,6 @@ use std::time::{Duration, Instant};
 
 /// Largest request head.
 pub const HEAD_MAX: usize = 16 << 10;
-/// A head must arrive whole within this time of its first byte (slowloris).
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// A body must arrive within this time of its head.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// An idle keep-alive connection is closed after this.
@@ -199,7 +198,12 @@ impl HttpConn {
 
     /// Takes the bytes that arrived after the upgrade request: the client's first frames.
     pub fn into_upgrade(self) -> (TcpStream, Upgrade) {
-        (self.stream, Upgrade { leftover: self.rbuf })
+        (
+            self.stream,
+            Upgrade {
+                leftover: self.rbuf,
+            },
+        )
     }
 
     /// Asks the connection to close once what it owes is written (shutdown).
@@ -308,7 +312,7 @@ impl HttpConn {
         }
         if self.phase == Phase::Idle {
             self.phase = Phase::Head;
-            self.deadline = cx.now + HEAD_TIMEOUT;
+            self.deadline = cx.now + cx.config().limits.header_timeout;
         }
         let (head, head_len) = match parse_head(&self.rbuf) {
             Parsed::NeedMore => return false,
@@ -320,13 +324,26 @@ impl HttpConn {
         };
         cx.shared.metrics.http_requests.inc();
         if head.chunked {
-            self.reject(cx, 411, "chunked bodies are not supported; send Content-Length");
+            self.reject(
+                cx,
+                411,
+                "chunked bodies are not supported; send Content-Length",
+            );
             return false;
         }
         let limit = super::body_limit(&head.method, &head.path, &cx.config());
         if head.content_length > limit {
-            let msg = format!("body of {} bytes is over this route's limit of {limit} bytes", head.content_length);
-            self.respond(cx, 413, "application/json", &[], &error_body(Code::InvalidRequest, &msg));
+            let msg = format!(
+                "body of {} bytes is over this route's limit of {limit} bytes",
+                head.content_length
+            );
+            self.respond(
+                cx,
+                413,
+                "application/json",
+                &[],
+                &error_body(Code::InvalidRequest, &msg),
+            );
             cx.shared.metrics.http_errors_4xx.inc();
             self.close_after_write = true;
             return false;
@@ -358,7 +375,13 @@ impl HttpConn {
         self.keep_alive = false;
         self.head_only = false;
         self.rbuf.clear();
-        self.respond(cx, status, "application/json", &[], &error_body(Code::InvalidRequest, msg));
+        self.respond(
+            cx,
+            status,
+            "application/json",
+            &[],
+            &error_body(Code::InvalidRequest, msg),
+        );
         self.close_after_write = true;
     }
 
@@ -380,24 +403,39 @@ impl HttpConn {
                 let (status, body) = if failing.is_empty() {
                     (200, json!({"ready": true, "uptimeMs": uptime}))
                 } else {
-                    (503, json!({
-                        "ready": false,
-                        "failing": failing,
-                        "uptimeMs": uptime,
-                        "eventLoop": {
-                            "degraded": p.level != crate::watchdog::Level::Normal,
-                            "reasons": p.reasons,
-                            "delayP99Ms": p.lag_p99.map(|d| d.as_secs_f64() * 1000.0),
-                            "delayMaxMs": p.lag_max.as_secs_f64() * 1000.0,
-                        },
-                    }))
+                    (
+                        503,
+                        json!({
+                            "ready": false,
+                            "failing": failing,
+                            "uptimeMs": uptime,
+                            "eventLoop": {
+                                "degraded": p.level != crate::watchdog::Level::Normal,
+                                "reasons": p.reasons,
+                                "delayP99Ms": p.lag_p99.map(|d| d.as_secs_f64() * 1000.0),
+                                "delayMaxMs": p.lag_max.as_secs_f64() * 1000.0,
+                            },
+                        }),
+                    )
                 };
-                self.respond(cx, status, "application/json", &[], body.to_string().as_bytes());
+                self.respond(
+                    cx,
+                    status,
+                    "application/json",
+                    &[],
+                    body.to_string().as_bytes(),
+                );
             }
             "/metrics" if get => {
                 if self.authorize(cx, &head) {
                     let text = cx.shared.prometheus();
-                    self.respond(cx, 200, "text/plain; version=0.0.4; charset=utf-8", &[], text.as_bytes());
+                    self.respond(
+                        cx,
+                        200,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        &[],
+                        text.as_bytes(),
+                    );
                 }
             }
             p if p.starts_with("/api/rpc/") && head.method == "POST" => {
@@ -413,15 +451,30 @@ impl HttpConn {
             _ => {
                 cx.shared.metrics.http_errors_4xx.inc();
                 let msg = format!("no route for {} {}", head.method, path);
-                self.respond(cx, 404, "application/json", &[], &error_body(Code::NotFound, &msg));
+                self.respond(
+                    cx,
+                    404,
+                    "application/json",
+                    &[],
+                    &error_body(Code::NotFound, &msg),
+                );
             }
         }
     }
 
     fn method_not_allowed(&mut self, cx: &mut Cx<'_>, allow: &str) {
         cx.shared.metrics.http_errors_4xx.inc();
-        let body = error_body(Code::InvalidRequest, &format!("method not allowed; use {allow}"));
-        self.respond(cx, 405, "application/json", &[("Allow", allow.to_string())], &body);
+        let body = error_body(
+            Code::InvalidRequest,
+            &format!("method not allowed; use {allow}"),
+        );
+        self.respond(
+            cx,
+            405,
+            "application/json",
+            &[("Allow", allow.to_string())],
+            &body,
+        );
     }
 
     /// Checks `Authorization: Bearer <token>`; answers 401/429 itself when it fails.
@@ -440,7 +493,10 @@ impl HttpConn {
                 cx.shared.metrics.http_errors_4xx.inc();
                 let (status, extra) = match e.retry_after_ms {
                     Some(ms) => (429, ("Retry-After", ms.div_ceil(1000).to_string())),
-                    None => (401, ("WWW-Authenticate", "Bearer realm=\"keel\"".to_string())),
+                    None => (
+                        401,
+                        ("WWW-Authenticate", "Bearer realm=\"keel\"".to_string()),
+                    ),
                 };
                 let body = json!({"ok": false, "error": e.to_json()}).to_string();
                 self.respond(cx, status, "application/json", &[extra], body.as_bytes());
@@ -456,14 +512,27 @@ impl HttpConn {
             match serde_json::from_slice(body) {
                 Ok(v @ Value::Object(_)) => v,
                 Ok(Value::Null) => json!({}),
-                Ok(_) => return self.rpc_answer(cx, &Err(RpcError::invalid("invalid params: expected a JSON object"))),
-                Err(e) => return self.rpc_answer(cx, &Err(RpcError::invalid(format!("invalid params: not JSON ({e})")))),
+                Ok(_) => {
+                    return self.rpc_answer(
+                        cx,
+                        &Err(RpcError::invalid("invalid params: expected a JSON object")),
+                    );
+                }
+                Err(e) => {
+                    return self.rpc_answer(
+                        cx,
+                        &Err(RpcError::invalid(format!("invalid params: not JSON ({e})"))),
+                    );
+                }
             }
         };
         let outcome = match methods::call(cx.shared, method, &params) {
             Ok(methods::Call::Inline(r)) => r,
             Ok(methods::Call::Job(spec, work)) => {
-                let reply = ReplyTo::Http { conn: cx.slot, generation: cx.generation };
+                let reply = ReplyTo::Http {
+                    conn: cx.slot,
+                    generation: cx.generation,
+                };
                 match cx.shared.submit(spec, reply, work) {
                     Ok(_) => {
                         self.phase = Phase::Waiting;
@@ -482,18 +551,36 @@ impl HttpConn {
         self.respond_status(cx, status, retry, &body);
     }
 
-    fn respond_status(&mut self, cx: &mut Cx<'_>, status: u16, retry_after_s: Option<u64>, body: &[u8]) {
+    fn respond_status(
+        &mut self,
+        cx: &mut Cx<'_>,
+        status: u16,
+        retry_after_s: Option<u64>,
+        body: &[u8],
+    ) {
         if (400..500).contains(&status) {
             cx.shared.metrics.http_errors_4xx.inc();
         }
         match retry_after_s {
-            Some(s) => self.respond(cx, status, "application/json", &[("Retry-After", s.to_string())], body),
+            Some(s) => self.respond(
+                cx,
+                status,
+                "application/json",
+                &[("Retry-After", s.to_string())],
+                body,
+            ),
             None => self.respond(cx, status, "application/json", &[], body),
         }
     }
 
     /// A job's reply has arrived.
-    pub fn complete(&mut self, cx: &mut Cx<'_>, status: u16, retry_after_s: Option<u64>, body: &[u8]) {
+    pub fn complete(
+        &mut self,
+        cx: &mut Cx<'_>,
+        status: u16,
+        retry_after_s: Option<u64>,
+        body: &[u8],
+    ) {
         if self.phase != Phase::Waiting {
             return;
         }
@@ -511,8 +598,17 @@ impl HttpConn {
         }
         if head.ws_version.as_deref() != Some("13") {
             cx.shared.metrics.http_errors_4xx.inc();
-            let body = error_body(Code::InvalidRequest, "unsupported WebSocket version; use 13");
-            self.respond(cx, 426, "application/json", &[("Sec-WebSocket-Version", "13".into())], &body);
+            let body = error_body(
+                Code::InvalidRequest,
+                "unsupported WebSocket version; use 13",
+            );
+            self.respond(
+                cx,
+                426,
+                "application/json",
+                &[("Sec-WebSocket-Version", "13".into())],
+                &body,
+            );
             self.close_after_write = true;
             return;
         }
@@ -521,7 +617,13 @@ impl HttpConn {
         };
         if cx.shared.phase() >= crate::runtime::Phase::Draining {
             let body = json!({"ok": false, "error": RpcError::draining().to_json()}).to_string();
-            self.respond(cx, 503, "application/json", &[("Retry-After", "5".into())], body.as_bytes());
+            self.respond(
+                cx,
+                503,
+                "application/json",
+                &[("Retry-After", "5".into())],
+                body.as_bytes(),
+            );
             self.close_after_write = true;
             return;
         }
@@ -533,7 +635,14 @@ impl HttpConn {
         self.upgrade = true;
     }
 
-    fn respond(&mut self, cx: &mut Cx<'_>, status: u16, content_type: &str, extra: &[(&str, String)], body: &[u8]) {
+    fn respond(
+        &mut self,
+        cx: &mut Cx<'_>,
+        status: u16,
+        content_type: &str,
+        extra: &[(&str, String)],
+        body: &[u8],
+    ) {
         let _ = cx;
         let mut head = format!(
             "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
@@ -543,7 +652,11 @@ impl HttpConn {
         for (k, v) in extra {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
-        head.push_str(if self.keep_alive { "Connection: keep-alive\r\n\r\n" } else { "Connection: close\r\n\r\n" });
+        head.push_str(if self.keep_alive {
+            "Connection: keep-alive\r\n\r\n"
+        } else {
+            "Connection: close\r\n\r\n"
+        });
         self.wbuf.extend_from_slice(head.as_bytes());
         if !self.head_only {
             self.wbuf.extend_from_slice(body);
@@ -564,11 +677,17 @@ impl HttpConn {
             Phase::Idle => Outcome::Close,
             Phase::Head | Phase::Body => {
                 let msg = if self.phase == Phase::Head {
-                    "request head not received within 10 s"
+                    format!(
+                        "request head not received within {} ms",
+                        cx.config().limits.header_timeout.as_millis()
+                    )
                 } else {
-                    "request body not received within 30 s"
+                    format!(
+                        "request body not received within {} s",
+                        BODY_TIMEOUT.as_secs()
+                    )
                 };
-                self.reject(cx, 408, msg);
+                self.reject(cx, 408, &msg);
                 self.drive(cx)
             }
             Phase::Waiting => Outcome::Keep,
@@ -586,14 +705,25 @@ mod tests {
         let Parsed::Request(h, len) = parse_head(raw) else {
             panic!("complete head");
         };
-        assert_eq!((h.method.as_str(), h.path.as_str(), h.content_length), ("POST", "/api/rpc/status", 2));
+        assert_eq!(
+            (h.method.as_str(), h.path.as_str(), h.content_length),
+            ("POST", "/api/rpc/status", 2)
+        );
         assert_eq!(h.authorization.as_deref(), Some("Bearer t"));
         assert!(h.keep_alive);
         assert_eq!(len + 2, raw.len());
-        let Parsed::Request(h, _) = parse_head(b"GET / HTTP/1.0\r\n\r\n") else { panic!() };
+        let Parsed::Request(h, _) = parse_head(b"GET / HTTP/1.0\r\n\r\n") else {
+            panic!()
+        };
         assert!(!h.keep_alive, "HTTP/1.0 closes by default");
-        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nHost"), Parsed::NeedMore));
-        assert!(matches!(parse_head(b"\x01\x02 / HTTP/1.1\r\n\r\n"), Parsed::Reject(400, _)));
+        assert!(matches!(
+            parse_head(b"GET / HTTP/1.1\r\nHost"),
+            Parsed::NeedMore
+        ));
+        assert!(matches!(
+            parse_head(b"\x01\x02 / HTTP/1.1\r\n\r\n"),
+            Parsed::Reject(400, _)
+        ));
         let conflicting = b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n";
         assert!(matches!(parse_head(conflicting), Parsed::Reject(400, _)));
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();

@@ -109,7 +109,11 @@ impl Cx<'_> {
         crate::auth::verify(&self.config.auth, presented).map_err(|f| {
             self.limiter.record_failure(ip, self.now);
             self.shared.metrics.auth_failures.inc();
-            log::info!("authentication failed from {}: {}", self.peer, f.detail_code());
+            log::info!(
+                "authentication failed from {}: {}",
+                self.peer,
+                f.detail_code()
+            );
             RpcError::invalid(f.message()).with_details(json!({"code": f.detail_code()}))
         })
     }
@@ -117,7 +121,7 @@ impl Cx<'_> {
 
 enum Conn {
     Http(HttpConn),
-    Ws(WsConn),
+    Ws(Box<WsConn>),
 }
 
 struct Slot {
@@ -153,8 +157,14 @@ enum Why {
 }
 
 impl Reactor {
-    pub fn new(poll: Poll, mut listener: TcpListener, shared: Arc<Shared>, completions: Receiver<Completion>) -> io::Result<Reactor> {
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    pub fn new(
+        poll: Poll,
+        mut listener: TcpListener,
+        shared: Arc<Shared>,
+        completions: Receiver<Completion>,
+    ) -> io::Result<Reactor> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         Ok(Reactor {
             poll,
             listener: Some(listener),
@@ -231,7 +241,9 @@ impl Reactor {
         self.accept_paused_until = None;
         let max = self.shared.config().limits.max_connections;
         for _ in 0..ACCEPT_BUDGET {
-            let Some(listener) = &self.listener else { return };
+            let Some(listener) = &self.listener else {
+                return;
+            };
             match listener.accept() {
                 Ok((stream, peer)) => {
                     self.shared.metrics.connections_accepted.inc();
@@ -245,14 +257,25 @@ impl Reactor {
                     }
                 }
                 Err(e) if io_would_block(&e) => return,
-                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
                 Err(e) => {
                     // Out of descriptors (EMFILE/ENFILE) or memory: back off instead of
                     // spinning on a listener that stays readable.
                     self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
-                    if self.last_accept_warning.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(10)) {
+                    if self
+                        .last_accept_warning
+                        .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(10))
+                    {
                         self.last_accept_warning = Some(now);
-                        log::warn!("accept failed ({e}); pausing accepts for {} ms ({} connections open)", ACCEPT_BACKOFF.as_millis(), self.live);
+                        log::warn!(
+                            "accept failed ({e}); pausing accepts for {} ms ({} connections open)",
+                            ACCEPT_BACKOFF.as_millis(),
+                            self.live
+                        );
                     }
                     return;
                 }
@@ -266,7 +289,11 @@ impl Reactor {
             self.slots.push(None);
             self.slots.len() - 1
         });
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(slot + FIRST_CONN), Interest::READABLE | Interest::WRITABLE) {
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(slot + FIRST_CONN),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             self.free.push(slot);
             return Err(e);
         }
@@ -283,14 +310,20 @@ impl Reactor {
     }
 
     fn remove(&mut self, slot: usize) {
-        let Some(s) = self.slots.get_mut(slot).and_then(Option::take) else { return };
+        let Some(s) = self.slots.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
         let mut stream = match s.conn {
             Conn::Http(h) => h.into_upgrade().0,
             Conn::Ws(w) => {
                 if w.inflight > 0 {
-                    log::debug!("WebSocket {} left with {} request(s) in flight; their jobs continue", w.conn_id, w.inflight);
+                    log::debug!(
+                        "WebSocket {} left with {} request(s) in flight; their jobs continue",
+                        w.conn_id,
+                        w.inflight
+                    );
                 }
-                w.into_stream()
+                (*w).into_stream()
             }
         };
         let _ = self.poll.registry().deregister(&mut stream);
@@ -301,16 +334,45 @@ impl Reactor {
     /// Runs one handler on a slot and applies its outcome.
     fn drive(&mut self, slot: usize, now: Instant, why: Why) {
         let outcome = {
-            let Reactor { slots, shared, rng, limiter, .. } = self;
-            let Some(Some(s)) = slots.get_mut(slot) else { return };
+            let Reactor {
+                slots,
+                shared,
+                rng,
+                limiter,
+                ..
+            } = self;
+            let Some(Some(s)) = slots.get_mut(slot) else {
+                return;
+            };
             let config = shared.config();
-            let mut cx = Cx { shared, now, slot, generation: s.generation, peer: s.peer, rng, limiter, config: &config };
-            match (&mut s.conn, why) {
-                (Conn::Http(h), Why::Ready) => h.drive(&mut cx),
-                (Conn::Http(h), Why::Timer) => h.on_timer(&mut cx),
-                (Conn::Ws(w), Why::Ready) => w.drive(&mut cx),
-                (Conn::Ws(w), Why::Timer) => w.on_timer(&mut cx),
-            }
+            let mut cx = Cx {
+                shared,
+                now,
+                slot,
+                generation: s.generation,
+                peer: s.peer,
+                rng,
+                limiter,
+                config: &config,
+            };
+            // A bug in a handler (or a library under it) must cost one connection, never the
+            // reactor: the panic is caught, logged by the hook, and the connection dropped.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                match (&mut s.conn, why) {
+                    (Conn::Http(h), Why::Ready) => h.drive(&mut cx),
+                    (Conn::Http(h), Why::Timer) => h.on_timer(&mut cx),
+                    (Conn::Ws(w), Why::Ready) => w.drive(&mut cx),
+                    (Conn::Ws(w), Why::Timer) => w.on_timer(&mut cx),
+                }
+            }));
+            run.unwrap_or_else(|_| {
+                shared.metrics.reactor_panics.inc();
+                log::error!(
+                    "connection from {} dropped after a panic in its handler",
+                    s.peer
+                );
+                Outcome::Close
+            })
         };
         self.apply(slot, now, outcome);
     }
@@ -325,12 +387,32 @@ impl Reactor {
     }
 
     fn upgrade(&mut self, slot: usize, now: Instant) {
-        let Some(Slot { generation, peer, conn: Conn::Http(h) }) = self.slots.get_mut(slot).and_then(Option::take) else { return };
+        let Some(Slot {
+            generation,
+            peer,
+            conn: Conn::Http(h),
+        }) = self.slots.get_mut(slot).and_then(Option::take)
+        else {
+            return;
+        };
         let (stream, up) = h.into_upgrade();
         let config = self.shared.config();
-        let mut cx = Cx { shared: &self.shared, now, slot, generation, peer, rng: &mut self.rng, limiter: &mut self.limiter, config: &config };
+        let mut cx = Cx {
+            shared: &self.shared,
+            now,
+            slot,
+            generation,
+            peer,
+            rng: &mut self.rng,
+            limiter: &mut self.limiter,
+            config: &config,
+        };
         let ws = WsConn::start(stream, up.leftover, &mut cx);
-        self.slots[slot] = Some(Slot { generation, peer, conn: Conn::Ws(ws) });
+        self.slots[slot] = Some(Slot {
+            generation,
+            peer,
+            conn: Conn::Ws(Box::new(ws)),
+        });
         // The upgrade request may have carried the first frames already.
         self.again.push(slot);
     }
@@ -338,7 +420,9 @@ impl Reactor {
     fn take_completions(&mut self, now: Instant) {
         self.more_completions = false;
         for _ in 0..COMPLETION_BUDGET {
-            let Ok(c) = self.completions.try_recv() else { return };
+            let Ok(c) = self.completions.try_recv() else {
+                return;
+            };
             self.complete(c, now);
         }
         self.more_completions = true;
@@ -346,17 +430,41 @@ impl Reactor {
 
     fn complete(&mut self, c: Completion, now: Instant) {
         let outcome = {
-            let Reactor { slots, shared, rng, limiter, .. } = self;
+            let Reactor {
+                slots,
+                shared,
+                rng,
+                limiter,
+                ..
+            } = self;
             // A reply for a connection that has gone (or whose slot was reused) is dropped: the
             // job outlived its socket, as designed.
-            let Some(Some(s)) = slots.get_mut(c.conn) else { return };
+            let Some(Some(s)) = slots.get_mut(c.conn) else {
+                return;
+            };
             if s.generation != c.generation {
                 return;
             }
             let config = shared.config();
-            let mut cx = Cx { shared, now, slot: c.conn, generation: s.generation, peer: s.peer, rng, limiter, config: &config };
+            let mut cx = Cx {
+                shared,
+                now,
+                slot: c.conn,
+                generation: s.generation,
+                peer: s.peer,
+                rng,
+                limiter,
+                config: &config,
+            };
             match (&mut s.conn, c.body) {
-                (Conn::Http(h), CompletionBody::Http { status, retry_after_s, body }) => {
+                (
+                    Conn::Http(h),
+                    CompletionBody::Http {
+                        status,
+                        retry_after_s,
+                        body,
+                    },
+                ) => {
                     h.complete(&mut cx, status, retry_after_s, &body);
                     h.drive(&mut cx)
                 }
@@ -413,9 +521,15 @@ impl Reactor {
             if let Some(mut l) = self.listener.take() {
                 let _ = self.poll.registry().deregister(&mut l);
             }
-            self.each_ws(now, |w, cx| w.close(cx, CloseCode::Restart, "service restart"));
+            self.each_ws(now, |w, cx| {
+                w.close(cx, CloseCode::Restart, "service restart")
+            });
             for slot in 0..self.slots.len() {
-                if let Some(Slot { conn: Conn::Http(h), .. }) = self.slots[slot].as_mut() {
+                if let Some(Slot {
+                    conn: Conn::Http(h),
+                    ..
+                }) = self.slots[slot].as_mut()
+                {
                     h.close_when_idle();
                     self.drive(slot, now, Why::Ready);
                 }
@@ -430,11 +544,28 @@ impl Reactor {
     fn each_ws(&mut self, now: Instant, mut f: impl FnMut(&mut WsConn, &mut Cx<'_>)) {
         for slot in 0..self.slots.len() {
             let outcome = {
-                let Reactor { slots, shared, rng, limiter, .. } = self;
-                let Some(Some(s)) = slots.get_mut(slot) else { continue };
+                let Reactor {
+                    slots,
+                    shared,
+                    rng,
+                    limiter,
+                    ..
+                } = self;
+                let Some(Some(s)) = slots.get_mut(slot) else {
+                    continue;
+                };
                 let Conn::Ws(w) = &mut s.conn else { continue };
                 let config = shared.config();
-                let mut cx = Cx { shared, now, slot, generation: s.generation, peer: s.peer, rng, limiter, config: &config };
+                let mut cx = Cx {
+                    shared,
+                    now,
+                    slot,
+                    generation: s.generation,
+                    peer: s.peer,
+                    rng,
+                    limiter,
+                    config: &config,
+                };
                 f(w, &mut cx);
                 match w.flush(&mut cx) {
                     Ok(()) => Outcome::Keep,

@@ -50,6 +50,11 @@ pub struct WsConn {
     seq: u64,
     pub conn_id: String,
     announced_shutdown: bool,
+    /// After a framing error tungstenite's reader must not be used again: the close frame is
+    /// flushed, the write side shut, and whatever the peer still sends is read raw and
+    /// discarded until it closes or the linger ends (closing with unread input would reset
+    /// the connection and could destroy the close frame in flight).
+    poisoned: bool,
 }
 
 fn ws_config(max_message: usize, max_buffered: usize) -> WebSocketConfig {
@@ -76,6 +81,7 @@ impl WsConn {
             seq: 0,
             conn_id: cx.rng.uuid(),
             announced_shutdown: false,
+            poisoned: false,
         };
         let nonce = cx.rng.uuid();
         let challenge = protocol::event(
@@ -109,7 +115,11 @@ impl WsConn {
             Err(WsError::Io(e)) if io_would_block(&e) => {}
             Err(WsError::WriteBufferFull(_)) => {
                 cx.shared.metrics.slow_consumers_closed.inc();
-                log::warn!("closing slow WebSocket client {} ({}): write buffer full", self.conn_id, cx.peer);
+                log::warn!(
+                    "closing slow WebSocket client {} ({}): write buffer full",
+                    self.conn_id,
+                    cx.peer
+                );
                 self.close(cx, CloseCode::Policy, "slow consumer: write buffer full");
             }
             Err(_) => self.phase = Phase::Closing,
@@ -166,6 +176,9 @@ impl WsConn {
     }
 
     pub fn drive(&mut self, cx: &mut Cx<'_>) -> Outcome {
+        if self.poisoned {
+            return self.discard_input(cx);
+        }
         for _ in 0..MESSAGE_BUDGET {
             match self.ws.read() {
                 Ok(Message::Text(t)) => {
@@ -174,7 +187,11 @@ impl WsConn {
                     }
                 }
                 Ok(Message::Binary(_)) => {
-                    self.close(cx, CloseCode::Unsupported, "binary frames are not supported");
+                    self.close(
+                        cx,
+                        CloseCode::Unsupported,
+                        "binary frames are not supported",
+                    );
                 }
                 Ok(_) => {}
                 Err(e) => return self.on_error(cx, e),
@@ -192,19 +209,26 @@ impl WsConn {
             WsError::Io(e) if io_would_block(&e) => self.flush(cx).then_keep(),
             WsError::ConnectionClosed | WsError::AlreadyClosed => Outcome::Close,
             WsError::Capacity(c) => {
-                let code = if self.is_open() { CloseCode::Size } else { CloseCode::Policy };
-                log::info!("WebSocket {} ({}): frame too large: {c}", self.conn_id, cx.peer);
-                self.close(cx, code, "frame too large");
-                self.flush(cx).then_keep()
+                let code = if self.is_open() {
+                    CloseCode::Size
+                } else {
+                    CloseCode::Policy
+                };
+                log::info!(
+                    "WebSocket {} ({}): frame too large: {c}",
+                    self.conn_id,
+                    cx.peer
+                );
+                self.fail(cx, code, "frame too large")
             }
-            WsError::Utf8(_) => {
-                self.close(cx, CloseCode::Invalid, "invalid UTF-8");
-                self.flush(cx).then_keep()
-            }
+            WsError::Utf8(_) => self.fail(cx, CloseCode::Invalid, "invalid UTF-8"),
             WsError::Protocol(p) => {
-                log::debug!("WebSocket {} ({}): protocol error: {p}", self.conn_id, cx.peer);
-                self.close(cx, CloseCode::Protocol, "protocol error");
-                self.flush(cx).then_keep()
+                log::debug!(
+                    "WebSocket {} ({}): protocol error: {p}",
+                    self.conn_id,
+                    cx.peer
+                );
+                self.fail(cx, CloseCode::Protocol, "protocol error")
             }
             WsError::WriteBufferFull(_) => {
                 cx.shared.metrics.slow_consumers_closed.inc();
@@ -212,6 +236,34 @@ impl WsConn {
             }
             _ => Outcome::Close,
         }
+    }
+
+    /// A framing error: send the close frame, then stop using the reader.
+    fn fail(&mut self, cx: &mut Cx<'_>, code: CloseCode, reason: &str) -> Outcome {
+        self.close(cx, code, reason);
+        self.poisoned = true;
+        self.discard_input(cx)
+    }
+
+    /// Flushes the close frame, shuts the write side, and reads and drops input until EOF.
+    fn discard_input(&mut self, cx: &mut Cx<'_>) -> Outcome {
+        use std::io::Read;
+        if let Err(o) = self.flush(cx) {
+            return o;
+        }
+        let stream = self.ws.get_mut();
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut scratch = [0u8; 8 << 10];
+        for _ in 0..16 {
+            match stream.read(&mut scratch) {
+                Ok(0) => return Outcome::Close,
+                Ok(_) => {}
+                Err(e) if io_would_block(&e) => return Outcome::Keep,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Outcome::Close,
+            }
+        }
+        Outcome::Again
     }
 
     /// Writes what is buffered. `Err` means the connection is finished.
@@ -243,23 +295,49 @@ impl WsConn {
         }
     }
 
-    fn fail_handshake(&mut self, cx: &mut Cx<'_>, id: &str, err: &RpcError, code: CloseCode, reason: &str) {
+    fn fail_handshake(
+        &mut self,
+        cx: &mut Cx<'_>,
+        id: &str,
+        err: &RpcError,
+        code: CloseCode,
+        reason: &str,
+    ) {
         self.send(cx, protocol::res_err(id, err));
         self.close(cx, code, reason);
     }
 
     fn on_connect(&mut self, cx: &mut Cx<'_>, req: &protocol::Request) {
         if req.method != "connect" {
-            let err = RpcError::invalid(format!("invalid handshake: first request must be connect, got {}", req.method));
+            let err = RpcError::invalid(format!(
+                "invalid handshake: first request must be connect, got {}",
+                req.method
+            ));
             return self.fail_handshake(cx, &req.id, &err, CloseCode::Policy, "connect required");
         }
         let params = match handshake::parse_connect(&req.params) {
             Ok(p) => p,
-            Err(e) => return self.fail_handshake(cx, &req.id, &e, CloseCode::Policy, "invalid connect params"),
+            Err(e) => {
+                return self.fail_handshake(
+                    cx,
+                    &req.id,
+                    &e,
+                    CloseCode::Policy,
+                    "invalid connect params",
+                );
+            }
         };
         let protocol = match handshake::negotiate(&params) {
             Ok(v) => v,
-            Err(e) => return self.fail_handshake(cx, &req.id, &e, CloseCode::Protocol, "protocol mismatch"),
+            Err(e) => {
+                return self.fail_handshake(
+                    cx,
+                    &req.id,
+                    &e,
+                    CloseCode::Protocol,
+                    "protocol mismatch",
+                );
+            }
         };
         let presented = match (&params.token, &params.password) {
             (Some(t), _) => Presented::Token(t),
@@ -270,7 +348,13 @@ impl WsConn {
             return self.fail_handshake(cx, &req.id, &e, CloseCode::Policy, "unauthorized");
         }
         if cx.shared.phase() >= crate::runtime::Phase::Draining {
-            return self.fail_handshake(cx, &req.id, &RpcError::draining(), CloseCode::Restart, "gateway shutting down");
+            return self.fail_handshake(
+                cx,
+                &req.id,
+                &RpcError::draining(),
+                CloseCode::Restart,
+                "gateway shutting down",
+            );
         }
         let cfg = cx.config();
         let scopes = handshake::granted_scopes(&params);
@@ -306,18 +390,26 @@ impl WsConn {
     fn on_request(&mut self, cx: &mut Cx<'_>, req: protocol::Request) {
         cx.shared.metrics.ws_requests.inc();
         if req.method == "connect" {
-            let err = RpcError::invalid("already connected: connect is only valid as the first request");
+            let err =
+                RpcError::invalid("already connected: connect is only valid as the first request");
             return self.send(cx, protocol::res_err(&req.id, &err));
         }
         let limit = cx.config().limits.max_inflight_per_conn;
         if self.inflight >= limit {
-            let err = RpcError::unavailable(format!("too many requests in flight on this connection (limit {limit})"), 1_000);
+            let err = RpcError::unavailable(
+                format!("too many requests in flight on this connection (limit {limit})"),
+                1_000,
+            );
             return self.send(cx, protocol::res_err(&req.id, &err));
         }
         let outcome = match methods::call(cx.shared, &req.method, &req.params) {
             Ok(methods::Call::Inline(r)) => r,
             Ok(methods::Call::Job(spec, work)) => {
-                let reply = ReplyTo::Ws { conn: cx.slot, generation: cx.generation, id: req.id.clone() };
+                let reply = ReplyTo::Ws {
+                    conn: cx.slot,
+                    generation: cx.generation,
+                    id: req.id.clone(),
+                };
                 match cx.shared.submit(spec, reply, work) {
                     Ok(_) => {
                         self.inflight += 1;
@@ -343,7 +435,11 @@ impl WsConn {
             match self.phase {
                 Phase::AwaitingConnect => {
                     cx.shared.metrics.handshake_timeouts.inc();
-                    log::info!("WebSocket {} ({}): no connect within the handshake timeout; closing", self.conn_id, cx.peer);
+                    log::info!(
+                        "WebSocket {} ({}): no connect within the handshake timeout; closing",
+                        self.conn_id,
+                        cx.peer
+                    );
                     self.close(cx, CloseCode::Policy, "handshake timeout");
                 }
                 Phase::Closing => return Outcome::Close,

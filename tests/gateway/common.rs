@@ -1,0 +1,460 @@
+//! The test harness: starts the real `keel` binary on 127.0.0.1:0 with its own state
+//! directory, captures its log, and speaks HTTP and WebSocket to it as a client would.
+//! Every wait is bounded; a test that would hang fails instead.
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tungstenite::{Message, WebSocket};
+
+pub const BOUND: Duration = Duration::from_secs(20);
+
+/// Options for one gateway process.
+#[derive(Default, Clone)]
+pub struct Opts {
+    /// Written to `<state>/keel.json` (picked up without `--config`).
+    pub config: Option<Value>,
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+    pub test_hooks: bool,
+}
+
+impl Opts {
+    pub fn hooks() -> Opts {
+        Opts {
+            test_hooks: true,
+            ..Opts::default()
+        }
+    }
+
+    pub fn config(mut self, c: Value) -> Opts {
+        self.config = Some(c);
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Opts {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+}
+
+#[derive(Default)]
+struct LogBuf {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+pub struct Gateway {
+    child: Child,
+    pub port: u16,
+    pub token: String,
+    pub dir: tempfile::TempDir,
+    log: Arc<(Mutex<LogBuf>, Condvar)>,
+}
+
+impl Gateway {
+    #[track_caller]
+    pub fn start(opts: Opts) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        if let Some(c) = &opts.config {
+            std::fs::create_dir_all(&state).unwrap();
+            std::fs::write(
+                state.join("keel.json"),
+                serde_json::to_vec_pretty(c).unwrap(),
+            )
+            .unwrap();
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+        cmd.arg("serve")
+            .arg("--port")
+            .arg("0")
+            .arg("--state-dir")
+            .arg(&state);
+        cmd.args(&opts.args);
+        cmd.env_remove("KEEL_GATEWAY_TOKEN")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC");
+        cmd.env_remove("KEEL_HANDSHAKE_TIMEOUT_MS")
+            .env_remove("OPENCLAW_HANDSHAKE_TIMEOUT_MS");
+        cmd.env("KEEL_LOG", "info");
+        if opts.test_hooks {
+            cmd.env("KEEL_TEST_HOOKS", "1");
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn keel");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new((Mutex::new(LogBuf::default()), Condvar::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("KEEL_TEST_ECHO").is_some() {
+                    eprintln!("keel| {line}");
+                }
+                sink.0.lock().unwrap().lines.push(line);
+                sink.1.notify_all();
+            }
+            sink.0.lock().unwrap().closed = true;
+            sink.1.notify_all();
+        });
+        let mut g = Gateway {
+            child,
+            port: 0,
+            token: String::new(),
+            dir,
+            log,
+        };
+        let line = g
+            .wait_log("listening on", BOUND)
+            .unwrap_or_else(|| panic!("keel did not start:\n{}", g.log_text()));
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        g.port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        g.token = std::fs::read_to_string(g.state().join("gateway.token"))
+            .map(|t| t.trim().to_string())
+            .unwrap_or_default();
+        g
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    pub fn wait_log(&self, needle: &str, bound: Duration) -> Option<String> {
+        let deadline = Instant::now() + bound;
+        let (m, cv) = &*self.log;
+        let mut buf = m.lock().unwrap();
+        loop {
+            if let Some(l) = buf.lines.iter().find(|l| l.contains(needle)) {
+                return Some(l.clone());
+            }
+            let now = Instant::now();
+            if buf.closed || now >= deadline {
+                return None;
+            }
+            buf = cv.wait_timeout(buf, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.0.lock().unwrap().lines.join("\n")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, within `bound`.
+    pub fn wait_exit(&mut self, bound: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn http(&self, raw: &str) -> Response {
+        http_raw(&self.addr(), raw.as_bytes())
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.http(&format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        ))
+    }
+
+    pub fn get_auth(&self, path: &str) -> Response {
+        self.http(&format!("GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", self.token))
+    }
+
+    /// `POST /api/rpc/<method>` with the token.
+    pub fn rpc(&self, method: &str, params: Value) -> Response {
+        rpc_with(&self.addr(), &self.token, method, &params)
+    }
+
+    /// A WebSocket that has passed the handshake.
+    #[track_caller]
+    pub fn ws(&self) -> Ws {
+        let mut ws = Ws::open(&self.addr());
+        let hello = ws.connect(json!({"token": self.token}), 3, 4);
+        assert_eq!(hello["ok"], true, "{hello}");
+        ws
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Sends raw bytes and reads one response (the server is asked to close, or we read by length).
+pub fn http_raw(addr: &str, raw: &[u8]) -> Response {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    s.write_all(raw).unwrap();
+    read_response(&mut s).expect("a response")
+}
+
+pub fn rpc_with(addr: &str, token: &str, method: &str, params: &Value) -> Response {
+    let body = params.to_string();
+    let raw = format!(
+        "POST /api/rpc/{method} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    http_raw(addr, raw.as_bytes())
+}
+
+/// Reads one HTTP response with a Content-Length body.
+pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("eof after {:?}", String::from_utf8_lossy(&buf)),
+            ));
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)?;
+    Ok(Response { status, head, body })
+}
+
+/// A blocking WebSocket client.
+pub struct Ws {
+    pub sock: WebSocket<TcpStream>,
+    pub challenge: Value,
+    next_id: u64,
+}
+
+/// What a read produced.
+#[derive(Debug)]
+pub enum Got {
+    Frame(Value),
+    Closed(Option<u16>),
+}
+
+impl Ws {
+    #[track_caller]
+    pub fn open(addr: &str) -> Ws {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(BOUND)).unwrap();
+        let (mut sock, _resp) =
+            tungstenite::client(format!("ws://{addr}/"), stream).expect("upgrade");
+        let challenge = match sock.read().expect("challenge") {
+            Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+            other => panic!("expected the challenge, got {other:?}"),
+        };
+        Ws {
+            sock,
+            challenge,
+            next_id: 1,
+        }
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.sock
+            .send(Message::text(text.to_string()))
+            .expect("send");
+    }
+
+    pub fn send_req(&mut self, method: &str, params: Value) -> String {
+        let id = format!("{}:{method}", self.next_id);
+        self.next_id += 1;
+        self.send_text(
+            &json!({"type": "req", "id": id, "method": method, "params": params}).to_string(),
+        );
+        id
+    }
+
+    /// Sends `connect` and returns its `res`.
+    pub fn connect(&mut self, auth: Value, min: u64, max: u64) -> Value {
+        let params = json!({
+            "minProtocol": min, "maxProtocol": max,
+            "client": {"id": "test", "version": "1", "platform": "linux", "mode": "cli"},
+            "caps": [], "auth": auth, "role": "operator", "scopes": ["operator.read"],
+        });
+        let id = self.send_req("connect", params);
+        self.res(&id)
+    }
+
+    /// The next frame or the close code.
+    pub fn next(&mut self) -> Got {
+        loop {
+            match self.sock.read() {
+                Ok(Message::Text(t)) => {
+                    return Got::Frame(serde_json::from_str(t.as_str()).expect("frame is JSON"));
+                }
+                Ok(Message::Close(f)) => return Got::Closed(f.map(|f| u16::from(f.code))),
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed)
+                | Err(tungstenite::Error::AlreadyClosed) => return Got::Closed(None),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!("no frame within {BOUND:?}")
+                }
+                Err(e) => return Got::Closed(Some(u16::MAX)).also(|| eprintln!("ws error: {e}")),
+            }
+        }
+    }
+
+    /// The `res` for `id`, skipping events.
+    #[track_caller]
+    pub fn res(&mut self, id: &str) -> Value {
+        loop {
+            match self.next() {
+                Got::Frame(f) if f["type"] == "res" && f["id"] == id => return f,
+                Got::Frame(_) => {}
+                Got::Closed(c) => panic!("closed ({c:?}) before the res for {id}"),
+            }
+        }
+    }
+
+    pub fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.send_req(method, params);
+        self.res(&id)
+    }
+
+    /// The close code, skipping frames.
+    #[track_caller]
+    pub fn close_code(&mut self) -> Option<u16> {
+        loop {
+            if let Got::Closed(c) = self.next() {
+                return c;
+            }
+        }
+    }
+}
+
+trait Also: Sized {
+    fn also(self, f: impl FnOnce()) -> Self {
+        f();
+        self
+    }
+}
+impl<T> Also for T {}
+
+/// Runs `f` on a thread and fails if it has not finished within `bound`.
+#[track_caller]
+pub fn within<T: Send + 'static>(bound: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(bound)
+        .unwrap_or_else(|_| panic!("did not finish within {bound:?}"))
+}
+
+/// Polls `f` until it returns Some, within `bound`.
+#[track_caller]
+pub fn eventually<T>(bound: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {bound:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The value of a metric line such as `keel_jobs_in_flight{pool="cpu"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// Files in a directory.
+pub fn files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,313 @@
+//! HTTP on the reactor: probes, limits, auth, RPC, queues.
+
+use crate::common::*;
+use serde_json::json;
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+#[test]
+fn healthz_readyz_and_livez_answer_without_a_token() {
+    let g = Gateway::start(Opts::default());
+    for path in ["/healthz", "/livez"] {
+        let r = g.get(path);
+        assert_eq!(r.status, 200, "{path}");
+        let v = r.json();
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["status"], "live");
+    }
+    let r = g.get("/readyz");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["ready"], true);
+    // HEAD: the GET's headers, no body.
+    let mut s = std::net::TcpStream::connect(g.addr()).unwrap();
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    s.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    std::io::Read::read_to_string(&mut s, &mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(raw.ends_with("\r\n\r\n"), "no body after a HEAD: {raw}");
+}
+
+#[test]
+fn healthz_answers_while_every_cpu_worker_is_busy() {
+    let g = Gateway::start(Opts::hooks().config(json!({"gateway": {"workers": {"cpu": 2}}})));
+    let addr = g.addr();
+    let token = g.token.clone();
+    // Occupy both cpu workers (and queue one more) with CPU-spinning jobs.
+    let busy: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, token) = (addr.clone(), token.clone());
+            std::thread::spawn(move || {
+                rpc_with(&addr, &token, "keel.test.busy", &json!({"ms": 3000}))
+            })
+        })
+        .collect();
+    eventually(BOUND, || {
+        let m = g.get_auth("/metrics").text();
+        (metric(&m, "keel_jobs_in_flight{pool=\"cpu\"}") == Some(2.0)).then_some(())
+    });
+    for _ in 0..50 {
+        let r = within(Duration::from_secs(2), {
+            let addr = addr.clone();
+            move || {
+                http_raw(
+                    &addr,
+                    b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                )
+            }
+        });
+        assert_eq!(r.status, 200);
+    }
+    // The health method is answered on the reactor too.
+    let mut ws = g.ws();
+    let h = ws.call("health", json!({}));
+    assert_eq!(h["ok"], true, "{h}");
+    assert_eq!(h["payload"]["queues"]["cpu"]["busy"], 2);
+    for b in busy {
+        assert_eq!(b.join().unwrap().status, 200);
+    }
+}
+
+#[test]
+fn malformed_unknown_and_oversized_requests_get_clear_4xx() {
+    let g = Gateway::start(Opts::default());
+    let r = g.http("GARBAGE\x01 / HTTP/1.1\r\n\r\n");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "INVALID_REQUEST");
+    let r = g.get("/nope");
+    assert_eq!(r.status, 404);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nope")
+    );
+    let r = g.http(
+        "POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow").as_deref(), Some("GET, HEAD"));
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(17 << 10)
+    );
+    assert_eq!(g.http(&big).status, 431);
+    let r = g.http(&format!(
+        "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
+        g.token,
+        2 << 20
+    ));
+    assert_eq!(r.status, 413);
+    let r = g.http(
+        "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    assert_eq!(r.status, 411);
+    // The gateway is unharmed.
+    assert_eq!(g.get("/healthz").status, 200);
+}
+
+#[test]
+fn a_head_that_does_not_arrive_in_time_gets_408() {
+    let g = Gateway::start(
+        Opts::default().config(json!({"gateway": {"limits": {"headerTimeoutMs": 300}}})),
+    );
+    let mut s = TcpStream::connect(g.addr()).unwrap();
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: slow").unwrap();
+    let r = read_response(&mut s).unwrap();
+    assert_eq!(r.status, 408);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+}
+
+#[test]
+fn keep_alive_serves_several_requests_on_one_connection() {
+    let g = Gateway::start(Opts::default());
+    let mut s = TcpStream::connect(g.addr()).unwrap();
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    // Pipelined: two requests in one write.
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /readyz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let a = read_response(&mut s).unwrap();
+    let b = read_response(&mut s).unwrap();
+    assert_eq!((a.status, b.status), (200, 200));
+    assert_eq!(a.json()["status"], "live");
+    assert_eq!(b.json()["ready"], true);
+    s.write_all(format!("POST /api/rpc/status HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\n\r\n", g.token).as_bytes()).unwrap();
+    let c = read_response(&mut s).unwrap();
+    assert_eq!(c.status, 200, "{}", c.text());
+    assert_eq!(c.json()["payload"]["phase"], "serving");
+}
+
+#[test]
+fn metrics_and_rpc_need_the_token() {
+    let g = Gateway::start(Opts::default());
+    let r = g.get("/metrics");
+    assert_eq!(r.status, 401);
+    assert!(r.header("www-authenticate").is_some());
+    let r = rpc_with(&g.addr(), "wrong", "status", &json!({}));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["details"]["code"], "AUTH_TOKEN_MISMATCH");
+    let m = g.get_auth("/metrics");
+    assert_eq!(m.status, 200);
+    assert!(
+        m.header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = m.text();
+    for series in [
+        "keel_reactor_lag_seconds_count",
+        "keel_queue_depth{pool=\"cpu\",lane=\"interactive\"}",
+        "keel_queue_oldest_age_seconds{pool=\"io\",lane=\"background\"}",
+        "keel_jobs_in_flight{pool=\"io\"}",
+        "keel_jobs_deadline_exceeded_total",
+        "keel_jobs_cancelled_total",
+        "keel_jobs_panicked_total",
+        "keel_connections{kind=\"ws\"}",
+        "keel_resident_memory_bytes",
+        "keel_pressure_level",
+        "keel_draining",
+    ] {
+        assert!(
+            metric(&text, series).is_some(),
+            "missing {series} in\n{text}"
+        );
+    }
+    assert!(metric(&text, "keel_resident_memory_bytes").unwrap() > 0.0);
+}
+
+#[test]
+fn repeated_auth_failures_are_refused_per_ip() {
+    let g = Gateway::start(Opts::default());
+    for _ in 0..20 {
+        assert_eq!(rpc_with(&g.addr(), "bad", "health", &json!({})).status, 401);
+    }
+    // Even the right token is refused now, with a Retry-After.
+    let r = g.rpc("health", json!({}));
+    assert_eq!(r.status, 429, "{}", r.text());
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    assert_eq!(r.json()["error"]["details"]["code"], "AUTH_RATE_LIMITED");
+    // Probes need no token and still answer.
+    assert_eq!(g.get("/healthz").status, 200);
+}
+
+#[test]
+fn rpc_over_http_answers_like_the_websocket() {
+    let g = Gateway::start(Opts::default());
+    let r = g.rpc("health", json!({}));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["payload"]["ok"], true);
+    let r = g.rpc("no.such.method", json!({}));
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["error"]["message"],
+        "unknown method: no.such.method"
+    );
+    // Hidden test methods do not exist without KEEL_TEST_HOOKS.
+    let r = g.rpc("keel.test.busy", json!({}));
+    assert_eq!(
+        r.json()["error"]["message"],
+        "unknown method: keel.test.busy"
+    );
+    let r = g.http(&format!(
+        "POST /api/rpc/status HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: 5\r\nConnection: close\r\n\r\n[1,2]",
+        g.token
+    ));
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expected a JSON object")
+    );
+}
+
+#[test]
+fn a_full_queue_answers_503_at_once() {
+    let g = Gateway::start(
+        Opts::hooks()
+            .config(json!({"gateway": {"workers": {"cpu": 1}, "queues": {"interactive": 1}}})),
+    );
+    let (addr, token) = (g.addr(), g.token.clone());
+    let running = std::thread::spawn(move || {
+        rpc_with(
+            &addr,
+            &token,
+            "keel.test.busy",
+            &json!({"ms": 2000, "sleep": true}),
+        )
+    });
+    eventually(BOUND, || {
+        let m = g.get_auth("/metrics").text();
+        (metric(&m, "keel_jobs_in_flight{pool=\"cpu\"}") == Some(1.0)).then_some(())
+    });
+    let (addr, token) = (g.addr(), g.token.clone());
+    let queued = std::thread::spawn(move || {
+        rpc_with(
+            &addr,
+            &token,
+            "keel.test.busy",
+            &json!({"ms": 10, "sleep": true}),
+        )
+    });
+    eventually(BOUND, || {
+        let m = g.get_auth("/metrics").text();
+        (metric(&m, "keel_queue_depth{pool=\"cpu\",lane=\"interactive\"}") == Some(1.0))
+            .then_some(())
+    });
+    let r = within(Duration::from_secs(2), {
+        let (addr, token) = (g.addr(), g.token.clone());
+        move || rpc_with(&addr, &token, "keel.test.busy", &json!({"ms": 10}))
+    });
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    let e = &r.json()["error"];
+    assert_eq!(e["code"], "UNAVAILABLE");
+    assert_eq!(e["retryable"], true);
+    assert!(e["message"].as_str().unwrap().contains("queue is full"));
+    // The same over WebSocket.
+    let mut ws = g.ws();
+    let res = ws.call("keel.test.busy", json!({"ms": 10}));
+    assert_eq!(res["error"]["code"], "UNAVAILABLE", "{res}");
+    assert!(res["error"]["retryAfterMs"].as_u64().is_some());
+    assert_eq!(running.join().unwrap().status, 200);
+    assert_eq!(queued.join().unwrap().status, 200);
+}
+
+#[test]
+fn a_panicking_job_becomes_an_error_and_the_worker_lives() {
+    let g = Gateway::start(Opts::hooks().config(json!({"gateway": {"workers": {"cpu": 1}}})));
+    let r = g.rpc("keel.test.busy", json!({"panic": true}));
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json()["error"]["code"], "INTERNAL");
+    let r = g.rpc("keel.test.busy", json!({"ms": 5}));
+    assert_eq!(r.status, 200, "the only cpu worker still runs jobs");
+    let m = g.get_auth("/metrics").text();
+    assert_eq!(metric(&m, "keel_jobs_panicked_total"), Some(1.0));
+    assert!(g.log_text().contains("panicked"));
+}
+
+#[test]
+fn a_job_past_its_deadline_is_answered_and_cancelled() {
+    let g = Gateway::start(Opts::hooks());
+    let r = g.rpc("keel.test.busy", json!({"ms": 10_000, "timeoutMs": 300}));
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "DEADLINE_EXCEEDED");
+    // A job that stops making progress is aborted by its stall limit.
+    let r = g.rpc(
+        "keel.test.busy",
+        json!({"ms": 10_000, "stallMs": 300, "stall": true}),
+    );
+    assert_eq!(r.status, 504);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no progress")
+    );
+    let m = g.get_auth("/metrics").text();
+    assert_eq!(metric(&m, "keel_jobs_deadline_exceeded_total"), Some(2.0));
+}

@@ -1,0 +1,202 @@
+//! Signals, the drain, the diagnostic dump, reload and systemd notifications.
+
+use crate::common::*;
+use serde_json::{Value, json};
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+/// Starts `keel.test.busy` over HTTP on a thread and waits until it runs.
+fn start_busy(g: &Gateway, params: Value) -> std::thread::JoinHandle<Response> {
+    let (addr, token) = (g.addr(), g.token.clone());
+    let h = std::thread::spawn(move || rpc_with(&addr, &token, "keel.test.busy", &params));
+    eventually(BOUND, || {
+        let m = g.get_auth("/metrics").text();
+        let running = metric(&m, "keel_jobs_in_flight{pool=\"cpu\"}").unwrap_or(0.0)
+            + metric(&m, "keel_jobs_in_flight{pool=\"io\"}").unwrap_or(0.0);
+        (running >= 1.0).then_some(())
+    });
+    h
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_job_finish_and_exits_zero() {
+    let mut g = Gateway::start(Opts::hooks());
+    let mut ws = g.ws();
+    let job = start_busy(&g, json!({"ms": 1500, "sleep": true}));
+    g.signal("TERM");
+    // The WebSocket client is told, readiness drops, liveness stays.
+    let shutdown = loop {
+        match ws.next() {
+            Got::Frame(f) if f["event"] == "shutdown" => break f,
+            Got::Frame(_) => {}
+            Got::Closed(c) => panic!("closed {c:?} before the shutdown event"),
+        }
+    };
+    assert!(shutdown["payload"]["reason"].as_str().is_some());
+    let r = g.get("/readyz");
+    assert_eq!(r.status, 503);
+    assert!(r.json()["failing"].to_string().contains("draining"));
+    assert_eq!(g.get("/healthz").status, 200);
+    // New work is refused with DRAINING.
+    let refused = g.rpc("status", json!({}));
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json()["error"]["code"], "DRAINING");
+    // The in-flight job's reply arrives.
+    let r = job.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(ws.close_code(), Some(1012));
+    let status = g.wait_exit(BOUND).expect("exits");
+    assert_eq!(status.code(), Some(0), "{}", g.log_text());
+    assert!(g.log_text().contains("SIGTERM: draining"));
+}
+
+#[test]
+fn sigterm_with_a_job_that_ignores_cancel_exits_by_deadline_plus_grace() {
+    let mut g = Gateway::start(
+        Opts::hooks().config(json!({"gateway": {"drainTimeoutMs": 1000, "drainGraceMs": 1000}})),
+    );
+    let job = start_busy(
+        &g,
+        json!({"ms": 60_000, "ignoreCancel": true, "sleep": true}),
+    );
+    let t0 = Instant::now();
+    g.signal("TERM");
+    let status = g.wait_exit(BOUND).expect("exits");
+    let took = t0.elapsed();
+    assert!(
+        took <= Duration::from_millis(3000),
+        "exit took {took:?} (drain 1 s + grace 1 s + 1 s)"
+    );
+    assert!(
+        took >= Duration::from_millis(1900),
+        "exit came early: {took:?}"
+    );
+    assert_ne!(status.code(), Some(0));
+    let log = g.log_text();
+    assert!(log.contains("aborting job"), "{log}");
+    assert!(log.contains("drain grace expired"), "{log}");
+    // The client was told its job was cancelled at the drain deadline.
+    let r = job.join().unwrap();
+    assert_eq!(r.json()["error"]["code"], "CANCELLED");
+}
+
+#[test]
+fn a_second_sigterm_cancels_at_once() {
+    let mut g =
+        Gateway::start(Opts::hooks().config(json!({"gateway": {"drainTimeoutMs": 60_000}})));
+    let job = start_busy(&g, json!({"ms": 60_000}));
+    g.signal("TERM");
+    assert!(g.wait_log("SIGTERM: draining", BOUND).is_some());
+    let t0 = Instant::now();
+    g.signal("TERM");
+    let status = g.wait_exit(BOUND).expect("exits");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(status.code(), Some(1));
+    assert!(g.log_text().contains("second SIGTERM"));
+    let r = job.join().unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"]["code"], "CANCELLED");
+}
+
+#[test]
+fn sigusr1_writes_a_dump_listing_the_in_flight_job() {
+    let g = Gateway::start(Opts::hooks());
+    let job = start_busy(&g, json!({"ms": 2000, "sleep": true, "lane": "background"}));
+    g.signal("USR1");
+    let dir = g.state().join("diagnostics");
+    let path = eventually(BOUND, || {
+        files(&dir)
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "json"))
+    });
+    let dump: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let jobs = dump["jobs"].as_array().unwrap();
+    let busy = jobs
+        .iter()
+        .find(|j| j["kind"] == "keel.test.busy")
+        .unwrap_or_else(|| panic!("{dump:#}"));
+    assert_eq!(busy["state"], "running");
+    assert_eq!(busy["lane"], "background");
+    for k in ["ageMs", "queueWaitMs", "deadlineInMs", "lastProgressMsAgo"] {
+        assert!(busy[k].is_number(), "{k} in {busy}");
+    }
+    for k in ["pools", "pressure", "reactor", "rssBytes", "connections"] {
+        assert!(!dump[k].is_null(), "dump lacks {k}");
+    }
+    assert!(dump["reactor"]["lagHistogram"]["counts"].is_array());
+    assert!(g.wait_log("diagnostic dump written to", BOUND).is_some());
+    assert_eq!(job.join().unwrap().status, 200);
+}
+
+#[test]
+fn sighup_with_a_broken_config_keeps_the_running_one() {
+    let g =
+        Gateway::start(Opts::default().config(json!({"gateway": {"auth": {"token": "first"}}})));
+    let cfg = g.state().join("keel.json");
+    std::fs::write(&cfg, "{ this is not json").unwrap();
+    g.signal("HUP");
+    assert!(
+        g.wait_log("refused; keeping the running config", BOUND)
+            .is_some(),
+        "{}",
+        g.log_text()
+    );
+    assert_eq!(
+        rpc_with(&g.addr(), "first", "health", &json!({})).status,
+        200
+    );
+    // A valid file is taken.
+    std::fs::write(
+        &cfg,
+        json!({"gateway": {"auth": {"token": "second"}}}).to_string(),
+    )
+    .unwrap();
+    g.signal("HUP");
+    assert!(g.wait_log("SIGHUP: reloaded", BOUND).is_some());
+    assert_eq!(
+        rpc_with(&g.addr(), "second", "health", &json!({})).status,
+        200
+    );
+    assert_eq!(
+        rpc_with(&g.addr(), "first", "health", &json!({})).status,
+        401
+    );
+}
+
+#[test]
+fn systemd_notifications_arrive_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(BOUND)).unwrap();
+    let mut g = Gateway::start(
+        Opts::default()
+            .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
+            .env("WATCHDOG_USEC", "400000"),
+    );
+    let mut seen: Vec<String> = Vec::new();
+    let mut recv = |until: &str| loop {
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).expect("a notification");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        seen.push(msg.clone());
+        if msg.contains(until) {
+            return;
+        }
+    };
+    recv("READY=1");
+    recv("WATCHDOG=1");
+    g.signal("TERM");
+    recv("STOPPING=1");
+    g.wait_exit(BOUND).expect("exits");
+    let ready = seen.iter().position(|m| m.contains("READY=1")).unwrap();
+    let dog = seen.iter().position(|m| m.contains("WATCHDOG=1")).unwrap();
+    let stopping = seen.iter().position(|m| m.contains("STOPPING=1")).unwrap();
+    assert!(ready < dog && dog < stopping, "{seen:?}");
+    assert!(seen[ready].contains("STATUS=serving on"), "{seen:?}");
+    assert!(seen[stopping].contains("EXTEND_TIMEOUT_USEC="), "{seen:?}");
+}

@@ -1,0 +1,7 @@
+//! Integration tests against the real `keel` binary on 127.0.0.1:0, as one test binary.
+
+mod common;
+mod config;
+mod http;
+mod lifecycle;
+mod ws;
