@@ -112,6 +112,9 @@ pub struct SharedParts {
 impl Shared {
     pub fn new(p: SharedParts) -> Shared {
         let now = Instant::now();
+        let metrics = Metrics::default();
+        // Sampled once here so the first /metrics is not a zero before the watchdog's tick.
+        metrics.rss_bytes.set(crate::watchdog::rss_bytes());
         Shared {
             started: now,
             started_wall_ms: clock::wall_ms(),
@@ -120,7 +123,7 @@ impl Shared {
             config: Mutex::new(Arc::new(p.config)),
             phase: AtomicU8::new(Phase::Starting as u8),
             drain: Mutex::new(None),
-            metrics: Metrics::default(),
+            metrics,
             pressure: Mutex::new(PressureView {
                 level: Level::Normal,
                 since_wall_ms: clock::wall_ms(),
@@ -402,19 +405,15 @@ impl Shared {
 
     // ---- what clients see ------------------------------------------------------------------
 
-    fn queues_json(&self, now: Instant) -> Value {
-        let jobs = self.jobs.snapshot();
+    /// Pools and lanes: depth from the queues, oldest age as the watchdog last measured it
+    /// (so the reactor never scans the job table for `health`).
+    fn queues_json(&self) -> Value {
         let mut out = serde_json::Map::new();
-        for kind in [PoolKind::Cpu, PoolKind::Io] {
+        for (pi, kind) in [PoolKind::Cpu, PoolKind::Io].into_iter().enumerate() {
             let pool = self.pools.get(kind);
             let mut lanes = serde_json::Map::new();
             for q in pool.queues() {
-                let oldest = jobs
-                    .iter()
-                    .filter(|j| j.pool == kind && j.lane == q.lane && j.started_at().is_none())
-                    .map(|j| now.saturating_duration_since(j.enqueued).as_millis() as u64)
-                    .max()
-                    .unwrap_or(0);
+                let oldest = self.metrics.oldest_queued_ms[pi][q.lane as usize].get();
                 lanes.insert(
                     q.lane.as_str().into(),
                     json!({"depth": q.depth, "capacity": q.capacity, "oldestMs": oldest}),
@@ -475,7 +474,7 @@ impl Shared {
                 "delayMaxMs": ms(p.lag_max),
             },
             "reactor": {"lagP99Ms": p.lag_p99.map(ms), "lagMaxMs": ms(p.lag_max)},
-            "queues": self.queues_json(t0),
+            "queues": self.queues_json(),
             "jobs": {"inFlight": in_flight},
             "rssBytes": m.rss_bytes.get(),
             "connections": {
@@ -630,7 +629,7 @@ impl Shared {
                 "source": cfg.source,
                 "disabled": cfg.disabled.iter().map(|d| json!({"feature": d.feature, "reason": d.reason})).collect::<Vec<_>>(),
             },
-            "pools": self.queues_json(now),
+            "pools": self.queues_json(),
             "jobs": self.jobs_json(now),
             "rssBytes": m.rss_bytes.get(),
             "connections": {
@@ -690,7 +689,7 @@ impl Shared {
                 "wsHandshake": self.metrics.conns_ws_handshake.get(),
                 "ws": self.metrics.conns_ws_open.get(),
             },
-            "pools": self.queues_json(now),
+            "pools": self.queues_json(),
             "jobs": self.jobs_json(now),
             "config": {
                 "source": self.config().source,

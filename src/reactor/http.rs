@@ -223,7 +223,7 @@ impl HttpConn {
     pub fn drive(&mut self, cx: &mut Cx<'_>) -> Outcome {
         let mut again = false;
         if !self.eof {
-            match self.read_some() {
+            match self.read_some(cx) {
                 Ok(more) => again |= more,
                 Err(()) => return Outcome::Close,
             }
@@ -249,11 +249,12 @@ impl HttpConn {
         if again { Outcome::Again } else { Outcome::Keep }
     }
 
-    /// Reads up to the budget. Ok(true) if the budget ran out before the socket was drained.
-    fn read_some(&mut self) -> Result<bool, ()> {
-        // Hold off reading while a job is answered or the buffer holds a whole body already:
-        // back-pressure instead of buffering without bound.
-        let cap = HEAD_MAX + super::MAX_BODY_ANY;
+    /// Reads up to the budget, and no more than one head plus the largest body the routes
+    /// accept: a client that pipelines faster than it is answered is held back by TCP, not
+    /// buffered here. Ok(true) if input may remain (budget or buffer full) and the connection
+    /// is not waiting on a job — whose reply drives it again anyway.
+    fn read_some(&mut self, cx: &Cx<'_>) -> Result<bool, ()> {
+        let cap = HEAD_MAX + cx.config().limits.rpc_body_bytes;
         let mut budget = READ_BUDGET;
         let mut chunk = [0u8; 16 << 10];
         while budget > 0 && self.rbuf.len() < cap {
@@ -272,7 +273,7 @@ impl HttpConn {
                 Err(_) => return Err(()),
             }
         }
-        Ok(budget == 0)
+        Ok(self.phase != Phase::Waiting)
     }
 
     fn write_some(&mut self, now: Instant) -> Result<bool, ()> {

@@ -45,8 +45,6 @@ const COMPLETION_BUDGET: usize = 4096;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At stop, how long to flush replies and close frames before exiting.
 const STOP_FLUSH: Duration = Duration::from_secs(1);
-/// Largest body any route accepts; the per-route limits are in [`body_limit`].
-pub const MAX_BODY_ANY: usize = 256 << 20;
 
 /// What a connection handler asks of the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
