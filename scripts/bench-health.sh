@@ -58,6 +58,12 @@ fail_with_log() {
     exit 1
 }
 
+# BENCH_CONFIG=FILE runs keel with that config (copied to <state>/keel.json), e.g. to compare
+# {"gateway":{"workers":{"nice":0}}} against the default.
+if [[ -n "${BENCH_CONFIG:-}" ]]; then
+    mkdir -p "$state"
+    cp "$BENCH_CONFIG" "$state/keel.json"
+fi
 echo "== starting keel (state in $state) ==" >&2
 # The caller's KEEL_* settings must not leak in: this run uses its own port, token and config.
 env -u KEEL_CONFIG -u KEEL_GATEWAY_TOKEN -u KEEL_BIND -u KEEL_PORT -u KEEL_STATE_DIR \

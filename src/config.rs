@@ -104,6 +104,9 @@ pub struct Config {
     pub tick_interval: Duration,
     pub cpu_workers: usize,
     pub io_workers: usize,
+    /// Nice value of worker threads: the reactor and the watchdog stay at the process's own
+    /// priority, so busy workers can never take the CPU from the thread that answers health.
+    pub worker_nice: i32,
     pub queues: QueueCaps,
     pub pressure: PressureConfig,
     pub limits: Limits,
@@ -128,6 +131,7 @@ impl Default for Config {
             tick_interval: Duration::from_millis(30_000),
             cpu_workers: cores,
             io_workers: 16,
+            worker_nice: 10,
             queues: QueueCaps {
                 control: 64,
                 interactive: 256,
@@ -427,7 +431,10 @@ impl Validator {
         if let Some(d) = ms(self, "tickIntervalMs", 1_000, 3_600_000) {
             self.config.tick_interval = d;
         }
-        if let Some(w) = self.section(g, "gateway.workers", "workers", &["cpu", "io"]) {
+        if let Some(w) = self.section(g, "gateway.workers", "workers", &["cpu", "io", "nice"]) {
+            if let Some(n) = self.count(&w, "gateway.workers.nice", "nice", 0, 19) {
+                self.config.worker_nice = n as i32;
+            }
             if let Some(n) = self.count(&w, "gateway.workers.cpu", "cpu", 1, 256) {
                 self.config.cpu_workers = n;
             }
@@ -808,6 +815,23 @@ mod tests {
         assert_eq!(v.config.disabled.len(), 1);
         assert_eq!(v.config.disabled[0].feature, "gateway.drainTimeoutMs");
         assert!(v.config.readiness_reasons()[0].contains("gateway.drainTimeoutMs"));
+    }
+
+    #[test]
+    fn worker_settings() {
+        let v = parse(r#"{"gateway":{"workers":{"cpu":3,"io":4,"nice":0}}}"#, None);
+        assert!(v.problems.is_empty());
+        assert_eq!(
+            (
+                v.config.cpu_workers,
+                v.config.io_workers,
+                v.config.worker_nice
+            ),
+            (3, 4, 0)
+        );
+        let v = parse(r#"{"gateway":{"workers":{"nice":25}}}"#, None);
+        assert_eq!(v.config.worker_nice, 10, "out of range keeps the default");
+        assert_eq!(v.config.disabled[0].feature, "gateway.workers.nice");
     }
 
     #[test]

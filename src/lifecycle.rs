@@ -160,7 +160,7 @@ fn run(
     };
     let (tx, rx) = crossbeam_channel::unbounded();
     let (pools, receivers) = Pools::new(cfg.cpu_workers, cfg.io_workers, cfg.queues);
-    let (cpu, io) = (cfg.cpu_workers, cfg.io_workers);
+    let (cpu, io, nice) = (cfg.cpu_workers, cfg.io_workers, cfg.worker_nice);
     let shared = Arc::new(Shared::new(SharedParts {
         state_dir: s.state_dir.clone(),
         overrides,
@@ -178,7 +178,7 @@ fn run(
     }
     let runner = shared.clone();
     let started = receivers
-        .spawn(Arc::new(move |job| runner.run_job(job)))
+        .spawn(nice, Arc::new(move |job| runner.run_job(job)))
         .and_then(|()| crate::watchdog::spawn(shared.clone()))
         .and_then(|()| spawn_signal_thread(signals, shared.clone()));
     if let Err(e) = started {
@@ -198,14 +198,16 @@ fn run(
         }
     };
     shared.set_listen_addr(local);
-    shared.set_phase(Phase::Serving);
-    log::info!(
-        "keel {} listening on {local} ({cpu} cpu workers, {io} io workers)",
-        crate::VERSION
-    );
+    // READY=1 before the phase changes: the watchdog's WATCHDOG=1 keep-alives start with the
+    // phase, and systemd expects them after READY=1.
     shared
         .notifier
         .notify(&format!("READY=1\nSTATUS=serving on {local}"));
+    shared.set_phase(Phase::Serving);
+    log::info!(
+        "keel {} listening on {local} ({cpu} cpu workers, {io} io workers, nice {nice})",
+        crate::VERSION
+    );
     if let Err(e) = reactor.run() {
         log::error!("reactor failed: {e}");
         return 1;
@@ -322,7 +324,8 @@ pub fn reload(shared: &Shared) {
         ),
         (
             "gateway.workers",
-            (next.cpu_workers, next.io_workers) != (running.cpu_workers, running.io_workers),
+            (next.cpu_workers, next.io_workers, next.worker_nice)
+                != (running.cpu_workers, running.io_workers, running.worker_nice),
         ),
         ("gateway.queues", next.queues != running.queues),
     ];
@@ -335,6 +338,7 @@ pub fn reload(shared: &Shared) {
     next.bind = running.bind;
     next.cpu_workers = running.cpu_workers;
     next.io_workers = running.io_workers;
+    next.worker_nice = running.worker_nice;
     next.queues = running.queues;
     shared.set_config(next);
     log::info!("SIGHUP: reloaded {}", path.display());

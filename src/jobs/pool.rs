@@ -104,8 +104,9 @@ impl Pools {
 }
 
 impl PoolReceivers {
-    /// Spawns every worker; `run` executes one job (and must not panic: it catches the job's).
-    pub fn spawn(self, run: Arc<dyn Fn(Job) + Send + Sync>) -> std::io::Result<()> {
+    /// Spawns every worker at niceness `nice`; `run` executes one job (and must not panic: it
+    /// catches the job's).
+    pub fn spawn(self, nice: i32, run: Arc<dyn Fn(Job) + Send + Sync>) -> std::io::Result<()> {
         for (kind, (rx, workers, busy)) in [(PoolKind::Cpu, self.cpu), (PoolKind::Io, self.io)] {
             for n in 0..workers {
                 let rx = rx.clone();
@@ -114,6 +115,7 @@ impl PoolReceivers {
                 std::thread::Builder::new()
                     .name(format!("keel-{}-{n}", kind.as_str()))
                     .spawn(move || {
+                        lower_priority(nice);
                         while let Some(job) = next_job(&rx) {
                             busy.fetch_add(1, Ordering::Relaxed);
                             run(job);
@@ -123,6 +125,18 @@ impl PoolReceivers {
             }
         }
         Ok(())
+    }
+}
+
+/// Raises this thread's nice value (Linux schedules threads individually). Failing is logged
+/// once and harmless: the worker just competes at normal priority.
+fn lower_priority(nice: i32) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if nice == 0 {
+        return;
+    }
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
+        WARNED.call_once(|| log::warn!("cannot lower worker thread priority to nice {nice}: {e}"));
     }
 }
 

@@ -10,7 +10,8 @@
 //! client cannot starve the rest. Readiness is a hint: every read and write runs to
 //! `WouldBlock` or to its budget. The poll timeout is at most 50 ms; timers (handshake, head,
 //! idle, ticks, close linger) are swept every 25 ms. Each iteration stamps the heartbeat the
-//! watchdog reads and records its busy time in the lag histogram.
+//! watchdog reads and records its lag: its busy time, plus — when the poll timed out — how
+//! late the thread woke (time spent waiting for a CPU).
 
 mod http;
 mod ws;
@@ -206,6 +207,15 @@ impl Reactor {
             }
             let t0 = Instant::now();
             self.shared.reactor_busy(t0);
+            // A poll that timed out tells how late the thread got the CPU back: scheduling
+            // delay (a starved reactor) counts as lag as much as its own work does.
+            let late = if events.is_empty() && !timeout.is_zero() {
+                // epoll rounds its timeout up to whole milliseconds.
+                let ms = timeout.as_nanos().div_ceil(1_000_000) as u64;
+                t0.saturating_duration_since(now + Duration::from_millis(ms))
+            } else {
+                Duration::ZERO
+            };
             let again = std::mem::take(&mut self.again);
             for ev in events.iter() {
                 match ev.token() {
@@ -226,7 +236,7 @@ impl Reactor {
                 self.sweep(t0);
             }
             let done = self.lifecycle(t0);
-            self.shared.metrics.lag.record(t0.elapsed());
+            self.shared.metrics.lag.record(late + t0.elapsed());
             if done {
                 self.shared.reactor_idle(Instant::now());
                 return Ok(());
