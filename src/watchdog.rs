@@ -419,6 +419,10 @@ impl Watchdog {
             }
             sh.notifier.notify(&format!("STATUS={msg}"));
         }
+        let level = self.pressure.level();
+        if sh.pools.deferring_background() != (level >= Level::Elevated) {
+            sh.pools.defer_background(level >= Level::Elevated);
+        }
         sh.set_pressure(PressureView {
             level: self.pressure.level(),
             since_wall_ms: if transition.is_some() {

@@ -8,7 +8,11 @@ use super::{Job, Lane, PoolKind};
 use crate::config::QueueCaps;
 use crossbeam_channel::{Receiver, Select, Sender, TrySendError, bounded};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// How often a worker that is deferring background work looks at the flag again.
+const DEFER_RECHECK: Duration = Duration::from_millis(100);
 
 /// The sending side of one pool.
 pub struct PoolHandle {
@@ -59,12 +63,15 @@ impl PoolHandle {
 pub struct Pools {
     pub cpu: PoolHandle,
     pub io: PoolHandle,
+    /// Set by the watchdog while pressure is elevated or worse.
+    defer_background: Arc<AtomicBool>,
 }
 
 /// The receiving side, until the workers are spawned.
 pub struct PoolReceivers {
     cpu: ([Receiver<Job>; 3], usize, Arc<AtomicUsize>),
     io: ([Receiver<Job>; 3], usize, Arc<AtomicUsize>),
+    defer_background: Arc<AtomicBool>,
 }
 
 impl Pools {
@@ -86,13 +93,28 @@ impl Pools {
         };
         let (cpu, cpu_rx) = make(PoolKind::Cpu, cpu_workers);
         let (io, io_rx) = make(PoolKind::Io, io_workers);
+        let defer_background = Arc::new(AtomicBool::new(false));
         (
-            Pools { cpu, io },
+            Pools {
+                cpu,
+                io,
+                defer_background: defer_background.clone(),
+            },
             PoolReceivers {
                 cpu: cpu_rx,
                 io: io_rx,
+                defer_background,
             },
         )
+    }
+
+    /// Defers (or resumes) background work in both pools.
+    pub fn defer_background(&self, defer: bool) {
+        self.defer_background.store(defer, Ordering::Relaxed);
+    }
+
+    pub fn deferring_background(&self) -> bool {
+        self.defer_background.load(Ordering::Relaxed)
     }
 
     pub fn get(&self, kind: PoolKind) -> &PoolHandle {
@@ -112,11 +134,12 @@ impl PoolReceivers {
                 let rx = rx.clone();
                 let busy = busy.clone();
                 let run = run.clone();
+                let defer = self.defer_background.clone();
                 std::thread::Builder::new()
                     .name(format!("keel-{}-{n}", kind.as_str()))
                     .spawn(move || {
                         lower_priority(nice);
-                        while let Some(job) = next_job(&rx) {
+                        while let Some(job) = next_job(&rx, &defer) {
                             busy.fetch_add(1, Ordering::Relaxed);
                             run(job);
                             busy.fetch_sub(1, Ordering::Relaxed);
@@ -140,11 +163,15 @@ fn lower_priority(nice: i32) {
     }
 }
 
-/// The next job by lane priority; `None` once every lane is disconnected and empty.
-fn next_job(rx: &[Receiver<Job>; 3]) -> Option<Job> {
+/// The next job by lane priority; `None` once every lane is disconnected and empty. While
+/// `defer` is set (pressure elevated or worse) the background lane is left alone: its jobs
+/// wait, and are dropped with `DEADLINE_EXCEEDED` if their deadline passes first.
+fn next_job(rx: &[Receiver<Job>; 3], defer: &AtomicBool) -> Option<Job> {
     loop {
+        let deferring = defer.load(Ordering::Relaxed);
+        let lanes = if deferring { &rx[..2] } else { &rx[..] };
         let mut open = 0;
-        for r in rx {
+        for r in lanes {
             match r.try_recv() {
                 Ok(job) => return Some(job),
                 Err(crossbeam_channel::TryRecvError::Empty) => open += 1,
@@ -154,12 +181,17 @@ fn next_job(rx: &[Receiver<Job>; 3]) -> Option<Job> {
         if open == 0 {
             return None;
         }
-        // Wait until any lane has something (or disconnects), then re-check in priority order.
+        // Wait until a lane has something (or disconnects), then re-check in priority order.
+        // While deferring, wake up now and then to see whether the deferral has ended.
         let mut sel = Select::new();
-        for r in rx {
+        for r in lanes {
             sel.recv(r);
         }
-        sel.ready();
+        if deferring {
+            let _ = sel.ready_timeout(DEFER_RECHECK);
+        } else {
+            sel.ready();
+        }
     }
 }
 
@@ -215,12 +247,57 @@ mod tests {
         ] {
             pools.cpu.try_submit(job(id, lane)).map_err(|_| ()).unwrap();
         }
-        let order: Vec<u64> = std::iter::from_fn(|| next_job(&rx.cpu.0))
+        let no = AtomicBool::new(false);
+        let order: Vec<u64> = std::iter::from_fn(|| next_job(&rx.cpu.0, &no))
             .take(3)
             .map(|j| j.info.id)
             .collect();
         assert_eq!(order, [3, 2, 1]);
         drop(pools);
-        assert!(next_job(&rx.cpu.0).is_none());
+        assert!(next_job(&rx.cpu.0, &no).is_none());
+    }
+
+    #[test]
+    fn background_work_waits_while_deferred() {
+        let caps = QueueCaps {
+            control: 8,
+            interactive: 8,
+            background: 8,
+        };
+        let (pools, rx) = Pools::new(1, 1, caps);
+        pools.defer_background(true);
+        pools
+            .cpu
+            .try_submit(job(1, Lane::Background))
+            .map_err(|_| ())
+            .unwrap();
+        let (tx, got) = std::sync::mpsc::channel();
+        let defer = rx.defer_background.clone();
+        let lanes = rx.cpu.0.clone();
+        std::thread::spawn(move || {
+            while let Some(j) = next_job(&lanes, &defer) {
+                let _ = tx.send(j.info.id);
+            }
+        });
+        pools
+            .cpu
+            .try_submit(job(2, Lane::Interactive))
+            .map_err(|_| ())
+            .unwrap();
+        assert_eq!(
+            got.recv_timeout(Duration::from_secs(5)),
+            Ok(2),
+            "other lanes still run"
+        );
+        assert!(
+            got.recv_timeout(Duration::from_millis(300)).is_err(),
+            "background waits"
+        );
+        pools.defer_background(false);
+        assert_eq!(
+            got.recv_timeout(Duration::from_secs(5)),
+            Ok(1),
+            "and runs once resumed"
+        );
     }
 }

@@ -311,3 +311,59 @@ fn a_job_past_its_deadline_is_answered_and_cancelled() {
     let m = g.get_auth("/metrics").text();
     assert_eq!(metric(&m, "keel_jobs_deadline_exceeded_total"), Some(2.0));
 }
+
+#[test]
+fn queue_age_raises_pressure_sheds_background_work_and_recovers() {
+    let g = Gateway::start(Opts::hooks().config(json!({"gateway": {
+        "workers": {"cpu": 1},
+        "pressure": {"queueAgeWarnMs": 100, "queueAgeCriticalMs": 200, "holdMs": 300},
+    }})));
+    let (addr, token) = (g.addr(), g.token.clone());
+    let running = std::thread::spawn(move || {
+        rpc_with(
+            &addr,
+            &token,
+            "keel.test.busy",
+            &json!({"ms": 2500, "sleep": true}),
+        )
+    });
+    eventually(BOUND, || {
+        let m = g.get_auth("/metrics").text();
+        (metric(&m, "keel_jobs_in_flight{pool=\"cpu\"}") == Some(1.0)).then_some(())
+    });
+    let (addr, token) = (g.addr(), g.token.clone());
+    let queued =
+        std::thread::spawn(move || rpc_with(&addr, &token, "keel.test.busy", &json!({"ms": 10})));
+    // The queued job ages past the critical bound for five watchdog ticks.
+    let failing = eventually(BOUND, || {
+        let r = g.get("/readyz");
+        (r.status == 503).then(|| r.json()["failing"].to_string())
+    });
+    assert!(
+        failing.contains("pressure critical") && failing.contains("interactive queue"),
+        "{failing}"
+    );
+    assert_eq!(g.get("/healthz").status, 200, "liveness is not readiness");
+    let shed = g.rpc("keel.test.busy", json!({"ms": 10, "lane": "background"}));
+    assert_eq!(shed.status, 503, "{}", shed.text());
+    assert!(
+        shed.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shed")
+    );
+    assert_eq!(shed.json()["error"]["retryable"], true);
+    let health = g.rpc("health", json!({})).json();
+    assert_eq!(health["payload"]["pressure"]["level"], "critical");
+    assert_eq!(running.join().unwrap().status, 200);
+    assert_eq!(queued.join().unwrap().status, 200);
+    // Back to normal once the queue is empty and the hold windows have passed.
+    eventually(BOUND, || (g.get("/readyz").status == 200).then_some(()));
+    let log = g.log_text();
+    assert!(
+        log.contains("pressure normal -> critical")
+            || log.contains("pressure elevated -> critical"),
+        "{log}"
+    );
+    assert!(g.wait_log("-> normal", BOUND).is_some(), "{log}");
+}
