@@ -341,6 +341,25 @@ impl Reactor {
 
     /// Runs one handler on a slot and applies its outcome.
     fn drive(&mut self, slot: usize, now: Instant, why: Why) {
+        self.on_slot(slot, None, now, |conn, cx| match (conn, why) {
+            (Conn::Http(h), Why::Ready) => h.drive(cx),
+            (Conn::Http(h), Why::Timer) => h.on_timer(cx),
+            (Conn::Ws(w), Why::Ready) => w.drive(cx),
+            (Conn::Ws(w), Why::Timer) => w.on_timer(cx),
+        });
+    }
+
+    /// Runs `f` on the connection in `slot` (if it is there, and of `generation` when given)
+    /// with its [`Cx`], then applies the outcome. A bug in a handler (or a library under it)
+    /// must cost one connection, never the reactor: a panic is caught, logged by the hook,
+    /// and the connection dropped.
+    fn on_slot(
+        &mut self,
+        slot: usize,
+        generation: Option<u64>,
+        now: Instant,
+        f: impl FnOnce(&mut Conn, &mut Cx<'_>) -> Outcome,
+    ) {
         let outcome = {
             let Reactor {
                 slots,
@@ -352,6 +371,9 @@ impl Reactor {
             let Some(Some(s)) = slots.get_mut(slot) else {
                 return;
             };
+            if generation.is_some_and(|g| g != s.generation) {
+                return;
+            }
             let config = shared.config();
             let mut cx = Cx {
                 shared,
@@ -363,16 +385,8 @@ impl Reactor {
                 limiter,
                 config: &config,
             };
-            // A bug in a handler (or a library under it) must cost one connection, never the
-            // reactor: the panic is caught, logged by the hook, and the connection dropped.
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                match (&mut s.conn, why) {
-                    (Conn::Http(h), Why::Ready) => h.drive(&mut cx),
-                    (Conn::Http(h), Why::Timer) => h.on_timer(&mut cx),
-                    (Conn::Ws(w), Why::Ready) => w.drive(&mut cx),
-                    (Conn::Ws(w), Why::Timer) => w.on_timer(&mut cx),
-                }
-            }));
+            let conn = &mut s.conn;
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn, &mut cx)));
             run.unwrap_or_else(|_| {
                 shared.metrics.reactor_panics.inc();
                 log::error!(
@@ -436,35 +450,13 @@ impl Reactor {
         self.more_completions = true;
     }
 
+    /// Hands a job's reply to its connection. A reply for a connection that has gone (or
+    /// whose slot was reused: the generation differs) is dropped: the job outlived its
+    /// socket, as designed.
     fn complete(&mut self, c: Completion, now: Instant) {
-        let outcome = {
-            let Reactor {
-                slots,
-                shared,
-                rng,
-                limiter,
-                ..
-            } = self;
-            // A reply for a connection that has gone (or whose slot was reused) is dropped: the
-            // job outlived its socket, as designed.
-            let Some(Some(s)) = slots.get_mut(c.conn) else {
-                return;
-            };
-            if s.generation != c.generation {
-                return;
-            }
-            let config = shared.config();
-            let mut cx = Cx {
-                shared,
-                now,
-                slot: c.conn,
-                generation: s.generation,
-                peer: s.peer,
-                rng,
-                limiter,
-                config: &config,
-            };
-            match (&mut s.conn, c.body) {
+        let body = c.body;
+        self.on_slot(c.conn, Some(c.generation), now, move |conn, cx| {
+            match (conn, body) {
                 (
                     Conn::Http(h),
                     CompletionBody::Http {
@@ -473,20 +465,16 @@ impl Reactor {
                         body,
                     },
                 ) => {
-                    h.complete(&mut cx, status, retry_after_s, &body);
-                    h.drive(&mut cx)
+                    h.complete(cx, status, retry_after_s, &body);
+                    h.drive(cx)
                 }
                 (Conn::Ws(w), CompletionBody::WsText(text)) => {
-                    w.complete(&mut cx, text);
-                    match w.flush(&mut cx) {
-                        Ok(()) => Outcome::Keep,
-                        Err(o) => o,
-                    }
+                    w.complete(cx, text);
+                    w.flush(cx).err().unwrap_or(Outcome::Keep)
                 }
                 _ => Outcome::Keep,
             }
-        };
-        self.apply(c.conn, now, outcome);
+        });
     }
 
     /// Timers on every connection, and the connection gauges.
@@ -551,36 +539,13 @@ impl Reactor {
 
     fn each_ws(&mut self, now: Instant, mut f: impl FnMut(&mut WsConn, &mut Cx<'_>)) {
         for slot in 0..self.slots.len() {
-            let outcome = {
-                let Reactor {
-                    slots,
-                    shared,
-                    rng,
-                    limiter,
-                    ..
-                } = self;
-                let Some(Some(s)) = slots.get_mut(slot) else {
-                    continue;
-                };
-                let Conn::Ws(w) = &mut s.conn else { continue };
-                let config = shared.config();
-                let mut cx = Cx {
-                    shared,
-                    now,
-                    slot,
-                    generation: s.generation,
-                    peer: s.peer,
-                    rng,
-                    limiter,
-                    config: &config,
-                };
-                f(w, &mut cx);
-                match w.flush(&mut cx) {
-                    Ok(()) => Outcome::Keep,
-                    Err(o) => o,
+            self.on_slot(slot, None, now, |conn, cx| match conn {
+                Conn::Ws(w) => {
+                    f(w, cx);
+                    w.flush(cx).err().unwrap_or(Outcome::Keep)
                 }
-            };
-            self.apply(slot, now, outcome);
+                Conn::Http(_) => Outcome::Keep,
+            });
         }
     }
 }

@@ -167,7 +167,8 @@ impl WsConn {
         self.announced_shutdown = true;
         match self.phase {
             Phase::Open => {
-                let payload = json!({"reason": "gateway draining for shutdown", "restartExpectedMs": drain_ms});
+                let payload =
+                    json!({"reason": "gateway draining for shutdown", "drainTimeoutMs": drain_ms});
                 self.send_event(cx, "shutdown", &payload);
             }
             Phase::AwaitingConnect => self.close(cx, CloseCode::Restart, "gateway shutting down"),

@@ -207,6 +207,21 @@ impl Gateway {
         rpc_with(&self.addr(), &self.token, method, &params)
     }
 
+    /// Calls `method` over HTTP on its own thread.
+    pub fn spawn_rpc(&self, method: &str, params: Value) -> std::thread::JoinHandle<Response> {
+        let (addr, token, method) = (self.addr(), self.token.clone(), method.to_string());
+        std::thread::spawn(move || rpc_with(&addr, &token, &method, &params))
+    }
+
+    /// Waits until the series (`name{labels}`) in `/metrics` reads `value`.
+    #[track_caller]
+    pub fn wait_metric(&self, series: &str, value: f64) {
+        eventually(BOUND, || {
+            let m = self.get_auth("/metrics").text();
+            (metric(&m, series) == Some(value)).then_some(())
+        });
+    }
+
     /// A WebSocket that has passed the handshake.
     #[track_caller]
     pub fn ws(&self) -> Ws {

@@ -44,10 +44,7 @@ fn healthz_answers_while_every_cpu_worker_is_busy() {
             })
         })
         .collect();
-    eventually(BOUND, || {
-        let m = g.get_auth("/metrics").text();
-        (metric(&m, "keel_jobs_in_flight{pool=\"cpu\"}") == Some(2.0)).then_some(())
-    });
+    g.wait_metric("keel_jobs_in_flight{pool=\"cpu\"}", 2.0);
     for _ in 0..50 {
         let r = within(Duration::from_secs(2), {
             let addr = addr.clone();
@@ -231,33 +228,10 @@ fn a_full_queue_answers_503_at_once() {
         Opts::hooks()
             .config(json!({"gateway": {"workers": {"cpu": 1}, "queues": {"interactive": 1}}})),
     );
-    let (addr, token) = (g.addr(), g.token.clone());
-    let running = std::thread::spawn(move || {
-        rpc_with(
-            &addr,
-            &token,
-            "keel.test.busy",
-            &json!({"ms": 2000, "sleep": true}),
-        )
-    });
-    eventually(BOUND, || {
-        let m = g.get_auth("/metrics").text();
-        (metric(&m, "keel_jobs_in_flight{pool=\"cpu\"}") == Some(1.0)).then_some(())
-    });
-    let (addr, token) = (g.addr(), g.token.clone());
-    let queued = std::thread::spawn(move || {
-        rpc_with(
-            &addr,
-            &token,
-            "keel.test.busy",
-            &json!({"ms": 10, "sleep": true}),
-        )
-    });
-    eventually(BOUND, || {
-        let m = g.get_auth("/metrics").text();
-        (metric(&m, "keel_queue_depth{pool=\"cpu\",lane=\"interactive\"}") == Some(1.0))
-            .then_some(())
-    });
+    let running = g.spawn_rpc("keel.test.busy", json!({"ms": 2000, "sleep": true}));
+    g.wait_metric("keel_jobs_in_flight{pool=\"cpu\"}", 1.0);
+    let queued = g.spawn_rpc("keel.test.busy", json!({"ms": 10, "sleep": true}));
+    g.wait_metric("keel_queue_depth{pool=\"cpu\",lane=\"interactive\"}", 1.0);
     let r = within(Duration::from_secs(2), {
         let (addr, token) = (g.addr(), g.token.clone());
         move || rpc_with(&addr, &token, "keel.test.busy", &json!({"ms": 10}))
@@ -318,22 +292,9 @@ fn queue_age_raises_pressure_sheds_background_work_and_recovers() {
         "workers": {"cpu": 1},
         "pressure": {"queueAgeWarnMs": 100, "queueAgeCriticalMs": 200, "holdMs": 300},
     }})));
-    let (addr, token) = (g.addr(), g.token.clone());
-    let running = std::thread::spawn(move || {
-        rpc_with(
-            &addr,
-            &token,
-            "keel.test.busy",
-            &json!({"ms": 2500, "sleep": true}),
-        )
-    });
-    eventually(BOUND, || {
-        let m = g.get_auth("/metrics").text();
-        (metric(&m, "keel_jobs_in_flight{pool=\"cpu\"}") == Some(1.0)).then_some(())
-    });
-    let (addr, token) = (g.addr(), g.token.clone());
-    let queued =
-        std::thread::spawn(move || rpc_with(&addr, &token, "keel.test.busy", &json!({"ms": 10})));
+    let running = g.spawn_rpc("keel.test.busy", json!({"ms": 2500, "sleep": true}));
+    g.wait_metric("keel_jobs_in_flight{pool=\"cpu\"}", 1.0);
+    let queued = g.spawn_rpc("keel.test.busy", json!({"ms": 10}));
     // The queued job ages past the critical bound for five watchdog ticks.
     let failing = eventually(BOUND, || {
         let r = g.get("/readyz");

@@ -5,16 +5,10 @@ use serde_json::{Value, json};
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-/// Starts `keel.test.busy` over HTTP on a thread and waits until it runs.
+/// Starts `keel.test.busy` (on the cpu pool) over HTTP on a thread and waits until it runs.
 fn start_busy(g: &Gateway, params: Value) -> std::thread::JoinHandle<Response> {
-    let (addr, token) = (g.addr(), g.token.clone());
-    let h = std::thread::spawn(move || rpc_with(&addr, &token, "keel.test.busy", &params));
-    eventually(BOUND, || {
-        let m = g.get_auth("/metrics").text();
-        let running = metric(&m, "keel_jobs_in_flight{pool=\"cpu\"}").unwrap_or(0.0)
-            + metric(&m, "keel_jobs_in_flight{pool=\"io\"}").unwrap_or(0.0);
-        (running >= 1.0).then_some(())
-    });
+    let h = g.spawn_rpc("keel.test.busy", params);
+    g.wait_metric("keel_jobs_in_flight{pool=\"cpu\"}", 1.0);
     h
 }
 
