@@ -85,6 +85,18 @@ pub struct Limits {
     pub header_timeout: Duration,
 }
 
+/// A model's price in USD per million tokens (`models.providers.<p>.models[].cost`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelPrice {
+    pub input: f64,
+    pub output: f64,
+    pub cache_read: f64,
+    pub cache_write: f64,
+}
+
+/// Prices by (provider, model id).
+pub type Prices = std::collections::HashMap<(String, String), ModelPrice>;
+
 /// A feature turned off because its part of the config is bad.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disabled {
@@ -110,6 +122,7 @@ pub struct Config {
     pub queues: QueueCaps,
     pub pressure: PressureConfig,
     pub limits: Limits,
+    pub prices: Prices,
     pub disabled: Vec<Disabled>,
 }
 
@@ -154,6 +167,7 @@ impl Default for Config {
                 max_inflight_per_conn: 64,
                 header_timeout: Duration::from_secs(10),
             },
+            prices: Prices::new(),
             disabled: Vec::new(),
         }
     }
@@ -238,7 +252,6 @@ pub fn load_file(path: &Path) -> Validated {
 /// OpenClaw's top-level keys that keel knows of but does not act on (yet): one warning each.
 const OPENCLAW_UNSUPPORTED: &[&str] = &[
     "agents",
-    "models",
     "channels",
     "session",
     "messages",
@@ -351,7 +364,7 @@ impl Validator {
         self.warn_keys(
             root,
             "",
-            &["gateway", "hooks", "meta", "logging"],
+            &["gateway", "hooks", "models", "meta", "logging"],
             OPENCLAW_UNSUPPORTED,
         );
         if let Some(g) = root.get("gateway") {
@@ -362,6 +375,12 @@ impl Validator {
         }
         if let Some(h) = root.get("hooks") {
             self.hooks(h);
+        }
+        if let Some(m) = root.get("models") {
+            match prices(m) {
+                Ok(p) => self.config.prices = p,
+                Err((path, msg)) => self.disable(&path, msg),
+            }
         }
     }
 
@@ -711,6 +730,69 @@ impl Validator {
     }
 }
 
+/// Model prices from `models.providers.<p>.models[{id, cost{input, output, cacheRead,
+/// cacheWrite}}]`. A model without `cost` is unpriced (its usage without a recorded cost is
+/// counted as missing, never as $0). Other provider settings belong to agent runs.
+fn prices(models: &Value) -> Result<Prices, (String, String)> {
+    let mut out = Prices::new();
+    let Some(m) = models.as_object() else {
+        return Err((
+            "models".into(),
+            format!("expected an object, got {}", json_kind(models)),
+        ));
+    };
+    let Some(providers) = m.get("providers") else {
+        return Ok(out);
+    };
+    let Some(providers) = providers.as_object() else {
+        return Err((
+            "models.providers".into(),
+            "expected an object of provider id → settings".into(),
+        ));
+    };
+    for (pid, p) in providers {
+        let base = format!("models.providers.{pid}");
+        let list = match p.get("models") {
+            None => continue,
+            Some(Value::Array(a)) => a,
+            Some(_) => return Err((format!("{base}.models"), "expected an array".into())),
+        };
+        for (i, model) in list.iter().enumerate() {
+            let at = format!("{base}.models[{i}]");
+            let id = model
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| (at.clone(), "needs a string id".to_string()))?;
+            let Some(cost) = model.get("cost") else {
+                continue;
+            };
+            let part = |k: &str| -> Result<f64, (String, String)> {
+                match cost.get(k) {
+                    None | Some(Value::Null) => Ok(0.0),
+                    Some(v) => v
+                        .as_f64()
+                        .filter(|x| x.is_finite() && *x >= 0.0)
+                        .ok_or_else(|| {
+                            (
+                                format!("{at}.cost.{k}"),
+                                format!("expected USD per million tokens, got {v}"),
+                            )
+                        }),
+                }
+            };
+            let price = ModelPrice {
+                input: part("input")?,
+                output: part("output")?,
+                cache_read: part("cacheRead")?,
+                cache_write: part("cacheWrite")?,
+            };
+            out.insert((pid.clone(), id.to_string()), price);
+        }
+    }
+    Ok(out)
+}
+
 fn join(prefix: &str, key: &str) -> String {
     if prefix.is_empty() {
         key.to_string()
@@ -832,6 +914,35 @@ mod tests {
         let v = parse(r#"{"gateway":{"workers":{"nice":25}}}"#, None);
         assert_eq!(v.config.worker_nice, 10, "out of range keeps the default");
         assert_eq!(v.config.disabled[0].feature, "gateway.workers.nice");
+    }
+
+    #[test]
+    fn model_prices() {
+        let v = parse(
+            r#"{"models":{"providers":{"anthropic":{"baseUrl":"x","models":[{"id":"claude","cost":{"input":3,"output":15,"cacheRead":0.3}},{"id":"free"}]}}}}"#,
+            None,
+        );
+        assert!(
+            v.problems.is_empty() && v.warnings.is_empty(),
+            "{:?} {:?}",
+            v.problems,
+            v.warnings
+        );
+        let p = v.config.prices[&("anthropic".to_string(), "claude".to_string())];
+        assert_eq!(
+            (p.input, p.output, p.cache_read, p.cache_write),
+            (3.0, 15.0, 0.3, 0.0)
+        );
+        assert_eq!(v.config.prices.len(), 1, "a model without cost is unpriced");
+        let v = parse(
+            r#"{"models":{"providers":{"a":{"models":[{"id":"m","cost":{"input":"cheap"}}]}}}}"#,
+            None,
+        );
+        assert_eq!(
+            v.config.disabled[0].feature,
+            "models.providers.a.models[0].cost.input"
+        );
+        assert!(v.config.prices.is_empty());
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod protocol;
 pub mod reactor;
 pub mod runtime;
 pub mod sdnotify;
+pub mod sessions;
 pub mod state;
 pub mod watchdog;
 

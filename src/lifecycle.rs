@@ -204,6 +204,8 @@ fn run(
         .notifier
         .notify(&format!("READY=1\nSTATUS=serving on {local}"));
     shared.set_phase(Phase::Serving);
+    // Serving first, indexing after: the index loads and builds in the background.
+    crate::sessions::Sessions::start(&shared);
     log::info!(
         "keel {} listening on {local} ({cpu} cpu workers, {io} io workers, nice {nice})",
         crate::VERSION

@@ -84,6 +84,8 @@ pub struct Shared {
     pressure: Mutex<PressureView>,
     pub jobs: JobTable,
     pub pools: Pools,
+    /// Session stores and the usage index.
+    pub sessions: crate::sessions::Sessions,
     next_job_id: AtomicU64,
     completions: Sender<Completion>,
     waker: Arc<mio::Waker>,
@@ -118,7 +120,7 @@ impl Shared {
         Shared {
             started: now,
             started_wall_ms: clock::wall_ms(),
-            state_dir: p.state_dir,
+            state_dir: p.state_dir.clone(),
             overrides: p.overrides,
             config: Mutex::new(Arc::new(p.config)),
             phase: AtomicU8::new(Phase::Starting as u8),
@@ -133,6 +135,7 @@ impl Shared {
             }),
             jobs: JobTable::default(),
             pools: p.pools,
+            sessions: crate::sessions::Sessions::new(&p.state_dir),
             next_job_id: AtomicU64::new(1),
             completions: p.completions,
             waker: p.waker,
@@ -210,6 +213,13 @@ impl Shared {
         });
         drop(d);
         self.set_phase(Phase::Draining);
+        // Background work is maintenance whose progress is already saved (index builds): it
+        // stops now instead of holding the drain open. Client work keeps its deadline.
+        for job in self.jobs.snapshot() {
+            if job.lane == Lane::Background && self.cancel_job(&job, CancelReason::Drain) {
+                log::info!("drain: cancelled background job {} ({})", job.id, job.kind);
+            }
+        }
         self.wake();
         true
     }
@@ -376,7 +386,9 @@ impl Shared {
                 Err(_) if info.token.is_cancelled() => {}
                 Err(_) => self.metrics.jobs_failed.inc(),
             }
-            self.deliver(&info, &outcome);
+            if !info.reply_deferred() {
+                self.deliver(&info, &outcome);
+            }
         }
         // Removed only after the reply is in the channel: an empty table with an empty channel
         // means every answer has reached the reactor.
@@ -645,6 +657,7 @@ impl Shared {
                 "panicked": m.jobs_panicked.get(),
                 "rejectedQueueFull": m.rejected_queue_full.get(),
             },
+            "usage": self.sessions.status_json(),
             "heartbeat": {"defaultAgentId": "main", "agents": []},
             "channelSummary": [],
             "queuedSystemEvents": [],

@@ -229,6 +229,8 @@ pub struct JobInfo {
     /// Monotonic ms of the last progress stamp.
     progress: AtomicU64,
     replied: AtomicBool,
+    /// The job's reply is sent by another job (a shared computation), not by its worker.
+    deferred: AtomicBool,
 }
 
 impl JobInfo {
@@ -246,7 +248,18 @@ impl JobInfo {
             started: AtomicU64::new(0),
             progress: AtomicU64::new(clock::mono_ms(now)),
             replied: AtomicBool::new(false),
+            deferred: AtomicBool::new(false),
         }
+    }
+
+    /// Hands this job's reply to whoever calls [`crate::runtime::Shared::deliver`] for it
+    /// later; its own worker will not send one.
+    pub fn defer_reply(&self) {
+        self.deferred.store(true, Ordering::Release);
+    }
+
+    pub fn reply_deferred(&self) -> bool {
+        self.deferred.load(Ordering::Acquire)
     }
 
     pub fn started_at(&self) -> Option<Instant> {
@@ -316,7 +329,7 @@ impl JobInfo {
 
 /// What a job's code sees: its token, deadline and progress stamp.
 pub struct JobCtx<'a> {
-    pub info: &'a JobInfo,
+    pub info: &'a Arc<JobInfo>,
 }
 
 impl JobCtx<'_> {

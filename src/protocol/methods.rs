@@ -47,6 +47,21 @@ const METHODS: &[Method] = &[
         hidden: false,
     },
     Method {
+        name: "sessions.list",
+        handler: Handler::Job(sessions_list),
+        hidden: false,
+    },
+    Method {
+        name: "sessions.usage",
+        handler: Handler::Job(sessions_usage),
+        hidden: false,
+    },
+    Method {
+        name: "usage.cost",
+        handler: Handler::Job(usage_cost),
+        hidden: false,
+    },
+    Method {
         name: "keel.test.busy",
         handler: Handler::Job(test_busy),
         hidden: true,
@@ -100,6 +115,38 @@ fn status(shared: &Arc<Shared>, _params: &Value) -> Result<(JobSpec, Work), RpcE
             Ok(sh.status_json())
         }),
     ))
+}
+
+/// A usage method: an interactive cpu job with the usage deadline.
+fn usage_job(
+    shared: &Arc<Shared>,
+    method: &'static str,
+    params: &Value,
+) -> Result<(JobSpec, Work), RpcError> {
+    let sh = shared.clone();
+    let params = params.clone();
+    Ok((
+        JobSpec {
+            kind: method.into(),
+            pool: PoolKind::Cpu,
+            lane: Lane::Interactive,
+            timeout: crate::sessions::QUERY_DEADLINE,
+            stall_limit: None,
+        },
+        Box::new(move |ctx: &JobCtx| sh.sessions.run(&sh, method, &params, ctx)),
+    ))
+}
+
+fn sessions_list(shared: &Arc<Shared>, params: &Value) -> Result<(JobSpec, Work), RpcError> {
+    usage_job(shared, "sessions.list", params)
+}
+
+fn sessions_usage(shared: &Arc<Shared>, params: &Value) -> Result<(JobSpec, Work), RpcError> {
+    usage_job(shared, "sessions.usage", params)
+}
+
+fn usage_cost(shared: &Arc<Shared>, params: &Value) -> Result<(JobSpec, Work), RpcError> {
+    usage_job(shared, "usage.cost", params)
 }
 
 fn opt_u64(params: &Value, key: &str, default: u64, max: u64) -> Result<u64, RpcError> {

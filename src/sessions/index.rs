@@ -1,0 +1,793 @@
+//! The usage index: per transcript file, its identity (inode, size, mtime), the byte offset
+//! parsed so far, and its records (messages, usage, tool calls).
+//!
+//! Refreshing is plan → parse → merge: [`plan`] compares a directory scan with the index and
+//! lists what to read (a new file from 0, an appended one from its offset, a replaced or shrunk
+//! one from 0 again); [`parse_task`] reads without any lock, in bounded slices, checking a
+//! cancel check between slices; [`Index::merge`] applies the result under the write lock only
+//! if the file is still where the plan found it (optimistic: a cold build and a query's inline
+//! refresh may race on a file, and the loser's work is discarded, never counted twice).
+//!
+//! The index is persisted (`<state>/usage-index.bin`, atomic write, checksummed) and reloaded
+//! at boot; a file that fails its checksum or version is ignored and the index rebuilt.
+
+use super::transcript::{LocalNames, MsgRec, Parsed, ToolRec, UsageRec};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Bytes read per slice; the cancel check runs between slices.
+pub const SLICE: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Live = 0,
+    Reset = 1,
+    Deleted = 2,
+}
+
+/// Where a file was when it was looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FileIdent {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl FileIdent {
+    pub fn of(meta: &std::fs::Metadata) -> FileIdent {
+        FileIdent {
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        }
+    }
+}
+
+/// One transcript file found by [`scan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// Relative to the state directory.
+    pub rel: PathBuf,
+    pub agent: String,
+    pub session_id: String,
+    pub kind: FileKind,
+    pub ident: FileIdent,
+}
+
+/// Classifies a file name: `<sid>.jsonl`, `<sid>.jsonl.reset.<stamp>`,
+/// `<sid>.jsonl.deleted.<stamp>`; anything else is not a transcript.
+pub fn classify(name: &str) -> Option<(String, FileKind)> {
+    if name.starts_with('.') {
+        return None;
+    }
+    if let Some(sid) = name.strip_suffix(".jsonl") {
+        return (!sid.is_empty()).then(|| (sid.to_string(), FileKind::Live));
+    }
+    let (sid, rest) = name.split_once(".jsonl.")?;
+    let kind = if rest.starts_with("reset.") {
+        FileKind::Reset
+    } else if rest.starts_with("deleted.") {
+        FileKind::Deleted
+    } else {
+        return None;
+    };
+    (!sid.is_empty()).then(|| (sid.to_string(), kind))
+}
+
+/// Every transcript file under `<state>/agents/*/sessions/`.
+pub fn scan(state_dir: &Path) -> Vec<Seen> {
+    let mut out = Vec::new();
+    for agent in super::store::list_agents(state_dir) {
+        let dir = super::store::agents_dir(state_dir)
+            .join(&agent)
+            .join("sessions");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
+            let Some((session_id, kind)) = classify(&name) else {
+                continue;
+            };
+            let Ok(meta) = e.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            out.push(Seen {
+                rel: PathBuf::from("agents")
+                    .join(&agent)
+                    .join("sessions")
+                    .join(&name),
+                agent: agent.clone(),
+                session_id,
+                kind,
+                ident: FileIdent::of(&meta),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.rel.cmp(&b.rel));
+    out
+}
+
+/// One file's records.
+#[derive(Debug, Clone)]
+pub struct FileIndex {
+    pub agent: u32,
+    pub session_id: Arc<str>,
+    pub kind: FileKind,
+    pub ident: FileIdent,
+    /// Bytes parsed (up to the last complete line).
+    pub offset: u64,
+    pub lines: u64,
+    pub malformed: u64,
+    pub msgs: Vec<MsgRec>,
+    pub usage: Vec<UsageRec>,
+    pub tools: Vec<ToolRec>,
+}
+
+/// Interned strings (agents, providers, models, tools) and the model table.
+#[derive(Debug, Default, Clone)]
+pub struct Tables {
+    pub strings: Vec<Arc<str>>,
+    string_ids: HashMap<Arc<str>, u32>,
+    /// (provider, model) as string ids.
+    pub models: Vec<(u32, u32)>,
+    model_ids: HashMap<(u32, u32), u32>,
+}
+
+impl Tables {
+    pub fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.string_ids.get(s) {
+            return id;
+        }
+        let id = self.strings.len() as u32;
+        let a: Arc<str> = Arc::from(s);
+        self.strings.push(a.clone());
+        self.string_ids.insert(a, id);
+        id
+    }
+
+    pub fn model(&mut self, provider: &str, model: &str) -> u32 {
+        let key = (self.intern(provider), self.intern(model));
+        if let Some(&id) = self.model_ids.get(&key) {
+            return id;
+        }
+        let id = self.models.len() as u32;
+        self.models.push(key);
+        self.model_ids.insert(key, id);
+        id
+    }
+
+    pub fn str(&self, id: u32) -> &str {
+        self.strings.get(id as usize).map_or("unknown", |s| s)
+    }
+
+    /// (provider, model) of a model id.
+    pub fn model_names(&self, id: u32) -> (&str, &str) {
+        match self.models.get(id as usize) {
+            Some(&(p, m)) => (self.str(p), self.str(m)),
+            None => ("unknown", "unknown"),
+        }
+    }
+}
+
+/// What to read from one file.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub seen: Seen,
+    /// Where to start reading.
+    pub from: u64,
+    /// The index entry's (inode, offset) when planned; `None` for a file not in the index.
+    pub expect: Option<(u64, u64)>,
+}
+
+impl Task {
+    pub fn bytes(&self) -> u64 {
+        self.seen.ident.size.saturating_sub(self.from)
+    }
+}
+
+/// The result of reading a task.
+#[derive(Debug)]
+pub struct Chunk {
+    pub task: Task,
+    pub parsed: Parsed,
+    /// Offset after the last complete line read.
+    pub end: u64,
+    pub ident: FileIdent,
+}
+
+/// Why a parse stopped early.
+#[derive(Debug)]
+pub enum ParseError {
+    Io(io::Error),
+    Cancelled,
+}
+
+/// Reads a task's bytes from `from` to the current end of the file, in [`SLICE`]s, calling
+/// `check` between slices. A trailing line without its newline is left for the next read.
+pub fn parse_task(
+    state_dir: &Path,
+    task: Task,
+    mut check: impl FnMut() -> bool,
+) -> Result<Chunk, ParseError> {
+    let path = state_dir.join(&task.seen.rel);
+    let mut f = File::open(&path).map_err(ParseError::Io)?;
+    let ident = FileIdent::of(&f.metadata().map_err(ParseError::Io)?);
+    f.seek(SeekFrom::Start(task.from)).map_err(ParseError::Io)?;
+    let mut parsed = Parsed::default();
+    let mut buf: Vec<u8> = Vec::with_capacity(SLICE + 4096);
+    let mut offset = task.from;
+    let mut chunk = vec![0u8; SLICE];
+    loop {
+        if !check() {
+            return Err(ParseError::Cancelled);
+        }
+        let n = f.read(&mut chunk).map_err(ParseError::Io)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let used = parsed.lines(&buf);
+        offset += used as u64;
+        buf.drain(..used);
+        // A single line longer than 64 MiB is not a transcript line: count it and move on.
+        if buf.len() > 64 << 20 {
+            parsed.lines += 1;
+            parsed.malformed += 1;
+            offset += buf.len() as u64;
+            buf.clear();
+        }
+    }
+    Ok(Chunk {
+        task,
+        parsed,
+        end: offset,
+        ident,
+    })
+}
+
+/// Compares a scan with the index: what to read, and which indexed files are gone.
+pub fn plan(index: &Index, seen: &[Seen]) -> (Vec<Task>, Vec<PathBuf>) {
+    let mut tasks = Vec::new();
+    for s in seen {
+        match index.files.get(&s.rel) {
+            None => tasks.push(Task {
+                seen: s.clone(),
+                from: 0,
+                expect: None,
+            }),
+            Some(f) => {
+                let expect = Some((f.ident.ino, f.offset));
+                if f.ident.ino != s.ident.ino || s.ident.size < f.offset {
+                    // Replaced or shrunk: everything is read again.
+                    tasks.push(Task {
+                        seen: s.clone(),
+                        from: 0,
+                        expect,
+                    });
+                } else if s.ident.size > f.offset {
+                    tasks.push(Task {
+                        seen: s.clone(),
+                        from: f.offset,
+                        expect,
+                    });
+                }
+            }
+        }
+    }
+    let present: std::collections::HashSet<&PathBuf> = seen.iter().map(|s| &s.rel).collect();
+    let gone = index
+        .files
+        .keys()
+        .filter(|k| !present.contains(k))
+        .cloned()
+        .collect();
+    (tasks, gone)
+}
+
+/// The whole index.
+#[derive(Debug, Default, Clone)]
+pub struct Index {
+    pub tables: Tables,
+    pub files: HashMap<PathBuf, FileIndex>,
+}
+
+fn remap(tables: &mut Tables, names: &LocalNames) -> (Vec<u32>, Vec<u32>) {
+    let models = names
+        .models
+        .iter()
+        .map(|(p, m)| tables.model(p, m))
+        .collect();
+    let tools = names.tools.iter().map(|t| tables.intern(t)).collect();
+    (models, tools)
+}
+
+impl Index {
+    /// Applies a parsed chunk if the file is still as planned; false if the chunk is stale.
+    pub fn merge(&mut self, c: Chunk) -> bool {
+        let current = self
+            .files
+            .get(&c.task.seen.rel)
+            .map(|f| (f.ident.ino, f.offset));
+        if current != c.task.expect || (c.task.from > 0 && c.ident.ino != c.task.seen.ident.ino) {
+            return false;
+        }
+        let (models, tools) = remap(&mut self.tables, &c.parsed.names);
+        let agent = self.tables.intern(&c.task.seen.agent);
+        let mut usage = c.parsed.usage;
+        for u in &mut usage {
+            u.model = models[u.model as usize];
+        }
+        let mut tool_recs = c.parsed.tools;
+        for t in &mut tool_recs {
+            t.name = tools[t.name as usize];
+        }
+        let rel = c.task.seen.rel.clone();
+        if c.task.from == 0 {
+            self.files.insert(
+                rel,
+                FileIndex {
+                    agent,
+                    session_id: Arc::from(c.task.seen.session_id.as_str()),
+                    kind: c.task.seen.kind,
+                    ident: c.ident,
+                    offset: c.end,
+                    lines: c.parsed.lines,
+                    malformed: c.parsed.malformed,
+                    msgs: c.parsed.msgs,
+                    usage,
+                    tools: tool_recs,
+                },
+            );
+        } else if let Some(f) = self.files.get_mut(&rel) {
+            f.ident = c.ident;
+            f.offset = c.end;
+            f.lines += c.parsed.lines;
+            f.malformed += c.parsed.malformed;
+            f.msgs.extend(c.parsed.msgs);
+            f.usage.extend(usage);
+            f.tools.extend(tool_recs);
+        }
+        true
+    }
+
+    /// Drops files that are gone from disk.
+    pub fn remove(&mut self, gone: &[PathBuf]) {
+        for g in gone {
+            self.files.remove(g);
+        }
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize, u64) {
+        let mut msgs = 0;
+        let mut usage = 0;
+        let mut malformed = 0;
+        for f in self.files.values() {
+            msgs += f.msgs.len();
+            usage += f.usage.len();
+            malformed += f.malformed;
+        }
+        (self.files.len(), msgs, usage, malformed)
+    }
+
+    /// Brings the index up to date in the calling thread (no bound: for the CLI and tests).
+    pub fn refresh_all(&mut self, state_dir: &Path) -> io::Result<u64> {
+        let seen = scan(state_dir);
+        let (tasks, gone) = plan(self, &seen);
+        self.remove(&gone);
+        let mut bytes = 0;
+        for t in tasks {
+            match parse_task(state_dir, t, || true) {
+                Ok(c) => {
+                    bytes += c.end - c.task.from;
+                    self.merge(c);
+                }
+                Err(ParseError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(ParseError::Io(e)) => return Err(e),
+                Err(ParseError::Cancelled) => {}
+            }
+        }
+        Ok(bytes)
+    }
+}
+
+// ---- persistence --------------------------------------------------------------------------
+
+const MAGIC: &[u8; 8] = b"KEELUIX1";
+
+/// Where the index lives in a state directory.
+pub fn index_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("usage-index.bin")
+}
+
+struct W(Vec<u8>);
+
+impl W {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn f64(&mut self, v: f64) {
+        self.0.extend_from_slice(&v.to_bits().to_le_bytes());
+    }
+    fn str(&mut self, s: &str) {
+        self.u32(s.len() as u32);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+}
+
+struct R<'a>(&'a [u8]);
+
+impl R<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        self.u64().map(|v| v as i64)
+    }
+    fn f64(&mut self) -> Option<f64> {
+        self.u64().map(f64::from_bits)
+    }
+    fn str(&mut self) -> Option<String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    /// A count of items that each take at least `min` bytes: refuses counts the rest of the
+    /// input cannot hold, so a corrupt length never allocates without bound.
+    fn count(&mut self, min: usize) -> Option<usize> {
+        let n = self.u32()? as usize;
+        (n.saturating_mul(min) <= self.0.len()).then_some(n)
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl Index {
+    /// Serializes the index (magic, body length, checksum, body).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = W(Vec::with_capacity(1 << 20));
+        w.u32(self.tables.strings.len() as u32);
+        for s in &self.tables.strings {
+            w.str(s);
+        }
+        w.u32(self.tables.models.len() as u32);
+        for &(p, m) in &self.tables.models {
+            w.u32(p);
+            w.u32(m);
+        }
+        let mut files: Vec<_> = self.files.iter().collect();
+        files.sort_by(|a, b| a.0.cmp(b.0));
+        w.u32(files.len() as u32);
+        for (rel, f) in files {
+            w.str(&rel.to_string_lossy());
+            w.u32(f.agent);
+            w.str(&f.session_id);
+            w.u8(f.kind as u8);
+            w.u64(f.ident.ino);
+            w.u64(f.ident.size);
+            w.i64(f.ident.mtime_ns);
+            w.u64(f.offset);
+            w.u64(f.lines);
+            w.u64(f.malformed);
+            w.u32(f.msgs.len() as u32);
+            for m in &f.msgs {
+                w.i64(m.ts);
+                w.u8(m.kind);
+                w.u8(m.tool_calls);
+            }
+            w.u32(f.usage.len() as u32);
+            for u in &f.usage {
+                w.i64(u.ts);
+                for c in u.cost {
+                    w.f64(c);
+                }
+                for t in u.tokens {
+                    w.u64(t);
+                }
+                w.u32(u.model);
+            }
+            w.u32(f.tools.len() as u32);
+            for t in &f.tools {
+                w.i64(t.ts);
+                w.u32(t.name);
+            }
+        }
+        let body = w.0;
+        let mut out = Vec::with_capacity(body.len() + 24);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&fnv1a(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Decodes what [`Index::encode`] wrote; `None` for anything else (wrong magic, length,
+    /// checksum or structure), so a damaged file is rebuilt, never trusted.
+    pub fn decode(bytes: &[u8]) -> Option<Index> {
+        if bytes.len() < 24 || &bytes[..8] != MAGIC {
+            return None;
+        }
+        let len = u64::from_le_bytes(bytes[8..16].try_into().ok()?) as usize;
+        let sum = u64::from_le_bytes(bytes[16..24].try_into().ok()?);
+        let body = bytes.get(24..)?;
+        if body.len() != len || fnv1a(body) != sum {
+            return None;
+        }
+        let mut r = R(body);
+        let mut idx = Index::default();
+        for _ in 0..r.count(4)? {
+            let s = r.str()?;
+            idx.tables.intern(&s);
+        }
+        let nstr = idx.tables.strings.len() as u32;
+        for _ in 0..r.count(8)? {
+            let (p, m) = (r.u32()?, r.u32()?);
+            if p >= nstr || m >= nstr {
+                return None;
+            }
+            let id = idx.tables.models.len() as u32;
+            idx.tables.models.push((p, m));
+            idx.tables.model_ids.insert((p, m), id);
+        }
+        let nmodels = idx.tables.models.len() as u32;
+        for _ in 0..r.count(8)? {
+            let rel = PathBuf::from(r.str()?);
+            let agent = r.u32()?;
+            let session_id: Arc<str> = Arc::from(r.str()?.as_str());
+            let kind = match r.u8()? {
+                0 => FileKind::Live,
+                1 => FileKind::Reset,
+                2 => FileKind::Deleted,
+                _ => return None,
+            };
+            let ident = FileIdent {
+                ino: r.u64()?,
+                size: r.u64()?,
+                mtime_ns: r.i64()?,
+            };
+            let (offset, lines, malformed) = (r.u64()?, r.u64()?, r.u64()?);
+            let mut msgs = Vec::with_capacity(0);
+            for _ in 0..r.count(10)? {
+                msgs.push(MsgRec {
+                    ts: r.i64()?,
+                    kind: r.u8()?,
+                    tool_calls: r.u8()?,
+                });
+            }
+            let mut usage = Vec::new();
+            for _ in 0..r.count(92)? {
+                let ts = r.i64()?;
+                let cost = [r.f64()?, r.f64()?, r.f64()?, r.f64()?, r.f64()?];
+                let tokens = [r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?];
+                let model = r.u32()?;
+                if model >= nmodels {
+                    return None;
+                }
+                usage.push(UsageRec {
+                    ts,
+                    cost,
+                    tokens,
+                    model,
+                });
+            }
+            let mut tools = Vec::new();
+            for _ in 0..r.count(12)? {
+                let ts = r.i64()?;
+                let name = r.u32()?;
+                if name >= nstr {
+                    return None;
+                }
+                tools.push(ToolRec { ts, name });
+            }
+            if agent >= nstr {
+                return None;
+            }
+            idx.files.insert(
+                rel,
+                FileIndex {
+                    agent,
+                    session_id,
+                    kind,
+                    ident,
+                    offset,
+                    lines,
+                    malformed,
+                    msgs,
+                    usage,
+                    tools,
+                },
+            );
+        }
+        r.0.is_empty().then_some(idx)
+    }
+
+    /// Writes the index atomically.
+    pub fn save(&self, state_dir: &Path) -> io::Result<usize> {
+        let bytes = self.encode();
+        crate::state::write_atomic(&index_path(state_dir), &bytes)?;
+        Ok(bytes.len())
+    }
+
+    /// Loads a saved index; `Ok(None)` when there is none or it cannot be trusted.
+    pub fn load(state_dir: &Path) -> io::Result<Option<Index>> {
+        match std::fs::read(index_path(state_dir)) {
+            Ok(bytes) => Ok(Index::decode(&bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn line(ts: i64, input: u64) -> String {
+        format!(
+            r#"{{"type":"message","message":{{"role":"assistant","provider":"p","model":"m","timestamp":{ts},"content":[{{"type":"toolCall","name":"exec"}}],"usage":{{"input":{input},"cost":{{"total":0.5}}}}}}}}"#
+        ) + "\n"
+    }
+
+    fn state() -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let s = d.path().join("agents/main/sessions");
+        std::fs::create_dir_all(&s).unwrap();
+        (d, s)
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(classify("abc.jsonl"), Some(("abc".into(), FileKind::Live)));
+        assert_eq!(
+            classify("abc.jsonl.reset.2026-11-02T08-15-00.000Z"),
+            Some(("abc".into(), FileKind::Reset))
+        );
+        assert_eq!(
+            classify("abc.jsonl.deleted.2026"),
+            Some(("abc".into(), FileKind::Deleted))
+        );
+        assert_eq!(classify("sessions.json"), None);
+        assert_eq!(classify(".abc.jsonl.tmp.1"), None);
+        assert_eq!(classify("abc.jsonl.lock"), None);
+    }
+
+    #[test]
+    fn appends_are_read_from_the_offset_and_replacements_from_zero() {
+        let (d, s) = state();
+        let path = s.join("s1.jsonl");
+        std::fs::write(
+            &path,
+            line(1000, 1) + &line(2000, 2) + "{\"type\":\"message\",\"mess",
+        )
+        .unwrap();
+        let mut idx = Index::default();
+        idx.refresh_all(d.path()).unwrap();
+        let rel = PathBuf::from("agents/main/sessions/s1.jsonl");
+        assert_eq!(idx.files[&rel].usage.len(), 2, "the partial line waits");
+        let offset = idx.files[&rel].offset;
+        // The writer finishes its line and appends another.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        write!(f, "age\":{{\"role\":\"user\"}}}}\n{}", line(3000, 3)).unwrap();
+        drop(f);
+        let (tasks, _) = plan(&idx, &scan(d.path()));
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks[0].from, offset, "appends start at the old offset");
+        idx.refresh_all(d.path()).unwrap();
+        let f = &idx.files[&rel];
+        assert_eq!((f.msgs.len(), f.usage.len(), f.tools.len()), (4, 3, 3));
+        assert_eq!(f.malformed, 0);
+        // Replaced by a shorter file: read again from zero, nothing counted twice.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, line(5000, 9)).unwrap();
+        idx.refresh_all(d.path()).unwrap();
+        assert_eq!(idx.files[&rel].usage.len(), 1);
+        assert_eq!(idx.files[&rel].usage[0].tokens[0], 9);
+        // Gone: dropped.
+        std::fs::remove_file(&path).unwrap();
+        idx.refresh_all(d.path()).unwrap();
+        assert!(idx.files.is_empty());
+    }
+
+    #[test]
+    fn a_stale_chunk_is_discarded() {
+        let (d, s) = state();
+        std::fs::write(s.join("s1.jsonl"), line(1000, 1)).unwrap();
+        let idx0 = Index::default();
+        let (tasks, _) = plan(&idx0, &scan(d.path()));
+        let a = parse_task(d.path(), tasks[0].clone(), || true).unwrap();
+        let b = parse_task(d.path(), tasks[0].clone(), || true).unwrap();
+        let mut idx = Index::default();
+        assert!(idx.merge(a));
+        assert!(!idx.merge(b), "the same bytes are never counted twice");
+        assert_eq!(idx.counts().2, 1);
+    }
+
+    #[test]
+    fn cancellation_stops_a_parse() {
+        let (d, s) = state();
+        std::fs::write(s.join("s1.jsonl"), line(1, 1)).unwrap();
+        let (tasks, _) = plan(&Index::default(), &scan(d.path()));
+        assert!(matches!(
+            parse_task(d.path(), tasks[0].clone(), || false),
+            Err(ParseError::Cancelled)
+        ));
+    }
+
+    #[test]
+    fn persistence_round_trips_and_rejects_damage() {
+        let (d, s) = state();
+        std::fs::write(
+            s.join("s1.jsonl"),
+            line(1000, 1) + &line(2000, 2) + "junk\n",
+        )
+        .unwrap();
+        std::fs::write(
+            s.join("s0.jsonl.deleted.2026-01-01T00-00-00.000Z"),
+            line(500, 5),
+        )
+        .unwrap();
+        let mut idx = Index::default();
+        idx.refresh_all(d.path()).unwrap();
+        idx.save(d.path()).unwrap();
+        let back = Index::load(d.path()).unwrap().expect("loads");
+        assert_eq!(back.counts(), idx.counts());
+        assert_eq!(back.encode(), idx.encode());
+        let mut bytes = std::fs::read(index_path(d.path())).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0xff;
+        assert!(Index::decode(&bytes).is_none(), "checksum");
+        assert!(Index::decode(&bytes[..n - 1]).is_none(), "length");
+        assert!(Index::decode(b"KEELUIX1").is_none());
+        // A forged body with a huge count is refused without allocating for it.
+        let mut w = W(Vec::new());
+        w.u32(u32::MAX);
+        let body = w.0;
+        let mut forged = MAGIC.to_vec();
+        forged.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        forged.extend_from_slice(&fnv1a(&body).to_le_bytes());
+        forged.extend_from_slice(&body);
+        assert!(Index::decode(&forged).is_none());
+    }
+}

@@ -1,0 +1,652 @@
+//! Sessions and usage: OpenClaw's file-based session stores and an incremental usage index,
+//! so that `sessions.list`, `sessions.usage` and `usage.cost` never stall.
+//!
+//! - Stores (`store`) are immutable snapshots shared by `Arc`, reloaded when a file changes.
+//! - The index (`index`) holds, per transcript file, its records and how far it was read.
+//!   It is loaded from disk at boot and brought up to date by a *build*: background-lane jobs
+//!   on the cpu pool that take files from a shared list, parse them in 1 MiB slices (checking
+//!   their cancel token between slices), merge each file under a short write lock, and give
+//!   the worker back every ~50 ms by re-queueing themselves. A drain cancels them at once.
+//! - A query (an interactive job with a 2 s deadline) never waits for a build: if one is
+//!   running it answers from what is indexed, marked `partial` (or `refreshing`); otherwise
+//!   it reads what was appended since the last look itself when that is small, or starts a
+//!   build for the rest and answers `partial`.
+//! - Identical concurrent queries share one computation ([`Flights`]).
+
+pub mod index;
+pub mod query;
+pub mod store;
+pub mod time;
+pub mod transcript;
+
+use crate::error::{Code, RpcError};
+use crate::jobs::{JobCtx, JobInfo, JobSpec, Lane, PoolKind, ReplyTo, Work};
+use crate::metrics::Counter;
+use crate::runtime::Shared;
+use index::{Index, ParseError, Task};
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Appended bytes a query reads itself before handing the rest to a background build.
+const INLINE_BYTES: u64 = 8 << 20;
+/// How long one build job keeps its worker before re-queueing itself.
+const BUILD_SLICE: Duration = Duration::from_millis(50);
+/// The deadline of a usage query.
+pub const QUERY_DEADLINE: Duration = Duration::from_secs(2);
+/// Index saves after inline refreshes are at most this frequent.
+const SAVE_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct Build {
+    running: bool,
+    pending: VecDeque<Task>,
+    /// Build jobs queued or running.
+    jobs: usize,
+    files_total: usize,
+    files_done: usize,
+    bytes: u64,
+    started: Option<Instant>,
+    cancelled: bool,
+}
+
+/// Counters of what usage queries cost, for `/metrics` and `status`.
+#[derive(Default)]
+pub struct UsageStats {
+    pub queries: Counter,
+    pub queries_partial: Counter,
+    pub shared: Counter,
+    pub files_read: Counter,
+    pub bytes_parsed: Counter,
+    pub query_ms_total: Counter,
+    pub builds: Counter,
+    pub builds_cancelled: Counter,
+    pub malformed_lines: Counter,
+}
+
+/// The sessions and usage service, one per gateway.
+pub struct Sessions {
+    state_dir: PathBuf,
+    pub stores: store::Stores,
+    index: RwLock<Index>,
+    build: Mutex<Build>,
+    /// True once a build (or a load of a saved index) has covered every file.
+    complete_once: AtomicBool,
+    flights: Flights,
+    last_save: Mutex<Option<Instant>>,
+    dirty: AtomicBool,
+    pub stats: UsageStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Sessions {
+    pub fn new(state_dir: &Path) -> Sessions {
+        Sessions {
+            state_dir: state_dir.to_path_buf(),
+            stores: store::Stores::default(),
+            index: RwLock::new(Index::default()),
+            build: Mutex::new(Build::default()),
+            complete_once: AtomicBool::new(false),
+            flights: Flights::default(),
+            last_save: Mutex::new(None),
+            dirty: AtomicBool::new(false),
+            stats: UsageStats::default(),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// (files indexed, messages, usage records, malformed lines).
+    pub fn index_counts(&self) -> (usize, usize, usize, u64) {
+        self.read().counts()
+    }
+
+    /// The index's state for answers: fresh, partial (never complete yet) or refreshing.
+    fn cache_status(&self) -> query::CacheStatus {
+        let b = lock(&self.build);
+        let indexed = self.read().files.len();
+        if b.running {
+            let status = if self.complete_once.load(Ordering::Acquire) {
+                "refreshing"
+            } else {
+                "partial"
+            };
+            let total = indexed.max(b.files_total.saturating_sub(b.files_done) + indexed);
+            query::CacheStatus {
+                status,
+                files_indexed: indexed,
+                files_total: total,
+            }
+        } else {
+            query::CacheStatus {
+                status: "fresh",
+                files_indexed: indexed,
+                files_total: indexed,
+            }
+        }
+    }
+
+    /// Boot: load the saved index (on a worker), then bring it up to date in the background.
+    pub fn start(shared: &Arc<Shared>) {
+        let sh = shared.clone();
+        let work: Work = Box::new(move |ctx: &JobCtx| {
+            let svc = &sh.sessions;
+            let t0 = Instant::now();
+            match Index::load(&svc.state_dir) {
+                Ok(Some(idx)) => {
+                    let (files, msgs, usage, _) = idx.counts();
+                    log::info!(
+                        "usage index loaded: {files} files, {msgs} messages, {usage} usage records in {} ms",
+                        t0.elapsed().as_millis()
+                    );
+                    *svc.write() = idx;
+                }
+                Ok(None) => log::info!(
+                    "usage index: none saved (or unusable); building from the transcripts"
+                ),
+                Err(e) => log::warn!("usage index: cannot read the saved index: {e}; rebuilding"),
+            }
+            ctx.check()?;
+            Sessions::start_build(&sh, None);
+            Ok(Value::Null)
+        });
+        let spec = JobSpec {
+            kind: "usage.load".into(),
+            pool: PoolKind::Cpu,
+            lane: Lane::Background,
+            timeout: Duration::from_secs(60),
+            stall_limit: None,
+        };
+        if let Err(e) = shared.submit(spec, ReplyTo::Internal, work) {
+            log::warn!("usage index: cannot schedule the load: {e}");
+        }
+    }
+
+    /// Starts a build for `tasks` (or for whatever a fresh scan finds) unless one is running.
+    /// Returns true if a build is running afterwards.
+    fn start_build(shared: &Arc<Shared>, tasks: Option<(Vec<Task>, Vec<PathBuf>)>) -> bool {
+        let svc = &shared.sessions;
+        let (tasks, gone) = match tasks {
+            Some(t) => t,
+            None => index::plan(&svc.read(), &index::scan(&svc.state_dir)),
+        };
+        if !gone.is_empty() {
+            svc.write().remove(&gone);
+            svc.dirty.store(true, Ordering::Release);
+        }
+        {
+            let mut b = lock(&svc.build);
+            if b.running {
+                return true;
+            }
+            if tasks.is_empty() {
+                svc.complete_once.store(true, Ordering::Release);
+                drop(b);
+                svc.save_if_due(shared, true);
+                return false;
+            }
+            *b = Build {
+                running: true,
+                files_total: tasks.len(),
+                pending: tasks.into(),
+                started: Some(Instant::now()),
+                ..Build::default()
+            };
+        }
+        svc.stats.builds.inc();
+        let workers = shared.config().cpu_workers.max(1);
+        for _ in 0..workers {
+            Sessions::spawn_build_job(shared);
+        }
+        true
+    }
+
+    fn spawn_build_job(shared: &Arc<Shared>) {
+        let svc = &shared.sessions;
+        lock(&svc.build).jobs += 1;
+        let sh = shared.clone();
+        let work: Work = Box::new(move |ctx: &JobCtx| sh.sessions.build_step(&sh, ctx));
+        let spec = JobSpec {
+            kind: "usage.build".into(),
+            pool: PoolKind::Cpu,
+            lane: Lane::Background,
+            timeout: Duration::from_secs(120),
+            stall_limit: Some(Duration::from_secs(30)),
+        };
+        if let Err(e) = shared.submit(spec, ReplyTo::Internal, work) {
+            log::debug!("usage index build job not queued: {e}");
+            svc.build_job_done(shared, e.code == Code::Draining);
+        }
+    }
+
+    /// One build job: parse pending files for about [`BUILD_SLICE`], then re-queue.
+    fn build_step(&self, shared: &Arc<Shared>, ctx: &JobCtx) -> Result<Value, RpcError> {
+        let t0 = Instant::now();
+        loop {
+            if let Err(e) = ctx.check() {
+                self.build_job_done(shared, true);
+                return Err(e);
+            }
+            let Some(task) = lock(&self.build).pending.pop_front() else {
+                self.build_job_done(shared, false);
+                return Ok(Value::Null);
+            };
+            match index::parse_task(&self.state_dir, task, || ctx.check().is_ok()) {
+                Ok(chunk) => {
+                    let bytes = chunk.end - chunk.task.from;
+                    self.stats.malformed_lines.add(chunk.parsed.malformed);
+                    self.write().merge(chunk);
+                    let mut b = lock(&self.build);
+                    b.files_done += 1;
+                    b.bytes += bytes;
+                }
+                Err(ParseError::Cancelled) => {
+                    self.build_job_done(shared, true);
+                    return Err(crate::jobs::cancel_error(
+                        ctx.info,
+                        ctx.token()
+                            .reason()
+                            .unwrap_or(crate::jobs::CancelReason::Drain),
+                    ));
+                }
+                Err(ParseError::Io(e)) => {
+                    // A file that vanished between scan and read is simply not there any more.
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        log::warn!("usage index: cannot read a transcript: {e}");
+                    }
+                    lock(&self.build).files_done += 1;
+                }
+            }
+            if t0.elapsed() >= BUILD_SLICE {
+                // Give the worker back; control and interactive work go first.
+                let more = !lock(&self.build).pending.is_empty();
+                if more {
+                    lock(&self.build).jobs -= 1;
+                    Sessions::spawn_build_job(shared);
+                    return Ok(Value::Null);
+                }
+            }
+        }
+    }
+
+    /// A build job has ended; the last one finishes (or abandons) the build.
+    fn build_job_done(&self, shared: &Arc<Shared>, cancelled: bool) {
+        let mut b = lock(&self.build);
+        b.jobs = b.jobs.saturating_sub(1);
+        if cancelled && !b.cancelled {
+            b.cancelled = true;
+            b.pending.clear();
+        }
+        if b.jobs > 0 || !b.running {
+            return;
+        }
+        b.running = false;
+        let took = b.started.map_or(Duration::ZERO, |s| s.elapsed());
+        let (done, total, bytes, was_cancelled) =
+            (b.files_done, b.files_total, b.bytes, b.cancelled);
+        drop(b);
+        self.stats.files_read.add(done as u64);
+        self.stats.bytes_parsed.add(bytes);
+        if was_cancelled {
+            self.stats.builds_cancelled.inc();
+            log::info!(
+                "usage index build cancelled after {done}/{total} files ({:.1} MB) in {} ms",
+                bytes as f64 / 1e6,
+                took.as_millis()
+            );
+            self.dirty.store(true, Ordering::Release);
+            return;
+        }
+        self.complete_once.store(true, Ordering::Release);
+        self.dirty.store(true, Ordering::Release);
+        let (files, msgs, usage, malformed) = self.index_counts();
+        log::info!(
+            "usage index built: {done} files read ({:.1} MB) in {} ms; {files} files, {msgs} messages, {usage} usage records, {malformed} malformed lines indexed",
+            bytes as f64 / 1e6,
+            took.as_millis()
+        );
+        self.save_if_due(shared, true);
+    }
+
+    /// Saves the index if it changed (now, or when [`SAVE_EVERY`] has passed).
+    fn save_if_due(&self, shared: &Arc<Shared>, force: bool) {
+        let due = {
+            let last = lock(&self.last_save);
+            force || last.is_none_or(|t| t.elapsed() >= SAVE_EVERY)
+        };
+        if !due || !self.dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let sh = shared.clone();
+        let work: Work = Box::new(move |_ctx: &JobCtx| {
+            let svc = &sh.sessions;
+            let t0 = Instant::now();
+            let bytes = svc.read().encode();
+            match crate::state::write_atomic(&index::index_path(&svc.state_dir), &bytes) {
+                Ok(()) => {
+                    *lock(&svc.last_save) = Some(Instant::now());
+                    log::debug!(
+                        "usage index saved: {} bytes in {} ms",
+                        bytes.len(),
+                        t0.elapsed().as_millis()
+                    );
+                }
+                Err(e) => {
+                    svc.dirty.store(true, Ordering::Release);
+                    log::warn!(
+                        "usage index: cannot save {}: {e}",
+                        index::index_path(&svc.state_dir).display()
+                    );
+                }
+            }
+            Ok(Value::Null)
+        });
+        let spec = JobSpec {
+            kind: "usage.save".into(),
+            pool: PoolKind::Cpu,
+            lane: Lane::Background,
+            timeout: Duration::from_secs(60),
+            stall_limit: None,
+        };
+        if shared.submit(spec, ReplyTo::Internal, work).is_err() {
+            self.dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// Brings the index up to date for a query without ever waiting on a build. Returns the
+    /// files and bytes this call read itself.
+    fn freshen(&self, shared: &Arc<Shared>, ctx: &JobCtx) -> Result<(u64, u64), RpcError> {
+        if lock(&self.build).running {
+            return Ok((0, 0));
+        }
+        let (tasks, gone) = index::plan(&self.read(), &index::scan(&self.state_dir));
+        let bytes: u64 = tasks.iter().map(Task::bytes).sum();
+        if bytes > INLINE_BYTES
+            || (!self.complete_once.load(Ordering::Acquire) && !tasks.is_empty())
+        {
+            Sessions::start_build(shared, Some((tasks, gone)));
+            return Ok((0, 0));
+        }
+        if !gone.is_empty() {
+            self.write().remove(&gone);
+            self.dirty.store(true, Ordering::Release);
+        }
+        let (mut files, mut read) = (0, 0);
+        for task in tasks {
+            match index::parse_task(&self.state_dir, task, || ctx.check().is_ok()) {
+                Ok(chunk) => {
+                    files += 1;
+                    read += chunk.end - chunk.task.from;
+                    self.stats.malformed_lines.add(chunk.parsed.malformed);
+                    self.write().merge(chunk);
+                    self.dirty.store(true, Ordering::Release);
+                }
+                Err(ParseError::Cancelled) => ctx.check()?,
+                Err(ParseError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(ParseError::Io(e)) => log::warn!("usage index: cannot read a transcript: {e}"),
+            }
+        }
+        self.stats.files_read.add(files);
+        self.stats.bytes_parsed.add(read);
+        if files > 0 {
+            self.save_if_due(shared, false);
+        }
+        Ok((files, read))
+    }
+
+    /// Runs a usage method: fresh stores, a fresh-enough index, one computation shared by
+    /// identical concurrent calls, and one log line saying what it cost.
+    pub fn run(
+        &self,
+        shared: &Arc<Shared>,
+        method: &str,
+        params: &Value,
+        ctx: &JobCtx,
+    ) -> Result<Value, RpcError> {
+        let key = format!("{method} {params}");
+        let Some(lead) = self.flights.join(&key, ctx.info, shared) else {
+            self.stats.shared.inc();
+            return Ok(Value::Null);
+        };
+        let t0 = Instant::now();
+        let outcome = self.compute(shared, method, params, ctx);
+        let outcome = outcome.map(|(v, line)| {
+            log::info!("{method}: {line}, {} ms", t0.elapsed().as_millis());
+            v
+        });
+        self.stats.queries.inc();
+        self.stats
+            .query_ms_total
+            .add(t0.elapsed().as_millis() as u64);
+        lead.finish(&outcome);
+        outcome
+    }
+
+    fn compute(
+        &self,
+        shared: &Arc<Shared>,
+        method: &str,
+        params: &Value,
+        ctx: &JobCtx,
+    ) -> Result<(Value, String), RpcError> {
+        ctx.check()?;
+        let stores = self.stores.refresh(&self.state_dir);
+        let now_ms = crate::clock::wall_ms() as i64;
+        if method == "sessions.list" {
+            let v = query::sessions_list(&stores, &self.state_dir, params, now_ms)?;
+            let line = format!(
+                "{} stores ({} reloaded), {} sessions",
+                stores.snapshots.len(),
+                stores.reloaded,
+                v["count"]
+            );
+            return Ok((v, line));
+        }
+        let (files, bytes) = self.freshen(shared, ctx)?;
+        ctx.check()?;
+        let cache = self.cache_status();
+        if cache.status != "fresh" {
+            self.stats.queries_partial.inc();
+        }
+        let cfg = shared.config();
+        let index = self.read();
+        let cx = query::Ctx {
+            index: &index,
+            stores: &stores,
+            prices: &cfg.prices,
+            now_ms,
+            cache,
+        };
+        let v = match method {
+            "sessions.usage" => query::sessions_usage(&cx, params)?,
+            _ => query::usage_cost(&cx, params)?,
+        };
+        let line = format!(
+            "{} stores, {} sessions, {} files indexed, {files} files read ({:.2} MB parsed), answered {}",
+            stores.snapshots.len(),
+            v["aggregates"]["sessionCount"]
+                .as_u64()
+                .map_or_else(|| "-".into(), |n| n.to_string()),
+            index.files.len(),
+            bytes as f64 / 1e6,
+            match cache.status {
+                "fresh" if files == 0 => "from the index (fresh)",
+                "fresh" => "after an incremental refresh (fresh)",
+                "refreshing" => "while a refresh runs (refreshing)",
+                _ => "partially: the index is still building (partial)",
+            }
+        );
+        Ok((v, line))
+    }
+
+    /// Appends the usage metrics.
+    pub fn render_metrics(&self, out: &mut String) {
+        use crate::metrics::family;
+        let s = &self.stats;
+        let c: [(&str, &str, u64); 8] = [
+            (
+                "keel_usage_queries_total",
+                "Usage queries computed (sessions.list, sessions.usage, usage.cost).",
+                s.queries.get(),
+            ),
+            (
+                "keel_usage_queries_partial_total",
+                "Usage queries answered while the index was building.",
+                s.queries_partial.get(),
+            ),
+            (
+                "keel_usage_queries_shared_total",
+                "Usage queries answered by an identical concurrent computation.",
+                s.shared.get(),
+            ),
+            (
+                "keel_usage_query_milliseconds_total",
+                "Time spent computing usage queries.",
+                s.query_ms_total.get(),
+            ),
+            (
+                "keel_usage_files_read_total",
+                "Transcript files read (whole or appended part).",
+                s.files_read.get(),
+            ),
+            (
+                "keel_usage_bytes_parsed_total",
+                "Transcript bytes parsed.",
+                s.bytes_parsed.get(),
+            ),
+            (
+                "keel_usage_index_builds_total",
+                "Background index builds started.",
+                s.builds.get(),
+            ),
+            (
+                "keel_usage_malformed_lines_total",
+                "Transcript lines skipped as malformed.",
+                s.malformed_lines.get(),
+            ),
+        ];
+        for (name, help, v) in c {
+            family(out, name, "counter", help, v);
+        }
+        let (files, msgs, usage, _) = self.index_counts();
+        family(
+            out,
+            "keel_usage_index_files",
+            "gauge",
+            "Transcript files in the usage index.",
+            files,
+        );
+        family(
+            out,
+            "keel_usage_index_records",
+            "gauge",
+            "Message records in the usage index.",
+            msgs + usage,
+        );
+        family(
+            out,
+            "keel_usage_index_building",
+            "gauge",
+            "1 while an index build runs.",
+            u8::from(lock(&self.build).running),
+        );
+        family(
+            out,
+            "keel_session_store_errors",
+            "gauge",
+            "Session stores whose last read failed (last good snapshot in use).",
+            self.stores.errors().len(),
+        );
+    }
+
+    /// For `status` and the dump.
+    pub fn status_json(&self) -> Value {
+        let (files, msgs, usage, malformed) = self.index_counts();
+        let cache = self.cache_status();
+        serde_json::json!({
+            "index": {"status": cache.status, "files": files, "messages": msgs, "usageRecords": usage, "malformedLines": malformed},
+            "storeErrors": self.stores.errors().iter().map(|(a, e)| serde_json::json!({"agentId": a, "error": e})).collect::<Vec<_>>(),
+            "queries": self.stats.queries.get(),
+        })
+    }
+}
+
+/// Identical concurrent computations, keyed by method and params. The first caller computes;
+/// later ones hand their reply to it and free their worker.
+#[derive(Default)]
+pub struct Flights {
+    map: Mutex<HashMap<String, Vec<Arc<JobInfo>>>>,
+}
+
+/// Held by the computing job; if it is dropped without [`Flights::finish`] (a panic), the
+/// followers get an error instead of waiting for their deadlines.
+pub struct Lead<'a> {
+    flights: &'a Flights,
+    key: String,
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let err = Err(RpcError::new(
+                Code::Internal,
+                "the shared computation failed",
+            ));
+            self.flights.finish(&self.key, &self.shared, &err);
+        }
+    }
+}
+
+impl Flights {
+    /// `Some(lead)` if the caller computes; `None` if it joined a computation in flight (its
+    /// reply is deferred to the leader).
+    pub fn join<'a>(
+        &'a self,
+        key: &str,
+        me: &Arc<JobInfo>,
+        shared: &Arc<Shared>,
+    ) -> Option<Lead<'a>> {
+        let mut map = lock(&self.map);
+        if let Some(followers) = map.get_mut(key) {
+            me.defer_reply();
+            followers.push(me.clone());
+            return None;
+        }
+        map.insert(key.to_string(), Vec::new());
+        Some(Lead {
+            flights: self,
+            key: key.to_string(),
+            shared: shared.clone(),
+            done: false,
+        })
+    }
+
+    fn finish(&self, key: &str, shared: &Shared, outcome: &Result<Value, RpcError>) {
+        let followers = lock(&self.map).remove(key).unwrap_or_default();
+        for f in followers {
+            shared.deliver(&f, outcome);
+        }
+    }
+}
+
+impl Lead<'_> {
+    /// Hands the outcome to every follower.
+    fn finish(mut self, outcome: &Result<Value, RpcError>) {
+        self.done = true;
+        self.flights.finish(&self.key, &self.shared, outcome);
+    }
+}

@@ -1,0 +1,189 @@
+//! Calendar arithmetic for usage queries: days since the Unix epoch ↔ `YYYY-MM-DD`, fixed UTC
+//! offsets (`UTC+5:30`), and ISO-8601 timestamps. No time-zone database: OpenClaw's dashboard
+//! sends explicit offsets.
+
+/// Milliseconds in a day.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// Days since 1970-01-01 for a civil date (proleptic Gregorian).
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The civil date of a day number.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// `YYYY-MM-DD` of a day number.
+pub fn format_day(days: i64) -> String {
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Parses `YYYY-MM-DD` into a day number; `None` if it is not a real date.
+pub fn parse_day(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let y: i64 = s[..4].parse().ok()?;
+    let m: u32 = s[5..7].parse().ok()?;
+    let d: u32 = s[8..10].parse().ok()?;
+    if !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) {
+        return None;
+    }
+    Some(days_from_civil(y, m, d))
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// The day a millisecond timestamp falls on at `offset_ms` from UTC.
+pub fn day_of(ts_ms: i64, offset_ms: i64) -> i64 {
+    (ts_ms + offset_ms).div_euclid(DAY_MS)
+}
+
+/// Parses a UTC offset: `UTC+5:30`, `UTC-8`, `+05:30`, `-0800`, `UTC`, `Z`. Returns milliseconds
+/// east of UTC, within ±14 h.
+pub fn parse_utc_offset(s: &str) -> Option<i64> {
+    let t = s.trim();
+    let t = t
+        .strip_prefix("UTC")
+        .or_else(|| t.strip_prefix("GMT"))
+        .unwrap_or(t);
+    if t.is_empty() || t == "Z" {
+        return Some(0);
+    }
+    let (sign, rest) = match t.as_bytes()[0] {
+        b'+' => (1, &t[1..]),
+        b'-' => (-1, &t[1..]),
+        _ => return None,
+    };
+    let (h, m) = match rest.split_once(':') {
+        Some((h, m)) => (h.parse::<i64>().ok()?, m.parse::<i64>().ok()?),
+        None if rest.len() == 4 => (rest[..2].parse().ok()?, rest[2..].parse().ok()?),
+        None => (rest.parse().ok()?, 0),
+    };
+    if !(0..=14).contains(&h) || !(0..60).contains(&m) || (h == 14 && m > 0) {
+        return None;
+    }
+    Some(sign * (h * 3_600_000 + m * 60_000))
+}
+
+/// Parses an ISO-8601 timestamp (`2026-11-02T08:15:00.000Z`, `…+01:00`, no fraction, or a
+/// bare date) into milliseconds since the epoch.
+pub fn parse_iso_ms(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if s.len() < 10 {
+        return None;
+    }
+    let day = parse_day(&s[..10])?;
+    let rest = &s[10..];
+    if rest.is_empty() {
+        return Some(day * DAY_MS);
+    }
+    let rest = rest.strip_prefix('T').or_else(|| rest.strip_prefix(' '))?;
+    if rest.len() < 8 || rest.as_bytes()[2] != b':' || rest.as_bytes()[5] != b':' {
+        return None;
+    }
+    let h: i64 = rest[..2].parse().ok()?;
+    let mi: i64 = rest[3..5].parse().ok()?;
+    let sec: i64 = rest[6..8].parse().ok()?;
+    if h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut tail = &rest[8..];
+    let mut ms = 0i64;
+    if let Some(frac) = tail.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let f = &frac[..digits];
+        let padded: String = f.chars().chain(std::iter::repeat('0')).take(3).collect();
+        ms = padded.parse().ok()?;
+        tail = &frac[digits..];
+    }
+    let offset = if tail.is_empty() {
+        0
+    } else {
+        parse_utc_offset(tail)?
+    };
+    Some(day * DAY_MS + h * 3_600_000 + mi * 60_000 + sec * 1000 + ms - offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_round_trip() {
+        for d in [-1000, -1, 0, 1, 10_957, 20_000, 20_409, 60_000] {
+            let (y, m, dd) = civil_from_days(d);
+            assert_eq!(days_from_civil(y, m, dd), d);
+            assert_eq!(parse_day(&format_day(d)), Some(d));
+        }
+        assert_eq!(format_day(0), "1970-01-01");
+        assert_eq!(parse_day("2024-02-29"), Some(19_782));
+        assert_eq!(parse_day("2023-02-29"), None);
+        assert_eq!(parse_day("2026-13-01"), None);
+        assert_eq!(parse_day("2026-1-01"), None);
+    }
+
+    #[test]
+    fn offsets() {
+        assert_eq!(parse_utc_offset("UTC+5:30"), Some(19_800_000));
+        assert_eq!(parse_utc_offset("UTC-8"), Some(-28_800_000));
+        assert_eq!(parse_utc_offset("+05:45"), Some(20_700_000));
+        assert_eq!(parse_utc_offset("-0800"), Some(-28_800_000));
+        assert_eq!(parse_utc_offset("UTC"), Some(0));
+        assert_eq!(parse_utc_offset("UTC+15"), None);
+        assert_eq!(parse_utc_offset("EST"), None);
+        // 23:30 UTC on day d is the next day at UTC+5:30.
+        let t = 20_000 * DAY_MS + 23 * 3_600_000 + 30 * 60_000;
+        assert_eq!(day_of(t, 0), 20_000);
+        assert_eq!(day_of(t, 19_800_000), 20_001);
+        assert_eq!(day_of(20_000 * DAY_MS + 3_600_000, -28_800_000), 19_999);
+    }
+
+    #[test]
+    fn iso_timestamps() {
+        assert_eq!(parse_iso_ms("1970-01-01T00:00:01.5Z"), Some(1500));
+        assert_eq!(
+            parse_iso_ms("2026-11-21T13:05:09.123Z"),
+            Some(1_795_266_309_123)
+        );
+        assert_eq!(
+            parse_iso_ms("2026-11-21T14:05:09.123+01:00"),
+            Some(1_795_266_309_123)
+        );
+        assert_eq!(
+            parse_iso_ms("2026-11-21T13:05:09Z"),
+            Some(1_795_266_309_000)
+        );
+        assert_eq!(parse_iso_ms("2026-11-21"), Some(1_795_219_200_000));
+        assert_eq!(parse_iso_ms("2026-11-21T25:00:00Z"), None);
+        assert_eq!(parse_iso_ms("yesterday"), None);
+    }
+}
