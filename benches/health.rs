@@ -561,7 +561,7 @@ fn ws_holder(
             }
         }
         // Keep the ones already open drained while the rest connect.
-        if socks.len() % 16 == 0 {
+        if socks.len().is_multiple_of(16) {
             let mut i = 0;
             while i < socks.len() {
                 if let Err(e) = ws_drain(&mut socks[i], &mut report.frames_received) {

@@ -135,7 +135,7 @@ impl Shared {
             }),
             jobs: JobTable::default(),
             pools: p.pools,
-            sessions: crate::sessions::Sessions::new(&p.state_dir),
+            sessions: crate::sessions::Sessions::new(&p.state_dir, p.test_hooks),
             next_job_id: AtomicU64::new(1),
             completions: p.completions,
             waker: p.waker,
@@ -354,9 +354,12 @@ impl Shared {
         let Job { info, work } = job;
         let now = Instant::now();
         if info.token.is_cancelled() {
-            // Cancelled while queued; its client has been answered.
+            // Cancelled while queued; its client has been answered. The work is dropped here,
+            // before the job leaves the table, so whatever it owned is released first.
+            drop(work);
             self.metrics.jobs_dropped_expired.inc();
         } else if now >= info.deadline {
+            drop(work);
             self.metrics.jobs_dropped_expired.inc();
             self.cancel_job(&info, CancelReason::Deadline);
         } else {
@@ -397,7 +400,7 @@ impl Shared {
     }
 
     /// Sends the job's one reply to the reactor.
-    pub fn deliver(&self, info: &JobInfo, outcome: &Result<Value, RpcError>) {
+    pub fn deliver(&self, info: &JobInfo, outcome: &crate::protocol::Outcome) {
         if !info.claim_reply() {
             return;
         }
@@ -599,6 +602,7 @@ impl Shared {
             "How long the reactor has been inside its current iteration.",
             self.reactor_stuck_for(now).as_secs_f64(),
         );
+        self.sessions.render_metrics(&mut out);
         family(
             &mut out,
             "keel_config_disabled_features",

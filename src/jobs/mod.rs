@@ -393,7 +393,7 @@ pub fn cancel_error(info: &JobInfo, reason: CancelReason) -> RpcError {
 }
 
 /// The body of a job.
-pub type Work = Box<dyn FnOnce(&JobCtx) -> Result<Value, RpcError> + Send>;
+pub type Work = Box<dyn FnOnce(&JobCtx) -> crate::protocol::Outcome + Send>;
 
 pub struct Job {
     pub info: Arc<JobInfo>,

@@ -211,7 +211,7 @@ mod tests {
         };
         Job {
             info: Arc::new(JobInfo::new(id, &spec, ReplyTo::Internal, Instant::now())),
-            work: Box::new(|_| Ok(serde_json::Value::Null)),
+            work: Box::new(|_| Ok(serde_json::Value::Null.into())),
         }
     }
 

@@ -112,7 +112,7 @@ fn status(shared: &Arc<Shared>, _params: &Value) -> Result<(JobSpec, Work), RpcE
         },
         Box::new(move |ctx: &JobCtx| {
             ctx.check()?;
-            Ok(sh.status_json())
+            Ok(sh.status_json().into())
         }),
     ))
 }
@@ -228,7 +228,8 @@ fn test_busy(_shared: &Arc<Shared>, p: &Value) -> Result<(JobSpec, Work), RpcErr
             }
         }
         Ok(
-            json!({"sleptMs": start.elapsed().as_millis() as u64, "spins": spins, "ignoredCancel": ctx.token().is_cancelled()}),
+            json!({"sleptMs": start.elapsed().as_millis() as u64, "spins": spins, "ignoredCancel": ctx.token().is_cancelled()})
+                .into(),
         )
     });
     Ok((spec, work))

@@ -12,6 +12,48 @@ use crate::error::RpcError;
 use crate::jobs::{Completion, CompletionBody, ReplyTo};
 use serde_json::{Map, Value, json};
 
+/// A method's result: a JSON value, or JSON text already serialized (big answers are written
+/// straight from their data on a worker, without building a `Value` tree first).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    Json(Value),
+    /// Valid JSON text.
+    Raw(String),
+}
+
+impl From<Value> for Payload {
+    fn from(v: Value) -> Payload {
+        Payload::Json(v)
+    }
+}
+
+impl Payload {
+    fn write(&self, out: &mut String) {
+        match self {
+            Payload::Json(v) => out.push_str(&v.to_string()),
+            Payload::Raw(s) => out.push_str(s),
+        }
+    }
+
+    fn len_hint(&self) -> usize {
+        match self {
+            Payload::Json(_) => 256,
+            Payload::Raw(s) => s.len(),
+        }
+    }
+
+    /// The payload as a `Value` (parses raw text; for tests and small answers).
+    pub fn to_value(&self) -> Value {
+        match self {
+            Payload::Json(v) => v.clone(),
+            Payload::Raw(s) => serde_json::from_str(s).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// What a method produces.
+pub type Outcome = Result<Payload, RpcError>;
+
 /// A `req` frame from a client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
@@ -82,6 +124,23 @@ pub fn res_ok(id: &str, payload: &Value) -> String {
     json!({"type": "res", "id": id, "ok": true, "payload": payload}).to_string()
 }
 
+/// `res_ok` for any payload, without re-parsing raw text.
+pub fn res_ok_payload(id: &str, payload: &Payload) -> String {
+    match payload {
+        Payload::Json(v) => res_ok(id, v),
+        Payload::Raw(_) => {
+            let id = Value::String(id.to_string()).to_string();
+            let mut out = String::with_capacity(payload.len_hint() + id.len() + 40);
+            out.push_str("{\"type\":\"res\",\"id\":");
+            out.push_str(&id);
+            out.push_str(",\"ok\":true,\"payload\":");
+            payload.write(&mut out);
+            out.push('}');
+            out
+        }
+    }
+}
+
 /// `{"type":"res","id":…,"ok":false,"error":{…}}`
 pub fn res_err(id: &str, error: &RpcError) -> String {
     json!({"type": "res", "id": id, "ok": false, "error": error.to_json()}).to_string()
@@ -100,13 +159,15 @@ pub fn event(name: &str, payload: &Value, seq: Option<u64>) -> String {
 }
 
 /// The HTTP body for an RPC outcome: `{"ok":true,"payload":…}` or `{"ok":false,"error":…}`.
-pub fn http_body(outcome: &Result<Value, RpcError>) -> (u16, Option<u64>, Vec<u8>) {
+pub fn http_body(outcome: &Outcome) -> (u16, Option<u64>, Vec<u8>) {
     match outcome {
-        Ok(p) => (
-            200,
-            None,
-            json!({"ok": true, "payload": p}).to_string().into_bytes(),
-        ),
+        Ok(p) => {
+            let mut out = String::with_capacity(p.len_hint() + 24);
+            out.push_str("{\"ok\":true,\"payload\":");
+            p.write(&mut out);
+            out.push('}');
+            (200, None, out.into_bytes())
+        }
         Err(e) => (
             e.code.http_status(),
             e.retry_after_ms.map(|ms| ms.div_ceil(1000).max(1)),
@@ -118,7 +179,7 @@ pub fn http_body(outcome: &Result<Value, RpcError>) -> (u16, Option<u64>, Vec<u8
 }
 
 /// Serializes a job's outcome for where it goes (on the worker, not the reactor).
-pub fn encode_reply(reply: &ReplyTo, outcome: &Result<Value, RpcError>) -> Option<Completion> {
+pub fn encode_reply(reply: &ReplyTo, outcome: &Outcome) -> Option<Completion> {
     match reply {
         ReplyTo::Ws {
             conn,
@@ -128,7 +189,7 @@ pub fn encode_reply(reply: &ReplyTo, outcome: &Result<Value, RpcError>) -> Optio
             conn: *conn,
             generation: *generation,
             body: CompletionBody::WsText(match outcome {
-                Ok(p) => res_ok(id, p),
+                Ok(p) => res_ok_payload(id, p),
                 Err(e) => res_err(id, e),
             }),
         }),
@@ -196,6 +257,16 @@ mod tests {
 
     #[test]
     fn http_bodies_carry_status_and_retry_after() {
+        let raw = Payload::Raw(r#"{"a":[1]}"#.into());
+        assert_eq!(
+            res_ok_payload("i\"d", &raw),
+            r#"{"type":"res","id":"i\"d","ok":true,"payload":{"a":[1]}}"#
+        );
+        assert_eq!(http_body(&Ok(raw)).2, br#"{"ok":true,"payload":{"a":[1]}}"#);
+        assert_eq!(
+            http_body(&Ok(json!({"b": 2}).into())).2,
+            br#"{"ok":true,"payload":{"b":2}}"#
+        );
         let (status, retry, _) = http_body(&Err(RpcError::unavailable("full", 1500)));
         assert_eq!((status, retry), (503, Some(2)));
         let (status, _, body) = http_body(&Err(RpcError::new(Code::DeadlineExceeded, "late")));

@@ -548,7 +548,8 @@ impl HttpConn {
     }
 
     fn rpc_answer(&mut self, cx: &mut Cx<'_>, outcome: &Result<Value, RpcError>) {
-        let (status, retry, body) = protocol::http_body(outcome);
+        let outcome = outcome.clone().map(protocol::Payload::Json);
+        let (status, retry, body) = protocol::http_body(&outcome);
         self.respond_status(cx, status, retry, &body);
     }
 

@@ -14,7 +14,7 @@
 use super::transcript::{LocalNames, MsgRec, Parsed, ToolRec, UsageRec};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -253,35 +253,39 @@ pub fn parse_task(
     })
 }
 
-/// Compares a scan with the index: what to read, and which indexed files are gone.
-pub fn plan(index: &Index, seen: &[Seen]) -> (Vec<Task>, Vec<PathBuf>) {
-    let mut tasks = Vec::new();
-    for s in seen {
-        match index.files.get(&s.rel) {
-            None => tasks.push(Task {
-                seen: s.clone(),
-                from: 0,
-                expect: None,
-            }),
-            Some(f) => {
-                let expect = Some((f.ident.ino, f.offset));
-                if f.ident.ino != s.ident.ino || s.ident.size < f.offset {
-                    // Replaced or shrunk: everything is read again.
-                    tasks.push(Task {
-                        seen: s.clone(),
-                        from: 0,
-                        expect,
-                    });
-                } else if s.ident.size > f.offset {
-                    tasks.push(Task {
-                        seen: s.clone(),
-                        from: f.offset,
-                        expect,
-                    });
-                }
+/// What to read of one file, if anything: a new file from 0, an appended one from its offset,
+/// a replaced (new inode) or shrunk one from 0 again.
+fn plan_one(index: &Index, s: &Seen) -> Option<Task> {
+    match index.files.get(&s.rel) {
+        None => Some(Task {
+            seen: s.clone(),
+            from: 0,
+            expect: None,
+        }),
+        Some(f) => {
+            let expect = Some((f.ident.ino, f.offset));
+            if f.ident.ino != s.ident.ino || s.ident.size < f.offset {
+                Some(Task {
+                    seen: s.clone(),
+                    from: 0,
+                    expect,
+                })
+            } else if s.ident.size > f.offset {
+                Some(Task {
+                    seen: s.clone(),
+                    from: f.offset,
+                    expect,
+                })
+            } else {
+                None
             }
         }
     }
+}
+
+/// Compares a scan with the index: what to read, and which indexed files are gone.
+pub fn plan(index: &Index, seen: &[Seen]) -> (Vec<Task>, Vec<PathBuf>) {
+    let tasks = seen.iter().filter_map(|s| plan_one(index, s)).collect();
     let present: std::collections::HashSet<&PathBuf> = seen.iter().map(|s| &s.rel).collect();
     let gone = index
         .files
@@ -292,11 +296,56 @@ pub fn plan(index: &Index, seen: &[Seen]) -> (Vec<Task>, Vec<PathBuf>) {
     (tasks, gone)
 }
 
+/// Like [`plan`], for a set of paths known to have changed (relative to the state directory,
+/// `agents/<agent>/sessions/<file>`).
+pub fn plan_paths(
+    index: &Index,
+    state_dir: &Path,
+    paths: &std::collections::HashSet<PathBuf>,
+) -> (Vec<Task>, Vec<PathBuf>) {
+    let mut tasks = Vec::new();
+    let mut gone = Vec::new();
+    for rel in paths {
+        let parts: Vec<_> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let [_, agent, _, name] = parts.as_slice() else {
+            continue;
+        };
+        let Some((session_id, kind)) = classify(name) else {
+            continue;
+        };
+        match std::fs::metadata(state_dir.join(rel)) {
+            Ok(meta) if meta.is_file() => {
+                let seen = Seen {
+                    rel: rel.clone(),
+                    agent: agent.clone(),
+                    session_id,
+                    kind,
+                    ident: FileIdent::of(&meta),
+                };
+                tasks.extend(plan_one(index, &seen));
+            }
+            _ if index.files.contains_key(rel) => gone.push(rel.clone()),
+            _ => {}
+        }
+    }
+    tasks.sort_by(|a, b| a.seen.rel.cmp(&b.seen.rel));
+    (tasks, gone)
+}
+
 /// The whole index.
 #[derive(Debug, Default, Clone)]
 pub struct Index {
     pub tables: Tables,
     pub files: HashMap<PathBuf, FileIndex>,
+}
+
+/// Parse buffers grow by doubling; the index keeps only what it uses.
+fn shrunk<T>(mut v: Vec<T>) -> Vec<T> {
+    v.shrink_to_fit();
+    v
 }
 
 fn remap(tables: &mut Tables, names: &LocalNames) -> (Vec<u32>, Vec<u32>) {
@@ -341,9 +390,9 @@ impl Index {
                     offset: c.end,
                     lines: c.parsed.lines,
                     malformed: c.parsed.malformed,
-                    msgs: c.parsed.msgs,
-                    usage,
-                    tools: tool_recs,
+                    msgs: shrunk(c.parsed.msgs),
+                    usage: shrunk(usage),
+                    tools: shrunk(tool_recs),
                 },
             );
         } else if let Some(f) = self.files.get_mut(&rel) {
@@ -399,6 +448,9 @@ impl Index {
 }
 
 // ---- persistence --------------------------------------------------------------------------
+//
+// Format: magic, body length (u64), FNV-1a of the body (u64), body. Written and read as a
+// stream, so saving or loading never holds a second copy of the index in memory.
 
 const MAGIC: &[u8; 8] = b"KEELUIX1";
 
@@ -407,72 +459,9 @@ pub fn index_path(state_dir: &Path) -> PathBuf {
     state_dir.join("usage-index.bin")
 }
 
-struct W(Vec<u8>);
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
 
-impl W {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn i64(&mut self, v: i64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn f64(&mut self, v: f64) {
-        self.0.extend_from_slice(&v.to_bits().to_le_bytes());
-    }
-    fn str(&mut self, s: &str) {
-        self.u32(s.len() as u32);
-        self.0.extend_from_slice(s.as_bytes());
-    }
-}
-
-struct R<'a>(&'a [u8]);
-
-impl R<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.take(8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
-    }
-    fn i64(&mut self) -> Option<i64> {
-        self.u64().map(|v| v as i64)
-    }
-    fn f64(&mut self) -> Option<f64> {
-        self.u64().map(f64::from_bits)
-    }
-    fn str(&mut self) -> Option<String> {
-        let n = self.u32()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
-    /// A count of items that each take at least `min` bytes: refuses counts the rest of the
-    /// input cannot hold, so a corrupt length never allocates without bound.
-    fn count(&mut self, min: usize) -> Option<usize> {
-        let n = self.u32()? as usize;
-        (n.saturating_mul(min) <= self.0.len()).then_some(n)
-    }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
@@ -480,78 +469,199 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-impl Index {
-    /// Serializes the index (magic, body length, checksum, body).
-    pub fn encode(&self) -> Vec<u8> {
-        let mut w = W(Vec::with_capacity(1 << 20));
-        w.u32(self.tables.strings.len() as u32);
-        for s in &self.tables.strings {
-            w.str(s);
+/// Writes little-endian values, hashing and counting what it writes.
+struct W<T: Write> {
+    out: T,
+    hash: u64,
+    len: u64,
+}
+
+impl<T: Write> W<T> {
+    fn bytes(&mut self, b: &[u8]) -> io::Result<()> {
+        self.hash = fnv1a(self.hash, b);
+        self.len += b.len() as u64;
+        self.out.write_all(b)
+    }
+    fn u8(&mut self, v: u8) -> io::Result<()> {
+        self.bytes(&[v])
+    }
+    fn u32(&mut self, v: u32) -> io::Result<()> {
+        self.bytes(&v.to_le_bytes())
+    }
+    fn u64(&mut self, v: u64) -> io::Result<()> {
+        self.bytes(&v.to_le_bytes())
+    }
+    fn i64(&mut self, v: i64) -> io::Result<()> {
+        self.bytes(&v.to_le_bytes())
+    }
+    fn f64(&mut self, v: f64) -> io::Result<()> {
+        self.bytes(&v.to_bits().to_le_bytes())
+    }
+    fn str(&mut self, s: &str) -> io::Result<()> {
+        self.u32(s.len() as u32)?;
+        self.bytes(s.as_bytes())
+    }
+    fn len32(&mut self, n: usize) -> io::Result<()> {
+        let n = u32::try_from(n).map_err(|_| io::Error::other("index too large to save"))?;
+        self.u32(n)
+    }
+}
+
+/// Reads what [`W`] wrote, hashing as it goes, never past the declared body length.
+struct R<T: Read> {
+    input: T,
+    hash: u64,
+    left: u64,
+}
+
+impl<T: Read> R<T> {
+    fn fill(&mut self, buf: &mut [u8]) -> Option<()> {
+        if (buf.len() as u64) > self.left {
+            return None;
         }
-        w.u32(self.tables.models.len() as u32);
+        self.input.read_exact(buf).ok()?;
+        self.left -= buf.len() as u64;
+        self.hash = fnv1a(self.hash, buf);
+        Some(())
+    }
+    fn arr<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let mut b = [0u8; N];
+        self.fill(&mut b)?;
+        Some(b)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.arr::<1>().map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.arr().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.arr().map(u64::from_le_bytes)
+    }
+    fn i64(&mut self) -> Option<i64> {
+        self.arr().map(i64::from_le_bytes)
+    }
+    fn f64(&mut self) -> Option<f64> {
+        self.u64().map(f64::from_bits)
+    }
+    fn str(&mut self) -> Option<String> {
+        let n = self.count(1)?;
+        let mut b = vec![0u8; n];
+        self.fill(&mut b)?;
+        String::from_utf8(b).ok()
+    }
+    /// A count of items that each take at least `min` bytes: refuses counts the rest of the
+    /// body cannot hold, so a corrupt length never allocates without bound.
+    fn count(&mut self, min: u64) -> Option<usize> {
+        let n = u64::from(self.u32()?);
+        (n.saturating_mul(min) <= self.left).then_some(n as usize)
+    }
+}
+
+impl Index {
+    /// Streams the index body to `w`.
+    fn write_body<T: Write>(&self, w: &mut W<T>) -> io::Result<()> {
+        w.len32(self.tables.strings.len())?;
+        for s in &self.tables.strings {
+            w.str(s)?;
+        }
+        w.len32(self.tables.models.len())?;
         for &(p, m) in &self.tables.models {
-            w.u32(p);
-            w.u32(m);
+            w.u32(p)?;
+            w.u32(m)?;
         }
         let mut files: Vec<_> = self.files.iter().collect();
         files.sort_by(|a, b| a.0.cmp(b.0));
-        w.u32(files.len() as u32);
+        w.len32(files.len())?;
         for (rel, f) in files {
-            w.str(&rel.to_string_lossy());
-            w.u32(f.agent);
-            w.str(&f.session_id);
-            w.u8(f.kind as u8);
-            w.u64(f.ident.ino);
-            w.u64(f.ident.size);
-            w.i64(f.ident.mtime_ns);
-            w.u64(f.offset);
-            w.u64(f.lines);
-            w.u64(f.malformed);
-            w.u32(f.msgs.len() as u32);
+            w.str(&rel.to_string_lossy())?;
+            w.u32(f.agent)?;
+            w.str(&f.session_id)?;
+            w.u8(f.kind as u8)?;
+            w.u64(f.ident.ino)?;
+            w.u64(f.ident.size)?;
+            w.i64(f.ident.mtime_ns)?;
+            w.u64(f.offset)?;
+            w.u64(f.lines)?;
+            w.u64(f.malformed)?;
+            w.len32(f.msgs.len())?;
             for m in &f.msgs {
-                w.i64(m.ts);
-                w.u8(m.kind);
-                w.u8(m.tool_calls);
+                w.i64(m.ts)?;
+                w.u8(m.kind)?;
+                w.u8(m.tool_calls)?;
             }
-            w.u32(f.usage.len() as u32);
+            w.len32(f.usage.len())?;
             for u in &f.usage {
-                w.i64(u.ts);
+                w.i64(u.ts)?;
                 for c in u.cost {
-                    w.f64(c);
+                    w.f64(c)?;
                 }
                 for t in u.tokens {
-                    w.u64(t);
+                    w.u64(t)?;
                 }
-                w.u32(u.model);
+                w.u32(u.model)?;
             }
-            w.u32(f.tools.len() as u32);
+            w.len32(f.tools.len())?;
             for t in &f.tools {
-                w.i64(t.ts);
-                w.u32(t.name);
+                w.i64(t.ts)?;
+                w.u32(t.name)?;
             }
         }
-        let body = w.0;
-        let mut out = Vec::with_capacity(body.len() + 24);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&fnv1a(&body).to_le_bytes());
-        out.extend_from_slice(&body);
-        out
+        Ok(())
     }
 
-    /// Decodes what [`Index::encode`] wrote; `None` for anything else (wrong magic, length,
+    /// Writes the whole file (header and body) to `out`, which must be seekable: the header's
+    /// length and checksum are filled in after the body has been streamed.
+    pub fn write_to<T: Write + Seek>(&self, out: &mut T) -> io::Result<u64> {
+        out.write_all(MAGIC)?;
+        out.write_all(&[0u8; 16])?;
+        let mut w = W {
+            out: io::BufWriter::with_capacity(256 << 10, &mut *out),
+            hash: FNV_START,
+            len: 0,
+        };
+        self.write_body(&mut w)?;
+        let (hash, len) = (w.hash, w.len);
+        w.out.flush()?;
+        drop(w);
+        out.seek(SeekFrom::Start(8))?;
+        out.write_all(&len.to_le_bytes())?;
+        out.write_all(&hash.to_le_bytes())?;
+        out.seek(SeekFrom::End(0))?;
+        Ok(len + 24)
+    }
+
+    /// Serializes the index into memory (tests and tools).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut c = io::Cursor::new(Vec::new());
+        // Writing to memory cannot fail.
+        let _ = self.write_to(&mut c);
+        c.into_inner()
+    }
+
+    /// Reads what [`Index::write_to`] wrote; `None` for anything else (wrong magic, length,
     /// checksum or structure), so a damaged file is rebuilt, never trusted.
-    pub fn decode(bytes: &[u8]) -> Option<Index> {
-        if bytes.len() < 24 || &bytes[..8] != MAGIC {
+    pub fn read_from<T: Read>(mut input: T, total_len: u64) -> Option<Index> {
+        let mut head = [0u8; 24];
+        input.read_exact(&mut head).ok()?;
+        if &head[..8] != MAGIC {
             return None;
         }
-        let len = u64::from_le_bytes(bytes[8..16].try_into().ok()?) as usize;
-        let sum = u64::from_le_bytes(bytes[16..24].try_into().ok()?);
-        let body = bytes.get(24..)?;
-        if body.len() != len || fnv1a(body) != sum {
+        let len = u64::from_le_bytes(head[8..16].try_into().ok()?);
+        let sum = u64::from_le_bytes(head[16..24].try_into().ok()?);
+        if len != total_len.checked_sub(24)? {
             return None;
         }
-        let mut r = R(body);
+        let mut r = R {
+            input,
+            hash: FNV_START,
+            left: len,
+        };
+        let idx = Index::read_body(&mut r)?;
+        (r.left == 0 && r.hash == sum).then_some(idx)
+    }
+
+    fn read_body<T: Read>(r: &mut R<T>) -> Option<Index> {
         let mut idx = Index::default();
         for _ in 0..r.count(4)? {
             let s = r.str()?;
@@ -584,16 +694,18 @@ impl Index {
                 mtime_ns: r.i64()?,
             };
             let (offset, lines, malformed) = (r.u64()?, r.u64()?, r.u64()?);
-            let mut msgs = Vec::with_capacity(0);
-            for _ in 0..r.count(10)? {
+            let n = r.count(10)?;
+            let mut msgs = Vec::with_capacity(n);
+            for _ in 0..n {
                 msgs.push(MsgRec {
                     ts: r.i64()?,
                     kind: r.u8()?,
                     tool_calls: r.u8()?,
                 });
             }
-            let mut usage = Vec::new();
-            for _ in 0..r.count(92)? {
+            let n = r.count(92)?;
+            let mut usage = Vec::with_capacity(n);
+            for _ in 0..n {
                 let ts = r.i64()?;
                 let cost = [r.f64()?, r.f64()?, r.f64()?, r.f64()?, r.f64()?];
                 let tokens = [r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?];
@@ -608,8 +720,9 @@ impl Index {
                     model,
                 });
             }
-            let mut tools = Vec::new();
-            for _ in 0..r.count(12)? {
+            let n = r.count(12)?;
+            let mut tools = Vec::with_capacity(n);
+            for _ in 0..n {
                 let ts = r.i64()?;
                 let name = r.u32()?;
                 if name >= nstr {
@@ -636,20 +749,34 @@ impl Index {
                 },
             );
         }
-        r.0.is_empty().then_some(idx)
+        Some(idx)
     }
 
-    /// Writes the index atomically.
-    pub fn save(&self, state_dir: &Path) -> io::Result<usize> {
-        let bytes = self.encode();
-        crate::state::write_atomic(&index_path(state_dir), &bytes)?;
-        Ok(bytes.len())
+    /// Decodes an in-memory copy (tests and tools).
+    pub fn decode(bytes: &[u8]) -> Option<Index> {
+        Index::read_from(bytes, bytes.len() as u64)
+    }
+
+    /// Writes the index atomically, streaming it to the temp file.
+    pub fn save(&self, state_dir: &Path) -> io::Result<u64> {
+        let mut written = 0;
+        crate::state::write_atomic_with(&index_path(state_dir), |f| {
+            written = self.write_to(f)?;
+            Ok(())
+        })?;
+        Ok(written)
     }
 
     /// Loads a saved index; `Ok(None)` when there is none or it cannot be trusted.
     pub fn load(state_dir: &Path) -> io::Result<Option<Index>> {
-        match std::fs::read(index_path(state_dir)) {
-            Ok(bytes) => Ok(Index::decode(&bytes)),
+        match File::open(index_path(state_dir)) {
+            Ok(f) => {
+                let len = f.metadata()?.len();
+                Ok(Index::read_from(
+                    io::BufReader::with_capacity(256 << 10, f),
+                    len,
+                ))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -781,12 +908,10 @@ mod tests {
         assert!(Index::decode(&bytes[..n - 1]).is_none(), "length");
         assert!(Index::decode(b"KEELUIX1").is_none());
         // A forged body with a huge count is refused without allocating for it.
-        let mut w = W(Vec::new());
-        w.u32(u32::MAX);
-        let body = w.0;
+        let body = u32::MAX.to_le_bytes();
         let mut forged = MAGIC.to_vec();
         forged.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        forged.extend_from_slice(&fnv1a(&body).to_le_bytes());
+        forged.extend_from_slice(&fnv1a(FNV_START, &body).to_le_bytes());
         forged.extend_from_slice(&body);
         assert!(Index::decode(&forged).is_none());
     }

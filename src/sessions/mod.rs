@@ -18,10 +18,12 @@ pub mod query;
 pub mod store;
 pub mod time;
 pub mod transcript;
+pub mod watch;
 
 use crate::error::{Code, RpcError};
 use crate::jobs::{JobCtx, JobInfo, JobSpec, Lane, PoolKind, ReplyTo, Work};
 use crate::metrics::Counter;
+use crate::protocol::Payload;
 use crate::runtime::Shared;
 use index::{Index, ParseError, Task};
 use serde_json::Value;
@@ -39,6 +41,8 @@ const BUILD_SLICE: Duration = Duration::from_millis(50);
 pub const QUERY_DEADLINE: Duration = Duration::from_secs(2);
 /// Index saves after inline refreshes are at most this frequent.
 const SAVE_EVERY: Duration = Duration::from_secs(60);
+/// A full scan backs up change notification this often.
+const FULL_SCAN_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct Build {
@@ -75,10 +79,21 @@ pub struct Sessions {
     build: Mutex<Build>,
     /// True once a build (or a load of a saved index) has covered every file.
     complete_once: AtomicBool,
+    /// Set once the boot-time load of the saved index is done: queries never build before,
+    /// or the load would overwrite what they merged.
+    loaded: AtomicBool,
     flights: Flights,
     last_save: Mutex<Option<Instant>>,
     dirty: AtomicBool,
+    /// Transcript-directory change notification, and when everything was last scanned.
+    watcher: Mutex<(Option<watch::Watcher>, Option<Instant>)>,
     pub stats: UsageStats,
+    /// Test hook (`KEEL_TEST_INDEX_DELAY_MS`, honoured only with `KEEL_TEST_HOOKS=1`): each
+    /// file a build reads takes at least this long, so tests can query during a build.
+    test_delay: Option<Duration>,
+    /// Test hook (`KEEL_TEST_QUERY_DELAY_MS`, only with `KEEL_TEST_HOOKS=1`): a computation
+    /// takes at least this long, so tests can make identical calls overlap.
+    test_query_delay: Option<Duration>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -86,16 +101,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Sessions {
-    pub fn new(state_dir: &Path) -> Sessions {
+    pub fn new(state_dir: &Path, test_hooks: bool) -> Sessions {
+        let hook = |name: &str| {
+            test_hooks
+                .then(|| std::env::var(name).ok()?.parse().ok())
+                .flatten()
+                .map(Duration::from_millis)
+        };
         Sessions {
+            test_delay: hook("KEEL_TEST_INDEX_DELAY_MS"),
+            test_query_delay: hook("KEEL_TEST_QUERY_DELAY_MS"),
             state_dir: state_dir.to_path_buf(),
             stores: store::Stores::default(),
             index: RwLock::new(Index::default()),
             build: Mutex::new(Build::default()),
             complete_once: AtomicBool::new(false),
+            loaded: AtomicBool::new(false),
             flights: Flights::default(),
             last_save: Mutex::new(None),
             dirty: AtomicBool::new(false),
+            watcher: Mutex::new((None, None)),
             stats: UsageStats::default(),
         }
     }
@@ -113,27 +138,50 @@ impl Sessions {
         self.read().counts()
     }
 
-    /// The index's state for answers: fresh, partial (never complete yet) or refreshing.
+    /// The index's state for answers: `partial` until a build has covered every file once,
+    /// then `refreshing` while a build runs and `fresh` otherwise.
     fn cache_status(&self) -> query::CacheStatus {
         let b = lock(&self.build);
         let indexed = self.read().files.len();
-        if b.running {
-            let status = if self.complete_once.load(Ordering::Acquire) {
-                "refreshing"
-            } else {
-                "partial"
-            };
-            let total = indexed.max(b.files_total.saturating_sub(b.files_done) + indexed);
-            query::CacheStatus {
-                status,
-                files_indexed: indexed,
-                files_total: total,
-            }
+        let pending = if b.running {
+            b.files_total.saturating_sub(b.files_done)
         } else {
-            query::CacheStatus {
-                status: "fresh",
-                files_indexed: indexed,
-                files_total: indexed,
+            0
+        };
+        let status = if !self.complete_once.load(Ordering::Acquire) {
+            "partial"
+        } else if b.running {
+            "refreshing"
+        } else {
+            "fresh"
+        };
+        query::CacheStatus {
+            status,
+            files_indexed: indexed,
+            files_total: indexed + pending,
+        }
+    }
+
+    /// What changed on disk since the last look: from inotify when it is sure, else (and every
+    /// [`FULL_SCAN_EVERY`], as a safety net) from a full scan, after a new watcher is in place
+    /// so that nothing written during the scan is missed.
+    fn changed(&self, full: bool) -> (Vec<Task>, Vec<PathBuf>) {
+        let mut w = lock(&self.watcher);
+        let due = full || w.1.is_none_or(|t| t.elapsed() >= FULL_SCAN_EVERY);
+        let changes = match (&mut w.0, due) {
+            (Some(watcher), false) => watcher.drain(&self.state_dir),
+            _ => watch::Changes::All,
+        };
+        match changes {
+            watch::Changes::All => {
+                w.0 = watch::Watcher::new(&self.state_dir);
+                w.1 = Some(Instant::now());
+                drop(w);
+                index::plan(&self.read(), &index::scan(&self.state_dir))
+            }
+            watch::Changes::Paths(paths) => {
+                drop(w);
+                index::plan_paths(&self.read(), &self.state_dir, &paths)
             }
         }
     }
@@ -158,9 +206,10 @@ impl Sessions {
                 ),
                 Err(e) => log::warn!("usage index: cannot read the saved index: {e}; rebuilding"),
             }
+            svc.loaded.store(true, Ordering::Release);
             ctx.check()?;
             Sessions::start_build(&sh, None);
-            Ok(Value::Null)
+            Ok(Value::Null.into())
         });
         let spec = JobSpec {
             kind: "usage.load".into(),
@@ -180,7 +229,7 @@ impl Sessions {
         let svc = &shared.sessions;
         let (tasks, gone) = match tasks {
             Some(t) => t,
-            None => index::plan(&svc.read(), &index::scan(&svc.state_dir)),
+            None => svc.changed(true),
         };
         if !gone.is_empty() {
             svc.write().remove(&gone);
@@ -192,7 +241,9 @@ impl Sessions {
                 return true;
             }
             if tasks.is_empty() {
-                svc.complete_once.store(true, Ordering::Release);
+                if !svc.complete_once.swap(true, Ordering::AcqRel) {
+                    log::info!("usage index up to date: {} files", svc.read().files.len());
+                }
                 drop(b);
                 svc.save_if_due(shared, true);
                 return false;
@@ -214,10 +265,8 @@ impl Sessions {
     }
 
     fn spawn_build_job(shared: &Arc<Shared>) {
-        let svc = &shared.sessions;
-        lock(&svc.build).jobs += 1;
-        let sh = shared.clone();
-        let work: Work = Box::new(move |ctx: &JobCtx| sh.sessions.build_step(&sh, ctx));
+        let ticket = BuildTicket::new(shared);
+        let work: Work = Box::new(move |ctx: &JobCtx| ticket.run(ctx));
         let spec = JobSpec {
             kind: "usage.build".into(),
             pool: PoolKind::Cpu,
@@ -225,59 +274,9 @@ impl Sessions {
             timeout: Duration::from_secs(120),
             stall_limit: Some(Duration::from_secs(30)),
         };
+        // Refused (queue full, draining): the work is dropped, and its ticket with it.
         if let Err(e) = shared.submit(spec, ReplyTo::Internal, work) {
             log::debug!("usage index build job not queued: {e}");
-            svc.build_job_done(shared, e.code == Code::Draining);
-        }
-    }
-
-    /// One build job: parse pending files for about [`BUILD_SLICE`], then re-queue.
-    fn build_step(&self, shared: &Arc<Shared>, ctx: &JobCtx) -> Result<Value, RpcError> {
-        let t0 = Instant::now();
-        loop {
-            if let Err(e) = ctx.check() {
-                self.build_job_done(shared, true);
-                return Err(e);
-            }
-            let Some(task) = lock(&self.build).pending.pop_front() else {
-                self.build_job_done(shared, false);
-                return Ok(Value::Null);
-            };
-            match index::parse_task(&self.state_dir, task, || ctx.check().is_ok()) {
-                Ok(chunk) => {
-                    let bytes = chunk.end - chunk.task.from;
-                    self.stats.malformed_lines.add(chunk.parsed.malformed);
-                    self.write().merge(chunk);
-                    let mut b = lock(&self.build);
-                    b.files_done += 1;
-                    b.bytes += bytes;
-                }
-                Err(ParseError::Cancelled) => {
-                    self.build_job_done(shared, true);
-                    return Err(crate::jobs::cancel_error(
-                        ctx.info,
-                        ctx.token()
-                            .reason()
-                            .unwrap_or(crate::jobs::CancelReason::Drain),
-                    ));
-                }
-                Err(ParseError::Io(e)) => {
-                    // A file that vanished between scan and read is simply not there any more.
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        log::warn!("usage index: cannot read a transcript: {e}");
-                    }
-                    lock(&self.build).files_done += 1;
-                }
-            }
-            if t0.elapsed() >= BUILD_SLICE {
-                // Give the worker back; control and interactive work go first.
-                let more = !lock(&self.build).pending.is_empty();
-                if more {
-                    lock(&self.build).jobs -= 1;
-                    Sessions::spawn_build_job(shared);
-                    return Ok(Value::Null);
-                }
-            }
         }
     }
 
@@ -333,13 +332,12 @@ impl Sessions {
         let work: Work = Box::new(move |_ctx: &JobCtx| {
             let svc = &sh.sessions;
             let t0 = Instant::now();
-            let bytes = svc.read().encode();
-            match crate::state::write_atomic(&index::index_path(&svc.state_dir), &bytes) {
-                Ok(()) => {
+            let saved = svc.read().save(&svc.state_dir);
+            match saved {
+                Ok(bytes) => {
                     *lock(&svc.last_save) = Some(Instant::now());
                     log::debug!(
-                        "usage index saved: {} bytes in {} ms",
-                        bytes.len(),
+                        "usage index saved: {bytes} bytes in {} ms",
                         t0.elapsed().as_millis()
                     );
                 }
@@ -351,7 +349,7 @@ impl Sessions {
                     );
                 }
             }
-            Ok(Value::Null)
+            Ok(Value::Null.into())
         });
         let spec = JobSpec {
             kind: "usage.save".into(),
@@ -368,10 +366,11 @@ impl Sessions {
     /// Brings the index up to date for a query without ever waiting on a build. Returns the
     /// files and bytes this call read itself.
     fn freshen(&self, shared: &Arc<Shared>, ctx: &JobCtx) -> Result<(u64, u64), RpcError> {
-        if lock(&self.build).running {
+        // Until the saved index is loaded (and while a build runs) the answer is what is there.
+        if !self.loaded.load(Ordering::Acquire) || lock(&self.build).running {
             return Ok((0, 0));
         }
-        let (tasks, gone) = index::plan(&self.read(), &index::scan(&self.state_dir));
+        let (tasks, gone) = self.changed(false);
         let bytes: u64 = tasks.iter().map(Task::bytes).sum();
         if bytes > INLINE_BYTES
             || (!self.complete_once.load(Ordering::Acquire) && !tasks.is_empty())
@@ -414,13 +413,16 @@ impl Sessions {
         method: &str,
         params: &Value,
         ctx: &JobCtx,
-    ) -> Result<Value, RpcError> {
+    ) -> crate::protocol::Outcome {
         let key = format!("{method} {params}");
         let Some(lead) = self.flights.join(&key, ctx.info, shared) else {
             self.stats.shared.inc();
-            return Ok(Value::Null);
+            return Ok(Value::Null.into());
         };
         let t0 = Instant::now();
+        if let Some(d) = self.test_query_delay {
+            std::thread::sleep(d);
+        }
         let outcome = self.compute(shared, method, params, ctx);
         let outcome = outcome.map(|(v, line)| {
             log::info!("{method}: {line}, {} ms", t0.elapsed().as_millis());
@@ -440,7 +442,7 @@ impl Sessions {
         method: &str,
         params: &Value,
         ctx: &JobCtx,
-    ) -> Result<(Value, String), RpcError> {
+    ) -> Result<(Payload, String), RpcError> {
         ctx.check()?;
         let stores = self.stores.refresh(&self.state_dir);
         let now_ms = crate::clock::wall_ms() as i64;
@@ -452,9 +454,11 @@ impl Sessions {
                 stores.reloaded,
                 v["count"]
             );
-            return Ok((v, line));
+            return Ok((v.into(), line));
         }
+        let t_refresh = Instant::now();
         let (files, bytes) = self.freshen(shared, ctx)?;
+        let refresh_ms = t_refresh.elapsed().as_secs_f64() * 1000.0;
         ctx.check()?;
         let cache = self.cache_status();
         if cache.status != "fresh" {
@@ -469,16 +473,16 @@ impl Sessions {
             now_ms,
             cache,
         };
-        let v = match method {
+        let (payload, summary) = match method {
             "sessions.usage" => query::sessions_usage(&cx, params)?,
             _ => query::usage_cost(&cx, params)?,
         };
         let line = format!(
-            "{} stores, {} sessions, {} files indexed, {files} files read ({:.2} MB parsed), answered {}",
+            "{} stores, {} sessions, {} files indexed, {files} files read ({:.2} MB parsed, refresh {refresh_ms:.1} ms), answered {}",
             stores.snapshots.len(),
-            v["aggregates"]["sessionCount"]
-                .as_u64()
-                .map_or_else(|| "-".into(), |n| n.to_string()),
+            summary
+                .sessions
+                .map_or_else(|| "all".into(), |n| n.to_string()),
             index.files.len(),
             bytes as f64 / 1e6,
             match cache.status {
@@ -488,7 +492,7 @@ impl Sessions {
                 _ => "partially: the index is still building (partial)",
             }
         );
-        Ok((v, line))
+        Ok((payload, line))
     }
 
     /// Appends the usage metrics.
@@ -583,6 +587,94 @@ impl Sessions {
     }
 }
 
+/// One build job's share of the build. Every way a job can end — it runs out of files, it is
+/// cancelled, it panics, or it is dropped unrun (refused at admission, or its deadline passed
+/// in the queue) — ends in exactly one [`Sessions::build_job_done`], so a build can never be
+/// left marked running with no job to finish it.
+struct BuildTicket {
+    shared: Arc<Shared>,
+    done: bool,
+}
+
+impl BuildTicket {
+    fn new(shared: &Arc<Shared>) -> BuildTicket {
+        lock(&shared.sessions.build).jobs += 1;
+        BuildTicket {
+            shared: shared.clone(),
+            done: false,
+        }
+    }
+
+    fn finish(mut self, cancelled: bool) {
+        self.done = true;
+        self.shared.sessions.build_job_done(&self.shared, cancelled);
+    }
+
+    /// Parses pending files for about [`BUILD_SLICE`], then re-queues itself.
+    fn run(self, ctx: &JobCtx) -> crate::protocol::Outcome {
+        let svc = &self.shared.sessions;
+        let t0 = Instant::now();
+        loop {
+            if let Err(e) = ctx.check() {
+                self.finish(true);
+                return Err(e);
+            }
+            let Some(task) = lock(&svc.build).pending.pop_front() else {
+                self.finish(false);
+                return Ok(Value::Null.into());
+            };
+            match index::parse_task(&svc.state_dir, task, || ctx.check().is_ok()) {
+                Ok(chunk) => {
+                    let bytes = chunk.end - chunk.task.from;
+                    svc.stats.malformed_lines.add(chunk.parsed.malformed);
+                    svc.write().merge(chunk);
+                    let mut b = lock(&svc.build);
+                    b.files_done += 1;
+                    b.bytes += bytes;
+                    drop(b);
+                    if let Some(delay) = svc.test_delay {
+                        let until = Instant::now() + delay;
+                        while Instant::now() < until && ctx.token().reason().is_none() {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                }
+                Err(ParseError::Cancelled) => {
+                    self.finish(true);
+                    return Err(crate::jobs::cancel_error(
+                        ctx.info,
+                        ctx.token()
+                            .reason()
+                            .unwrap_or(crate::jobs::CancelReason::Drain),
+                    ));
+                }
+                Err(ParseError::Io(e)) => {
+                    // A file that vanished between scan and read is simply not there any more.
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        log::warn!("usage index: cannot read a transcript: {e}");
+                    }
+                    lock(&svc.build).files_done += 1;
+                }
+            }
+            if t0.elapsed() >= BUILD_SLICE && !lock(&svc.build).pending.is_empty() {
+                // Give the worker back: control and interactive work go first. The next job
+                // takes its ticket before this one returns its own.
+                Sessions::spawn_build_job(&self.shared);
+                self.finish(false);
+                return Ok(Value::Null.into());
+            }
+        }
+    }
+}
+
+impl Drop for BuildTicket {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.sessions.build_job_done(&self.shared, true);
+        }
+    }
+}
+
 /// Identical concurrent computations, keyed by method and params. The first caller computes;
 /// later ones hand their reply to it and free their worker.
 #[derive(Default)]
@@ -635,7 +727,7 @@ impl Flights {
         })
     }
 
-    fn finish(&self, key: &str, shared: &Shared, outcome: &Result<Value, RpcError>) {
+    fn finish(&self, key: &str, shared: &Shared, outcome: &crate::protocol::Outcome) {
         let followers = lock(&self.map).remove(key).unwrap_or_default();
         for f in followers {
             shared.deliver(&f, outcome);
@@ -645,7 +737,7 @@ impl Flights {
 
 impl Lead<'_> {
     /// Hands the outcome to every follower.
-    fn finish(mut self, outcome: &Result<Value, RpcError>) {
+    fn finish(mut self, outcome: &crate::protocol::Outcome) {
         self.done = true;
         self.flights.finish(&self.key, &self.shared, outcome);
     }

@@ -7,11 +7,14 @@ use super::time::{self, DAY_MS};
 use super::transcript::{UsageRec, kind};
 use crate::config::{ModelPrice, Prices};
 use crate::error::RpcError;
+use crate::protocol::Payload;
+use serde::Serialize;
 use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// Tokens and cost, with the keys OpenClaw uses.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Totals {
     pub input: u64,
     pub output: u64,
@@ -73,42 +76,21 @@ impl Totals {
         self.missing_cost_entries += o.missing_cost_entries;
     }
 
-    fn fill(&self, m: &mut Map<String, Value>) {
-        m.insert("input".into(), json!(self.input));
-        m.insert("output".into(), json!(self.output));
-        m.insert("cacheRead".into(), json!(self.cache_read));
-        m.insert("cacheWrite".into(), json!(self.cache_write));
-        m.insert("totalTokens".into(), json!(self.total_tokens));
-        m.insert("totalCost".into(), json!(self.total_cost));
-        m.insert("inputCost".into(), json!(self.input_cost));
-        m.insert("outputCost".into(), json!(self.output_cost));
-        m.insert("cacheReadCost".into(), json!(self.cache_read_cost));
-        m.insert("cacheWriteCost".into(), json!(self.cache_write_cost));
-        m.insert(
-            "missingCostEntries".into(),
-            json!(self.missing_cost_entries),
-        );
-    }
-
     pub fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        self.fill(&mut m);
-        Value::Object(m)
+        serde_json::to_value(self).unwrap_or(Value::Null)
     }
 
-    /// `{first: …, ...totals}`.
-    fn with(&self, fields: Value) -> Value {
-        let mut m = match fields {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        };
-        self.fill(&mut m);
-        Value::Object(m)
+    fn is_empty(&self) -> bool {
+        self.total_tokens == 0
+            && self.total_cost == 0.0
+            && self.missing_cost_entries == 0
+            && self.input == 0
     }
 }
 
 /// Message counts with OpenClaw's keys.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Messages {
     pub total: u64,
     pub user: u64,
@@ -136,11 +118,6 @@ impl Messages {
         self.tool_results += o.tool_results;
         self.errors += o.errors;
     }
-
-    fn to_json(self) -> Value {
-        json!({"total": self.total, "user": self.user, "assistant": self.assistant,
-               "toolCalls": self.tool_calls, "toolResults": self.tool_results, "errors": self.errors})
-    }
 }
 
 /// The day range of a query, in local days at `offset_ms`.
@@ -153,8 +130,9 @@ pub struct Range {
 
 impl Range {
     pub fn contains(&self, ts: i64) -> bool {
-        let d = time::day_of(ts, self.offset_ms);
-        d >= self.start_day && d <= self.end_day
+        // Compared in milliseconds: no division for the records outside the range.
+        ts >= self.start_day * DAY_MS - self.offset_ms
+            && ts < (self.end_day + 1) * DAY_MS - self.offset_ms
     }
 
     pub fn day(&self, ts: i64) -> i64 {
@@ -288,6 +266,95 @@ fn prices_by_model(index: &Index, prices: &Prices) -> Vec<Option<ModelPrice>> {
         .collect()
 }
 
+/// One day of one session (or of everything).
+#[derive(Default, Clone, Copy)]
+struct DayAcc {
+    day: i64,
+    totals: Totals,
+    msgs: Messages,
+}
+
+/// One session's usage in the range. Days and models are small vectors: records arrive in
+/// time order, so the day just used is almost always the one needed next.
+#[derive(Default)]
+struct SessionAcc {
+    totals: Totals,
+    messages: Messages,
+    first: Option<i64>,
+    last: Option<i64>,
+    /// (model id, messages with usage, totals).
+    models: Vec<(u32, u64, Totals)>,
+    days: Vec<DayAcc>,
+    hot: usize,
+}
+
+impl SessionAcc {
+    fn touch(&mut self, ts: i64) {
+        self.first = Some(self.first.map_or(ts, |f| f.min(ts)));
+        self.last = Some(self.last.map_or(ts, |l| l.max(ts)));
+    }
+
+    fn day(&mut self, day: i64) -> &mut DayAcc {
+        if self.days.get(self.hot).is_none_or(|d| d.day != day) {
+            self.hot = match self.days.iter().rposition(|d| d.day == day) {
+                Some(i) => i,
+                None => {
+                    self.days.push(DayAcc {
+                        day,
+                        ..DayAcc::default()
+                    });
+                    self.days.len() - 1
+                }
+            };
+        }
+        &mut self.days[self.hot]
+    }
+
+    fn model(&mut self, model: u32) -> &mut (u32, u64, Totals) {
+        let i = match self.models.iter().position(|m| m.0 == model) {
+            Some(i) => i,
+            None => {
+                self.models.push((model, 0, Totals::default()));
+                self.models.len() - 1
+            }
+        };
+        &mut self.models[i]
+    }
+
+    /// Adds one file's records in range.
+    fn add_file(
+        &mut self,
+        f: &FileIndex,
+        range: &Range,
+        prices: &[Option<ModelPrice>],
+        tools: &mut HashMap<u32, u64>,
+    ) {
+        for m in &f.msgs {
+            if range.contains(m.ts) {
+                self.messages.add_rec(m.kind, m.tool_calls);
+                self.day(range.day(m.ts)).msgs.add_rec(m.kind, m.tool_calls);
+                self.touch(m.ts);
+            }
+        }
+        for u in &f.usage {
+            if range.contains(u.ts) {
+                let price = prices.get(u.model as usize).and_then(Option::as_ref);
+                self.totals.add_usage(u, price);
+                let m = self.model(u.model);
+                m.1 += 1;
+                m.2.add_usage(u, price);
+                self.day(range.day(u.ts)).totals.add_usage(u, price);
+                self.touch(u.ts);
+            }
+        }
+        for t in &f.tools {
+            if range.contains(t.ts) {
+                *tools.entry(t.name).or_default() += 1;
+            }
+        }
+    }
+}
+
 /// Which files a query looks at.
 struct Filter<'a> {
     agent: Option<&'a str>,
@@ -308,64 +375,6 @@ impl Filter<'_> {
     }
 }
 
-#[derive(Default)]
-struct SessionAcc {
-    totals: Totals,
-    messages: Messages,
-    first: Option<i64>,
-    last: Option<i64>,
-    models: BTreeMap<u32, (u64, Totals)>,
-    daily: BTreeMap<i64, (Totals, Messages)>,
-}
-
-impl SessionAcc {
-    fn touch(&mut self, ts: i64) {
-        self.first = Some(self.first.map_or(ts, |f| f.min(ts)));
-        self.last = Some(self.last.map_or(ts, |l| l.max(ts)));
-    }
-}
-
-/// Accumulates one file's records in range into its session.
-fn accumulate(
-    acc: &mut SessionAcc,
-    f: &FileIndex,
-    range: &Range,
-    prices: &[Option<ModelPrice>],
-    tools: &mut HashMap<u32, u64>,
-) {
-    for m in &f.msgs {
-        if range.contains(m.ts) {
-            acc.messages.add_rec(m.kind, m.tool_calls);
-            acc.daily
-                .entry(range.day(m.ts))
-                .or_default()
-                .1
-                .add_rec(m.kind, m.tool_calls);
-            acc.touch(m.ts);
-        }
-    }
-    for u in &f.usage {
-        if range.contains(u.ts) {
-            let price = prices.get(u.model as usize).and_then(Option::as_ref);
-            acc.totals.add_usage(u, price);
-            let e = acc.models.entry(u.model).or_default();
-            e.0 += 1;
-            e.1.add_usage(u, price);
-            acc.daily
-                .entry(range.day(u.ts))
-                .or_default()
-                .0
-                .add_usage(u, price);
-            acc.touch(u.ts);
-        }
-    }
-    for t in &f.tools {
-        if range.contains(t.ts) {
-            *tools.entry(t.name).or_default() += 1;
-        }
-    }
-}
-
 /// Inputs shared by the usage methods.
 pub struct Ctx<'a> {
     pub index: &'a Index,
@@ -375,31 +384,48 @@ pub struct Ctx<'a> {
     pub cache: CacheStatus,
 }
 
-struct Grouped<'a> {
-    /// (agent, session id) → accumulated usage, with the store entry when there is one.
-    sessions: BTreeMap<(&'a str, &'a str), (SessionAcc, Option<&'a SessionEntry>)>,
-    tools: HashMap<u32, u64>,
+/// What a computation covered, for its log line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Summary {
+    pub sessions: Option<usize>,
 }
 
-fn group<'a>(cx: &'a Ctx<'a>, filter: &Filter<'_>, range: &Range) -> Grouped<'a> {
+struct Session<'a> {
+    agent: &'a str,
+    session_id: &'a str,
+    entry: Option<&'a SessionEntry>,
+    acc: SessionAcc,
+}
+
+fn group<'a>(
+    cx: &'a Ctx<'a>,
+    filter: &Filter<'_>,
+    range: &Range,
+    tools: &mut HashMap<u32, u64>,
+) -> Vec<Session<'a>> {
     let prices = prices_by_model(cx.index, cx.prices);
-    let mut out = Grouped {
-        sessions: BTreeMap::new(),
-        tools: HashMap::new(),
-    };
+    let mut at: HashMap<(u32, &str), usize> = HashMap::new();
+    let mut out: Vec<Session<'a>> = Vec::new();
     for f in cx.index.files.values() {
         if !filter.admits(cx.index, f) {
             continue;
         }
-        let agent = cx.index.tables.str(f.agent);
-        let key = (agent, &*f.session_id);
-        let slot = out
-            .sessions
-            .entry(key)
-            .or_insert_with(|| (SessionAcc::default(), cx.stores.entry(agent, &f.session_id)));
-        accumulate(&mut slot.0, f, range, &prices, &mut out.tools);
+        let i = *at.entry((f.agent, &f.session_id)).or_insert_with(|| {
+            let agent = cx.index.tables.str(f.agent);
+            out.push(Session {
+                agent,
+                session_id: &f.session_id,
+                entry: cx.stores.entry(agent, &f.session_id),
+                acc: SessionAcc::default(),
+            });
+            out.len() - 1
+        });
+        out[i].acc.add_file(f, range, &prices, tools);
     }
-    out.sessions.retain(|_, (acc, _)| acc.first.is_some());
+    out.retain(|s| s.acc.first.is_some());
+    for s in &mut out {
+        s.acc.days.sort_by_key(|d| d.day);
+    }
     out
 }
 
@@ -409,8 +435,155 @@ fn channel_of(entry: Option<&SessionEntry>) -> &str {
         .unwrap_or("unknown")
 }
 
+fn by_cost(a: &Totals, b: &Totals) -> std::cmp::Ordering {
+    b.total_cost
+        .total_cmp(&a.total_cost)
+        .then(b.total_tokens.cmp(&a.total_tokens))
+}
+
+// ---- the answer's shapes ------------------------------------------------------------------
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Dated<'a, T: Serialize> {
+    date: &'a str,
+    #[serde(flatten)]
+    inner: &'a T,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ModelUse<'a> {
+    provider: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    count: u64,
+    totals: Totals,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DayCost<'a> {
+    date: &'a str,
+    tokens: u64,
+    cost: f64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RowUsage<'a> {
+    #[serde(flatten)]
+    totals: &'a Totals,
+    first_activity: Option<i64>,
+    last_activity: Option<i64>,
+    duration_ms: Option<i64>,
+    message_counts: &'a Messages,
+    model_usage: Vec<ModelUse<'a>>,
+    daily_breakdown: Vec<DayCost<'a>>,
+    daily_message_counts: Vec<Dated<'a, Messages>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Row<'a> {
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<&'a str>,
+    session_id: &'a str,
+    updated_at: Option<i64>,
+    agent_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chat_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_provider: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+    usage: RowUsage<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Tool<'a> {
+    name: &'a str,
+    count: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Tools<'a> {
+    total_calls: u64,
+    unique_tools: usize,
+    tools: Vec<Tool<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Agent<'a> {
+    agent_id: &'a str,
+    totals: Totals,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Channel<'a> {
+    channel: &'a str,
+    totals: Totals,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Day<'a> {
+    date: &'a str,
+    tokens: u64,
+    cost: f64,
+    messages: u64,
+    tool_calls: u64,
+    errors: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Aggregates<'a> {
+    session_count: usize,
+    messages: Messages,
+    tools: Tools<'a>,
+    by_model: Vec<ModelUse<'a>>,
+    by_provider: Vec<ModelUse<'a>>,
+    by_agent: Vec<Agent<'a>>,
+    by_channel: Vec<Channel<'a>>,
+    daily: Vec<Day<'a>>,
+    cost_daily: Vec<Dated<'a, Totals>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageAnswer<'a> {
+    updated_at: i64,
+    start_date: String,
+    end_date: String,
+    sessions: Vec<Row<'a>>,
+    totals: Totals,
+    aggregates: Aggregates<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+    cache_status: Value,
+}
+
+fn to_payload<T: Serialize>(v: &T) -> Result<Payload, RpcError> {
+    serde_json::to_string(v).map(Payload::Raw).map_err(|e| {
+        RpcError::new(
+            crate::error::Code::Internal,
+            format!("cannot serialize the answer: {e}"),
+        )
+    })
+}
+
 /// `sessions.usage`.
-pub fn sessions_usage(cx: &Ctx<'_>, p: &Value) -> Result<Value, RpcError> {
+pub fn sessions_usage(cx: &Ctx<'_>, p: &Value) -> Result<(Payload, Summary), RpcError> {
     let range = parse_range(p, cx.now_ms, 30)?;
     let key = opt_str(p, "key")?;
     let agent_id = opt_str(p, "agentId")?;
@@ -447,164 +620,224 @@ pub fn sessions_usage(cx: &Ctx<'_>, p: &Value) -> Result<Value, RpcError> {
             Some(found.ok_or_else(|| RpcError::invalid(format!("no session with key {k:?}")))?)
         }
     };
-    let grouped = group(cx, &Filter { agent, session }, &range);
+    let mut tool_counts = HashMap::new();
+    let mut sessions = group(cx, &Filter { agent, session }, &range, &mut tool_counts);
     let index = cx.index;
+    let dates: Vec<String> = (range.start_day..=range.end_day)
+        .map(time::format_day)
+        .collect();
+    let date = |day: i64| dates[(day - range.start_day) as usize].as_str();
 
     // Aggregates over every matching session.
     let mut totals = Totals::default();
     let mut messages = Messages::default();
-    let mut by_model: BTreeMap<u32, (u64, Totals)> = BTreeMap::new();
-    let mut by_provider: BTreeMap<&str, (u64, Totals)> = BTreeMap::new();
-    let mut by_agent: BTreeMap<&str, Totals> = BTreeMap::new();
-    let mut by_channel: BTreeMap<&str, Totals> = BTreeMap::new();
-    let mut daily: BTreeMap<i64, (Totals, Messages)> = BTreeMap::new();
-    for ((agent, _), (acc, entry)) in &grouped.sessions {
-        totals.add(&acc.totals);
-        messages.add(&acc.messages);
-        for (model, (count, t)) in &acc.models {
-            let e = by_model.entry(*model).or_default();
-            e.0 += count;
-            e.1.add(t);
-            let provider = index.tables.model_names(*model).0;
-            let e = by_provider.entry(provider).or_default();
+    let mut by_model: Vec<(u64, Totals)> = vec![(0, Totals::default()); index.tables.models.len()];
+    let mut by_agent: HashMap<&str, Totals> = HashMap::new();
+    let mut by_channel: HashMap<&str, Totals> = HashMap::new();
+    let mut daily = vec![DayAcc::default(); range.days() as usize];
+    for s in &sessions {
+        totals.add(&s.acc.totals);
+        messages.add(&s.acc.messages);
+        for (model, count, t) in &s.acc.models {
+            let e = &mut by_model[*model as usize];
             e.0 += count;
             e.1.add(t);
         }
-        by_agent.entry(agent).or_default().add(&acc.totals);
+        by_agent.entry(s.agent).or_default().add(&s.acc.totals);
         by_channel
-            .entry(channel_of(*entry))
+            .entry(channel_of(s.entry))
             .or_default()
-            .add(&acc.totals);
-        for (day, (t, m)) in &acc.daily {
-            let e = daily.entry(*day).or_default();
-            e.0.add(t);
-            e.1.add(m);
+            .add(&s.acc.totals);
+        for d in &s.acc.days {
+            let e = &mut daily[(d.day - range.start_day) as usize];
+            e.totals.add(&d.totals);
+            e.msgs.add(&d.msgs);
         }
     }
-    let by_cost = |a: &Totals, b: &Totals| {
-        b.total_cost
-            .total_cmp(&a.total_cost)
-            .then(b.total_tokens.cmp(&a.total_tokens))
-    };
-    let mut models: Vec<_> = by_model.iter().collect();
-    models.sort_by(|a, b| by_cost(&a.1.1, &b.1.1));
-    let mut providers: Vec<_> = by_provider.iter().collect();
-    providers.sort_by(|a, b| by_cost(&a.1.1, &b.1.1));
-    let mut agents: Vec<_> = by_agent.iter().collect();
-    agents.sort_by(|a, b| by_cost(a.1, b.1));
-    let mut channels: Vec<_> = by_channel.iter().collect();
-    channels.sort_by(|a, b| by_cost(a.1, b.1));
-    let mut tool_list: Vec<(&str, u64)> = grouped
-        .tools
-        .iter()
-        .map(|(n, c)| (index.tables.str(*n), *c))
+    let mut by_provider: HashMap<&str, (u64, Totals)> = HashMap::new();
+    let mut models: Vec<ModelUse> = Vec::new();
+    for (id, (count, t)) in by_model.iter().enumerate() {
+        if *count == 0 {
+            continue;
+        }
+        let (provider, model) = index.tables.model_names(id as u32);
+        let e = by_provider.entry(provider).or_default();
+        e.0 += count;
+        e.1.add(t);
+        models.push(ModelUse {
+            provider,
+            model: Some(model),
+            count: *count,
+            totals: *t,
+        });
+    }
+    models.sort_by(|a, b| by_cost(&a.totals, &b.totals));
+    let mut providers: Vec<ModelUse> = by_provider
+        .into_iter()
+        .map(|(provider, (count, totals))| ModelUse {
+            provider,
+            model: None,
+            count,
+            totals,
+        })
         .collect();
-    tool_list.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let aggregates = json!({
-        "sessionCount": grouped.sessions.len(),
-        "messages": messages.to_json(),
-        "tools": {
-            "totalCalls": tool_list.iter().map(|t| t.1).sum::<u64>(),
-            "uniqueTools": tool_list.len(),
-            "tools": tool_list.iter().map(|(n, c)| json!({"name": n, "count": c})).collect::<Vec<_>>(),
+    providers.sort_by(|a, b| by_cost(&a.totals, &b.totals).then(a.provider.cmp(b.provider)));
+    let mut agents: Vec<Agent> = by_agent
+        .into_iter()
+        .map(|(agent_id, totals)| Agent { agent_id, totals })
+        .collect();
+    agents.sort_by(|a, b| by_cost(&a.totals, &b.totals).then(a.agent_id.cmp(b.agent_id)));
+    let mut channels: Vec<Channel> = by_channel
+        .into_iter()
+        .map(|(channel, totals)| Channel { channel, totals })
+        .collect();
+    channels.sort_by(|a, b| by_cost(&a.totals, &b.totals).then(a.channel.cmp(b.channel)));
+    let mut tools: Vec<Tool> = tool_counts
+        .iter()
+        .map(|(n, c)| Tool {
+            name: index.tables.str(*n),
+            count: *c,
+        })
+        .collect();
+    tools.sort_by(|a, b| b.count.cmp(&a.count).then(a.name.cmp(b.name)));
+    for (i, d) in daily.iter_mut().enumerate() {
+        d.day = range.start_day + i as i64;
+    }
+    let active: Vec<&DayAcc> = daily
+        .iter()
+        .filter(|d| d.msgs.total > 0 || !d.totals.is_empty())
+        .collect();
+    let aggregates = Aggregates {
+        session_count: sessions.len(),
+        messages,
+        tools: Tools {
+            total_calls: tools.iter().map(|t| t.count).sum(),
+            unique_tools: tools.len(),
+            tools,
         },
-        "byModel": models.iter().map(|(m, (count, t))| {
-            let (provider, model) = index.tables.model_names(**m);
-            json!({"provider": provider, "model": model, "count": count, "totals": t.to_json()})
-        }).collect::<Vec<_>>(),
-        "byProvider": providers.iter().map(|(p, (count, t))| json!({"provider": p, "count": count, "totals": t.to_json()})).collect::<Vec<_>>(),
-        "byAgent": agents.iter().map(|(a, t)| json!({"agentId": a, "totals": t.to_json()})).collect::<Vec<_>>(),
-        "byChannel": channels.iter().map(|(c, t)| json!({"channel": c, "totals": t.to_json()})).collect::<Vec<_>>(),
-        "daily": daily.iter().map(|(d, (t, m))| json!({
-            "date": time::format_day(*d), "tokens": t.total_tokens, "cost": t.total_cost,
-            "messages": m.total, "toolCalls": m.tool_calls, "errors": m.errors,
-        })).collect::<Vec<_>>(),
-        "costDaily": daily.iter().map(|(d, (t, _))| t.with(json!({"date": time::format_day(*d)}))).collect::<Vec<_>>(),
-    });
+        by_model: models,
+        by_provider: providers,
+        by_agent: agents,
+        by_channel: channels,
+        daily: active
+            .iter()
+            .map(|d| Day {
+                date: date(d.day),
+                tokens: d.totals.total_tokens,
+                cost: d.totals.total_cost,
+                messages: d.msgs.total,
+                tool_calls: d.msgs.tool_calls,
+                errors: d.msgs.errors,
+            })
+            .collect(),
+        cost_daily: active
+            .iter()
+            .map(|d| Dated {
+                date: date(d.day),
+                inner: &d.totals,
+            })
+            .collect(),
+    };
 
     // The page of sessions, most expensive first.
-    let mut rows: Vec<_> = grouped.sessions.iter().collect();
-    rows.sort_by(|a, b| by_cost(&a.1.0.totals, &b.1.0.totals).then_with(|| a.0.cmp(b.0)));
-    let page: Vec<Value> = rows
+    sessions.sort_by(|a, b| {
+        by_cost(&a.acc.totals, &b.acc.totals)
+            .then_with(|| (a.agent, a.session_id).cmp(&(b.agent, b.session_id)))
+    });
+    let total = sessions.len();
+    let page: Vec<Row> = sessions
         .iter()
         .skip(cursor)
         .take(limit)
-        .map(|((agent, sid), (acc, entry))| session_row(index, agent, sid, acc, *entry))
+        .map(|s| row(index, s, &date))
         .collect();
     let next = cursor + page.len();
-    let mut out = json!({
-        "updatedAt": cx.now_ms,
-        "startDate": time::format_day(range.start_day),
-        "endDate": time::format_day(range.end_day),
-        "sessions": page,
-        "totals": totals.to_json(),
-        "aggregates": aggregates,
-        "cacheStatus": cx.cache.to_json(),
-    });
-    if next < rows.len() {
-        out["nextCursor"] = json!(next.to_string());
-    }
-    Ok(out)
+    let answer = UsageAnswer {
+        updated_at: cx.now_ms,
+        start_date: time::format_day(range.start_day),
+        end_date: time::format_day(range.end_day),
+        sessions: page,
+        totals,
+        aggregates,
+        next_cursor: (next < total).then(|| next.to_string()),
+        cache_status: cx.cache.to_json(),
+    };
+    Ok((
+        to_payload(&answer)?,
+        Summary {
+            sessions: Some(total),
+        },
+    ))
 }
 
-fn session_row(
-    index: &Index,
-    agent: &str,
-    sid: &str,
-    acc: &SessionAcc,
-    entry: Option<&SessionEntry>,
-) -> Value {
-    let mut usage = acc.totals.with(json!({
-        "firstActivity": acc.first,
-        "lastActivity": acc.last,
-        "messageCounts": acc.messages.to_json(),
-        "modelUsage": acc.models.iter().map(|(m, (count, t))| {
-            let (provider, model) = index.tables.model_names(*m);
-            json!({"provider": provider, "model": model, "count": count, "totals": t.to_json()})
-        }).collect::<Vec<_>>(),
-        "dailyBreakdown": acc.daily.iter().map(|(d, (t, _))| json!({"date": time::format_day(*d), "tokens": t.total_tokens, "cost": t.total_cost})).collect::<Vec<_>>(),
-        "dailyMessageCounts": acc.daily.iter().map(|(d, (_, m))| {
-            let mut v = m.to_json();
-            v["date"] = json!(time::format_day(*d));
-            v
-        }).collect::<Vec<_>>(),
-    }));
-    if let Some(d) = acc.first.zip(acc.last).map(|(f, l)| l - f) {
-        usage["durationMs"] = json!(d);
+fn row<'a>(index: &'a Index, s: &'a Session<'a>, date: &impl Fn(i64) -> &'a str) -> Row<'a> {
+    let acc = &s.acc;
+    let e = s.entry;
+    Row {
+        key: e.map(|e| e.key.as_str()),
+        label: e.and_then(|e| e.label.as_deref()),
+        session_id: s.session_id,
+        updated_at: e.and_then(|e| e.updated_at).or(acc.last),
+        agent_id: s.agent,
+        channel: e.and_then(|e| e.channel.as_deref()),
+        chat_type: e.and_then(|e| e.chat_type.as_deref()),
+        model: e.and_then(|e| e.model.as_deref()),
+        model_provider: e.and_then(|e| e.model_provider.as_deref()),
+        deleted: e.is_none(),
+        usage: RowUsage {
+            totals: &acc.totals,
+            first_activity: acc.first,
+            last_activity: acc.last,
+            duration_ms: acc.first.zip(acc.last).map(|(f, l)| l - f),
+            message_counts: &acc.messages,
+            model_usage: acc
+                .models
+                .iter()
+                .map(|(m, count, totals)| {
+                    let (provider, model) = index.tables.model_names(*m);
+                    ModelUse {
+                        provider,
+                        model: Some(model),
+                        count: *count,
+                        totals: *totals,
+                    }
+                })
+                .collect(),
+            daily_breakdown: acc
+                .days
+                .iter()
+                .map(|d| DayCost {
+                    date: date(d.day),
+                    tokens: d.totals.total_tokens,
+                    cost: d.totals.total_cost,
+                })
+                .collect(),
+            daily_message_counts: acc
+                .days
+                .iter()
+                .map(|d| Dated {
+                    date: date(d.day),
+                    inner: &d.msgs,
+                })
+                .collect(),
+        },
     }
-    let mut row = Map::new();
-    row.insert("key".into(), entry.map_or(Value::Null, |e| json!(e.key)));
-    if let Some(l) = entry.and_then(|e| e.label.as_ref()) {
-        row.insert("label".into(), json!(l));
-    }
-    row.insert("sessionId".into(), json!(sid));
-    row.insert(
-        "updatedAt".into(),
-        json!(entry.and_then(|e| e.updated_at).or(acc.last)),
-    );
-    row.insert("agentId".into(), json!(agent));
-    if let Some(c) = entry.and_then(|e| e.channel.as_ref()) {
-        row.insert("channel".into(), json!(c));
-    }
-    if let Some(e) = entry {
-        if let Some(m) = &e.model {
-            row.insert("model".into(), json!(m));
-        }
-        if let Some(p) = &e.model_provider {
-            row.insert("modelProvider".into(), json!(p));
-        }
-        if let Some(c) = &e.chat_type {
-            row.insert("chatType".into(), json!(c));
-        }
-    } else {
-        row.insert("deleted".into(), json!(true));
-    }
-    row.insert("usage".into(), usage);
-    Value::Object(row)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CostAnswer<'a> {
+    updated_at: i64,
+    days: i64,
+    start_date: &'a str,
+    end_date: &'a str,
+    daily: Vec<Dated<'a, Totals>>,
+    totals: Totals,
+    cache_status: Value,
 }
 
 /// `usage.cost`: one row per day of the range (days without usage included), and totals.
-pub fn usage_cost(cx: &Ctx<'_>, p: &Value) -> Result<Value, RpcError> {
+pub fn usage_cost(cx: &Ctx<'_>, p: &Value) -> Result<(Payload, Summary), RpcError> {
     let range = parse_range(p, cx.now_ms, 30)?;
     let agent = opt_str(p, "agentId")?;
     let prices = prices_by_model(cx.index, cx.prices);
@@ -624,15 +857,23 @@ pub fn usage_cost(cx: &Ctx<'_>, p: &Value) -> Result<Value, RpcError> {
     for d in &days {
         totals.add(d);
     }
-    Ok(json!({
-        "updatedAt": cx.now_ms,
-        "days": range.days(),
-        "startDate": time::format_day(range.start_day),
-        "endDate": time::format_day(range.end_day),
-        "daily": days.iter().enumerate().map(|(i, t)| t.with(json!({"date": time::format_day(range.start_day + i as i64)}))).collect::<Vec<_>>(),
-        "totals": totals.to_json(),
-        "cacheStatus": cx.cache.to_json(),
-    }))
+    let dates: Vec<String> = (range.start_day..=range.end_day)
+        .map(time::format_day)
+        .collect();
+    let answer = CostAnswer {
+        updated_at: cx.now_ms,
+        days: range.days(),
+        start_date: &dates[0],
+        end_date: &dates[dates.len() - 1],
+        daily: days
+            .iter()
+            .zip(&dates)
+            .map(|(t, d)| Dated { date: d, inner: t })
+            .collect(),
+        totals,
+        cache_status: cx.cache.to_json(),
+    };
+    Ok((to_payload(&answer)?, Summary { sessions: None }))
 }
 
 /// `sessions.list`.

@@ -21,6 +21,8 @@ pub struct Opts {
     pub env: Vec<(String, String)>,
     pub args: Vec<String>,
     pub test_hooks: bool,
+    /// A directory copied in as the state directory before start (e.g. a fixture).
+    pub state_from: Option<PathBuf>,
 }
 
 impl Opts {
@@ -39,6 +41,31 @@ impl Opts {
     pub fn env(mut self, k: &str, v: &str) -> Opts {
         self.env.push((k.into(), v.into()));
         self
+    }
+
+    /// Starts on a copy of `fixtures/<name>/state`.
+    pub fn fixture(mut self, name: &str) -> Opts {
+        self.state_from = Some(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures")
+                .join(name)
+                .join("state"),
+        );
+        self
+    }
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
     }
 }
 
@@ -59,8 +86,27 @@ pub struct Gateway {
 impl Gateway {
     #[track_caller]
     pub fn start(opts: Opts) -> Gateway {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Gateway::start_in(opts, tempfile::tempdir().expect("tempdir"))
+    }
+
+    /// Starts a new process on the state directory of one that has exited.
+    #[track_caller]
+    pub fn restart(mut self, opts: Opts) -> Gateway {
+        assert!(
+            self.wait_exit(BOUND).is_some(),
+            "the old process must have exited"
+        );
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        drop(self);
+        Gateway::start_in(opts, dir)
+    }
+
+    #[track_caller]
+    fn start_in(opts: Opts, dir: tempfile::TempDir) -> Gateway {
         let state = dir.path().join("state");
+        if let Some(from) = &opts.state_from {
+            copy_dir(from, &state);
+        }
         if let Some(c) = &opts.config {
             std::fs::create_dir_all(&state).unwrap();
             std::fs::write(
@@ -128,6 +174,14 @@ impl Gateway {
         g.token = std::fs::read_to_string(g.state().join("gateway.token"))
             .map(|t| t.trim().to_string())
             .unwrap_or_default();
+        if opts.state_from.is_none() {
+            // Boot work (loading the usage index) is over before a test counts jobs.
+            g.wait_log("usage index up to date", BOUND)
+                .unwrap_or_else(|| panic!("no index line:\n{}", g.log_text()));
+            if !g.token.is_empty() {
+                g.wait_metric("keel_jobs_in_flight{pool=\"cpu\"}", 0.0);
+            }
+        }
         g
     }
 

@@ -4,4 +4,5 @@ mod common;
 mod config;
 mod http;
 mod lifecycle;
+mod usage;
 mod ws;
