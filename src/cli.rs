@@ -31,12 +31,14 @@ Usage:
   keel serve  [--port N] [--bind ADDR] [--config FILE] [--state-dir DIR]
   keel check  [--config FILE] [--state-dir DIR]
   keel status [--port N] [--bind ADDR] [--config FILE] [--state-dir DIR] [--json]
+  keel usage  [--days N] [--agent ID] [--state-dir DIR] [--config FILE] [--json]
   keel --version
 
 serve   run the gateway (no config file needed: 127.0.0.1:18789, state in ~/.keel,
         a generated token in <state>/gateway.token)
 check   validate a config file with the same rules as boot; exit 1 listing every problem
 status  ask the running gateway for its status (token from the state directory)
+usage   spend per day and per model, read straight from the state directory (no server)
 
 Environment: KEEL_PORT, KEEL_BIND, KEEL_CONFIG, KEEL_STATE_DIR, KEEL_GATEWAY_TOKEN,
 KEEL_HANDSHAKE_TIMEOUT_MS, KEEL_LOG (default info).
@@ -47,6 +49,7 @@ pub enum Command {
     Serve,
     Check,
     Status,
+    Usage,
     Version,
     Help,
 }
@@ -60,6 +63,8 @@ pub struct Args {
     pub config: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub json: bool,
+    pub days: Option<String>,
+    pub agent: Option<String>,
 }
 
 pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
@@ -72,6 +77,8 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
         config: None,
         state_dir: None,
         json: false,
+        days: None,
+        agent: None,
     };
     let mut command = None;
     while let Some(arg) = p.next()? {
@@ -93,11 +100,14 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
             Long("config") | Short('c') => a.config = Some(p.value()?.into()),
             Long("state-dir") => a.state_dir = Some(p.value()?.into()),
             Long("json") => a.json = true,
+            Long("days") => a.days = Some(p.value()?.string()?),
+            Long("agent") => a.agent = Some(p.value()?.string()?),
             Value(v) if command.is_none() => {
                 command = Some(match v.string()?.as_str() {
                     "serve" | "run" => Command::Serve,
                     "check" => Command::Check,
                     "status" => Command::Status,
+                    "usage" => Command::Usage,
                     "version" => Command::Version,
                     "help" => Command::Help,
                     other => {
@@ -208,6 +218,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
         Command::Check => check(&args, &process_env),
         Command::Status => status(&args, &process_env),
+        Command::Usage => usage(&args, &process_env),
     }
 }
 
@@ -389,6 +400,164 @@ pub fn summarize(addr: SocketAddr, p: &serde_json::Value) -> String {
     out
 }
 
+/// `keel usage`: a spend table straight from the state directory, without a server. Reads
+/// the saved usage index if there is one (never writes it) and whatever changed since.
+fn usage(args: &Args, env: Env<'_>) -> i32 {
+    match usage_inner(args, env) {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("keel usage: {e}");
+            1
+        }
+    }
+}
+
+fn usage_inner(args: &Args, env: Env<'_>) -> Result<String, String> {
+    use crate::sessions::{index::Index, query, store::Stores};
+    let settings = args.serve_settings(env)?;
+    let days = match &args.days {
+        None => 30,
+        Some(d) => d
+            .parse::<u64>()
+            .ok()
+            .filter(|d| (1..=3660).contains(d))
+            .ok_or_else(|| format!("invalid --days {d:?}: expected 1-3660"))?,
+    };
+    let dir = &settings.state_dir;
+    if !crate::sessions::store::agents_dir(dir).is_dir() {
+        return Err(format!(
+            "no agents in {} (is this a keel or OpenClaw state directory?)",
+            dir.display()
+        ));
+    }
+    let path = lifecycle::config_path(settings.config.as_deref(), dir);
+    let prices = match &path {
+        Some(p) => config::load_file(p).config.prices,
+        None => config::Prices::new(),
+    };
+    let mut index = Index::load(dir).ok().flatten().unwrap_or_default();
+    index
+        .refresh_all(dir)
+        .map_err(|e| format!("cannot read transcripts in {}: {e}", dir.display()))?;
+    let stores = Stores::default().refresh(dir);
+    let cache = query::CacheStatus {
+        status: "fresh",
+        files_indexed: index.files.len(),
+        files_total: index.files.len(),
+    };
+    let cx = query::Ctx {
+        index: &index,
+        stores: &stores,
+        prices: &prices,
+        now_ms: crate::clock::wall_ms() as i64,
+        cache,
+    };
+    let mut params = serde_json::json!({"days": days, "agentScope": "all", "limit": 0});
+    if let Some(a) = &args.agent {
+        params = serde_json::json!({"days": days, "agentId": a, "limit": 0});
+    }
+    let (cost, _) = query::usage_cost(&cx, &params).map_err(|e| e.message)?;
+    let (usage, _) = query::sessions_usage(&cx, &params).map_err(|e| e.message)?;
+    let (cost, usage) = (cost.to_value(), usage.to_value());
+    if args.json {
+        let out = serde_json::json!({"cost": cost, "usage": usage});
+        return Ok(serde_json::to_string_pretty(&out).unwrap_or_default() + "\n");
+    }
+    Ok(spend_table(dir, args.agent.as_deref(), &cost, &usage))
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The table `keel usage` prints.
+pub fn spend_table(
+    dir: &Path,
+    agent: Option<&str>,
+    cost: &serde_json::Value,
+    usage: &serde_json::Value,
+) -> String {
+    let mut out = String::new();
+    let who = agent.map_or_else(|| "all agents".to_string(), |a| format!("agent {a}"));
+    out.push_str(&format!(
+        "usage in {} — {who}, {} to {} (UTC)\n\n",
+        dir.display(),
+        cost["startDate"].as_str().unwrap_or("?"),
+        cost["endDate"].as_str().unwrap_or("?")
+    ));
+    let tok = |v: &serde_json::Value| thousands(v.as_u64().unwrap_or(0));
+    let usd = |v: &serde_json::Value| format!("${:.2}", v.as_f64().unwrap_or(0.0));
+    out.push_str(&format!("{:<12} {:>16} {:>20}\n", "date", "tokens", "cost"));
+    for d in cost["daily"].as_array().into_iter().flatten() {
+        if d["totalTokens"].as_u64().unwrap_or(0) == 0
+            && d["missingCostEntries"].as_u64().unwrap_or(0) == 0
+        {
+            continue;
+        }
+        out.push_str(&format!(
+            "{:<12} {:>16} {:>20}\n",
+            d["date"].as_str().unwrap_or("?"),
+            tok(&d["totalTokens"]),
+            usd(&d["totalCost"])
+        ));
+    }
+    out.push_str(&format!(
+        "\n{:<40} {:>9} {:>16} {:>20}\n",
+        "model", "messages", "tokens", "cost"
+    ));
+    for m in usage["aggregates"]["byModel"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let name = format!(
+            "{}/{}",
+            m["provider"].as_str().unwrap_or("?"),
+            m["model"].as_str().unwrap_or("?")
+        );
+        let t = &m["totals"];
+        let missing = t["missingCostEntries"].as_u64().unwrap_or(0);
+        let mut c = usd(&t["totalCost"]);
+        if missing > 0 {
+            c = format!("{c} +{missing} unpriced");
+        }
+        let count = m["count"].as_u64().unwrap_or(0);
+        out.push_str(&format!(
+            "{:<40} {:>9} {:>16} {:>20}\n",
+            name,
+            count,
+            tok(&t["totalTokens"]),
+            c
+        ));
+    }
+    let t = &cost["totals"];
+    out.push_str(&format!(
+        "\n{:<40} {:>9} {:>16} {:>20}\n",
+        "total",
+        "",
+        tok(&t["totalTokens"]),
+        usd(&t["totalCost"])
+    ));
+    let missing = t["missingCostEntries"].as_u64().unwrap_or(0);
+    if missing > 0 {
+        out.push_str(&format!(
+            "{missing} message(s) with usage had no recorded cost and no configured price (models.providers.<p>.models[].cost): not counted, never as $0\n"
+        ));
+    }
+    out
+}
+
 /// A minimal blocking HTTP/1.1 POST with `Connection: close`, bounded by `timeout`.
 fn http_post(
     addr: SocketAddr,
@@ -441,6 +610,11 @@ mod tests {
         assert_eq!(args(&["check"]).unwrap().command, Command::Check);
         assert!(args(&["status", "--json"]).unwrap().json);
         assert_eq!(args(&["--version"]).unwrap().command, Command::Version);
+        let u = args(&["usage", "--days", "7", "--agent", "main"]).unwrap();
+        assert_eq!(
+            (u.command, u.days.as_deref(), u.agent.as_deref()),
+            (Command::Usage, Some("7"), Some("main"))
+        );
         assert_eq!(args(&["-V"]).unwrap().command, Command::Version);
         assert_eq!(args(&[]).unwrap().command, Command::Help);
         assert!(args(&["launch"]).is_err());

@@ -444,3 +444,52 @@ fn identical_concurrent_calls_share_one_computation() {
         "{m}"
     );
 }
+
+#[test]
+fn keel_usage_prints_a_spend_table_without_a_server() {
+    let e = expected();
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/small/state"),
+        dir.path(),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["usage", "--days", "3650", "--state-dir"])
+        .arg(dir.path())
+        .env_remove("KEEL_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let total = e["totals"]["totalTokens"].as_u64().unwrap();
+    let grouped: String = total
+        .to_string()
+        .as_bytes()
+        .rchunks(3)
+        .rev()
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(",");
+    let cost = format!("${:.2}", e["totals"]["totalCost"].as_f64().unwrap());
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("total"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains(&grouped) && line.contains(&cost),
+        "{line} vs {grouped} {cost}"
+    );
+    assert!(text.contains("local/llama-3-70b"), "{text}");
+    assert!(text.contains("no configured price"), "{text}");
+    for day in e["daily"].as_array().unwrap() {
+        assert!(text.contains(day["date"].as_str().unwrap()), "{text}");
+    }
+    assert!(
+        !dir.path().join("usage-index.bin").exists(),
+        "the CLI only reads"
+    );
+}
