@@ -169,7 +169,7 @@ fn opt_bool(params: &Value, key: &str) -> Result<bool, RpcError> {
 }
 
 /// `keel.test.busy {ms, pool?, lane?, timeoutMs?, stallMs?, ignoreCancel?, stall?, panic?,
-/// sleep?}`: occupies a worker for `ms`. `ignoreCancel` keeps going after the token fires;
+/// sleep?, replyBytes?}`: occupies a worker for `ms` (and answers with `replyBytes` of padding). `ignoreCancel` keeps going after the token fires;
 /// `stall` stops stamping progress; `sleep` sleeps instead of spinning the CPU.
 fn test_busy(_shared: &Arc<Shared>, p: &Value) -> Result<(JobSpec, Work), RpcError> {
     let ms = opt_u64(p, "ms", 100, 3_600_000)?;
@@ -190,6 +190,7 @@ fn test_busy(_shared: &Arc<Shared>, p: &Value) -> Result<(JobSpec, Work), RpcErr
     let stall_progress = opt_bool(p, "stall")?;
     let panic = opt_bool(p, "panic")?;
     let sleep = opt_bool(p, "sleep")?;
+    let reply_bytes = opt_u64(p, "replyBytes", 0, 256 << 20)? as usize;
     let spec = JobSpec {
         kind: "keel.test.busy".into(),
         pool,
@@ -227,10 +228,13 @@ fn test_busy(_shared: &Arc<Shared>, p: &Value) -> Result<(JobSpec, Work), RpcErr
                 }
             }
         }
-        Ok(
-            json!({"sleptMs": start.elapsed().as_millis() as u64, "spins": spins, "ignoredCancel": ctx.token().is_cancelled()})
-                .into(),
-        )
+        Ok(json!({
+            "sleptMs": start.elapsed().as_millis() as u64,
+            "spins": spins,
+            "ignoredCancel": ctx.token().is_cancelled(),
+            "padding": "x".repeat(reply_bytes),
+        })
+        .into())
     });
     Ok((spec, work))
 }

@@ -23,13 +23,17 @@ use crate::protocol::handshake::{self, Hello, PRE_AUTH_MAX_FRAME};
 use crate::protocol::{self, methods};
 use mio::net::TcpStream;
 use serde_json::{Value, json};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
-use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
 /// Messages handled per connection per wake-up.
 const MESSAGE_BUDGET: usize = 32;
+/// Largest frame written at once; bigger messages are fragmented.
+const FRAGMENT: usize = 64 << 10;
 /// How long to wait for the peer's close frame after sending ours.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
@@ -55,13 +59,21 @@ pub struct WsConn {
     /// discarded until it closes or the linger ends (closing with unread input would reset
     /// the connection and could destroy the close frame in flight).
     poisoned: bool,
+    /// Frames waiting for the socket, oldest first, and their payload bytes.
+    out: VecDeque<Frame>,
+    out_bytes: usize,
+    /// A close frame to send once `out` has drained.
+    pending_close: Option<CloseFrame>,
+    close_sent: bool,
 }
 
-fn ws_config(max_message: usize, max_buffered: usize) -> WebSocketConfig {
+fn ws_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(8 << 10)
         .write_buffer_size(0)
-        .max_write_buffer_size(max_buffered)
+        // keel's own queue (`WsConn::out`) holds the backlog and enforces maxBufferedBytes;
+        // tungstenite only ever holds the frame being written.
+        .max_write_buffer_size(4 * FRAGMENT)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
 }
@@ -70,7 +82,7 @@ impl WsConn {
     /// Wraps an upgraded socket and sends `connect.challenge`.
     pub fn start(stream: TcpStream, leftover: Vec<u8>, cx: &mut Cx<'_>) -> WsConn {
         let cfg = cx.config();
-        let conf = ws_config(PRE_AUTH_MAX_FRAME, cfg.limits.max_buffered_bytes);
+        let conf = ws_config(PRE_AUTH_MAX_FRAME);
         let ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(conf));
         let mut c = WsConn {
             ws,
@@ -82,6 +94,10 @@ impl WsConn {
             conn_id: cx.rng.uuid(),
             announced_shutdown: false,
             poisoned: false,
+            out: VecDeque::new(),
+            out_bytes: 0,
+            pending_close: None,
+            close_sent: false,
         };
         let nonce = cx.rng.uuid();
         let challenge = protocol::event(
@@ -105,39 +121,91 @@ impl WsConn {
         self.ws.into_inner()
     }
 
-    /// Queues a text frame. A full write buffer closes the client as a slow consumer.
+    /// Queues a text message. A message larger than [`FRAGMENT`] is cut into continuation
+    /// frames that are handed to the socket as it drains, so one big reply takes no more
+    /// memory than itself and never blocks the reactor. A client whose backlog (beyond the
+    /// message being written) passes `maxBufferedBytes` is closed as a slow consumer.
     fn send(&mut self, cx: &mut Cx<'_>, text: String) {
         if self.phase == Phase::Closing {
             return;
         }
-        match self.ws.write(Message::text(text)) {
-            Ok(()) => {}
-            Err(WsError::Io(e)) if io_would_block(&e) => {}
-            Err(WsError::WriteBufferFull(_)) => {
-                cx.shared.metrics.slow_consumers_closed.inc();
-                log::warn!(
-                    "closing slow WebSocket client {} ({}): write buffer full",
-                    self.conn_id,
-                    cx.peer
-                );
-                self.close(cx, CloseCode::Policy, "slow consumer: write buffer full");
+        let limit = cx.config().limits.max_buffered_bytes;
+        if self.out_bytes > limit {
+            cx.shared.metrics.slow_consumers_closed.inc();
+            log::warn!(
+                "closing slow WebSocket client {} ({}): {} bytes waiting to be read",
+                self.conn_id,
+                cx.peer,
+                self.out_bytes
+            );
+            self.out.clear();
+            self.out_bytes = 0;
+            self.close(cx, CloseCode::Policy, "slow consumer: too much unread data");
+            return;
+        }
+        let bytes = text.into_bytes();
+        self.out_bytes += bytes.len();
+        if bytes.len() <= FRAGMENT {
+            self.out
+                .push_back(Frame::message(bytes, OpCode::Data(OpData::Text), true));
+        } else {
+            let n = bytes.len().div_ceil(FRAGMENT);
+            for (i, chunk) in bytes.chunks(FRAGMENT).enumerate() {
+                let op = if i == 0 {
+                    OpData::Text
+                } else {
+                    OpData::Continue
+                };
+                self.out
+                    .push_back(Frame::message(chunk.to_vec(), OpCode::Data(op), i + 1 == n));
             }
-            Err(_) => self.phase = Phase::Closing,
+        }
+        self.pump();
+    }
+
+    /// Hands queued frames to tungstenite one at a time, each only once the previous ones
+    /// have reached the socket; then the pending close frame, if any. Stops at `WouldBlock`.
+    /// Returns false when the connection is broken.
+    fn pump(&mut self) -> bool {
+        loop {
+            match self.ws.flush() {
+                Ok(()) => {}
+                Err(WsError::Io(e)) if io_would_block(&e) => return true,
+                Err(WsError::ConnectionClosed) if self.close_sent => return true,
+                Err(_) => return false,
+            }
+            let Some(frame) = self.out.pop_front() else {
+                if let Some(close) = self.pending_close.take() {
+                    self.close_sent = true;
+                    match self.ws.close(Some(close)) {
+                        Ok(()) => continue,
+                        Err(WsError::Io(e)) if io_would_block(&e) => return true,
+                        Err(_) => return false,
+                    }
+                }
+                return true;
+            };
+            self.out_bytes = self.out_bytes.saturating_sub(frame.payload().len());
+            match self.ws.write(Message::Frame(frame)) {
+                Ok(()) => {}
+                Err(WsError::Io(e)) if io_would_block(&e) => {}
+                Err(_) => return false,
+            }
         }
     }
 
-    /// Sends a close frame and lingers for the peer's.
+    /// Sends a close frame (after what is already queued) and lingers for the peer's.
     pub fn close(&mut self, cx: &mut Cx<'_>, code: CloseCode, reason: &str) {
         if self.phase == Phase::Closing {
             return;
         }
         self.phase = Phase::Closing;
         self.deadline = Some(cx.now + CLOSE_LINGER);
-        let frame = CloseFrame {
+        self.pending_close = Some(CloseFrame {
             code,
             reason: reason.to_string().into(),
-        };
-        let _ = self.ws.close(Some(frame));
+        });
+        self.pump();
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -252,7 +320,18 @@ impl WsConn {
         if let Err(o) = self.flush(cx) {
             return o;
         }
+        let sent_all =
+            self.out.is_empty() && self.pending_close.is_none() && self.ws.flush().is_ok();
         let stream = self.ws.get_mut();
+        if !sent_all {
+            // Still writing: read and drop input meanwhile, shut the write side later.
+            let mut scratch = [0u8; 8 << 10];
+            return match stream.read(&mut scratch) {
+                Ok(0) => Outcome::Close,
+                Err(e) if !io_would_block(&e) => Outcome::Close,
+                _ => Outcome::Keep,
+            };
+        }
         let _ = stream.shutdown(std::net::Shutdown::Write);
         let mut scratch = [0u8; 8 << 10];
         for _ in 0..16 {
@@ -267,12 +346,13 @@ impl WsConn {
         Outcome::Again
     }
 
-    /// Writes what is buffered. `Err` means the connection is finished.
+    /// Writes what is queued, as far as the socket takes it. `Err` means the connection is
+    /// finished.
     pub fn flush(&mut self, _cx: &mut Cx<'_>) -> Result<(), Outcome> {
-        match self.ws.flush() {
-            Ok(()) => Ok(()),
-            Err(WsError::Io(e)) if io_would_block(&e) => Ok(()),
-            Err(_) => Err(Outcome::Close),
+        if self.pump() {
+            Ok(())
+        } else {
+            Err(Outcome::Close)
         }
     }
 

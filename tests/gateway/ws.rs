@@ -230,3 +230,35 @@ fn requests_after_connect_are_validated() {
     // Still usable.
     assert_eq!(ws.call("health", json!({}))["ok"], true);
 }
+
+#[test]
+fn a_reply_larger_than_the_buffer_limit_arrives_whole() {
+    let g = Gateway::start(
+        Opts::hooks().config(json!({"gateway": {"limits": {"maxBufferedBytes": 65536}}})),
+    );
+    let mut ws = g.ws();
+    let res = ws.call("keel.test.busy", json!({"ms": 1, "replyBytes": 3 << 20}));
+    assert_eq!(res["ok"], true);
+    assert_eq!(res["payload"]["padding"].as_str().unwrap().len(), 3 << 20);
+    // The connection is still in good order.
+    assert_eq!(ws.call("health", json!({}))["ok"], true);
+}
+
+#[test]
+fn a_client_that_never_reads_is_closed_as_a_slow_consumer() {
+    let g = Gateway::start(
+        Opts::hooks().config(json!({"gateway": {"limits": {"maxBufferedBytes": 65536}}})),
+    );
+    let mut ws = g.ws();
+    // Ask for far more than the socket buffers hold, and read nothing meanwhile.
+    for _ in 0..40 {
+        ws.send_req("keel.test.busy", json!({"ms": 1, "replyBytes": 1 << 20}));
+    }
+    eventually(BOUND, || {
+        let m = g.get_auth("/metrics").text();
+        (metric(&m, "keel_slow_consumers_closed_total") == Some(1.0)).then_some(())
+    });
+    // What was written before the limit still arrives, then the close.
+    assert_eq!(ws.close_code(), Some(1008));
+    assert_eq!(g.get("/healthz").status, 200);
+}
