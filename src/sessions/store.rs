@@ -120,6 +120,16 @@ impl StoreSnapshot {
     pub fn to_json(&self) -> Value {
         Value::Object(self.raw.clone())
     }
+
+    /// Writes the store back (atomically, 0600) after `update` has changed a copy of its JSON.
+    /// Every field keel does not know is written back as it was read.
+    pub fn rewrite(&self, update: impl FnOnce(&mut Map<String, Value>)) -> std::io::Result<()> {
+        let mut raw = self.raw.clone();
+        update(&mut raw);
+        let bytes =
+            serde_json::to_vec_pretty(&Value::Object(raw)).map_err(std::io::Error::other)?;
+        crate::state::write_atomic(&self.path, &bytes)
+    }
 }
 
 /// (size, mtime in ns): a change in either means the file must be read again.
@@ -280,7 +290,24 @@ mod tests {
             Some("telegram")
         );
         assert_eq!(s.to_json()["agent:main:main"]["skillsSnapshot"]["x"], 1);
+        // A rewrite keeps what keel does not know.
+        s.rewrite(|m| m["agent:main:main"]["label"] = serde_json::json!("renamed"))
+            .unwrap();
+        let back: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(back["agent:main:main"]["label"], "renamed");
+        assert_eq!(back["agent:main:main"]["skillsSnapshot"]["x"], 1);
+        assert_eq!(back["broken"]["updatedAt"], 1, "even entries keel skips");
+        let relabelled = stores.refresh(dir.path());
+        assert_eq!(
+            relabelled.snapshots[0]
+                .by_session_id("s1")
+                .unwrap()
+                .label
+                .as_deref(),
+            Some("renamed")
+        );
         // Unchanged: not read again, same Arc.
+        let s = &relabelled.snapshots[0];
         let again = stores.refresh(dir.path());
         assert_eq!(again.reloaded, 0);
         assert!(Arc::ptr_eq(&again.snapshots[0], s));
