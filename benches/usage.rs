@@ -1,0 +1,1297 @@
+//! Sessions and usage on an incident-sized state: the cold index build, `/healthz` while it
+//! runs, warm `sessions.usage` / `usage.cost` latency, latency right after an append, and peak
+//! RSS — against a keel that `scripts/bench-usage.sh` has *just* started on a state generated
+//! by `keel-gen-state` with no saved index.
+//!
+//! The script starts keel (stderr to `--log`) and this binary right after it; this binary waits
+//! for `listening on 127.0.0.1:PORT` in the log and at once starts probing:
+//!
+//! 1. **cold build**: `GET /healthz` (no auth) at `--rate` per second on an open-loop schedule
+//!    (probe `i` is due at `start + i/rate`; a late probe is sent at once and timed from its
+//!    send; 5 s timeout each) until a `usage.cost {}` answer says `cacheStatus.status ==
+//!    "fresh"`. That call is made as soon as keel logs `usage index built: …` (the log is
+//!    polled every millisecond), and every 250 ms anyway, as a dashboard would. keel's own
+//!    figure is the `T` of its one line `usage index built: N files read (X MB) in T ms`; the
+//!    wall time runs from `--started-at` (when the script launched keel) to the fresh answer.
+//! 2. **warm**: `--calls` sequential calls each of `sessions.usage {"agentScope":"all",
+//!    "limit":1000}` (what OpenClaw's dashboard sends), `sessions.usage {"agentScope":"all"}` and
+//!    `usage.cost {}` over one keep-alive connection. `usage.cost`'s totals must equal the
+//!    generator's (`--figures`): tokens and `missingCostEntries` exactly, costs within 0.01.
+//! 3. **after an append**: `--appends` times, one assistant message with usage (input 1000,
+//!    output 100, recorded cost 0.0045) is appended to `--append-file` (a live transcript), then
+//!    `usage.cost {}` is called at once and timed; its `totals.input` must have grown by exactly
+//!    1000 per line appended (and `totalTokens` by 1100, `totalCost` by 0.0045).
+//! 4. **peak RSS**: `VmHWM` of `/proc/<--pid>/status` at the end.
+//!
+//! ```text
+//! usage --log FILE --state-dir DIR --figures FILE --pid PID [--started-at EPOCH_SECONDS]
+//!       [--page-cache cold|warm] [--append-file FILE] [--rate 500] [--calls 50] [--appends 20]
+//! ```
+//! Exit status: 0 when it ran correctly (a missed latency or memory target is printed as MISS,
+//! not an error); 1 when an answer was wrong (totals that do not match, an RPC error, a failed
+//! `/healthz` probe); 2 when the run could not be set up or measured (keel not started, no
+//! fresh index in time, a saved index loaded instead of a cold build, …).
+
+use serde_json::Value;
+use std::fs::{self, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// keel must log `listening on` within this.
+const PORT_TIMEOUT: Duration = Duration::from_secs(15);
+/// The cold build must have produced a fresh answer within this.
+const FRESH_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often the log is read while waiting (for the port, for the build line).
+const LOG_POLL: Duration = Duration::from_millis(1);
+/// `usage.cost` is called at least this often while the build runs.
+const STATUS_POLL: Duration = Duration::from_millis(250);
+/// Each `/healthz` probe must be answered within this.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Each RPC call must be answered within this (usage queries have a 2 s deadline in keel).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Error messages printed as they happen; the rest are only counted.
+const MAX_LOGGED: u64 = 10;
+
+/// The appended line's usage: input, output, total tokens and recorded cost.
+const APPEND_INPUT: u64 = 1000;
+const APPEND_TOTAL_TOKENS: u64 = 1100;
+const APPEND_COST: f64 = 0.0045;
+
+// Targets of the issue "Sessions and usage" (2-core machine).
+const TARGET_BUILD_MS: f64 = 1500.0;
+const TARGET_HEALTH_P99_MS: f64 = 2.0;
+const TARGET_HEALTH_MAX_MS: f64 = 25.0;
+const TARGET_QUERY_MS: f64 = 20.0;
+const TARGET_RSS_MIB: f64 = 64.0;
+
+const BUILD_LINE: &str = "usage index built: ";
+
+struct Opts {
+    log: PathBuf,
+    state_dir: PathBuf,
+    figures: PathBuf,
+    pid: u32,
+    started_at: Option<SystemTime>,
+    page_cache: String,
+    append_file: Option<PathBuf>,
+    rate: u64,
+    calls: usize,
+    appends: usize,
+}
+
+fn usage() -> &'static str {
+    "usage: usage --log FILE --state-dir DIR --figures FILE --pid PID [--started-at EPOCH_SECONDS] \
+     [--page-cache cold|warm] [--append-file FILE] [--rate N (500)] [--calls N (50)] [--appends N (20)]"
+}
+
+fn parse_opts() -> Result<Opts, String> {
+    let (mut log, mut state_dir, mut figures, mut pid) = (None, None, None, None);
+    let (mut started_at, mut append_file) = (None, None);
+    let mut page_cache = "unknown".to_string();
+    let (mut rate, mut calls, mut appends) = (500u64, 50usize, 20usize);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        if !matches!(
+            name.as_str(),
+            "--log"
+                | "--state-dir"
+                | "--figures"
+                | "--pid"
+                | "--started-at"
+                | "--page-cache"
+                | "--append-file"
+                | "--rate"
+                | "--calls"
+                | "--appends"
+        ) {
+            // `cargo bench` passes `--bench`; anything else unknown is ignored too.
+            continue;
+        }
+        let value = match inline.or_else(|| args.next()) {
+            Some(v) => v,
+            None => return Err(format!("{name} needs a value")),
+        };
+        let number = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{name}: expected a number, got {v:?}"))
+        };
+        match name.as_str() {
+            "--log" => log = Some(PathBuf::from(value)),
+            "--state-dir" => state_dir = Some(PathBuf::from(value)),
+            "--figures" => figures = Some(PathBuf::from(value)),
+            "--pid" => pid = Some(number(&value)? as u32),
+            "--started-at" => {
+                let secs: f64 = value
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                    .ok_or_else(|| {
+                        format!("--started-at: expected epoch seconds, got {value:?}")
+                    })?;
+                started_at = Some(UNIX_EPOCH + Duration::from_secs_f64(secs));
+            }
+            "--page-cache" => page_cache = value,
+            "--append-file" => append_file = Some(PathBuf::from(value)),
+            "--rate" => rate = number(&value)?,
+            "--calls" => calls = number(&value)? as usize,
+            _ => appends = number(&value)? as usize,
+        }
+    }
+    if rate == 0 || rate > 100_000 {
+        return Err("--rate must be within 1..=100000".into());
+    }
+    if calls == 0 {
+        return Err("--calls must be at least 1".into());
+    }
+    Ok(Opts {
+        log: log.ok_or("--log is required")?,
+        state_dir: state_dir.ok_or("--state-dir is required")?,
+        figures: figures.ok_or("--figures is required")?,
+        pid: pid.filter(|&p| p > 0).ok_or("--pid is required")?,
+        started_at,
+        page_cache,
+        append_file,
+        rate,
+        calls,
+        appends,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal keep-alive HTTP/1.1 client (as in benches/health.rs, whose items are private).
+
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+}
+
+/// One keep-alive connection, reopened after any error or a `Connection: close`.
+struct Http {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+const HEAD_MAX: usize = 64 << 10;
+const BODY_MAX: usize = 64 << 20;
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+/// Status, Content-Length and whether the server will close, from a response head.
+fn parse_response_head(head: &[u8]) -> Result<(u16, usize, bool), String> {
+    let text = std::str::from_utf8(head).map_err(|_| "response head is not UTF-8".to_string())?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let mut parts = status_line.split_whitespace();
+    let version = parts.next().unwrap_or("");
+    let status = parts
+        .next()
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|_| version.starts_with("HTTP/1."))
+        .ok_or_else(|| format!("malformed status line {status_line:?}"))?;
+    let mut length = None;
+    let mut close = version == "HTTP/1.0";
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(format!("malformed header line {line:?}"));
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(
+                value
+                    .parse::<usize>()
+                    .map_err(|_| format!("invalid Content-Length {value:?}"))?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err("chunked responses are not supported by this client".into());
+        } else if name.eq_ignore_ascii_case("connection") {
+            close = value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("close"));
+        }
+    }
+    let length = length.ok_or("response has no Content-Length")?;
+    if length > BODY_MAX {
+        return Err(format!("response body of {length} bytes is too large"));
+    }
+    Ok((status, length, close))
+}
+
+#[derive(Debug)]
+enum HttpError {
+    Timeout,
+    Io(String),
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpError::Timeout => f.write_str("timed out"),
+            HttpError::Io(e) => f.write_str(e),
+        }
+    }
+}
+
+fn io_error(what: &str, e: &std::io::Error) -> HttpError {
+    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+        HttpError::Timeout
+    } else {
+        HttpError::Io(format!("{what}: {e}"))
+    }
+}
+
+/// What is left of `deadline`, or a timeout. Never zero (a zero socket timeout is an error).
+fn remaining(deadline: Instant) -> Result<Duration, HttpError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left < Duration::from_micros(100) {
+        Err(HttpError::Timeout)
+    } else {
+        Ok(left)
+    }
+}
+
+impl Http {
+    fn new(addr: SocketAddr) -> Http {
+        Http {
+            addr,
+            stream: None,
+            buf: Vec::with_capacity(64 << 10),
+        }
+    }
+
+    /// One request, bounded by `timeout` in all (connect included).
+    fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Reply, HttpError> {
+        let deadline = Instant::now() + timeout;
+        match self.exchange(method, path, token, body, deadline) {
+            Ok((reply, close)) => {
+                if close {
+                    self.stream = None;
+                }
+                Ok(reply)
+            }
+            Err(e) => {
+                self.stream = None;
+                Err(e)
+            }
+        }
+    }
+
+    fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+        deadline: Instant,
+    ) -> Result<(Reply, bool), HttpError> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, remaining(deadline)?)
+                .map_err(|e| io_error("connect", &e))?;
+            s.set_nodelay(true)
+                .map_err(|e| io_error("set_nodelay", &e))?;
+            self.buf.clear();
+            self.stream = Some(s);
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(HttpError::Io("no connection".into()));
+        };
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        if method == "POST" || !body.is_empty() {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        req.push_str("\r\n");
+        let mut wire = req.into_bytes();
+        wire.extend_from_slice(body);
+        stream
+            .set_write_timeout(Some(remaining(deadline)?))
+            .map_err(|e| io_error("set_write_timeout", &e))?;
+        stream.write_all(&wire).map_err(|e| io_error("write", &e))?;
+
+        let mut chunk = vec![0u8; 64 << 10];
+        let mut read_more = |stream: &mut TcpStream, buf: &mut Vec<u8>| -> Result<(), HttpError> {
+            stream
+                .set_read_timeout(Some(remaining(deadline)?))
+                .map_err(|e| io_error("set_read_timeout", &e))?;
+            loop {
+                match stream.read(&mut chunk) {
+                    Ok(0) => return Err(HttpError::Io("connection closed by the server".into())),
+                    Ok(n) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        return Ok(());
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io_error("read", &e)),
+                }
+            }
+        };
+        let head_end = loop {
+            if let Some(i) = find_head_end(&self.buf) {
+                break i;
+            }
+            if self.buf.len() > HEAD_MAX {
+                return Err(HttpError::Io("response head larger than 64 KiB".into()));
+            }
+            read_more(stream, &mut self.buf)?;
+        };
+        let (status, length, close) =
+            parse_response_head(&self.buf[..head_end]).map_err(HttpError::Io)?;
+        let total = head_end + 4 + length;
+        self.buf.reserve(total.saturating_sub(self.buf.len()));
+        while self.buf.len() < total {
+            read_more(stream, &mut self.buf)?;
+        }
+        let body = self.buf[head_end + 4..total].to_vec();
+        self.buf.drain(..total);
+        Ok((Reply { status, body }, close))
+    }
+}
+
+fn body_snippet(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(body);
+    let s = s.trim();
+    if s.chars().count() > 200 {
+        format!("{}…", s.chars().take(200).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+/// One authenticated RPC over HTTP: the payload of an `ok` answer, the body size and the time
+/// from sending the request to having the whole body (JSON parsing not included).
+struct Answer {
+    payload: Value,
+    bytes: usize,
+    took: Duration,
+}
+
+fn rpc(http: &mut Http, token: &str, method: &str, body: &str) -> Result<Answer, String> {
+    let t0 = Instant::now();
+    let reply = http
+        .request(
+            "POST",
+            &format!("/api/rpc/{method}"),
+            Some(token),
+            body.as_bytes(),
+            CALL_TIMEOUT,
+        )
+        .map_err(|e| format!("{method} {body}: {e} after {:.1} ms", ms(t0.elapsed())))?;
+    let took = t0.elapsed();
+    if reply.status != 200 {
+        return Err(format!(
+            "{method} {body}: HTTP {}: {}",
+            reply.status,
+            body_snippet(&reply.body)
+        ));
+    }
+    let mut v: Value = serde_json::from_slice(&reply.body)
+        .map_err(|e| format!("{method} {body}: answer is not JSON: {e}"))?;
+    if v["ok"] != true {
+        return Err(format!(
+            "{method} {body}: not ok: {}",
+            body_snippet(&reply.body)
+        ));
+    }
+    Ok(Answer {
+        payload: v["payload"].take(),
+        bytes: reply.body.len(),
+        took,
+    })
+}
+
+fn cache_status(payload: &Value) -> &str {
+    payload["cacheStatus"]["status"].as_str().unwrap_or("?")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures.
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Nearest-rank percentile of sorted durations.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// p50, p99 and max of some durations.
+fn spread(samples: &[Duration]) -> (Duration, Duration, Duration) {
+    let mut s = samples.to_vec();
+    s.sort_unstable();
+    (
+        percentile(&s, 50.0),
+        percentile(&s, 99.0),
+        s.last().copied().unwrap_or_default(),
+    )
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "PASS" } else { "MISS" }
+}
+
+const TOKEN_KEYS: [&str; 6] = [
+    "input",
+    "output",
+    "cacheRead",
+    "cacheWrite",
+    "totalTokens",
+    "missingCostEntries",
+];
+const COST_KEYS: [&str; 5] = [
+    "totalCost",
+    "inputCost",
+    "outputCost",
+    "cacheReadCost",
+    "cacheWriteCost",
+];
+
+/// Differences between keel's totals and the generator's: tokens exactly, costs within 0.01.
+fn compare_totals(keel: &Value, want: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for k in TOKEN_KEYS {
+        match (keel[k].as_u64(), want[k].as_u64()) {
+            (Some(a), Some(b)) if a == b => {}
+            (a, b) => out.push(format!("{k}: keel {a:?}, generator {b:?}")),
+        }
+    }
+    for k in COST_KEYS {
+        match (keel[k].as_f64(), want[k].as_f64()) {
+            (Some(a), Some(b)) if (a - b).abs() <= 0.01 => {}
+            (a, b) => out.push(format!("{k}: keel {a:?}, generator {b:?}")),
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway process and its log.
+
+/// True while `pid` runs (a zombie does not count).
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name, which may itself contain ") ".
+    match stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+    {
+        Some(state) => !matches!(state, "Z" | "X" | "x"),
+        None => false,
+    }
+}
+
+fn read_log(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+fn log_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Waits for `listening on 127.0.0.1:PORT` in the log.
+fn wait_for_port(o: &Opts) -> Result<u16, String> {
+    let deadline = Instant::now() + PORT_TIMEOUT;
+    const NEEDLE: &str = "listening on 127.0.0.1:";
+    loop {
+        let log = read_log(&o.log);
+        if let Some(i) = log.find(NEEDLE) {
+            let digits: String = log[i + NEEDLE.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            // A line still being written may end in the middle of the port.
+            if log[i + NEEDLE.len() + digits.len()..].starts_with(' ')
+                && let Ok(port) = digits.parse::<u16>()
+            {
+                return Ok(port);
+            }
+        }
+        if !alive(o.pid) {
+            return Err(format!(
+                "keel (pid {}) exited before it was listening; its log:\n{}",
+                o.pid,
+                log_tail(&log)
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "keel did not log 'listening on 127.0.0.1:PORT' within {} s; its log:\n{}",
+                PORT_TIMEOUT.as_secs(),
+                log_tail(&log)
+            ));
+        }
+        thread::sleep(LOG_POLL);
+    }
+}
+
+/// keel's `usage index built: N files read (X MB) in T ms; …` line.
+struct BuildLine {
+    files: u64,
+    mb: f64,
+    ms: u64,
+    text: String,
+}
+
+fn parse_build_lines(log: &str) -> Vec<BuildLine> {
+    let mut out = Vec::new();
+    for line in log.lines() {
+        let Some(i) = line.find(BUILD_LINE) else {
+            continue;
+        };
+        let rest = &line[i + BUILD_LINE.len()..];
+        let parsed = (|| {
+            let (files, rest) = rest.split_once(" files read (")?;
+            let (mb, rest) = rest.split_once(" MB) in ")?;
+            let (t, _) = rest.split_once(" ms")?;
+            Some((files.parse().ok()?, mb.parse().ok()?, t.parse().ok()?))
+        })();
+        if let Some((files, mb, ms)) = parsed {
+            out.push(BuildLine {
+                files,
+                mb,
+                ms,
+                text: line[i..].to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// `VmHWM` and `VmRSS` of `pid`, in KiB.
+fn memory_kib(pid: u32) -> Result<(u64, u64), String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// /healthz probes during the build.
+
+#[derive(Default)]
+struct ProbeReport {
+    sent: u64,
+    /// Every probe's time, errors included (a timeout counts as its full wait).
+    all: Vec<Duration>,
+    errors: u64,
+    late: u64,
+    max_lateness: Duration,
+    window: Duration,
+}
+
+/// Probes on an open-loop schedule from `start` until `stop` is set (or `hard_end`).
+fn probe(
+    addr: SocketAddr,
+    rate: u64,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    hard_end: Instant,
+) -> ProbeReport {
+    let mut r = ProbeReport::default();
+    let mut http = Http::new(addr);
+    let mut logged = 0u64;
+    for i in 0u64.. {
+        let due = start + Duration::from_nanos(i.saturating_mul(1_000_000_000) / rate);
+        loop {
+            let now = Instant::now();
+            if stop.load(Ordering::Acquire) || now >= hard_end || due <= now {
+                break;
+            }
+            thread::sleep((due - now).min(Duration::from_millis(5)));
+        }
+        if stop.load(Ordering::Acquire) || Instant::now() >= hard_end {
+            break;
+        }
+        let late = Instant::now().saturating_duration_since(due);
+        if late > Duration::from_millis(1) {
+            r.late += 1;
+        }
+        r.max_lateness = r.max_lateness.max(late);
+        let t0 = Instant::now();
+        let res = http.request("GET", "/healthz", None, b"", PROBE_TIMEOUT);
+        let took = t0.elapsed();
+        r.sent += 1;
+        r.all.push(took);
+        let failure = match res {
+            Ok(reply) if reply.status == 200 => None,
+            Ok(reply) => {
+                http.stream = None;
+                Some(format!(
+                    "HTTP {}: {}",
+                    reply.status,
+                    body_snippet(&reply.body)
+                ))
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(msg) = failure {
+            r.errors += 1;
+            if logged < MAX_LOGGED {
+                eprintln!("healthz probe: {msg} after {:.3} ms", ms(took));
+            }
+            logged += 1;
+        }
+    }
+    r.window = start.elapsed();
+    r
+}
+
+fn join_bounded<T>(h: JoinHandle<T>, deadline: Instant) -> Option<T> {
+    while !h.is_finished() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    if h.is_finished() { h.join().ok() } else { None }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Appending.
+
+/// `2026-11-21T13:51:33.110Z` from ms since the epoch.
+fn iso_from_ms(ms: i64) -> String {
+    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60,
+        rem % 1000
+    )
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn append_line(path: &Path, n: usize) -> Result<(), String> {
+    let t = now_ms();
+    let line = format!(
+        "{{\"type\":\"message\",\"id\":\"bench-{n}\",\"timestamp\":\"{}\",\"message\":{{\"role\":\"assistant\",\"provider\":\"anthropic\",\"model\":\"claude-sonnet-4-5\",\"timestamp\":{t},\"content\":[{{\"type\":\"text\",\"text\":\"bench\"}}],\"usage\":{{\"input\":{APPEND_INPUT},\"output\":100,\"cacheRead\":0,\"cacheWrite\":0,\"totalTokens\":{APPEND_TOTAL_TOKENS},\"cost\":{{\"input\":0.003,\"output\":0.0015,\"cacheRead\":0,\"cacheWrite\":0,\"total\":{APPEND_COST}}}}}}}}}\n",
+        iso_from_ms(t)
+    );
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("cannot open {} to append: {e}", path.display()))?;
+    f.write_all(line.as_bytes())
+        .map_err(|e| format!("cannot append to {}: {e}", path.display()))
+}
+
+/// The first live transcript (`*.jsonl`) of agent `main`, by name.
+fn pick_transcript(state_dir: &Path) -> Result<PathBuf, String> {
+    let dir = state_dir.join("agents").join("main").join("sessions");
+    let mut names: Vec<PathBuf> = fs::read_dir(&dir)
+        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("no *.jsonl transcript in {}", dir.display()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run.
+
+struct Latency {
+    label: &'static str,
+    samples: Vec<Duration>,
+    bytes: usize,
+}
+
+impl Latency {
+    fn line(&self) -> String {
+        let (p50, p99, max) = spread(&self.samples);
+        // Which call was the slowest (1-based): the first ones may overlap keel's index save.
+        let slowest = self
+            .samples
+            .iter()
+            .position(|&d| d == max)
+            .map_or(0, |i| i + 1);
+        format!(
+            "{:<44} n={:<3} median {:>7.3} ms  p99 {:>7.3} ms  max {:>7.3} ms (call #{slowest})  response {:>9} bytes",
+            self.label,
+            self.samples.len(),
+            ms(p50),
+            ms(p99),
+            ms(max),
+            self.bytes
+        )
+    }
+}
+
+/// Failures that make the answers wrong (exit 1), as opposed to a run that could not be made.
+#[derive(Default)]
+struct Wrong(Vec<String>);
+
+impl Wrong {
+    fn push(&mut self, msg: String) {
+        if self.0.len() < 50 {
+            eprintln!("usage bench: {msg}");
+        }
+        self.0.push(msg);
+    }
+}
+
+fn run(o: &Opts) -> Result<i32, String> {
+    let figures: Value = serde_json::from_slice(
+        &fs::read(&o.figures).map_err(|e| format!("cannot read {}: {e}", o.figures.display()))?,
+    )
+    .map_err(|e| format!("{} is not JSON: {e}", o.figures.display()))?;
+    let want = figures["totals"].clone();
+    if !want.is_object() {
+        return Err(format!("{} has no totals object", o.figures.display()));
+    }
+    let mut wrong = Wrong::default();
+
+    // ---- 1. the cold build, and /healthz while it runs --------------------------------------
+    let port = wait_for_port(o)?;
+    let t_port = Instant::now();
+    let port_wall = SystemTime::now();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let stop = stop.clone();
+        let hard_end = t_port + FRESH_TIMEOUT + Duration::from_secs(5);
+        let rate = o.rate;
+        thread::Builder::new()
+            .name("probe".into())
+            .spawn(move || probe(addr, rate, t_port, stop, hard_end))
+            .map_err(|e| format!("cannot spawn the probe thread: {e}"))?
+    };
+    // From here on every early return must stop the prober first.
+    let fresh = wait_fresh(o, addr, t_port);
+    stop.store(true, Ordering::Release);
+    let probes = join_bounded(
+        prober,
+        Instant::now() + PROBE_TIMEOUT + Duration::from_secs(2),
+    );
+    let (token, fresh) = fresh?;
+    let Some(probes) = probes else {
+        return Err("the probe thread did not finish in time (or panicked)".into());
+    };
+
+    let log = read_log(&o.log);
+    if log.contains("usage index loaded:") {
+        return Err(
+            "keel loaded a saved usage index: this was not a cold build (delete usage-index.bin)"
+                .into(),
+        );
+    }
+    let builds = parse_build_lines(&log);
+    let Some(build) = builds.first() else {
+        return Err(format!(
+            "the index is fresh but keel logged no '{BUILD_LINE}…' line; its log:\n{}",
+            log_tail(&log)
+        ));
+    };
+
+    // ---- 2. warm latency, and the totals ------------------------------------------------------
+    let mut http = Http::new(addr);
+    let kinds: [(&'static str, &str, &str); 3] = [
+        (
+            "sessions.usage {agentScope:all, limit:1000}",
+            "sessions.usage",
+            r#"{"agentScope":"all","limit":1000}"#,
+        ),
+        (
+            "sessions.usage {agentScope:all}",
+            "sessions.usage",
+            r#"{"agentScope":"all"}"#,
+        ),
+        ("usage.cost {}", "usage.cost", "{}"),
+    ];
+    let mut warm = Vec::new();
+    let mut not_fresh = 0u64;
+    let mut cost_totals: Option<Value> = None;
+    let mut sessions_returned = Vec::new();
+    for (label, method, body) in kinds {
+        let mut lat = Latency {
+            label,
+            samples: Vec::with_capacity(o.calls),
+            bytes: 0,
+        };
+        let mut failed = 0;
+        for _ in 0..o.calls {
+            let a = match rpc(&mut http, &token, method, body) {
+                Ok(a) => a,
+                Err(e) => {
+                    wrong.push(e);
+                    failed += 1;
+                    if failed >= 3 {
+                        wrong.push(format!("{label}: giving up after 3 failed calls"));
+                        break;
+                    }
+                    continue;
+                }
+            };
+            lat.samples.push(a.took);
+            lat.bytes = a.bytes;
+            if cache_status(&a.payload) != "fresh" {
+                not_fresh += 1;
+            }
+            if method == "sessions.usage" {
+                let n = a.payload["sessions"].as_array().map_or(0, Vec::len);
+                if lat.samples.len() == 1 {
+                    sessions_returned.push((label, n));
+                }
+            } else {
+                let t = &a.payload["totals"];
+                match &cost_totals {
+                    None => cost_totals = Some(t.clone()),
+                    Some(first) if first != t => {
+                        wrong.push(format!("usage.cost totals changed between calls: {t}"))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        warm.push(lat);
+    }
+    let totals_diff = match &cost_totals {
+        Some(t) => compare_totals(t, &want),
+        None => vec!["no usage.cost answer".into()],
+    };
+    for d in &totals_diff {
+        wrong.push(format!(
+            "usage.cost totals differ from the generator's: {d}"
+        ));
+    }
+
+    // ---- 3. after an append -----------------------------------------------------------------
+    let transcript = match &o.append_file {
+        Some(p) => p.clone(),
+        None => pick_transcript(&o.state_dir)?,
+    };
+    let mut after = Latency {
+        label: "usage.cost {} right after an append",
+        samples: Vec::with_capacity(o.appends),
+        bytes: 0,
+    };
+    let mut append_bad = 0usize;
+    let mut append_not_fresh = 0u64;
+    if o.appends > 0 {
+        let base = rpc(&mut http, &token, "usage.cost", "{}")?.payload["totals"].clone();
+        let (base_in, base_tt, base_cost) = (
+            base["input"].as_u64().unwrap_or(0),
+            base["totalTokens"].as_u64().unwrap_or(0),
+            base["totalCost"].as_f64().unwrap_or(0.0),
+        );
+        for n in 1..=o.appends {
+            append_line(&transcript, n)?;
+            let a = match rpc(&mut http, &token, "usage.cost", "{}") {
+                Ok(a) => a,
+                Err(e) => {
+                    append_bad += 1;
+                    wrong.push(e);
+                    continue;
+                }
+            };
+            after.samples.push(a.took);
+            after.bytes = a.bytes;
+            if cache_status(&a.payload) != "fresh" {
+                append_not_fresh += 1;
+            }
+            let t = &a.payload["totals"];
+            let k = n as u64;
+            let (got_in, got_tt, got_cost) = (
+                t["input"].as_u64().unwrap_or(0),
+                t["totalTokens"].as_u64().unwrap_or(0),
+                t["totalCost"].as_f64().unwrap_or(f64::NAN),
+            );
+            let want_cost = base_cost + APPEND_COST * n as f64;
+            if got_in != base_in + APPEND_INPUT * k
+                || got_tt != base_tt + APPEND_TOTAL_TOKENS * k
+                || (got_cost - want_cost).abs() > 1e-6
+            {
+                append_bad += 1;
+                wrong.push(format!(
+                    "after append {n}: totals.input {got_in} (want {}), totalTokens {got_tt} (want {}), totalCost {got_cost} (want {want_cost:.6}); cacheStatus {}",
+                    base_in + APPEND_INPUT * k,
+                    base_tt + APPEND_TOTAL_TOKENS * k,
+                    cache_status(&a.payload)
+                ));
+            }
+        }
+    }
+
+    // ---- 4. peak RSS ------------------------------------------------------------------------
+    let (hwm_kib, rss_kib) = memory_kib(o.pid)?;
+    let log = read_log(&o.log);
+    let build_lines = parse_build_lines(&log).len();
+    let cancelled = log.matches("usage index build cancelled").count();
+
+    // ---- the report ---------------------------------------------------------------------------
+    let (h50, h99, hmax) = spread(&probes.all);
+    let wall_ms = o
+        .started_at
+        .and_then(|s| fresh.at_wall.duration_since(s).ok())
+        .map(ms);
+    let port_ms = o
+        .started_at
+        .and_then(|s| port_wall.duration_since(s).ok())
+        .map(ms);
+    let gen_files = figures["transcriptFiles"].as_u64();
+    let gen_mb = figures["bytes"].as_f64().map(|b| b / 1e6);
+
+    println!(
+        "keel sessions-and-usage benchmark against {addr} (pid {})",
+        o.pid
+    );
+    println!(
+        "state: {} — generator: {} transcript files, {:.1} MB, {} messages, {} sessions",
+        o.state_dir.display(),
+        gen_files.map_or("?".into(), |n| n.to_string()),
+        gen_mb.unwrap_or(f64::NAN),
+        figures["messages"]["total"],
+        figures["sessions"]
+    );
+    println!("page cache: {}", o.page_cache);
+    println!();
+    println!("1. cold index build");
+    println!("   keel: {}", build.text);
+    println!(
+        "   keel's build time: {} ms ({} files, {:.1} MB read{})",
+        build.ms,
+        build.files,
+        build.mb,
+        if gen_files == Some(build.files) {
+            ", as many files as generated".to_string()
+        } else {
+            format!(", generator wrote {gen_files:?} files")
+        }
+    );
+    match (port_ms, wall_ms) {
+        (Some(p), Some(w)) => println!(
+            "   wall: keel launched → listening {p:.0} ms → first fresh usage.cost answer {w:.0} ms"
+        ),
+        _ => println!("   wall: (no --started-at)"),
+    }
+    println!(
+        "   listening → first fresh answer: {:.0} ms; usage.cost calls during the build: {} ({} partial/refreshing, slowest {:.1} ms)",
+        ms(fresh.at - t_port),
+        fresh.polls,
+        fresh.not_fresh,
+        ms(fresh.slowest_poll)
+    );
+    if build_lines != 1 || cancelled > 0 {
+        println!(
+            "   note: keel logged {build_lines} '{BUILD_LINE}' line(s) and {cancelled} cancelled build(s) during the run (expected exactly 1 and 0)"
+        );
+    }
+    println!();
+    println!(
+        "2. /healthz during the cold build ({} /s open loop, {:.0} ms window)",
+        o.rate,
+        ms(probes.window)
+    );
+    println!(
+        "   probes: {}  errors: {}  p50: {:.3} ms  p99: {:.3} ms  max: {:.3} ms  (sent > 1 ms late: {}, max lateness {:.3} ms)",
+        probes.sent,
+        probes.errors,
+        ms(h50),
+        ms(h99),
+        ms(hmax),
+        probes.late,
+        ms(probes.max_lateness)
+    );
+    println!();
+    println!(
+        "3. warm latency ({} sequential calls each, one keep-alive connection)",
+        o.calls
+    );
+    for l in &warm {
+        println!("   {}", l.line());
+    }
+    for (label, n) in &sessions_returned {
+        println!("   {label}: {n} sessions returned");
+    }
+    if not_fresh > 0 {
+        println!("   note: {not_fresh} warm answer(s) were not marked fresh");
+    }
+    println!(
+        "   usage.cost totals vs the generator's (tokens exact, costs ±0.01): {}",
+        if totals_diff.is_empty() {
+            "OK"
+        } else {
+            "MISMATCH"
+        }
+    );
+    if let Some(t) = &cost_totals {
+        println!(
+            "     keel:      input {} output {} cacheRead {} cacheWrite {} totalTokens {} totalCost {:.4} missingCostEntries {}",
+            t["input"],
+            t["output"],
+            t["cacheRead"],
+            t["cacheWrite"],
+            t["totalTokens"],
+            t["totalCost"].as_f64().unwrap_or(f64::NAN),
+            t["missingCostEntries"]
+        );
+    }
+    println!(
+        "     generator: input {} output {} cacheRead {} cacheWrite {} totalTokens {} totalCost {:.4} missingCostEntries {}",
+        want["input"],
+        want["output"],
+        want["cacheRead"],
+        want["cacheWrite"],
+        want["totalTokens"],
+        want["totalCost"].as_f64().unwrap_or(f64::NAN),
+        want["missingCostEntries"]
+    );
+    println!();
+    println!(
+        "4. after an append ({} appends of {APPEND_INPUT} input tokens to {})",
+        o.appends,
+        transcript.display()
+    );
+    if o.appends > 0 {
+        println!("   {}", after.line());
+        println!(
+            "   totals grew by exactly the appended usage: {}{}",
+            if append_bad == 0 {
+                "OK".to_string()
+            } else {
+                format!("MISMATCH in {append_bad} of {}", o.appends)
+            },
+            if append_not_fresh > 0 {
+                format!(" ({append_not_fresh} answer(s) not marked fresh)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    println!();
+    println!(
+        "5. memory: VmHWM {:.1} MiB (VmRSS now {:.1} MiB)",
+        hwm_kib as f64 / 1024.0,
+        rss_kib as f64 / 1024.0
+    );
+
+    // ---- summary ------------------------------------------------------------------------------
+    let mut rows: Vec<(String, String, String, &'static str)> = Vec::new();
+    rows.push((
+        format!("cold index build, keel's log (page cache {})", o.page_cache),
+        format!("{} ms", build.ms),
+        format!("<= {TARGET_BUILD_MS:.0} ms"),
+        verdict(build.ms as f64 <= TARGET_BUILD_MS),
+    ));
+    if let Some(w) = wall_ms {
+        rows.push((
+            "cold build, wall: launch → first fresh answer".into(),
+            format!("{w:.0} ms"),
+            format!("<= {TARGET_BUILD_MS:.0} ms"),
+            verdict(w <= TARGET_BUILD_MS),
+        ));
+    }
+    rows.push((
+        format!(
+            "/healthz during build: p99 ({} probes, {} errors)",
+            probes.sent, probes.errors
+        ),
+        format!("{:.3} ms", ms(h99)),
+        format!("<= {TARGET_HEALTH_P99_MS:.0} ms"),
+        verdict(ms(h99) <= TARGET_HEALTH_P99_MS && probes.errors == 0),
+    ));
+    rows.push((
+        "/healthz during build: max".into(),
+        format!("{:.3} ms", ms(hmax)),
+        format!("<= {TARGET_HEALTH_MAX_MS:.0} ms"),
+        verdict(ms(hmax) <= TARGET_HEALTH_MAX_MS && probes.errors == 0),
+    ));
+    for l in warm.iter().chain((o.appends > 0).then_some(&after)) {
+        let (p50, p99, _) = spread(&l.samples);
+        rows.push((
+            format!("{} p99 (median {:.3} ms)", l.label, ms(p50)),
+            format!("{:.3} ms", ms(p99)),
+            format!("<= {TARGET_QUERY_MS:.0} ms"),
+            verdict(!l.samples.is_empty() && ms(p99) <= TARGET_QUERY_MS),
+        ));
+    }
+    rows.push((
+        "peak RSS (VmHWM)".into(),
+        format!("{:.1} MiB", hwm_kib as f64 / 1024.0),
+        format!("<= {TARGET_RSS_MIB:.0} MiB"),
+        verdict(hwm_kib as f64 / 1024.0 <= TARGET_RSS_MIB),
+    ));
+    rows.push((
+        "usage.cost totals = generator's".into(),
+        String::new(),
+        String::new(),
+        if totals_diff.is_empty() {
+            "OK"
+        } else {
+            "MISMATCH"
+        },
+    ));
+    if o.appends > 0 {
+        rows.push((
+            "totals after each append".into(),
+            String::new(),
+            String::new(),
+            if append_bad == 0 { "OK" } else { "MISMATCH" },
+        ));
+    }
+    println!();
+    println!("== summary ==");
+    for (what, value, target, v) in &rows {
+        println!("{what:<66} {value:>12}  {target:<12} {v}");
+    }
+    let misses = rows.iter().filter(|r| r.3 == "MISS").count();
+    println!(
+        "{} target(s) missed; {} wrong answer(s)",
+        misses,
+        wrong.0.len() + probes.errors as usize
+    );
+    Ok(if wrong.0.is_empty() && probes.errors == 0 {
+        0
+    } else {
+        1
+    })
+}
+
+/// The first fresh answer after the cold start.
+struct Fresh {
+    at: Instant,
+    at_wall: SystemTime,
+    polls: u64,
+    not_fresh: u64,
+    slowest_poll: Duration,
+}
+
+/// Calls `usage.cost {}` as soon as the build line is logged (and every [`STATUS_POLL`]) until
+/// an answer is fresh. Returns the token too.
+fn wait_fresh(o: &Opts, addr: SocketAddr, t_port: Instant) -> Result<(String, Fresh), String> {
+    let deadline = t_port + FRESH_TIMEOUT;
+    let token_file = o.state_dir.join("gateway.token");
+    let token = loop {
+        // Written before keel listens; a short wait covers a slow write.
+        match fs::read_to_string(&token_file) {
+            Ok(t) if !t.trim().is_empty() => break t.trim().to_string(),
+            _ if Instant::now() >= t_port + Duration::from_secs(5) => {
+                return Err(format!("no token in {}", token_file.display()));
+            }
+            _ => thread::sleep(LOG_POLL),
+        }
+    };
+    let mut http = Http::new(addr);
+    let mut polls = 0u64;
+    let mut not_fresh = 0u64;
+    let mut slowest = Duration::ZERO;
+    let mut last_poll: Option<Instant> = None;
+    let mut built_seen = false;
+    loop {
+        if !built_seen {
+            let log = read_log(&o.log);
+            built_seen = log.contains(BUILD_LINE);
+            if log.contains("usage index build cancelled") {
+                return Err(format!(
+                    "keel cancelled the usage index build; its log:\n{}",
+                    log_tail(&log)
+                ));
+            }
+        }
+        if built_seen || last_poll.is_none_or(|t| t.elapsed() >= STATUS_POLL) {
+            last_poll = Some(Instant::now());
+            let a = rpc(&mut http, &token, "usage.cost", "{}")?;
+            polls += 1;
+            slowest = slowest.max(a.took);
+            if cache_status(&a.payload) == "fresh" {
+                return Ok((
+                    token,
+                    Fresh {
+                        at: Instant::now(),
+                        at_wall: SystemTime::now(),
+                        polls,
+                        not_fresh,
+                        slowest_poll: slowest,
+                    },
+                ));
+            }
+            not_fresh += 1;
+        }
+        if !alive(o.pid) {
+            return Err(format!(
+                "keel (pid {}) exited during the build; its log:\n{}",
+                o.pid,
+                log_tail(&read_log(&o.log))
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "no fresh usage.cost answer within {} s of keel listening",
+                FRESH_TIMEOUT.as_secs()
+            ));
+        }
+        thread::sleep(LOG_POLL);
+    }
+}
+
+fn main() {
+    let opts = match parse_opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("usage bench: {e}\n{}", usage());
+            std::process::exit(2);
+        }
+    };
+    let code = match run(&opts) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("usage bench: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}

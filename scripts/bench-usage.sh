@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# bench-usage.sh — sessions and usage on an incident-sized state (issue "Sessions and usage").
+#
+# Builds the release binaries and the `usage` bench (benches/usage.rs), generates a state with
+# `keel-gen-state` (defaults: 9 agents × 184 sessions × 200 messages, ~237 MB) and its exact
+# figures, deletes any saved index (<state>/usage-index.bin), drops the page cache (root only;
+# otherwise the run says "page cache: warm"), starts `keel serve --port 0` on it and, right
+# after, the bench, which measures:
+#
+#   1. the cold usage-index build: T of keel's log line `usage index built: … in T ms`, and the
+#      wall time from launching keel to the first `usage.cost` answer with
+#      cacheStatus.status == "fresh"                                      target <= 1.5 s
+#   2. GET /healthz during that build, 500/s open loop                    target p99 <= 2 ms,
+#                                                                                max <= 25 ms
+#   3. warm latency of sessions.usage {"agentScope":"all","limit":1000}, sessions.usage
+#      {"agentScope":"all"} and usage.cost {} (50 sequential calls each)  target <= 20 ms
+#      (p99), with usage.cost's totals checked against the generator's figures
+#   4. usage.cost {} right after appending one message to a live transcript (20 times), its
+#      totals checked to have grown by exactly the appended usage        target <= 20 ms (p99)
+#   5. keel's peak RSS (VmHWM)                                            target <= 64 MiB
+#
+# then stops keel with SIGTERM (SIGKILL after 40 s) and prints the figures and a summary with
+# PASS/MISS per target.
+#
+# Usage: scripts/bench-usage.sh [--keep DIR] [-- extra bench args, e.g. --rate 1000 --calls 100]
+#   --keep DIR   generate the state in DIR/state (figures in DIR/figures.json) and reuse it on
+#                later runs (regenerated when older than 12 h: usage.cost {} covers 30 days up
+#                to today); the transcript the bench appends to is restored afterwards.
+# Exit status: the bench's (0 ran correctly, targets missed or not; 1 wrong totals, failed
+# calls or failed probes; 2 could not measure), or 1 if the state or the gateway could not be
+# set up.
+set -euo pipefail
+
+keep=""
+extra=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+    --keep)
+        [[ $# -ge 2 && -n "$2" ]] || { echo "usage: $0 [--keep DIR] [-- bench args]" >&2; exit 2; }
+        keep="$2"
+        shift 2
+        ;;
+    --keep=*)
+        keep="${1#--keep=}"
+        shift
+        ;;
+    --)
+        shift
+        extra=("$@")
+        break
+        ;;
+    -h | --help)
+        sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "usage: $0 [--keep DIR] [-- bench args]" >&2
+        exit 2
+        ;;
+    esac
+done
+
+cd "$(dirname "$0")/.."
+
+echo "== building (release) ==" >&2
+cargo build --release --bins
+# The bench binary is run directly (not through `cargo bench`), so that it starts within
+# milliseconds of keel and sees the whole build.
+# (The JSON lists every artifact, keel's binaries too: keep the bench target's line.)
+bench_exe="$(cargo bench --bench usage --no-run --message-format=json |
+    grep -F '"kind":["bench"]' | grep -F '"name":"usage"' |
+    grep -o '"executable":"[^"]*"' | tail -n 1 | cut -d'"' -f4 || true)"
+if [[ -z "$bench_exe" || ! -x "$bench_exe" ]]; then
+    # Show the build's errors, if that is why.
+    cargo bench --bench usage --no-run
+    echo "bench-usage: cannot find the usage bench executable" >&2
+    exit 1
+fi
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/keel-bench-usage.XXXXXX")"
+log="$work/server.log"
+server_pid=""
+append_file=""
+append_size=""
+
+if [[ -n "$keep" ]]; then
+    mkdir -p "$keep"
+    keep="$(cd "$keep" && pwd)"
+    state="$keep/state"
+    figures="$keep/figures.json"
+else
+    state="$work/state"
+    figures="$work/figures.json"
+fi
+
+restore_transcript() {
+    # Undo the bench's appends, so that a kept state still matches its figures.
+    if [[ -n "$append_file" && -n "$append_size" && -f "$append_file" ]]; then
+        truncate -s "$append_size" "$append_file" || true
+    fi
+}
+
+cleanup() {
+    # Only the server this script started, by its pid.
+    if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
+        kill -KILL "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+    restore_transcript
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+fail_with_log() {
+    echo "bench-usage: $*" >&2
+    if [[ -s "$log" ]]; then
+        echo "---- last lines of the gateway log ----" >&2
+        tail -n 40 "$log" >&2
+    fi
+    exit 1
+}
+
+# ---- the state ------------------------------------------------------------------------------
+now_ms="$(date +%s%3N)"
+regenerate=1
+if [[ -n "$keep" && -s "$figures" && -d "$state/agents" ]]; then
+    made="$(grep -oE '^\{"seed":[0-9]+,"now":[0-9]+' "$figures" | sed 's/.*"now"://' || true)"
+    if [[ -n "$made" ]] && ((now_ms - made < 12 * 3600 * 1000)); then
+        regenerate=0
+        echo "== reusing the state in $state (generated $(((now_ms - made) / 60000)) min ago) ==" >&2
+    fi
+fi
+if [[ "$regenerate" -eq 1 ]]; then
+    if [[ -n "$keep" && -e "$state" ]]; then
+        # Only a directory this script generated is removed.
+        if [[ -d "$state/agents" && -f "$state/keel.json" ]]; then
+            rm -rf "$state"
+        else
+            echo "bench-usage: $state exists and does not look like a generated state; not touching it" >&2
+            exit 1
+        fi
+    fi
+    rm -f "$figures"
+    echo "== generating the state in $state ==" >&2
+    if ! timeout 300 target/release/keel-gen-state --out "$state" --now "$now_ms" >"$figures.tmp"; then
+        rm -f "$figures.tmp"
+        echo "bench-usage: keel-gen-state failed or took more than 300 s" >&2
+        exit 1
+    fi
+    mv "$figures.tmp" "$figures"
+fi
+# A cold build: no saved index (nor a half-written one).
+rm -f "$state"/usage-index.bin*
+
+# The live transcript the bench appends to, and its size, to restore it afterwards.
+append_file="$(find "$state/agents/main/sessions" -maxdepth 1 -name '*.jsonl' -type f | LC_ALL=C sort | sed -n 1p)"
+[[ -n "$append_file" ]] || { echo "bench-usage: no live transcript in $state/agents/main/sessions" >&2; exit 1; }
+append_size="$(stat -c %s "$append_file")"
+
+# ---- a cold start ---------------------------------------------------------------------------
+page_cache=warm
+if sync && { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
+    page_cache=cold
+else
+    echo "bench-usage: cannot drop the page cache (not root?): the build reads a warm cache" >&2
+fi
+
+echo "== starting keel (state in $state) and the bench ==" >&2
+started_at="${EPOCHREALTIME:-$(date +%s.%N)}"
+# The caller's KEEL_* settings must not leak in: this run uses its own port, token and config.
+env -u KEEL_CONFIG -u KEEL_GATEWAY_TOKEN -u KEEL_BIND -u KEEL_PORT -u KEEL_STATE_DIR \
+    -u KEEL_TEST_HOOKS KEEL_LOG="${KEEL_LOG:-info}" \
+    target/release/keel serve --port 0 --state-dir "$state" 2>"$log" &
+server_pid=$!
+
+bench_out="$work/bench.out"
+set +e
+timeout 600 "$bench_exe" --log "$log" --state-dir "$state" --figures "$figures" \
+    --pid "$server_pid" --started-at "$started_at" --page-cache "$page_cache" \
+    --append-file "$append_file" "${extra[@]}" >"$bench_out"
+bench_status=$?
+set -e
+if [[ "$bench_status" -eq 124 ]]; then
+    echo "bench-usage: the bench did not finish within 600 s" >&2
+fi
+
+if ! kill -0 "$server_pid" 2>/dev/null; then
+    set +e
+    wait "$server_pid"
+    server_status=$?
+    set -e
+    server_pid=""
+    cat "$bench_out"
+    fail_with_log "keel exited during the run (status $server_status)"
+fi
+
+echo "== stopping keel (SIGTERM) ==" >&2
+stop_started=$SECONDS
+kill -TERM "$server_pid" 2>/dev/null || true
+# Drain is 30 s + 5 s grace at most; give it 40 s, then SIGKILL.
+while kill -0 "$server_pid" 2>/dev/null && ((SECONDS - stop_started < 40)); do
+    sleep 0.1
+done
+if kill -0 "$server_pid" 2>/dev/null; then
+    echo "bench-usage: keel still running 40 s after SIGTERM; sending SIGKILL" >&2
+    kill -KILL "$server_pid" 2>/dev/null || true
+fi
+set +e
+wait "$server_pid"
+server_status=$?
+set -e
+server_pid=""
+restore_transcript
+
+echo
+cat "$bench_out"
+echo "gateway: stopped with exit status $server_status $((SECONDS - stop_started)) s after SIGTERM"
+if [[ "$server_status" -ne 0 ]]; then
+    echo "---- last lines of the gateway log ----"
+    tail -n 20 "$log"
+fi
+warnings="$(grep -E ' (WARN|ERROR) ?\]' "$log" || true)"
+if [[ -n "$warnings" ]]; then
+    echo "---- warnings and errors in the gateway log ($(wc -l <<<"$warnings") line(s), last 20) ----"
+    tail -n 20 <<<"$warnings"
+fi
+exit "$bench_status"
