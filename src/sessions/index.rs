@@ -129,6 +129,20 @@ pub struct FileIndex {
     pub msgs: Vec<MsgRec>,
     pub usage: Vec<UsageRec>,
     pub tools: Vec<ToolRec>,
+    /// The session id interned in [`Tables`], for cheap grouping.
+    pub sid: u32,
+    /// Earliest and latest record time (`(i64::MAX, i64::MIN)` when there is none): a query
+    /// skips a file outside its range, and stops range-checking records of a file inside it.
+    pub span: (i64, i64),
+}
+
+fn span_of(msgs: &[MsgRec], usage: &[UsageRec], tools: &[ToolRec]) -> (i64, i64) {
+    let ts = msgs
+        .iter()
+        .map(|m| m.ts)
+        .chain(usage.iter().map(|u| u.ts))
+        .chain(tools.iter().map(|t| t.ts));
+    ts.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)))
 }
 
 /// Interned strings (agents, providers, models, tools) and the model table.
@@ -385,6 +399,8 @@ impl Index {
                 FileIndex {
                     agent,
                     session_id: Arc::from(c.task.seen.session_id.as_str()),
+                    sid: self.tables.intern(&c.task.seen.session_id),
+                    span: span_of(&c.parsed.msgs, &usage, &tool_recs),
                     kind: c.task.seen.kind,
                     ident: c.ident,
                     offset: c.end,
@@ -396,6 +412,8 @@ impl Index {
                 },
             );
         } else if let Some(f) = self.files.get_mut(&rel) {
+            let (lo, hi) = span_of(&c.parsed.msgs, &usage, &tool_recs);
+            f.span = (f.span.0.min(lo), f.span.1.max(hi));
             f.ident = c.ident;
             f.offset = c.end;
             f.lines += c.parsed.lines;
@@ -733,11 +751,15 @@ impl Index {
             if agent >= nstr {
                 return None;
             }
+            let sid = idx.tables.intern(&session_id);
+            let span = span_of(&msgs, &usage, &tools);
             idx.files.insert(
                 rel,
                 FileIndex {
                     agent,
                     session_id,
+                    sid,
+                    span,
                     kind,
                     ident,
                     offset,

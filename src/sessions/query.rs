@@ -9,6 +9,7 @@ use crate::config::{ModelPrice, Prices};
 use crate::error::RpcError;
 use crate::protocol::Payload;
 use serde::Serialize;
+use serde::ser::SerializeStruct;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 
@@ -129,6 +130,14 @@ pub struct Range {
 }
 
 impl Range {
+    /// `[start, end)` in ms.
+    pub fn bounds(&self) -> (i64, i64) {
+        (
+            self.start_day * DAY_MS - self.offset_ms,
+            (self.end_day + 1) * DAY_MS - self.offset_ms,
+        )
+    }
+
     pub fn contains(&self, ts: i64) -> bool {
         // Compared in milliseconds: no division for the records outside the range.
         ts >= self.start_day * DAY_MS - self.offset_ms
@@ -274,28 +283,53 @@ struct DayAcc {
     msgs: Messages,
 }
 
-/// One session's usage in the range. Days and models are small vectors: records arrive in
-/// time order, so the day just used is almost always the one needed next.
-#[derive(Default)]
+/// One session's usage in the range. Days and models are small vectors; records arrive in
+/// time order, so the day window just used is almost always the one needed next (no division,
+/// no search). Session totals are summed from the days at the end.
 struct SessionAcc {
     totals: Totals,
     messages: Messages,
-    first: Option<i64>,
-    last: Option<i64>,
+    first: i64,
+    last: i64,
     /// (model id, messages with usage, totals).
     models: Vec<(u32, u64, Totals)>,
     days: Vec<DayAcc>,
     hot: usize,
+    /// The hot day's window, in ms.
+    hot_window: (i64, i64),
+}
+
+impl Default for SessionAcc {
+    fn default() -> SessionAcc {
+        SessionAcc {
+            totals: Totals::default(),
+            messages: Messages::default(),
+            first: i64::MAX,
+            last: i64::MIN,
+            models: Vec::new(),
+            days: Vec::new(),
+            hot: 0,
+            hot_window: (0, 0),
+        }
+    }
 }
 
 impl SessionAcc {
-    fn touch(&mut self, ts: i64) {
-        self.first = Some(self.first.map_or(ts, |f| f.min(ts)));
-        self.last = Some(self.last.map_or(ts, |l| l.max(ts)));
+    fn active(&self) -> bool {
+        self.first <= self.last
     }
 
-    fn day(&mut self, day: i64) -> &mut DayAcc {
-        if self.days.get(self.hot).is_none_or(|d| d.day != day) {
+    fn activity(&self) -> (Option<i64>, Option<i64>) {
+        if self.active() {
+            (Some(self.first), Some(self.last))
+        } else {
+            (None, None)
+        }
+    }
+
+    fn day(&mut self, ts: i64, range: &Range) -> &mut DayAcc {
+        if ts < self.hot_window.0 || ts >= self.hot_window.1 {
+            let day = range.day(ts);
             self.hot = match self.days.iter().rposition(|d| d.day == day) {
                 Some(i) => i,
                 None => {
@@ -306,6 +340,8 @@ impl SessionAcc {
                     self.days.len() - 1
                 }
             };
+            let start = day * DAY_MS - range.offset_ms;
+            self.hot_window = (start, start + DAY_MS);
         }
         &mut self.days[self.hot]
     }
@@ -327,30 +363,47 @@ impl SessionAcc {
         f: &FileIndex,
         range: &Range,
         prices: &[Option<ModelPrice>],
-        tools: &mut HashMap<u32, u64>,
+        tools: &mut [u64],
     ) {
+        let (lo, hi) = range.bounds();
+        if f.span.1 < lo || f.span.0 >= hi {
+            return;
+        }
+        let inside = f.span.0 >= lo && f.span.1 < hi;
+        let within = |ts: i64| inside || (ts >= lo && ts < hi);
         for m in &f.msgs {
-            if range.contains(m.ts) {
-                self.messages.add_rec(m.kind, m.tool_calls);
-                self.day(range.day(m.ts)).msgs.add_rec(m.kind, m.tool_calls);
-                self.touch(m.ts);
+            if within(m.ts) {
+                self.day(m.ts, range).msgs.add_rec(m.kind, m.tool_calls);
+                self.first = self.first.min(m.ts);
+                self.last = self.last.max(m.ts);
             }
         }
         for u in &f.usage {
-            if range.contains(u.ts) {
+            if within(u.ts) {
                 let price = prices.get(u.model as usize).and_then(Option::as_ref);
-                self.totals.add_usage(u, price);
+                self.day(u.ts, range).totals.add_usage(u, price);
                 let m = self.model(u.model);
                 m.1 += 1;
                 m.2.add_usage(u, price);
-                self.day(range.day(u.ts)).totals.add_usage(u, price);
-                self.touch(u.ts);
+                self.first = self.first.min(u.ts);
+                self.last = self.last.max(u.ts);
             }
         }
         for t in &f.tools {
-            if range.contains(t.ts) {
-                *tools.entry(t.name).or_default() += 1;
+            if within(t.ts)
+                && let Some(c) = tools.get_mut(t.name as usize)
+            {
+                *c += 1;
             }
+        }
+    }
+
+    /// Sorts the days and sums them into the session's totals.
+    fn finish(&mut self) {
+        self.days.sort_by_key(|d| d.day);
+        for d in &self.days {
+            self.totals.add(&d.totals);
+            self.messages.add(&d.msgs);
         }
     }
 }
@@ -401,16 +454,16 @@ fn group<'a>(
     cx: &'a Ctx<'a>,
     filter: &Filter<'_>,
     range: &Range,
-    tools: &mut HashMap<u32, u64>,
+    tools: &mut [u64],
 ) -> Vec<Session<'a>> {
     let prices = prices_by_model(cx.index, cx.prices);
-    let mut at: HashMap<(u32, &str), usize> = HashMap::new();
+    let mut at: HashMap<(u32, u32), usize> = HashMap::new();
     let mut out: Vec<Session<'a>> = Vec::new();
     for f in cx.index.files.values() {
         if !filter.admits(cx.index, f) {
             continue;
         }
-        let i = *at.entry((f.agent, &f.session_id)).or_insert_with(|| {
+        let i = *at.entry((f.agent, f.sid)).or_insert_with(|| {
             let agent = cx.index.tables.str(f.agent);
             out.push(Session {
                 agent,
@@ -422,9 +475,9 @@ fn group<'a>(
         });
         out[i].acc.add_file(f, range, &prices, tools);
     }
-    out.retain(|s| s.acc.first.is_some());
+    out.retain(|s| s.acc.active());
     for s in &mut out {
-        s.acc.days.sort_by_key(|d| d.day);
+        s.acc.finish();
     }
     out
 }
@@ -443,12 +496,55 @@ fn by_cost(a: &Totals, b: &Totals) -> std::cmp::Ordering {
 
 // ---- the answer's shapes ------------------------------------------------------------------
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Dated<'a, T: Serialize> {
+/// Types whose fields are written inline into another object (what `#[serde(flatten)]`
+/// does, without its slow map-based path: these answers hold tens of thousands of them).
+trait Inline {
+    const FIELDS: usize;
+    fn write<S: SerializeStruct>(&self, s: &mut S) -> Result<(), S::Error>;
+}
+
+impl Inline for Totals {
+    const FIELDS: usize = 11;
+    fn write<S: SerializeStruct>(&self, s: &mut S) -> Result<(), S::Error> {
+        s.serialize_field("input", &self.input)?;
+        s.serialize_field("output", &self.output)?;
+        s.serialize_field("cacheRead", &self.cache_read)?;
+        s.serialize_field("cacheWrite", &self.cache_write)?;
+        s.serialize_field("totalTokens", &self.total_tokens)?;
+        s.serialize_field("totalCost", &self.total_cost)?;
+        s.serialize_field("inputCost", &self.input_cost)?;
+        s.serialize_field("outputCost", &self.output_cost)?;
+        s.serialize_field("cacheReadCost", &self.cache_read_cost)?;
+        s.serialize_field("cacheWriteCost", &self.cache_write_cost)?;
+        s.serialize_field("missingCostEntries", &self.missing_cost_entries)
+    }
+}
+
+impl Inline for Messages {
+    const FIELDS: usize = 6;
+    fn write<S: SerializeStruct>(&self, s: &mut S) -> Result<(), S::Error> {
+        s.serialize_field("total", &self.total)?;
+        s.serialize_field("user", &self.user)?;
+        s.serialize_field("assistant", &self.assistant)?;
+        s.serialize_field("toolCalls", &self.tool_calls)?;
+        s.serialize_field("toolResults", &self.tool_results)?;
+        s.serialize_field("errors", &self.errors)
+    }
+}
+
+/// `{date, ...inner}`.
+struct Dated<'a, T: Inline> {
     date: &'a str,
-    #[serde(flatten)]
     inner: &'a T,
+}
+
+impl<T: Inline> Serialize for Dated<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut s = ser.serialize_struct("Dated", 1 + T::FIELDS)?;
+        s.serialize_field("date", self.date)?;
+        self.inner.write(&mut s)?;
+        s.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -469,10 +565,8 @@ struct DayCost<'a> {
     cost: f64,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
+/// A session's `usage`: its totals inline, then the rest.
 struct RowUsage<'a> {
-    #[serde(flatten)]
     totals: &'a Totals,
     first_activity: Option<i64>,
     last_activity: Option<i64>,
@@ -481,6 +575,21 @@ struct RowUsage<'a> {
     model_usage: Vec<ModelUse<'a>>,
     daily_breakdown: Vec<DayCost<'a>>,
     daily_message_counts: Vec<Dated<'a, Messages>>,
+}
+
+impl Serialize for RowUsage<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut s = ser.serialize_struct("RowUsage", Totals::FIELDS + 7)?;
+        self.totals.write(&mut s)?;
+        s.serialize_field("firstActivity", &self.first_activity)?;
+        s.serialize_field("lastActivity", &self.last_activity)?;
+        s.serialize_field("durationMs", &self.duration_ms)?;
+        s.serialize_field("messageCounts", self.message_counts)?;
+        s.serialize_field("modelUsage", &self.model_usage)?;
+        s.serialize_field("dailyBreakdown", &self.daily_breakdown)?;
+        s.serialize_field("dailyMessageCounts", &self.daily_message_counts)?;
+        s.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -620,7 +729,7 @@ pub fn sessions_usage(cx: &Ctx<'_>, p: &Value) -> Result<(Payload, Summary), Rpc
             Some(found.ok_or_else(|| RpcError::invalid(format!("no session with key {k:?}")))?)
         }
     };
-    let mut tool_counts = HashMap::new();
+    let mut tool_counts = vec![0u64; cx.index.tables.strings.len()];
     let mut sessions = group(cx, &Filter { agent, session }, &range, &mut tool_counts);
     let index = cx.index;
     let dates: Vec<String> = (range.start_day..=range.end_day)
@@ -694,8 +803,10 @@ pub fn sessions_usage(cx: &Ctx<'_>, p: &Value) -> Result<(Payload, Summary), Rpc
     channels.sort_by(|a, b| by_cost(&a.totals, &b.totals).then(a.channel.cmp(b.channel)));
     let mut tools: Vec<Tool> = tool_counts
         .iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 0)
         .map(|(n, c)| Tool {
-            name: index.tables.str(*n),
+            name: index.tables.str(n as u32),
             count: *c,
         })
         .collect();
@@ -777,7 +888,7 @@ fn row<'a>(index: &'a Index, s: &'a Session<'a>, date: &impl Fn(i64) -> &'a str)
         key: e.map(|e| e.key.as_str()),
         label: e.and_then(|e| e.label.as_deref()),
         session_id: s.session_id,
-        updated_at: e.and_then(|e| e.updated_at).or(acc.last),
+        updated_at: e.and_then(|e| e.updated_at).or(acc.activity().1),
         agent_id: s.agent,
         channel: e.and_then(|e| e.channel.as_deref()),
         chat_type: e.and_then(|e| e.chat_type.as_deref()),
@@ -786,9 +897,9 @@ fn row<'a>(index: &'a Index, s: &'a Session<'a>, date: &impl Fn(i64) -> &'a str)
         deleted: e.is_none(),
         usage: RowUsage {
             totals: &acc.totals,
-            first_activity: acc.first,
-            last_activity: acc.last,
-            duration_ms: acc.first.zip(acc.last).map(|(f, l)| l - f),
+            first_activity: acc.activity().0,
+            last_activity: acc.activity().1,
+            duration_ms: acc.active().then(|| acc.last - acc.first),
             message_counts: &acc.messages,
             model_usage: acc
                 .models
@@ -846,9 +957,14 @@ pub fn usage_cost(cx: &Ctx<'_>, p: &Value) -> Result<(Payload, Summary), RpcErro
         if agent.is_some_and(|a| a != cx.index.tables.str(f.agent)) {
             continue;
         }
+        let (lo, hi) = range.bounds();
+        if f.span.1 < lo || f.span.0 >= hi {
+            continue;
+        }
+        let inside = f.span.0 >= lo && f.span.1 < hi;
         for u in &f.usage {
-            if range.contains(u.ts) {
-                let i = (range.day(u.ts) - range.start_day) as usize;
+            if inside || (u.ts >= lo && u.ts < hi) {
+                let i = ((u.ts - lo) / DAY_MS) as usize;
                 days[i].add_usage(u, prices.get(u.model as usize).and_then(Option::as_ref));
             }
         }
