@@ -454,6 +454,8 @@ fn usage_inner(args: &Args, env: Env<'_>) -> Result<String, String> {
         prices: &prices,
         now_ms: crate::clock::wall_ms() as i64,
         cache,
+        files: None,
+        prices_version: 0,
     };
     let mut params = serde_json::json!({"days": days, "agentScope": "all", "limit": 0});
     if let Some(a) = &args.agent {

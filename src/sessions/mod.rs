@@ -88,6 +88,8 @@ pub struct Sessions {
     /// Transcript-directory change notification, and when everything was last scanned.
     watcher: Mutex<(Option<watch::Watcher>, Option<Instant>)>,
     pub stats: UsageStats,
+    /// Per-file results for the last range asked for (see [`query::FileAgg`]).
+    files: Mutex<query::FileCache>,
     /// Test hook (`KEEL_TEST_INDEX_DELAY_MS`, honoured only with `KEEL_TEST_HOOKS=1`): each
     /// file a build reads takes at least this long, so tests can query during a build.
     test_delay: Option<Duration>,
@@ -122,6 +124,7 @@ impl Sessions {
             dirty: AtomicBool::new(false),
             watcher: Mutex::new((None, None)),
             stats: UsageStats::default(),
+            files: Mutex::new(query::FileCache::default()),
         }
     }
 
@@ -243,6 +246,7 @@ impl Sessions {
             if tasks.is_empty() {
                 if !svc.complete_once.swap(true, Ordering::AcqRel) {
                     log::info!("usage index up to date: {} files", svc.read().files.len());
+                    svc.prewarm(shared);
                 }
                 drop(b);
                 svc.save_if_due(shared, true);
@@ -316,7 +320,37 @@ impl Sessions {
             bytes as f64 / 1e6,
             took.as_millis()
         );
+        self.prewarm(shared);
         self.save_if_due(shared, true);
+    }
+
+    /// Computes the per-file results for the default range (the last 30 days, UTC) in the
+    /// background, so the dashboard's first call after a build is already warm.
+    fn prewarm(&self, shared: &Arc<Shared>) {
+        let sh = shared.clone();
+        let work: Work = Box::new(move |ctx: &JobCtx| {
+            ctx.check()?;
+            let svc = &sh.sessions;
+            let cfg = sh.config();
+            let range = query::parse_range(&Value::Null, crate::clock::wall_ms() as i64, 30)?;
+            let index = svc.read();
+            query::prewarm(
+                &index,
+                &cfg.prices,
+                Arc::as_ptr(&cfg) as usize,
+                &range,
+                &svc.files,
+            );
+            Ok(Value::Null.into())
+        });
+        let spec = JobSpec {
+            kind: "usage.prewarm".into(),
+            pool: PoolKind::Cpu,
+            lane: Lane::Background,
+            timeout: Duration::from_secs(30),
+            stall_limit: None,
+        };
+        let _ = shared.submit(spec, ReplyTo::Internal, work);
     }
 
     /// Saves the index if it changed (now, or when [`SAVE_EVERY`] has passed).
@@ -472,6 +506,8 @@ impl Sessions {
             prices: &cfg.prices,
             now_ms,
             cache,
+            files: Some(&self.files),
+            prices_version: Arc::as_ptr(&cfg) as usize,
         };
         let (payload, summary) = match method {
             "sessions.usage" => query::sessions_usage(&cx, params)?,
