@@ -411,8 +411,13 @@ impl Shared {
                 }
             }
             None => {
-                if let Err(e) = outcome {
-                    log::warn!("internal job {} ({}) failed: {e}", info.id, info.kind);
+                match outcome {
+                    // A drain stopping maintenance is the plan, not a failure.
+                    Err(e) if e.code == Code::Cancelled => {
+                        log::debug!("internal job {} ({}) stopped: {e}", info.id, info.kind)
+                    }
+                    Err(e) => log::warn!("internal job {} ({}) failed: {e}", info.id, info.kind),
+                    Ok(_) => {}
                 }
             }
         }

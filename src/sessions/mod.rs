@@ -98,6 +98,24 @@ pub struct Sessions {
     test_query_delay: Option<Duration>,
 }
 
+/// Queues internal maintenance work on the cpu pool's background lane.
+fn background(
+    shared: &Shared,
+    kind: &str,
+    timeout: Duration,
+    stall_limit: Option<Duration>,
+    work: Work,
+) -> Result<u64, RpcError> {
+    let spec = JobSpec {
+        kind: kind.into(),
+        pool: PoolKind::Cpu,
+        lane: Lane::Background,
+        timeout,
+        stall_limit,
+    };
+    shared.submit(spec, ReplyTo::Internal, work)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -214,14 +232,7 @@ impl Sessions {
             Sessions::start_build(&sh, None);
             Ok(Value::Null.into())
         });
-        let spec = JobSpec {
-            kind: "usage.load".into(),
-            pool: PoolKind::Cpu,
-            lane: Lane::Background,
-            timeout: Duration::from_secs(60),
-            stall_limit: None,
-        };
-        if let Err(e) = shared.submit(spec, ReplyTo::Internal, work) {
+        if let Err(e) = background(shared, "usage.load", Duration::from_secs(60), None, work) {
             log::warn!("usage index: cannot schedule the load: {e}");
         }
     }
@@ -271,15 +282,14 @@ impl Sessions {
     fn spawn_build_job(shared: &Arc<Shared>) {
         let ticket = BuildTicket::new(shared);
         let work: Work = Box::new(move |ctx: &JobCtx| ticket.run(ctx));
-        let spec = JobSpec {
-            kind: "usage.build".into(),
-            pool: PoolKind::Cpu,
-            lane: Lane::Background,
-            timeout: Duration::from_secs(120),
-            stall_limit: Some(Duration::from_secs(30)),
-        };
         // Refused (queue full, draining): the work is dropped, and its ticket with it.
-        if let Err(e) = shared.submit(spec, ReplyTo::Internal, work) {
+        if let Err(e) = background(
+            shared,
+            "usage.build",
+            Duration::from_secs(120),
+            Some(Duration::from_secs(30)),
+            work,
+        ) {
             log::debug!("usage index build job not queued: {e}");
         }
     }
@@ -343,14 +353,7 @@ impl Sessions {
             );
             Ok(Value::Null.into())
         });
-        let spec = JobSpec {
-            kind: "usage.prewarm".into(),
-            pool: PoolKind::Cpu,
-            lane: Lane::Background,
-            timeout: Duration::from_secs(30),
-            stall_limit: None,
-        };
-        let _ = shared.submit(spec, ReplyTo::Internal, work);
+        let _ = background(shared, "usage.prewarm", Duration::from_secs(30), None, work);
     }
 
     /// Saves the index if it changed (now, or when [`SAVE_EVERY`] has passed).
@@ -385,14 +388,7 @@ impl Sessions {
             }
             Ok(Value::Null.into())
         });
-        let spec = JobSpec {
-            kind: "usage.save".into(),
-            pool: PoolKind::Cpu,
-            lane: Lane::Background,
-            timeout: Duration::from_secs(60),
-            stall_limit: None,
-        };
-        if shared.submit(spec, ReplyTo::Internal, work).is_err() {
+        if background(shared, "usage.save", Duration::from_secs(60), None, work).is_err() {
             self.dirty.store(true, Ordering::Release);
         }
     }
