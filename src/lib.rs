@@ -5,6 +5,7 @@
 //! `docs/DESIGN.md` for the whole story; each module opens with the part it keeps.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod auth;
 pub mod cli;
 pub mod clock;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
+pub mod net;
 pub mod protocol;
 pub mod reactor;
 pub mod runtime;

@@ -2,6 +2,7 @@
 
 mod common;
 mod config;
+mod fake_provider;
 mod http;
 mod lifecycle;
 mod usage;
