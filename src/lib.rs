@@ -5,6 +5,7 @@
 //! `docs/DESIGN.md` for the whole story; each module opens with the part it keeps.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod auth;
 pub mod cli;
 pub mod clock;
