@@ -123,6 +123,8 @@ pub struct Config {
     pub pressure: PressureConfig,
     pub limits: Limits,
     pub prices: Prices,
+    /// Providers, model chains and tools for agent runs.
+    pub agents: crate::agent::settings::AgentSettings,
     pub disabled: Vec<Disabled>,
 }
 
@@ -168,6 +170,10 @@ impl Default for Config {
                 header_timeout: Duration::from_secs(10),
             },
             prices: Prices::new(),
+            agents: crate::agent::settings::AgentSettings {
+                run_timeout: crate::agent::settings::DEFAULT_RUN_TIMEOUT,
+                ..Default::default()
+            },
             disabled: Vec::new(),
         }
     }
@@ -251,12 +257,10 @@ pub fn load_file(path: &Path) -> Validated {
 
 /// OpenClaw's top-level keys that keel knows of but does not act on (yet): one warning each.
 const OPENCLAW_UNSUPPORTED: &[&str] = &[
-    "agents",
     "channels",
     "session",
     "messages",
     "commands",
-    "tools",
     "plugins",
     "skills",
     "ui",
@@ -364,7 +368,9 @@ impl Validator {
         self.warn_keys(
             root,
             "",
-            &["gateway", "hooks", "models", "meta", "logging"],
+            &[
+                "gateway", "hooks", "models", "agents", "tools", "meta", "logging",
+            ],
             OPENCLAW_UNSUPPORTED,
         );
         if let Some(g) = root.get("gateway") {
@@ -381,6 +387,11 @@ impl Validator {
                 Ok(p) => self.config.prices = p,
                 Err((path, msg)) => self.disable(&path, msg),
             }
+        }
+        let (agents, issues) = crate::agent::settings::parse(root);
+        self.config.agents = agents;
+        for (path, msg) in issues {
+            self.disable(&path, msg);
         }
     }
 
@@ -919,7 +930,7 @@ mod tests {
     #[test]
     fn model_prices() {
         let v = parse(
-            r#"{"models":{"providers":{"anthropic":{"baseUrl":"x","models":[{"id":"claude","cost":{"input":3,"output":15,"cacheRead":0.3}},{"id":"free"}]}}}}"#,
+            r#"{"models":{"providers":{"anthropic":{"baseUrl":"https://api.anthropic.com","models":[{"id":"claude","cost":{"input":3,"output":15,"cacheRead":0.3}},{"id":"free"}]}}}}"#,
             None,
         );
         assert!(

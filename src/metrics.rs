@@ -145,6 +145,10 @@ pub struct Metrics {
     pub auth_rate_limited: Counter,
     pub handshake_timeouts: Counter,
     pub slow_consumers_closed: Counter,
+    /// Drop-if-slow events skipped for a client with unread data.
+    pub events_dropped_slow: Counter,
+    /// Non-terminal session mirrors not sent because pressure was elevated.
+    pub events_suppressed_pressure: Counter,
     /// Connection handlers that panicked (the connection was dropped, the reactor lived).
     pub reactor_panics: Counter,
     pub conns_http: Gauge,
@@ -219,7 +223,7 @@ impl Metrics {
                 c.get()
             );
         }
-        let simple: [(&str, &str, &Counter); 9] = [
+        let simple: [(&str, &str, &Counter); 11] = [
             (
                 "keel_reactor_handler_panics_total",
                 "Connections dropped after a panic in their handler.",
@@ -264,6 +268,16 @@ impl Metrics {
                 "keel_slow_consumers_closed_total",
                 "Clients closed because their write buffer was full.",
                 &self.slow_consumers_closed,
+            ),
+            (
+                "keel_events_dropped_slow_total",
+                "Drop-if-slow events skipped for clients with unread data.",
+                &self.events_dropped_slow,
+            ),
+            (
+                "keel_events_suppressed_pressure_total",
+                "Non-terminal session mirrors not sent under elevated pressure.",
+                &self.events_suppressed_pressure,
             ),
         ];
         for (name, help, c) in simple {

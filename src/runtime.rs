@@ -86,6 +86,8 @@ pub struct Shared {
     pub pools: Pools,
     /// Session stores and the usage index.
     pub sessions: crate::sessions::Sessions,
+    /// Agent runs, session subscriptions and provider cooldowns.
+    pub runs: crate::agent::runs::Runs,
     next_job_id: AtomicU64,
     completions: Sender<Completion>,
     waker: Arc<mio::Waker>,
@@ -136,6 +138,7 @@ impl Shared {
             jobs: JobTable::default(),
             pools: p.pools,
             sessions: crate::sessions::Sessions::new(&p.state_dir, p.test_hooks),
+            runs: crate::agent::runs::Runs::default(),
             next_job_id: AtomicU64::new(1),
             completions: p.completions,
             waker: p.waker,
@@ -397,6 +400,13 @@ impl Shared {
         // means every answer has reached the reactor.
         self.jobs.remove(info.id);
         self.wake();
+    }
+
+    /// Hands a completion (a reply, an event) to the reactor.
+    pub fn push(&self, c: Completion) {
+        if self.completions.send(c).is_ok() {
+            self.wake();
+        }
     }
 
     /// Sends the job's one reply to the reactor.

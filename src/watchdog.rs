@@ -435,6 +435,7 @@ impl Watchdog {
             lag_max,
         });
 
+        sh.runs.expire_waiters(sh, now);
         self.drain(now);
         self.systemd(now);
     }

@@ -192,6 +192,14 @@ pub struct Completion {
 pub enum CompletionBody {
     /// One text frame.
     WsText(String),
+    /// An event pushed to a WebSocket (no request behind it); the reactor wraps the payload
+    /// (JSON text) in the envelope with the connection's next `seq`. `drop_if_slow` events are
+    /// skipped, leaving a gap in `seq`, when the client has unread data queued.
+    WsEvent {
+        name: String,
+        payload: String,
+        drop_if_slow: bool,
+    },
     /// An HTTP response body (JSON) with its status.
     Http {
         status: u16,
@@ -422,6 +430,10 @@ impl JobTable {
 
     pub fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<JobInfo>> {
+        self.lock().get(&id).cloned()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -6,6 +6,7 @@
 //! workers (`keel.test.busy`) — also with a job that ignores its cancel token — so the
 //! watchdog, the queues and the drain can be proven against the real binary.
 
+use crate::agent::runs;
 use crate::error::RpcError;
 use crate::jobs::{JobCtx, JobSpec, Lane, PoolKind, Work};
 use crate::runtime::Shared;
@@ -19,14 +20,31 @@ pub enum Call {
     Inline(Result<Value, RpcError>),
     /// Queued for a worker.
     Job(JobSpec, Work),
+    /// Answered later through the completion channel (e.g. `agent.wait` until the run ends).
+    Deferred,
 }
 
-type InlineFn = fn(&Shared, &Value) -> Result<Value, RpcError>;
+/// Who is calling: a WebSocket request (which can receive events and a later `res` with the
+/// same id), or an HTTP request (one answer only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Ws {
+        conn: usize,
+        generation: u64,
+        id: String,
+    },
+    Http,
+}
+
+type InlineFn = fn(&Arc<Shared>, &Value, &Caller) -> Result<Value, RpcError>;
 type JobFn = fn(&Arc<Shared>, &Value) -> Result<(JobSpec, Work), RpcError>;
+type CallFn = fn(&Arc<Shared>, &Value, &Caller) -> Result<Call, RpcError>;
 
 enum Handler {
     Inline(InlineFn),
     Job(JobFn),
+    /// Decides for itself (answer now, or later).
+    Call(CallFn),
 }
 
 struct Method {
@@ -62,6 +80,41 @@ const METHODS: &[Method] = &[
         hidden: false,
     },
     Method {
+        name: "chat.send",
+        handler: Handler::Inline(runs::chat_send),
+        hidden: false,
+    },
+    Method {
+        name: "agent",
+        handler: Handler::Inline(runs::agent),
+        hidden: false,
+    },
+    Method {
+        name: "agent.wait",
+        handler: Handler::Call(agent_wait),
+        hidden: false,
+    },
+    Method {
+        name: "chat.abort",
+        handler: Handler::Inline(runs::chat_abort),
+        hidden: false,
+    },
+    Method {
+        name: "chat.history",
+        handler: Handler::Job(chat_history),
+        hidden: false,
+    },
+    Method {
+        name: "sessions.subscribe",
+        handler: Handler::Inline(subscribe),
+        hidden: false,
+    },
+    Method {
+        name: "sessions.unsubscribe",
+        handler: Handler::Inline(unsubscribe),
+        hidden: false,
+    },
+    Method {
         name: "keel.test.busy",
         handler: Handler::Job(test_busy),
         hidden: true,
@@ -79,7 +132,12 @@ pub fn public_names() -> Vec<&'static str> {
 
 /// Resolves a call. Unknown methods (and hidden ones without test hooks) are
 /// `INVALID_REQUEST "unknown method: X"`.
-pub fn call(shared: &Arc<Shared>, method: &str, params: &Value) -> Result<Call, RpcError> {
+pub fn call(
+    shared: &Arc<Shared>,
+    method: &str,
+    params: &Value,
+    caller: &Caller,
+) -> Result<Call, RpcError> {
     let m = METHODS
         .iter()
         .find(|m| m.name == method && (!m.hidden || shared.test_hooks))
@@ -88,7 +146,8 @@ pub fn call(shared: &Arc<Shared>, method: &str, params: &Value) -> Result<Call, 
         return Err(RpcError::invalid("invalid params: expected an object"));
     }
     Ok(match &m.handler {
-        Handler::Inline(f) => Call::Inline(f(shared, params)),
+        Handler::Inline(f) => Call::Inline(f(shared, params, caller)),
+        Handler::Call(f) => f(shared, params, caller)?,
         Handler::Job(f) => {
             let (spec, work) = f(shared, params)?;
             Call::Job(spec, work)
@@ -96,7 +155,40 @@ pub fn call(shared: &Arc<Shared>, method: &str, params: &Value) -> Result<Call, 
     })
 }
 
-fn health(shared: &Shared, _params: &Value) -> Result<Value, RpcError> {
+fn agent_wait(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Call, RpcError> {
+    Ok(match runs::agent_wait(shared, p, caller)? {
+        Some(v) => Call::Inline(Ok(v)),
+        None => Call::Deferred,
+    })
+}
+
+fn subscribe(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
+    runs::subscribe(shared, p, caller, true)
+}
+
+fn unsubscribe(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
+    runs::subscribe(shared, p, caller, false)
+}
+
+fn chat_history(shared: &Arc<Shared>, params: &Value) -> Result<(JobSpec, Work), RpcError> {
+    let sh = shared.clone();
+    let params = params.clone();
+    Ok((
+        JobSpec {
+            kind: "chat.history".into(),
+            pool: PoolKind::Cpu,
+            lane: Lane::Interactive,
+            timeout: Duration::from_secs(5),
+            stall_limit: None,
+        },
+        Box::new(move |ctx: &JobCtx| {
+            ctx.check()?;
+            runs::chat_history(&sh, &params)
+        }),
+    ))
+}
+
+fn health(shared: &Arc<Shared>, _params: &Value, _caller: &Caller) -> Result<Value, RpcError> {
     Ok(shared.health_json())
 }
 

@@ -527,8 +527,12 @@ impl HttpConn {
                 }
             }
         };
-        let outcome = match methods::call(cx.shared, method, &params) {
+        let outcome = match methods::call(cx.shared, method, &params, &methods::Caller::Http) {
             Ok(methods::Call::Inline(r)) => r,
+            Ok(methods::Call::Deferred) => {
+                self.phase = Phase::Waiting;
+                return;
+            }
             Ok(methods::Call::Job(spec, work)) => {
                 let reply = ReplyTo::Http {
                     conn: cx.slot,

@@ -321,6 +321,7 @@ impl Reactor {
         let Some(s) = self.slots.get_mut(slot).and_then(Option::take) else {
             return;
         };
+        self.shared.runs.forget_conn(slot, s.generation);
         let mut stream = match s.conn {
             Conn::Http(h) => h.into_upgrade().0,
             Conn::Ws(w) => {
@@ -470,6 +471,17 @@ impl Reactor {
                 }
                 (Conn::Ws(w), CompletionBody::WsText(text)) => {
                     w.complete(cx, text);
+                    w.flush(cx).err().unwrap_or(Outcome::Keep)
+                }
+                (
+                    Conn::Ws(w),
+                    CompletionBody::WsEvent {
+                        name,
+                        payload,
+                        drop_if_slow,
+                    },
+                ) => {
+                    w.push_event(cx, &name, &payload, drop_if_slow);
                     w.flush(cx).err().unwrap_or(Outcome::Keep)
                 }
                 _ => Outcome::Keep,

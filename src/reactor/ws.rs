@@ -221,6 +221,24 @@ impl WsConn {
         }
     }
 
+    /// An event from a worker (a run's progress, a session mirror).
+    pub fn push_event(&mut self, cx: &mut Cx<'_>, name: &str, payload: &str, drop_if_slow: bool) {
+        if !self.is_open() {
+            return;
+        }
+        let seq = self.next_seq();
+        if drop_if_slow && self.out_bytes > 0 {
+            // The client has not read what it was sent: skip, and let the seq gap show it.
+            cx.shared.metrics.events_dropped_slow.inc();
+            return;
+        }
+        let name = serde_json::Value::String(name.to_string());
+        self.send(
+            cx,
+            format!(r#"{{"type":"event","event":{name},"payload":{payload},"seq":{seq}}}"#),
+        );
+    }
+
     /// A job's reply frame has arrived.
     pub fn complete(&mut self, cx: &mut Cx<'_>, text: String) {
         self.inflight = self.inflight.saturating_sub(1);
@@ -483,8 +501,17 @@ impl WsConn {
             );
             return self.send(cx, protocol::res_err(&req.id, &err));
         }
-        let outcome = match methods::call(cx.shared, &req.method, &req.params) {
+        let caller = methods::Caller::Ws {
+            conn: cx.slot,
+            generation: cx.generation,
+            id: req.id.clone(),
+        };
+        let outcome = match methods::call(cx.shared, &req.method, &req.params, &caller) {
             Ok(methods::Call::Inline(r)) => r,
+            Ok(methods::Call::Deferred) => {
+                self.inflight += 1;
+                return;
+            }
             Ok(methods::Call::Job(spec, work)) => {
                 let reply = ReplyTo::Ws {
                     conn: cx.slot,

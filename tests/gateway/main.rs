@@ -5,5 +5,6 @@ mod config;
 mod fake_provider;
 mod http;
 mod lifecycle;
+mod runs;
 mod usage;
 mod ws;

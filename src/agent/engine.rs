@@ -1,0 +1,487 @@
+//! The run loop: call the model (walking the failover chain), stream its text out as `chat`
+//! and `agent` events, run the tools it asks for, and record every call in the session's
+//! transcript — failed, retried and silent ones too — with usage and cost, so the usage index
+//! counts them.
+
+use super::failover;
+use super::provider::{self, ChatMessage, ModelEvent, ProviderError, Role, ToolCall};
+use super::runs::{self, Run, Status};
+use super::settings::{DEFAULT_MAX_TOKENS, ModelRef};
+use super::tools;
+use super::transcript::SessionFile;
+use crate::clock;
+use crate::error::{Code, RpcError};
+use crate::jobs::JobCtx;
+use crate::net::{Limits, Url};
+use crate::protocol::Outcome;
+use crate::runtime::Shared;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most model ↔ tool rounds in one run.
+const MAX_ROUNDS: usize = 8;
+/// `chat` deltas are sent at most this often.
+const DELTA_EVERY: Duration = Duration::from_millis(150);
+/// Messages of earlier turns given to the model.
+const HISTORY: usize = 40;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One model call that worked.
+struct Answer {
+    candidate: ModelRef,
+    text: String,
+    tool_calls: Vec<ToolCall>,
+    usage: provider::Usage,
+    stop_reason: String,
+}
+
+/// Why a whole chain failed: each candidate with its reason.
+struct ChainError {
+    reason: &'static str,
+    message: String,
+}
+
+fn text_content(text: &str) -> Value {
+    json!([{"type": "text", "text": text}])
+}
+
+/// Earlier turns of the session, as the model sees them.
+fn history_messages(history: &[Value]) -> Vec<ChatMessage> {
+    history
+        .iter()
+        .filter_map(|m| {
+            let role = match m["role"].as_str()? {
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                _ => return None,
+            };
+            if m["stopReason"] == "error" {
+                return None;
+            }
+            let text: String = match &m["content"] {
+                Value::String(s) => s.clone(),
+                Value::Array(blocks) => blocks
+                    .iter()
+                    .filter_map(|b| b["text"].as_str())
+                    .collect::<Vec<_>>()
+                    .join(""),
+                _ => String::new(),
+            };
+            (!text.is_empty()).then_some(ChatMessage {
+                role,
+                text,
+                tool_calls: Vec::new(),
+                tool_call_id: None,
+            })
+        })
+        .collect()
+}
+
+/// Cost of a call from the configured price, in OpenClaw's shape; `None` without a price.
+fn cost(shared: &Shared, c: &ModelRef, u: &provider::Usage) -> Option<Value> {
+    let cfg = shared.config();
+    let p = cfg.prices.get(&(c.provider.clone(), c.model.clone()))?;
+    let part = |t: u64, per_m: f64| t as f64 * per_m / 1_000_000.0;
+    let (i, o, r, w) = (
+        part(u.input, p.input),
+        part(u.output, p.output),
+        part(u.cache_read, p.cache_read),
+        part(u.cache_write, p.cache_write),
+    );
+    Some(json!({"input": i, "output": o, "cacheRead": r, "cacheWrite": w, "total": i + o + r + w}))
+}
+
+fn usage_json(shared: &Shared, c: &ModelRef, u: &provider::Usage) -> Value {
+    let mut v = json!({
+        "input": u.input, "output": u.output, "cacheRead": u.cache_read, "cacheWrite": u.cache_write,
+        "totalTokens": u.input + u.output + u.cache_read + u.cache_write,
+    });
+    if let Some(c) = cost(shared, c, u) {
+        v["cost"] = c;
+    }
+    v
+}
+
+/// `failover` reason name of a provider failure.
+fn reason(e: &ProviderError) -> (&'static str, Option<Duration>) {
+    let kind = match e {
+        ProviderError::Http { kind, .. } | ProviderError::Stream { kind, .. } => *kind,
+        ProviderError::Net(n) => provider::classify_net(n),
+        ProviderError::Decode(_) => provider::FailureKind::Format,
+    };
+    if let ProviderError::Net(crate::net::NetError::Cancelled) = e {
+        return ("cancelled", None);
+    }
+    use provider::FailureKind as K;
+    match kind {
+        K::Auth => ("auth", None),
+        K::AuthPermanent => ("auth_permanent", None),
+        K::Billing => ("billing", None),
+        K::RateLimit { retry_after } => ("rate_limit", retry_after),
+        K::Overloaded => ("overloaded", None),
+        K::ServerError => ("server_error", None),
+        K::Timeout => ("timeout", None),
+        K::ModelNotFound => ("model_not_found", None),
+        K::ContextOverflow => ("context_overflow", None),
+        K::Format => ("format", None),
+        K::ConfigError => ("config_error", None),
+        K::Other => ("server_error", None),
+    }
+}
+
+/// What the model is asked.
+struct Prompt<'a> {
+    system: Option<&'a str>,
+    messages: &'a [ChatMessage],
+    tools: &'a [provider::ToolSpec],
+    /// Text of earlier rounds of this run (chat deltas carry the whole answer so far).
+    text_so_far: &'a str,
+}
+
+/// Walks the candidates until one answers.
+fn call_chain(
+    shared: &Arc<Shared>,
+    run: &Run,
+    ctx: &JobCtx,
+    session: &mut SessionFile,
+    prompt: &Prompt<'_>,
+) -> Result<Answer, ChainError> {
+    let Prompt {
+        system,
+        messages,
+        tools: tool_specs,
+        text_so_far,
+    } = *prompt;
+    let cfg = shared.config();
+    let chain = cfg.agents.chain(&run.request.agent_id).candidates();
+    if chain.is_empty() {
+        return Err(ChainError {
+            reason: "config_error",
+            message: format!(
+                "no model is configured for agent {:?} (agents.defaults.model)",
+                run.request.agent_id
+            ),
+        });
+    }
+    let mut failures: Vec<String> = Vec::new();
+    for c in &chain {
+        if ctx.token().is_cancelled() {
+            break;
+        }
+        let now = Instant::now();
+        if let Some((why, until)) = runs::cooldowns(shared).cooling(&c.provider, &c.model, now) {
+            failures.push(format!(
+                "{c}: cooling down after {why} ({} s left)",
+                until.saturating_duration_since(now).as_secs()
+            ));
+            continue;
+        }
+        let Some(p) = cfg.agents.providers.get(&c.provider) else {
+            failures.push(format!(
+                "{c}: config_error: provider {:?} is not configured",
+                c.provider
+            ));
+            continue;
+        };
+        let (Some(api), Ok(base)) = (provider::Api::parse(&p.api), Url::parse(&p.base_url)) else {
+            failures.push(format!("{c}: config_error: bad api or baseUrl"));
+            continue;
+        };
+        let deadline = (now + p.timeout).min(ctx.deadline());
+        let limits = Limits {
+            connect_timeout: CONNECT_TIMEOUT,
+            deadline,
+            stall: p.stall,
+        };
+        let max_tokens = p
+            .max_tokens
+            .get(&c.model)
+            .copied()
+            .unwrap_or(DEFAULT_MAX_TOKENS);
+        let mut text = String::new();
+        let mut last_delta = Instant::now() - DELTA_EVERY;
+        let mut on_event = |ev: &ModelEvent| {
+            ctx.info.stamp(Instant::now());
+            if let ModelEvent::Text(t) = ev {
+                text.push_str(t);
+                runs::emit(
+                    shared,
+                    run,
+                    "agent",
+                    json!({"stream": "assistant", "ts": clock::wall_ms(), "data": {"delta": t}}),
+                );
+                if last_delta.elapsed() >= DELTA_EVERY {
+                    last_delta = Instant::now();
+                    let full = format!("{text_so_far}{text}");
+                    runs::emit(
+                        shared,
+                        run,
+                        "chat",
+                        json!({"state": "delta", "message": {"role": "assistant", "content": text_content(&full), "timestamp": clock::wall_ms()}}),
+                    );
+                }
+            }
+        };
+        let started = Instant::now();
+        let result = provider::call_streaming(
+            api,
+            &base,
+            p.api_key.as_deref(),
+            &c.model,
+            system,
+            messages,
+            tool_specs,
+            max_tokens,
+            &limits,
+            ctx.token(),
+            &mut on_event,
+        );
+        match result {
+            Ok(events) => {
+                let mut answer = Answer {
+                    candidate: c.clone(),
+                    text: String::new(),
+                    tool_calls: Vec::new(),
+                    usage: provider::Usage::default(),
+                    stop_reason: "stop".into(),
+                };
+                for ev in events {
+                    match ev {
+                        ModelEvent::Text(t) => answer.text.push_str(&t),
+                        ModelEvent::ToolCall(tc) => answer.tool_calls.push(tc),
+                        ModelEvent::Usage(u) => answer.usage = u,
+                        ModelEvent::Done { stop_reason } => answer.stop_reason = stop_reason,
+                    }
+                }
+                runs::cooldowns(shared).record_success(&c.provider, &c.model);
+                return Ok(answer);
+            }
+            Err(e) => {
+                let (why, retry_after) = reason(&e);
+                if why == "cancelled" || ctx.token().is_cancelled() {
+                    break;
+                }
+                let cooldown = runs::cooldowns(shared).record_failure(
+                    &c.provider,
+                    &c.model,
+                    why,
+                    retry_after,
+                    Instant::now(),
+                );
+                let message = e.to_string();
+                log::warn!(
+                    "run {}: {c} failed after {} ms: {why}: {message}{}",
+                    run.id,
+                    started.elapsed().as_millis(),
+                    cooldown
+                        .map(|d| format!(" (cooling down {} s)", d.as_secs()))
+                        .unwrap_or_default()
+                );
+                // Every call is recorded, the failed ones too.
+                let _ = session.append(json!({
+                    "role": "assistant", "content": text_content(&text), "provider": c.provider, "model": c.model,
+                    "timestamp": clock::wall_ms(), "stopReason": "error", "errorMessage": format!("{why}: {message}"),
+                    "usage": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "totalTokens": 0},
+                }));
+                runs::emit(
+                    shared,
+                    run,
+                    "agent",
+                    json!({"stream": "error", "ts": clock::wall_ms(), "data": {
+                        "provider": c.provider, "model": c.model, "reason": why, "message": message,
+                        "failover": failover::fails_over(why), "cooldownSeconds": cooldown.map(|d| d.as_secs()),
+                    }}),
+                );
+                failures.push(format!("{c}: {why}: {message}"));
+                if !failover::fails_over(why) {
+                    return Err(ChainError {
+                        reason: why,
+                        message: failures.join("; "),
+                    });
+                }
+            }
+        }
+    }
+    if ctx.token().is_cancelled() {
+        return Err(ChainError {
+            reason: "cancelled",
+            message: "the run was cancelled".into(),
+        });
+    }
+    Err(ChainError {
+        reason: "all_failed",
+        message: format!("every model failed: {}", failures.join("; ")),
+    })
+}
+
+/// Runs one run to its end. Always finishes the run record, whatever happens.
+pub fn execute(shared: &Arc<Shared>, run: &Arc<Run>, ctx: &JobCtx) -> Outcome {
+    use crate::jobs::CancelReason;
+    let outcome = execute_inner(shared, run, ctx);
+    let status = match (&outcome, ctx.token().reason()) {
+        (Ok(_), _) => Status::Ok,
+        (Err(_), Some(CancelReason::Deadline | CancelReason::Stalled)) => Status::Timeout,
+        (Err(_), Some(_)) => Status::Aborted,
+        (Err(_), None) => Status::Error,
+    };
+    let (text, error) = match &outcome {
+        Ok((text, meta)) => {
+            run.set_meta(meta.clone());
+            (text.as_str(), None)
+        }
+        Err(e) => ("", Some(e.message.clone())),
+    };
+    runs::finish(shared, run, status, text, error.clone());
+    // The lifecycle ends before the terminal chat event, which is what clients wait for.
+    let end = json!({"stream": "lifecycle", "ts": clock::wall_ms(), "data": {"phase": "end", "status": status.as_str()}});
+    runs::emit(shared, run, "agent", end);
+    let chat = match status {
+        Status::Ok => {
+            json!({"state": "final", "message": {"role": "assistant", "content": text_content(text), "timestamp": clock::wall_ms()}})
+        }
+        Status::Aborted => json!({"state": "aborted", "errorMessage": error}),
+        _ => json!({"state": "error", "errorMessage": error}),
+    };
+    runs::emit(shared, run, "chat", chat);
+    match outcome {
+        Ok(_) => Ok(run.result().into()),
+        Err(e) => Err(e),
+    }
+}
+
+fn execute_inner(
+    shared: &Arc<Shared>,
+    run: &Arc<Run>,
+    ctx: &JobCtx,
+) -> Result<(String, Value), RpcError> {
+    let req = &run.request;
+    let lock = shared.runs.session_lock(&req.session_key);
+    let _turn = lock.lock().unwrap_or_else(|e| e.into_inner());
+    ctx.check()?;
+    runs::emit(
+        shared,
+        run,
+        "agent",
+        json!({"stream": "lifecycle", "ts": clock::wall_ms(), "data": {"phase": "start", "agentId": req.agent_id}}),
+    );
+    let io = |e: std::io::Error| {
+        RpcError::new(
+            Code::Internal,
+            format!("cannot write the session {}: {e}", req.session_key),
+        )
+    };
+    let (_, earlier) =
+        super::transcript::history(&shared.state_dir, &req.agent_id, &req.session_key, HISTORY)
+            .unwrap_or_default();
+    let mut session = SessionFile::open(
+        &shared.state_dir,
+        &req.agent_id,
+        &req.session_key,
+        &req.origin,
+    )
+    .map_err(io)?;
+    session
+        .append(json!({"role": "user", "content": text_content(&req.message), "timestamp": clock::wall_ms()}))
+        .map_err(io)?;
+    let cfg = shared.config();
+    let system = cfg
+        .agents
+        .agent(&req.agent_id)
+        .and_then(|a| a.system.clone());
+    let mut messages = history_messages(&earlier);
+    messages.push(ChatMessage {
+        role: Role::User,
+        text: req.message.clone(),
+        tool_calls: Vec::new(),
+        tool_call_id: None,
+    });
+    let tool_specs = tools::specs(&cfg.agents);
+    let mut full_text = String::new();
+    let mut totals = provider::Usage::default();
+    let mut last_model: Option<ModelRef> = None;
+    for _round in 0..MAX_ROUNDS {
+        ctx.check()?;
+        let prompt = Prompt {
+            system: system.as_deref(),
+            messages: &messages,
+            tools: &tool_specs,
+            text_so_far: &full_text,
+        };
+        let answer = call_chain(shared, run, ctx, &mut session, &prompt).map_err(|e| {
+            let code = match e.reason {
+                "cancelled" => Code::Cancelled,
+                "config_error" => Code::ConfigError,
+                _ => Code::Unavailable,
+            };
+            RpcError::new(code, e.message)
+        })?;
+        let c = &answer.candidate;
+        session
+            .append(json!({
+                "role": "assistant",
+                "content": assistant_content(&answer),
+                "provider": c.provider, "model": c.model, "timestamp": clock::wall_ms(),
+                "stopReason": answer.stop_reason, "usage": usage_json(shared, c, &answer.usage),
+            }))
+            .map_err(io)?;
+        totals.input += answer.usage.input;
+        totals.output += answer.usage.output;
+        totals.cache_read += answer.usage.cache_read;
+        totals.cache_write += answer.usage.cache_write;
+        full_text.push_str(&answer.text);
+        last_model = Some(c.clone());
+        if answer.tool_calls.is_empty() {
+            break;
+        }
+        messages.push(ChatMessage {
+            role: Role::Assistant,
+            text: answer.text.clone(),
+            tool_calls: answer.tool_calls.clone(),
+            tool_call_id: None,
+        });
+        for call in &answer.tool_calls {
+            ctx.check()?;
+            let result = tools::run(shared, run, ctx, call);
+            let (text, is_error) = match &result {
+                Ok(t) => (t.clone(), false),
+                Err(e) => (e.clone(), true),
+            };
+            session
+                .append(json!({"role": "toolResult", "toolCallId": call.id, "toolName": call.name, "content": text_content(&text), "isError": is_error, "timestamp": clock::wall_ms()}))
+                .map_err(io)?;
+            messages.push(ChatMessage {
+                role: Role::Tool,
+                text,
+                tool_calls: Vec::new(),
+                tool_call_id: Some(call.id.clone()),
+            });
+        }
+    }
+    let total = totals.input + totals.output + totals.cache_read + totals.cache_write;
+    let (p, m) = last_model
+        .as_ref()
+        .map(|c| (c.provider.as_str(), c.model.as_str()))
+        .unzip();
+    session
+        .touch(p, m, totals.input, totals.output, total)
+        .map_err(io)?;
+    let meta = json!({
+        "provider": p, "model": m, "sessionId": session.session_id,
+        "usage": {"input": totals.input, "output": totals.output, "cacheRead": totals.cache_read, "cacheWrite": totals.cache_write, "totalTokens": total},
+    });
+    Ok((full_text, meta))
+}
+
+fn assistant_content(a: &Answer) -> Value {
+    let mut blocks = Vec::new();
+    if !a.text.is_empty() {
+        blocks.push(json!({"type": "text", "text": a.text}));
+    }
+    for t in &a.tool_calls {
+        blocks.push(
+            json!({"type": "toolCall", "id": t.id, "name": t.name, "arguments": t.arguments}),
+        );
+    }
+    Value::Array(blocks)
+}

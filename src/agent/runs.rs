@@ -1,0 +1,581 @@
+//! Runs: the registry, the methods that start, wait on, abort and read them, and fan-out of
+//! their events.
+//!
+//! A run is an io-pool job (interactive lane, `agents.defaults.timeoutSeconds`). It outlives
+//! the socket that started it: its record stays here (finished runs for an hour), so a client
+//! that reconnects can `agent.wait` on it or read its session's history.
+//!
+//! Fan-out: the connection that started a run and every `agent.wait`er get all its events,
+//! never dropped (a client too slow for them is closed 1008 by the reactor). Session
+//! subscribers get `session.tool` mirrors marked drop-if-slow; while pressure is elevated the
+//! non-terminal ones (`start`, `update`) are not sent at all.
+
+use super::failover::Cooldowns;
+use super::transcript::Origin;
+use crate::clock;
+use crate::error::{Code, RpcError};
+use crate::jobs::{
+    CancelReason, Completion, CompletionBody, JobSpec, Lane, PoolKind, ReplyTo, Work,
+};
+use crate::protocol::methods::Caller;
+use crate::protocol::{self, Payload};
+use crate::runtime::Shared;
+use crate::watchdog::Level;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Finished runs are kept this long for `agent.wait` and reconnecting clients.
+const KEEP_FINISHED: Duration = Duration::from_secs(3600);
+const MAX_RUNS: usize = 2000;
+/// `agent.wait` without `timeoutMs`.
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Running,
+    Ok,
+    Error,
+    Aborted,
+    Timeout,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Ok => "ok",
+            Status::Error => "error",
+            Status::Aborted => "aborted",
+            Status::Timeout => "timeout",
+        }
+    }
+}
+
+/// What a run was asked to do.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub message: String,
+    pub agent_id: String,
+    pub session_key: String,
+    pub origin: Origin,
+    pub parent: Option<String>,
+    pub depth: u32,
+}
+
+struct Waiter {
+    reply: ReplyTo,
+    deadline: Instant,
+}
+
+struct Inner {
+    status: Status,
+    text: String,
+    error: Option<String>,
+    ended_ms: Option<u64>,
+    ended: Option<Instant>,
+    job: Option<u64>,
+    /// (conn, generation) getting every event.
+    listeners: Vec<(usize, u64)>,
+    waiters: Vec<Waiter>,
+    seq: u64,
+    /// Extra result fields (model used, usage, failures) for the final answer.
+    meta: Value,
+}
+
+pub struct Run {
+    pub id: String,
+    pub idempotency_key: String,
+    pub request: Request,
+    pub created_ms: u64,
+    inner: Mutex<Inner>,
+}
+
+impl Run {
+    pub fn status(&self) -> Status {
+        lock(&self.inner).status
+    }
+
+    /// The final answer (`agent`'s second `res`, `agent.wait`).
+    pub fn result(&self) -> Value {
+        let i = lock(&self.inner);
+        json!({
+            "runId": self.id,
+            "status": i.status.as_str(),
+            "sessionKey": self.request.session_key,
+            "agentId": self.request.agent_id,
+            "startedAt": self.created_ms,
+            "endedAt": i.ended_ms,
+            "summary": i.text.chars().take(200).collect::<String>(),
+            "result": {"payloads": [{"text": i.text}], "meta": i.meta},
+            "error": i.error,
+        })
+    }
+
+    fn next_seq(&self) -> u64 {
+        let mut i = lock(&self.inner);
+        i.seq += 1;
+        i.seq
+    }
+
+    pub fn set_meta(&self, meta: Value) {
+        lock(&self.inner).meta = meta;
+    }
+}
+
+/// Every run, idempotency keys, session subscriptions, and provider cooldowns.
+#[derive(Default)]
+pub struct Runs {
+    runs: Mutex<HashMap<String, Arc<Run>>>,
+    by_idem: Mutex<HashMap<String, String>>,
+    subs: Mutex<HashMap<String, Vec<(usize, u64)>>>,
+    pub cooldowns: Mutex<Cooldowns>,
+    session_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl Runs {
+    pub fn get(&self, id: &str) -> Option<Arc<Run>> {
+        lock(&self.runs).get(id).cloned()
+    }
+
+    pub fn active(&self) -> usize {
+        lock(&self.runs)
+            .values()
+            .filter(|r| r.status() == Status::Running)
+            .count()
+    }
+
+    /// The lock that serializes runs of one session (transcript order).
+    pub fn session_lock(&self, key: &str) -> Arc<Mutex<()>> {
+        lock(&self.session_locks)
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn prune(&self, now: Instant) {
+        let mut runs = lock(&self.runs);
+        if runs.len() < MAX_RUNS / 2 {
+            return;
+        }
+        runs.retain(|_, r| {
+            lock(&r.inner)
+                .ended
+                .is_none_or(|e| now.saturating_duration_since(e) < KEEP_FINISHED)
+        });
+        if runs.len() >= MAX_RUNS {
+            // Still full of recent runs: forget the oldest finished ones.
+            let mut finished: Vec<(u64, String)> = runs
+                .values()
+                .filter(|r| r.status() != Status::Running)
+                .map(|r| (r.created_ms, r.id.clone()))
+                .collect();
+            finished.sort();
+            for (_, id) in finished.iter().take(runs.len() + 1 - MAX_RUNS) {
+                runs.remove(id);
+            }
+        }
+        let live: std::collections::HashSet<String> = runs.keys().cloned().collect();
+        drop(runs);
+        lock(&self.by_idem).retain(|_, id| live.contains(id));
+        lock(&self.session_locks).retain(|_, l| Arc::strong_count(l) > 1);
+    }
+
+    /// Forgets a closed connection's subscriptions.
+    pub fn forget_conn(&self, conn: usize, generation: u64) {
+        let mut subs = lock(&self.subs);
+        for v in subs.values_mut() {
+            v.retain(|c| *c != (conn, generation));
+        }
+        subs.retain(|_, v| !v.is_empty());
+    }
+
+    /// Answers `agent.wait`ers whose time is up (called by the watchdog).
+    pub fn expire_waiters(&self, shared: &Shared, now: Instant) {
+        let runs: Vec<Arc<Run>> = lock(&self.runs).values().cloned().collect();
+        for r in runs {
+            let expired: Vec<Waiter> = {
+                let mut i = lock(&r.inner);
+                let (gone, keep) = std::mem::take(&mut i.waiters)
+                    .into_iter()
+                    .partition(|w| w.deadline <= now);
+                i.waiters = keep;
+                gone
+            };
+            for w in expired {
+                send_reply(shared, &w.reply, &Ok(json!({"runId": r.id, "status": "timeout", "runStatus": r.status().as_str()}).into()));
+            }
+        }
+    }
+}
+
+/// The provider cooldowns.
+pub fn cooldowns(shared: &Shared) -> MutexGuard<'_, Cooldowns> {
+    lock(&shared.runs.cooldowns)
+}
+
+fn send_reply(shared: &Shared, reply: &ReplyTo, outcome: &crate::protocol::Outcome) {
+    if let Some(c) = protocol::encode_reply(reply, outcome) {
+        shared.push(c);
+    }
+}
+
+/// Sends `event` to every listener of the run (never dropped).
+pub fn emit(shared: &Shared, run: &Run, event: &str, mut payload: Value) {
+    payload["runId"] = json!(run.id);
+    payload["sessionKey"] = json!(run.request.session_key);
+    payload["seq"] = json!(run.next_seq());
+    let text = payload.to_string();
+    let listeners = lock(&run.inner).listeners.clone();
+    for (conn, generation) in listeners {
+        shared.push(Completion {
+            conn,
+            generation,
+            body: CompletionBody::WsEvent {
+                name: event.to_string(),
+                payload: text.clone(),
+                drop_if_slow: false,
+            },
+        });
+    }
+}
+
+/// Mirrors a tool event to the session's subscribers: drop-if-slow, and while pressure is
+/// elevated only the terminal ones (`result`, `error`) go out.
+pub fn mirror_tool(shared: &Shared, run: &Run, phase: &str, data: &Value) {
+    let terminal = matches!(phase, "result" | "error" | "end");
+    if !terminal && shared.pressure().level >= Level::Elevated {
+        shared.metrics.events_suppressed_pressure.inc();
+        return;
+    }
+    let subs = lock(&shared.runs.subs)
+        .get(&run.request.session_key)
+        .cloned()
+        .unwrap_or_default();
+    if subs.is_empty() {
+        return;
+    }
+    let payload = json!({"runId": run.id, "sessionKey": run.request.session_key, "phase": phase, "data": data, "ts": clock::wall_ms()}).to_string();
+    for (conn, generation) in subs {
+        shared.push(Completion {
+            conn,
+            generation,
+            body: CompletionBody::WsEvent {
+                name: "session.tool".into(),
+                payload: payload.clone(),
+                drop_if_slow: true,
+            },
+        });
+    }
+}
+
+/// Ends a run: records the outcome and answers every waiter.
+pub fn finish(shared: &Shared, run: &Run, status: Status, text: &str, error: Option<String>) {
+    let waiters = {
+        let mut i = lock(&run.inner);
+        i.status = status;
+        i.text = text.to_string();
+        i.error = error;
+        i.ended_ms = Some(clock::wall_ms());
+        i.ended = Some(Instant::now());
+        std::mem::take(&mut i.waiters)
+    };
+    let result = run.result();
+    for w in waiters {
+        send_reply(shared, &w.reply, &Ok(result.clone().into()));
+    }
+}
+
+// ---- methods -------------------------------------------------------------------------------
+
+fn str_param(p: &Value, key: &str) -> Result<Option<String>, RpcError> {
+    match p.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        // Chat ids and thread ids arrive as numbers from some channels.
+        Some(Value::Number(n)) if matches!(key, "to" | "threadId" | "accountId") => {
+            Ok(Some(n.to_string()))
+        }
+        Some(_) => Err(RpcError::invalid(format!(
+            "invalid params: {key} must be a string"
+        ))),
+    }
+}
+
+fn required(p: &Value, key: &str) -> Result<String, RpcError> {
+    str_param(p, key)?
+        .ok_or_else(|| RpcError::invalid(format!("invalid params: {key} is required")))
+}
+
+/// `agent:<agentId>:<rest>` → agentId; other keys belong to the default agent.
+pub fn agent_of(key: &str, default_agent: &str) -> String {
+    match key.strip_prefix("agent:").and_then(|r| r.split_once(':')) {
+        Some((agent, _)) if !agent.is_empty() => agent.to_string(),
+        _ => default_agent.to_string(),
+    }
+}
+
+fn origin_of(p: &Value) -> Result<Origin, RpcError> {
+    Ok(Origin {
+        channel: str_param(p, "channel")?,
+        to: str_param(p, "to")?,
+        account_id: str_param(p, "accountId")?,
+        thread_id: str_param(p, "threadId")?,
+    })
+}
+
+/// Registers and queues a run (or finds the one this idempotency key already started).
+/// Returns the run and whether it is new.
+pub fn start(
+    shared: &Arc<Shared>,
+    idem: &str,
+    request: Request,
+    reply: ReplyTo,
+    listener: Option<(usize, u64)>,
+) -> Result<(Arc<Run>, bool), RpcError> {
+    if let Some(id) = lock(&shared.runs.by_idem).get(idem).cloned()
+        && let Some(run) = shared.runs.get(&id)
+    {
+        if let Some(l) = listener {
+            let mut i = lock(&run.inner);
+            if !i.listeners.contains(&l) {
+                i.listeners.push(l);
+            }
+        }
+        return Ok((run, false));
+    }
+    shared.runs.prune(Instant::now());
+    let cfg = shared.config();
+    let run = Arc::new(Run {
+        id: clock::Rng::from_os().uuid(),
+        idempotency_key: idem.to_string(),
+        request,
+        created_ms: clock::wall_ms(),
+        inner: Mutex::new(Inner {
+            status: Status::Running,
+            text: String::new(),
+            error: None,
+            ended_ms: None,
+            ended: None,
+            job: None,
+            listeners: listener.into_iter().collect(),
+            waiters: Vec::new(),
+            seq: 0,
+            meta: json!({}),
+        }),
+    });
+    let sh = shared.clone();
+    let r = run.clone();
+    let work: Work = Box::new(move |ctx| super::engine::execute(&sh, &r, ctx));
+    let spec = JobSpec {
+        kind: "agent.run".into(),
+        pool: PoolKind::Io,
+        lane: Lane::Interactive,
+        timeout: cfg.agents.run_timeout + Duration::from_secs(5),
+        stall_limit: None,
+    };
+    let job = shared.submit(spec, reply, work)?;
+    lock(&run.inner).job = Some(job);
+    lock(&shared.runs.runs).insert(run.id.clone(), run.clone());
+    lock(&shared.runs.by_idem).insert(idem.to_string(), run.id.clone());
+    Ok((run, true))
+}
+
+fn listener_of(caller: &Caller) -> Option<(usize, u64)> {
+    match caller {
+        Caller::Ws {
+            conn, generation, ..
+        } => Some((*conn, *generation)),
+        Caller::Http => None,
+    }
+}
+
+/// `chat.send {sessionKey, message, idempotencyKey, timeoutMs?}` → `{runId, status}`; the
+/// run's progress follows as `chat` and `agent` events.
+pub fn chat_send(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
+    let key = required(p, "sessionKey")?;
+    let message = required(p, "message")?;
+    let idem = required(p, "idempotencyKey")?;
+    let cfg = shared.config();
+    let request = Request {
+        agent_id: agent_of(&key, &cfg.agents.default_agent_id()),
+        message,
+        session_key: key,
+        origin: origin_of(p)?,
+        parent: None,
+        depth: 0,
+    };
+    let (run, new) = start(
+        shared,
+        &idem,
+        request,
+        ReplyTo::Internal,
+        listener_of(caller),
+    )?;
+    Ok(json!({"runId": run.id, "status": if new { "started" } else { run.status().as_str() }}))
+}
+
+/// `agent {message, idempotencyKey, agentId?, sessionKey?, channel?, to?, accountId?,
+/// threadId?, deliver?, timeout?}` → `{runId, status: "accepted"}` now, and (over WebSocket)
+/// a second `res` with the same id when the run ends.
+pub fn agent(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
+    let message = required(p, "message")?;
+    let idem = required(p, "idempotencyKey")?;
+    let cfg = shared.config();
+    let agent_id = str_param(p, "agentId")?.unwrap_or_else(|| cfg.agents.default_agent_id());
+    let key = str_param(p, "sessionKey")?.unwrap_or_else(|| format!("agent:{agent_id}:main"));
+    let request = Request {
+        message,
+        agent_id: agent_of(&key, &agent_id),
+        session_key: key,
+        origin: origin_of(p)?,
+        parent: None,
+        depth: 0,
+    };
+    let reply = match caller {
+        Caller::Ws {
+            conn,
+            generation,
+            id,
+        } => ReplyTo::Ws {
+            conn: *conn,
+            generation: *generation,
+            id: id.clone(),
+        },
+        Caller::Http => ReplyTo::Internal,
+    };
+    let (run, new) = start(shared, &idem, request, reply.clone(), listener_of(caller))?;
+    if !new && run.status() != Status::Running {
+        // The same request again after it ended: the final answer follows at once.
+        send_reply(shared, &reply, &Ok(run.result().into()));
+    } else if !new {
+        lock(&run.inner).waiters.push(Waiter {
+            reply,
+            deadline: Instant::now() + MAX_WAIT,
+        });
+    }
+    Ok(json!({"runId": run.id, "status": "accepted", "acceptedAt": clock::wall_ms()}))
+}
+
+/// `agent.wait {runId, timeoutMs?}`: the run's final result, or `status: "timeout"`.
+/// `None` means the answer is deferred until the run ends (or the wait times out).
+pub fn agent_wait(
+    shared: &Arc<Shared>,
+    p: &Value,
+    caller: &Caller,
+) -> Result<Option<Value>, RpcError> {
+    let id = required(p, "runId")?;
+    let run = shared.runs.get(&id).ok_or_else(|| {
+        RpcError::new(
+            Code::NotFound,
+            format!("no run {id} (finished runs are kept for an hour)"),
+        )
+    })?;
+    let timeout = match p.get("timeoutMs").and_then(Value::as_u64) {
+        Some(ms) => Duration::from_millis(ms).min(MAX_WAIT),
+        None => DEFAULT_WAIT,
+    };
+    let mut i = lock(&run.inner);
+    if i.status != Status::Running {
+        drop(i);
+        return Ok(Some(run.result()));
+    }
+    if timeout.is_zero() {
+        return Ok(Some(
+            json!({"runId": run.id, "status": "timeout", "runStatus": "running"}),
+        ));
+    }
+    let reply = match caller {
+        Caller::Ws {
+            conn,
+            generation,
+            id,
+        } => {
+            if !i.listeners.contains(&(*conn, *generation)) {
+                i.listeners.push((*conn, *generation));
+            }
+            ReplyTo::Ws {
+                conn: *conn,
+                generation: *generation,
+                id: id.clone(),
+            }
+        }
+        Caller::Http => {
+            return Err(RpcError::invalid(
+                "agent.wait over HTTP needs timeoutMs: 0 (poll); use a WebSocket to wait",
+            ));
+        }
+    };
+    i.waiters.push(Waiter {
+        reply,
+        deadline: Instant::now() + timeout,
+    });
+    Ok(None)
+}
+
+/// `chat.abort {runId}`: cancels the run; its socket to the provider is shut at once.
+pub fn chat_abort(shared: &Arc<Shared>, p: &Value, _caller: &Caller) -> Result<Value, RpcError> {
+    let id = required(p, "runId")?;
+    let run = shared
+        .runs
+        .get(&id)
+        .ok_or_else(|| RpcError::new(Code::NotFound, format!("no run {id}")))?;
+    let job = lock(&run.inner).job;
+    let aborted = match job.and_then(|j| shared.jobs.get(j)) {
+        Some(info) => shared.cancel_job(&info, CancelReason::Client),
+        None => false,
+    };
+    Ok(json!({"ok": true, "runId": id, "aborted": aborted, "status": run.status().as_str()}))
+}
+
+/// `sessions.subscribe {sessionKey}` / `sessions.unsubscribe {sessionKey}` (WebSocket only).
+pub fn subscribe(
+    shared: &Arc<Shared>,
+    p: &Value,
+    caller: &Caller,
+    on: bool,
+) -> Result<Value, RpcError> {
+    let key = required(p, "sessionKey")?;
+    let Some(me) = listener_of(caller) else {
+        return Err(RpcError::invalid(
+            "sessions.subscribe needs a WebSocket connection",
+        ));
+    };
+    let mut subs = lock(&shared.runs.subs);
+    let list = subs.entry(key.clone()).or_default();
+    list.retain(|c| *c != me);
+    if on {
+        list.push(me);
+    }
+    if list.is_empty() {
+        subs.remove(&key);
+    }
+    Ok(json!({"ok": true, "sessionKey": key, "subscribed": on}))
+}
+
+/// `chat.history {sessionKey, limit?}` (a cpu job: it reads the transcript).
+pub fn chat_history(shared: &Arc<Shared>, p: &Value) -> Result<Payload, RpcError> {
+    let key = required(p, "sessionKey")?;
+    let limit = p
+        .get("limit")
+        .and_then(Value::as_u64)
+        .unwrap_or(200)
+        .min(1000) as usize;
+    let cfg = shared.config();
+    let agent_id = agent_of(&key, &cfg.agents.default_agent_id());
+    let (sid, messages) = super::transcript::history(&shared.state_dir, &agent_id, &key, limit)
+        .map_err(|e| {
+            RpcError::new(
+                Code::Internal,
+                format!("cannot read the history of {key}: {e}"),
+            )
+        })?;
+    Ok(json!({"sessionKey": key, "sessionId": sid, "messages": messages}).into())
+}

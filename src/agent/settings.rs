@@ -1,0 +1,519 @@
+//! Agent-run settings from OpenClaw's config keys: `models.providers.<id>` (where and how to
+//! call a provider), `agents.defaults` / `agents.list` (which models, in which order, for how
+//! long) and `tools.commands` (operator-defined command tools).
+//!
+//! A bad provider disables that provider (runs that need it fail over past it, naming the
+//! reason); a bad model chain disables runs of the agents that use it; the gateway starts.
+//! API keys never appear in `Debug` output, logs, dumps or `status`.
+
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(120_000);
+pub const DEFAULT_STALL: Duration = Duration::from_millis(60_000);
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(600);
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+
+/// One provider, as `models.providers.<id>` describes it.
+#[derive(Clone, PartialEq)]
+pub struct ProviderSettings {
+    pub id: String,
+    pub base_url: String,
+    pub api_key: Option<String>,
+    /// `openai-completions` or `anthropic-messages`.
+    pub api: String,
+    pub timeout: Duration,
+    pub stall: Duration,
+    /// Model id → max output tokens (when configured).
+    pub max_tokens: BTreeMap<String, u32>,
+}
+
+impl fmt::Debug for ProviderSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderSettings")
+            .field("id", &self.id)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("api", &self.api)
+            .field("timeout", &self.timeout)
+            .field("stall", &self.stall)
+            .finish()
+    }
+}
+
+/// `provider/model`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModelRef {
+    pub provider: String,
+    pub model: String,
+}
+
+impl ModelRef {
+    pub fn parse(s: &str) -> Option<ModelRef> {
+        let (p, m) = s.split_once('/')?;
+        (!p.is_empty() && !m.is_empty()).then(|| ModelRef {
+            provider: p.to_string(),
+            model: m.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.provider, self.model)
+    }
+}
+
+/// The candidates of a run, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModelChain {
+    pub primary: Option<ModelRef>,
+    pub fallbacks: Vec<ModelRef>,
+}
+
+impl ModelChain {
+    pub fn candidates(&self) -> Vec<ModelRef> {
+        self.primary
+            .iter()
+            .chain(&self.fallbacks)
+            .cloned()
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentEntry {
+    pub id: String,
+    pub default: bool,
+    pub model: Option<ModelChain>,
+    pub system: Option<String>,
+}
+
+/// An operator-defined command tool (`tools.commands[]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandTool {
+    pub name: String,
+    pub description: String,
+    /// JSON schema of the arguments.
+    pub parameters: Value,
+    /// The program and its arguments; `{{name}}` is replaced by the argument `name`.
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+    /// Bytes of output kept (stdout and stderr together).
+    pub max_output: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AgentSettings {
+    pub providers: BTreeMap<String, ProviderSettings>,
+    pub defaults: ModelChain,
+    pub run_timeout: Duration,
+    pub agents: Vec<AgentEntry>,
+    pub tools: Vec<CommandTool>,
+}
+
+impl AgentSettings {
+    /// The agent a run belongs to: the listed one, else the default entry, else `main`.
+    pub fn agent(&self, id: &str) -> Option<&AgentEntry> {
+        self.agents.iter().find(|a| a.id == id)
+    }
+
+    pub fn default_agent_id(&self) -> String {
+        self.agents
+            .iter()
+            .find(|a| a.default)
+            .or(self.agents.first())
+            .map_or_else(|| "main".to_string(), |a| a.id.clone())
+    }
+
+    /// The model chain of an agent: its own, else the defaults.
+    pub fn chain(&self, agent_id: &str) -> ModelChain {
+        self.agent(agent_id)
+            .and_then(|a| a.model.clone())
+            .unwrap_or_else(|| self.defaults.clone())
+    }
+}
+
+/// Something wrong with these settings: the path of the feature it disables, and why.
+pub type Issue = (String, String);
+
+fn ms(v: &Value, path: &str, default: Duration, issues: &mut Vec<Issue>) -> Duration {
+    match v {
+        Value::Null => default,
+        _ => match v.as_u64() {
+            Some(n) if (100..=3_600_000).contains(&n) => Duration::from_millis(n),
+            _ => {
+                issues.push((
+                    path.to_string(),
+                    format!("expected milliseconds in 100..=3600000, got {v}"),
+                ));
+                default
+            }
+        },
+    }
+}
+
+/// `${NAME}` takes the key from the environment, so it need not sit in the file.
+fn secret(v: &str) -> Option<String> {
+    match v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+        Some(name) => std::env::var(name).ok().filter(|s| !s.is_empty()),
+        None => Some(v.to_string()).filter(|s| !s.is_empty()),
+    }
+}
+
+fn chain(v: &Value, path: &str, issues: &mut Vec<Issue>) -> Option<ModelChain> {
+    let bad_ref = |s: &str, issues: &mut Vec<Issue>| {
+        issues.push((
+            path.to_string(),
+            format!("{s:?} is not a \"provider/model\" reference"),
+        ));
+    };
+    match v {
+        Value::Null => None,
+        Value::String(s) => match ModelRef::parse(s) {
+            Some(r) => Some(ModelChain {
+                primary: Some(r),
+                fallbacks: Vec::new(),
+            }),
+            None => {
+                bad_ref(s, issues);
+                None
+            }
+        },
+        Value::Object(m) => {
+            let primary = match m.get("primary") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => match ModelRef::parse(s) {
+                    Some(r) => Some(r),
+                    None => {
+                        bad_ref(s, issues);
+                        return None;
+                    }
+                },
+                Some(other) => {
+                    issues.push((
+                        path.to_string(),
+                        format!("primary must be a string, got {other}"),
+                    ));
+                    return None;
+                }
+            };
+            let mut fallbacks = Vec::new();
+            match m.get("fallbacks") {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(a)) => {
+                    for f in a {
+                        match f.as_str().and_then(ModelRef::parse) {
+                            Some(r) => fallbacks.push(r),
+                            None => {
+                                bad_ref(&f.to_string(), issues);
+                                return None;
+                            }
+                        }
+                    }
+                }
+                Some(other) => {
+                    issues.push((
+                        path.to_string(),
+                        format!("fallbacks must be an array, got {other}"),
+                    ));
+                    return None;
+                }
+            }
+            Some(ModelChain { primary, fallbacks })
+        }
+        other => {
+            issues.push((
+                path.to_string(),
+                format!("expected \"provider/model\" or {{primary, fallbacks}}, got {other}"),
+            ));
+            None
+        }
+    }
+}
+
+fn providers(
+    models: Option<&Value>,
+    issues: &mut Vec<Issue>,
+) -> BTreeMap<String, ProviderSettings> {
+    let mut out = BTreeMap::new();
+    let Some(Value::Object(ps)) = models.and_then(|m| m.get("providers")) else {
+        return out;
+    };
+    for (id, p) in ps {
+        let path = format!("models.providers.{id}");
+        let Value::Object(p) = p else {
+            issues.push((path, "expected an object".into()));
+            continue;
+        };
+        let Some(base_url) = p
+            .get("baseUrl")
+            .and_then(Value::as_str)
+            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+        else {
+            issues.push((
+                format!("{path}.baseUrl"),
+                "needs an http:// or https:// URL".into(),
+            ));
+            continue;
+        };
+        let api = p
+            .get("api")
+            .and_then(Value::as_str)
+            .unwrap_or("openai-completions");
+        if !matches!(api, "openai-completions" | "anthropic-messages") {
+            issues.push((
+                format!("{path}.api"),
+                format!("expected \"openai-completions\" or \"anthropic-messages\", got {api:?}"),
+            ));
+            continue;
+        }
+        let max_tokens = p
+            .get("models")
+            .and_then(Value::as_array)
+            .map(|ms| {
+                ms.iter()
+                    .filter_map(|m| {
+                        Some((
+                            m.get("id")?.as_str()?.to_string(),
+                            u32::try_from(m.get("maxTokens")?.as_u64()?).ok()?,
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.insert(
+            id.clone(),
+            ProviderSettings {
+                id: id.clone(),
+                base_url: base_url.trim_end_matches('/').to_string(),
+                api_key: p.get("apiKey").and_then(Value::as_str).and_then(secret),
+                api: api.to_string(),
+                timeout: ms(
+                    p.get("timeoutMs").unwrap_or(&Value::Null),
+                    &format!("{path}.timeoutMs"),
+                    DEFAULT_CALL_TIMEOUT,
+                    issues,
+                ),
+                stall: ms(
+                    p.get("stallMs").unwrap_or(&Value::Null),
+                    &format!("{path}.stallMs"),
+                    DEFAULT_STALL,
+                    issues,
+                ),
+                max_tokens,
+            },
+        );
+    }
+    out
+}
+
+fn command_tools(tools: Option<&Value>, issues: &mut Vec<Issue>) -> Vec<CommandTool> {
+    let Some(list) = tools.and_then(|t| t.get("commands")) else {
+        return Vec::new();
+    };
+    let Some(list) = list.as_array() else {
+        issues.push(("tools.commands".into(), "expected an array".into()));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, t) in list.iter().enumerate() {
+        let path = format!("tools.commands[{i}]");
+        let name = t.get("name").and_then(Value::as_str).filter(|n| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        });
+        let argv: Option<Vec<String>> = t
+            .get("argv")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(|s| s.as_str().map(String::from)).collect());
+        let (Some(name), Some(argv)) = (name, argv.filter(|a| !a.is_empty())) else {
+            issues.push((
+                path,
+                "needs a name ([A-Za-z0-9_-]+) and a non-empty argv of strings".into(),
+            ));
+            continue;
+        };
+        if name == "sessions_spawn" {
+            issues.push((path, "sessions_spawn is built in".into()));
+            continue;
+        }
+        out.push(CommandTool {
+            name: name.to_string(),
+            description: t
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            parameters: t
+                .get("parameters")
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+            argv,
+            timeout: ms(
+                t.get("timeoutMs").unwrap_or(&Value::Null),
+                &format!("tools.commands[{i}].timeoutMs"),
+                Duration::from_secs(30),
+                issues,
+            ),
+            max_output: t
+                .get("maxOutputBytes")
+                .and_then(Value::as_u64)
+                .map_or(64 << 10, |n| n.clamp(1024, 16 << 20) as usize),
+        });
+    }
+    out
+}
+
+/// Reads the settings from the config's root object.
+pub fn parse(root: &Map<String, Value>) -> (AgentSettings, Vec<Issue>) {
+    let mut issues = Vec::new();
+    let providers = providers(root.get("models"), &mut issues);
+    let agents_v = root.get("agents");
+    let defaults = agents_v.and_then(|a| a.get("defaults"));
+    let default_chain = defaults
+        .and_then(|d| d.get("model"))
+        .and_then(|m| chain(m, "agents.defaults.model", &mut issues))
+        .unwrap_or_default();
+    let run_timeout = match defaults.and_then(|d| d.get("timeoutSeconds")) {
+        None | Some(Value::Null) => DEFAULT_RUN_TIMEOUT,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=86_400).contains(&n) => Duration::from_secs(n),
+            _ => {
+                issues.push((
+                    "agents.defaults.timeoutSeconds".into(),
+                    format!("expected seconds in 1..=86400, got {v}"),
+                ));
+                DEFAULT_RUN_TIMEOUT
+            }
+        },
+    };
+    let mut agents = Vec::new();
+    if let Some(list) = agents_v.and_then(|a| a.get("list")) {
+        match list.as_array() {
+            Some(list) => {
+                for (i, a) in list.iter().enumerate() {
+                    let Some(id) = a
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .filter(|s| !s.is_empty())
+                    else {
+                        issues.push((format!("agents.list[{i}]"), "needs an id".into()));
+                        continue;
+                    };
+                    agents.push(AgentEntry {
+                        id: id.to_string(),
+                        default: a.get("default").and_then(Value::as_bool).unwrap_or(false),
+                        model: a.get("model").and_then(|m| {
+                            chain(m, &format!("agents.list[{i}].model"), &mut issues)
+                        }),
+                        system: a
+                            .get("systemPrompt")
+                            .and_then(Value::as_str)
+                            .map(String::from),
+                    });
+                }
+            }
+            None => issues.push(("agents.list".into(), "expected an array".into())),
+        }
+    }
+    // Every reference must name a configured provider.
+    let check = |c: &ModelChain, path: &str, issues: &mut Vec<Issue>| {
+        for r in c.candidates() {
+            if !providers.contains_key(&r.provider) {
+                issues.push((
+                    path.to_string(),
+                    format!("{r}: no provider {:?} in models.providers", r.provider),
+                ));
+            }
+        }
+    };
+    check(&default_chain, "agents.defaults.model", &mut issues);
+    for (i, a) in agents.iter().enumerate() {
+        if let Some(c) = &a.model {
+            check(c, &format!("agents.list[{i}].model"), &mut issues);
+        }
+    }
+    let tools = command_tools(root.get("tools"), &mut issues);
+    (
+        AgentSettings {
+            providers,
+            defaults: default_chain,
+            run_timeout,
+            agents,
+            tools,
+        },
+        issues,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse_json(v: Value) -> (AgentSettings, Vec<Issue>) {
+        parse(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn openclaw_shapes() {
+        let (s, issues) = parse_json(json!({
+            "models": {"providers": {
+                "anthropic": {"baseUrl": "https://api.anthropic.com/", "apiKey": "sk-1", "api": "anthropic-messages",
+                              "models": [{"id": "claude", "maxTokens": 8192, "cost": {"input": 3}}]},
+                "local": {"baseUrl": "http://127.0.0.1:11434/v1", "timeoutMs": 5000, "stallMs": 1000, "models": [{"id": "llama"}]},
+            }},
+            "agents": {
+                "defaults": {"model": {"primary": "anthropic/claude", "fallbacks": ["local/llama"]}, "timeoutSeconds": 60},
+                "list": [{"id": "main", "default": true}, {"id": "ops", "model": "local/llama"}],
+            },
+        }));
+        assert!(issues.is_empty(), "{issues:?}");
+        let a = &s.providers["anthropic"];
+        assert_eq!(
+            (a.base_url.as_str(), a.api.as_str()),
+            ("https://api.anthropic.com", "anthropic-messages")
+        );
+        assert_eq!(a.max_tokens["claude"], 8192);
+        assert!(!format!("{a:?}").contains("sk-1"), "keys are redacted");
+        assert_eq!(s.providers["local"].stall, Duration::from_secs(1));
+        assert_eq!(s.run_timeout, Duration::from_secs(60));
+        let c: Vec<String> = s
+            .chain("main")
+            .candidates()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(c, ["anthropic/claude", "local/llama"]);
+        assert_eq!(s.chain("ops").candidates()[0].to_string(), "local/llama");
+        assert_eq!(s.default_agent_id(), "main");
+    }
+
+    #[test]
+    fn bad_entries_are_issues_not_failures() {
+        let (s, issues) = parse_json(json!({
+            "models": {"providers": {"x": {"baseUrl": "ftp://nope"}, "y": {"baseUrl": "http://h", "api": "grpc"}}},
+            "agents": {"defaults": {"model": "nope"}, "list": [{"model": "y/m"}]},
+            "tools": {"commands": [{"name": "ls", "argv": ["ls"]}, {"name": "bad name"}]},
+        }));
+        let paths: Vec<&str> = issues.iter().map(|i| i.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "models.providers.x.baseUrl",
+                "models.providers.y.api",
+                "agents.defaults.model",
+                "agents.list[0]",
+                "tools.commands[1]"
+            ]
+        );
+        assert!(s.providers.is_empty());
+        assert_eq!(s.tools.len(), 1);
+        let (_, issues) = parse_json(json!({"agents": {"defaults": {"model": "ghost/m"}}}));
+        assert!(issues[0].1.contains("no provider \"ghost\""));
+    }
+}

@@ -1,0 +1,307 @@
+//! Writing OpenClaw's session store from runs: a session entry in
+//! `agents/<agentId>/sessions/sessions.json` (rewritten atomically, unknown fields kept) and
+//! the transcript `<sessionId>.jsonl` (a `session` header, then one `message` line per user
+//! message, model call — failed ones too — and tool result), in the format the usage index
+//! reads (`docs/USAGE.md`).
+
+use crate::clock;
+use serde_json::{Map, Value, json};
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Store rewrites are read-modify-write: one at a time in this process.
+static STORE_WRITES: Mutex<()> = Mutex::new(());
+
+/// Where a run writes.
+#[derive(Debug, Clone)]
+pub struct SessionFile {
+    pub agent_id: String,
+    pub key: String,
+    pub session_id: String,
+    pub transcript: PathBuf,
+    store: PathBuf,
+    last_id: Option<String>,
+}
+
+fn sessions_dir(state_dir: &Path, agent_id: &str) -> PathBuf {
+    crate::sessions::store::agents_dir(state_dir)
+        .join(agent_id)
+        .join("sessions")
+}
+
+fn read_store(path: &Path) -> io::Result<Map<String, Value>> {
+    match std::fs::read(path) {
+        Ok(b) => match serde_json::from_slice(&b) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a JSON object; not rewriting it", path.display()),
+            )),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Map::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Changes one entry of a store (creating it if `create` is given), keeping everything else.
+fn update_store(
+    path: &Path,
+    key: &str,
+    create: Option<Value>,
+    update: impl FnOnce(&mut Map<String, Value>),
+) -> io::Result<Value> {
+    let _guard = STORE_WRITES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut store = read_store(path)?;
+    if !store.contains_key(key) {
+        match create {
+            Some(v) => {
+                store.insert(key.to_string(), v);
+            }
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no session {key}"),
+                ));
+            }
+        }
+    }
+    let entry = store
+        .get_mut(key)
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("session {key} is not an object"),
+            )
+        })?;
+    update(entry);
+    let out = Value::Object(entry.clone());
+    let bytes = serde_json::to_vec_pretty(&Value::Object(store)).map_err(io::Error::other)?;
+    crate::state::write_atomic(path, &bytes)?;
+    Ok(out)
+}
+
+fn append_line(path: &Path, line: &Value) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    let mut text = line.to_string();
+    text.push('\n');
+    // One write per line: concurrent readers see whole lines or nothing of it.
+    f.write_all(text.as_bytes())
+}
+
+/// What the session's origin says about where it came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Origin {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
+}
+
+impl SessionFile {
+    /// Opens (creating if needed) the session `key` of `agent_id`.
+    pub fn open(
+        state_dir: &Path,
+        agent_id: &str,
+        key: &str,
+        origin: &Origin,
+    ) -> io::Result<SessionFile> {
+        let dir = sessions_dir(state_dir, agent_id);
+        crate::state::ensure_dir(&dir)?;
+        let store = dir.join("sessions.json");
+        let now = clock::wall_ms();
+        let new_id = clock::Rng::from_os().uuid();
+        let mut fresh = json!({"sessionId": new_id, "updatedAt": now, "chatType": "direct"});
+        if let Some(c) = &origin.channel {
+            fresh["channel"] = json!(c);
+            fresh["origin"] = json!({"provider": c, "to": origin.to, "accountId": origin.account_id, "threadId": origin.thread_id});
+        }
+        let entry = update_store(&store, key, Some(fresh), |_| {})?;
+        let session_id = entry["sessionId"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .unwrap_or(new_id);
+        let transcript = dir.join(format!("{session_id}.jsonl"));
+        let existed = transcript.exists();
+        let mut last_id = None;
+        if !existed {
+            append_line(
+                &transcript,
+                &json!({"type": "session", "version": 3, "id": session_id, "timestamp": clock::iso8601(now), "cwd": state_dir}),
+            )?;
+        } else {
+            last_id = last_message_id(&transcript);
+        }
+        Ok(SessionFile {
+            agent_id: agent_id.to_string(),
+            key: key.to_string(),
+            session_id,
+            transcript,
+            store,
+            last_id,
+        })
+    }
+
+    /// Appends a message line; returns its id.
+    pub fn append(&mut self, message: Value) -> io::Result<String> {
+        let now = clock::wall_ms();
+        let id = format!("{:08x}", clock::Rng::from_os().next_u64() as u32);
+        let line = json!({"type": "message", "id": id, "parentId": self.last_id, "timestamp": clock::iso8601(now), "message": message});
+        append_line(&self.transcript, &line)?;
+        self.last_id = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Updates the store entry after a run: time, model and token totals.
+    pub fn touch(
+        &self,
+        provider: Option<&str>,
+        model: Option<&str>,
+        input: u64,
+        output: u64,
+        total: u64,
+    ) -> io::Result<()> {
+        update_store(&self.store, &self.key, None, |e| {
+            e.insert("updatedAt".into(), json!(clock::wall_ms()));
+            if let (Some(p), Some(m)) = (provider, model) {
+                e.insert("modelProvider".into(), json!(p));
+                e.insert("model".into(), json!(m));
+            }
+            let add = |e: &mut Map<String, Value>, k: &str, n: u64| {
+                let v = e.get(k).and_then(Value::as_u64).unwrap_or(0) + n;
+                e.insert(k.into(), json!(v));
+            };
+            add(e, "inputTokens", input);
+            add(e, "outputTokens", output);
+            add(e, "totalTokens", total);
+        })
+        .map(|_| ())
+    }
+}
+
+fn last_message_id(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().rev().find_map(|l| {
+        let v: Value = serde_json::from_str(l).ok()?;
+        (v["type"] == "message")
+            .then(|| v["id"].as_str().map(String::from))
+            .flatten()
+    })
+}
+
+/// The last `limit` messages of a session's transcript (for `chat.history` and for the next
+/// run's context), oldest first. Malformed lines are skipped.
+pub fn history(
+    state_dir: &Path,
+    agent_id: &str,
+    key: &str,
+    limit: usize,
+) -> io::Result<(Option<String>, Vec<Value>)> {
+    let store = sessions_dir(state_dir, agent_id).join("sessions.json");
+    let Some(sid) = read_store(&store)?
+        .get(key)
+        .and_then(|e| e["sessionId"].as_str().map(String::from))
+    else {
+        return Ok((None, Vec::new()));
+    };
+    let path = sessions_dir(state_dir, agent_id).join(format!("{sid}.jsonl"));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let mut out: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "message" && v["message"].is_object())
+        .map(|mut v| v["message"].take())
+        .collect();
+    let skip = out.len().saturating_sub(limit);
+    out.drain(..skip);
+    Ok((Some(sid), out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_creates_its_session_and_appends_in_openclaw_format() {
+        let d = tempfile::tempdir().unwrap();
+        let origin = Origin {
+            channel: Some("telegram".into()),
+            to: Some("42".into()),
+            ..Origin::default()
+        };
+        let mut s = SessionFile::open(d.path(), "main", "agent:main:main", &origin).unwrap();
+        s.append(
+            json!({"role": "user", "content": [{"type": "text", "text": "hi"}], "timestamp": 1}),
+        )
+        .unwrap();
+        s.append(json!({"role": "assistant", "content": [{"type": "text", "text": "yo"}], "provider": "p", "model": "m",
+                        "usage": {"input": 3, "output": 2, "totalTokens": 5, "cost": {"total": 0.1}}, "timestamp": 2})).unwrap();
+        s.touch(Some("p"), Some("m"), 3, 2, 5).unwrap();
+        // The usage index reads what was written.
+        let mut idx = crate::sessions::index::Index::default();
+        idx.refresh_all(d.path()).unwrap();
+        let (files, msgs, usage, malformed) = idx.counts();
+        assert_eq!((files, msgs, usage, malformed), (1, 2, 1, 0));
+        // The store entry, and a second open finds the same session.
+        let again =
+            SessionFile::open(d.path(), "main", "agent:main:main", &Origin::default()).unwrap();
+        assert_eq!(again.session_id, s.session_id);
+        let store: Value = serde_json::from_slice(
+            &std::fs::read(d.path().join("agents/main/sessions/sessions.json")).unwrap(),
+        )
+        .unwrap();
+        let e = &store["agent:main:main"];
+        assert_eq!(
+            (
+                e["channel"].as_str(),
+                e["origin"]["to"].as_str(),
+                e["totalTokens"].as_u64()
+            ),
+            (Some("telegram"), Some("42"), Some(5))
+        );
+        let (_, h) = history(d.path(), "main", "agent:main:main", 10).unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[1]["content"][0]["text"], "yo");
+    }
+
+    #[test]
+    fn unknown_fields_in_the_store_survive_a_run() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("agents/main/sessions");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("sessions.json"),
+            r#"{"k":{"sessionId":"s1","updatedAt":1,"skillsSnapshot":{"a":1}},"other":{"x":true}}"#,
+        )
+        .unwrap();
+        let s = SessionFile::open(d.path(), "main", "k", &Origin::default()).unwrap();
+        assert_eq!(s.session_id, "s1");
+        s.touch(None, None, 1, 1, 2).unwrap();
+        let store: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("sessions.json")).unwrap()).unwrap();
+        assert_eq!(store["k"]["skillsSnapshot"]["a"], 1);
+        assert_eq!(store["other"]["x"], true);
+        std::fs::write(dir.join("sessions.json"), "{ broken").unwrap();
+        assert!(
+            s.touch(None, None, 1, 1, 2).is_err(),
+            "a store another program broke is not overwritten"
+        );
+    }
+}

@@ -1,0 +1,507 @@
+//! Agent runs against fake providers on loopback: streaming, failover and its
+//! classification, cooldowns, abort, drain, reconnect, fan-out and tools.
+
+use crate::common::*;
+use crate::fake_provider::{Behavior, FakeProvider};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// A config with providers `a` (primary) and `b` (fallback), both openai-completions fakes.
+fn config(a: &FakeProvider, b: &FakeProvider, stall_ms: u64) -> Value {
+    json!({
+        "models": {"providers": {
+            "a": {"baseUrl": a.base_url(), "apiKey": "ka", "api": "openai-completions", "stallMs": stall_ms, "timeoutMs": 20000,
+                  "models": [{"id": "m1", "cost": {"input": 1.0, "output": 2.0}}]},
+            "b": {"baseUrl": b.base_url(), "apiKey": "kb", "api": "openai-completions", "stallMs": stall_ms, "timeoutMs": 20000,
+                  "models": [{"id": "m2", "cost": {"input": 1.0, "output": 2.0}}]},
+        }},
+        "agents": {"defaults": {"model": {"primary": "a/m1", "fallbacks": ["b/m2"]}}},
+    })
+}
+
+fn stream(text: &str) -> Behavior {
+    Behavior::Stream {
+        text: vec![text.to_string()],
+        tool_call: None,
+        usage: (100, 10),
+        delay_between: Duration::ZERO,
+    }
+}
+
+/// Sends chat.send and collects events until the run's final (or error/aborted) chat event.
+fn chat(ws: &mut Ws, key: &str, message: &str, idem: &str) -> (String, Vec<Value>) {
+    let res = ws.call(
+        "chat.send",
+        json!({"sessionKey": key, "message": message, "idempotencyKey": idem}),
+    );
+    assert_eq!(res["ok"], true, "{res}");
+    let run_id = res["payload"]["runId"].as_str().unwrap().to_string();
+    let mut events = Vec::new();
+    loop {
+        match ws.next() {
+            Got::Frame(f) if f["type"] == "event" && f["payload"]["runId"] == run_id.as_str() => {
+                let done = f["event"] == "chat"
+                    && matches!(
+                        f["payload"]["state"].as_str(),
+                        Some("final" | "error" | "aborted")
+                    );
+                events.push(f);
+                if done {
+                    return (run_id, events);
+                }
+            }
+            Got::Frame(_) => {}
+            Got::Closed(c) => panic!("closed {c:?}"),
+        }
+    }
+}
+
+fn final_state(events: &[Value]) -> &Value {
+    &events.last().unwrap()["payload"]
+}
+
+fn errors(events: &[Value]) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "agent" && e["payload"]["stream"] == "error")
+        .map(|e| e["payload"]["data"].clone())
+        .collect()
+}
+
+#[test]
+fn a_run_streams_and_its_usage_is_counted() {
+    let (a, b) = (
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+    );
+    a.push(Behavior::Stream {
+        text: vec!["Hello".into(), ", world".into()],
+        tool_call: None,
+        usage: (1200, 34),
+        delay_between: Duration::from_millis(200),
+    });
+    let g = Gateway::start(Opts::default().config(config(&a, &b, 5000)));
+    let mut ws = g.ws();
+    let (_, events) = chat(&mut ws, "agent:main:main", "hi", "k1");
+    let f = final_state(&events);
+    assert_eq!(f["state"], "final");
+    assert_eq!(f["message"]["content"][0]["text"], "Hello, world");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "chat" && e["payload"]["state"] == "delta"),
+        "deltas stream"
+    );
+    let phases: Vec<&str> = events
+        .iter()
+        .filter(|e| e["payload"]["stream"] == "lifecycle")
+        .filter_map(|e| e["payload"]["data"]["phase"].as_str())
+        .collect();
+    assert_eq!(phases, ["start", "end"]);
+    let seqs: Vec<u64> = events
+        .iter()
+        .filter(|e| e["event"] == "agent")
+        .map(|e| e["payload"]["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] > w[0]),
+        "per-run seq increases: {seqs:?}"
+    );
+    // The request the provider got.
+    let req = &a.received()[0];
+    assert_eq!(req.body["model"], "m1");
+    assert_eq!(req.path, "/v1/chat/completions");
+    assert!(
+        req.headers
+            .iter()
+            .any(|(k, v)| k == "authorization" && v == "Bearer ka")
+    );
+    assert_eq!(req.body["stream"], true);
+    // The transcript counts in usage (index fresh) and shows in the history.
+    let cost = eventually(BOUND, || {
+        let p = g.rpc("usage.cost", json!({"days": 1})).json()["payload"].clone();
+        (p["totals"]["input"] == 1200).then_some(p)
+    });
+    assert_eq!(cost["totals"]["output"], 34);
+    assert!(
+        (cost["totals"]["totalCost"].as_f64().unwrap() - (1200.0 * 1.0 + 34.0 * 2.0) / 1e6).abs()
+            < 1e-9
+    );
+    let h = ws.call("chat.history", json!({"sessionKey": "agent:main:main"}));
+    let msgs = h["payload"]["messages"].as_array().unwrap();
+    assert_eq!(
+        msgs.iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["user", "assistant"]
+    );
+    // The same idempotency key is the same run.
+    let again = ws.call(
+        "chat.send",
+        json!({"sessionKey": "agent:main:main", "message": "hi", "idempotencyKey": "k1"}),
+    );
+    assert_eq!(again["payload"]["runId"], events[0]["payload"]["runId"]);
+}
+
+/// Runs the primary with `behavior`, expects the fallback to answer and the failure to be
+/// classified `reason`. Returns the gateway, the fakes and how long the run took.
+fn failover_case(
+    behavior: Behavior,
+    reason: &str,
+    stall_ms: u64,
+) -> (Gateway, FakeProvider, FakeProvider, Duration) {
+    let (a, b) = (
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+    );
+    a.push(behavior);
+    b.push(stream("from the fallback"));
+    let g = Gateway::start(Opts::default().config(config(&a, &b, stall_ms)));
+    let mut ws = g.ws();
+    let t0 = Instant::now();
+    let (_, events) = chat(&mut ws, "agent:main:main", "hi", "f1");
+    let took = t0.elapsed();
+    let f = final_state(&events);
+    assert_eq!(f["state"], "final", "{events:#?}");
+    assert_eq!(f["message"]["content"][0]["text"], "from the fallback");
+    let errs = errors(&events);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0]["reason"], reason, "{errs:?}");
+    assert_eq!(errs[0]["provider"], "a");
+    (g, a, b, took)
+}
+
+/// A second run: does it call the primary again (no cooldown) or skip it?
+fn second_run_calls_primary(g: &Gateway, a: &FakeProvider, b: &FakeProvider) -> bool {
+    let before = a.requests().len();
+    a.push(stream("primary back"));
+    b.push(stream("fallback again"));
+    let mut ws = g.ws();
+    let (_, events) = chat(&mut ws, "agent:main:main", "again", "f2");
+    assert_eq!(final_state(&events)["state"], "final");
+    a.requests().len() > before
+}
+
+#[test]
+fn model_not_found_fails_over_and_cools_down() {
+    let body = FakeProvider::model_not_found_body("openai-completions", "m1");
+    let (g, a, b, _) = failover_case(
+        Behavior::Status {
+            status: 404,
+            body,
+            retry_after: None,
+        },
+        "model_not_found",
+        5000,
+    );
+    assert!(
+        !second_run_calls_primary(&g, &a, &b),
+        "the primary is cooling down"
+    );
+    assert!(
+        g.log_text().contains("cooling down 60 s"),
+        "{}",
+        g.log_text()
+    );
+}
+
+#[test]
+fn a_bare_404_is_a_config_error_without_cooldown() {
+    let (g, a, b, _) = failover_case(
+        Behavior::Status {
+            status: 404,
+            body: "Not Found".into(),
+            retry_after: None,
+        },
+        "config_error",
+        5000,
+    );
+    assert!(
+        second_run_calls_primary(&g, &a, &b),
+        "no cooldown for a wrong base URL"
+    );
+}
+
+#[test]
+fn rate_limit_honours_retry_after() {
+    let (g, _a, _b, _) = failover_case(
+        Behavior::Status {
+            status: 429,
+            body: "{\"error\":{\"message\":\"slow down\"}}".into(),
+            retry_after: Some(7),
+        },
+        "rate_limit",
+        5000,
+    );
+    assert!(
+        g.log_text().contains("cooling down 7 s"),
+        "{}",
+        g.log_text()
+    );
+}
+
+#[test]
+fn server_errors_and_resets_fail_over() {
+    failover_case(
+        Behavior::Status {
+            status: 500,
+            body: "boom".into(),
+            retry_after: None,
+        },
+        "server_error",
+        5000,
+    );
+    failover_case(Behavior::Reset, "server_error", 5000);
+}
+
+#[test]
+fn a_stalled_call_is_aborted_and_fails_over_within_a_second_of_its_stall_limit() {
+    let (_, _, _, took) = failover_case(Behavior::StallBeforeHead, "timeout", 300);
+    assert!(
+        took < Duration::from_millis(2300),
+        "stall before the head: {took:?}"
+    );
+    let (_, _, _, took) =
+        failover_case(Behavior::StallMidStream { after_chunks: 1 }, "timeout", 300);
+    assert!(
+        took < Duration::from_millis(2300),
+        "stall mid-stream: {took:?}"
+    );
+}
+
+#[test]
+fn when_every_candidate_fails_the_error_lists_each() {
+    let (a, b) = (
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+    );
+    a.push(Behavior::Status {
+        status: 503,
+        body: "overloaded".into(),
+        retry_after: None,
+    });
+    b.push(Behavior::Status {
+        status: 401,
+        body: "bad key".into(),
+        retry_after: None,
+    });
+    let g = Gateway::start(Opts::default().config(config(&a, &b, 5000)));
+    let mut ws = g.ws();
+    let (_, events) = chat(&mut ws, "agent:main:main", "hi", "x");
+    let f = final_state(&events);
+    assert_eq!(f["state"], "error");
+    let msg = f["errorMessage"].as_str().unwrap();
+    assert!(
+        msg.contains("a/m1: overloaded") && msg.contains("b/m2: auth"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_context_overflow_does_not_fail_over() {
+    let (a, b) = (
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+    );
+    a.push(Behavior::Status { status: 400, body: "{\"error\":{\"code\":\"context_length_exceeded\",\"message\":\"This model's maximum context length is 8192 tokens\"}}".into(), retry_after: None });
+    let g = Gateway::start(Opts::default().config(config(&a, &b, 5000)));
+    let mut ws = g.ws();
+    let (_, events) = chat(&mut ws, "agent:main:main", "hi", "x");
+    assert_eq!(final_state(&events)["state"], "error");
+    assert!(
+        final_state(&events)["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("context_overflow")
+    );
+    assert!(b.requests().is_empty(), "no failover");
+}
+
+#[test]
+fn chat_abort_stops_a_streaming_run_at_once() {
+    let (a, b) = (
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+    );
+    a.push(Behavior::Stream {
+        text: vec!["x".to_string(); 400],
+        tool_call: None,
+        usage: (5, 5),
+        delay_between: Duration::from_millis(50),
+    });
+    let g = Gateway::start(Opts::default().config(config(&a, &b, 5000)));
+    let mut ws = g.ws();
+    let res = ws.call(
+        "chat.send",
+        json!({"sessionKey": "agent:main:main", "message": "long", "idempotencyKey": "ab"}),
+    );
+    let run_id = res["payload"]["runId"].as_str().unwrap().to_string();
+    // Wait for the stream to be flowing.
+    loop {
+        if let Got::Frame(f) = ws.next()
+            && f["event"] == "agent"
+            && f["payload"]["stream"] == "assistant"
+        {
+            break;
+        }
+    }
+    let t0 = Instant::now();
+    let mut ctl = g.ws();
+    assert_eq!(
+        ctl.call("chat.abort", json!({"runId": run_id}))["payload"]["aborted"],
+        true
+    );
+    let end = loop {
+        match ws.next() {
+            Got::Frame(f) if f["event"] == "chat" && f["payload"]["state"] != "delta" => break f,
+            Got::Frame(_) => {}
+            Got::Closed(c) => panic!("closed {c:?}"),
+        }
+    };
+    assert_eq!(end["payload"]["state"], "aborted");
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert!(
+        b.requests().is_empty(),
+        "an abort is not a failure to fail over from"
+    );
+}
+
+#[test]
+fn sigterm_during_a_stalled_call_exits_by_the_drain_deadline() {
+    let (a, b) = (
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+    );
+    a.push(Behavior::StallBeforeHead);
+    let mut cfg = config(&a, &b, 120_000);
+    cfg["gateway"] = json!({"drainTimeoutMs": 1000, "drainGraceMs": 1000});
+    let mut g = Gateway::start(Opts::default().config(cfg));
+    let mut ws = g.ws();
+    ws.call(
+        "chat.send",
+        json!({"sessionKey": "agent:main:main", "message": "hi", "idempotencyKey": "s"}),
+    );
+    eventually(BOUND, || (!a.requests().is_empty()).then_some(()));
+    let t0 = Instant::now();
+    g.signal("TERM");
+    let status = g.wait_exit(BOUND).expect("exits");
+    assert!(
+        t0.elapsed() < Duration::from_millis(3000),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(status.code(), Some(1), "a run was aborted");
+}
+
+#[test]
+fn a_reconnecting_client_gets_its_runs_final_result() {
+    let (a, b) = (
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+    );
+    a.push(Behavior::Stream {
+        text: vec!["part one ".into(), "part two".into()],
+        tool_call: None,
+        usage: (5, 5),
+        delay_between: Duration::from_millis(500),
+    });
+    let g = Gateway::start(Opts::default().config(config(&a, &b, 5000)));
+    let mut ws = g.ws();
+    let id = ws.send_req("agent", json!({"message": "hi", "idempotencyKey": "rc"}));
+    let accepted = ws.res(&id);
+    assert_eq!(accepted["payload"]["status"], "accepted");
+    let run_id = accepted["payload"]["runId"].as_str().unwrap().to_string();
+    drop(ws);
+    let mut again = g.ws();
+    let done = again.call("agent.wait", json!({"runId": run_id, "timeoutMs": 10000}));
+    assert_eq!(done["payload"]["status"], "ok", "{done}");
+    assert_eq!(
+        done["payload"]["result"]["payloads"][0]["text"],
+        "part one part two"
+    );
+}
+
+#[test]
+fn agent_answers_twice_with_the_same_id() {
+    let (a, b) = (
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+    );
+    a.push(stream("done"));
+    let g = Gateway::start(Opts::default().config(config(&a, &b, 5000)));
+    let mut ws = g.ws();
+    let id = ws.send_req(
+        "agent",
+        json!({"message": "hi", "idempotencyKey": "two", "channel": "telegram", "to": "42"}),
+    );
+    let first = ws.res(&id);
+    assert_eq!(first["payload"]["status"], "accepted");
+    let second = ws.res(&id);
+    assert_eq!(second["payload"]["status"], "ok", "{second}");
+    assert_eq!(second["payload"]["runId"], first["payload"]["runId"]);
+}
+
+#[test]
+fn a_run_without_a_configured_model_says_so() {
+    let g = Gateway::start(Opts::default());
+    let mut ws = g.ws();
+    let (_, events) = chat(&mut ws, "agent:main:main", "hi", "none");
+    assert_eq!(final_state(&events)["state"], "error");
+    assert!(
+        final_state(&events)["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("agents.defaults.model")
+    );
+}
+
+#[test]
+fn tools_run_and_mirror_to_subscribers() {
+    let (a, b) = (
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+    );
+    a.push(Behavior::Stream {
+        text: vec![],
+        tool_call: Some(("echo_it".into(), json!({"word": "pong"}))),
+        usage: (5, 5),
+        delay_between: Duration::ZERO,
+    });
+    a.push(stream("the tool said pong"));
+    let mut cfg = config(&a, &b, 5000);
+    cfg["tools"] = json!({"commands": [{"name": "echo_it", "description": "echo", "argv": ["echo", "{{word}}"],
+                                        "parameters": {"type": "object", "properties": {"word": {"type": "string"}}}}]});
+    let g = Gateway::start(Opts::default().config(cfg));
+    let mut sub = g.ws();
+    assert_eq!(
+        sub.call(
+            "sessions.subscribe",
+            json!({"sessionKey": "agent:main:main"})
+        )["ok"],
+        true
+    );
+    let mut ws = g.ws();
+    let (_, events) = chat(&mut ws, "agent:main:main", "use the tool", "t");
+    assert_eq!(
+        final_state(&events)["message"]["content"][0]["text"],
+        "the tool said pong"
+    );
+    let tool: Vec<&str> = events
+        .iter()
+        .filter(|e| e["payload"]["stream"] == "tool")
+        .filter_map(|e| e["payload"]["data"]["phase"].as_str())
+        .collect();
+    assert_eq!(tool, ["start", "result"]);
+    // The second model call carried the tool's output.
+    let second = &a.requests()[1]["messages"];
+    assert!(second.to_string().contains("pong"), "{second}");
+    let mut mirrors = Vec::new();
+    while mirrors.len() < 2 {
+        if let Got::Frame(f) = sub.next()
+            && f["event"] == "session.tool"
+        {
+            mirrors.push(f["payload"]["phase"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(mirrors, ["start", "result"]);
+}
