@@ -97,6 +97,22 @@ pub struct ModelPrice {
 /// Prices by (provider, model id).
 pub type Prices = std::collections::HashMap<(String, String), ModelPrice>;
 
+/// Hooks ingress (`hooks.enabled` with a token): `POST <path>/wake` and `<path>/agent`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Hooks {
+    pub token: String,
+    pub path: String,
+}
+
+impl fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hooks")
+            .field("token", &"<redacted>")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
 /// A feature turned off because its part of the config is bad.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disabled {
@@ -123,6 +139,8 @@ pub struct Config {
     pub pressure: PressureConfig,
     pub limits: Limits,
     pub prices: Prices,
+    /// Hooks ingress, when enabled and valid.
+    pub hooks: Option<Hooks>,
     /// Providers, model chains and tools for agent runs.
     pub agents: crate::agent::settings::AgentSettings,
     pub disabled: Vec<Disabled>,
@@ -170,6 +188,7 @@ impl Default for Config {
                 header_timeout: Duration::from_secs(10),
             },
             prices: Prices::new(),
+            hooks: None,
             agents: crate::agent::settings::AgentSettings {
                 run_timeout: crate::agent::settings::DEFAULT_RUN_TIMEOUT,
                 ..Default::default()
@@ -725,19 +744,35 @@ impl Validator {
         if !enabled {
             return;
         }
-        let has_token = h
+        let token = h
             .get("token")
             .and_then(Value::as_str)
-            .is_some_and(|t| !t.trim().is_empty());
-        if has_token {
-            self.warnings
-                .push("hooks: enabled, but /hooks ingress is not supported by this version of keel; ignored".into());
-        } else {
-            self.disable(
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        let Some(token) = token else {
+            return self.disable(
                 "hooks",
                 "hooks.enabled is true but hooks.token is not set".into(),
             );
+        };
+        let path = h
+            .get("path")
+            .and_then(Value::as_str)
+            .unwrap_or("/hooks")
+            .trim_end_matches('/');
+        let reserved = ["/api", "/healthz", "/livez", "/readyz", "/metrics"];
+        if !path.starts_with('/')
+            || path.is_empty()
+            || reserved
+                .iter()
+                .any(|r| path == *r || path.starts_with(&format!("{r}/")))
+        {
+            return self.disable("hooks", format!("hooks.path {path:?} must be a path like /hooks, not / or a path keel serves itself"));
         }
+        self.config.hooks = Some(Hooks {
+            token: token.to_string(),
+            path: path.to_string(),
+        });
     }
 }
 

@@ -535,6 +535,44 @@ pub fn chat_abort(shared: &Arc<Shared>, p: &Value, _caller: &Caller) -> Result<V
     Ok(json!({"ok": true, "runId": id, "aborted": aborted, "status": run.status().as_str()}))
 }
 
+/// A hook (`POST <hooks.path>/agent` or `/wake`): starts a run; the outcome is queryable with
+/// `agent.wait {runId}`.
+pub fn hook(shared: &Arc<Shared>, route: &str, p: &Value) -> Result<Value, RpcError> {
+    let cfg = shared.config();
+    let default_agent = cfg.agents.default_agent_id();
+    let (message, agent_id, key) = match route {
+        "agent" => {
+            let agent_id = str_param(p, "agentId")?.unwrap_or(default_agent);
+            let key = match str_param(p, "sessionKey")? {
+                Some(k) => k,
+                None => format!("agent:{agent_id}:hook:{}", clock::Rng::from_os().uuid()),
+            };
+            (required(p, "message")?, agent_id, key)
+        }
+        "wake" => {
+            let key = format!("agent:{default_agent}:main");
+            (required(p, "text")?, default_agent, key)
+        }
+        other => {
+            return Err(RpcError::new(
+                Code::NotFound,
+                format!("no hook {other:?}; hooks are agent and wake"),
+            ));
+        }
+    };
+    let idem = str_param(p, "idempotencyKey")?.unwrap_or_else(|| clock::Rng::from_os().uuid());
+    let request = Request {
+        message,
+        agent_id: agent_of(&key, &agent_id),
+        session_key: key,
+        origin: origin_of(p)?,
+        parent: None,
+        depth: 0,
+    };
+    let (run, _) = start(shared, &idem, request, ReplyTo::Internal, None)?;
+    Ok(json!({"runId": run.id}))
+}
+
 /// `sessions.subscribe {sessionKey}` / `sessions.unsubscribe {sessionKey}` (WebSocket only).
 pub fn subscribe(
     shared: &Arc<Shared>,

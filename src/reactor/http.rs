@@ -12,7 +12,7 @@
 //! ```
 //! (*) `gateway.limits.headerTimeoutMs`, default 10 s, measured from the head's first byte.
 
-use super::{Cx, Outcome, io_would_block};
+use super::{Cx, Outcome, hook_route, io_would_block};
 use crate::error::{Code, RpcError};
 use crate::jobs::ReplyTo;
 use crate::protocol::{self, methods};
@@ -73,6 +73,8 @@ struct Head {
     content_length: usize,
     chunked: bool,
     authorization: Option<String>,
+    /// OpenClaw's hook token header.
+    hook_token: Option<String>,
     upgrade_ws: bool,
     ws_key: Option<String>,
     ws_version: Option<String>,
@@ -109,6 +111,7 @@ fn parse_head(buf: &[u8]) -> Parsed {
         content_length: 0,
         chunked: false,
         authorization: None,
+        hook_token: None,
         upgrade_ws: false,
         ws_key: None,
         ws_version: None,
@@ -138,6 +141,8 @@ fn parse_head(buf: &[u8]) -> Parsed {
             }
         } else if name.eq_ignore_ascii_case("authorization") {
             h.authorization = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("x-openclaw-token") {
+            h.hook_token = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("upgrade") {
             h.upgrade_ws = value.eq_ignore_ascii_case("websocket");
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
@@ -334,17 +339,26 @@ impl HttpConn {
         }
         let limit = super::body_limit(&head.method, &head.path, &cx.config());
         if head.content_length > limit {
-            let msg = format!(
-                "body of {} bytes is over this route's limit of {limit} bytes",
-                head.content_length
-            );
-            self.respond(
-                cx,
-                413,
-                "application/json",
-                &[],
-                &error_body(Code::InvalidRequest, &msg),
-            );
+            let path = head.path.split('?').next().unwrap_or("/");
+            let known = matches!(path, "/healthz" | "/livez" | "/readyz" | "/metrics");
+            // A body where no route takes one: say there is no such route, not "too large".
+            let (status, code, msg) = if limit == 0 && !known {
+                (
+                    404,
+                    Code::NotFound,
+                    format!("no route for {} {path}", head.method),
+                )
+            } else {
+                (
+                    413,
+                    Code::InvalidRequest,
+                    format!(
+                        "body of {} bytes is over this route's limit of {limit} bytes",
+                        head.content_length
+                    ),
+                )
+            };
+            self.respond(cx, status, "application/json", &[], &error_body(code, &msg));
             cx.shared.metrics.http_errors_4xx.inc();
             self.close_after_write = true;
             return false;
@@ -445,6 +459,14 @@ impl HttpConn {
                     self.rpc(cx, &method, &body);
                 }
             }
+            p if cx
+                .config()
+                .hooks
+                .as_ref()
+                .is_some_and(|h| p == h.path || p.starts_with(&format!("{}/", h.path))) =>
+            {
+                self.hook(cx, &head, &path, &body);
+            }
             "/healthz" | "/livez" | "/readyz" | "/metrics" => {
                 self.method_not_allowed(cx, "GET, HEAD");
             }
@@ -459,6 +481,101 @@ impl HttpConn {
                     &[],
                     &error_body(Code::NotFound, &msg),
                 );
+            }
+        }
+    }
+
+    /// `POST <hooks.path>/agent` and `/wake`: start a run; `202 {ok, runId}` once admitted.
+    fn hook(&mut self, cx: &mut Cx<'_>, head: &Head, path: &str, body: &[u8]) {
+        let Some(hooks) = cx.config().hooks.clone() else {
+            return;
+        };
+        let fail = |this: &mut HttpConn, cx: &mut Cx<'_>, status: u16, code: Code, msg: &str| {
+            cx.shared.metrics.http_errors_4xx.inc();
+            this.respond(cx, status, "application/json", &[], &error_body(code, msg));
+        };
+        let query = head.path.split_once('?').map_or("", |(_, q)| q);
+        if query.split('&').any(|kv| {
+            kv.split('=')
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("token"))
+        }) {
+            return fail(
+                self,
+                cx,
+                400,
+                Code::InvalidRequest,
+                "the hook token belongs in a header (Authorization: Bearer or x-openclaw-token), never in the URL",
+            );
+        }
+        if head.method != "POST" {
+            return self.method_not_allowed(cx, "POST");
+        }
+        if let Some(wait) = cx.limiter_blocked() {
+            let body = error_body(
+                Code::Unauthorized,
+                "too many failed hook authentications from this address; retry later",
+            );
+            cx.shared.metrics.http_errors_4xx.inc();
+            return self.respond(
+                cx,
+                429,
+                "application/json",
+                &[("Retry-After", wait.as_secs().max(1).to_string())],
+                &body,
+            );
+        }
+        let presented = head
+            .hook_token
+            .as_deref()
+            .or_else(|| {
+                head.authorization.as_deref().and_then(|a| {
+                    a.strip_prefix("Bearer ")
+                        .or_else(|| a.strip_prefix("bearer "))
+                })
+            })
+            .map(str::trim);
+        if !presented
+            .is_some_and(|t| crate::auth::constant_time_eq(t.as_bytes(), hooks.token.as_bytes()))
+        {
+            cx.limiter_failure();
+            return fail(
+                self,
+                cx,
+                401,
+                Code::Unauthorized,
+                "hook token missing or wrong",
+            );
+        }
+        let Some(route) = hook_route(path, &hooks.path) else {
+            return fail(
+                self,
+                cx,
+                404,
+                Code::NotFound,
+                "hooks are <path>/agent and <path>/wake",
+            );
+        };
+        let params: Value = match serde_json::from_slice(body) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => {
+                return fail(
+                    self,
+                    cx,
+                    400,
+                    Code::InvalidRequest,
+                    "the hook body must be a JSON object",
+                );
+            }
+        };
+        match crate::agent::runs::hook(cx.shared, route, &params) {
+            Ok(v) => {
+                let body = json!({"ok": true, "runId": v["runId"]}).to_string();
+                self.respond(cx, 202, "application/json", &[], body.as_bytes());
+            }
+            Err(e) => {
+                let (status, retry, body) = protocol::http_body(&Err(e));
+                self.respond_status(cx, status, retry, &body);
             }
         }
     }

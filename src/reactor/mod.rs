@@ -65,11 +65,30 @@ pub fn io_would_block(e: &io::Error) -> bool {
 
 /// Body limit per route.
 pub fn body_limit(method: &str, path: &str, cfg: &Config) -> usize {
-    if method == "POST" && path.starts_with("/api/rpc/") {
+    if method != "POST" {
+        0
+    } else if path.starts_with("/api/rpc/") {
         cfg.limits.rpc_body_bytes
+    } else if cfg
+        .hooks
+        .as_ref()
+        .is_some_and(|h| hook_route(path, &h.path).is_some())
+    {
+        HOOK_BODY_MAX
     } else {
         0
     }
+}
+
+/// Largest hook body.
+pub const HOOK_BODY_MAX: usize = 256 << 10;
+
+/// `<hooks.path>/<name>` → `name`.
+pub fn hook_route<'a>(path: &'a str, base: &str) -> Option<&'a str> {
+    let path = path.split('?').next().unwrap_or(path);
+    path.strip_prefix(base)?
+        .strip_prefix('/')
+        .filter(|r| !r.is_empty() && !r.contains('/'))
 }
 
 /// What a handler may use: the shared state, the connection's identity, the auth limiter.
@@ -87,6 +106,21 @@ pub struct Cx<'a> {
 impl Cx<'_> {
     pub fn config(&self) -> Arc<Config> {
         self.config.clone()
+    }
+
+    /// `Some(retry after)` while this peer has used up its authentication failures.
+    pub fn limiter_blocked(&mut self) -> Option<Duration> {
+        let b = self.limiter.blocked(self.peer.ip(), self.now);
+        if b.is_some() {
+            self.shared.metrics.auth_rate_limited.inc();
+        }
+        b
+    }
+
+    /// Counts an authentication failure for this peer.
+    pub fn limiter_failure(&mut self) {
+        self.limiter.record_failure(self.peer.ip(), self.now);
+        self.shared.metrics.auth_failures.inc();
     }
 
     /// Checks a presented secret against the config, under the per-IP failure limit.

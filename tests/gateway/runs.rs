@@ -505,3 +505,234 @@ fn tools_run_and_mirror_to_subscribers() {
     }
     assert_eq!(mirrors, ["start", "result"]);
 }
+
+fn hooks_config(a: &FakeProvider, b: &FakeProvider) -> Value {
+    let mut cfg = config(a, b, 5000);
+    cfg["hooks"] = json!({"enabled": true, "token": "hook-secret", "path": "/hooks"});
+    cfg
+}
+
+fn post(g: &Gateway, path: &str, headers: &str, body: &str) -> Response {
+    g.http(&format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+#[test]
+fn hooks_start_runs_whose_outcome_can_be_queried() {
+    let (a, b) = (
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+    );
+    a.push(stream("hooked"));
+    let g = Gateway::start(Opts::default().config(hooks_config(&a, &b)));
+    let r = post(
+        &g,
+        "/hooks/agent",
+        "Authorization: Bearer hook-secret\r\n",
+        r#"{"message":"from a hook","channel":"telegram","to":"42"}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let run_id = r.json()["runId"].as_str().unwrap().to_string();
+    let done = eventually(BOUND, || {
+        let p = g
+            .rpc("agent.wait", json!({"runId": run_id, "timeoutMs": 0}))
+            .json()["payload"]
+            .clone();
+        (p["status"] == "ok").then_some(p)
+    });
+    assert_eq!(done["result"]["payloads"][0]["text"], "hooked");
+    // OpenClaw's header works too; /wake starts a run on the main session.
+    let r = post(
+        &g,
+        "/hooks/wake",
+        "x-openclaw-token: hook-secret\r\n",
+        r#"{"text":"wake up"}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+}
+
+#[test]
+fn hooks_refuse_bad_requests_clearly() {
+    let (a, b) = (
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+    );
+    let g = Gateway::start(Opts::default().config(hooks_config(&a, &b)));
+    let r = post(
+        &g,
+        "/hooks/agent?token=hook-secret",
+        "",
+        r#"{"message":"x"}"#,
+    );
+    assert_eq!(r.status, 400, "a token in the URL");
+    let r = post(
+        &g,
+        "/hooks/agent",
+        "Authorization: Bearer hook-secret\r\n",
+        "[1]",
+    );
+    assert_eq!(r.status, 400);
+    let r = post(
+        &g,
+        "/hooks/nope",
+        "Authorization: Bearer hook-secret\r\n",
+        "{}",
+    );
+    assert_eq!(r.status, 404);
+    let big = format!(r#"{{"message":"{}"}}"#, "x".repeat(300 << 10));
+    let r = post(
+        &g,
+        "/hooks/agent",
+        "Authorization: Bearer hook-secret\r\n",
+        &big,
+    );
+    assert_eq!(r.status, 413);
+    for _ in 0..20 {
+        assert_eq!(
+            post(
+                &g,
+                "/hooks/agent",
+                "Authorization: Bearer wrong\r\n",
+                r#"{"message":"x"}"#
+            )
+            .status,
+            401
+        );
+    }
+    let r = post(
+        &g,
+        "/hooks/agent",
+        "Authorization: Bearer hook-secret\r\n",
+        r#"{"message":"x"}"#,
+    );
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_some());
+    assert!(a.requests().is_empty(), "nothing ran");
+}
+
+#[test]
+fn a_bad_hooks_config_leaves_the_gateway_serving() {
+    let g = Gateway::start(
+        Opts::default().config(json!({"hooks": {"enabled": true, "token": "t", "path": "/"}})),
+    );
+    assert_eq!(g.get("/healthz").status, 200);
+    let r = g.get("/readyz");
+    assert_eq!(r.status, 503);
+    assert!(
+        r.json()["failing"].to_string().contains("hooks.path"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(g.rpc("status", json!({})).status, 200);
+    let r = post(
+        &g,
+        "/hooks/agent",
+        "Authorization: Bearer t\r\n",
+        r#"{"message":"x"}"#,
+    );
+    assert_eq!(r.status, 404, "no hooks while they are disabled");
+}
+
+#[test]
+fn under_elevated_pressure_only_terminal_mirrors_flow() {
+    let (a, b) = (
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+    );
+    a.push(Behavior::Stream {
+        text: vec![],
+        tool_call: Some(("echo_it".into(), json!({"word": "w"}))),
+        usage: (1, 1),
+        delay_between: Duration::ZERO,
+    });
+    a.push(stream("done"));
+    let mut cfg = config(&a, &b, 5000);
+    cfg["tools"] = json!({"commands": [{"name": "echo_it", "argv": ["echo", "{{word}}"]}]});
+    cfg["gateway"] = json!({"workers": {"cpu": 1}, "pressure": {"queueAgeWarnMs": 100, "queueAgeCriticalMs": 3_600_000, "holdMs": 60_000}});
+    let g = Gateway::start(Opts::hooks().config(cfg));
+    // Force elevated pressure: the only cpu worker busy, a job waiting behind it.
+    let running = g.spawn_rpc("keel.test.busy", json!({"ms": 1500, "sleep": true}));
+    g.wait_metric("keel_jobs_in_flight{pool=\"cpu\"}", 1.0);
+    let queued = g.spawn_rpc("keel.test.busy", json!({"ms": 1}));
+    eventually(BOUND, || {
+        (g.rpc("health", json!({})).json()["payload"]["pressure"]["level"] == "elevated")
+            .then_some(())
+    });
+    let mut sub = g.ws();
+    sub.call(
+        "sessions.subscribe",
+        json!({"sessionKey": "agent:main:main"}),
+    );
+    let mut ws = g.ws();
+    let (_, events) = chat(&mut ws, "agent:main:main", "tool please", "p");
+    // Run-scoped events are never dropped...
+    let phases: Vec<&str> = events
+        .iter()
+        .filter(|e| e["payload"]["stream"] == "tool")
+        .filter_map(|e| e["payload"]["data"]["phase"].as_str())
+        .collect();
+    assert_eq!(phases, ["start", "result"]);
+    // ...while the session mirror of the non-terminal start was not sent.
+    let first_mirror = loop {
+        if let Got::Frame(f) = sub.next()
+            && f["event"] == "session.tool"
+        {
+            break f;
+        }
+    };
+    assert_eq!(first_mirror["payload"]["phase"], "result");
+    assert!(
+        metric(
+            &g.get_auth("/metrics").text(),
+            "keel_events_suppressed_pressure_total"
+        )
+        .unwrap()
+            >= 1.0
+    );
+    running.join().unwrap();
+    queued.join().unwrap();
+}
+
+#[test]
+fn a_listener_that_never_reads_is_closed_without_stalling_others() {
+    let (a, b) = (
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+    );
+    let chunk = "y".repeat(1024);
+    a.push(Behavior::Stream {
+        text: vec![chunk; 3000],
+        tool_call: None,
+        usage: (1, 1),
+        delay_between: Duration::ZERO,
+    });
+    let mut cfg = config(&a, &b, 5000);
+    cfg["gateway"] = json!({"limits": {"maxBufferedBytes": 65536}});
+    let g = Gateway::start(Opts::default().config(cfg));
+    let mut slow = g.ws();
+    let res = slow.call(
+        "chat.send",
+        json!({"sessionKey": "agent:main:main", "message": "flood", "idempotencyKey": "fl"}),
+    );
+    let run_id = res["payload"]["runId"].as_str().unwrap().to_string();
+    // Meanwhile another client is served promptly.
+    let mut other = g.ws();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        assert_eq!(other.call("health", json!({}))["ok"], true);
+        assert!(t0.elapsed() < Duration::from_secs(1));
+    }
+    eventually(BOUND, || {
+        (metric(
+            &g.get_auth("/metrics").text(),
+            "keel_slow_consumers_closed_total",
+        ) == Some(1.0))
+        .then_some(())
+    });
+    assert_eq!(slow.close_code(), Some(1008));
+    // The run itself finished.
+    let done = other.call("agent.wait", json!({"runId": run_id, "timeoutMs": 15000}));
+    assert_eq!(done["payload"]["status"], "ok", "{done}");
+}
