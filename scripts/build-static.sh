@@ -3,9 +3,10 @@
 #
 # With the musl target installed (`rustup target add x86_64-unknown-linux-musl`) it builds
 # for musl; otherwise a static-pie against glibc (`-C target-feature=+crt-static`), which
-# needs only the glibc static archives (libc6-dev on Debian/Ubuntu). keel resolves no host
-# names (it binds and connects to IP addresses), so glibc's NSS caveat for static binaries
-# does not bite it.
+# needs only the glibc static archives (libc6-dev on Debian/Ubuntu). Caveat for the glibc
+# build: resolving a provider's host name goes through glibc's NSS, which a static binary loads
+# at run time from the host's glibc (same version needed); musl has no such dependency. See
+# the README, "On a VPS with systemd".
 #
 # The explicit --target keeps RUSTFLAGS off build scripts and proc-macros (serde_derive),
 # which must stay dynamic. Prints the path, `file`'s view, whether it is static, and its size.
