@@ -259,6 +259,19 @@ fn providers(
             ));
             continue;
         };
+        // An API key must not cross a network in clear text: plain http only to this machine,
+        // unless the operator says the network is theirs (a LAN model server).
+        let insecure_ok = p
+            .get("allowInsecureHttp")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if base_url.starts_with("http://") && !insecure_ok && !is_loopback_url(base_url) {
+            issues.push((
+                format!("{path}.baseUrl"),
+                format!("{base_url} is plain http to another host; use https, or set allowInsecureHttp: true for a trusted network"),
+            ));
+            continue;
+        }
         let api = p
             .get("api")
             .and_then(Value::as_str)
@@ -308,6 +321,20 @@ fn providers(
         );
     }
     out
+}
+
+/// Does `http://host[:port]/...` name this machine?
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn command_tools(tools: Option<&Value>, issues: &mut Vec<Issue>) -> Vec<CommandTool> {
@@ -496,7 +523,7 @@ mod tests {
     #[test]
     fn bad_entries_are_issues_not_failures() {
         let (s, issues) = parse_json(json!({
-            "models": {"providers": {"x": {"baseUrl": "ftp://nope"}, "y": {"baseUrl": "http://h", "api": "grpc"}}},
+            "models": {"providers": {"x": {"baseUrl": "ftp://nope"}, "y": {"baseUrl": "https://h", "api": "grpc"}}},
             "agents": {"defaults": {"model": "nope"}, "list": [{"model": "y/m"}]},
             "tools": {"commands": [{"name": "ls", "argv": ["ls"]}, {"name": "bad name"}]},
         }));
@@ -515,5 +542,17 @@ mod tests {
         assert_eq!(s.tools.len(), 1);
         let (_, issues) = parse_json(json!({"agents": {"defaults": {"model": "ghost/m"}}}));
         assert!(issues[0].1.contains("no provider \"ghost\""));
+        let (s, issues) = parse_json(json!({"models": {"providers": {
+            "lan": {"baseUrl": "http://192.168.1.10:11434/v1"},
+            "lan_ok": {"baseUrl": "http://192.168.1.10:11434/v1", "allowInsecureHttp": true},
+            "v6": {"baseUrl": "http://[::1]:8080/v1"},
+            "host": {"baseUrl": "http://localhost:8080"},
+        }}}));
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(issues[0].1.contains("plain http to another host"));
+        assert_eq!(
+            s.providers.keys().collect::<Vec<_>>(),
+            ["host", "lan_ok", "v6"]
+        );
     }
 }
