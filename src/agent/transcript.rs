@@ -128,7 +128,15 @@ impl SessionFile {
             fresh["channel"] = json!(c);
             fresh["origin"] = json!({"provider": c, "to": origin.to, "accountId": origin.account_id, "threadId": origin.thread_id});
         }
-        let entry = update_store(&store, key, Some(fresh), |_| {})?;
+        // An existing session is only read; the store is rewritten when the run ends.
+        let existing = read_store(&store)?
+            .get(key)
+            .filter(|e| e.get("sessionId").and_then(Value::as_str).is_some())
+            .cloned();
+        let entry = match existing {
+            Some(e) => e,
+            None => update_store(&store, key, Some(fresh), |_| {})?,
+        };
         let session_id = entry["sessionId"]
             .as_str()
             .filter(|s| !s.is_empty())
