@@ -1,0 +1,1408 @@
+//! The durable outbound queue: every message keel sends is a file here before the send starts.
+//!
+//! Layout of a queue directory (created 0700):
+//!
+//! ```text
+//! <id>.json            one entry (0600), written only by `state::write_atomic`
+//! <id>.json.corrupt    an entry that could not be parsed at open, moved aside for a human
+//! archive/<id>.json    a sent entry, when `keep_sent` is set (otherwise sent entries are removed)
+//! .<id>.json.tmp.<pid> a write in progress; one found at open is a crash's leftover and removed
+//! ```
+//!
+//! Invariants:
+//! - Only complete, renamed files are read back: entries are written as temp file → fsync →
+//!   rename → fsync of the directory, and temp files are never parsed.
+//! - Every operation that changes an entry writes it to disk first and updates memory only once
+//!   the write succeeded, so the caller never acts (sends, reports success) on a state the disk
+//!   does not hold. If the write fails, memory and disk keep the previous state.
+//! - Reads (`due`, `list`, `get`, `counts`) come from the in-memory copy loaded at open.
+//! - The queue never sends anything twice on its own: an entry found in `sending` at open may or
+//!   may not have reached the channel, so it becomes `unknown_after_send` and waits for an
+//!   operator's [`Queue::retry`] or [`Queue::drop_entry`].
+//! - A damaged entry file is moved aside and reported, never fatal to the gateway.
+//! - One process owns a queue directory: open removes every temp file it finds.
+//!
+//! Times are wall-clock milliseconds (`now_ms` parameters), because they outlive the process;
+//! the clock and the random source are passed in, so tests never sleep.
+
+use crate::clock::{self, Rng};
+use crate::state;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const ENTRY_SUFFIX: &str = ".json";
+const CORRUPT_SUFFIX: &str = ".corrupt";
+const ARCHIVE_DIR: &str = "archive";
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    pub channel: String,
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
+    /// Fields this version does not know, kept so that a newer version's survive a rewrite.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Route {
+    pub fn new(channel: impl Into<String>, to: impl Into<String>) -> Route {
+        Route {
+            channel: channel.into(),
+            to: to.into(),
+            account_id: None,
+            thread_id: None,
+            extra: Map::new(),
+        }
+    }
+}
+
+/// Where an entry is in its life.
+///
+/// ```text
+/// pending ──begin_send──▶ sending ──sent──▶ sent ──▶ removed (or moved to archive/ with keep_sent)
+///    ▲                       │
+///    │                       ├─failed (transient, attempts and age left)──▶ pending, later
+///    │                       └─failed (permanent, or attempts/age used up)─▶ failed (dead letter)
+///    │
+///    └──retry (by hand)── failed, unknown_after_send
+///
+/// sending, found at open ──▶ unknown_after_send: the send may or may not have happened, so it
+///                            is shown to the operator and NOT replayed on its own
+/// ```
+///
+/// `drop_entry` removes an entry in any state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Pending,
+    Sending,
+    Sent,
+    /// The dead letter: given up on, kept until retried or dropped by hand.
+    Failed,
+    UnknownAfterSend,
+}
+
+impl State {
+    pub const ALL: [State; 5] = [
+        State::Pending,
+        State::Sending,
+        State::Sent,
+        State::Failed,
+        State::UnknownAfterSend,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Sending => "sending",
+            State::Sent => "sent",
+            State::Failed => "failed",
+            State::UnknownAfterSend => "unknown_after_send",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// States in which the message is (or may be) on its way: a second enqueue with the same
+    /// idempotency key returns the existing entry instead of sending the message twice.
+    fn holds_key(self) -> bool {
+        matches!(
+            self,
+            State::Pending | State::Sending | State::UnknownAfterSend
+        )
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a failed send is classified by the channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// Retrying cannot help (bad address, rejected content): dead letter at once.
+    Permanent,
+    /// Worth another try later (timeout, 5xx, 429).
+    Transient,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::Transient => "transient",
+        }
+    }
+}
+
+/// One queued message, as stored in `<id>.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    pub id: String,
+    /// The caller's key; an empty key is never deduplicated.
+    #[serde(default)]
+    pub idempotency_key: String,
+    pub route: Route,
+    /// The message itself, as the channel adapter expects it.
+    pub payload: Value,
+    pub created_ms: u64,
+    /// Sends started (counted when the send starts, so a crash mid-send still counts).
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub next_attempt_ms: u64,
+    pub state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// `"permanent"` or `"transient"`; a string so that a newer version's classes still load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_class: Option<String>,
+    #[serde(default)]
+    pub updated_ms: u64,
+    /// When an operator last retried the entry by hand; the max age counts from here, so a
+    /// retried old entry gets a fresh budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_ms: Option<u64>,
+    /// Fields this version does not know, kept so that a newer version's survive a rewrite.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Entry {
+    fn age_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.retried_ms.unwrap_or(self.created_ms))
+    }
+}
+
+/// When to try again: exponential backoff with full jitter, bounded by attempts and age.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The ceiling of the first retry's delay.
+    pub base: Duration,
+    /// Each further attempt multiplies the ceiling by this.
+    pub factor: u32,
+    /// No delay (jittered or asked for by a 429) is longer than this.
+    pub cap: Duration,
+    /// Sends after which a transient failure becomes a dead letter.
+    pub max_attempts: u32,
+    /// Age (since enqueue or the last manual retry) after which a transient failure becomes a
+    /// dead letter.
+    pub max_age: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_secs(5),
+            factor: 5,
+            cap: Duration::from_secs(3600),
+            max_attempts: 8,
+            max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The largest delay after failed attempt `attempt` (1-based): min(cap, base × factor^(attempt−1)).
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        self.factor
+            .checked_pow(attempt.saturating_sub(1))
+            .and_then(|m| self.base.checked_mul(m))
+            .map_or(self.cap, |d| d.min(self.cap))
+    }
+
+    /// The delay before the next try after failed attempt `attempt` (1-based). A server's
+    /// `retry_after` (a 429) is used as it is, capped at `cap`; otherwise the delay is uniform
+    /// in [0, [`ceiling`](Self::ceiling)] ("full jitter", so that many senders that failed
+    /// together do not come back together).
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, rng: &mut Rng) -> Duration {
+        if let Some(asked) = retry_after {
+            return asked.min(self.cap);
+        }
+        let ceiling = millis(self.ceiling(attempt));
+        if ceiling == 0 {
+            return Duration::ZERO;
+        }
+        // The modulo bias is below 2^-40 for any ceiling under a year.
+        Duration::from_millis(rng.next_u64() % (ceiling + 1))
+    }
+}
+
+/// What [`Queue::recover`] found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Pending entries loaded; they are sent when due.
+    pub resumed: usize,
+    /// Entries found in `sending` (the previous process stopped mid-send), now
+    /// `unknown_after_send`.
+    pub unknown_after_send: Vec<String>,
+    /// Entry files that could not be loaded: where each is now (moved aside to
+    /// `<id>.json.corrupt` when it did not parse; left in place when it could not be read).
+    pub corrupt: Vec<PathBuf>,
+    /// Temp files of interrupted writes, removed.
+    pub temp_removed: usize,
+    /// Entries found already `sent` (the previous process stopped between recording the send and
+    /// removing the file), now removed or archived.
+    pub sent_cleaned: usize,
+}
+
+/// Why a message could not be queued.
+#[derive(Debug)]
+pub enum EnqueueError {
+    /// The entry could not be written; nothing of it remains on disk.
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl fmt::Display for EnqueueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EnqueueError::Io { path, source } => write!(
+                f,
+                "delivery: cannot persist the message (disk full?): {}: {source}",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EnqueueError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            EnqueueError::Io { source, .. } => Some(source),
+        }
+    }
+}
+
+/// The queue: a directory of entries and their in-memory copy.
+#[derive(Debug)]
+pub struct Queue {
+    dir: PathBuf,
+    entries: BTreeMap<String, Entry>,
+    keep_sent: bool,
+    fail_writes: bool,
+    ids: Rng,
+    recovery: Recovery,
+}
+
+impl Queue {
+    /// Opens (creating it 0700 if needed) the queue in `dir` and recovers what a previous
+    /// process left: see [`Queue::recover`] and [`Queue::recovery`]. Only a directory that
+    /// cannot be created or listed is an error.
+    pub fn open(dir: &Path) -> io::Result<Queue> {
+        state::ensure_dir(dir)?;
+        let mut queue = Queue {
+            dir: dir.to_path_buf(),
+            entries: BTreeMap::new(),
+            keep_sent: false,
+            fail_writes: false,
+            ids: Rng::from_os(),
+            recovery: Recovery::default(),
+        };
+        queue.recover(clock::wall_ms())?;
+        Ok(queue)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What the last [`Queue::recover`] (the one `open` ran, unless called again) found.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// Keep sent entries in `archive/` instead of removing them.
+    pub fn set_keep_sent(&mut self, keep: bool) {
+        self.keep_sent = keep;
+    }
+
+    /// Test seam: while set, every entry write fails the way a full disk does: part of the
+    /// bytes reach the temp file, then the write returns `StorageFull`. The real clean-up path
+    /// of the atomic write runs, so a test sees exactly what a user with a full disk would.
+    pub fn set_fail_writes(&mut self, fail: bool) {
+        self.fail_writes = fail;
+    }
+
+    /// (Re)loads the directory into memory, settling what an interrupted process left:
+    /// removes temp files, moves unparseable entries aside, turns `sending` into
+    /// `unknown_after_send` (written to disk) and finishes removing (or archiving) `sent` ones.
+    /// Problems with single files are logged and reported, never fatal. `open` calls this; call
+    /// it again only while no send is in progress, as it treats every `sending` entry as
+    /// interrupted.
+    pub fn recover(&mut self, now_ms: u64) -> io::Result<Recovery> {
+        let mut rec = Recovery::default();
+        let mut loaded = BTreeMap::new();
+        for item in fs::read_dir(&self.dir)? {
+            let item = item?;
+            let file_name = item.file_name();
+            let Some(name) = file_name.to_str() else {
+                continue;
+            };
+            let path = item.path();
+            if is_temp(name) {
+                match fs::remove_file(&path) {
+                    Ok(()) => rec.temp_removed += 1,
+                    Err(e) => log::warn!(
+                        "delivery: cannot remove the stale temp file {}: {e}",
+                        path.display()
+                    ),
+                }
+                continue;
+            }
+            let Some(id) = name.strip_suffix(ENTRY_SUFFIX) else {
+                continue;
+            };
+            if id.is_empty() || id.starts_with('.') || !item.file_type().is_ok_and(|t| t.is_file())
+            {
+                continue;
+            }
+            match read_entry(&path, id) {
+                Ok(entry) => {
+                    loaded.insert(id.to_string(), entry);
+                }
+                Err(Unreadable::Io(e)) => {
+                    log::warn!(
+                        "delivery: cannot read the queue entry {}: {e}; skipped",
+                        path.display()
+                    );
+                    rec.corrupt.push(path);
+                }
+                Err(Unreadable::Invalid(why)) => {
+                    let moved = move_aside(&path);
+                    log::warn!(
+                        "delivery: the queue entry {} is damaged ({why}); moved aside to {}",
+                        path.display(),
+                        moved.display()
+                    );
+                    rec.corrupt.push(moved);
+                }
+            }
+        }
+        if (rec.temp_removed > 0 || !rec.corrupt.is_empty())
+            && let Err(e) = sync_dir(&self.dir)
+        {
+            log::warn!("delivery: cannot sync {}: {e}", self.dir.display());
+        }
+
+        self.entries.clear();
+        for (id, mut entry) in loaded {
+            match entry.state {
+                State::Pending => rec.resumed += 1,
+                State::Sending => {
+                    entry.state = State::UnknownAfterSend;
+                    entry.updated_ms = now_ms;
+                    entry.last_error = Some(
+                        "keel stopped during the send: the message may or may not have been \
+                         delivered"
+                            .to_string(),
+                    );
+                    entry.last_error_class = None;
+                    // Memory holds the safe state even if the disk cannot: the entry is not
+                    // replayed either way, and the next open settles it again.
+                    if let Err(e) = self.write_entry(&entry) {
+                        log::warn!(
+                            "delivery: cannot record message {id} as unknown_after_send: {e}"
+                        );
+                    }
+                    rec.unknown_after_send.push(id.clone());
+                }
+                State::Sent => {
+                    if let Err(e) = self.finish_sent(&id) {
+                        log::warn!("delivery: cannot remove the sent message {id}: {e}");
+                    }
+                    rec.sent_cleaned += 1;
+                    continue;
+                }
+                State::Failed | State::UnknownAfterSend => {}
+            }
+            self.entries.insert(id, entry);
+        }
+        if !rec.unknown_after_send.is_empty() {
+            log::warn!(
+                "delivery: {} message(s) were being sent when keel stopped and may or may not \
+                 have been delivered; they are held as unknown_after_send for an operator: {}",
+                rec.unknown_after_send.len(),
+                rec.unknown_after_send.join(", ")
+            );
+        }
+        self.recovery = rec.clone();
+        Ok(rec)
+    }
+
+    /// Queues a message, durably, due at once. If a message with the same (non-empty)
+    /// idempotency key is still pending, sending or unknown_after_send, that entry is returned
+    /// and nothing is written. On error nothing of the new entry remains on disk.
+    pub fn enqueue(
+        &mut self,
+        route: Route,
+        payload: Value,
+        idempotency_key: &str,
+        now_ms: u64,
+    ) -> Result<Entry, EnqueueError> {
+        if !idempotency_key.is_empty()
+            && let Some(existing) = self
+                .entries
+                .values()
+                .find(|e| e.idempotency_key == idempotency_key && e.state.holds_key())
+        {
+            return Ok(existing.clone());
+        }
+        let entry = Entry {
+            id: self.new_id(),
+            idempotency_key: idempotency_key.to_string(),
+            route,
+            payload,
+            created_ms: now_ms,
+            attempts: 0,
+            next_attempt_ms: now_ms,
+            state: State::Pending,
+            last_error: None,
+            last_error_class: None,
+            updated_ms: now_ms,
+            retried_ms: None,
+            extra: Map::new(),
+        };
+        let path = self.entry_path(&entry.id);
+        if let Err(source) = self.write_entry(&entry) {
+            // The write fails after the rename only when the directory fsync does; the caller
+            // is told the message is not queued, so the file must not stay to be sent later.
+            if path.exists() {
+                let _ = fs::remove_file(&path);
+                let _ = sync_dir(&self.dir);
+            }
+            return Err(EnqueueError::Io { path, source });
+        }
+        self.entries.insert(entry.id.clone(), entry.clone());
+        Ok(entry)
+    }
+
+    /// Pending entries due by `now_ms`, the longest-waiting first, at most `limit`.
+    pub fn due(&self, now_ms: u64, limit: usize) -> Vec<Entry> {
+        let mut due: Vec<&Entry> = self
+            .entries
+            .values()
+            .filter(|e| e.state == State::Pending && e.next_attempt_ms <= now_ms)
+            .collect();
+        due.sort_by(|a, b| {
+            (a.next_attempt_ms, a.created_ms, &a.id).cmp(&(b.next_attempt_ms, b.created_ms, &b.id))
+        });
+        due.into_iter().take(limit).cloned().collect()
+    }
+
+    /// pending → sending, one more attempt counted; on disk before the send may start.
+    pub fn begin_send(&mut self, id: &str, now_ms: u64) -> io::Result<Entry> {
+        self.update(id, |e| {
+            expect_state(e, &[State::Pending])?;
+            e.state = State::Sending;
+            e.attempts = e.attempts.saturating_add(1);
+            e.updated_ms = now_ms;
+            Ok(())
+        })
+    }
+
+    /// sending → sent, on disk; then the file is removed (or moved to `archive/` with
+    /// `keep_sent`). A failure of that last step is only logged: the entry is recorded as sent,
+    /// and the next open finishes the removal.
+    pub fn sent(&mut self, id: &str, now_ms: u64) -> io::Result<Entry> {
+        let entry = self.update(id, |e| {
+            expect_state(e, &[State::Sending])?;
+            e.state = State::Sent;
+            e.updated_ms = now_ms;
+            Ok(())
+        })?;
+        self.entries.remove(id);
+        if let Err(e) = self.finish_sent(id) {
+            log::warn!(
+                "delivery: message {id} was sent, but its queue file could not be removed: {e}; \
+                 the next start removes it"
+            );
+        }
+        Ok(entry)
+    }
+
+    /// Records a failed send (the entry must be `sending`). Permanent → `failed` (dead letter)
+    /// at once. Transient → `pending` again, due after the policy's delay, unless the attempts
+    /// or the age are used up (whichever comes first), which makes it `failed` with the reason.
+    // The clock, the policy and the random source are injected (see STYLE.md, retries), and
+    // error, class and retry_after are what a channel reports.
+    #[allow(clippy::too_many_arguments)]
+    pub fn failed(
+        &mut self,
+        id: &str,
+        error: &str,
+        class: ErrorClass,
+        retry_after: Option<Duration>,
+        now_ms: u64,
+        policy: &RetryPolicy,
+        rng: &mut Rng,
+    ) -> io::Result<Entry> {
+        self.update(id, |e| {
+            expect_state(e, &[State::Sending])?;
+            e.updated_ms = now_ms;
+            e.last_error_class = Some(class.as_str().to_string());
+            let give_up = match class {
+                ErrorClass::Permanent => Some(error.to_string()),
+                ErrorClass::Transient if e.attempts >= policy.max_attempts => {
+                    Some(format!("gave up after {} attempts: {error}", e.attempts))
+                }
+                ErrorClass::Transient if e.age_ms(now_ms) >= millis(policy.max_age) => Some(
+                    format!("gave up: older than {}: {error}", human(policy.max_age)),
+                ),
+                ErrorClass::Transient => None,
+            };
+            match give_up {
+                Some(reason) => {
+                    e.state = State::Failed;
+                    e.last_error = Some(reason);
+                }
+                None => {
+                    let delay = policy.delay(e.attempts, retry_after, rng);
+                    e.state = State::Pending;
+                    e.next_attempt_ms = now_ms.saturating_add(millis(delay));
+                    e.last_error = Some(error.to_string());
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// By hand: a `failed` or `unknown_after_send` entry → `pending`, due now, with its attempts
+    /// reset and its age counted from now.
+    pub fn retry(&mut self, id: &str, now_ms: u64) -> io::Result<Entry> {
+        self.update(id, |e| {
+            expect_state(e, &[State::Failed, State::UnknownAfterSend])?;
+            e.state = State::Pending;
+            e.attempts = 0;
+            e.next_attempt_ms = now_ms;
+            e.retried_ms = Some(now_ms);
+            e.updated_ms = now_ms;
+            Ok(())
+        })
+    }
+
+    /// By hand: removes an entry in any state, from disk and then from memory.
+    pub fn drop_entry(&mut self, id: &str) -> io::Result<Entry> {
+        if !self.entries.contains_key(id) {
+            return Err(not_found(id));
+        }
+        let path = self.entry_path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(with_path(e, "remove", &path)),
+        }
+        sync_dir(&self.dir).map_err(|e| with_path(e, "sync", &self.dir))?;
+        self.entries.remove(id).ok_or_else(|| not_found(id))
+    }
+
+    /// Entries (all, or those in `state`), oldest first, at most `limit`.
+    pub fn list(&self, state: Option<State>, limit: usize) -> Vec<Entry> {
+        let mut list: Vec<&Entry> = self
+            .entries
+            .values()
+            .filter(|e| state.is_none_or(|s| e.state == s))
+            .collect();
+        list.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        list.into_iter().take(limit).cloned().collect()
+    }
+
+    /// How many entries are in each state (every state present, zeros included). Sent entries
+    /// leave the queue at once, so `sent` is normally 0.
+    pub fn counts(&self) -> BTreeMap<State, usize> {
+        let mut counts: BTreeMap<State, usize> = State::ALL.into_iter().map(|s| (s, 0)).collect();
+        for e in self.entries.values() {
+            *counts.entry(e.state).or_default() += 1;
+        }
+        counts
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Entry> {
+        self.entries.get(id)
+    }
+
+    fn entry_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}{ENTRY_SUFFIX}"))
+    }
+
+    fn new_id(&mut self) -> String {
+        loop {
+            let id = self.ids.uuid();
+            if !self.entries.contains_key(&id) && !self.entry_path(&id).exists() {
+                return id;
+            }
+        }
+    }
+
+    /// Applies `change` to a copy of entry `id`, writes the copy, and only then replaces the
+    /// entry in memory.
+    fn update(
+        &mut self,
+        id: &str,
+        change: impl FnOnce(&mut Entry) -> io::Result<()>,
+    ) -> io::Result<Entry> {
+        let mut entry = self.entries.get(id).ok_or_else(|| not_found(id))?.clone();
+        change(&mut entry)?;
+        self.write_entry(&entry)
+            .map_err(|e| with_path(e, "write", &self.entry_path(id)))?;
+        self.entries.insert(entry.id.clone(), entry.clone());
+        Ok(entry)
+    }
+
+    fn write_entry(&self, entry: &Entry) -> io::Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(entry)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        bytes.push(b'\n');
+        let path = self.entry_path(&entry.id);
+        if self.fail_writes {
+            return state::write_atomic_with(&path, |f| {
+                f.write_all(&bytes[..bytes.len() / 2])?;
+                Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "no space left on device (simulated)",
+                ))
+            });
+        }
+        state::write_atomic(&path, &bytes)
+    }
+
+    /// Removes (or archives) the file of an entry already recorded as sent.
+    fn finish_sent(&self, id: &str) -> io::Result<()> {
+        let path = self.entry_path(id);
+        if self.keep_sent {
+            let archive = self.dir.join(ARCHIVE_DIR);
+            state::ensure_dir(&archive)?;
+            fs::rename(&path, archive.join(format!("{id}{ENTRY_SUFFIX}")))?;
+            sync_dir(&archive)?;
+        } else {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        sync_dir(&self.dir)
+    }
+}
+
+enum Unreadable {
+    Io(io::Error),
+    Invalid(String),
+}
+
+fn read_entry(path: &Path, id: &str) -> Result<Entry, Unreadable> {
+    let bytes = fs::read(path).map_err(Unreadable::Io)?;
+    let entry: Entry =
+        serde_json::from_slice(&bytes).map_err(|e| Unreadable::Invalid(e.to_string()))?;
+    if entry.id != id {
+        // Writing it back would create a second file; someone copied or renamed it by hand.
+        return Err(Unreadable::Invalid(format!(
+            "its id is {:?}, not its file name",
+            entry.id
+        )));
+    }
+    Ok(entry)
+}
+
+/// A temp file of `state::write_atomic`: `.<name>.tmp.<pid>`.
+fn is_temp(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp.")
+}
+
+/// Renames `path` to `<path>.corrupt` (or `.corrupt.2`, … if taken); returns where it is now.
+fn move_aside(path: &Path) -> PathBuf {
+    let base = path.as_os_str().to_os_string();
+    let mut n = 1;
+    let target = loop {
+        let mut candidate = base.clone();
+        candidate.push(CORRUPT_SUFFIX);
+        if n > 1 {
+            candidate.push(format!(".{n}"));
+        }
+        let candidate = PathBuf::from(candidate);
+        if !candidate.exists() {
+            break candidate;
+        }
+        n += 1;
+    };
+    match fs::rename(path, &target) {
+        Ok(()) => target,
+        Err(e) => {
+            log::warn!("delivery: cannot move {} aside: {e}", path.display());
+            path.to_path_buf()
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn expect_state(e: &Entry, allowed: &[State]) -> io::Result<()> {
+    if allowed.contains(&e.state) {
+        return Ok(());
+    }
+    let wanted: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "delivery: message {} is {}, not {}",
+            e.id,
+            e.state,
+            wanted.join(" or ")
+        ),
+    ))
+}
+
+fn not_found(id: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("delivery: no queued message {id}"),
+    )
+}
+
+fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!("delivery: cannot {what} {}: {e}", path.display()),
+    )
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `24 h`, `30 min`, `90 s`: for reasons an operator reads.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 && s.is_multiple_of(3600) {
+        format!("{} h", s / 3600)
+    } else if s >= 60 && s.is_multiple_of(60) {
+        format!("{} min", s / 60)
+    } else {
+        format!("{s} s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// An arbitrary wall-clock start: 2027-01-15.
+    const T0: u64 = 1_800_000_000_000;
+    const SEC: u64 = 1000;
+    const HOUR: u64 = 3600 * SEC;
+
+    fn route() -> Route {
+        Route::new("telegram", "12345")
+    }
+
+    #[track_caller]
+    fn open(dir: &Path) -> Queue {
+        Queue::open(dir).expect("open the queue")
+    }
+
+    #[track_caller]
+    fn enqueue(q: &mut Queue, key: &str, now_ms: u64) -> Entry {
+        q.enqueue(
+            route(),
+            json!({ "text": format!("hello {key}") }),
+            key,
+            now_ms,
+        )
+        .expect("enqueue")
+    }
+
+    /// The names in the queue directory, sorted.
+    #[track_caller]
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The entry as it is on disk, as raw JSON.
+    #[track_caller]
+    fn on_disk(dir: &Path, id: &str) -> Value {
+        let bytes = fs::read(dir.join(format!("{id}.json"))).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[track_caller]
+    fn fail(q: &mut Queue, id: &str, class: ErrorClass, now_ms: u64, rng: &mut Rng) -> Entry {
+        q.failed(
+            id,
+            "boom",
+            class,
+            None,
+            now_ms,
+            &RetryPolicy::default(),
+            rng,
+        )
+        .expect("record the failure")
+    }
+
+    #[test]
+    fn enqueue_persists_and_a_reopened_queue_sees_the_same_entries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("outbound");
+        let mut q = open(&dir);
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let mut r = route();
+        r.account_id = Some("bot-1".into());
+        r.thread_id = Some("42".into());
+        let a = q
+            .enqueue(r, json!({ "text": "hi", "media": [1, 2] }), "k-a", T0)
+            .unwrap();
+        let b = enqueue(&mut q, "k-b", T0 + 1);
+        assert_eq!(a.state, State::Pending);
+        assert_eq!((a.attempts, a.next_attempt_ms, a.created_ms), (0, T0, T0));
+        assert_eq!(a.id.len(), 36);
+        let mode = fs::metadata(dir.join(format!("{}.json", a.id)))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let raw = on_disk(&dir, &a.id);
+        assert_eq!(raw["idempotencyKey"], "k-a");
+        assert_eq!(raw["route"]["accountId"], "bot-1");
+        assert_eq!(raw["nextAttemptMs"], T0);
+        assert_eq!(raw["state"], "pending");
+        drop(q);
+
+        let q = open(&dir);
+        assert_eq!(q.recovery().resumed, 2);
+        assert_eq!(q.list(None, 10), vec![a.clone(), b.clone()]);
+        assert_eq!(q.get(&a.id), Some(&a));
+        assert_eq!(q.counts()[&State::Pending], 2);
+        assert_eq!(q.counts().len(), State::ALL.len());
+    }
+
+    #[test]
+    fn a_duplicate_idempotency_key_returns_the_existing_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut q = open(tmp.path());
+        let first = enqueue(&mut q, "same", T0);
+        let again = q
+            .enqueue(route(), json!({ "text": "other" }), "same", T0 + 5)
+            .unwrap();
+        assert_eq!(again, first);
+        assert_eq!(names(tmp.path()).len(), 1, "no second file");
+
+        // Still deduplicated while sending; a new message once the first is dead-lettered.
+        q.begin_send(&first.id, T0 + 10).unwrap();
+        assert_eq!(enqueue(&mut q, "same", T0 + 11).id, first.id);
+        let mut rng = Rng::new(1);
+        fail(&mut q, &first.id, ErrorClass::Permanent, T0 + 12, &mut rng);
+        let second = enqueue(&mut q, "same", T0 + 13);
+        assert_ne!(second.id, first.id);
+
+        // An empty key is no key: never deduplicated.
+        let x = enqueue(&mut q, "", T0);
+        let y = enqueue(&mut q, "", T0);
+        assert_ne!(x.id, y.id);
+    }
+
+    #[test]
+    fn a_sending_entry_found_at_open_becomes_unknown_after_send_and_is_not_due() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut q = open(tmp.path());
+        let a = enqueue(&mut q, "a", T0);
+        let b = enqueue(&mut q, "b", T0);
+        q.begin_send(&a.id, T0 + 1).unwrap();
+        drop(q); // the process dies mid-send
+
+        let mut q = open(tmp.path());
+        assert_eq!(q.recovery().unknown_after_send, vec![a.id.clone()]);
+        assert_eq!(q.recovery().resumed, 1);
+        let got = q.get(&a.id).unwrap();
+        assert_eq!(got.state, State::UnknownAfterSend);
+        assert_eq!(got.attempts, 1);
+        assert!(
+            got.last_error
+                .as_deref()
+                .unwrap()
+                .contains("may or may not")
+        );
+        assert_eq!(on_disk(tmp.path(), &a.id)["state"], "unknown_after_send");
+        let due: Vec<String> = q.due(T0 + HOUR, 10).into_iter().map(|e| e.id).collect();
+        assert_eq!(due, vec![b.id.clone()], "not replayed blindly");
+        assert!(q.begin_send(&a.id, T0 + 2).is_err());
+        // The same key is still held, so a client's resend cannot duplicate the message.
+        assert_eq!(enqueue(&mut q, "a", T0 + 3).id, a.id);
+        drop(q);
+
+        // It stays unknown across further restarts until an operator acts.
+        let q = open(tmp.path());
+        assert!(q.recovery().unknown_after_send.is_empty());
+        assert_eq!(q.list(Some(State::UnknownAfterSend), 10).len(), 1);
+    }
+
+    #[test]
+    fn a_permanent_failure_is_a_dead_letter_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut q = open(tmp.path());
+        let e = enqueue(&mut q, "k", T0);
+        q.begin_send(&e.id, T0).unwrap();
+        let mut rng = Rng::new(7);
+        let got = q
+            .failed(
+                &e.id,
+                "channel telegram rejects address 12345",
+                ErrorClass::Permanent,
+                None,
+                T0 + 1,
+                &RetryPolicy::default(),
+                &mut rng,
+            )
+            .unwrap();
+        assert_eq!(got.state, State::Failed);
+        assert_eq!(got.attempts, 1);
+        assert_eq!(
+            got.last_error.as_deref(),
+            Some("channel telegram rejects address 12345")
+        );
+        assert_eq!(got.last_error_class.as_deref(), Some("permanent"));
+        assert!(q.due(u64::MAX, 10).is_empty());
+        let raw = on_disk(tmp.path(), &e.id);
+        assert_eq!(raw["state"], "failed");
+        assert_eq!(raw["lastErrorClass"], "permanent");
+    }
+
+    #[test]
+    fn transient_failures_back_off_within_the_jitter_bounds_then_dead_letter() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut q = open(tmp.path());
+        let policy = RetryPolicy::default();
+        let mut rng = Rng::new(42);
+        let e = enqueue(&mut q, "k", T0);
+        let mut now = T0;
+        for attempt in 1..policy.max_attempts {
+            let sending = q.begin_send(&e.id, now).unwrap();
+            assert_eq!(sending.attempts, attempt);
+            assert_eq!(on_disk(tmp.path(), &e.id)["state"], "sending");
+            let got = fail(&mut q, &e.id, ErrorClass::Transient, now, &mut rng);
+            assert_eq!(got.state, State::Pending, "attempt {attempt}");
+            assert_eq!(got.last_error_class.as_deref(), Some("transient"));
+            let ceiling = millis(policy.ceiling(attempt));
+            assert!(
+                got.next_attempt_ms >= now && got.next_attempt_ms <= now + ceiling,
+                "attempt {attempt}: next in {} ms, ceiling {ceiling} ms",
+                got.next_attempt_ms - now
+            );
+            assert_eq!(
+                on_disk(tmp.path(), &e.id)["nextAttemptMs"],
+                got.next_attempt_ms
+            );
+            if got.next_attempt_ms > now {
+                assert!(q.due(got.next_attempt_ms - 1, 10).is_empty());
+            }
+            now = got.next_attempt_ms;
+            assert_eq!(q.due(now, 10).len(), 1);
+        }
+        q.begin_send(&e.id, now).unwrap();
+        let got = fail(&mut q, &e.id, ErrorClass::Transient, now, &mut rng);
+        assert_eq!(got.state, State::Failed);
+        assert_eq!(got.attempts, 8);
+        assert_eq!(
+            got.last_error.as_deref(),
+            Some("gave up after 8 attempts: boom")
+        );
+        assert!(q.due(u64::MAX, 10).is_empty());
+    }
+
+    #[test]
+    fn max_age_dead_letters_even_with_attempts_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut q = open(tmp.path());
+        let mut rng = Rng::new(3);
+        let e = enqueue(&mut q, "k", T0);
+        let late = T0 + 24 * HOUR;
+        q.begin_send(&e.id, late).unwrap();
+        let got = fail(&mut q, &e.id, ErrorClass::Transient, late, &mut rng);
+        assert_eq!(got.state, State::Failed);
+        assert_eq!(got.attempts, 1);
+        assert_eq!(
+            got.last_error.as_deref(),
+            Some("gave up: older than 24 h: boom")
+        );
+
+        // A manual retry restarts the age clock.
+        q.retry(&e.id, late + 1).unwrap();
+        q.begin_send(&e.id, late + 2).unwrap();
+        let got = fail(&mut q, &e.id, ErrorClass::Transient, late + 3, &mut rng);
+        assert_eq!(got.state, State::Pending);
+    }
+
+    #[test]
+    fn a_429_retry_after_is_honoured_and_capped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut q = open(tmp.path());
+        let policy = RetryPolicy::default();
+        let mut rng = Rng::new(9);
+        let e = enqueue(&mut q, "k", T0);
+        q.begin_send(&e.id, T0).unwrap();
+        let got = q
+            .failed(
+                &e.id,
+                "429 too many requests",
+                ErrorClass::Transient,
+                Some(Duration::from_secs(30)),
+                T0,
+                &policy,
+                &mut rng,
+            )
+            .unwrap();
+        assert_eq!(
+            got.next_attempt_ms,
+            T0 + 30 * SEC,
+            "longer than the 5 s ceiling"
+        );
+
+        q.begin_send(&e.id, T0 + 30 * SEC).unwrap();
+        let got = q
+            .failed(
+                &e.id,
+                "429 too many requests",
+                ErrorClass::Transient,
+                Some(Duration::from_secs(7200)),
+                T0 + 30 * SEC,
+                &policy,
+                &mut rng,
+            )
+            .unwrap();
+        assert_eq!(got.next_attempt_ms, T0 + 30 * SEC + HOUR, "capped at 1 h");
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed_and_a_corrupt_entry_is_moved_aside_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut q = open(dir);
+        let good = enqueue(&mut q, "good", T0);
+        drop(q);
+        let good_bytes = fs::read(dir.join(format!("{}.json", good.id))).unwrap();
+        fs::write(dir.join(".x.json.tmp.999"), b"{\"id\":").unwrap();
+        fs::write(dir.join("garbage.json"), b"{not json").unwrap();
+        // A torn file: the first half of a valid entry.
+        fs::write(dir.join("torn.json"), &good_bytes[..good_bytes.len() / 2]).unwrap();
+        // A complete entry under another name (copied by hand).
+        fs::write(dir.join("copy.json"), &good_bytes).unwrap();
+        // Not ours: left alone.
+        fs::write(dir.join("README"), b"hello").unwrap();
+
+        let q = open(dir);
+        let rec = q.recovery();
+        assert_eq!(rec.temp_removed, 1);
+        assert_eq!(rec.resumed, 1);
+        let mut corrupt = rec.corrupt.clone();
+        corrupt.sort();
+        assert_eq!(
+            corrupt,
+            vec![
+                dir.join("copy.json.corrupt"),
+                dir.join("garbage.json.corrupt"),
+                dir.join("torn.json.corrupt"),
+            ]
+        );
+        let mut expected = vec![
+            format!("{}.json", good.id),
+            "README".into(),
+            "copy.json.corrupt".into(),
+            "garbage.json.corrupt".into(),
+            "torn.json.corrupt".into(),
+        ];
+        expected.sort();
+        assert_eq!(names(dir), expected);
+        assert_eq!(q.list(None, 10), vec![good]);
+        assert_eq!(
+            fs::read(dir.join("garbage.json.corrupt")).unwrap(),
+            b"{not json"
+        );
+        drop(q);
+
+        // A second damaged file with the same name does not overwrite the first one moved aside.
+        fs::write(dir.join("garbage.json"), b"[]").unwrap();
+        let q = open(dir);
+        assert_eq!(
+            q.recovery().corrupt,
+            vec![dir.join("garbage.json.corrupt.2")]
+        );
+    }
+
+    #[test]
+    fn a_full_disk_fails_enqueue_with_a_clear_error_and_leaves_no_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut q = open(dir);
+        let kept = enqueue(&mut q, "kept", T0);
+        let before = names(dir);
+
+        q.set_fail_writes(true);
+        let err = q
+            .enqueue(route(), json!({ "text": "lost?" }), "new", T0 + 1)
+            .unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with("delivery: cannot persist the message (disk full?): "),
+            "{shown}"
+        );
+        assert!(shown.contains("no space left on device"), "{shown}");
+        let EnqueueError::Io { source, .. } = &err;
+        assert_eq!(source.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(names(dir), before, "no temp file, no partial entry");
+        assert_eq!(q.list(None, 10), vec![kept.clone()]);
+
+        // A state change that cannot be written leaves disk and memory as they were.
+        let err = q.begin_send(&kept.id, T0 + 2).unwrap_err();
+        assert!(
+            err.to_string().starts_with("delivery: cannot write "),
+            "{err}"
+        );
+        assert_eq!(q.get(&kept.id).unwrap().state, State::Pending);
+        assert_eq!(on_disk(dir, &kept.id)["state"], "pending");
+        assert_eq!(names(dir), before);
+
+        q.set_fail_writes(false);
+        let e = q
+            .enqueue(route(), json!({ "text": "lost?" }), "new", T0 + 3)
+            .unwrap();
+        assert_eq!(names(dir).len(), 2);
+        assert_eq!(q.get(&e.id).unwrap().state, State::Pending);
+    }
+
+    #[test]
+    fn retry_and_drop_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut q = open(dir);
+        let mut rng = Rng::new(5);
+        let e = enqueue(&mut q, "k", T0);
+
+        assert!(
+            q.retry(&e.id, T0).is_err(),
+            "a pending entry is not retried"
+        );
+        q.begin_send(&e.id, T0).unwrap();
+        fail(&mut q, &e.id, ErrorClass::Permanent, T0 + 1, &mut rng);
+
+        let got = q.retry(&e.id, T0 + HOUR).unwrap();
+        assert_eq!(got.state, State::Pending);
+        assert_eq!(got.attempts, 0);
+        assert_eq!(got.next_attempt_ms, T0 + HOUR);
+        assert_eq!(got.last_error.as_deref(), Some("boom"), "history kept");
+        assert_eq!(q.due(T0 + HOUR, 10), vec![got.clone()]);
+        assert_eq!(on_disk(dir, &e.id)["state"], "pending");
+
+        let dropped = q.drop_entry(&e.id).unwrap();
+        assert_eq!(dropped.id, e.id);
+        assert!(names(dir).is_empty());
+        assert!(q.get(&e.id).is_none());
+        let err = q.drop_entry(&e.id).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(q.begin_send("../../etc/passwd", T0).is_err());
+    }
+
+    #[test]
+    fn sent_removes_the_entry_or_archives_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut q = open(dir);
+        let a = enqueue(&mut q, "a", T0);
+        assert!(q.sent(&a.id, T0).is_err(), "only a sending entry is sent");
+        q.begin_send(&a.id, T0).unwrap();
+        let done = q.sent(&a.id, T0 + 1).unwrap();
+        assert_eq!(done.state, State::Sent);
+        assert!(names(dir).is_empty());
+        assert!(q.get(&a.id).is_none());
+
+        q.set_keep_sent(true);
+        let b = enqueue(&mut q, "b", T0);
+        q.begin_send(&b.id, T0).unwrap();
+        q.sent(&b.id, T0 + 1).unwrap();
+        assert_eq!(names(dir), vec!["archive".to_string()]);
+        let archived: Entry = serde_json::from_slice(
+            &fs::read(dir.join("archive").join(format!("{}.json", b.id))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(archived.state, State::Sent);
+        drop(q);
+        assert!(open(dir).list(None, 10).is_empty());
+    }
+
+    #[test]
+    fn due_is_oldest_first_and_limited() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut q = open(tmp.path());
+        let late = enqueue(&mut q, "late", T0 + 30);
+        let early = enqueue(&mut q, "early", T0 + 10);
+        let mid = enqueue(&mut q, "mid", T0 + 20);
+        let ids = |v: Vec<Entry>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(q.due(T0 + 30, 10)),
+            vec![early.id.clone(), mid.id.clone(), late.id.clone()]
+        );
+        assert_eq!(
+            ids(q.due(T0 + 30, 2)),
+            vec![early.id.clone(), mid.id.clone()]
+        );
+        assert_eq!(ids(q.due(T0 + 15, 10)), vec![early.id.clone()]);
+        q.begin_send(&early.id, T0 + 30).unwrap();
+        assert_eq!(ids(q.due(T0 + 30, 10)), vec![mid.id, late.id]);
+        assert_eq!(q.list(Some(State::Sending), 10).len(), 1);
+        assert_eq!(q.counts()[&State::Pending], 2);
+        assert_eq!(q.counts()[&State::Sending], 1);
+    }
+
+    #[test]
+    fn unknown_fields_survive_a_state_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut q = open(dir);
+        let e = enqueue(&mut q, "k", T0);
+        drop(q);
+        // A newer version wrote fields this one does not know.
+        let mut raw = on_disk(dir, &e.id);
+        raw["priority"] = json!({ "level": 3 });
+        raw["route"]["replyTo"] = json!("m-77");
+        fs::write(
+            dir.join(format!("{}.json", e.id)),
+            serde_json::to_vec(&raw).unwrap(),
+        )
+        .unwrap();
+
+        let mut q = open(dir);
+        assert_eq!(
+            q.get(&e.id).unwrap().extra["priority"],
+            json!({ "level": 3 })
+        );
+        q.begin_send(&e.id, T0 + 1).unwrap();
+        let mut rng = Rng::new(1);
+        fail(&mut q, &e.id, ErrorClass::Transient, T0 + 2, &mut rng);
+        let raw = on_disk(dir, &e.id);
+        assert_eq!(raw["state"], "pending");
+        assert_eq!(raw["attempts"], 1);
+        assert_eq!(raw["priority"], json!({ "level": 3 }));
+        assert_eq!(raw["route"]["replyTo"], "m-77");
+    }
+
+    #[test]
+    fn backoff_never_exceeds_its_ceiling_and_spreads_over_it() {
+        let policy = RetryPolicy::default();
+        let mut rng = Rng::new(0xfeed);
+        for attempt in 1..=12u32 {
+            let expected = (policy.base * policy.factor.pow(attempt.min(8) - 1)).min(policy.cap);
+            assert_eq!(policy.ceiling(attempt), expected, "attempt {attempt}");
+            let (mut lo, mut hi) = (Duration::MAX, Duration::ZERO);
+            for _ in 0..5000 {
+                let d = policy.delay(attempt, None, &mut rng);
+                assert!(d <= expected, "attempt {attempt}: {d:?} > {expected:?}");
+                lo = lo.min(d);
+                hi = hi.max(d);
+            }
+            // Full jitter: the whole range [0, ceiling] is used, not just its top.
+            assert!(lo < expected / 10, "attempt {attempt}: lowest {lo:?}");
+            assert!(hi > expected * 9 / 10, "attempt {attempt}: highest {hi:?}");
+        }
+        assert_eq!(policy.ceiling(0), policy.base);
+        assert_eq!(policy.ceiling(u32::MAX), policy.cap, "no overflow");
+        let zero = RetryPolicy {
+            base: Duration::ZERO,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(zero.delay(3, None, &mut rng), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_crash_mid_write_and_mid_send_recovers_consistently() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut q = open(dir);
+        let waiting = enqueue(&mut q, "waiting", T0);
+        let in_flight = enqueue(&mut q, "in-flight", T0);
+        let delivered = enqueue(&mut q, "delivered", T0);
+        let mut rng = Rng::new(11);
+        let dead = enqueue(&mut q, "dead", T0);
+        q.begin_send(&dead.id, T0).unwrap();
+        fail(&mut q, &dead.id, ErrorClass::Permanent, T0, &mut rng);
+        q.begin_send(&in_flight.id, T0 + 1).unwrap();
+        q.begin_send(&delivered.id, T0 + 1).unwrap();
+        // The crash: `delivered` was recorded as sent but its file not yet removed, and a
+        // rewrite of `waiting` was interrupted after its temp file got half its bytes.
+        let mut sent = on_disk(dir, &delivered.id);
+        sent["state"] = json!("sent");
+        state::write_atomic(
+            &dir.join(format!("{}.json", delivered.id)),
+            &serde_json::to_vec(&sent).unwrap(),
+        )
+        .unwrap();
+        let waiting_bytes = fs::read(dir.join(format!("{}.json", waiting.id))).unwrap();
+        fs::write(
+            dir.join(format!(".{}.json.tmp.4242", waiting.id)),
+            &waiting_bytes[..waiting_bytes.len() / 2],
+        )
+        .unwrap();
+        drop(q);
+
+        let q = open(dir);
+        assert_eq!(
+            q.recovery(),
+            &Recovery {
+                resumed: 1,
+                unknown_after_send: vec![in_flight.id.clone()],
+                corrupt: vec![],
+                temp_removed: 1,
+                sent_cleaned: 1,
+            }
+        );
+        assert_eq!(
+            q.get(&waiting.id),
+            Some(&waiting),
+            "the old complete version"
+        );
+        assert!(q.get(&delivered.id).is_none());
+        assert_eq!(q.get(&dead.id).unwrap().state, State::Failed);
+        assert_eq!(q.get(&in_flight.id).unwrap().state, State::UnknownAfterSend);
+        assert_eq!(q.due(u64::MAX, 10), vec![waiting.clone()]);
+        let mut expected = vec![
+            format!("{}.json", waiting.id),
+            format!("{}.json", in_flight.id),
+            format!("{}.json", dead.id),
+        ];
+        expected.sort();
+        assert_eq!(names(dir), expected);
+        assert_eq!(on_disk(dir, &in_flight.id)["state"], "unknown_after_send");
+        let counts = q.counts();
+        assert_eq!(
+            (
+                counts[&State::Pending],
+                counts[&State::Failed],
+                counts[&State::UnknownAfterSend]
+            ),
+            (1, 1, 1)
+        );
+    }
+}
