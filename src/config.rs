@@ -182,7 +182,7 @@ impl Default for Config {
             limits: Limits {
                 max_connections: 4096,
                 max_payload: 4 << 20,
-                max_buffered_bytes: 8 << 20,
+                max_buffered_bytes: 1 << 20,
                 rpc_body_bytes: 1 << 20,
                 max_inflight_per_conn: 64,
                 header_timeout: Duration::from_secs(10),

@@ -8,8 +8,8 @@ use crate::clock;
 use crate::config::{Config, Overrides};
 use crate::error::{Code, RpcError};
 use crate::jobs::{
-    CancelReason, Completion, Job, JobCtx, JobInfo, JobSpec, JobTable, Lane, PoolKind, Pools,
-    ReplyTo, Work, cancel_error,
+    CancelReason, Completion, Fanout, Job, JobCtx, JobInfo, JobSpec, JobTable, Lane, Outbound,
+    PoolKind, Pools, ReplyTo, Work, cancel_error,
 };
 use crate::metrics::{Metrics, family};
 use crate::sdnotify::Notifier;
@@ -89,7 +89,7 @@ pub struct Shared {
     /// Agent runs, session subscriptions and provider cooldowns.
     pub runs: crate::agent::runs::Runs,
     next_job_id: AtomicU64,
-    completions: Sender<Completion>,
+    completions: Sender<Outbound>,
     waker: Arc<mio::Waker>,
     pub notifier: Notifier,
     /// Hidden `keel.test.*` methods are served only when `KEEL_TEST_HOOKS=1` at boot.
@@ -98,6 +98,8 @@ pub struct Shared {
     reactor_busy_since: AtomicU64,
     /// Monotonic ms of the reactor's last iteration.
     reactor_heartbeat: AtomicU64,
+    /// A wake-up is on its way to the reactor (see `send_outbound`).
+    wake_pending: std::sync::atomic::AtomicBool,
     /// The address actually bound (the config may say port 0).
     listen: OnceLock<SocketAddr>,
 }
@@ -107,7 +109,7 @@ pub struct SharedParts {
     pub overrides: Overrides,
     pub config: Config,
     pub pools: Pools,
-    pub completions: Sender<Completion>,
+    pub completions: Sender<Outbound>,
     pub waker: Arc<mio::Waker>,
     pub notifier: Notifier,
     pub test_hooks: bool,
@@ -141,6 +143,7 @@ impl Shared {
             runs: crate::agent::runs::Runs::default(),
             next_job_id: AtomicU64::new(1),
             completions: p.completions,
+            wake_pending: std::sync::atomic::AtomicBool::new(false),
             waker: p.waker,
             notifier: p.notifier,
             test_hooks: p.test_hooks,
@@ -404,9 +407,27 @@ impl Shared {
 
     /// Hands a completion (a reply, an event) to the reactor.
     pub fn push(&self, c: Completion) {
-        if self.completions.send(c).is_ok() {
+        self.send_outbound(Outbound::Reply(c));
+    }
+
+    /// Hands an event for several connections to the reactor.
+    pub fn fanout(&self, f: Fanout) {
+        if !f.targets.is_empty() {
+            self.send_outbound(Outbound::Event(f));
+        }
+    }
+
+    /// Queues for the reactor and wakes it — once: while a wake-up is pending, more items
+    /// ride along (a run streaming to 100 listeners must not mean a wake-up per event).
+    fn send_outbound(&self, o: Outbound) {
+        if self.completions.send(o).is_ok() && !self.wake_pending.swap(true, Ordering::AcqRel) {
             self.wake();
         }
+    }
+
+    /// The reactor is about to drain the queue: the next item must wake it again.
+    pub fn clear_wake_pending(&self) {
+        self.wake_pending.store(false, Ordering::Release);
     }
 
     /// Sends the job's one reply to the reactor.
@@ -415,11 +436,7 @@ impl Shared {
             return;
         }
         match crate::protocol::encode_reply(&info.reply, outcome) {
-            Some(c) => {
-                if self.completions.send(c).is_ok() {
-                    self.wake();
-                }
-            }
+            Some(c) => self.push(c),
             None => {
                 match outcome {
                     // A drain stopping maintenance is the plan, not a failure.

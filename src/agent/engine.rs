@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 const MAX_ROUNDS: usize = 8;
 /// `chat` deltas are sent at most this often.
 const DELTA_EVERY: Duration = Duration::from_millis(150);
+/// `agent` assistant deltas are batched this long at most.
+const ASSISTANT_EVERY: Duration = Duration::from_millis(20);
 /// Messages of earlier turns given to the model.
 const HISTORY: usize = 40;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -201,16 +203,30 @@ fn call_chain(
             .unwrap_or(DEFAULT_MAX_TOKENS);
         let mut text = String::new();
         let mut last_delta = Instant::now() - DELTA_EVERY;
-        let mut on_event = |ev: &ModelEvent| {
-            ctx.info.stamp(Instant::now());
-            if let ModelEvent::Text(t) = ev {
-                text.push_str(t);
+        // Tokens are sent on in small batches (every ASSISTANT_EVERY): the event rate stays
+        // bounded however fast a provider streams, which matters once many clients listen.
+        let mut pending = String::new();
+        let mut last_assistant = Instant::now();
+        let flush = |pending: &mut String| {
+            if !pending.is_empty() {
+                let delta = std::mem::take(pending);
                 runs::emit(
                     shared,
                     run,
                     "agent",
-                    json!({"stream": "assistant", "ts": clock::wall_ms(), "data": {"delta": t}}),
+                    json!({"stream": "assistant", "ts": clock::wall_ms(), "data": {"delta": delta}}),
                 );
+            }
+        };
+        let mut on_event = |ev: &ModelEvent| {
+            ctx.info.stamp(Instant::now());
+            if let ModelEvent::Text(t) = ev {
+                text.push_str(t);
+                pending.push_str(t);
+                if last_assistant.elapsed() >= ASSISTANT_EVERY {
+                    last_assistant = Instant::now();
+                    flush(&mut pending);
+                }
                 if last_delta.elapsed() >= DELTA_EVERY {
                     last_delta = Instant::now();
                     let full = format!("{text_so_far}{text}");
@@ -237,6 +253,7 @@ fn call_chain(
             ctx.token(),
             &mut on_event,
         );
+        flush(&mut pending);
         match result {
             Ok(events) => {
                 let mut answer = Answer {

@@ -14,9 +14,7 @@ use super::failover::Cooldowns;
 use super::transcript::Origin;
 use crate::clock;
 use crate::error::{Code, RpcError};
-use crate::jobs::{
-    CancelReason, Completion, CompletionBody, JobSpec, Lane, PoolKind, ReplyTo, Work,
-};
+use crate::jobs::{CancelReason, Fanout, JobSpec, Lane, PoolKind, ReplyTo, Work};
 use crate::protocol::methods::Caller;
 use crate::protocol::{self, Payload};
 use crate::runtime::Shared;
@@ -231,19 +229,13 @@ pub fn emit(shared: &Shared, run: &Run, event: &str, mut payload: Value) {
     payload["runId"] = json!(run.id);
     payload["sessionKey"] = json!(run.request.session_key);
     payload["seq"] = json!(run.next_seq());
-    let text = payload.to_string();
-    let listeners = lock(&run.inner).listeners.clone();
-    for (conn, generation) in listeners {
-        shared.push(Completion {
-            conn,
-            generation,
-            body: CompletionBody::WsEvent {
-                name: event.to_string(),
-                payload: text.clone(),
-                drop_if_slow: false,
-            },
-        });
-    }
+    let targets = lock(&run.inner).listeners.clone();
+    shared.fanout(Fanout {
+        targets,
+        name: Arc::from(event),
+        payload: Arc::from(payload.to_string()),
+        drop_if_slow: false,
+    });
 }
 
 /// Mirrors a tool event to the session's subscribers: drop-if-slow, and while pressure is
@@ -261,18 +253,13 @@ pub fn mirror_tool(shared: &Shared, run: &Run, phase: &str, data: &Value) {
     if subs.is_empty() {
         return;
     }
-    let payload = json!({"runId": run.id, "sessionKey": run.request.session_key, "phase": phase, "data": data, "ts": clock::wall_ms()}).to_string();
-    for (conn, generation) in subs {
-        shared.push(Completion {
-            conn,
-            generation,
-            body: CompletionBody::WsEvent {
-                name: "session.tool".into(),
-                payload: payload.clone(),
-                drop_if_slow: true,
-            },
-        });
-    }
+    let payload = json!({"runId": run.id, "sessionKey": run.request.session_key, "phase": phase, "data": data, "ts": clock::wall_ms()});
+    shared.fanout(Fanout {
+        targets: subs,
+        name: Arc::from("session.tool"),
+        payload: Arc::from(payload.to_string()),
+        drop_if_slow: true,
+    });
 }
 
 /// Ends a run: records the outcome and answers every waiter.

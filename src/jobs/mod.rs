@@ -188,18 +188,29 @@ pub struct Completion {
     pub body: CompletionBody,
 }
 
+/// One event for several WebSocket connections (no request behind it). The payload (JSON
+/// text) is serialized once and shared; the reactor wraps it in each connection's envelope
+/// with that connection's next `seq`. `drop_if_slow` events are skipped, leaving a gap in
+/// `seq`, for a client that has unread data queued.
+#[derive(Debug)]
+pub struct Fanout {
+    pub targets: Vec<(usize, u64)>,
+    pub name: Arc<str>,
+    pub payload: Arc<str>,
+    pub drop_if_slow: bool,
+}
+
+/// What workers hand the reactor.
+#[derive(Debug)]
+pub enum Outbound {
+    Reply(Completion),
+    Event(Fanout),
+}
+
 #[derive(Debug)]
 pub enum CompletionBody {
     /// One text frame.
     WsText(String),
-    /// An event pushed to a WebSocket (no request behind it); the reactor wraps the payload
-    /// (JSON text) in the envelope with the connection's next `seq`. `drop_if_slow` events are
-    /// skipped, leaving a gap in `seq`, when the client has unread data queued.
-    WsEvent {
-        name: String,
-        payload: String,
-        drop_if_slow: bool,
-    },
     /// An HTTP response body (JSON) with its status.
     Http {
         status: u16,

@@ -20,7 +20,7 @@ use crate::auth::{FailureLimiter, Presented};
 use crate::clock::Rng;
 use crate::config::Config;
 use crate::error::RpcError;
-use crate::jobs::{Completion, CompletionBody};
+use crate::jobs::{Completion, CompletionBody, Outbound};
 use crate::runtime::{Phase, Shared};
 use crossbeam_channel::Receiver;
 use http::HttpConn;
@@ -41,7 +41,9 @@ const FIRST_CONN: usize = 2;
 const POLL_TIMEOUT: Duration = Duration::from_millis(50);
 const SWEEP_EVERY: Duration = Duration::from_millis(25);
 const ACCEPT_BUDGET: usize = 128;
-const COMPLETION_BUDGET: usize = 4096;
+const COMPLETION_BUDGET: usize = 2048;
+/// Time spent handing out replies and events per iteration.
+const COMPLETION_TIME: Duration = Duration::from_millis(3);
 /// After accept fails for lack of descriptors, wait this long before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At stop, how long to flush replies and close frames before exiting.
@@ -167,7 +169,7 @@ pub struct Reactor {
     poll: Poll,
     listener: Option<TcpListener>,
     shared: Arc<Shared>,
-    completions: Receiver<Completion>,
+    completions: Receiver<Outbound>,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     live: usize,
@@ -179,6 +181,8 @@ pub struct Reactor {
     accept_paused_until: Option<Instant>,
     last_accept_warning: Option<Instant>,
     more_completions: bool,
+    /// An event whose fan-out a round's budget cut short.
+    carry: Option<crate::jobs::Fanout>,
     last_sweep: Instant,
     announced_drain: bool,
     stop_by: Option<Instant>,
@@ -194,7 +198,7 @@ impl Reactor {
         poll: Poll,
         mut listener: TcpListener,
         shared: Arc<Shared>,
-        completions: Receiver<Completion>,
+        completions: Receiver<Outbound>,
     ) -> io::Result<Reactor> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -214,6 +218,7 @@ impl Reactor {
             accept_paused_until: None,
             last_accept_warning: None,
             more_completions: false,
+            carry: None,
             last_sweep: Instant::now(),
             announced_drain: false,
             stop_by: None,
@@ -474,15 +479,61 @@ impl Reactor {
         self.again.push(slot);
     }
 
+    /// Hands replies and events to their connections: at most [`COMPLETION_BUDGET`] targets
+    /// and [`COMPLETION_TIME`] per iteration, so a run streaming to a hundred listeners
+    /// cannot keep the reactor from answering `/healthz`.
     fn take_completions(&mut self, now: Instant) {
+        self.shared.clear_wake_pending();
         self.more_completions = false;
-        for _ in 0..COMPLETION_BUDGET {
-            let Ok(c) = self.completions.try_recv() else {
-                return;
+        let mut work = 0usize;
+        // Connections given events this round: written once at the end, not once per event.
+        let mut touched: Vec<usize> = Vec::new();
+        loop {
+            if work >= COMPLETION_BUDGET || (work > 0 && now.elapsed() >= COMPLETION_TIME) {
+                self.more_completions = true;
+                break;
+            }
+            // An event cut short by the budget goes on first, to the targets it has left.
+            let item = match self.carry.take() {
+                Some(f) => Outbound::Event(f),
+                None => match self.completions.try_recv() {
+                    Ok(item) => item,
+                    Err(_) => break,
+                },
             };
-            self.complete(c, now);
+            match item {
+                Outbound::Reply(c) => {
+                    work += 1;
+                    self.complete(c, now);
+                }
+                Outbound::Event(mut f) => {
+                    while let Some((slot, generation)) = f.targets.pop() {
+                        work += 1;
+                        self.on_slot(slot, Some(generation), now, |conn, cx| {
+                            if let Conn::Ws(w) = conn {
+                                w.push_event(cx, &f.name, &f.payload, f.drop_if_slow);
+                            }
+                            Outcome::Keep
+                        });
+                        touched.push(slot);
+                        if !f.targets.is_empty()
+                            && (work >= COMPLETION_BUDGET || now.elapsed() >= COMPLETION_TIME)
+                        {
+                            self.carry = Some(f);
+                            break;
+                        }
+                    }
+                }
+            }
         }
-        self.more_completions = true;
+        touched.sort_unstable();
+        touched.dedup();
+        for slot in touched {
+            self.on_slot(slot, None, now, |conn, cx| match conn {
+                Conn::Ws(w) => w.flush(cx).err().unwrap_or(Outcome::Keep),
+                Conn::Http(_) => Outcome::Keep,
+            });
+        }
     }
 
     /// Hands a job's reply to its connection. A reply for a connection that has gone (or
@@ -505,17 +556,6 @@ impl Reactor {
                 }
                 (Conn::Ws(w), CompletionBody::WsText(text)) => {
                     w.complete(cx, text);
-                    w.flush(cx).err().unwrap_or(Outcome::Keep)
-                }
-                (
-                    Conn::Ws(w),
-                    CompletionBody::WsEvent {
-                        name,
-                        payload,
-                        drop_if_slow,
-                    },
-                ) => {
-                    w.push_event(cx, &name, &payload, drop_if_slow);
                     w.flush(cx).err().unwrap_or(Outcome::Keep)
                 }
                 _ => Outcome::Keep,

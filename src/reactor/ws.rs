@@ -32,6 +32,9 @@ use tungstenite::{Error as WsError, Message, WebSocket};
 
 /// Messages handled per connection per wake-up.
 const MESSAGE_BUDGET: usize = 32;
+/// Bytes one reactor round may queue for a connection on top of `maxBufferedBytes` before
+/// they are written (events are batched per round; the limit applies to what stays unread).
+const ROUND_ALLOWANCE: usize = 4 << 20;
 /// Largest frame written at once; bigger messages are fragmented.
 const FRAGMENT: usize = 64 << 10;
 /// How long to wait for the peer's close frame after sending ours.
@@ -62,6 +65,8 @@ pub struct WsConn {
     /// Frames waiting for the socket, oldest first, and their payload bytes.
     out: VecDeque<Frame>,
     out_bytes: usize,
+    /// Bytes left queued after the last write: the client has not read them yet.
+    backlog: usize,
     /// A close frame to send once `out` has drained.
     pending_close: Option<CloseFrame>,
     close_sent: bool,
@@ -96,6 +101,7 @@ impl WsConn {
             poisoned: false,
             out: VecDeque::new(),
             out_bytes: 0,
+            backlog: 0,
             pending_close: None,
             close_sent: false,
         };
@@ -126,11 +132,20 @@ impl WsConn {
     /// memory than itself and never blocks the reactor. A client whose backlog (beyond the
     /// message being written) passes `maxBufferedBytes` is closed as a slow consumer.
     fn send(&mut self, cx: &mut Cx<'_>, text: String) {
+        self.enqueue(cx, text);
+        self.pump();
+    }
+
+    /// Queues a message without writing yet (events are written once per connection per
+    /// reactor round: one syscall for many frames).
+    fn enqueue(&mut self, cx: &mut Cx<'_>, text: String) {
         if self.phase == Phase::Closing {
             return;
         }
+        // What the client left unread at the last write counts, plus what this reactor round
+        // has queued beyond a round's worth (events are written once per round).
         let limit = cx.config().limits.max_buffered_bytes;
-        if self.out_bytes > limit {
+        if self.backlog > limit || self.out_bytes > limit + ROUND_ALLOWANCE {
             cx.shared.metrics.slow_consumers_closed.inc();
             log::warn!(
                 "closing slow WebSocket client {} ({}): {} bytes waiting to be read",
@@ -160,13 +175,19 @@ impl WsConn {
                     .push_back(Frame::message(chunk.to_vec(), OpCode::Data(op), i + 1 == n));
             }
         }
-        self.pump();
     }
 
     /// Hands queued frames to tungstenite one at a time, each only once the previous ones
     /// have reached the socket; then the pending close frame, if any. Stops at `WouldBlock`.
     /// Returns false when the connection is broken.
     fn pump(&mut self) -> bool {
+        let ok = self.pump_inner();
+        // What the socket did not take: the client has unread data.
+        self.backlog = self.out_bytes;
+        ok
+    }
+
+    fn pump_inner(&mut self) -> bool {
         loop {
             match self.ws.flush() {
                 Ok(()) => {}
@@ -227,13 +248,13 @@ impl WsConn {
             return;
         }
         let seq = self.next_seq();
-        if drop_if_slow && self.out_bytes > 0 {
+        if drop_if_slow && self.backlog > 0 {
             // The client has not read what it was sent: skip, and let the seq gap show it.
             cx.shared.metrics.events_dropped_slow.inc();
             return;
         }
         let name = serde_json::Value::String(name.to_string());
-        self.send(
+        self.enqueue(
             cx,
             format!(r#"{{"type":"event","event":{name},"payload":{payload},"seq":{seq}}}"#),
         );
