@@ -67,6 +67,21 @@ pub struct Request {
     pub depth: u32,
 }
 
+impl Request {
+    /// A run asked for by a client (not a sub-agent): its agent is the session key's, else
+    /// `agent_id`.
+    pub fn top(message: String, session_key: String, agent_id: &str, origin: Origin) -> Request {
+        Request {
+            agent_id: agent_of(&session_key, agent_id),
+            message,
+            session_key,
+            origin,
+            parent: None,
+            depth: 0,
+        }
+    }
+}
+
 struct Waiter {
     reply: ReplyTo,
     deadline: Instant,
@@ -391,14 +406,7 @@ pub fn chat_send(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Val
     let message = required(p, "message")?;
     let idem = required(p, "idempotencyKey")?;
     let cfg = shared.config();
-    let request = Request {
-        agent_id: agent_of(&key, &cfg.agents.default_agent_id()),
-        message,
-        session_key: key,
-        origin: origin_of(p)?,
-        parent: None,
-        depth: 0,
-    };
+    let request = Request::top(message, key, &cfg.agents.default_agent_id(), origin_of(p)?);
     let (run, new) = start(
         shared,
         &idem,
@@ -418,14 +426,7 @@ pub fn agent(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, 
     let cfg = shared.config();
     let agent_id = str_param(p, "agentId")?.unwrap_or_else(|| cfg.agents.default_agent_id());
     let key = str_param(p, "sessionKey")?.unwrap_or_else(|| format!("agent:{agent_id}:main"));
-    let request = Request {
-        message,
-        agent_id: agent_of(&key, &agent_id),
-        session_key: key,
-        origin: origin_of(p)?,
-        parent: None,
-        depth: 0,
-    };
+    let request = Request::top(message, key, &agent_id, origin_of(p)?);
     let reply = match caller {
         Caller::Ws {
             conn,
@@ -548,14 +549,7 @@ pub fn hook(shared: &Arc<Shared>, route: &str, p: &Value) -> Result<Value, RpcEr
         }
     };
     let idem = str_param(p, "idempotencyKey")?.unwrap_or_else(|| clock::Rng::from_os().uuid());
-    let request = Request {
-        message,
-        agent_id: agent_of(&key, &agent_id),
-        session_key: key,
-        origin: origin_of(p)?,
-        parent: None,
-        depth: 0,
-    };
+    let request = Request::top(message, key, &agent_id, origin_of(p)?);
     let (run, _) = start(shared, &idem, request, ReplyTo::Internal, None)?;
     Ok(json!({"runId": run.id}))
 }
