@@ -7,4 +7,5 @@
 //! A message that may have left before a crash is held as `unknown_after_send` for an operator
 //! to decide on, not sent again.
 
+pub mod channels;
 pub mod queue;

@@ -1,0 +1,2394 @@
+//! Channel adapters: how one queued message reaches a chat channel over HTTP, and how each
+//! channel's failures are classified for the queue's retry decision.
+//!
+//! Configured under OpenClaw's `channels.<channel>` keys ([`parse_channels`]); every channel
+//! takes a `baseUrl` override so self-hosted relays (and the loopback fakes of the tests) can
+//! stand in for the real API. Supported: `telegram`, `slack`, `discord`, `feishu`,
+//! `openclaw-weixin` and `webhook`.
+//!
+//! Invariants:
+//! - One [`send`] is one attempt: it never retries on its own (the queue does, with backoff),
+//!   except for Feishu's single immediate retry after a fetched tenant token was rejected,
+//!   which is a fresh credential rather than a second delivery.
+//! - Every failure is [`ErrorClass::Permanent`] (retrying cannot help: bad address, revoked
+//!   token, rejected content) or [`ErrorClass::Transient`] (timeouts, resets, 5xx, 429, a
+//!   cancel). When a channel answers 2xx but its own status field cannot be read, the send is
+//!   transient: delivery is at least once, so a possible duplicate beats a lost message.
+//! - At most [`ANSWER_LIMIT`] bytes of any answer are read, and only a short message
+//!   ([`MESSAGE_LIMIT`]) from it is kept.
+//! - Credentials never appear in `Debug` output or error messages: [`ChannelConfig`]'s `Debug`
+//!   redacts them, and every [`SendError`] message is scrubbed of the configured secrets (the
+//!   Telegram token travels in the URL path, which no `NetError` echoes).
+//! - The idempotency key goes wherever the channel can deduplicate on it: Feishu's `uuid`,
+//!   Discord's `nonce` (with `enforce_nonce`), the weixin relay's and the webhook's
+//!   `idempotencyKey`. Telegram and Slack have no such field, so a retry after a lost answer
+//!   may post twice there.
+//! - Discord's 2000-character limit is met by splitting the text into several messages (at a
+//!   line break or a space when there is one), each with its own nonce derived from the key,
+//!   so a retry within Discord's nonce window does not repeat the parts that already went out.
+//!   At most [`DISCORD_MAX_PARTS`] messages are sent; the rest is cut with a visible note.
+
+use super::queue::{ErrorClass, Route};
+use crate::clock;
+use crate::jobs::CancelToken;
+use crate::net::{self, Limits, NetError, Request, Url};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The channels keel can send to, as OpenClaw's config names them.
+pub const CHANNELS: &[&str] = &[
+    "telegram",
+    "slack",
+    "discord",
+    "feishu",
+    "openclaw-weixin",
+    "webhook",
+];
+/// The most of any answer that is read.
+pub const ANSWER_LIMIT: usize = 64 * 1024;
+/// The longest message kept from an answer.
+pub const MESSAGE_LIMIT: usize = 300;
+/// Discord's limit on `content`, in UTF-16 code units (what Discord counts).
+pub const DISCORD_MAX_CHARS: usize = 2000;
+/// The most Discord messages one send is split into.
+pub const DISCORD_MAX_PARTS: usize = 10;
+/// Feishu's limit on `uuid`; a longer idempotency key is replaced by its hash.
+const FEISHU_UUID_MAX: usize = 50;
+/// Feishu codes for a rejected or missing access token (answered with HTTP 200 or 400).
+const FEISHU_TOKEN_INVALID: &[i64] = &[99991661, 99991663, 99991664, 99991671];
+/// Feishu codes for "too many requests" (global frequency limit, per-chat limit).
+const FEISHU_RATE_LIMITED: &[i64] = &[99991400, 230020];
+/// A fetched tenant token is refreshed this long before Feishu says it expires (or at half
+/// its life, when that is shorter).
+const FEISHU_TOKEN_MARGIN: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Telegram,
+    Slack,
+    Discord,
+    Feishu,
+    Weixin,
+    Webhook,
+}
+
+impl Kind {
+    fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "telegram" => Some(Kind::Telegram),
+            "slack" => Some(Kind::Slack),
+            "discord" => Some(Kind::Discord),
+            "feishu" => Some(Kind::Feishu),
+            "openclaw-weixin" => Some(Kind::Weixin),
+            "webhook" => Some(Kind::Webhook),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Telegram => "telegram",
+            Kind::Slack => "slack",
+            Kind::Discord => "discord",
+            Kind::Feishu => "feishu",
+            Kind::Weixin => "openclaw-weixin",
+            Kind::Webhook => "webhook",
+        }
+    }
+
+    /// The public API's address; `None` where the operator must name one.
+    fn default_base(self) -> Option<&'static str> {
+        match self {
+            Kind::Telegram => Some("https://api.telegram.org"),
+            Kind::Slack => Some("https://slack.com/api"),
+            Kind::Discord => Some("https://discord.com/api/v10"),
+            Kind::Feishu => Some("https://open.feishu.cn"),
+            Kind::Weixin | Kind::Webhook => None,
+        }
+    }
+
+    /// The config keys that hold credentials (resolved, kept in [`ChannelConfig::credentials`]
+    /// and redacted everywhere).
+    fn credential_keys(self) -> &'static [&'static str] {
+        match self {
+            Kind::Telegram | Kind::Slack => &["botToken"],
+            Kind::Discord | Kind::Weixin => &["token"],
+            Kind::Feishu => &["appId", "appSecret", "tenantAccessToken"],
+            Kind::Webhook => &["secret"],
+        }
+    }
+}
+
+/// One configured channel.
+#[derive(Clone)]
+pub struct ChannelConfig {
+    /// The channel's name, one of [`CHANNELS`].
+    pub channel: String,
+    /// The API's base URL without a trailing `/` (for `webhook`, the URL posted to).
+    pub base_url: String,
+    /// Resolved credentials by their config key (`botToken`, `token`, `appId`, `appSecret`,
+    /// `tenantAccessToken`, `secret`), always strings. Never printed.
+    pub credentials: Map<String, Value>,
+    /// Feishu's tenant token fetched from `appId`/`appSecret`, shared by clones so that every
+    /// worker reuses it until shortly before it expires.
+    feishu_token: Arc<Mutex<Option<CachedToken>>>,
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    token: String,
+    refresh_at: Instant,
+}
+
+impl ChannelConfig {
+    /// A config built by hand (tests, other config sources); `base_url` is used as given.
+    pub fn new(
+        channel: impl Into<String>,
+        base_url: impl Into<String>,
+        credentials: Map<String, Value>,
+    ) -> ChannelConfig {
+        ChannelConfig {
+            channel: channel.into(),
+            base_url: base_url.into(),
+            credentials,
+            feishu_token: Arc::default(),
+        }
+    }
+
+    fn secret(&self, key: &str) -> Option<&str> {
+        self.credentials
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Replaces every configured secret in `msg`, so nothing an API echoes back leaks one.
+    fn scrub(&self, msg: String) -> String {
+        let fetched = lock(&self.feishu_token).as_ref().map(|c| c.token.clone());
+        let mut msg = msg;
+        let secrets = self.credentials.values().filter_map(Value::as_str);
+        for s in secrets.chain(fetched.as_deref()) {
+            if s.len() >= 4 && msg.contains(s) {
+                msg = msg.replace(s, "<redacted>");
+            }
+        }
+        msg
+    }
+}
+
+impl fmt::Debug for ChannelConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let credentials: BTreeMap<&str, &str> = self
+            .credentials
+            .keys()
+            .map(|k| (k.as_str(), "<redacted>"))
+            .collect();
+        // A webhook URL often carries its own secret in the path (as Slack's and Discord's
+        // incoming webhooks do), so only its origin is shown.
+        let base_url = if self.channel == "webhook" {
+            match Url::parse(&self.base_url) {
+                Ok(u) if u.path_and_query() != "/" => {
+                    format!("{}://{}/<redacted>", u.scheme().as_str(), u.authority())
+                }
+                Ok(u) => u.to_string(),
+                Err(_) => "<redacted>".to_string(),
+            }
+        } else {
+            self.base_url.clone()
+        };
+        f.debug_struct("ChannelConfig")
+            .field("channel", &self.channel)
+            .field("base_url", &base_url)
+            .field("credentials", &credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads OpenClaw's `channels` object. Every problem is an issue `(path, message)`; a channel
+/// with an issue that makes it unusable (missing credentials, a bad URL) is left out of the
+/// map, so the caller disables just that channel. `enabled: false` leaves a channel out
+/// silently.
+///
+/// Per channel: `baseUrl` (optional except for `openclaw-weixin`; plain `http://` only to
+/// this machine unless `allowInsecureHttp: true`, since a token rides on every call), and
+/// credentials, each either the value itself or `${NAME}` to read it from the environment:
+/// - `telegram`: `botToken`; `slack`: `botToken`; `discord`: `token` (the bot token, with or
+///   without its `Bot ` prefix); `openclaw-weixin`: `token`.
+/// - `feishu`: `tenantAccessToken` (used as is, never refreshed), or `appId` and `appSecret`,
+///   from which a tenant token is fetched with
+///   `POST {base}/open-apis/auth/v3/tenant_access_token/internal` and cached until shortly
+///   before it expires. `tenantAccessToken` wins when both are set.
+/// - `webhook`: `url` (required; plain http is allowed anywhere, as no credential travels:
+///   the body is signed, not authenticated by a bearer token) and an optional `secret`.
+pub fn parse_channels(
+    channels: &Value,
+) -> (BTreeMap<String, ChannelConfig>, Vec<(String, String)>) {
+    let mut out = BTreeMap::new();
+    let mut issues = Vec::new();
+    let map = match channels {
+        Value::Null => return (out, issues),
+        Value::Object(m) => m,
+        _ => {
+            issues.push(("channels".to_string(), "expected an object".to_string()));
+            return (out, issues);
+        }
+    };
+    for (name, v) in map {
+        let path = format!("channels.{name}");
+        let Some(kind) = Kind::parse(name) else {
+            issues.push((
+                path,
+                format!(
+                    "channel not supported by keel (supported: {}); messages to it fail",
+                    CHANNELS.join(", ")
+                ),
+            ));
+            continue;
+        };
+        let Value::Object(c) = v else {
+            issues.push((path, "expected an object".to_string()));
+            continue;
+        };
+        match c.get("enabled") {
+            None | Some(Value::Bool(true)) => {}
+            Some(Value::Bool(false)) => continue,
+            Some(other) => {
+                issues.push((
+                    format!("{path}.enabled"),
+                    format!("expected true or false, got {other}; the channel is disabled"),
+                ));
+                continue;
+            }
+        }
+        if let Some(cfg) = parse_one(kind, &path, c, &mut issues) {
+            out.insert(name.clone(), cfg);
+        }
+    }
+    (out, issues)
+}
+
+fn parse_one(
+    kind: Kind,
+    path: &str,
+    c: &Map<String, Value>,
+    issues: &mut Vec<(String, String)>,
+) -> Option<ChannelConfig> {
+    let before = issues.len();
+    let url_key = match kind {
+        Kind::Webhook if c.contains_key("url") || !c.contains_key("baseUrl") => "url",
+        _ => "baseUrl",
+    };
+    let base_url = match (c.get(url_key), kind.default_base()) {
+        (None | Some(Value::Null), Some(default)) => Some(default.to_string()),
+        (None | Some(Value::Null), None) => {
+            issues.push((
+                format!("{path}.{url_key}"),
+                format!("missing; the {} channel needs it", kind.as_str()),
+            ));
+            None
+        }
+        (Some(Value::String(u)), _) => check_url(kind, u, c, &format!("{path}.{url_key}"), issues),
+        (Some(_), _) => {
+            issues.push((
+                format!("{path}.{url_key}"),
+                "expected an http:// or https:// URL".to_string(),
+            ));
+            None
+        }
+    };
+    let mut credentials = Map::new();
+    for key in kind.credential_keys() {
+        let at = format!("{path}.{key}");
+        match c.get(*key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => {
+                if let Some(v) = resolve_secret(s, &at, issues) {
+                    credentials.insert(key.to_string(), Value::String(v));
+                }
+            }
+            Some(_) => issues.push((at, "expected a string".to_string())),
+        }
+    }
+    let has = |k: &str| credentials.contains_key(k);
+    let missing: Vec<&str> = match kind {
+        Kind::Telegram | Kind::Slack if !has("botToken") => vec!["botToken"],
+        Kind::Discord | Kind::Weixin if !has("token") => vec!["token"],
+        Kind::Feishu if !has("tenantAccessToken") => ["appId", "appSecret"]
+            .into_iter()
+            .filter(|k| !has(k))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let what = match kind {
+        Kind::Feishu => "appId and appSecret (or tenantAccessToken)",
+        Kind::Weixin => "the relay's token",
+        _ => "a bot token",
+    };
+    for key in missing {
+        // A secret that failed to resolve has its issue already.
+        if !issues.iter().skip(before).any(|(p, _)| p.ends_with(key)) {
+            issues.push((
+                format!("{path}.{key}"),
+                format!("missing; the {} channel needs {what}", kind.as_str()),
+            ));
+        }
+    }
+    if kind == Kind::Telegram
+        && let Some(t) = credentials.get("botToken").and_then(Value::as_str)
+        && !t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-'))
+    {
+        issues.push((
+            format!("{path}.botToken"),
+            "does not look like a Telegram bot token (digits, ':', then letters, digits, '_' or '-')"
+                .to_string(),
+        ));
+    }
+    // Any issue disables the channel: even an optional setting that is wrong (a webhook
+    // secret that did not resolve) must not quietly change what is sent.
+    if issues.len() > before {
+        return None;
+    }
+    Some(ChannelConfig::new(kind.as_str(), base_url?, credentials))
+}
+
+/// Checks a configured URL: it must parse, and plain http carries a bearer token only to this
+/// machine unless the operator vouches for the network.
+fn check_url(
+    kind: Kind,
+    u: &str,
+    c: &Map<String, Value>,
+    path: &str,
+    issues: &mut Vec<(String, String)>,
+) -> Option<String> {
+    let Ok(url) = Url::parse(u) else {
+        // The URL itself is not echoed: a webhook URL may hold a secret.
+        issues.push((
+            path.to_string(),
+            "expected an http:// or https:// URL".to_string(),
+        ));
+        return None;
+    };
+    let insecure_ok = c
+        .get("allowInsecureHttp")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if url.scheme() == net::Scheme::Http
+        && kind != Kind::Webhook
+        && !insecure_ok
+        && !is_loopback(url.host())
+    {
+        issues.push((
+            path.to_string(),
+            format!(
+                "{} is plain http to another host; use https, or set allowInsecureHttp: true for a trusted network",
+                url.authority()
+            ),
+        ));
+        return None;
+    }
+    Some(u.trim().trim_end_matches('/').to_string())
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `${NAME}` reads the value from the environment, so it need not sit in the file.
+fn resolve_secret(v: &str, path: &str, issues: &mut Vec<(String, String)>) -> Option<String> {
+    match v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+        Some(name) => match std::env::var(name) {
+            Ok(s) if !s.is_empty() => Some(s),
+            _ => {
+                issues.push((
+                    path.to_string(),
+                    format!("environment variable {name} is not set"),
+                ));
+                None
+            }
+        },
+        None if v.is_empty() => None,
+        None => Some(v.to_string()),
+    }
+}
+
+/// Checks that `to` is an address `channel` can deliver to, before anything is queued or sent.
+pub fn validate_address(channel: &str, to: &str) -> Result<(), String> {
+    match Kind::parse(channel) {
+        Some(kind) => match address_problem(kind, to) {
+            None => Ok(()),
+            Some(why) => Err(format!("delivery: {why}")),
+        },
+        None => Err(format!(
+            "delivery: unknown channel {:?} for address {:?}",
+            shown(channel),
+            shown(to)
+        )),
+    }
+}
+
+fn address_problem(kind: Kind, to: &str) -> Option<String> {
+    let all = |s: &str, f: fn(&u8) -> bool| !s.is_empty() && s.bytes().all(|b| f(&b));
+    let (ok, expected) = match kind {
+        Kind::Telegram => {
+            let ok = match to.strip_prefix('@') {
+                Some(name) => {
+                    (5..=32).contains(&name.len())
+                        && all(name, |b| b.is_ascii_alphanumeric() || *b == b'_')
+                }
+                None => {
+                    let digits = to.strip_prefix('-').unwrap_or(to);
+                    all(digits, u8::is_ascii_digit) && to.parse::<i64>().is_ok()
+                }
+            };
+            (ok, "a numeric chat id or @username")
+        }
+        Kind::Slack => {
+            let ok = to.len() >= 9
+                && matches!(to.as_bytes()[0], b'C' | b'U' | b'D' | b'G')
+                && all(&to[1..], |b| b.is_ascii_uppercase() || b.is_ascii_digit());
+            (ok, "a C/U/D/G id")
+        }
+        Kind::Discord => {
+            let ok = (17..=20).contains(&to.len()) && all(to, u8::is_ascii_digit);
+            (ok, "a 17-20 digit snowflake")
+        }
+        Kind::Feishu => {
+            let ok = feishu_id_type(to).is_some()
+                && to.len() >= 13
+                && all(&to[3..], u8::is_ascii_alphanumeric);
+            (ok, "an ou_/oc_/on_ id")
+        }
+        Kind::Weixin => {
+            let ok = to.strip_suffix("@im.wechat").is_some_and(|local| {
+                !local.is_empty() && !local.chars().any(|c| c.is_whitespace() || c.is_control())
+            });
+            (ok, "an id ending in @im.wechat")
+        }
+        Kind::Webhook => (!to.trim().is_empty(), "a non-empty address"),
+    };
+    (!ok).then(|| {
+        format!(
+            "channel {} rejects address {:?} (expected {expected})",
+            kind.as_str(),
+            shown(to)
+        )
+    })
+}
+
+/// Feishu's `receive_id_type` for an id, by its prefix.
+fn feishu_id_type(to: &str) -> Option<&'static str> {
+    match to.get(..3)? {
+        "ou_" => Some("open_id"),
+        "oc_" => Some("chat_id"),
+        "on_" => Some("union_id"),
+        _ => None,
+    }
+}
+
+/// At most 64 characters of something from outside, for a message.
+fn shown(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// What a successful send reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// The channel's id for the message (Telegram's `message_id`, Slack's `ts`, Discord's
+    /// `id` of the first part, Feishu's `message_id`), when it said one.
+    pub message_id: Option<String>,
+}
+
+/// Why a send failed, and whether another try may help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendError {
+    pub class: ErrorClass,
+    /// Lowercase, names the channel, never holds a credential.
+    pub message: String,
+    /// How long the channel asked to wait (a 429's `retry_after` or `Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl SendError {
+    fn permanent(message: impl Into<String>) -> SendError {
+        SendError {
+            class: ErrorClass::Permanent,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn transient(message: impl Into<String>) -> SendError {
+        SendError {
+            class: ErrorClass::Transient,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn after(mut self, retry_after: Option<Duration>) -> SendError {
+        self.retry_after = retry_after;
+        self
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.class == ErrorClass::Permanent
+    }
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "delivery: {}", self.message)
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// Sends `text` to `route` over `cfg`'s channel: one attempt, classified. `limits` and
+/// `cancel` cover the whole send (Feishu's token fetch and every part of a split Discord
+/// message included).
+pub fn send(
+    cfg: &ChannelConfig,
+    route: &Route,
+    text: &str,
+    idempotency_key: &str,
+    limits: &Limits,
+    cancel: &CancelToken,
+) -> Result<Sent, SendError> {
+    let Some(kind) = Kind::parse(&cfg.channel) else {
+        return Err(SendError::permanent(format!(
+            "channel {:?} is not supported",
+            shown(&cfg.channel)
+        )));
+    };
+    if route.channel != cfg.channel {
+        return Err(SendError::permanent(format!(
+            "channel {}: the route is for channel {:?}",
+            kind.as_str(),
+            shown(&route.channel)
+        )));
+    }
+    if let Some(why) = address_problem(kind, &route.to) {
+        return Err(SendError::permanent(why));
+    }
+    let call = Call {
+        cfg,
+        kind,
+        limits,
+        cancel,
+    };
+    let result = match kind {
+        Kind::Telegram => telegram(&call, route, text),
+        Kind::Slack => slack(&call, route, text),
+        Kind::Discord => discord(&call, route, text, idempotency_key),
+        Kind::Feishu => feishu(&call, route, text, idempotency_key),
+        Kind::Weixin => weixin(&call, route, text, idempotency_key),
+        Kind::Webhook => webhook(&call, route, text, idempotency_key),
+    };
+    result.map_err(|e| SendError {
+        message: cfg.scrub(e.message),
+        ..e
+    })
+}
+
+/// What one send works with.
+struct Call<'a> {
+    cfg: &'a ChannelConfig,
+    kind: Kind,
+    limits: &'a Limits,
+    cancel: &'a CancelToken,
+}
+
+/// One HTTP answer, read up to [`ANSWER_LIMIT`].
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+    json: Option<Value>,
+    retry_after_header: Option<Duration>,
+    /// Feishu's gateway says when its rate limit window resets.
+    ratelimit_reset_header: Option<Duration>,
+}
+
+impl Answer {
+    fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    fn field(&self, pointer: &str) -> Option<&Value> {
+        self.json.as_ref()?.pointer(pointer)
+    }
+
+    fn str_field(&self, pointer: &str) -> Option<&str> {
+        self.field(pointer).and_then(Value::as_str)
+    }
+
+    /// A short text for an error: the body as text, trimmed and cut.
+    fn text(&self) -> String {
+        let t = String::from_utf8_lossy(&self.body);
+        let t = t.trim();
+        if t.is_empty() {
+            return "(empty answer)".to_string();
+        }
+        short(t)
+    }
+}
+
+fn short(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match s.char_indices().nth(MESSAGE_LIMIT) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
+/// Any id (number or string) as text.
+fn id_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Retry-After as delay-seconds, fractions tolerated (Discord sends them).
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    let secs: f64 = v.trim().parse().ok()?;
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+fn retry_after_value(v: Option<&Value>) -> Option<Duration> {
+    Duration::try_from_secs_f64(v?.as_f64()?).ok()
+}
+
+impl Call<'_> {
+    fn name(&self) -> &'static str {
+        self.kind.as_str()
+    }
+
+    fn base(&self) -> Result<Url, SendError> {
+        // Not echoed: the parse error would quote the URL.
+        Url::parse(&self.cfg.base_url).map_err(|_| {
+            SendError::permanent(format!(
+                "channel {}: the configured base url is not a valid http(s) url",
+                self.name()
+            ))
+        })
+    }
+
+    fn post_json(&self, url: Url, body: &Value) -> Request {
+        Request::new("POST", url)
+            .header("Content-Type", "application/json; charset=utf-8")
+            .header("Accept", "application/json")
+            .header("User-Agent", &format!("keel/{}", crate::VERSION))
+            .body(body.to_string().into_bytes())
+    }
+
+    /// Sends `req` and reads up to [`ANSWER_LIMIT`] of the answer; a transport failure is
+    /// already classified.
+    fn exchange(&self, req: &Request) -> Result<Answer, SendError> {
+        let mut resp = net::send(req, self.limits, self.cancel).map_err(|e| self.transport(e))?;
+        let body = resp
+            .read_up_to(ANSWER_LIMIT)
+            .map_err(|e| self.transport(e))?;
+        Ok(Answer {
+            status: resp.status,
+            json: serde_json::from_slice(&body).ok(),
+            body,
+            retry_after_header: resp.header("retry-after").and_then(parse_retry_after),
+            ratelimit_reset_header: resp
+                .header("x-ogw-ratelimit-reset")
+                .and_then(parse_retry_after),
+        })
+    }
+
+    fn transport(&self, e: NetError) -> SendError {
+        match e {
+            NetError::Cancelled => SendError::transient("cancelled"),
+            // Never quoted: the URL may hold the Telegram token.
+            NetError::InvalidUrl(_) => SendError::permanent(format!(
+                "channel {}: the request url is not valid",
+                self.name()
+            )),
+            e => SendError::transient(format!("channel {}: {e}", self.name())),
+        }
+    }
+
+    /// The rule for answers that carry no status of their own: 2xx delivered, 408/429/5xx
+    /// worth another try, any other status final.
+    fn by_status(&self, a: &Answer, detail: &str) -> SendError {
+        let msg = format!("channel {}: http {}: {detail}", self.name(), a.status);
+        match a.status {
+            429 => SendError::transient(msg).after(a.retry_after_header),
+            408 | 500..=599 => SendError::transient(msg),
+            _ => SendError::permanent(msg),
+        }
+    }
+
+    /// A 2xx whose own status field is missing: the message may or may not have been taken.
+    fn unreadable(&self, a: &Answer) -> SendError {
+        SendError::transient(format!(
+            "channel {}: http {} with an answer that is not the api's: {}",
+            self.name(),
+            a.status,
+            a.text()
+        ))
+    }
+}
+
+/// Percent-encodes one path segment (everything but unreserved characters and `:`).
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Telegram: POST {base}/bot{token}/sendMessage
+
+fn telegram(call: &Call, route: &Route, text: &str) -> Result<Sent, SendError> {
+    let token = call
+        .cfg
+        .secret("botToken")
+        .ok_or_else(|| missing(call, "botToken"))?;
+    let chat_id = match route.to.parse::<i64>() {
+        Ok(n) => json!(n),
+        Err(_) => json!(route.to),
+    };
+    let mut body = json!({"chat_id": chat_id, "text": text});
+    if let Some(thread) = &route.thread_id {
+        let Ok(n) = thread.parse::<i64>() else {
+            return Err(SendError::permanent(format!(
+                "channel telegram: thread id {:?} is not a number",
+                shown(thread)
+            )));
+        };
+        body["message_thread_id"] = json!(n);
+    }
+    let url = call
+        .base()?
+        .join(&format!("/bot{}/sendMessage", segment(token)));
+    let a = call.exchange(&call.post_json(url, &body))?;
+    if a.is_success() && a.field("/ok") == Some(&Value::Bool(true)) {
+        return Ok(Sent {
+            message_id: a.field("/result/message_id").and_then(id_text),
+        });
+    }
+    let status = match a.field("/error_code").and_then(Value::as_u64) {
+        Some(code) if a.is_success() => u16::try_from(code).unwrap_or(a.status),
+        _ => a.status,
+    };
+    let Some(description) = a.str_field("/description") else {
+        return Err(if a.is_success() {
+            call.unreadable(&a)
+        } else {
+            call.by_status(&a, &a.text())
+        });
+    };
+    let mut msg = format!("channel telegram: {status} {}", short(description));
+    match status {
+        429 => Err(SendError::transient(msg)
+            .after(retry_after_value(a.field("/parameters/retry_after")).or(a.retry_after_header))),
+        408 | 500..=599 => Err(SendError::transient(msg)),
+        // "chat not found", "bot was blocked by the user", "Forbidden: ...", "message is too
+        // long", a bad token (401/404): nothing a retry changes.
+        _ => {
+            if let Some(to) = a.field("/parameters/migrate_to_chat_id").and_then(id_text) {
+                msg.push_str(&format!(" (the group is now chat {to})"));
+            }
+            Err(SendError::permanent(msg))
+        }
+    }
+}
+
+fn missing(call: &Call, key: &str) -> SendError {
+    SendError::permanent(format!(
+        "channel {}: no {key} is configured",
+        call.kind.as_str()
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slack: POST {base}/chat.postMessage
+
+fn slack(call: &Call, route: &Route, text: &str) -> Result<Sent, SendError> {
+    let token = call
+        .cfg
+        .secret("botToken")
+        .ok_or_else(|| missing(call, "botToken"))?;
+    let mut body = json!({"channel": route.to, "text": text});
+    if let Some(ts) = &route.thread_id {
+        body["thread_ts"] = json!(ts);
+    }
+    let req = call
+        .post_json(call.base()?.join("/chat.postMessage"), &body)
+        .header("Authorization", &format!("Bearer {token}"));
+    let a = call.exchange(&req)?;
+    let error = a.str_field("/error");
+    if a.status == 429 {
+        return Err(SendError::transient(format!(
+            "channel slack: {}",
+            error.unwrap_or("ratelimited")
+        ))
+        .after(a.retry_after_header));
+    }
+    if !a.is_success() {
+        return Err(call.by_status(&a, &error.map_or_else(|| a.text(), short)));
+    }
+    match (a.field("/ok").and_then(Value::as_bool), error) {
+        (Some(true), _) => Ok(Sent {
+            message_id: a.str_field("/ts").map(str::to_string),
+        }),
+        (Some(false), Some(e)) => {
+            let msg = format!("channel slack: {}", short(e));
+            match e {
+                "ratelimited" | "rate_limited" => {
+                    Err(SendError::transient(msg).after(a.retry_after_header))
+                }
+                "internal_error" | "fatal_error" | "service_unavailable" | "request_timeout" => {
+                    Err(SendError::transient(msg))
+                }
+                // channel_not_found, not_in_channel, invalid_auth, account_inactive,
+                // is_archived, msg_too_long, ...: the same request fails the same way.
+                _ => Err(SendError::permanent(msg)),
+            }
+        }
+        _ => Err(call.unreadable(&a)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Discord: POST {base}/channels/{id}/messages
+
+fn discord(call: &Call, route: &Route, text: &str, key: &str) -> Result<Sent, SendError> {
+    let token = call
+        .cfg
+        .secret("token")
+        .ok_or_else(|| missing(call, "token"))?;
+    let token = token.strip_prefix("Bot ").unwrap_or(token);
+    // A Discord thread is a channel of its own: a reply in a thread goes to the thread's id.
+    let target = match &route.thread_id {
+        Some(t) if address_problem(Kind::Discord, t).is_none() => t.as_str(),
+        Some(t) => {
+            return Err(SendError::permanent(format!(
+                "channel discord: thread id {:?} is not a snowflake",
+                shown(t)
+            )));
+        }
+        None => route.to.as_str(),
+    };
+    let url = call
+        .base()?
+        .join(&format!("/channels/{}/messages", segment(target)));
+    let parts = discord_parts(text);
+    let nonce_base = (!key.is_empty()).then(|| hex(&sha256(&[key.as_bytes()]))[..16].to_string());
+    let mut first_id = None;
+    for (i, part) in parts.iter().enumerate() {
+        let mut body = json!({"content": part});
+        if let Some(n) = &nonce_base {
+            // At most 25 characters, as Discord requires.
+            body["nonce"] = json!(format!("{n}.{i}"));
+            body["enforce_nonce"] = json!(true);
+        }
+        let req = call
+            .post_json(url.clone(), &body)
+            .header("Authorization", &format!("Bot {token}"));
+        let a = call
+            .exchange(&req)
+            .map_err(|e| partial(e, i, parts.len()))?;
+        if a.is_success() {
+            if i == 0 {
+                first_id = a.str_field("/id").map(str::to_string);
+            }
+            continue;
+        }
+        let detail = match (
+            a.field("/code").and_then(Value::as_i64),
+            a.str_field("/message"),
+        ) {
+            (Some(code), Some(m)) => format!("code {code}: {}", short(m)),
+            (None, Some(m)) => short(m),
+            _ => a.text(),
+        };
+        let e = if a.status == 429 {
+            SendError::transient(format!("channel discord: http 429: {detail}"))
+                .after(retry_after_value(a.field("/retry_after")).or(a.retry_after_header))
+        } else {
+            // 404 Unknown Channel (10003), 403 Missing Access (50001), 401, 400: permanent.
+            call.by_status(&a, &detail)
+        };
+        return Err(partial(e, i, parts.len()));
+    }
+    Ok(Sent {
+        message_id: first_id,
+    })
+}
+
+/// Says how far a split message got before it failed.
+fn partial(mut e: SendError, sent: usize, total: usize) -> SendError {
+    if total > 1 && e.message != "cancelled" {
+        e.message
+            .push_str(&format!(" (after {sent} of {total} parts were sent)"));
+    }
+    e
+}
+
+/// Splits `text` into Discord-sized messages, breaking at a line break or else a space in the
+/// second half of each window, and cutting past [`DISCORD_MAX_PARTS`] with a note.
+fn discord_parts(text: &str) -> Vec<String> {
+    let mut parts = split_units(text, DISCORD_MAX_CHARS);
+    if parts.len() > DISCORD_MAX_PARTS {
+        parts.truncate(DISCORD_MAX_PARTS);
+        // Room for the note (its count has at most 10 digits more than the placeholder).
+        let room = DISCORD_MAX_CHARS - utf16_len(&cut_note(0)) - 10;
+        if let Some(last) = parts.last_mut() {
+            *last = split_units(last, room)
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+        }
+        let kept: usize = parts.iter().map(|p| p.chars().count()).sum();
+        let note = cut_note(text.chars().count() - kept);
+        if let Some(last) = parts.last_mut() {
+            last.push_str(&note);
+        }
+    }
+    parts
+}
+
+fn cut_note(dropped: usize) -> String {
+    format!("\n[… {dropped} more characters cut by keel]")
+}
+
+fn utf16_len(s: &str) -> usize {
+    s.chars().map(char::len_utf16).sum()
+}
+
+fn split_units(text: &str, max: usize) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while utf16_len(rest) > max {
+        let mut units = 0;
+        let mut cut = rest.len();
+        for (i, c) in rest.char_indices() {
+            if units + c.len_utf16() > max {
+                // Never an empty part, even for a limit below one character.
+                cut = if i == 0 { c.len_utf8() } else { i };
+                break;
+            }
+            units += c.len_utf16();
+        }
+        let window = &rest[..cut];
+        let after = |pred: fn(char) -> bool| {
+            window
+                .char_indices()
+                .rev()
+                .find(|&(_, c)| pred(c))
+                .map(|(i, c)| i + c.len_utf8())
+                .filter(|&i| i > cut / 2)
+        };
+        let brk = after(|c| c == '\n')
+            .or_else(|| after(char::is_whitespace))
+            .unwrap_or(cut);
+        parts.push(rest[..brk].to_string());
+        rest = &rest[brk..];
+    }
+    parts.push(rest.to_string());
+    parts
+}
+
+// ---------------------------------------------------------------------------------------------
+// Feishu: POST {base}/open-apis/im/v1/messages?receive_id_type=...
+
+fn feishu(call: &Call, route: &Route, text: &str, key: &str) -> Result<Sent, SendError> {
+    let id_type = feishu_id_type(&route.to).unwrap_or("open_id");
+    let url = call.base()?.join(&format!(
+        "/open-apis/im/v1/messages?receive_id_type={id_type}"
+    ));
+    let mut body = json!({
+        "receive_id": route.to,
+        "msg_type": "text",
+        "content": json!({"text": text}).to_string(),
+    });
+    if !key.is_empty() {
+        // Feishu sends at most one message per uuid within an hour.
+        body["uuid"] = json!(if key.len() <= FEISHU_UUID_MAX {
+            key.to_string()
+        } else {
+            format!("keel-{}", &hex(&sha256(&[key.as_bytes()]))[..40])
+        });
+    }
+    let mut refreshed = false;
+    loop {
+        let (token, fetched) = feishu_token(call)?;
+        let req = call
+            .post_json(url.clone(), &body)
+            .header("Authorization", &format!("Bearer {token}"));
+        let a = call.exchange(&req)?;
+        let code = a.field("/code").and_then(Value::as_i64);
+        if a.is_success() && code == Some(0) {
+            return Ok(Sent {
+                message_id: a.str_field("/data/message_id").map(str::to_string),
+            });
+        }
+        let token_rejected =
+            a.status == 401 || code.is_some_and(|c| FEISHU_TOKEN_INVALID.contains(&c));
+        if token_rejected && fetched {
+            // Feishu can invalidate a tenant token before its announced expiry: fetch a new
+            // one and try once more now (the uuid keeps this from ever posting twice).
+            let mut cached = lock(&call.cfg.feishu_token);
+            // Unless another worker has already put a newer one there.
+            if cached.as_ref().is_some_and(|c| c.token == token) {
+                *cached = None;
+            }
+            drop(cached);
+            if !refreshed {
+                refreshed = true;
+                continue;
+            }
+        }
+        let detail = match (code, a.str_field("/msg")) {
+            (Some(c), Some(m)) => format!("code {c}: {}", short(m)),
+            (Some(c), None) => format!("code {c}"),
+            _ => a.text(),
+        };
+        let msg = format!("channel feishu: http {}: {detail}", a.status);
+        return Err(match code {
+            _ if a.status == 429 || code.is_some_and(|c| FEISHU_RATE_LIMITED.contains(&c)) => {
+                SendError::transient(msg).after(a.retry_after_header.or(a.ratelimit_reset_header))
+            }
+            _ if token_rejected && fetched => SendError::transient(msg),
+            _ if a.status == 408 || a.status >= 500 => SendError::transient(msg),
+            None if a.is_success() => call.unreadable(&a),
+            // 99992360 (invalid ids), 230001 (bad parameter), 230002 (bot not in the chat),
+            // 99991672 (scope not granted), a rejected configured token, ...
+            _ => SendError::permanent(msg),
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The tenant token to use and whether it was fetched (and so may be refreshed).
+fn feishu_token(call: &Call) -> Result<(String, bool), SendError> {
+    if let Some(t) = call.cfg.secret("tenantAccessToken") {
+        return Ok((t.to_string(), false));
+    }
+    let now = Instant::now();
+    if let Some(c) = lock(&call.cfg.feishu_token).as_ref()
+        && now < c.refresh_at
+    {
+        return Ok((c.token.clone(), true));
+    }
+    let app_id = call
+        .cfg
+        .secret("appId")
+        .ok_or_else(|| missing(call, "appId"))?;
+    let app_secret = call
+        .cfg
+        .secret("appSecret")
+        .ok_or_else(|| missing(call, "appSecret"))?;
+    // Not held across the fetch: two workers that both find the token stale both fetch, which
+    // Feishu allows (the previous token stays valid meanwhile).
+    let url = call
+        .base()?
+        .join("/open-apis/auth/v3/tenant_access_token/internal");
+    let body = json!({"app_id": app_id, "app_secret": app_secret});
+    let a = call.exchange(&call.post_json(url, &body))?;
+    let code = a.field("/code").and_then(Value::as_i64);
+    let token = a
+        .str_field("/tenant_access_token")
+        .filter(|t| !t.is_empty());
+    if let (true, Some(0), Some(token)) = (a.is_success(), code, token) {
+        let life = a
+            .field("/expire")
+            .and_then(Value::as_u64)
+            .map_or(Duration::from_secs(7200), Duration::from_secs);
+        let refresh_at = now + life.saturating_sub(FEISHU_TOKEN_MARGIN.min(life / 2));
+        *lock(&call.cfg.feishu_token) = Some(CachedToken {
+            token: token.to_string(),
+            refresh_at,
+        });
+        return Ok((token.to_string(), true));
+    }
+    let detail = match (code, a.str_field("/msg")) {
+        (Some(c), Some(m)) => format!("code {c}: {}", short(m)),
+        _ => a.text(),
+    };
+    let msg = format!(
+        "channel feishu: fetching a tenant token failed: http {}: {detail}",
+        a.status
+    );
+    Err(match code {
+        _ if a.status == 429 || code.is_some_and(|c| FEISHU_RATE_LIMITED.contains(&c)) => {
+            SendError::transient(msg).after(a.retry_after_header.or(a.ratelimit_reset_header))
+        }
+        _ if a.status == 408 || a.status >= 500 => SendError::transient(msg),
+        None | Some(0) => SendError::transient(msg),
+        // A wrong appId/appSecret (10003, 10014, ...) stays wrong.
+        Some(_) => SendError::permanent(msg),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// openclaw-weixin: POST {base}/send
+
+fn weixin(call: &Call, route: &Route, text: &str, key: &str) -> Result<Sent, SendError> {
+    let token = call
+        .cfg
+        .secret("token")
+        .ok_or_else(|| missing(call, "token"))?;
+    let body = json!({"to": route.to, "text": text, "idempotencyKey": key});
+    let req = call
+        .post_json(call.base()?.join("/send"), &body)
+        .header("Authorization", &format!("Bearer {token}"));
+    let a = call.exchange(&req)?;
+    if a.is_success() {
+        return Ok(Sent {
+            message_id: ["/messageId", "/id", "/data/messageId"]
+                .iter()
+                .find_map(|p| a.field(p).and_then(id_text)),
+        });
+    }
+    Err(call.by_status(&a, &error_detail(&a)))
+}
+
+/// The `error`/`message` of a JSON error body, or the body's text.
+fn error_detail(a: &Answer) -> String {
+    ["/error/message", "/error", "/message"]
+        .iter()
+        .find_map(|p| a.str_field(p))
+        .map_or_else(|| a.text(), short)
+}
+
+// ---------------------------------------------------------------------------------------------
+// webhook: POST {url}, signed
+
+/// The `X-Keel-Signature` value for a webhook body: `sha256=` and the hex HMAC-SHA256, keyed
+/// with the secret, of `"<timestamp>.<body>"` (the timestamp as sent in `X-Keel-Timestamp`).
+/// A receiver recomputes it, compares in constant time and refuses stale timestamps.
+pub fn webhook_signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    let mac = hmac_sha256(secret.as_bytes(), &[timestamp.as_bytes(), b".", body]);
+    format!("sha256={}", hex(&mac))
+}
+
+fn webhook(call: &Call, route: &Route, text: &str, key: &str) -> Result<Sent, SendError> {
+    let ts_ms = clock::wall_ms();
+    let mut body = json!({
+        "channel": "webhook",
+        "to": route.to,
+        "text": text,
+        "idempotencyKey": key,
+        "ts": ts_ms,
+    });
+    if let Some(a) = &route.account_id {
+        body["accountId"] = json!(a);
+    }
+    if let Some(t) = &route.thread_id {
+        body["threadId"] = json!(t);
+    }
+    let timestamp = (ts_ms / 1000).to_string();
+    let mut req = call
+        .post_json(call.base()?, &body)
+        .header("X-Keel-Timestamp", &timestamp);
+    if let Some(secret) = call.cfg.secret("secret") {
+        let sig = webhook_signature(secret, &timestamp, &req.body);
+        req = req.header("X-Keel-Signature", &sig);
+    }
+    if !key.is_empty() {
+        req = req.header("Idempotency-Key", key);
+    }
+    let a = call.exchange(&req)?;
+    if a.is_success() {
+        return Ok(Sent {
+            message_id: ["/messageId", "/id"]
+                .iter()
+                .find_map(|p| a.field(p).and_then(id_text)),
+        });
+    }
+    Err(call.by_status(&a, &error_detail(&a)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// HMAC-SHA256 (RFC 2104) over the SHA-256 of rustls' ring provider: keel already ships it for
+// TLS, and it is tested there; only the HMAC construction is ours, checked against RFC 4231.
+
+fn sha256_provider() -> &'static dyn rustls::crypto::hash::Hash {
+    use rustls::SupportedCipherSuite;
+    match rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256 {
+        SupportedCipherSuite::Tls13(s) => s.common.hash_provider,
+        SupportedCipherSuite::Tls12(s) => s.common.hash_provider,
+    }
+}
+
+fn sha256(parts: &[&[u8]]) -> Vec<u8> {
+    let mut ctx = sha256_provider().start();
+    for p in parts {
+        ctx.update(p);
+    }
+    ctx.finish().as_ref().to_vec()
+}
+
+fn hmac_sha256(key: &[u8], message: &[&[u8]]) -> Vec<u8> {
+    const BLOCK: usize = 64;
+    let mut k = if key.len() > BLOCK {
+        sha256(&[key])
+    } else {
+        key.to_vec()
+    };
+    k.resize(BLOCK, 0);
+    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+    let mut inner_parts: Vec<&[u8]> = vec![&ipad];
+    inner_parts.extend_from_slice(message);
+    let inner = sha256(&inner_parts);
+    sha256(&[&opad, &inner])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::CancelReason;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    use std::thread;
+
+    /// Fails the test instead of hanging it; a panic in `f` fails it with its own message.
+    #[track_caller]
+    fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = mpsc::channel();
+        let h = thread::spawn(move || {
+            let v = f();
+            let _ = tx.send(());
+            v
+        });
+        // Either the result arrives or the sender is dropped by a panic.
+        match rx.recv_timeout(limit) {
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("test did not finish within {limit:?}"),
+        }
+        match h.join() {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+
+    /// One request as the fake server saw it.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        method: String,
+        path: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Seen {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+
+        #[track_caller]
+        fn json(&self) -> Value {
+            serde_json::from_slice(&self.body).expect("the request body is JSON")
+        }
+    }
+
+    enum Reply {
+        Http {
+            status: u16,
+            headers: Vec<(&'static str, String)>,
+            body: String,
+        },
+        /// Read the request, then say nothing until the client gives up.
+        Silent,
+    }
+
+    fn reply(status: u16, body: Value) -> Reply {
+        Reply::Http {
+            status,
+            headers: vec![("Content-Type", "application/json".to_string())],
+            body: body.to_string(),
+        }
+    }
+
+    fn reply_with(status: u16, header: (&'static str, &str), body: Value) -> Reply {
+        Reply::Http {
+            status,
+            headers: vec![
+                ("Content-Type", "application/json".to_string()),
+                (header.0, header.1.to_string()),
+            ],
+            body: body.to_string(),
+        }
+    }
+
+    /// A loopback HTTP server answering each connection (on its own thread) with `handler`.
+    struct Fake {
+        addr: SocketAddr,
+        seen: mpsc::Receiver<Seen>,
+        stop: Arc<AtomicBool>,
+    }
+
+    impl Fake {
+        fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Fake {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (tx, seen) = mpsc::channel();
+            let stop = Arc::new(AtomicBool::new(false));
+            let stop2 = stop.clone();
+            let handler = Arc::new(handler);
+            thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop2.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(s) = conn else { break };
+                    let (tx, handler) = (tx.clone(), handler.clone());
+                    thread::spawn(move || serve_one(s, &tx, &*handler));
+                }
+            });
+            Fake { addr, seen, stop }
+        }
+
+        fn url(&self) -> String {
+            format!("http://{}", self.addr)
+        }
+
+        #[track_caller]
+        fn next(&self) -> Seen {
+            self.seen
+                .recv_timeout(Duration::from_secs(5))
+                .expect("the fake server got a request")
+        }
+
+        fn count(&self) -> usize {
+            self.seen.try_iter().count()
+        }
+    }
+
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            // Wakes the accept loop so it sees the flag and ends.
+            self.stop.store(true, Ordering::SeqCst);
+            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        }
+    }
+
+    fn serve_one(mut s: TcpStream, tx: &mpsc::Sender<Seen>, handler: &dyn Fn(&Seen) -> Reply) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 8192];
+        let (head_end, len) = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    break (end, len);
+                }
+            }
+            match s.read(&mut tmp) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let mut first = lines.next().unwrap_or("").split(' ');
+        let seen = Seen {
+            method: first.next().unwrap_or("").to_string(),
+            path: first.next().unwrap_or("").to_string(),
+            headers: lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect(),
+            body: buf[head_end + 4..head_end + 4 + len].to_vec(),
+        };
+        let r = handler(&seen);
+        let _ = tx.send(seen);
+        match r {
+            Reply::Http {
+                status,
+                headers,
+                body,
+            } => {
+                let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+                for (k, v) in headers {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("Connection: close\r\n\r\n");
+                out.push_str(&body);
+                let _ = s.write_all(out.as_bytes());
+                let _ = s.flush();
+            }
+            Reply::Silent => {
+                // Until the client closes (or the 5 s read timeout): bounded either way.
+                while matches!(s.read(&mut tmp), Ok(n) if n > 0) {}
+            }
+        }
+    }
+
+    fn creds(pairs: &[(&str, &str)]) -> Map<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect()
+    }
+
+    fn limits() -> Limits {
+        Limits::from_now(
+            Duration::from_secs(5),
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+        )
+    }
+
+    #[track_caller]
+    fn run(cfg: &ChannelConfig, route: Route, text: &str, key: &str) -> Result<Sent, SendError> {
+        run_with(cfg, route, text, key, limits(), CancelToken::new())
+    }
+
+    #[track_caller]
+    fn run_with(
+        cfg: &ChannelConfig,
+        route: Route,
+        text: &str,
+        key: &str,
+        limits: Limits,
+        cancel: CancelToken,
+    ) -> Result<Sent, SendError> {
+        let (cfg, text, key) = (cfg.clone(), text.to_string(), key.to_string());
+        bounded(Duration::from_secs(10), move || {
+            send(&cfg, &route, &text, &key, &limits, &cancel)
+        })
+    }
+
+    #[track_caller]
+    fn assert_class(r: &Result<Sent, SendError>, class: ErrorClass) -> &SendError {
+        match r {
+            Err(e) => {
+                assert_eq!(e.class, class, "{e}");
+                e
+            }
+            Ok(s) => panic!("expected a {} error, got {s:?}", class.as_str()),
+        }
+    }
+
+    #[test]
+    fn address_validation() {
+        let good = [
+            ("telegram", "123456789"),
+            ("telegram", "-1001234567890"),
+            ("telegram", "@keel_bot"),
+            ("telegram", "@abcde"),
+            ("slack", "C0123456789"),
+            ("slack", "U12345678"),
+            ("slack", "D0ABCDEF12"),
+            ("slack", "G98765432"),
+            ("discord", "12345678901234567"),
+            ("discord", "12345678901234567890"),
+            ("feishu", "ou_7d8a6e6df7621556ce0d21922b676706"),
+            ("feishu", "oc_a0553eda9014c201e6969b478895c230"),
+            ("feishu", "on_0123456789"),
+            ("openclaw-weixin", "o9x@im.wechat"),
+            ("openclaw-weixin", "wxid_abc123@im.wechat"),
+            ("webhook", "anything at all"),
+        ];
+        for (ch, to) in good {
+            assert_eq!(validate_address(ch, to), Ok(()), "{ch} {to}");
+        }
+        let bad = [
+            ("telegram", ""),
+            ("telegram", "-"),
+            ("telegram", "12a"),
+            ("telegram", "+123"),
+            ("telegram", "@abcd"),
+            ("telegram", "@has-dash"),
+            ("telegram", &format!("@{}", "a".repeat(33))),
+            ("telegram", "99999999999999999999"),
+            ("slack", "C1234567"),
+            ("slack", "X12345678"),
+            ("slack", "c12345678"),
+            ("slack", "C1234abcd"),
+            ("slack", "#general"),
+            ("discord", "1234567890123456"),
+            ("discord", "123456789012345678901"),
+            ("discord", "1234567890123456a"),
+            ("feishu", "o9x@im.wechat"),
+            ("feishu", "ou_123456789"),
+            ("feishu", "ox_0123456789"),
+            ("feishu", "ou_0123456789-"),
+            ("openclaw-weixin", "@im.wechat"),
+            ("openclaw-weixin", "o9x"),
+            ("openclaw-weixin", "o 9x@im.wechat"),
+            ("openclaw-weixin", "ou_0123456789"),
+            ("webhook", ""),
+            ("webhook", "   "),
+        ];
+        for (ch, to) in bad {
+            let Err(err) = validate_address(ch, to) else {
+                panic!("{ch} {to:?} must fail");
+            };
+            assert!(
+                err.starts_with(&format!("delivery: channel {ch} rejects address ")),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            validate_address("feishu", "o9x@im.wechat").unwrap_err(),
+            "delivery: channel feishu rejects address \"o9x@im.wechat\" (expected an ou_/oc_/on_ id)"
+        );
+        let err = validate_address("carrier-pigeon", "coo").unwrap_err();
+        assert!(
+            err.contains("unknown channel")
+                && err.contains("carrier-pigeon")
+                && err.contains("coo"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn parses_channels_with_defaults_and_reports_what_is_missing() {
+        let (cfgs, issues) = parse_channels(&json!({
+            "telegram": {"botToken": "123:abc_DEF-ghi", "dmPolicy": "pairing"},
+            "slack": {"botToken": "xoxb-1", "baseUrl": "http://127.0.0.1:9/api/"},
+            "discord": {},
+            "feishu": {"appId": "cli_1"},
+            "openclaw-weixin": {"token": "t"},
+            "webhook": {"url": "http://10.0.0.5:8080/hook", "secret": "s3cret"},
+            "whatsapp": {"enabled": true},
+        }));
+        let names: Vec<&str> = cfgs.keys().map(String::as_str).collect();
+        assert_eq!(names, ["slack", "telegram", "webhook"], "{issues:?}");
+        assert_eq!(cfgs["telegram"].base_url, "https://api.telegram.org");
+        assert_eq!(cfgs["slack"].base_url, "http://127.0.0.1:9/api");
+        assert_eq!(cfgs["webhook"].base_url, "http://10.0.0.5:8080/hook");
+        let paths: Vec<&str> = issues.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "channels.discord.token",
+                "channels.feishu.appSecret",
+                "channels.openclaw-weixin.baseUrl",
+                "channels.whatsapp",
+            ],
+            "{issues:?}"
+        );
+        assert!(issues[0].1.contains("missing"), "{issues:?}");
+
+        let (cfgs, issues) = parse_channels(&json!({
+            "telegram": {"enabled": false},
+            "slack": {"botToken": "x", "baseUrl": "http://slack.example/api"},
+            "discord": {"token": "x", "baseUrl": "http://10.1.1.1/api", "allowInsecureHttp": true},
+            "feishu": {"tenantAccessToken": "t-1"},
+            "webhook": {"secret": "s"},
+        }));
+        let names: Vec<&str> = cfgs.keys().map(String::as_str).collect();
+        assert_eq!(names, ["discord", "feishu"], "{issues:?}");
+        assert_eq!(cfgs["feishu"].base_url, "https://open.feishu.cn");
+        assert_eq!(issues.len(), 2, "{issues:?}");
+        assert!(issues[0].0 == "channels.slack.baseUrl" && issues[0].1.contains("plain http"));
+        assert_eq!(issues[1].0, "channels.webhook.url");
+
+        let (cfgs, issues) = parse_channels(&json!({
+            "telegram": {"botToken": "${KEEL_TEST_SURELY_UNSET_TOKEN}"},
+            "slack": "yes",
+        }));
+        assert!(cfgs.is_empty());
+        assert_eq!(issues.len(), 2, "{issues:?}");
+        assert_eq!(issues[0].0, "channels.slack");
+        assert_eq!(issues[1].0, "channels.telegram.botToken");
+        assert!(
+            issues[1]
+                .1
+                .contains("KEEL_TEST_SURELY_UNSET_TOKEN is not set")
+        );
+
+        let (cfgs, issues) = parse_channels(&Value::Null);
+        assert!(cfgs.is_empty() && issues.is_empty());
+        let (_, issues) = parse_channels(&json!([1]));
+        assert_eq!(
+            issues,
+            [("channels".to_string(), "expected an object".to_string())]
+        );
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_and_errors() {
+        let (cfgs, _) = parse_channels(&json!({
+            "telegram": {"botToken": "123:SEKRET_tg"},
+            "webhook": {"url": "https://hooks.example/T0/SEKRET_path", "secret": "SEKRET_wh"},
+        }));
+        let dbg = format!("{cfgs:?}");
+        assert!(!dbg.contains("SEKRET"), "{dbg}");
+        assert!(
+            dbg.contains("<redacted>") && dbg.contains("botToken"),
+            "{dbg}"
+        );
+
+        // A server that echoes the token back in its error.
+        let fake = Fake::start(|_| {
+            reply(
+                400,
+                json!({"ok": false, "error_code": 400, "description": "bad token 123:SEKRET_tg"}),
+            )
+        });
+        let cfg = ChannelConfig::new(
+            "telegram",
+            fake.url(),
+            creds(&[("botToken", "123:SEKRET_tg")]),
+        );
+        let r = run(&cfg, Route::new("telegram", "42"), "hi", "k");
+        let e = assert_class(&r, ErrorClass::Permanent);
+        assert!(!e.message.contains("SEKRET"), "{e}");
+        assert!(e.message.contains("<redacted>"), "{e}");
+    }
+
+    #[test]
+    fn telegram_sends_and_classifies() {
+        let fake = Fake::start(|seen| {
+            let body = seen.json();
+            match body["chat_id"].as_i64() {
+                Some(42) => reply(200, json!({"ok": true, "result": {"message_id": 777}})),
+                Some(-1001) => reply(
+                    400,
+                    json!({"ok": false, "error_code": 400, "description": "Bad Request: chat not found"}),
+                ),
+                Some(-1002) => reply(
+                    403,
+                    json!({"ok": false, "error_code": 403, "description": "Forbidden: bot was blocked by the user"}),
+                ),
+                Some(-1003) => reply(
+                    429,
+                    json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 7", "parameters": {"retry_after": 7}}),
+                ),
+                Some(-1004) => reply_with(429, ("Retry-After", "3"), json!({"ok": false})),
+                _ => reply(
+                    502,
+                    json!({"ok": false, "error_code": 502, "description": "Bad Gateway"}),
+                ),
+            }
+        });
+        let cfg = ChannelConfig::new("telegram", fake.url(), creds(&[("botToken", "123:abc")]));
+        let mut route = Route::new("telegram", "42");
+        route.thread_id = Some("9".into());
+        let sent = run(&cfg, route, "hello", "k1").unwrap();
+        assert_eq!(sent.message_id.as_deref(), Some("777"));
+        let seen = fake.next();
+        assert_eq!(
+            (seen.method.as_str(), seen.path.as_str()),
+            ("POST", "/bot123:abc/sendMessage")
+        );
+        assert_eq!(
+            seen.json(),
+            json!({"chat_id": 42, "text": "hello", "message_thread_id": 9})
+        );
+        assert!(
+            seen.header("content-type")
+                .unwrap()
+                .starts_with("application/json")
+        );
+
+        let r = run(&cfg, Route::new("telegram", "-1001"), "x", "k");
+        let e = assert_class(&r, ErrorClass::Permanent);
+        assert!(e.message.contains("chat not found"), "{e}");
+        assert_class(
+            &run(&cfg, Route::new("telegram", "-1002"), "x", "k"),
+            ErrorClass::Permanent,
+        );
+        let r = run(&cfg, Route::new("telegram", "-1003"), "x", "k");
+        let e = assert_class(&r, ErrorClass::Transient);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
+        let r = run(&cfg, Route::new("telegram", "-1004"), "x", "k");
+        let e = assert_class(&r, ErrorClass::Transient);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(3)));
+        assert_class(
+            &run(&cfg, Route::new("telegram", "-1005"), "x", "k"),
+            ErrorClass::Transient,
+        );
+
+        // Refused before anything is sent.
+        let mut route = Route::new("telegram", "42");
+        route.thread_id = Some("general".into());
+        assert_class(&run(&cfg, route, "x", "k"), ErrorClass::Permanent);
+        assert_class(
+            &run(&cfg, Route::new("telegram", "#x"), "x", "k"),
+            ErrorClass::Permanent,
+        );
+        assert_class(
+            &run(&cfg, Route::new("slack", "C12345678"), "x", "k"),
+            ErrorClass::Permanent,
+        );
+    }
+
+    #[test]
+    fn slack_sends_and_classifies() {
+        let fake = Fake::start(|seen| match seen.json()["channel"].as_str() {
+            Some("C00000001") => reply(
+                200,
+                json!({"ok": true, "channel": "C00000001", "ts": "1700000000.000100"}),
+            ),
+            Some("C00000002") => reply(200, json!({"ok": false, "error": "channel_not_found"})),
+            Some("C00000003") => reply_with(
+                429,
+                ("Retry-After", "30"),
+                json!({"ok": false, "error": "ratelimited"}),
+            ),
+            Some("C00000004") => reply(200, json!({"ok": false, "error": "ratelimited"})),
+            Some("C00000005") => reply(200, json!({"ok": false, "error": "internal_error"})),
+            Some("C00000006") => reply(200, json!({"ok": false, "error": "invalid_auth"})),
+            _ => Reply::Http {
+                status: 200,
+                headers: vec![],
+                body: "<html>proxy</html>".into(),
+            },
+        });
+        let cfg = ChannelConfig::new(
+            "slack",
+            format!("{}/api", fake.url()),
+            creds(&[("botToken", "xoxb-1")]),
+        );
+        let mut route = Route::new("slack", "C00000001");
+        route.thread_id = Some("1699999999.000200".into());
+        let sent = run(&cfg, route, "hi", "k").unwrap();
+        assert_eq!(sent.message_id.as_deref(), Some("1700000000.000100"));
+        let seen = fake.next();
+        assert_eq!(seen.path, "/api/chat.postMessage");
+        assert_eq!(seen.header("authorization"), Some("Bearer xoxb-1"));
+        assert_eq!(
+            seen.json(),
+            json!({"channel": "C00000001", "text": "hi", "thread_ts": "1699999999.000200"})
+        );
+
+        let r = run(&cfg, Route::new("slack", "C00000002"), "x", "k");
+        assert!(
+            assert_class(&r, ErrorClass::Permanent)
+                .message
+                .contains("channel_not_found")
+        );
+        let r = run(&cfg, Route::new("slack", "C00000003"), "x", "k");
+        assert_eq!(
+            assert_class(&r, ErrorClass::Transient).retry_after,
+            Some(Duration::from_secs(30))
+        );
+        assert_class(
+            &run(&cfg, Route::new("slack", "C00000004"), "x", "k"),
+            ErrorClass::Transient,
+        );
+        assert_class(
+            &run(&cfg, Route::new("slack", "C00000005"), "x", "k"),
+            ErrorClass::Transient,
+        );
+        assert_class(
+            &run(&cfg, Route::new("slack", "C00000006"), "x", "k"),
+            ErrorClass::Permanent,
+        );
+        // A 200 that is not Slack's answer may or may not have posted: try again.
+        assert_class(
+            &run(&cfg, Route::new("slack", "C00000007"), "x", "k"),
+            ErrorClass::Transient,
+        );
+    }
+
+    #[test]
+    fn discord_sends_splits_and_classifies() {
+        let fake = Fake::start(|seen| {
+            let content = seen.json()["content"].as_str().unwrap_or("").to_string();
+            if seen.path.contains("/11111111111111111/") {
+                reply(404, json!({"message": "Unknown Channel", "code": 10003}))
+            } else if seen.path.contains("/22222222222222222/") {
+                reply(403, json!({"message": "Missing Access", "code": 50001}))
+            } else if seen.path.contains("/33333333333333333/") {
+                reply_with(
+                    429,
+                    ("Retry-After", "2"),
+                    json!({"message": "You are being rate limited.", "retry_after": 1.5, "global": false}),
+                )
+            } else if seen.path.contains("/44444444444444444/") {
+                reply(503, json!({"message": "upstream"}))
+            } else {
+                reply(
+                    200,
+                    json!({"id": format!("m{}", content.len()), "content": content}),
+                )
+            }
+        });
+        let cfg = ChannelConfig::new("discord", fake.url(), creds(&[("token", "Bot tok.en")]));
+        let sent = run(
+            &cfg,
+            Route::new("discord", "123456789012345678"),
+            "hello",
+            "key-1",
+        )
+        .unwrap();
+        assert_eq!(sent.message_id.as_deref(), Some("m5"));
+        let seen = fake.next();
+        assert_eq!(seen.path, "/channels/123456789012345678/messages");
+        assert_eq!(seen.header("authorization"), Some("Bot tok.en"));
+        let body = seen.json();
+        assert_eq!(body["content"], "hello");
+        assert_eq!(body["enforce_nonce"], true);
+        let nonce = body["nonce"].as_str().unwrap().to_string();
+        assert!(nonce.len() <= 25 && nonce.ends_with(".0"), "{nonce}");
+
+        // Over 2000 characters: split at the line break, each part its own nonce.
+        let text = format!("{}\n{}", "a".repeat(1500), "b".repeat(1000));
+        let sent = run(
+            &cfg,
+            Route::new("discord", "123456789012345678"),
+            &text,
+            "key-1",
+        )
+        .unwrap();
+        assert_eq!(sent.message_id.as_deref(), Some("m1501"));
+        let (p1, p2) = (fake.next().json(), fake.next().json());
+        assert_eq!(p1["content"].as_str().unwrap().len(), 1501);
+        assert_eq!(p2["content"].as_str().unwrap(), "b".repeat(1000));
+        assert_eq!(p1["nonce"], json!(nonce));
+        assert_ne!(p1["nonce"], p2["nonce"]);
+
+        // A thread is its own channel.
+        let mut route = Route::new("discord", "123456789012345678");
+        route.thread_id = Some("98765432109876543".into());
+        run(&cfg, route, "in thread", "").unwrap();
+        let seen = fake.next();
+        assert_eq!(seen.path, "/channels/98765432109876543/messages");
+        assert!(seen.json().get("nonce").is_none(), "no key, no nonce");
+
+        let r = run(&cfg, Route::new("discord", "11111111111111111"), "x", "k");
+        assert!(
+            assert_class(&r, ErrorClass::Permanent)
+                .message
+                .contains("10003")
+        );
+        assert_class(
+            &run(&cfg, Route::new("discord", "22222222222222222"), "x", "k"),
+            ErrorClass::Permanent,
+        );
+        let r = run(&cfg, Route::new("discord", "33333333333333333"), "x", "k");
+        assert_eq!(
+            assert_class(&r, ErrorClass::Transient).retry_after,
+            Some(Duration::from_millis(1500))
+        );
+        assert_class(
+            &run(&cfg, Route::new("discord", "44444444444444444"), "x", "k"),
+            ErrorClass::Transient,
+        );
+    }
+
+    #[test]
+    fn discord_parts_respect_the_limit() {
+        assert_eq!(discord_parts("short"), ["short"]);
+        assert_eq!(discord_parts(""), [""]);
+        // No break point: a hard cut at exactly 2000 units, never inside a character.
+        let parts = discord_parts(&"é".repeat(4500));
+        assert_eq!(
+            parts.iter().map(|p| p.chars().count()).collect::<Vec<_>>(),
+            [2000, 2000, 500]
+        );
+        // Astral characters count two units each.
+        let parts = discord_parts(&"😀".repeat(1500));
+        assert_eq!(
+            parts.iter().map(|p| utf16_len(p)).collect::<Vec<_>>(),
+            [2000, 1000]
+        );
+        let words = "word ".repeat(1000);
+        let parts = discord_parts(&words);
+        assert!(parts.iter().all(|p| utf16_len(p) <= 2000));
+        assert!(parts[0].ends_with(' '));
+        assert_eq!(parts.concat(), words);
+        // Too long for ten messages: cut, with a note in the last one.
+        let parts = discord_parts(&"x".repeat(25_000));
+        assert_eq!(parts.len(), DISCORD_MAX_PARTS);
+        assert!(parts.iter().all(|p| utf16_len(p) <= DISCORD_MAX_CHARS));
+        // The count in the note is of exactly what was left out.
+        let check_cut = |text: &str| {
+            let parts = discord_parts(text);
+            assert_eq!(parts.len(), DISCORD_MAX_PARTS);
+            assert!(parts.iter().all(|p| utf16_len(p) <= DISCORD_MAX_CHARS));
+            let last = &parts[DISCORD_MAX_PARTS - 1];
+            let at = last.rfind("\n[… ").expect("a note");
+            let kept = format!("{}{}", parts[..DISCORD_MAX_PARTS - 1].concat(), &last[..at]);
+            assert!(text.starts_with(&kept));
+            assert!(kept.len() > 19_900, "{}", kept.len());
+            assert_eq!(
+                last[at..],
+                cut_note(text.chars().count() - kept.chars().count())
+            );
+        };
+        check_cut(&"x".repeat(25_000));
+        check_cut(&format!("{}\n{}", "y".repeat(19_990), "z".repeat(100)));
+    }
+
+    #[test]
+    fn feishu_with_a_configured_token() {
+        let fake = Fake::start(|seen| match seen.json()["receive_id"].as_str() {
+            Some("ou_0000000001") => reply(
+                200,
+                json!({"code": 0, "msg": "success", "data": {"message_id": "om_1"}}),
+            ),
+            Some("oc_0000000002") => reply(
+                400,
+                json!({"code": 99992360, "msg": "The request you send is not a valid {open_id}"}),
+            ),
+            Some("on_0000000003") => reply(
+                200,
+                json!({"code": 230002, "msg": "Bot is not in the chat"}),
+            ),
+            Some("ou_0000000004") => reply_with(
+                400,
+                ("x-ogw-ratelimit-reset", "4"),
+                json!({"code": 99991400, "msg": "request trigger frequency limit"}),
+            ),
+            Some("ou_0000000005") => reply(
+                400,
+                json!({"code": 99991663, "msg": "Invalid access token for authorization"}),
+            ),
+            _ => reply(500, json!({"code": 1, "msg": "internal"})),
+        });
+        let cfg = ChannelConfig::new(
+            "feishu",
+            fake.url(),
+            creds(&[("tenantAccessToken", "t-static")]),
+        );
+        let sent = run(
+            &cfg,
+            Route::new("feishu", "ou_0000000001"),
+            "你好 \"q\"",
+            "idem-1",
+        )
+        .unwrap();
+        assert_eq!(sent.message_id.as_deref(), Some("om_1"));
+        let seen = fake.next();
+        assert_eq!(
+            seen.path,
+            "/open-apis/im/v1/messages?receive_id_type=open_id"
+        );
+        assert_eq!(seen.header("authorization"), Some("Bearer t-static"));
+        let body = seen.json();
+        assert_eq!(body["msg_type"], "text");
+        assert_eq!(body["uuid"], "idem-1");
+        let content: Value = serde_json::from_str(body["content"].as_str().unwrap()).unwrap();
+        assert_eq!(content, json!({"text": "你好 \"q\""}));
+
+        let r = run(&cfg, Route::new("feishu", "oc_0000000002"), "x", "k");
+        assert!(
+            assert_class(&r, ErrorClass::Permanent)
+                .message
+                .contains("99992360")
+        );
+        assert!(fake.next().path.ends_with("receive_id_type=chat_id"));
+        assert_class(
+            &run(&cfg, Route::new("feishu", "on_0000000003"), "x", "k"),
+            ErrorClass::Permanent,
+        );
+        assert!(fake.next().path.ends_with("receive_id_type=union_id"));
+        let r = run(&cfg, Route::new("feishu", "ou_0000000004"), "x", "k");
+        assert_eq!(
+            assert_class(&r, ErrorClass::Transient).retry_after,
+            Some(Duration::from_secs(4))
+        );
+        // A configured token that is rejected stays rejected.
+        assert_class(
+            &run(&cfg, Route::new("feishu", "ou_0000000005"), "x", "k"),
+            ErrorClass::Permanent,
+        );
+        assert_class(
+            &run(&cfg, Route::new("feishu", "ou_0000000006"), "x", "k"),
+            ErrorClass::Transient,
+        );
+
+        // A key longer than Feishu's 50 characters becomes a stable hash.
+        let _ = fake.count();
+        let long = "k".repeat(80);
+        run(&cfg, Route::new("feishu", "ou_0000000001"), "x", &long).unwrap();
+        run(&cfg, Route::new("feishu", "ou_0000000001"), "x", &long).unwrap();
+        let (a, b) = (fake.next().json(), fake.next().json());
+        let uuid = a["uuid"].as_str().unwrap();
+        assert!(uuid.starts_with("keel-") && uuid.len() <= 50, "{uuid}");
+        assert_eq!(a["uuid"], b["uuid"]);
+    }
+
+    #[test]
+    fn feishu_fetches_caches_and_refreshes_the_tenant_token() {
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let f2 = fetches.clone();
+        let fake = Fake::start(move |seen| {
+            if seen.path == "/open-apis/auth/v3/tenant_access_token/internal" {
+                let n = f2.fetch_add(1, Ordering::SeqCst) + 1;
+                let body = seen.json();
+                if body != json!({"app_id": "cli_1", "app_secret": "sec"}) {
+                    return reply(400, json!({"code": 10014, "msg": "app secret invalid"}));
+                }
+                return reply(
+                    200,
+                    json!({"code": 0, "msg": "ok", "tenant_access_token": format!("t-{n}"), "expire": 7200}),
+                );
+            }
+            let auth = seen.header("authorization").unwrap_or("").to_string();
+            match (seen.json()["receive_id"].as_str(), auth.as_str()) {
+                // The first token is revoked early for this one recipient.
+                (Some("ou_0000000009"), "Bearer t-1") => reply(
+                    400,
+                    json!({"code": 99991663, "msg": "Invalid access token for authorization"}),
+                ),
+                _ => reply(200, json!({"code": 0, "data": {"message_id": auth}})),
+            }
+        });
+        let cfg = ChannelConfig::new(
+            "feishu",
+            fake.url(),
+            creds(&[("appId", "cli_1"), ("appSecret", "sec")]),
+        );
+        let a = run(&cfg, Route::new("feishu", "ou_0000000001"), "x", "k").unwrap();
+        let b = run(
+            &cfg.clone(),
+            Route::new("feishu", "ou_0000000001"),
+            "x",
+            "k",
+        )
+        .unwrap();
+        assert_eq!(a.message_id.as_deref(), Some("Bearer t-1"));
+        assert_eq!(b.message_id.as_deref(), Some("Bearer t-1"));
+        assert_eq!(
+            fetches.load(Ordering::SeqCst),
+            1,
+            "the token is cached across sends and clones"
+        );
+
+        // Rejected: fetched again and the send retried once, at once.
+        let c = run(&cfg, Route::new("feishu", "ou_0000000009"), "x", "k").unwrap();
+        assert_eq!(c.message_id.as_deref(), Some("Bearer t-2"));
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+
+        let wrong = ChannelConfig::new(
+            "feishu",
+            fake.url(),
+            creds(&[("appId", "cli_1"), ("appSecret", "nope")]),
+        );
+        let r = run(&wrong, Route::new("feishu", "ou_0000000001"), "x", "k");
+        let e = assert_class(&r, ErrorClass::Permanent);
+        assert!(
+            e.message.contains("tenant token") && e.message.contains("10014"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn feishu_token_expiry_is_honoured() {
+        let cfg = ChannelConfig::new(
+            "feishu",
+            "http://127.0.0.1:9",
+            creds(&[("appId", "a"), ("appSecret", "b")]),
+        );
+        *lock(&cfg.feishu_token) = Some(CachedToken {
+            token: "t-old".into(),
+            refresh_at: Instant::now()
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or_else(Instant::now),
+        });
+        let fake = Fake::start(|seen| {
+            if seen.path.contains("tenant_access_token") {
+                reply(
+                    200,
+                    json!({"code": 0, "tenant_access_token": "t-new", "expire": 7200}),
+                )
+            } else {
+                reply(
+                    200,
+                    json!({"code": 0, "data": {"message_id": seen.header("authorization")}}),
+                )
+            }
+        });
+        let cfg = ChannelConfig {
+            base_url: fake.url(),
+            ..cfg
+        };
+        let sent = run(&cfg, Route::new("feishu", "ou_0000000001"), "x", "k").unwrap();
+        assert_eq!(sent.message_id.as_deref(), Some("Bearer t-new"));
+        let cached = lock(&cfg.feishu_token).clone().unwrap();
+        let left = cached.refresh_at - Instant::now();
+        assert!(
+            left > Duration::from_secs(6800) && left <= Duration::from_secs(6900),
+            "{left:?}"
+        );
+    }
+
+    #[test]
+    fn weixin_sends_and_classifies() {
+        let fake = Fake::start(|seen| match seen.json()["to"].as_str() {
+            Some("ok@im.wechat") => reply(200, json!({"messageId": "w1"})),
+            Some("gone@im.wechat") => reply(404, json!({"error": "unknown recipient"})),
+            Some("slow@im.wechat") => reply(408, json!({})),
+            _ => reply(500, json!({"error": "relay down"})),
+        });
+        let cfg = ChannelConfig::new(
+            "openclaw-weixin",
+            format!("{}/relay/", fake.url()).trim_end_matches('/'),
+            creds(&[("token", "wx-t")]),
+        );
+        let sent = run(
+            &cfg,
+            Route::new("openclaw-weixin", "ok@im.wechat"),
+            "hi",
+            "idem-9",
+        )
+        .unwrap();
+        assert_eq!(sent.message_id.as_deref(), Some("w1"));
+        let seen = fake.next();
+        assert_eq!(seen.path, "/relay/send");
+        assert_eq!(seen.header("authorization"), Some("Bearer wx-t"));
+        assert_eq!(
+            seen.json(),
+            json!({"to": "ok@im.wechat", "text": "hi", "idempotencyKey": "idem-9"})
+        );
+
+        let r = run(
+            &cfg,
+            Route::new("openclaw-weixin", "gone@im.wechat"),
+            "x",
+            "k",
+        );
+        assert!(
+            assert_class(&r, ErrorClass::Permanent)
+                .message
+                .contains("unknown recipient")
+        );
+        assert_class(
+            &run(
+                &cfg,
+                Route::new("openclaw-weixin", "slow@im.wechat"),
+                "x",
+                "k",
+            ),
+            ErrorClass::Transient,
+        );
+        let r = run(
+            &cfg,
+            Route::new("openclaw-weixin", "down@im.wechat"),
+            "x",
+            "k",
+        );
+        assert!(
+            assert_class(&r, ErrorClass::Transient)
+                .message
+                .contains("http 500")
+        );
+    }
+
+    #[test]
+    fn webhook_is_signed_and_classified() {
+        let fake = Fake::start(|seen| match seen.json()["to"].as_str() {
+            Some("ok") => reply(202, json!({"id": "h1"})),
+            Some("gone") => reply(410, json!({"message": "gone"})),
+            Some("busy") => reply_with(429, ("Retry-After", "12"), json!({})),
+            _ => reply(503, json!({})),
+        });
+        let cfg = ChannelConfig::new(
+            "webhook",
+            format!("{}/hook?x=1", fake.url()),
+            creds(&[("secret", "whsec")]),
+        );
+        let mut route = Route::new("webhook", "ok");
+        route.account_id = Some("acct".into());
+        route.thread_id = Some("th".into());
+        let before = clock::wall_ms();
+        let sent = run(&cfg, route, "hello", "idem-w").unwrap();
+        assert_eq!(sent.message_id.as_deref(), Some("h1"));
+        let seen = fake.next();
+        assert_eq!(seen.path, "/hook?x=1");
+        assert_eq!(seen.header("idempotency-key"), Some("idem-w"));
+        let ts = seen.header("x-keel-timestamp").unwrap().to_string();
+        let ts_secs: u64 = ts.parse().unwrap();
+        assert!(ts_secs >= before / 1000 && ts_secs <= clock::wall_ms() / 1000 + 1);
+        // What a receiver does: recompute over the raw body with the shared secret.
+        let expected = format!(
+            "sha256={}",
+            hex(&hmac_sha256(
+                b"whsec",
+                &[format!("{ts}.").as_bytes(), &seen.body]
+            ))
+        );
+        assert_eq!(seen.header("x-keel-signature"), Some(expected.as_str()));
+        assert_eq!(webhook_signature("whsec", &ts, &seen.body), expected);
+        assert_ne!(webhook_signature("other", &ts, &seen.body), expected);
+        let body = seen.json();
+        assert_eq!(
+            (
+                &body["channel"],
+                &body["to"],
+                &body["accountId"],
+                &body["threadId"],
+                &body["text"],
+                &body["idempotencyKey"]
+            ),
+            (
+                &json!("webhook"),
+                &json!("ok"),
+                &json!("acct"),
+                &json!("th"),
+                &json!("hello"),
+                &json!("idem-w")
+            )
+        );
+        assert!(body["ts"].as_u64().unwrap() / 1000 == ts_secs);
+
+        let r = run(&cfg, Route::new("webhook", "gone"), "x", "k");
+        assert_class(&r, ErrorClass::Permanent);
+        let r = run(&cfg, Route::new("webhook", "busy"), "x", "k");
+        assert_eq!(
+            assert_class(&r, ErrorClass::Transient).retry_after,
+            Some(Duration::from_secs(12))
+        );
+        assert_class(
+            &run(&cfg, Route::new("webhook", "down"), "x", "k"),
+            ErrorClass::Transient,
+        );
+
+        // No secret: no signature.
+        let unsigned = ChannelConfig::new("webhook", fake.url(), Map::new());
+        let _ = fake.count();
+        run(&unsigned, Route::new("webhook", "ok"), "x", "").unwrap();
+        let seen = fake.next();
+        assert!(
+            seen.header("x-keel-signature").is_none() && seen.header("idempotency-key").is_none()
+        );
+        assert!(seen.header("x-keel-timestamp").is_some());
+    }
+
+    #[test]
+    fn transport_failures_are_transient() {
+        // A server that never answers: the stall limit ends the call.
+        let fake = Fake::start(|_| Reply::Silent);
+        let cfg = ChannelConfig::new("openclaw-weixin", fake.url(), creds(&[("token", "t")]));
+        let quick = Limits::from_now(
+            Duration::from_secs(5),
+            Duration::from_secs(2),
+            Duration::from_millis(300),
+        );
+        let t = Instant::now();
+        let r = run_with(
+            &cfg,
+            Route::new("openclaw-weixin", "a@im.wechat"),
+            "x",
+            "k",
+            quick,
+            CancelToken::new(),
+        );
+        assert!(
+            assert_class(&r, ErrorClass::Transient)
+                .message
+                .contains("sent nothing"),
+            "{r:?}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+
+        // The deadline, too.
+        let short = Limits::from_now(
+            Duration::from_millis(300),
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+        );
+        let r = run_with(
+            &cfg,
+            Route::new("openclaw-weixin", "a@im.wechat"),
+            "x",
+            "k",
+            short,
+            CancelToken::new(),
+        );
+        assert_class(&r, ErrorClass::Transient);
+
+        // Nobody listening.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let refused = ChannelConfig::new(
+            "telegram",
+            format!("http://127.0.0.1:{port}"),
+            creds(&[("botToken", "1:a")]),
+        );
+        assert_class(
+            &run(&refused, Route::new("telegram", "1"), "x", "k"),
+            ErrorClass::Transient,
+        );
+
+        // Cancelled mid-wait: transient, and says so.
+        let token = CancelToken::new();
+        let t2 = token.clone();
+        let canceller = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(100));
+            t2.cancel(CancelReason::Drain);
+        });
+        let r = run_with(
+            &cfg,
+            Route::new("openclaw-weixin", "a@im.wechat"),
+            "x",
+            "k",
+            limits(),
+            token,
+        );
+        canceller.join().unwrap();
+        assert_eq!(assert_class(&r, ErrorClass::Transient).message, "cancelled");
+    }
+
+    #[test]
+    fn sha256_and_hmac_match_the_published_vectors() {
+        assert_eq!(
+            sha256_provider().algorithm(),
+            rustls::crypto::hash::HashAlgorithm::SHA256
+        );
+        assert_eq!(
+            hex(&sha256(&[b"abc"])),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        // RFC 4231 test cases 1, 2, 6 and 7 (short key, text key, keys longer than a block).
+        let cases: [(&[u8], &[u8], &str); 4] = [
+            (&[0x0b; 20], b"Hi There", "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
+            (b"Jefe", b"what do ya want for nothing?", "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+            (&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First", "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"),
+            (&[0xaa; 131], b"This is a test using a larger than block-size key and a larger than block-size data. The key needs to be hashed before being used by the HMAC algorithm.", "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2"),
+        ];
+        for (key, data, want) in cases {
+            assert_eq!(hex(&hmac_sha256(key, &[data])), want);
+            // Split input gives the same MAC.
+            let (a, b) = data.split_at(data.len() / 2);
+            assert_eq!(hex(&hmac_sha256(key, &[a, b])), want);
+        }
+    }
+}
