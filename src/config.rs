@@ -143,6 +143,8 @@ pub struct Config {
     pub hooks: Option<Hooks>,
     /// Providers, model chains and tools for agent runs.
     pub agents: crate::agent::settings::AgentSettings,
+    /// Chat channels replies are delivered to.
+    pub channels: crate::delivery::service::Channels,
     pub disabled: Vec<Disabled>,
 }
 
@@ -189,6 +191,7 @@ impl Default for Config {
             },
             prices: Prices::new(),
             hooks: None,
+            channels: crate::delivery::service::Channels::default(),
             agents: crate::agent::settings::AgentSettings {
                 run_timeout: crate::agent::settings::DEFAULT_RUN_TIMEOUT,
                 ..Default::default()
@@ -276,7 +279,6 @@ pub fn load_file(path: &Path) -> Validated {
 
 /// OpenClaw's top-level keys that keel knows of but does not act on (yet): one warning each.
 const OPENCLAW_UNSUPPORTED: &[&str] = &[
-    "channels",
     "session",
     "messages",
     "commands",
@@ -405,6 +407,13 @@ impl Validator {
             match prices(m) {
                 Ok(p) => self.config.prices = p,
                 Err((path, msg)) => self.disable(&path, msg),
+            }
+        }
+        if let Some(c) = root.get("channels") {
+            let (channels, issues) = crate::delivery::channels::parse_channels(c);
+            self.config.channels = crate::delivery::service::Channels(channels);
+            for (path, msg) in issues {
+                self.disable(&path, msg);
             }
         }
         let (agents, issues) = crate::agent::settings::parse(root);
@@ -913,7 +922,7 @@ mod tests {
     #[test]
     fn unknown_keys_warn_once_each_and_never_refuse() {
         let v = parse(
-            r#"{"gateway":{"port":1234,"frobnicate":1},"nonsense":true,"channels":{}}"#,
+            r#"{"gateway":{"port":1234,"frobnicate":1},"nonsense":true,"plugins":{}}"#,
             None,
         );
         assert!(v.problems.is_empty());
@@ -927,7 +936,7 @@ mod tests {
         assert!(
             v.warnings
                 .iter()
-                .any(|w| w.starts_with("channels: OpenClaw setting not supported"))
+                .any(|w| w.starts_with("plugins: OpenClaw setting not supported"))
         );
     }
 

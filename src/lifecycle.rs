@@ -206,6 +206,7 @@ fn run(
     shared.set_phase(Phase::Serving);
     // Serving first, indexing after: the index loads and builds in the background.
     crate::sessions::Sessions::start(&shared);
+    crate::delivery::service::Delivery::start(&shared);
     log::info!(
         "keel {} listening on {local} ({cpu} cpu workers, {io} io workers, nice {nice})",
         crate::VERSION

@@ -88,6 +88,8 @@ pub struct Shared {
     pub sessions: crate::sessions::Sessions,
     /// Agent runs, session subscriptions and provider cooldowns.
     pub runs: crate::agent::runs::Runs,
+    /// The durable outbound queue and its dispatch.
+    pub delivery: crate::delivery::service::Delivery,
     next_job_id: AtomicU64,
     completions: Sender<Outbound>,
     waker: Arc<mio::Waker>,
@@ -141,6 +143,7 @@ impl Shared {
             pools: p.pools,
             sessions: crate::sessions::Sessions::new(&p.state_dir, p.test_hooks),
             runs: crate::agent::runs::Runs::default(),
+            delivery: crate::delivery::service::Delivery::default(),
             next_job_id: AtomicU64::new(1),
             completions: p.completions,
             wake_pending: std::sync::atomic::AtomicBool::new(false),
@@ -635,6 +638,7 @@ impl Shared {
             self.reactor_stuck_for(now).as_secs_f64(),
         );
         self.sessions.render_metrics(&mut out);
+        self.delivery.render_metrics(&mut out);
         family(
             &mut out,
             "keel_config_disabled_features",
@@ -694,6 +698,7 @@ impl Shared {
                 "rejectedQueueFull": m.rejected_queue_full.get(),
             },
             "usage": self.sessions.status_json(),
+            "delivery": self.delivery.status_json(),
             "heartbeat": {"defaultAgentId": "main", "agents": []},
             "channelSummary": [],
             "queuedSystemEvents": [],
@@ -738,6 +743,7 @@ impl Shared {
                 "wsHandshake": self.metrics.conns_ws_handshake.get(),
                 "ws": self.metrics.conns_ws_open.get(),
             },
+            "delivery": self.delivery.status_json(),
             "pools": self.queues_json(),
             "jobs": self.jobs_json(now),
             "config": {

@@ -436,6 +436,7 @@ impl Watchdog {
         });
 
         sh.runs.expire_waiters(sh, now);
+        crate::delivery::service::Delivery::tick(sh);
         self.drain(now);
         self.systemd(now);
     }
@@ -510,6 +511,10 @@ impl Watchdog {
         let Some(interval) = sh.notifier.watchdog else {
             return;
         };
+        // Keep-alives start with READY=1 (sent before the phase leaves `starting`).
+        if sh.phase() == Phase::Starting {
+            return;
+        }
         let half = interval / 2;
         let fresh = sh.reactor_heartbeat_age(now) < half.max(Duration::from_millis(500));
         if fresh

@@ -350,6 +350,9 @@ pub fn execute(shared: &Arc<Shared>, run: &Arc<Run>, ctx: &JobCtx) -> Outcome {
         Err(e) => ("", Some(e.message.clone())),
     };
     runs::finish(shared, run, status, text, error.clone());
+    if status == Status::Ok && run.request.deliver && !text.is_empty() {
+        deliver(shared, run, text);
+    }
     // The lifecycle ends before the terminal chat event, which is what clients wait for.
     let end = json!({"stream": "lifecycle", "ts": clock::wall_ms(), "data": {"phase": "end", "status": status.as_str()}});
     runs::emit(shared, run, "agent", end);
@@ -364,6 +367,60 @@ pub fn execute(shared: &Arc<Shared>, run: &Arc<Run>, ctx: &JobCtx) -> Outcome {
     match outcome {
         Ok(_) => Ok(run.result().into()),
         Err(e) => Err(e),
+    }
+}
+
+/// Queues the reply for the requester's origin — the channel, address, account and thread
+/// the request came from, inherited by sub-agents through any depth — or, only when the
+/// origin has no channel, the agent's first bound channel.
+fn deliver(shared: &Shared, run: &Run, text: &str) {
+    let req = &run.request;
+    let route = match (&req.origin.channel, &req.origin.to) {
+        (Some(channel), Some(to)) => crate::delivery::queue::Route {
+            account_id: req.origin.account_id.clone(),
+            thread_id: req.origin.thread_id.clone(),
+            ..crate::delivery::queue::Route::new(channel.clone(), to.clone())
+        },
+        (Some(channel), None) => {
+            log::warn!(
+                "run {}: origin channel {channel} has no address; the reply is not delivered",
+                run.id
+            );
+            return;
+        }
+        (None, _) => {
+            let cfg = shared.config();
+            match cfg
+                .agents
+                .agent(&req.agent_id)
+                .and_then(|a| a.bindings.first())
+            {
+                Some((channel, to)) => {
+                    crate::delivery::queue::Route::new(channel.clone(), to.clone())
+                }
+                None => {
+                    log::info!(
+                        "run {}: no origin channel and no bound channel; the reply stays in the session",
+                        run.id
+                    );
+                    return;
+                }
+            }
+        }
+    };
+    let extra = json!({"runId": run.id, "sessionKey": req.session_key, "parentRunId": req.parent});
+    match shared
+        .delivery
+        .enqueue(shared, route, text, &format!("run:{}", run.id), extra)
+    {
+        Ok(e) => log::info!(
+            "run {}: reply queued for {}:{} ({})",
+            run.id,
+            e.route.channel,
+            e.route.to,
+            e.id
+        ),
+        Err(e) => log::warn!("run {}: cannot deliver the reply: {}", run.id, e.message),
     }
 }
 

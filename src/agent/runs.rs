@@ -65,6 +65,9 @@ pub struct Request {
     pub origin: Origin,
     pub parent: Option<String>,
     pub depth: u32,
+    /// Deliver the final reply to the origin (or the agent's bound channel). Sub-agents
+    /// always do: their completion goes back to whoever asked for the parent run.
+    pub deliver: bool,
 }
 
 impl Request {
@@ -78,6 +81,7 @@ impl Request {
             origin,
             parent: None,
             depth: 0,
+            deliver: false,
         }
     }
 }
@@ -426,7 +430,8 @@ pub fn agent(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, 
     let cfg = shared.config();
     let agent_id = str_param(p, "agentId")?.unwrap_or_else(|| cfg.agents.default_agent_id());
     let key = str_param(p, "sessionKey")?.unwrap_or_else(|| format!("agent:{agent_id}:main"));
-    let request = Request::top(message, key, &agent_id, origin_of(p)?);
+    let mut request = Request::top(message, key, &agent_id, origin_of(p)?);
+    request.deliver = p.get("deliver").and_then(Value::as_bool).unwrap_or(false);
     let reply = match caller {
         Caller::Ws {
             conn,
@@ -549,7 +554,8 @@ pub fn hook(shared: &Arc<Shared>, route: &str, p: &Value) -> Result<Value, RpcEr
         }
     };
     let idem = str_param(p, "idempotencyKey")?.unwrap_or_else(|| clock::Rng::from_os().uuid());
-    let request = Request::top(message, key, &agent_id, origin_of(p)?);
+    let mut request = Request::top(message, key, &agent_id, origin_of(p)?);
+    request.deliver = p.get("deliver").and_then(Value::as_bool).unwrap_or(true);
     let (run, _) = start(shared, &idem, request, ReplyTo::Internal, None)?;
     Ok(json!({"runId": run.id}))
 }

@@ -89,6 +89,9 @@ pub struct AgentEntry {
     pub default: bool,
     pub model: Option<ModelChain>,
     pub system: Option<String>,
+    /// Channels the agent is bound to, as (channel, to): where its replies go when the request
+    /// that caused them came with no channel of its own (a fallback only).
+    pub bindings: Vec<(String, String)>,
 }
 
 /// An operator-defined command tool (`tools.commands[]`).
@@ -441,6 +444,20 @@ pub fn parse(root: &Map<String, Value>) -> (AgentSettings, Vec<Issue>) {
                             .get("systemPrompt")
                             .and_then(Value::as_str)
                             .map(String::from),
+                        bindings: a
+                            .get("bindings")
+                            .and_then(Value::as_array)
+                            .map(|bs| {
+                                bs.iter()
+                                    .filter_map(|b| {
+                                        Some((
+                                            b.get("channel")?.as_str()?.to_string(),
+                                            b.get("to")?.as_str()?.to_string(),
+                                        ))
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
                     });
                 }
             }

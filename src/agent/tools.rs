@@ -111,6 +111,7 @@ fn spawn(shared: &Arc<Shared>, parent: &Run, call: &ToolCall) -> Result<String, 
         origin: parent.request.origin.clone(),
         parent: Some(parent.id.clone()),
         depth: parent.request.depth + 1,
+        deliver: true,
     };
     let idem = format!("{}:spawn:{}", parent.id, call.id);
     let (child, _) = runs::start(shared, &idem, request, ReplyTo::Internal, None)

@@ -9,3 +9,4 @@
 
 pub mod channels;
 pub mod queue;
+pub mod service;

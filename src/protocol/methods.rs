@@ -115,6 +115,26 @@ const METHODS: &[Method] = &[
         hidden: false,
     },
     Method {
+        name: "send",
+        handler: Handler::Job(send),
+        hidden: false,
+    },
+    Method {
+        name: "delivery.list",
+        handler: Handler::Job(delivery_list),
+        hidden: false,
+    },
+    Method {
+        name: "delivery.retry",
+        handler: Handler::Job(delivery_retry),
+        hidden: false,
+    },
+    Method {
+        name: "delivery.drop",
+        handler: Handler::Job(delivery_drop),
+        hidden: false,
+    },
+    Method {
         name: "keel.test.busy",
         handler: Handler::Job(test_busy),
         hidden: true,
@@ -153,6 +173,45 @@ pub fn call(
             Call::Job(spec, work)
         }
     })
+}
+
+/// A delivery method: an io job (it writes the queue on disk).
+fn delivery_job(
+    shared: &Arc<Shared>,
+    method: &'static str,
+    params: &Value,
+) -> Result<(JobSpec, Work), RpcError> {
+    let sh = shared.clone();
+    let params = params.clone();
+    Ok((
+        JobSpec {
+            kind: method.into(),
+            pool: PoolKind::Io,
+            lane: Lane::Interactive,
+            timeout: Duration::from_secs(10),
+            stall_limit: None,
+        },
+        Box::new(move |ctx: &JobCtx| {
+            ctx.check()?;
+            crate::delivery::service::call(&sh, method, &params).map(Into::into)
+        }),
+    ))
+}
+
+fn send(shared: &Arc<Shared>, params: &Value) -> Result<(JobSpec, Work), RpcError> {
+    delivery_job(shared, "send", params)
+}
+
+fn delivery_list(shared: &Arc<Shared>, params: &Value) -> Result<(JobSpec, Work), RpcError> {
+    delivery_job(shared, "delivery.list", params)
+}
+
+fn delivery_retry(shared: &Arc<Shared>, params: &Value) -> Result<(JobSpec, Work), RpcError> {
+    delivery_job(shared, "delivery.retry", params)
+}
+
+fn delivery_drop(shared: &Arc<Shared>, params: &Value) -> Result<(JobSpec, Work), RpcError> {
+    delivery_job(shared, "delivery.drop", params)
 }
 
 fn agent_wait(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Call, RpcError> {

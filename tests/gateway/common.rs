@@ -174,6 +174,9 @@ impl Gateway {
         g.token = std::fs::read_to_string(g.state().join("gateway.token"))
             .map(|t| t.trim().to_string())
             .unwrap_or_default();
+        // The delivery queue opens on a worker at boot; its log line says it is there.
+        g.wait_log("delivery queue", BOUND)
+            .unwrap_or_else(|| panic!("no delivery queue line:\n{}", g.log_text()));
         if opts.state_from.is_none() {
             // Boot work (loading the usage index) is over before a test counts jobs.
             g.wait_log("usage index up to date", BOUND)

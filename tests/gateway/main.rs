@@ -2,6 +2,7 @@
 
 mod common;
 mod config;
+mod delivery;
 mod fake_provider;
 mod http;
 mod lifecycle;

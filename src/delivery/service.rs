@@ -1,0 +1,447 @@
+//! The delivery service: the durable queue opened at boot (on a worker), enqueueing with
+//! route validation, and dispatch — the watchdog notices due entries and queues one dispatch
+//! job at a time on the io pool, which marks each entry `sending` (on disk) before calling its
+//! channel and records the outcome after. A drain stops starting new sends; an entry in flight
+//! at the hard deadline stays `sending` on disk and is `unknown_after_send` at the next boot.
+
+use super::channels::{self, ChannelConfig};
+use super::queue::{Entry, ErrorClass, Queue, RetryPolicy, Route, State};
+use crate::clock::{self, Rng};
+use crate::error::{Code, RpcError};
+use crate::jobs::{JobCtx, JobSpec, Lane, PoolKind, ReplyTo, Work};
+use crate::metrics::Counter;
+use crate::net::Limits;
+use crate::runtime::{Phase, Shared};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Entries sent by one dispatch job before it yields its worker.
+const BATCH: usize = 32;
+/// One send's time limits.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+const SEND_STALL: Duration = Duration::from_secs(15);
+
+/// Configured channels, compared by what they are (for config reloads).
+#[derive(Clone, Default, Debug)]
+pub struct Channels(pub BTreeMap<String, ChannelConfig>);
+
+impl PartialEq for Channels {
+    fn eq(&self, other: &Channels) -> bool {
+        self.0.len() == other.0.len()
+            && self.0.iter().zip(&other.0).all(|((a, x), (b, y))| {
+                a == b && x.base_url == y.base_url && x.credentials == y.credentials
+            })
+    }
+}
+
+#[derive(Default)]
+pub struct DeliveryStats {
+    pub sent: Counter,
+    pub failed_transient: Counter,
+    pub dead_letters: Counter,
+    pub refused: Counter,
+}
+
+#[derive(Default)]
+pub struct Delivery {
+    queue: Mutex<Option<Queue>>,
+    dispatching: AtomicBool,
+    policy: RetryPolicy,
+    pub stats: DeliveryStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn internal(e: impl std::fmt::Display) -> RpcError {
+    RpcError::new(Code::Internal, e.to_string())
+}
+
+impl Delivery {
+    /// Boot: open (and recover) the queue on a worker.
+    pub fn start(shared: &Arc<Shared>) {
+        let sh = shared.clone();
+        let work: Work = Box::new(move |_ctx: &JobCtx| {
+            let dir = sh.state_dir.join("delivery");
+            match Queue::open(&dir) {
+                Ok(q) => {
+                    let r = q.recovery();
+                    log::info!(
+                        "delivery queue {}: {} pending resumed, {} unknown after send{}, {} corrupt, {} temp files removed",
+                        dir.display(),
+                        r.resumed,
+                        r.unknown_after_send.len(),
+                        if r.unknown_after_send.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", r.unknown_after_send.join(", "))
+                        },
+                        r.corrupt.len(),
+                        r.temp_removed
+                    );
+                    *lock(&sh.delivery.queue) = Some(q);
+                }
+                Err(e) => log::error!(
+                    "delivery queue {}: cannot open: {e}; sends are refused",
+                    dir.display()
+                ),
+            }
+            Ok(Value::Null.into())
+        });
+        let spec = JobSpec {
+            kind: "delivery.open".into(),
+            pool: PoolKind::Io,
+            lane: Lane::Control,
+            timeout: Duration::from_secs(60),
+            stall_limit: None,
+        };
+        if let Err(e) = shared.submit(spec, ReplyTo::Internal, work) {
+            log::error!("delivery: cannot schedule opening the queue: {e}");
+        }
+    }
+
+    fn queue(&self) -> Result<MutexGuard<'_, Option<Queue>>, RpcError> {
+        let q = lock(&self.queue);
+        if q.is_none() {
+            return Err(RpcError::unavailable(
+                "the delivery queue is not open (starting, or it failed to open: see the log)",
+                1000,
+            ));
+        }
+        Ok(q)
+    }
+
+    /// Validates the route against its channel and queues the message durably.
+    pub fn enqueue(
+        &self,
+        shared: &Shared,
+        route: Route,
+        text: &str,
+        idempotency_key: &str,
+        extra: Value,
+    ) -> Result<Entry, RpcError> {
+        let cfg = shared.config();
+        if !cfg.channels.0.contains_key(&route.channel) {
+            self.stats.refused.inc();
+            return Err(RpcError::new(
+                Code::ConfigError,
+                format!(
+                    "delivery: channel {} is not configured (channels.{})",
+                    route.channel, route.channel
+                ),
+            ));
+        }
+        if let Err(e) = channels::validate_address(&route.channel, &route.to) {
+            self.stats.refused.inc();
+            return Err(RpcError::invalid(e));
+        }
+        let mut payload = json!({"text": text});
+        if let (Value::Object(p), Value::Object(x)) = (&mut payload, extra) {
+            p.extend(x);
+        }
+        let mut q = self.queue()?;
+        let q = q.as_mut().ok_or_else(|| internal("queue vanished"))?;
+        q.enqueue(route, payload, idempotency_key, clock::wall_ms())
+            .map_err(|e| RpcError {
+                retryable: Some(true),
+                retry_after_ms: Some(5000),
+                ..RpcError::new(Code::Unavailable, e.to_string())
+            })
+    }
+
+    pub fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<Entry>, RpcError> {
+        let q = self.queue()?;
+        Ok(q.as_ref().map(|q| q.list(state, limit)).unwrap_or_default())
+    }
+
+    pub fn retry(&self, id: &str) -> Result<Entry, RpcError> {
+        let mut q = self.queue()?;
+        q.as_mut()
+            .ok_or_else(|| internal("queue vanished"))?
+            .retry(id, clock::wall_ms())
+            .map_err(|e| RpcError::new(Code::NotFound, e.to_string()))
+    }
+
+    pub fn drop_entry(&self, id: &str) -> Result<Entry, RpcError> {
+        let mut q = self.queue()?;
+        q.as_mut()
+            .ok_or_else(|| internal("queue vanished"))?
+            .drop_entry(id)
+            .map_err(|e| RpcError::new(Code::NotFound, e.to_string()))
+    }
+
+    /// Entries by state (empty until the queue is open).
+    pub fn counts(&self) -> BTreeMap<State, usize> {
+        lock(&self.queue)
+            .as_ref()
+            .map(Queue::counts)
+            .unwrap_or_default()
+    }
+
+    /// Called by the watchdog every tick: queues a dispatch job when something is due.
+    pub fn tick(shared: &Arc<Shared>) {
+        let svc = &shared.delivery;
+        if shared.phase() != Phase::Serving || svc.dispatching.load(Ordering::Acquire) {
+            return;
+        }
+        let due = lock(&svc.queue)
+            .as_ref()
+            .is_some_and(|q| !q.due(clock::wall_ms(), 1).is_empty());
+        if !due || svc.dispatching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let sh = shared.clone();
+        let work: Work = Box::new(move |ctx: &JobCtx| {
+            let r = dispatch(&sh, ctx);
+            sh.delivery.dispatching.store(false, Ordering::Release);
+            r
+        });
+        let spec = JobSpec {
+            kind: "delivery.dispatch".into(),
+            pool: PoolKind::Io,
+            lane: Lane::Interactive,
+            timeout: SEND_TIMEOUT * BATCH as u32,
+            stall_limit: Some(SEND_TIMEOUT + Duration::from_secs(5)),
+        };
+        if shared.submit(spec, ReplyTo::Internal, work).is_err() {
+            svc.dispatching.store(false, Ordering::Release);
+        }
+    }
+
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP keel_delivery_queue Outbound messages, by state."
+        );
+        let _ = writeln!(out, "# TYPE keel_delivery_queue gauge");
+        let counts = self.counts();
+        for s in State::ALL {
+            let _ = writeln!(
+                out,
+                "keel_delivery_queue{{state=\"{}\"}} {}",
+                s.as_str(),
+                counts.get(&s).copied().unwrap_or(0)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP keel_delivery_attempts_total Send attempts, by result."
+        );
+        let _ = writeln!(out, "# TYPE keel_delivery_attempts_total counter");
+        for (r, c) in [
+            ("sent", &self.stats.sent),
+            ("transient", &self.stats.failed_transient),
+            ("dead_letter", &self.stats.dead_letters),
+        ] {
+            let _ = writeln!(
+                out,
+                "keel_delivery_attempts_total{{result=\"{r}\"}} {}",
+                c.get()
+            );
+        }
+        crate::metrics::family(
+            out,
+            "keel_delivery_refused_total",
+            "counter",
+            "Messages refused at enqueue (channel or address).",
+            self.stats.refused.get(),
+        );
+    }
+
+    pub fn status_json(&self) -> Value {
+        let counts: serde_json::Map<String, Value> = self
+            .counts()
+            .into_iter()
+            .map(|(s, n)| (s.as_str().to_string(), json!(n)))
+            .collect();
+        let unknown: Vec<String> = lock(&self.queue)
+            .as_ref()
+            .map(|q| {
+                q.list(Some(State::UnknownAfterSend), 100)
+                    .into_iter()
+                    .map(|e| e.id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        json!({"queue": counts, "unknownAfterSend": unknown, "sent": self.stats.sent.get(), "deadLetters": self.stats.dead_letters.get()})
+    }
+}
+
+fn param(p: &Value, key: &str) -> Result<Option<String>, RpcError> {
+    match p.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) if matches!(key, "to" | "threadId" | "accountId") => {
+            Ok(Some(n.to_string()))
+        }
+        Some(_) => Err(RpcError::invalid(format!(
+            "invalid params: {key} must be a string"
+        ))),
+    }
+}
+
+fn required(p: &Value, key: &str) -> Result<String, RpcError> {
+    param(p, key)?.ok_or_else(|| RpcError::invalid(format!("invalid params: {key} is required")))
+}
+
+fn entry_json(e: &Entry) -> Value {
+    serde_json::to_value(e).unwrap_or(Value::Null)
+}
+
+/// The delivery methods: `send`, `delivery.list`, `delivery.retry`, `delivery.drop` (jobs:
+/// they write to the disk).
+pub fn call(shared: &Shared, method: &str, p: &Value) -> Result<Value, RpcError> {
+    let svc = &shared.delivery;
+    match method {
+        "send" => {
+            let route = Route {
+                account_id: param(p, "accountId")?,
+                thread_id: param(p, "threadId")?,
+                ..Route::new(required(p, "channel")?, required(p, "to")?)
+            };
+            let message = required(p, "message")?;
+            let key = required(p, "idempotencyKey")?;
+            let e = svc.enqueue(shared, route, &message, &key, json!({}))?;
+            Ok(
+                json!({"messageId": e.id, "id": e.id, "status": e.state.as_str(), "channel": e.route.channel, "to": e.route.to}),
+            )
+        }
+        "delivery.list" => {
+            let state = match param(p, "state")? {
+                None => None,
+                Some(s) => Some(State::parse(&s).ok_or_else(|| {
+                    RpcError::invalid(format!("invalid params: unknown state {s:?}"))
+                })?),
+            };
+            let limit = p
+                .get("limit")
+                .and_then(Value::as_u64)
+                .unwrap_or(100)
+                .min(10_000) as usize;
+            let entries: Vec<Value> = svc.list(state, limit)?.iter().map(entry_json).collect();
+            let counts: serde_json::Map<String, Value> = svc
+                .counts()
+                .into_iter()
+                .map(|(s, n)| (s.as_str().to_string(), json!(n)))
+                .collect();
+            Ok(json!({"entries": entries, "counts": counts}))
+        }
+        "delivery.retry" => Ok(entry_json(&svc.retry(&required(p, "id")?)?)),
+        "delivery.drop" => Ok(entry_json(&svc.drop_entry(&required(p, "id")?)?)),
+        other => Err(RpcError::unknown_method(other)),
+    }
+}
+
+/// Sends what is due, one entry at a time, until the batch, the drain or the token ends it.
+fn dispatch(shared: &Arc<Shared>, ctx: &JobCtx) -> crate::protocol::Outcome {
+    let svc = &shared.delivery;
+    let mut rng = Rng::from_os();
+    let due = lock(&svc.queue)
+        .as_ref()
+        .map(|q| q.due(clock::wall_ms(), BATCH))
+        .unwrap_or_default();
+    for entry in due {
+        if ctx.token().is_cancelled() || shared.phase() != Phase::Serving {
+            break;
+        }
+        let cfg = shared.config();
+        let Some(channel) = cfg.channels.0.get(&entry.route.channel).cloned() else {
+            record(
+                shared,
+                &entry.id,
+                Err(channels::SendError {
+                    class: ErrorClass::Permanent,
+                    message: format!("channel {} is not configured", entry.route.channel),
+                    retry_after: None,
+                }),
+                &mut rng,
+            );
+            continue;
+        };
+        // On disk as `sending` before the channel is called.
+        let begun = lock(&svc.queue)
+            .as_mut()
+            .map(|q| q.begin_send(&entry.id, clock::wall_ms()));
+        match begun {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                log::warn!("delivery {}: cannot start: {e}", entry.id);
+                continue;
+            }
+            None => break,
+        }
+        let text = entry
+            .payload
+            .get("text")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let limits = Limits {
+            connect_timeout: Duration::from_secs(10),
+            deadline: (Instant::now() + SEND_TIMEOUT).min(ctx.deadline()),
+            stall: SEND_STALL,
+        };
+        let result = channels::send(
+            &channel,
+            &entry.route,
+            text,
+            &entry.idempotency_key,
+            &limits,
+            ctx.token(),
+        );
+        record(shared, &entry.id, result.map(|_| ()), &mut rng);
+    }
+    Ok(Value::Null.into())
+}
+
+fn record(shared: &Shared, id: &str, result: Result<(), channels::SendError>, rng: &mut Rng) {
+    let svc = &shared.delivery;
+    let mut q = lock(&svc.queue);
+    let Some(q) = q.as_mut() else { return };
+    let now = clock::wall_ms();
+    match result {
+        Ok(()) => {
+            svc.stats.sent.inc();
+            if let Err(e) = q.sent(id, now) {
+                log::warn!("delivery {id}: sent, but cannot record it: {e}");
+            }
+        }
+        Err(e) => match q.failed(
+            id,
+            &e.message,
+            e.class,
+            e.retry_after,
+            now,
+            &svc.policy,
+            rng,
+        ) {
+            Ok(entry) if entry.state == State::Failed => {
+                svc.stats.dead_letters.inc();
+                log::warn!(
+                    "delivery {id} to {}:{} is a dead letter: {}",
+                    entry.route.channel,
+                    entry.route.to,
+                    entry.last_error.unwrap_or_default()
+                );
+            }
+            Ok(entry) => {
+                svc.stats.failed_transient.inc();
+                log::info!(
+                    "delivery {id}: {} (attempt {}, retry in {} s)",
+                    e.message,
+                    entry.attempts,
+                    entry.next_attempt_ms.saturating_sub(now) / 1000
+                );
+            }
+            Err(err) => log::warn!(
+                "delivery {id}: cannot record the failure ({}): {err}",
+                e.message
+            ),
+        },
+    }
+}

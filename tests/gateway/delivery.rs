@@ -1,0 +1,256 @@
+//! Delivery: the durable queue, routing from the requester's origin, channel errors.
+
+use crate::common::*;
+use crate::fake_provider::{Behavior, FakeProvider};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the fake answers next: status, body, Retry-After.
+type Scripted = (u16, String, Option<u64>);
+
+/// A chat channel's API on loopback: records each request, answers from a script
+/// (then 200 with `ok_body`).
+struct FakeChannel {
+    port: u16,
+    got: Arc<Mutex<Vec<(String, Value)>>>,
+    script: Arc<Mutex<Vec<Scripted>>>,
+}
+
+impl FakeChannel {
+    fn start(ok_body: &'static str) -> FakeChannel {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let script: Arc<Mutex<Vec<Scripted>>> = Arc::new(Mutex::new(Vec::new()));
+        let (g, sc) = (got.clone(), script.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { return };
+                s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = r.read_exact(&mut body);
+                g.lock()
+                    .unwrap()
+                    .push((path, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                let (status, text, retry) = {
+                    let mut q = sc.lock().unwrap();
+                    if q.is_empty() {
+                        (200, ok_body.to_string(), None)
+                    } else {
+                        q.remove(0)
+                    }
+                };
+                let retry = retry
+                    .map(|r| format!("Retry-After: {r}\r\n"))
+                    .unwrap_or_default();
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{retry}Content-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            }
+        });
+        FakeChannel { port, got, script }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn received(&self) -> Vec<(String, Value)> {
+        self.got.lock().unwrap().clone()
+    }
+
+    fn push(&self, status: u16, body: &str, retry_after: Option<u64>) {
+        self.script
+            .lock()
+            .unwrap()
+            .push((status, body.to_string(), retry_after));
+    }
+}
+
+const WX_OK: &str = r#"{"ok":true}"#;
+const FEISHU_OK: &str = r#"{"code":0,"msg":"success","data":{"message_id":"om_1"}}"#;
+
+fn channels(wx: &FakeChannel, fs: &FakeChannel) -> Value {
+    json!({
+        "openclaw-weixin": {"baseUrl": wx.url(), "token": "wx-token"},
+        "feishu": {"baseUrl": fs.url(), "tenantAccessToken": "t-feishu"},
+    })
+}
+
+fn stream(text: &str) -> Behavior {
+    Behavior::Stream {
+        text: vec![text.to_string()],
+        tool_call: None,
+        usage: (1, 1),
+        delay_between: Duration::ZERO,
+    }
+}
+
+fn spawn_call(agent: &str, task: &str) -> Behavior {
+    Behavior::Stream {
+        text: vec![],
+        tool_call: Some((
+            "sessions_spawn".into(),
+            json!({"task": task, "agentId": agent}),
+        )),
+        usage: (1, 1),
+        delay_between: Duration::ZERO,
+    }
+}
+
+#[test]
+fn sub_agent_completions_go_to_the_requesters_channel_not_the_agents_first_binding() {
+    // The field case: an agent bound to [feishu, openclaw-weixin], a request from WeChat, a
+    // sub-agent and a sub-sub-agent completing.
+    let (wx, fs) = (FakeChannel::start(WX_OK), FakeChannel::start(FEISHU_OK));
+    let (main, sub, subsub) = (
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+    );
+    main.push(spawn_call("sub", "look into it"));
+    main.push(stream("parent done"));
+    sub.push(spawn_call("subsub", "dig deeper"));
+    sub.push(stream("child done"));
+    subsub.push(stream("grandchild done"));
+    let provider = |p: &FakeProvider| json!({"baseUrl": p.base_url(), "api": "openai-completions", "models": [{"id": "m"}]});
+    let cfg = json!({
+        "models": {"providers": {"main": provider(&main), "sub": provider(&sub), "subsub": provider(&subsub)}},
+        "agents": {"list": [
+            {"id": "main", "default": true, "model": "main/m",
+             "bindings": [{"channel": "feishu", "to": "oc_abcdefghij12"}, {"channel": "openclaw-weixin", "to": "bound@im.wechat"}]},
+            {"id": "sub", "model": "sub/m"},
+            {"id": "subsub", "model": "subsub/m"},
+        ]},
+        "channels": channels(&wx, &fs),
+    });
+    let g = Gateway::start(Opts::default().config(cfg));
+    let mut ws = g.ws();
+    let id = ws.send_req("agent", json!({"message": "research", "idempotencyKey": "field", "channel": "openclaw-weixin", "to": "wxid_42@im.wechat"}));
+    ws.res(&id);
+    let done = ws.res(&id);
+    assert_eq!(done["payload"]["status"], "ok", "{done}");
+    let got = eventually(BOUND, || {
+        let r = wx.received();
+        (r.len() >= 2).then_some(r)
+    });
+    let texts: Vec<&str> = got.iter().filter_map(|(_, b)| b["text"].as_str()).collect();
+    assert!(
+        texts.contains(&"child done") && texts.contains(&"grandchild done"),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .all(|(path, b)| path == "/send" && b["to"] == "wxid_42@im.wechat"),
+        "{got:?}"
+    );
+    assert!(fs.received().is_empty(), "feishu got {:?}", fs.received());
+    let list = g.rpc("delivery.list", json!({})).json()["payload"].clone();
+    assert_eq!(list["counts"]["failed"], 0, "{list}");
+}
+
+#[test]
+fn send_validates_the_address_and_delivers_durably() {
+    let (wx, fs) = (FakeChannel::start(WX_OK), FakeChannel::start(FEISHU_OK));
+    let g = Gateway::start(Opts::default().config(json!({"channels": channels(&wx, &fs)})));
+    let r = g.rpc(
+        "send",
+        json!({"channel": "feishu", "to": "o9x@im.wechat", "message": "hi", "idempotencyKey": "a"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("feishu") && msg.contains("o9x@im.wechat"),
+        "{msg}"
+    );
+    let r = g.rpc(
+        "send",
+        json!({"channel": "telegram", "to": "42", "message": "hi", "idempotencyKey": "b"}),
+    );
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not configured"),
+        "{}",
+        r.text()
+    );
+    let r = g.rpc("send", json!({"channel": "feishu", "to": "ou_abcdefghij12", "message": "hello", "idempotencyKey": "c"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = eventually(BOUND, || {
+        let r = fs.received();
+        (!r.is_empty()).then_some(r)
+    });
+    assert!(
+        got[0]
+            .0
+            .starts_with("/open-apis/im/v1/messages?receive_id_type=open_id"),
+        "{got:?}"
+    );
+    assert_eq!(got[0].1["uuid"], "c", "the idempotency key goes to Feishu");
+    assert!(wx.received().is_empty());
+}
+
+#[test]
+fn a_permanent_error_is_a_dead_letter_at_once_and_can_be_retried_by_hand() {
+    let (wx, fs) = (FakeChannel::start(WX_OK), FakeChannel::start(FEISHU_OK));
+    fs.push(200, r#"{"code":99992360,"msg":"Invalid ids"}"#, None);
+    let g = Gateway::start(Opts::default().config(json!({"channels": channels(&wx, &fs)})));
+    g.rpc("send", json!({"channel": "feishu", "to": "ou_abcdefghij12", "message": "x", "idempotencyKey": "p"}));
+    let dead = eventually(BOUND, || {
+        let l = g.rpc("delivery.list", json!({"state": "failed"})).json()["payload"].clone();
+        (l["entries"].as_array().unwrap().len() == 1).then_some(l)
+    });
+    let e = &dead["entries"][0];
+    assert_eq!(e["attempts"], 1, "no retries for a permanent error");
+    assert!(e["lastError"].as_str().unwrap().contains("99992360"), "{e}");
+    assert_eq!(fs.received().len(), 1);
+    // By hand: retried, and this time it goes through.
+    let id = e["id"].as_str().unwrap();
+    assert_eq!(g.rpc("delivery.retry", json!({"id": id})).status, 200);
+    eventually(BOUND, || (fs.received().len() == 2).then_some(()));
+    let m = g.get_auth("/metrics").text();
+    assert_eq!(
+        metric(&m, "keel_delivery_attempts_total{result=\"dead_letter\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn a_rate_limit_is_retried_after_its_retry_after() {
+    let (wx, fs) = (FakeChannel::start(WX_OK), FakeChannel::start(FEISHU_OK));
+    wx.push(429, r#"{"error":"slow down"}"#, Some(1));
+    let g = Gateway::start(Opts::default().config(json!({"channels": channels(&wx, &fs)})));
+    g.rpc("send", json!({"channel": "openclaw-weixin", "to": "a@im.wechat", "message": "x", "idempotencyKey": "r"}));
+    eventually(BOUND, || (wx.received().len() == 2).then_some(()));
+    let l = g.rpc("delivery.list", json!({})).json()["payload"].clone();
+    assert_eq!(l["counts"]["pending"], 0, "{l}");
+    assert_eq!(
+        metric(
+            &g.get_auth("/metrics").text(),
+            "keel_delivery_attempts_total{result=\"sent\"}"
+        ),
+        Some(1.0)
+    );
+}
