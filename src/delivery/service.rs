@@ -68,7 +68,13 @@ impl Delivery {
         let work: Work = Box::new(move |_ctx: &JobCtx| {
             let dir = sh.state_dir.join("delivery");
             match Queue::open(&dir) {
-                Ok(q) => {
+                Ok(mut q) => {
+                    // Test hook: every write fails as on a full disk.
+                    if sh.test_hooks
+                        && std::env::var("KEEL_TEST_DELIVERY_FULL_DISK").as_deref() == Ok("1")
+                    {
+                        q.set_fail_writes(true);
+                    }
                     let r = q.recovery();
                     log::info!(
                         "delivery queue {}: {} pending resumed, {} unknown after send{}, {} corrupt, {} temp files removed",
