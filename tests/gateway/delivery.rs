@@ -407,4 +407,15 @@ fn sigkill_at_random_moments_loses_nothing() {
         unknown.len()
     );
     assert_eq!(dead, 0);
+    // No half-written entry was ever found (they would have been moved aside as corrupt).
+    let corrupt: Vec<_> = files(&g.state().join("delivery"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".corrupt"))
+        .collect();
+    assert!(corrupt.is_empty(), "{corrupt:?}");
+    assert!(
+        !g.log_text().contains(" 1 corrupt") && g.log_text().contains("0 corrupt"),
+        "{}",
+        g.log_text()
+    );
 }
