@@ -390,7 +390,7 @@ impl Validator {
             root,
             "",
             &[
-                "gateway", "hooks", "models", "agents", "tools", "meta", "logging",
+                "gateway", "hooks", "models", "agents", "tools", "meta", "logging", "channels",
             ],
             OPENCLAW_UNSUPPORTED,
         );
@@ -938,6 +938,21 @@ mod tests {
                 .iter()
                 .any(|w| w.starts_with("plugins: OpenClaw setting not supported"))
         );
+    }
+
+    #[test]
+    fn channels_is_a_known_root_key() {
+        let v = parse(
+            r#"{"channels":{"webhook":{"url":"http://127.0.0.1:9/hook","secret":"s"}}}"#,
+            None,
+        );
+        assert!(
+            v.problems.is_empty() && v.warnings.is_empty(),
+            "{:?} {:?}",
+            v.problems,
+            v.warnings
+        );
+        assert!(v.config.channels.0.contains_key("webhook"));
     }
 
     #[test]
