@@ -494,10 +494,25 @@ impl Queue {
 
     /// Pending entries due by `now_ms`, the longest-waiting first, at most `limit`.
     pub fn due(&self, now_ms: u64, limit: usize) -> Vec<Entry> {
+        self.due_on(None, now_ms, limit)
+    }
+
+    /// Channels with at least one entry due by `now_ms`.
+    pub fn due_channels(&self, now_ms: u64) -> std::collections::BTreeSet<String> {
+        self.entries
+            .values()
+            .filter(|e| e.state == State::Pending && e.next_attempt_ms <= now_ms)
+            .map(|e| e.route.channel.clone())
+            .collect()
+    }
+
+    /// As [`Queue::due`], only of one channel when `channel` is given.
+    pub fn due_on(&self, channel: Option<&str>, now_ms: u64, limit: usize) -> Vec<Entry> {
         let mut due: Vec<&Entry> = self
             .entries
             .values()
             .filter(|e| e.state == State::Pending && e.next_attempt_ms <= now_ms)
+            .filter(|e| channel.is_none_or(|c| e.route.channel == c))
             .collect();
         due.sort_by(|a, b| {
             (a.next_attempt_ms, a.created_ms, &a.id).cmp(&(b.next_attempt_ms, b.created_ms, &b.id))
@@ -516,10 +531,27 @@ impl Queue {
         })
     }
 
-    /// sending → sent, on disk; then the file is removed (or moved to `archive/` with
-    /// `keep_sent`). A failure of that last step is only logged: the entry is recorded as sent,
-    /// and the next open finishes the removal.
+    /// sending → sent: the file is removed and the directory fsync'd. With `keep_sent`, or if
+    /// the removal fails, `sent` is written first and the file then moved to `archive/` or
+    /// removed; a failure of that last step is only logged: the entry is recorded as sent, and
+    /// the next open finishes the removal.
     pub fn sent(&mut self, id: &str, now_ms: u64) -> io::Result<Entry> {
+        if !self.keep_sent {
+            // The removal (with its directory fsync) is itself the durable record, which
+            // saves a write and an fsync per message; only if it fails is `sent` written.
+            let mut entry = self.entries.get(id).ok_or_else(|| not_found(id))?.clone();
+            expect_state(&entry, &[State::Sending])?;
+            let removed = match fs::remove_file(self.entry_path(id)) {
+                Ok(()) => sync_dir(&self.dir),
+                Err(e) => Err(e),
+            };
+            if removed.is_ok() {
+                self.entries.remove(id);
+                entry.state = State::Sent;
+                entry.updated_ms = now_ms;
+                return Ok(entry);
+            }
+        }
         let entry = self.update(id, |e| {
             expect_state(e, &[State::Sending])?;
             e.state = State::Sent;
@@ -1275,6 +1307,48 @@ mod tests {
         assert_eq!(q.list(Some(State::Sending), 10).len(), 1);
         assert_eq!(q.counts()[&State::Pending], 2);
         assert_eq!(q.counts()[&State::Sending], 1);
+    }
+
+    #[test]
+    fn due_by_channel() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut q = open(tmp.path());
+        let tg = enqueue(&mut q, "tg", T0);
+        let slack = q
+            .enqueue(
+                Route::new("slack", "C1"),
+                json!({ "text": "hi" }),
+                "sl",
+                T0 + 1,
+            )
+            .unwrap();
+        let ids = |v: Vec<Entry>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(q.due_on(Some("slack"), T0 + 5, 10)),
+            vec![slack.id.clone()]
+        );
+        assert_eq!(
+            ids(q.due_on(Some("telegram"), T0 + 5, 10)),
+            vec![tg.id.clone()]
+        );
+        assert_eq!(
+            ids(q.due_on(Some("discord"), T0 + 5, 10)),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            q.due_channels(T0 + 5).into_iter().collect::<Vec<_>>(),
+            vec!["slack".to_string(), "telegram".to_string()]
+        );
+        assert_eq!(
+            q.due_channels(T0).into_iter().collect::<Vec<_>>(),
+            vec!["telegram".to_string()],
+            "slack's entry is not due yet at T0"
+        );
+        q.begin_send(&tg.id, T0 + 5).unwrap();
+        assert_eq!(
+            q.due_channels(T0 + 5).into_iter().collect::<Vec<_>>(),
+            vec!["slack".to_string()]
+        );
     }
 
     #[test]
