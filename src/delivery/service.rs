@@ -1,8 +1,12 @@
 //! The delivery service: the durable queue opened at boot (on a worker), enqueueing with
-//! route validation, and dispatch — the watchdog notices due entries and queues one dispatch
-//! job at a time on the io pool, which marks each entry `sending` (on disk) before calling its
-//! channel and records the outcome after. A drain stops starting new sends; an entry in flight
-//! at the hard deadline stays `sending` on disk and is `unknown_after_send` at the next boot.
+//! route validation, and dispatch. Each channel with something due gets one dispatch job on
+//! the io pool at a time — started at once by an enqueue or a manual retry, and by the
+//! watchdog's tick for retries that come due — so a slow or hanging endpoint holds up only its
+//! own channel. The job sends that channel's entries oldest first, one at a time (so a
+//! recipient sees them in order), marking each `sending` on disk before calling the channel
+//! and recording the outcome after, until nothing of the channel is due or its time budget is
+//! spent. A drain stops starting new sends; an entry in flight at the hard deadline stays
+//! `sending` on disk and is `unknown_after_send` at the next boot.
 
 use super::channels::{self, ChannelConfig};
 use super::queue::{Entry, ErrorClass, Queue, RetryPolicy, Route, State};
@@ -13,13 +17,14 @@ use crate::metrics::Counter;
 use crate::net::Limits;
 use crate::runtime::{Phase, Shared};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-/// Entries sent by one dispatch job before it yields its worker.
+/// Entries taken from the queue at a time by a dispatch job.
 const BATCH: usize = 32;
+/// A dispatch job starts no new send after this long; the next tick continues its channel.
+const RUN_BUDGET: Duration = Duration::from_secs(10);
 /// One send's time limits.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const SEND_STALL: Duration = Duration::from_secs(15);
@@ -48,7 +53,10 @@ pub struct DeliveryStats {
 #[derive(Default)]
 pub struct Delivery {
     queue: Mutex<Option<Queue>>,
-    dispatching: AtomicBool,
+    /// Channels with a dispatch job queued or running.
+    dispatching: Mutex<BTreeSet<String>>,
+    /// The runtime, for starting dispatch from an enqueue (set at boot).
+    shared: OnceLock<Weak<Shared>>,
     policy: RetryPolicy,
     pub stats: DeliveryStats,
 }
@@ -64,6 +72,7 @@ fn internal(e: impl std::fmt::Display) -> RpcError {
 impl Delivery {
     /// Boot: open (and recover) the queue on a worker.
     pub fn start(shared: &Arc<Shared>) {
+        let _ = shared.delivery.shared.set(Arc::downgrade(shared));
         let sh = shared.clone();
         let work: Work = Box::new(move |_ctx: &JobCtx| {
             let dir = sh.state_dir.join("delivery");
@@ -149,14 +158,25 @@ impl Delivery {
         if let (Value::Object(p), Value::Object(x)) = (&mut payload, extra) {
             p.extend(x);
         }
-        let mut q = self.queue()?;
-        let q = q.as_mut().ok_or_else(|| internal("queue vanished"))?;
-        q.enqueue(route, payload, idempotency_key, clock::wall_ms())
-            .map_err(|e| RpcError {
-                retryable: Some(true),
-                retry_after_ms: Some(5000),
-                ..RpcError::new(Code::Unavailable, e.to_string())
-            })
+        let entry = {
+            let mut q = self.queue()?;
+            let q = q.as_mut().ok_or_else(|| internal("queue vanished"))?;
+            q.enqueue(route, payload, idempotency_key, clock::wall_ms())
+                .map_err(|e| RpcError {
+                    retryable: Some(true),
+                    retry_after_ms: Some(5000),
+                    ..RpcError::new(Code::Unavailable, e.to_string())
+                })?
+        };
+        self.kick();
+        Ok(entry)
+    }
+
+    /// Starts dispatch now rather than at the watchdog's next tick.
+    fn kick(&self) {
+        if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
+            Delivery::tick(&shared);
+        }
     }
 
     pub fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<Entry>, RpcError> {
@@ -165,11 +185,15 @@ impl Delivery {
     }
 
     pub fn retry(&self, id: &str) -> Result<Entry, RpcError> {
-        let mut q = self.queue()?;
-        q.as_mut()
-            .ok_or_else(|| internal("queue vanished"))?
-            .retry(id, clock::wall_ms())
-            .map_err(|e| RpcError::new(Code::NotFound, e.to_string()))
+        let entry = {
+            let mut q = self.queue()?;
+            q.as_mut()
+                .ok_or_else(|| internal("queue vanished"))?
+                .retry(id, clock::wall_ms())
+                .map_err(|e| RpcError::new(Code::NotFound, e.to_string()))?
+        };
+        self.kick();
+        Ok(entry)
     }
 
     pub fn drop_entry(&self, id: &str) -> Result<Entry, RpcError> {
@@ -188,33 +212,43 @@ impl Delivery {
             .unwrap_or_default()
     }
 
-    /// Called by the watchdog every tick: queues a dispatch job when something is due.
+    /// Queues a dispatch job for each channel that has something due and no job yet. Called
+    /// by the watchdog every tick, after an enqueue or retry, and by a job that made progress.
     pub fn tick(shared: &Arc<Shared>) {
         let svc = &shared.delivery;
-        if shared.phase() != Phase::Serving || svc.dispatching.load(Ordering::Acquire) {
+        if shared.phase() != Phase::Serving {
             return;
         }
-        let due = lock(&svc.queue)
-            .as_ref()
-            .is_some_and(|q| !q.due(clock::wall_ms(), 1).is_empty());
-        if !due || svc.dispatching.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let sh = shared.clone();
-        let work: Work = Box::new(move |ctx: &JobCtx| {
-            let r = dispatch(&sh, ctx);
-            sh.delivery.dispatching.store(false, Ordering::Release);
-            r
-        });
-        let spec = JobSpec {
-            kind: "delivery.dispatch".into(),
-            pool: PoolKind::Io,
-            lane: Lane::Interactive,
-            timeout: SEND_TIMEOUT * BATCH as u32,
-            stall_limit: Some(SEND_TIMEOUT + Duration::from_secs(5)),
+        let due = match lock(&svc.queue).as_ref() {
+            Some(q) => q.due_channels(clock::wall_ms()),
+            None => return,
         };
-        if shared.submit(spec, ReplyTo::Internal, work).is_err() {
-            svc.dispatching.store(false, Ordering::Release);
+        for channel in due {
+            if !lock(&svc.dispatching).insert(channel.clone()) {
+                continue;
+            }
+            let sh = shared.clone();
+            let ch = channel.clone();
+            let work: Work = Box::new(move |ctx: &JobCtx| {
+                let (r, progress) = dispatch(&sh, &ch, ctx);
+                lock(&sh.delivery.dispatching).remove(&ch);
+                // Something may have been enqueued while the job was finishing.
+                if progress {
+                    Delivery::tick(&sh);
+                }
+                r
+            });
+            let spec = JobSpec {
+                kind: "delivery.dispatch".into(),
+                pool: PoolKind::Io,
+                lane: Lane::Interactive,
+                timeout: RUN_BUDGET + SEND_TIMEOUT + Duration::from_secs(10),
+                stall_limit: Some(SEND_TIMEOUT + Duration::from_secs(5)),
+            };
+            if let Err(e) = shared.submit(spec, ReplyTo::Internal, work) {
+                log::debug!("delivery {channel}: dispatch not queued ({e}); next tick");
+                lock(&svc.dispatching).remove(&channel);
+            }
         }
     }
 
@@ -344,65 +378,89 @@ pub fn call(shared: &Shared, method: &str, p: &Value) -> Result<Value, RpcError>
     }
 }
 
-/// Sends what is due, one entry at a time, until the batch, the drain or the token ends it.
-fn dispatch(shared: &Arc<Shared>, ctx: &JobCtx) -> crate::protocol::Outcome {
+/// Sends what is due on one channel, one entry at a time, until nothing is due, the budget,
+/// the drain or the token ends it. Also says whether any entry left `pending` (a queue that
+/// cannot be written makes none, and must not be retried in a tight loop).
+fn dispatch(
+    shared: &Arc<Shared>,
+    channel_name: &str,
+    ctx: &JobCtx,
+) -> (crate::protocol::Outcome, bool) {
     let svc = &shared.delivery;
     let mut rng = Rng::from_os();
-    let due = lock(&svc.queue)
-        .as_ref()
-        .map(|q| q.due(clock::wall_ms(), BATCH))
-        .unwrap_or_default();
-    for entry in due {
-        if ctx.token().is_cancelled() || shared.phase() != Phase::Serving {
+    let started = Instant::now();
+    let mut progress = false;
+    'batches: loop {
+        let due = lock(&svc.queue)
+            .as_ref()
+            .map(|q| q.due_on(Some(channel_name), clock::wall_ms(), BATCH))
+            .unwrap_or_default();
+        if due.is_empty() {
             break;
         }
-        let cfg = shared.config();
-        let Some(channel) = cfg.channels.0.get(&entry.route.channel).cloned() else {
-            record(
-                shared,
-                &entry.id,
-                Err(channels::SendError {
-                    class: ErrorClass::Permanent,
-                    message: format!("channel {} is not configured", entry.route.channel),
-                    retry_after: None,
-                }),
-                &mut rng,
-            );
-            continue;
-        };
-        // On disk as `sending` before the channel is called.
-        let begun = lock(&svc.queue)
-            .as_mut()
-            .map(|q| q.begin_send(&entry.id, clock::wall_ms()));
-        match begun {
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                log::warn!("delivery {}: cannot start: {e}", entry.id);
-                continue;
+        let mut batch_progress = false;
+        for entry in due {
+            if ctx.token().is_cancelled()
+                || shared.phase() != Phase::Serving
+                || started.elapsed() >= RUN_BUDGET
+            {
+                break 'batches;
             }
-            None => break,
+            // Each send is bounded by its own limits; the stall limit applies per send.
+            ctx.info.stamp(Instant::now());
+            let cfg = shared.config();
+            let Some(channel) = cfg.channels.0.get(channel_name).cloned() else {
+                record(
+                    shared,
+                    &entry.id,
+                    Err(channels::SendError {
+                        class: ErrorClass::Permanent,
+                        message: format!("channel {channel_name} is not configured"),
+                        retry_after: None,
+                    }),
+                    &mut rng,
+                );
+                batch_progress = true;
+                continue;
+            };
+            // On disk as `sending` before the channel is called.
+            let begun = lock(&svc.queue)
+                .as_mut()
+                .map(|q| q.begin_send(&entry.id, clock::wall_ms()));
+            match begun {
+                Some(Ok(_)) => batch_progress = true,
+                Some(Err(e)) => {
+                    log::warn!("delivery {}: cannot start: {e}", entry.id);
+                    continue;
+                }
+                None => break 'batches,
+            }
+            let text = entry
+                .payload
+                .get("text")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let limits = Limits {
+                connect_timeout: Duration::from_secs(10),
+                deadline: (Instant::now() + SEND_TIMEOUT).min(ctx.deadline()),
+                stall: SEND_STALL,
+            };
+            let result = channels::send(
+                &channel,
+                &entry.route,
+                text,
+                &entry.idempotency_key,
+                &limits,
+                ctx.token(),
+            );
+            record(shared, &entry.id, result.map(|_| ()), &mut rng);
         }
-        let text = entry
-            .payload
-            .get("text")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let limits = Limits {
-            connect_timeout: Duration::from_secs(10),
-            deadline: (Instant::now() + SEND_TIMEOUT).min(ctx.deadline()),
-            stall: SEND_STALL,
-        };
-        let result = channels::send(
-            &channel,
-            &entry.route,
-            text,
-            &entry.idempotency_key,
-            &limits,
-            ctx.token(),
-        );
-        record(shared, &entry.id, result.map(|_| ()), &mut rng);
+        if !batch_progress {
+            break;
+        }
+        progress = true;
     }
-    Ok(Value::Null.into())
+    (Ok(Value::Null.into()), progress)
 }
 
 fn record(shared: &Shared, id: &str, result: Result<(), channels::SendError>, rng: &mut Rng) {

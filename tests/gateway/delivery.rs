@@ -419,3 +419,30 @@ fn sigkill_at_random_moments_loses_nothing() {
         g.log_text()
     );
 }
+
+#[test]
+fn a_hanging_channel_holds_up_only_itself() {
+    let (wx, _fs) = (FakeChannel::start(WX_OK), FakeChannel::start(FEISHU_OK));
+    let (hang_port, seen) = stalling_channel();
+    let g = Gateway::start(Opts::default().config(json!({"channels": {
+        "openclaw-weixin": {"baseUrl": wx.url(), "token": "wx-token"},
+        "feishu": {"baseUrl": format!("http://127.0.0.1:{hang_port}"), "tenantAccessToken": "t"},
+    }})));
+    let r = g.rpc("send", json!({"channel": "feishu", "to": "ou_abcdefghij12", "message": "stuck", "idempotencyKey": "h1"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually(BOUND, || (*seen.lock().unwrap() == 1).then_some(()));
+    // While feishu's endpoint holds its send, WeChat's messages still go out.
+    for i in 0..3 {
+        let r = g.rpc("send", json!({"channel": "openclaw-weixin", "to": "a@im.wechat", "message": format!("m{i}"), "idempotencyKey": format!("w{i}")}));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    eventually(BOUND, || (wx.received().len() == 3).then_some(()));
+    let texts: Vec<String> = wx.received().iter().map(|(_, b)| b.to_string()).collect();
+    for (i, t) in texts.iter().enumerate() {
+        assert!(t.contains(&format!("m{i}")), "in order: {texts:?}");
+    }
+    let l = g.rpc("delivery.list", json!({"state": "sending"})).json()["payload"].clone();
+    let sending = l["entries"].as_array().unwrap();
+    assert_eq!(sending.len(), 1, "{l}");
+    assert_eq!(sending[0]["route"]["channel"], "feishu", "{l}");
+}
