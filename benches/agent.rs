@@ -69,10 +69,9 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::fs;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -243,22 +242,12 @@ fn parse_opts() -> Result<Opts, String> {
 // ---------------------------------------------------------------------------------------------
 // Figures.
 
-fn sorted(samples: &[Duration]) -> Vec<Duration> {
-    let mut s = samples.to_vec();
-    s.sort_unstable();
-    s
-}
-
 fn median(samples: &[Duration]) -> Duration {
     percentile(&sorted(samples), 50.0)
 }
 
 fn max_of(samples: &[Duration]) -> Duration {
     samples.iter().copied().max().unwrap_or_default()
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "PASS" } else { "MISS" }
 }
 
 /// Failures that make keel's behaviour wrong (exit 1), as opposed to a run that could not be
@@ -277,36 +266,6 @@ impl Wrong {
 
 // ---------------------------------------------------------------------------------------------
 // The gateway process.
-
-/// keel, killed (SIGKILL) when dropped if it still runs: an error path never leaves it behind.
-struct Keel {
-    child: Child,
-    log: PathBuf,
-    pid_file: PathBuf,
-    addr: SocketAddr,
-    token: String,
-}
-
-impl Drop for Keel {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let _ = fs::remove_file(&self.pid_file);
-    }
-}
-
-fn read_log(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-fn log_tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
-}
 
 /// Every run shares providers `a` and `b`; see the module comment for the agents.
 fn keel_config(o: &Opts, a: &FakeProvider, b: &FakeProvider) -> Value {
@@ -341,133 +300,6 @@ fn keel_config(o: &Opts, a: &FakeProvider, b: &FakeProvider) -> Value {
         "tools": {"commands": [{"name": "pause", "description": "waits a moment",
                                 "argv": ["sleep", FANOUT_PAUSE]}]},
     })
-}
-
-fn start_keel(o: &Opts, config: &Value) -> Result<Keel, String> {
-    let state = o.work.join("state");
-    fs::create_dir_all(&state).map_err(|e| format!("cannot create {}: {e}", state.display()))?;
-    let config_text = serde_json::to_vec_pretty(config).map_err(|e| e.to_string())?;
-    fs::write(state.join("keel.json"), config_text)
-        .map_err(|e| format!("cannot write keel.json: {e}"))?;
-    let log = o.work.join("server.log");
-    let log_file =
-        fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-    let mut cmd = Command::new(&o.keel);
-    cmd.arg("serve")
-        .arg("--port")
-        .arg("0")
-        .arg("--state-dir")
-        .arg(&state);
-    // The caller's settings must not leak in: this run uses its own port, token and config.
-    for k in [
-        "KEEL_CONFIG",
-        "KEEL_GATEWAY_TOKEN",
-        "KEEL_BIND",
-        "KEEL_PORT",
-        "KEEL_STATE_DIR",
-        "KEEL_TEST_HOOKS",
-        "KEEL_HANDSHAKE_TIMEOUT_MS",
-        "OPENCLAW_HANDSHAKE_TIMEOUT_MS",
-        "NOTIFY_SOCKET",
-        "WATCHDOG_USEC",
-    ] {
-        cmd.env_remove(k);
-    }
-    if std::env::var_os("KEEL_LOG").is_none() {
-        cmd.env("KEEL_LOG", "info");
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log_file));
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", o.keel.display()))?;
-    let pid_file = o.work.join("keel.pid");
-    let mut keel = Keel {
-        child,
-        log,
-        pid_file,
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        token: String::new(),
-    };
-    fs::write(&keel.pid_file, format!("{}\n", keel.child.id()))
-        .map_err(|e| format!("cannot write the pid file: {e}"))?;
-
-    const NEEDLE: &str = "listening on 127.0.0.1:";
-    let deadline = Instant::now() + START_TIMEOUT;
-    let port = loop {
-        let text = read_log(&keel.log);
-        if let Some(i) = text.find(NEEDLE) {
-            let digits: String = text[i + NEEDLE.len()..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            // A line still being written may end in the middle of the port.
-            if text[i + NEEDLE.len() + digits.len()..].starts_with(' ')
-                && let Ok(port) = digits.parse::<u16>()
-            {
-                break port;
-            }
-        }
-        if let Ok(Some(status)) = keel.child.try_wait() {
-            return Err(format!(
-                "keel exited ({status}) before it was listening; its log:\n{}",
-                log_tail(&text)
-            ));
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "keel did not log 'listening on 127.0.0.1:PORT' within {} s; its log:\n{}",
-                START_TIMEOUT.as_secs(),
-                log_tail(&text)
-            ));
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    keel.addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let token_file = state.join("gateway.token");
-    keel.token = fs::read_to_string(&token_file)
-        .map(|t| t.trim().to_string())
-        .unwrap_or_default();
-    if keel.token.is_empty() {
-        return Err(format!("no token in {}", token_file.display()));
-    }
-    // Boot work (the usage index of the empty state) is over before anything is measured.
-    while !read_log(&keel.log).contains("usage index up to date") && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(5));
-    }
-    let issues: Vec<String> = read_log(&keel.log)
-        .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .map(String::from)
-        .collect();
-    if !issues.is_empty() {
-        return Err(format!(
-            "keel complained at start (the bench's config?):\n{}",
-            issues.join("\n")
-        ));
-    }
-    Ok(keel)
-}
-
-/// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]: the exit status (None if it had to be
-/// killed), how long it took, and whether SIGKILL was needed.
-fn stop_keel(keel: &mut Keel) -> (Option<ExitStatus>, Duration, bool) {
-    let t0 = Instant::now();
-    if let Ok(Some(s)) = keel.child.try_wait() {
-        return (Some(s), Duration::ZERO, false);
-    }
-    let pid = rustix::process::Pid::from_child(&keel.child);
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    while t0.elapsed() < STOP_TIMEOUT {
-        if let Ok(Some(s)) = keel.child.try_wait() {
-            return (Some(s), t0.elapsed(), false);
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    let _ = keel.child.kill();
-    let _ = keel.child.wait();
-    (None, t0.elapsed(), true)
 }
 
 /// `VmHWM` of `pid`, in KiB.
@@ -1748,18 +1580,20 @@ fn own_window(l: &Listener) -> Duration {
     }
 }
 
-fn per_second(n: u64, d: Duration) -> f64 {
-    if d.is_zero() {
-        0.0
-    } else {
-        n as f64 / d.as_secs_f64()
-    }
-}
-
 fn run(o: &Opts) -> Result<i32, String> {
     let a = FakeProvider::start(API);
     let b = FakeProvider::start(API);
-    let mut keel = start_keel(o, &keel_config(o, &a, &b))?;
+    let mut keel = start_keel(&Launch {
+        exe: &o.keel,
+        work: &o.work,
+        config: &keel_config(o, &a, &b),
+        also_unset: &[],
+        // Boot work (the usage index of the empty state) is over before anything is measured;
+        // a keel that never says so is measured anyway.
+        ready: "usage index up to date",
+        ready_required: false,
+        timeout: START_TIMEOUT,
+    })?;
     let pid = keel.child.id();
     println!(
         "keel pid {pid} on {}; fakes: a {} (primary), b {} (fallback)",
@@ -1784,7 +1618,7 @@ fn run(o: &Opts) -> Result<i32, String> {
     let rss = peak_rss_kib(pid);
 
     eprintln!("== stopping keel (SIGTERM) ==");
-    let (status, took, killed) = stop_keel(&mut keel);
+    let (status, took, killed) = stop_keel(&mut keel, STOP_TIMEOUT);
     drop(a);
     drop(b);
 
@@ -1905,20 +1739,5 @@ fn run(o: &Opts) -> Result<i32, String> {
 }
 
 fn main() {
-    let opts = match parse_opts() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("agent bench: {e}\n{}", usage());
-            std::process::exit(2);
-        }
-    };
-    let code = match run(&opts) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("agent bench: {e}");
-            2
-        }
-    };
-    let _ = std::io::stdout().flush();
-    std::process::exit(code);
+    bench_main("agent", parse_opts, usage, run);
 }

@@ -35,11 +35,9 @@
 
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
-use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -308,175 +306,6 @@ fn serve_conn(s: TcpStream, got: &Mutex<Received>) {
 // ---------------------------------------------------------------------------------------------
 // The gateway process.
 
-/// keel, killed (SIGKILL) when dropped if it still runs: an error path never leaves it behind.
-struct Keel {
-    child: Child,
-    log: PathBuf,
-    pid_file: PathBuf,
-    addr: SocketAddr,
-    token: String,
-}
-
-impl Drop for Keel {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let _ = fs::remove_file(&self.pid_file);
-    }
-}
-
-fn read_log(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-fn log_tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
-}
-
-fn start_keel(o: &Opts, config: &Value) -> Result<Keel, String> {
-    let state = o.work.join("state");
-    fs::create_dir_all(&state).map_err(|e| format!("cannot create {}: {e}", state.display()))?;
-    let config_text = serde_json::to_vec_pretty(config).map_err(|e| e.to_string())?;
-    fs::write(state.join("keel.json"), config_text)
-        .map_err(|e| format!("cannot write keel.json: {e}"))?;
-    let log = o.work.join("server.log");
-    let log_file =
-        fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-    let mut cmd = Command::new(&o.keel);
-    cmd.arg("serve")
-        .arg("--port")
-        .arg("0")
-        .arg("--state-dir")
-        .arg(&state);
-    // The caller's settings must not leak in: this run uses its own port, token and config.
-    for k in [
-        "KEEL_CONFIG",
-        "KEEL_GATEWAY_TOKEN",
-        "KEEL_BIND",
-        "KEEL_PORT",
-        "KEEL_STATE_DIR",
-        "KEEL_TEST_HOOKS",
-        "KEEL_TEST_DELIVERY_FULL_DISK",
-        "KEEL_HANDSHAKE_TIMEOUT_MS",
-        "OPENCLAW_HANDSHAKE_TIMEOUT_MS",
-        "NOTIFY_SOCKET",
-        "WATCHDOG_USEC",
-    ] {
-        cmd.env_remove(k);
-    }
-    if std::env::var_os("KEEL_LOG").is_none() {
-        cmd.env("KEEL_LOG", "info");
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log_file));
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", o.keel.display()))?;
-    let pid_file = o.work.join("keel.pid");
-    let mut keel = Keel {
-        child,
-        log,
-        pid_file,
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        token: String::new(),
-    };
-    fs::write(&keel.pid_file, format!("{}\n", keel.child.id()))
-        .map_err(|e| format!("cannot write the pid file: {e}"))?;
-
-    const NEEDLE: &str = "listening on 127.0.0.1:";
-    let deadline = Instant::now() + START_TIMEOUT;
-    let port = loop {
-        let text = read_log(&keel.log);
-        if let Some(i) = text.find(NEEDLE) {
-            let digits: String = text[i + NEEDLE.len()..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            // A line still being written may end in the middle of the port.
-            if text[i + NEEDLE.len() + digits.len()..].starts_with(' ')
-                && let Ok(port) = digits.parse::<u16>()
-            {
-                break port;
-            }
-        }
-        if let Ok(Some(status)) = keel.child.try_wait() {
-            return Err(format!(
-                "keel exited ({status}) before it was listening; its log:\n{}",
-                log_tail(&text)
-            ));
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "keel did not log 'listening on 127.0.0.1:PORT' within {} s; its log:\n{}",
-                START_TIMEOUT.as_secs(),
-                log_tail(&text)
-            ));
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    keel.addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let token_file = state.join("gateway.token");
-    keel.token = fs::read_to_string(&token_file)
-        .map(|t| t.trim().to_string())
-        .unwrap_or_default();
-    if keel.token.is_empty() {
-        return Err(format!("no token in {}", token_file.display()));
-    }
-    // The queue opens on a worker at boot: sends are refused until then.
-    loop {
-        let text = read_log(&keel.log);
-        if text.contains("delivery queue") {
-            break;
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "keel did not log 'delivery queue' within {} s; its log:\n{}",
-                START_TIMEOUT.as_secs(),
-                log_tail(&text)
-            ));
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    let issues: Vec<String> = read_log(&keel.log)
-        .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .map(String::from)
-        .collect();
-    if !issues.is_empty() {
-        return Err(format!(
-            "keel complained at start (the bench's config?):\n{}",
-            issues.join("\n")
-        ));
-    }
-    Ok(keel)
-}
-
-/// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]: the exit status (None if it had to be
-/// killed) and how long it took.
-fn stop_keel(keel: &mut Keel) -> (Option<ExitStatus>, Duration) {
-    let t0 = Instant::now();
-    if let Ok(Some(s)) = keel.child.try_wait() {
-        return (Some(s), Duration::ZERO);
-    }
-    let pid = rustix::process::Pid::from_child(&keel.child);
-    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    while t0.elapsed() < STOP_TIMEOUT {
-        if let Ok(Some(s)) = keel.child.try_wait() {
-            return (Some(s), t0.elapsed());
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    let _ = keel.child.kill();
-    let _ = keel.child.wait();
-    (None, t0.elapsed())
-}
-
 fn rpc(http: &mut Http, token: &str, method: &str, params: &Value) -> Result<Value, String> {
     let body = params.to_string();
     let r = http
@@ -573,26 +402,22 @@ fn send_all(o: &Opts, keel: &Keel, wrong: &Wrong) -> Vec<Accepted> {
     all
 }
 
-fn sorted(mut v: Vec<Duration>) -> Vec<Duration> {
-    v.sort_unstable();
-    v
-}
-
-fn per_second(n: usize, d: Duration) -> f64 {
-    if d.is_zero() {
-        0.0
-    } else {
-        n as f64 / d.as_secs_f64()
-    }
-}
-
 fn run(o: &Opts) -> Result<i32, String> {
     let receiver = Receiver::start()?;
     let config = json!({
         "gateway": {"drainTimeoutMs": 5000, "drainGraceMs": 1000},
         "channels": {"webhook": {"url": receiver.url(), "secret": SECRET}},
     });
-    let mut keel = start_keel(o, &config)?;
+    let mut keel = start_keel(&Launch {
+        exe: &o.keel,
+        work: &o.work,
+        config: &config,
+        also_unset: &["KEEL_TEST_DELIVERY_FULL_DISK"],
+        // The queue opens on a worker at boot: sends are refused until then.
+        ready: "delivery queue",
+        ready_required: true,
+        timeout: START_TIMEOUT,
+    })?;
     println!(
         "delivery bench: {} messages, {} client threads, keel at {}, webhook receiver at {}",
         o.messages,
@@ -660,7 +485,7 @@ fn run(o: &Opts) -> Result<i32, String> {
         .map(|r| String::from_utf8_lossy(&r.body).into_owned())
         .unwrap_or_default();
     drop(http);
-    let (stopped, stop_took) = stop_keel(&mut keel);
+    let (stopped, stop_took, _) = stop_keel(&mut keel, STOP_TIMEOUT);
 
     // Figures.
     let g = receiver.snapshot();
@@ -690,8 +515,13 @@ fn run(o: &Opts) -> Result<i32, String> {
         .filter(|k| !sent_keys.contains(k.as_str()))
         .count();
     let first_arrival = g.by_key.values().map(|(at, _)| *at).min();
-    let rpc_lat = sorted(accepted.iter().map(|a| a.acked - a.started).collect());
-    let e2e = sorted(e2e);
+    let rpc_lat = sorted(
+        &accepted
+            .iter()
+            .map(|a| a.acked - a.started)
+            .collect::<Vec<_>>(),
+    );
+    let e2e = sorted(&e2e);
     let last_ack = accepted.iter().map(|a| a.acked).max().unwrap_or(t0);
     let enqueue_window = last_ack.saturating_duration_since(t0);
     let delivered = accepted.len() - lost.len();
@@ -753,7 +583,7 @@ fn run(o: &Opts) -> Result<i32, String> {
         accepted.len(),
         o.messages,
         enqueue_window.as_secs_f64(),
-        per_second(accepted.len(), enqueue_window)
+        per_second(accepted.len() as u64, enqueue_window)
     );
     println!(
         "  send RPC latency: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
@@ -768,14 +598,14 @@ fn run(o: &Opts) -> Result<i32, String> {
         "  delivered {delivered}/{} in {:.3} s from the first send: {:.0} messages/s end to end",
         accepted.len(),
         e2e_window.as_secs_f64(),
-        per_second(delivered, e2e_window)
+        per_second(delivered as u64, e2e_window)
     );
     if let Some(first) = first_arrival {
         let w = last_arrival.saturating_duration_since(first);
         println!(
             "  first to last arrival {:.3} s: {:.0} messages/s; the queue emptied {:.3} s after the last send was acknowledged",
             w.as_secs_f64(),
-            per_second(delivered.saturating_sub(1), w),
+            per_second(delivered.saturating_sub(1) as u64, w),
             last_arrival
                 .saturating_duration_since(last_ack)
                 .as_secs_f64()
@@ -840,20 +670,5 @@ fn run(o: &Opts) -> Result<i32, String> {
 }
 
 fn main() {
-    let opts = match parse_opts() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("delivery bench: {e}\n{}", usage());
-            std::process::exit(2);
-        }
-    };
-    let code = match run(&opts) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("delivery bench: {e}");
-            2
-        }
-    };
-    let _ = std::io::stdout().flush();
-    std::process::exit(code);
+    bench_main("delivery", parse_opts, usage, run);
 }

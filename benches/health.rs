@@ -504,26 +504,6 @@ fn preflight(addr: SocketAddr, token: &str) -> Result<u64, String> {
         })
 }
 
-/// Waits (bounded) for threads to end; returns what they gave back and how many were left.
-fn join_bounded<T>(handles: Vec<JoinHandle<T>>, deadline: Instant) -> (Vec<T>, usize) {
-    let mut out = Vec::new();
-    let mut abandoned = 0;
-    for h in handles {
-        while !h.is_finished() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
-        if h.is_finished() {
-            match h.join() {
-                Ok(v) => out.push(v),
-                Err(_) => abandoned += 1,
-            }
-        } else {
-            abandoned += 1;
-        }
-    }
-    (out, abandoned)
-}
-
 fn spawn<T: Send + 'static>(
     name: String,
     f: impl FnOnce() -> T + Send + 'static,
@@ -697,19 +677,5 @@ fn run(o: &Opts) -> Result<i32, String> {
 }
 
 fn main() {
-    let opts = match parse_opts() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("health bench: {e}\n{}", usage());
-            std::process::exit(2);
-        }
-    };
-    let code = match run(&opts) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("health bench: {e}");
-            2
-        }
-    };
-    std::process::exit(code);
+    bench_main("health", parse_opts, usage, run);
 }

@@ -39,7 +39,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[path = "support/mod.rs"]
@@ -230,10 +230,6 @@ fn spread(samples: &[Duration]) -> (Duration, Duration, Duration) {
     )
 }
 
-fn verdict(ok: bool) -> &'static str {
-    if ok { "PASS" } else { "MISS" }
-}
-
 const TOKEN_KEYS: [&str; 6] = [
     "input",
     "output",
@@ -286,51 +282,11 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-fn read_log(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
-fn log_tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
-}
-
 /// Waits for `listening on 127.0.0.1:PORT` in the log.
 fn wait_for_port(o: &Opts) -> Result<u16, String> {
-    let deadline = Instant::now() + PORT_TIMEOUT;
-    const NEEDLE: &str = "listening on 127.0.0.1:";
-    loop {
-        let log = read_log(&o.log);
-        if let Some(i) = log.find(NEEDLE) {
-            let digits: String = log[i + NEEDLE.len()..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            // A line still being written may end in the middle of the port.
-            if log[i + NEEDLE.len() + digits.len()..].starts_with(' ')
-                && let Ok(port) = digits.parse::<u16>()
-            {
-                return Ok(port);
-            }
-        }
-        if !alive(o.pid) {
-            return Err(format!(
-                "keel (pid {}) exited before it was listening; its log:\n{}",
-                o.pid,
-                log_tail(&log)
-            ));
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "keel did not log 'listening on 127.0.0.1:PORT' within {} s; its log:\n{}",
-                PORT_TIMEOUT.as_secs(),
-                log_tail(&log)
-            ));
-        }
-        thread::sleep(LOG_POLL);
-    }
+    wait_listening(&o.log, PORT_TIMEOUT, LOG_POLL, || {
+        (!alive(o.pid)).then(|| format!("keel (pid {}) exited", o.pid))
+    })
 }
 
 /// keel's `usage index built: N files read (X MB) in T ms; …` line.
@@ -449,13 +405,6 @@ fn probe(
     }
     r.window = start.elapsed();
     r
-}
-
-fn join_bounded<T>(h: JoinHandle<T>, deadline: Instant) -> Option<T> {
-    while !h.is_finished() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(5));
-    }
-    if h.is_finished() { h.join().ok() } else { None }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -591,9 +540,11 @@ fn run(o: &Opts) -> Result<i32, String> {
     let fresh = wait_fresh(o, addr, t_port);
     stop.store(true, Ordering::Release);
     let probes = join_bounded(
-        prober,
+        vec![prober],
         Instant::now() + PROBE_TIMEOUT + Duration::from_secs(2),
-    );
+    )
+    .0
+    .pop();
     let (token, fresh) = fresh?;
     let Some(probes) = probes else {
         return Err("the probe thread did not finish in time (or panicked)".into());
@@ -1056,19 +1007,5 @@ fn wait_fresh(o: &Opts, addr: SocketAddr, t_port: Instant) -> Result<(String, Fr
 }
 
 fn main() {
-    let opts = match parse_opts() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("usage bench: {e}\n{}", usage());
-            std::process::exit(2);
-        }
-    };
-    let code = match run(&opts) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("usage bench: {e}");
-            2
-        }
-    };
-    std::process::exit(code);
+    bench_main("usage", parse_opts, usage, run);
 }

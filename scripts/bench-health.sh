@@ -15,6 +15,9 @@
 # or 1 if the gateway could not be started.
 set -euo pipefail
 
+bench=health
+source "$(dirname "$0")/bench-lib.sh"
+
 duration="${1:-20}"
 if [[ $# -gt 0 ]]; then shift; fi
 if ! [[ "$duration" =~ ^[0-9]+$ ]] || [[ "$duration" -eq 0 ]]; then
@@ -24,39 +27,18 @@ fi
 
 cd "$(dirname "$0")/.."
 
-# 200+ sockets on each side of loopback: make sure the descriptor limit is not what fails.
-if [[ "$(ulimit -n)" != unlimited && "$(ulimit -n)" -lt 4096 ]]; then
-    ulimit -n 4096 2>/dev/null || true
-fi
-
-echo "== building (release) ==" >&2
-cargo build --release
-cargo bench --bench health --no-run
-
-work="$(mktemp -d "${TMPDIR:-/tmp}/keel-bench.XXXXXX")"
+bench_raise_nofile
+bench_build
+bench_workdir
 state="$work/state"
-log="$work/server.log"
 server_pid=""
 
 cleanup() {
-    # Only the server this script started, by its pid.
-    if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-        kill -KILL "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-    fi
+    bench_kill_server
     rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-fail_with_log() {
-    echo "bench-health: $*" >&2
-    if [[ -s "$log" ]]; then
-        echo "---- last lines of the gateway log ----" >&2
-        tail -n 40 "$log" >&2
-    fi
-    exit 1
-}
 
 # BENCH_CONFIG=FILE runs keel with that config (copied to <state>/keel.json), e.g. to compare
 # {"gateway":{"workers":{"nice":0}}} against the default.
@@ -65,11 +47,7 @@ if [[ -n "${BENCH_CONFIG:-}" ]]; then
     cp "$BENCH_CONFIG" "$state/keel.json"
 fi
 echo "== starting keel (state in $state) ==" >&2
-# The caller's KEEL_* settings must not leak in: this run uses its own port, token and config.
-env -u KEEL_CONFIG -u KEEL_GATEWAY_TOKEN -u KEEL_BIND -u KEEL_PORT -u KEEL_STATE_DIR \
-    KEEL_TEST_HOOKS=1 KEEL_LOG="${KEEL_LOG:-info}" \
-    target/release/keel serve --port 0 --state-dir "$state" 2>"$log" &
-server_pid=$!
+bench_start_server KEEL_TEST_HOOKS=1
 
 # Wait up to ~10 s for "listening on 127.0.0.1:PORT".
 port=""
@@ -90,38 +68,18 @@ token="$(tr -d '[:space:]' <"$token_file")"
 echo "== benchmark: ${duration} s against 127.0.0.1:$port (pid $server_pid) ==" >&2
 bench_out="$work/bench.out"
 set +e
-cargo bench --bench health -- --addr "127.0.0.1:$port" --token "$token" --seconds "$duration" "$@" >"$bench_out"
+"$bench_exe" --addr "127.0.0.1:$port" --token "$token" --seconds "$duration" "$@" >"$bench_out"
 bench_status=$?
 set -e
 
-echo "== stopping keel (SIGTERM) ==" >&2
-stop_started=$SECONDS
-kill -TERM "$server_pid" 2>/dev/null || true
-# Drain is 30 s + 5 s grace at most; give it 40 s, then SIGKILL.
-while kill -0 "$server_pid" 2>/dev/null && ((SECONDS - stop_started < 40)); do
-    sleep 0.1
-done
-if kill -0 "$server_pid" 2>/dev/null; then
-    echo "bench-health: keel still running 40 s after SIGTERM; sending SIGKILL" >&2
-    kill -KILL "$server_pid" 2>/dev/null || true
-fi
-set +e
-wait "$server_pid"
-server_status=$?
-set -e
-server_pid=""
+bench_stop_server
 
 echo
 cat "$bench_out"
 echo "gateway: stopped with exit status $server_status $((SECONDS - stop_started)) s after SIGTERM"
 if [[ "$server_status" -ne 0 ]]; then
-    echo "---- last lines of the gateway log ----"
-    tail -n 20 "$log"
+    bench_log_tail
 fi
-# Anything the gateway warned about during the run (the test-hooks warning is expected).
-warnings="$(grep -E ' (WARN|ERROR) ?\]' "$log" | grep -v 'KEEL_TEST_HOOKS=1' || true)"
-if [[ -n "$warnings" ]]; then
-    echo "---- warnings and errors in the gateway log ($(wc -l <<<"$warnings") line(s), last 20) ----"
-    tail -n 20 <<<"$warnings"
-fi
+# The test-hooks warning is expected.
+bench_warnings "warnings and errors" 'KEEL_TEST_HOOKS=1'
 exit "$bench_status"

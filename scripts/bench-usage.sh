@@ -31,6 +31,9 @@
 # set up.
 set -euo pipefail
 
+bench=usage
+source "$(dirname "$0")/bench-lib.sh"
+
 keep=""
 extra=()
 while [[ $# -gt 0 ]]; do
@@ -50,7 +53,7 @@ while [[ $# -gt 0 ]]; do
         break
         ;;
     -h | --help)
-        sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+        bench_help
         exit 0
         ;;
     *)
@@ -62,23 +65,10 @@ done
 
 cd "$(dirname "$0")/.."
 
-echo "== building (release) ==" >&2
-cargo build --release --bins
-# The bench binary is run directly (not through `cargo bench`), so that it starts within
+# The bench runs directly, not through `cargo bench`, also so that it starts within
 # milliseconds of keel and sees the whole build.
-# (The JSON lists every artifact, keel's binaries too: keep the bench target's line.)
-bench_exe="$(cargo bench --bench usage --no-run --message-format=json |
-    grep -F '"kind":["bench"]' | grep -F '"name":"usage"' |
-    grep -o '"executable":"[^"]*"' | tail -n 1 | cut -d'"' -f4 || true)"
-if [[ -z "$bench_exe" || ! -x "$bench_exe" ]]; then
-    # Show the build's errors, if that is why.
-    cargo bench --bench usage --no-run
-    echo "bench-usage: cannot find the usage bench executable" >&2
-    exit 1
-fi
-
-work="$(mktemp -d "${TMPDIR:-/tmp}/keel-bench-usage.XXXXXX")"
-log="$work/server.log"
+bench_build --bins
+bench_workdir
 server_pid=""
 append_file=""
 append_size=""
@@ -101,25 +91,12 @@ restore_transcript() {
 }
 
 cleanup() {
-    # Only the server this script started, by its pid.
-    if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-        kill -KILL "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-    fi
+    bench_kill_server
     restore_transcript
     rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-fail_with_log() {
-    echo "bench-usage: $*" >&2
-    if [[ -s "$log" ]]; then
-        echo "---- last lines of the gateway log ----" >&2
-        tail -n 40 "$log" >&2
-    fi
-    exit 1
-}
 
 # ---- the state ------------------------------------------------------------------------------
 now_ms="$(date +%s%3N)"
@@ -168,11 +145,7 @@ fi
 
 echo "== starting keel (state in $state) and the bench ==" >&2
 started_at="${EPOCHREALTIME:-$(date +%s.%N)}"
-# The caller's KEEL_* settings must not leak in: this run uses its own port, token and config.
-env -u KEEL_CONFIG -u KEEL_GATEWAY_TOKEN -u KEEL_BIND -u KEEL_PORT -u KEEL_STATE_DIR \
-    -u KEEL_TEST_HOOKS KEEL_LOG="${KEEL_LOG:-info}" \
-    target/release/keel serve --port 0 --state-dir "$state" 2>"$log" &
-server_pid=$!
+bench_start_server -u KEEL_TEST_HOOKS
 
 bench_out="$work/bench.out"
 set +e
@@ -195,34 +168,14 @@ if ! kill -0 "$server_pid" 2>/dev/null; then
     fail_with_log "keel exited during the run (status $server_status)"
 fi
 
-echo "== stopping keel (SIGTERM) ==" >&2
-stop_started=$SECONDS
-kill -TERM "$server_pid" 2>/dev/null || true
-# Drain is 30 s + 5 s grace at most; give it 40 s, then SIGKILL.
-while kill -0 "$server_pid" 2>/dev/null && ((SECONDS - stop_started < 40)); do
-    sleep 0.1
-done
-if kill -0 "$server_pid" 2>/dev/null; then
-    echo "bench-usage: keel still running 40 s after SIGTERM; sending SIGKILL" >&2
-    kill -KILL "$server_pid" 2>/dev/null || true
-fi
-set +e
-wait "$server_pid"
-server_status=$?
-set -e
-server_pid=""
+bench_stop_server
 restore_transcript
 
 echo
 cat "$bench_out"
 echo "gateway: stopped with exit status $server_status $((SECONDS - stop_started)) s after SIGTERM"
 if [[ "$server_status" -ne 0 ]]; then
-    echo "---- last lines of the gateway log ----"
-    tail -n 20 "$log"
+    bench_log_tail
 fi
-warnings="$(grep -E ' (WARN|ERROR) ?\]' "$log" || true)"
-if [[ -n "$warnings" ]]; then
-    echo "---- warnings and errors in the gateway log ($(wc -l <<<"$warnings") line(s), last 20) ----"
-    tail -n 20 <<<"$warnings"
-fi
+bench_warnings "warnings and errors"
 exit "$bench_status"

@@ -1,9 +1,16 @@
-//! Shared by the benchmarks (`benches/health.rs`, `benches/usage.rs`): a minimal keep-alive
-//! HTTP/1.1 client with a deadline on every exchange, and percentile helpers.
+//! Shared by the benchmarks (`benches/{health,usage,agent,delivery}.rs`): a minimal keep-alive
+//! HTTP/1.1 client with a deadline on every exchange, percentile helpers, keel's log, and
+//! starting and stopping a keel of a bench's own.
+// Each bench compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+use serde_json::Value;
+use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 pub struct Reply {
@@ -228,4 +235,294 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn sorted(samples: &[Duration]) -> Vec<Duration> {
+    let mut s = samples.to_vec();
+    s.sort_unstable();
+    s
+}
+
+pub fn per_second(n: u64, d: Duration) -> f64 {
+    if d.is_zero() {
+        0.0
+    } else {
+        n as f64 / d.as_secs_f64()
+    }
+}
+
+pub fn verdict(ok: bool) -> &'static str {
+    if ok { "PASS" } else { "MISS" }
+}
+
+/// Waits (bounded) for threads to end; returns what they gave back and how many were left.
+pub fn join_bounded<T>(handles: Vec<JoinHandle<T>>, deadline: Instant) -> (Vec<T>, usize) {
+    let mut out = Vec::new();
+    let mut abandoned = 0;
+    for h in handles {
+        while !h.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if h.is_finished() {
+            match h.join() {
+                Ok(v) => out.push(v),
+                Err(_) => abandoned += 1,
+            }
+        } else {
+            abandoned += 1;
+        }
+    }
+    (out, abandoned)
+}
+
+/// A bench's `main`: a bad command line and a run that could not be made both exit 2, with
+/// the reason on stderr; otherwise the run's own exit status.
+pub fn bench_main<O>(
+    name: &str,
+    parse_opts: fn() -> Result<O, String>,
+    usage: fn() -> &'static str,
+    run: fn(&O) -> Result<i32, String>,
+) -> ! {
+    let opts = match parse_opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{name} bench: {e}\n{}", usage());
+            std::process::exit(2);
+        }
+    };
+    let code = match run(&opts) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name} bench: {e}");
+            2
+        }
+    };
+    // `exit` does not flush stdout, and the scripts print the bench's figures from it.
+    let _ = std::io::stdout().flush();
+    std::process::exit(code);
+}
+
+// ---------------------------------------------------------------------------------------------
+// keel's log.
+
+pub fn read_log(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+pub fn log_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// The port of `listening on 127.0.0.1:PORT`, once the whole line is in the log.
+pub fn listening_port(log: &str) -> Option<u16> {
+    const NEEDLE: &str = "listening on 127.0.0.1:";
+    let i = log.find(NEEDLE)?;
+    let digits: String = log[i + NEEDLE.len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    // A line still being written may end in the middle of the port.
+    if !log[i + NEEDLE.len() + digits.len()..].starts_with(' ') {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Waits for `listening on 127.0.0.1:PORT` in the log at `path`, polling every `poll`.
+/// `exited` says how keel ended (e.g. "keel exited (signal 9)") once it has: then there is no
+/// point in waiting on.
+pub fn wait_listening(
+    path: &Path,
+    timeout: Duration,
+    poll: Duration,
+    mut exited: impl FnMut() -> Option<String>,
+) -> Result<u16, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = read_log(path);
+        if let Some(port) = listening_port(&log) {
+            return Ok(port);
+        }
+        if let Some(how) = exited() {
+            return Err(format!(
+                "{how} before it was listening; its log:\n{}",
+                log_tail(&log)
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "keel did not log 'listening on 127.0.0.1:PORT' within {} s; its log:\n{}",
+                timeout.as_secs(),
+                log_tail(&log)
+            ));
+        }
+        thread::sleep(poll);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A keel of the bench's own.
+
+/// keel, killed (SIGKILL) when dropped if it still runs: an error path never leaves it behind.
+pub struct Keel {
+    pub child: Child,
+    pub log: PathBuf,
+    pub pid_file: PathBuf,
+    pub addr: SocketAddr,
+    pub token: String,
+}
+
+impl Drop for Keel {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = fs::remove_file(&self.pid_file);
+    }
+}
+
+/// What differs between the benches that start their own keel.
+pub struct Launch<'a> {
+    pub exe: &'a Path,
+    /// Gets `state/` (with `keel.json`), `server.log` and `keel.pid`, where the scripts look.
+    pub work: &'a Path,
+    pub config: &'a Value,
+    /// Settings of the bench's own feature that must not leak in from the caller either.
+    pub also_unset: &'a [&'a str],
+    /// The log line that says keel's boot work is over: nothing is measured before it.
+    pub ready: &'a str,
+    /// Whether a keel that never logs `ready` (within `timeout`) is an error or merely run.
+    pub ready_required: bool,
+    pub timeout: Duration,
+}
+
+/// Starts `keel serve --port 0` on `work/state` with `config`, and waits until it listens, its
+/// token is on disk and it logged `ready`. A warning or error at start is an error: the
+/// bench's config is then not what keel runs.
+pub fn start_keel(l: &Launch) -> Result<Keel, String> {
+    let state = l.work.join("state");
+    fs::create_dir_all(&state).map_err(|e| format!("cannot create {}: {e}", state.display()))?;
+    let config_text = serde_json::to_vec_pretty(l.config).map_err(|e| e.to_string())?;
+    fs::write(state.join("keel.json"), config_text)
+        .map_err(|e| format!("cannot write keel.json: {e}"))?;
+    let log = l.work.join("server.log");
+    let log_file =
+        fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+    let mut cmd = Command::new(l.exe);
+    cmd.arg("serve")
+        .arg("--port")
+        .arg("0")
+        .arg("--state-dir")
+        .arg(&state);
+    // The caller's settings must not leak in: this run uses its own port, token and config.
+    for k in [
+        "KEEL_CONFIG",
+        "KEEL_GATEWAY_TOKEN",
+        "KEEL_BIND",
+        "KEEL_PORT",
+        "KEEL_STATE_DIR",
+        "KEEL_TEST_HOOKS",
+        "KEEL_HANDSHAKE_TIMEOUT_MS",
+        "OPENCLAW_HANDSHAKE_TIMEOUT_MS",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+    ]
+    .iter()
+    .chain(l.also_unset)
+    {
+        cmd.env_remove(k);
+    }
+    if std::env::var_os("KEEL_LOG").is_none() {
+        cmd.env("KEEL_LOG", "info");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log_file));
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", l.exe.display()))?;
+    // The scripts' cleanup kills this pid should the bench die and leave keel behind.
+    let pid_file = l.work.join("keel.pid");
+    let mut keel = Keel {
+        child,
+        log,
+        pid_file,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        token: String::new(),
+    };
+    fs::write(&keel.pid_file, format!("{}\n", keel.child.id()))
+        .map_err(|e| format!("cannot write the pid file: {e}"))?;
+
+    let deadline = Instant::now() + l.timeout;
+    let port = wait_listening(
+        &keel.log,
+        l.timeout,
+        Duration::from_millis(5),
+        || match keel.child.try_wait() {
+            Ok(Some(status)) => Some(format!("keel exited ({status})")),
+            _ => None,
+        },
+    )?;
+    keel.addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let token_file = state.join("gateway.token");
+    keel.token = fs::read_to_string(&token_file)
+        .map(|t| t.trim().to_string())
+        .unwrap_or_default();
+    if keel.token.is_empty() {
+        return Err(format!("no token in {}", token_file.display()));
+    }
+    loop {
+        let text = read_log(&keel.log);
+        if text.contains(l.ready) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            if !l.ready_required {
+                break;
+            }
+            return Err(format!(
+                "keel did not log '{}' within {} s; its log:\n{}",
+                l.ready,
+                l.timeout.as_secs(),
+                log_tail(&text)
+            ));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    let issues: Vec<String> = read_log(&keel.log)
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .map(String::from)
+        .collect();
+    if !issues.is_empty() {
+        return Err(format!(
+            "keel complained at start (the bench's config?):\n{}",
+            issues.join("\n")
+        ));
+    }
+    Ok(keel)
+}
+
+/// SIGTERM, then SIGKILL after `timeout`: the exit status (None if it had to be killed), how
+/// long it took, and whether SIGKILL was needed.
+pub fn stop_keel(keel: &mut Keel, timeout: Duration) -> (Option<ExitStatus>, Duration, bool) {
+    let t0 = Instant::now();
+    if let Ok(Some(s)) = keel.child.try_wait() {
+        return (Some(s), Duration::ZERO, false);
+    }
+    let pid = rustix::process::Pid::from_child(&keel.child);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    while t0.elapsed() < timeout {
+        if let Ok(Some(s)) = keel.child.try_wait() {
+            return (Some(s), t0.elapsed(), false);
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let _ = keel.child.kill();
+    let _ = keel.child.wait();
+    (None, t0.elapsed(), true)
 }
