@@ -162,51 +162,33 @@ fn parse_opts() -> Result<Opts, String> {
         read_interval_ms: 5,
         baseline: true,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--no-baseline" {
-            o.baseline = false;
-            continue;
-        }
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        if !matches!(
-            name.as_str(),
-            "--keel"
-                | "--work"
-                | "--runs"
-                | "--stall-ms"
-                | "--clients"
-                | "--threads"
-                | "--chunks"
-                | "--chunk-bytes"
-                | "--rate"
-                | "--read-interval-ms"
-        ) {
-            // `cargo bench` passes `--bench`; anything else unknown is ignored too.
-            continue;
-        }
-        let value = match inline.or_else(|| args.next()) {
-            Some(v) => v,
-            None => return Err(format!("{name} needs a value")),
-        };
-        let number = |v: &str| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{name}: expected a number, got {v:?}"))
-        };
+    for (name, value) in flags(
+        &[
+            "--keel",
+            "--work",
+            "--runs",
+            "--stall-ms",
+            "--clients",
+            "--threads",
+            "--chunks",
+            "--chunk-bytes",
+            "--rate",
+            "--read-interval-ms",
+        ],
+        &["--no-baseline"],
+    )? {
         match name.as_str() {
             "--keel" => keel = Some(PathBuf::from(value)),
             "--work" => work = Some(PathBuf::from(value)),
-            "--runs" => o.runs = number(&value)? as usize,
-            "--stall-ms" => o.stall_ms = number(&value)?,
-            "--clients" => o.clients = number(&value)? as usize,
-            "--threads" => o.threads = number(&value)? as usize,
-            "--chunks" => o.chunks = number(&value)? as usize,
-            "--chunk-bytes" => o.chunk_bytes = number(&value)? as usize,
-            "--rate" => o.rate = number(&value)?,
-            _ => o.read_interval_ms = number(&value)?,
+            "--runs" => o.runs = number(&name, &value)? as usize,
+            "--stall-ms" => o.stall_ms = number(&name, &value)?,
+            "--clients" => o.clients = number(&name, &value)? as usize,
+            "--threads" => o.threads = number(&name, &value)? as usize,
+            "--chunks" => o.chunks = number(&name, &value)? as usize,
+            "--chunk-bytes" => o.chunk_bytes = number(&name, &value)? as usize,
+            "--rate" => o.rate = number(&name, &value)?,
+            "--no-baseline" => o.baseline = false,
+            _ => o.read_interval_ms = number(&name, &value)?,
         }
     }
     o.keel = keel.ok_or("--keel is required")?;

@@ -80,32 +80,16 @@ fn usage() -> &'static str {
 fn parse_opts() -> Result<Opts, String> {
     let (mut keel, mut work) = (None, None);
     let (mut messages, mut threads, mut timeout_s) = (2000u64, 4u64, 120u64);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        if !matches!(
-            name.as_str(),
-            "--keel" | "--work" | "--messages" | "--threads" | "--timeout-s"
-        ) {
-            // `cargo bench` passes `--bench`; anything else unknown is ignored too.
-            continue;
-        }
-        let value = inline
-            .or_else(|| args.next())
-            .ok_or_else(|| format!("{name} needs a value"))?;
-        let number = |v: &str| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{name}: expected a number, got {v:?}"))
-        };
+    for (name, value) in flags(
+        &["--keel", "--work", "--messages", "--threads", "--timeout-s"],
+        &[],
+    )? {
         match name.as_str() {
             "--keel" => keel = Some(PathBuf::from(value)),
             "--work" => work = Some(PathBuf::from(value)),
-            "--messages" => messages = number(&value)?,
-            "--threads" => threads = number(&value)?,
-            _ => timeout_s = number(&value)?,
+            "--messages" => messages = number(&name, &value)?,
+            "--threads" => threads = number(&name, &value)?,
+            _ => timeout_s = number(&name, &value)?,
         }
     }
     if !(1..=100_000).contains(&messages) {

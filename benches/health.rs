@@ -72,27 +72,10 @@ fn parse_opts() -> Result<Opts, String> {
     let mut addr = None;
     let mut token = None;
     let (mut seconds, mut clients, mut rate) = (20u64, 200usize, 200u64);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        if !matches!(
-            name.as_str(),
-            "--addr" | "--token" | "--seconds" | "--clients" | "--rate"
-        ) {
-            // `cargo bench` passes `--bench`; anything else unknown is ignored too.
-            continue;
-        }
-        let value = match inline.or_else(|| args.next()) {
-            Some(v) => v,
-            None => return Err(format!("{name} needs a value")),
-        };
-        let number = |v: &str| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{name}: expected a number, got {v:?}"))
-        };
+    for (name, value) in flags(
+        &["--addr", "--token", "--seconds", "--clients", "--rate"],
+        &[],
+    )? {
         match name.as_str() {
             "--addr" => {
                 let a: SocketAddr = value
@@ -106,9 +89,9 @@ fn parse_opts() -> Result<Opts, String> {
                 addr = Some(a);
             }
             "--token" => token = Some(value),
-            "--seconds" => seconds = number(&value)?,
-            "--clients" => clients = number(&value)? as usize,
-            _ => rate = number(&value)?,
+            "--seconds" => seconds = number(&name, &value)?,
+            "--clients" => clients = number(&name, &value)? as usize,
+            _ => rate = number(&name, &value)?,
         }
     }
     let addr = addr.ok_or("--addr is required")?;

@@ -98,41 +98,26 @@ fn parse_opts() -> Result<Opts, String> {
     let (mut started_at, mut append_file) = (None, None);
     let mut page_cache = "unknown".to_string();
     let (mut rate, mut calls, mut appends) = (500u64, 50usize, 20usize);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        if !matches!(
-            name.as_str(),
-            "--log"
-                | "--state-dir"
-                | "--figures"
-                | "--pid"
-                | "--started-at"
-                | "--page-cache"
-                | "--append-file"
-                | "--rate"
-                | "--calls"
-                | "--appends"
-        ) {
-            // `cargo bench` passes `--bench`; anything else unknown is ignored too.
-            continue;
-        }
-        let value = match inline.or_else(|| args.next()) {
-            Some(v) => v,
-            None => return Err(format!("{name} needs a value")),
-        };
-        let number = |v: &str| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{name}: expected a number, got {v:?}"))
-        };
+    for (name, value) in flags(
+        &[
+            "--log",
+            "--state-dir",
+            "--figures",
+            "--pid",
+            "--started-at",
+            "--page-cache",
+            "--append-file",
+            "--rate",
+            "--calls",
+            "--appends",
+        ],
+        &[],
+    )? {
         match name.as_str() {
             "--log" => log = Some(PathBuf::from(value)),
             "--state-dir" => state_dir = Some(PathBuf::from(value)),
             "--figures" => figures = Some(PathBuf::from(value)),
-            "--pid" => pid = Some(number(&value)? as u32),
+            "--pid" => pid = Some(number(&name, &value)? as u32),
             "--started-at" => {
                 let secs: f64 = value
                     .parse()
@@ -145,9 +130,9 @@ fn parse_opts() -> Result<Opts, String> {
             }
             "--page-cache" => page_cache = value,
             "--append-file" => append_file = Some(PathBuf::from(value)),
-            "--rate" => rate = number(&value)?,
-            "--calls" => calls = number(&value)? as usize,
-            _ => appends = number(&value)? as usize,
+            "--rate" => rate = number(&name, &value)?,
+            "--calls" => calls = number(&name, &value)? as usize,
+            _ => appends = number(&name, &value)? as usize,
         }
     }
     if rate == 0 || rate > 100_000 {

@@ -526,3 +526,36 @@ pub fn stop_keel(keel: &mut Keel, timeout: Duration) -> (Option<ExitStatus>, Dur
     let _ = keel.child.wait();
     (None, t0.elapsed(), true)
 }
+
+/// The `--name value` / `--name=value` pairs of the command line whose names are in `known`,
+/// in order, and the `switches` given (with an empty value). Anything else is skipped:
+/// `cargo bench` passes `--bench`.
+pub fn flags(known: &[&str], switches: &[&str]) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if switches.contains(&arg.as_str()) {
+            out.push((arg, String::new()));
+            continue;
+        }
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (arg, None),
+        };
+        if !known.contains(&name.as_str()) {
+            continue;
+        }
+        let value = inline
+            .or_else(|| args.next())
+            .ok_or_else(|| format!("{name} needs a value"))?;
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+/// A flag's value as a number, or an error naming the flag.
+pub fn number(name: &str, value: &str) -> Result<u64, String> {
+    value
+        .parse::<u64>()
+        .map_err(|_| format!("{name}: expected a number, got {value:?}"))
+}
