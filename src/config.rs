@@ -912,10 +912,20 @@ pub fn handshake_override(
 mod tests {
     use super::*;
 
+    #[track_caller]
+    fn assert_clean(v: &Validated) {
+        assert!(
+            v.problems.is_empty() && v.warnings.is_empty(),
+            "{:?} {:?}",
+            v.problems,
+            v.warnings
+        );
+    }
+
     #[test]
     fn empty_object_is_the_default() {
         let v = parse("{}", None);
-        assert!(v.problems.is_empty() && v.warnings.is_empty());
+        assert_clean(&v);
         assert_eq!(v.config, Config::default());
     }
 
@@ -946,12 +956,7 @@ mod tests {
             r#"{"channels":{"webhook":{"url":"http://127.0.0.1:9/hook","secret":"s"}}}"#,
             None,
         );
-        assert!(
-            v.problems.is_empty() && v.warnings.is_empty(),
-            "{:?} {:?}",
-            v.problems,
-            v.warnings
-        );
+        assert_clean(&v);
         assert!(v.config.channels.0.contains_key("webhook"));
     }
 
@@ -992,12 +997,7 @@ mod tests {
             r#"{"models":{"providers":{"anthropic":{"baseUrl":"https://api.anthropic.com","models":[{"id":"claude","cost":{"input":3,"output":15,"cacheRead":0.3}},{"id":"free"}]}}}}"#,
             None,
         );
-        assert!(
-            v.problems.is_empty() && v.warnings.is_empty(),
-            "{:?} {:?}",
-            v.problems,
-            v.warnings
-        );
+        assert_clean(&v);
         let p = v.config.prices[&("anthropic".to_string(), "claude".to_string())];
         assert_eq!(
             (p.input, p.output, p.cache_read, p.cache_write),
