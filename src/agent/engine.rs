@@ -373,7 +373,7 @@ pub fn execute(shared: &Arc<Shared>, run: &Arc<Run>, ctx: &JobCtx) -> Outcome {
 /// Queues the reply for the requester's origin — the channel, address, account and thread
 /// the request came from, inherited by sub-agents through any depth — or, only when the
 /// origin has no channel, the agent's first bound channel.
-fn deliver(shared: &Shared, run: &Run, text: &str) {
+fn deliver(shared: &Arc<Shared>, run: &Run, text: &str) {
     let req = &run.request;
     let route = match (&req.origin.channel, &req.origin.to) {
         (Some(channel), Some(to)) => crate::delivery::queue::Route {

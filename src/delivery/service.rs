@@ -18,7 +18,7 @@ use crate::net::Limits;
 use crate::runtime::{Phase, Shared};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Entries taken from the queue at a time by a dispatch job.
@@ -55,8 +55,6 @@ pub struct Delivery {
     queue: Mutex<Option<Queue>>,
     /// Channels with a dispatch job queued or running.
     dispatching: Mutex<BTreeSet<String>>,
-    /// The runtime, for starting dispatch from an enqueue (set at boot).
-    shared: OnceLock<Weak<Shared>>,
     policy: RetryPolicy,
     pub stats: DeliveryStats,
 }
@@ -72,7 +70,6 @@ fn internal(e: impl std::fmt::Display) -> RpcError {
 impl Delivery {
     /// Boot: open (and recover) the queue on a worker.
     pub fn start(shared: &Arc<Shared>) {
-        let _ = shared.delivery.shared.set(Arc::downgrade(shared));
         let sh = shared.clone();
         let work: Work = Box::new(move |_ctx: &JobCtx| {
             let dir = sh.state_dir.join("delivery");
@@ -133,7 +130,7 @@ impl Delivery {
     /// Validates the route against its channel and queues the message durably.
     pub fn enqueue(
         &self,
-        shared: &Shared,
+        shared: &Arc<Shared>,
         route: Route,
         text: &str,
         idempotency_key: &str,
@@ -168,15 +165,9 @@ impl Delivery {
                     ..RpcError::new(Code::Unavailable, e.to_string())
                 })?
         };
-        self.kick();
+        // Dispatch starts now rather than at the watchdog's next tick.
+        Delivery::tick(shared);
         Ok(entry)
-    }
-
-    /// Starts dispatch now rather than at the watchdog's next tick.
-    fn kick(&self) {
-        if let Some(shared) = self.shared.get().and_then(Weak::upgrade) {
-            Delivery::tick(&shared);
-        }
     }
 
     pub fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<Entry>, RpcError> {
@@ -184,7 +175,7 @@ impl Delivery {
         Ok(q.as_ref().map(|q| q.list(state, limit)).unwrap_or_default())
     }
 
-    pub fn retry(&self, id: &str) -> Result<Entry, RpcError> {
+    pub fn retry(&self, shared: &Arc<Shared>, id: &str) -> Result<Entry, RpcError> {
         let entry = {
             let mut q = self.queue()?;
             q.as_mut()
@@ -192,7 +183,7 @@ impl Delivery {
                 .retry(id, clock::wall_ms())
                 .map_err(|e| RpcError::new(Code::NotFound, e.to_string()))?
         };
-        self.kick();
+        Delivery::tick(shared);
         Ok(entry)
     }
 
@@ -336,7 +327,7 @@ fn entry_json(e: &Entry) -> Value {
 
 /// The delivery methods: `send`, `delivery.list`, `delivery.retry`, `delivery.drop` (jobs:
 /// they write to the disk).
-pub fn call(shared: &Shared, method: &str, p: &Value) -> Result<Value, RpcError> {
+pub fn call(shared: &Arc<Shared>, method: &str, p: &Value) -> Result<Value, RpcError> {
     let svc = &shared.delivery;
     match method {
         "send" => {
@@ -372,7 +363,7 @@ pub fn call(shared: &Shared, method: &str, p: &Value) -> Result<Value, RpcError>
                 .collect();
             Ok(json!({"entries": entries, "counts": counts}))
         }
-        "delivery.retry" => Ok(entry_json(&svc.retry(&required(p, "id")?)?)),
+        "delivery.retry" => Ok(entry_json(&svc.retry(shared, &required(p, "id")?)?)),
         "delivery.drop" => Ok(entry_json(&svc.drop_entry(&required(p, "id")?)?)),
         other => Err(RpcError::unknown_method(other)),
     }
