@@ -29,7 +29,7 @@ use index::{Index, ParseError, Task};
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,10 @@ pub struct Sessions {
     state_dir: PathBuf,
     pub stores: store::Stores,
     index: RwLock<Index>,
+    /// The index's (files, messages, usage records, malformed lines), published by every
+    /// change: `/metrics` is answered on the reactor, which must never wait for the index lock
+    /// (a worker may hold it through a query, a save or a merge).
+    counts: [AtomicU64; 4],
     build: Mutex<Build>,
     /// True once a build (or a load of a saved index) has covered every file.
     complete_once: AtomicBool,
@@ -85,6 +89,8 @@ pub struct Sessions {
     flights: Flights,
     last_save: Mutex<Option<Instant>>,
     dirty: AtomicBool,
+    /// A save job is queued or running.
+    saving: AtomicBool,
     /// Transcript-directory change notification, and when everything was last scanned.
     watcher: Mutex<(Option<watch::Watcher>, Option<Instant>)>,
     pub stats: UsageStats,
@@ -134,12 +140,14 @@ impl Sessions {
             state_dir: state_dir.to_path_buf(),
             stores: store::Stores::default(),
             index: RwLock::new(Index::default()),
+            counts: Default::default(),
             build: Mutex::new(Build::default()),
             complete_once: AtomicBool::new(false),
             loaded: AtomicBool::new(false),
             flights: Flights::default(),
             last_save: Mutex::new(None),
             dirty: AtomicBool::new(false),
+            saving: AtomicBool::new(false),
             watcher: Mutex::new((None, None)),
             stats: UsageStats::default(),
             files: Mutex::new(query::FileCache::default()),
@@ -150,20 +158,32 @@ impl Sessions {
         self.index.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
-        self.index.write().unwrap_or_else(|e| e.into_inner())
+    /// Changes the index and publishes its counts.
+    fn modify<R>(&self, change: impl FnOnce(&mut Index) -> R) -> R {
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let r = change(&mut index);
+        let (files, msgs, usage, malformed) = index.counts();
+        for (slot, v) in
+            self.counts
+                .iter()
+                .zip([files as u64, msgs as u64, usage as u64, malformed])
+        {
+            slot.store(v, Ordering::Relaxed);
+        }
+        r
     }
 
-    /// (files indexed, messages, usage records, malformed lines).
+    /// (files indexed, messages, usage records, malformed lines), without taking the index lock.
     pub fn index_counts(&self) -> (usize, usize, usize, u64) {
-        self.read().counts()
+        let c = |i: usize| self.counts[i].load(Ordering::Relaxed);
+        (c(0) as usize, c(1) as usize, c(2) as usize, c(3))
     }
 
     /// The index's state for answers: `partial` until a build has covered every file once,
     /// then `refreshing` while a build runs and `fresh` otherwise.
     fn cache_status(&self) -> query::CacheStatus {
         let b = lock(&self.build);
-        let indexed = self.read().files.len();
+        let indexed = self.index_counts().0;
         let pending = if b.running {
             b.files_total.saturating_sub(b.files_done)
         } else {
@@ -198,7 +218,9 @@ impl Sessions {
                 w.0 = watch::Watcher::new(&self.state_dir);
                 w.1 = Some(Instant::now());
                 drop(w);
-                index::plan(&self.read(), &index::scan(&self.state_dir))
+                // Scanned before the lock is taken: a scan reads every directory.
+                let seen = index::scan(&self.state_dir);
+                index::plan(&self.read(), &seen)
             }
             watch::Changes::Paths(paths) => {
                 drop(w);
@@ -220,7 +242,7 @@ impl Sessions {
                         "usage index loaded: {files} files, {msgs} messages, {usage} usage records in {} ms",
                         t0.elapsed().as_millis()
                     );
-                    *svc.write() = idx;
+                    svc.modify(|i| *i = idx);
                 }
                 Ok(None) => log::info!(
                     "usage index: none saved (or unusable); building from the transcripts"
@@ -246,7 +268,7 @@ impl Sessions {
             None => svc.changed(true),
         };
         if !gone.is_empty() {
-            svc.write().remove(&gone);
+            svc.modify(|i| i.remove(&gone));
             svc.dirty.store(true, Ordering::Release);
         }
         {
@@ -362,12 +384,24 @@ impl Sessions {
             let last = lock(&self.last_save);
             force || last.is_none_or(|t| t.elapsed() >= SAVE_EVERY)
         };
-        if !due || !self.dirty.swap(false, Ordering::AcqRel) {
+        // One save at a time: two would write the same temporary file.
+        if !due || self.saving.swap(true, Ordering::AcqRel) {
             return;
         }
-        let sh = shared.clone();
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            self.saving.store(false, Ordering::Release);
+            return;
+        }
+        /// Clears `saving` when the job ends, or is dropped without running.
+        struct Saving(Arc<Shared>);
+        impl Drop for Saving {
+            fn drop(&mut self) {
+                self.0.sessions.saving.store(false, Ordering::Release);
+            }
+        }
+        let saving = Saving(shared.clone());
         let work: Work = Box::new(move |_ctx: &JobCtx| {
-            let svc = &sh.sessions;
+            let svc = &saving.0.sessions;
             let t0 = Instant::now();
             let saved = svc.read().save(&svc.state_dir);
             match saved {
@@ -409,7 +443,7 @@ impl Sessions {
             return Ok((0, 0));
         }
         if !gone.is_empty() {
-            self.write().remove(&gone);
+            self.modify(|i| i.remove(&gone));
             self.dirty.store(true, Ordering::Release);
         }
         let (mut files, mut read) = (0, 0);
@@ -419,7 +453,7 @@ impl Sessions {
                     files += 1;
                     read += chunk.end - chunk.task.from;
                     self.stats.malformed_lines.add(chunk.parsed.malformed);
-                    self.write().merge(chunk);
+                    self.modify(|i| i.merge(chunk));
                     self.dirty.store(true, Ordering::Release);
                 }
                 Err(ParseError::Cancelled) => ctx.check()?,
@@ -659,7 +693,7 @@ impl BuildTicket {
                 Ok(chunk) => {
                     let bytes = chunk.end - chunk.task.from;
                     svc.stats.malformed_lines.add(chunk.parsed.malformed);
-                    svc.write().merge(chunk);
+                    svc.modify(|i| i.merge(chunk));
                     let mut b = lock(&svc.build);
                     b.files_done += 1;
                     b.bytes += bytes;
