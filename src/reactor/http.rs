@@ -259,7 +259,7 @@ impl HttpConn {
     /// buffered here. Ok(true) if input may remain (budget or buffer full) and the connection
     /// is not waiting on a job — whose reply drives it again anyway.
     fn read_some(&mut self, cx: &Cx<'_>) -> Result<bool, ()> {
-        let cap = HEAD_MAX + cx.config().limits.rpc_body_bytes;
+        let cap = HEAD_MAX + super::largest_body(&cx.config());
         let mut budget = READ_BUDGET;
         let mut chunk = [0u8; 16 << 10];
         while budget > 0 && self.rbuf.len() < cap {

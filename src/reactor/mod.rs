@@ -85,6 +85,16 @@ pub fn body_limit(method: &str, path: &str, cfg: &Config) -> usize {
 /// Largest hook body.
 pub const HOOK_BODY_MAX: usize = 256 << 10;
 
+/// The largest body any route accepts: what a connection may need buffered beside a head.
+pub fn largest_body(cfg: &Config) -> usize {
+    let hooks = if cfg.hooks.is_some() {
+        HOOK_BODY_MAX
+    } else {
+        0
+    };
+    cfg.limits.rpc_body_bytes.max(hooks)
+}
+
 /// `<hooks.path>/<name>` → `name`.
 pub fn hook_route<'a>(path: &'a str, base: &str) -> Option<&'a str> {
     let path = path.split('?').next().unwrap_or(path);

@@ -328,3 +328,21 @@ fn queue_age_raises_pressure_sheds_background_work_and_recovers() {
     );
     assert!(g.wait_log("-> normal", BOUND).is_some(), "{log}");
 }
+
+#[test]
+fn a_hook_body_larger_than_the_rpc_limit_is_read_whole() {
+    // Hooks accept up to 256 KiB whatever rpcBodyBytes says; the reactor must buffer that much.
+    let g = Gateway::start(Opts::default().config(json!({
+        "gateway": {"limits": {"rpcBodyBytes": 4096}},
+        "hooks": {"enabled": true, "token": "hook-secret", "path": "/hooks"},
+    })));
+    let body = json!({"text": "w".repeat(100 << 10)}).to_string();
+    let r = g.http(&format!(
+        "POST /hooks/wake HTTP/1.1\r\nHost: t\r\nx-openclaw-token: hook-secret\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    assert_eq!(r.status, 202, "{}", r.text());
+    // The RPC limit still holds for RPC.
+    let big = json!({"x": "y".repeat(8192)});
+    assert_eq!(g.rpc("health", big).status, 413);
+}
