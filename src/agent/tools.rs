@@ -14,7 +14,7 @@ use crate::runtime::Shared;
 use serde_json::{Value, json};
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Sub-agents may nest this deep.
@@ -151,9 +151,16 @@ fn command(tool: &CommandTool, args: &Value, ctx: &JobCtx) -> Result<String, Str
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
     let pid = child.id();
-    // Cancel kills it at once, wherever the run is.
+    // Cancel kills it at once, wherever the run is — but only while it has not been reaped:
+    // the hook outlives the tool, and after a reap the pid may be another process's. The
+    // child is reaped only under this lock, which the hook takes too.
+    let unreaped = Arc::new(Mutex::new(true));
+    let hook = Arc::downgrade(&unreaped);
     ctx.token().on_cancel(move || {
-        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        if let Some(u) = hook.upgrade()
+            && *u.lock().unwrap_or_else(|e| e.into_inner())
+            && let Some(p) = rustix::process::Pid::from_raw(pid as i32)
+        {
             let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
         }
     });
@@ -189,14 +196,22 @@ fn command(tool: &CommandTool, args: &Value, ctx: &JobCtx) -> Result<String, Str
     .collect();
     let deadline = (Instant::now() + tool.timeout).min(ctx.deadline());
     let status = loop {
+        let mut alive = unreaped.lock().unwrap_or_else(|e| e.into_inner());
         match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
+            Ok(Some(s)) => {
+                *alive = false;
+                break Some(s);
+            }
             Ok(None) if Instant::now() >= deadline || ctx.token().is_cancelled() => {
                 let _ = child.kill();
                 let _ = child.wait();
+                *alive = false;
                 break None;
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                drop(alive);
+                std::thread::sleep(Duration::from_millis(10));
+            }
             Err(e) => return Err(format!("{}: {e}", argv[0])),
         }
     };
