@@ -16,6 +16,7 @@ use crate::clock;
 use crate::error::{Code, RpcError};
 use crate::jobs::{CancelReason, Fanout, JobSpec, Lane, PoolKind, ReplyTo, Work};
 use crate::protocol::methods::Caller;
+use crate::protocol::params::{address, required, string};
 use crate::protocol::{self, Payload};
 use crate::runtime::Shared;
 use crate::watchdog::Level;
@@ -300,26 +301,6 @@ pub fn finish(shared: &Shared, run: &Run, status: Status, text: &str, error: Opt
 
 // ---- methods -------------------------------------------------------------------------------
 
-fn str_param(p: &Value, key: &str) -> Result<Option<String>, RpcError> {
-    match p.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        // Chat ids and thread ids arrive as numbers from some channels.
-        Some(Value::Number(n)) if matches!(key, "to" | "threadId" | "accountId") => {
-            Ok(Some(n.to_string()))
-        }
-        Some(_) => Err(RpcError::invalid(format!(
-            "invalid params: {key} must be a string"
-        ))),
-    }
-}
-
-fn required(p: &Value, key: &str) -> Result<String, RpcError> {
-    str_param(p, key)?
-        .ok_or_else(|| RpcError::invalid(format!("invalid params: {key} is required")))
-}
-
 /// `agent:<agentId>:<rest>` → agentId; other keys belong to the default agent.
 pub fn agent_of(key: &str, default_agent: &str) -> String {
     match key.strip_prefix("agent:").and_then(|r| r.split_once(':')) {
@@ -330,10 +311,10 @@ pub fn agent_of(key: &str, default_agent: &str) -> String {
 
 fn origin_of(p: &Value) -> Result<Origin, RpcError> {
     Ok(Origin {
-        channel: str_param(p, "channel")?,
-        to: str_param(p, "to")?,
-        account_id: str_param(p, "accountId")?,
-        thread_id: str_param(p, "threadId")?,
+        channel: string(p, "channel")?,
+        to: address(p, "to")?,
+        account_id: address(p, "accountId")?,
+        thread_id: address(p, "threadId")?,
     })
 }
 
@@ -428,8 +409,8 @@ pub fn agent(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, 
     let message = required(p, "message")?;
     let idem = required(p, "idempotencyKey")?;
     let cfg = shared.config();
-    let agent_id = str_param(p, "agentId")?.unwrap_or_else(|| cfg.agents.default_agent_id());
-    let key = str_param(p, "sessionKey")?.unwrap_or_else(|| format!("agent:{agent_id}:main"));
+    let agent_id = string(p, "agentId")?.unwrap_or_else(|| cfg.agents.default_agent_id());
+    let key = string(p, "sessionKey")?.unwrap_or_else(|| format!("agent:{agent_id}:main"));
     let mut request = Request::top(message, key, &agent_id, origin_of(p)?);
     request.deliver = p.get("deliver").and_then(Value::as_bool).unwrap_or(false);
     let reply = match caller {
@@ -535,8 +516,8 @@ pub fn hook(shared: &Arc<Shared>, route: &str, p: &Value) -> Result<Value, RpcEr
     let default_agent = cfg.agents.default_agent_id();
     let (message, agent_id, key) = match route {
         "agent" => {
-            let agent_id = str_param(p, "agentId")?.unwrap_or(default_agent);
-            let key = match str_param(p, "sessionKey")? {
+            let agent_id = string(p, "agentId")?.unwrap_or(default_agent);
+            let key = match string(p, "sessionKey")? {
                 Some(k) => k,
                 None => format!("agent:{agent_id}:hook:{}", clock::Rng::from_os().uuid()),
             };
@@ -553,7 +534,7 @@ pub fn hook(shared: &Arc<Shared>, route: &str, p: &Value) -> Result<Value, RpcEr
             ));
         }
     };
-    let idem = str_param(p, "idempotencyKey")?.unwrap_or_else(|| clock::Rng::from_os().uuid());
+    let idem = string(p, "idempotencyKey")?.unwrap_or_else(|| clock::Rng::from_os().uuid());
     let mut request = Request::top(message, key, &agent_id, origin_of(p)?);
     request.deliver = p.get("deliver").and_then(Value::as_bool).unwrap_or(true);
     let (run, _) = start(shared, &idem, request, ReplyTo::Internal, None)?;

@@ -15,6 +15,7 @@ use crate::error::{Code, RpcError};
 use crate::jobs::{JobCtx, JobSpec, Lane, PoolKind, ReplyTo, Work};
 use crate::metrics::Counter;
 use crate::net::Limits;
+use crate::protocol::params::{address, required, required_address, string};
 use crate::runtime::{Phase, Shared};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -303,24 +304,6 @@ impl Delivery {
     }
 }
 
-fn param(p: &Value, key: &str) -> Result<Option<String>, RpcError> {
-    match p.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) if matches!(key, "to" | "threadId" | "accountId") => {
-            Ok(Some(n.to_string()))
-        }
-        Some(_) => Err(RpcError::invalid(format!(
-            "invalid params: {key} must be a string"
-        ))),
-    }
-}
-
-fn required(p: &Value, key: &str) -> Result<String, RpcError> {
-    param(p, key)?.ok_or_else(|| RpcError::invalid(format!("invalid params: {key} is required")))
-}
-
 fn entry_json(e: &Entry) -> Value {
     serde_json::to_value(e).unwrap_or(Value::Null)
 }
@@ -332,9 +315,9 @@ pub fn call(shared: &Arc<Shared>, method: &str, p: &Value) -> Result<Value, RpcE
     match method {
         "send" => {
             let route = Route {
-                account_id: param(p, "accountId")?,
-                thread_id: param(p, "threadId")?,
-                ..Route::new(required(p, "channel")?, required(p, "to")?)
+                account_id: address(p, "accountId")?,
+                thread_id: address(p, "threadId")?,
+                ..Route::new(required(p, "channel")?, required_address(p, "to")?)
             };
             let message = required(p, "message")?;
             let key = required(p, "idempotencyKey")?;
@@ -344,7 +327,7 @@ pub fn call(shared: &Arc<Shared>, method: &str, p: &Value) -> Result<Value, RpcE
             )
         }
         "delivery.list" => {
-            let state = match param(p, "state")? {
+            let state = match string(p, "state")? {
                 None => None,
                 Some(s) => Some(State::parse(&s).ok_or_else(|| {
                     RpcError::invalid(format!("invalid params: unknown state {s:?}"))

@@ -7,6 +7,7 @@
 
 pub mod handshake;
 pub mod methods;
+pub mod params;
 
 use crate::error::RpcError;
 use crate::jobs::{Completion, CompletionBody, ReplyTo};
