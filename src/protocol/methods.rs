@@ -37,7 +37,8 @@ pub enum Caller {
 }
 
 type InlineFn = fn(&Arc<Shared>, &Value, &Caller) -> Result<Value, RpcError>;
-type JobFn = fn(&Arc<Shared>, &Value) -> Result<(JobSpec, Work), RpcError>;
+/// Builds a job; given the method name, so that one builder can serve several methods.
+type JobFn = fn(&Arc<Shared>, &'static str, &Value) -> Result<(JobSpec, Work), RpcError>;
 type CallFn = fn(&Arc<Shared>, &Value, &Caller) -> Result<Call, RpcError>;
 
 enum Handler {
@@ -66,17 +67,17 @@ const METHODS: &[Method] = &[
     },
     Method {
         name: "sessions.list",
-        handler: Handler::Job(sessions_list),
+        handler: Handler::Job(usage_job),
         hidden: false,
     },
     Method {
         name: "sessions.usage",
-        handler: Handler::Job(sessions_usage),
+        handler: Handler::Job(usage_job),
         hidden: false,
     },
     Method {
         name: "usage.cost",
-        handler: Handler::Job(usage_cost),
+        handler: Handler::Job(usage_job),
         hidden: false,
     },
     Method {
@@ -116,22 +117,22 @@ const METHODS: &[Method] = &[
     },
     Method {
         name: "send",
-        handler: Handler::Job(send),
+        handler: Handler::Job(delivery_job),
         hidden: false,
     },
     Method {
         name: "delivery.list",
-        handler: Handler::Job(delivery_list),
+        handler: Handler::Job(delivery_job),
         hidden: false,
     },
     Method {
         name: "delivery.retry",
-        handler: Handler::Job(delivery_retry),
+        handler: Handler::Job(delivery_job),
         hidden: false,
     },
     Method {
         name: "delivery.drop",
-        handler: Handler::Job(delivery_drop),
+        handler: Handler::Job(delivery_job),
         hidden: false,
     },
     Method {
@@ -169,7 +170,7 @@ pub fn call(
         Handler::Inline(f) => Call::Inline(f(shared, params, caller)),
         Handler::Call(f) => f(shared, params, caller)?,
         Handler::Job(f) => {
-            let (spec, work) = f(shared, params)?;
+            let (spec, work) = f(shared, m.name, params)?;
             Call::Job(spec, work)
         }
     })
@@ -198,22 +199,6 @@ fn delivery_job(
     ))
 }
 
-fn send(shared: &Arc<Shared>, params: &Value) -> Result<(JobSpec, Work), RpcError> {
-    delivery_job(shared, "send", params)
-}
-
-fn delivery_list(shared: &Arc<Shared>, params: &Value) -> Result<(JobSpec, Work), RpcError> {
-    delivery_job(shared, "delivery.list", params)
-}
-
-fn delivery_retry(shared: &Arc<Shared>, params: &Value) -> Result<(JobSpec, Work), RpcError> {
-    delivery_job(shared, "delivery.retry", params)
-}
-
-fn delivery_drop(shared: &Arc<Shared>, params: &Value) -> Result<(JobSpec, Work), RpcError> {
-    delivery_job(shared, "delivery.drop", params)
-}
-
 fn agent_wait(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Call, RpcError> {
     Ok(match runs::agent_wait(shared, p, caller)? {
         Some(v) => Call::Inline(Ok(v)),
@@ -229,7 +214,11 @@ fn unsubscribe(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value
     runs::subscribe(shared, p, caller, false)
 }
 
-fn chat_history(shared: &Arc<Shared>, params: &Value) -> Result<(JobSpec, Work), RpcError> {
+fn chat_history(
+    shared: &Arc<Shared>,
+    _method: &str,
+    params: &Value,
+) -> Result<(JobSpec, Work), RpcError> {
     let sh = shared.clone();
     let params = params.clone();
     Ok((
@@ -251,7 +240,11 @@ fn health(shared: &Arc<Shared>, _params: &Value, _caller: &Caller) -> Result<Val
     Ok(shared.health_json())
 }
 
-fn status(shared: &Arc<Shared>, _params: &Value) -> Result<(JobSpec, Work), RpcError> {
+fn status(
+    shared: &Arc<Shared>,
+    _method: &str,
+    _params: &Value,
+) -> Result<(JobSpec, Work), RpcError> {
     let sh = shared.clone();
     Ok((
         JobSpec {
@@ -288,18 +281,6 @@ fn usage_job(
     ))
 }
 
-fn sessions_list(shared: &Arc<Shared>, params: &Value) -> Result<(JobSpec, Work), RpcError> {
-    usage_job(shared, "sessions.list", params)
-}
-
-fn sessions_usage(shared: &Arc<Shared>, params: &Value) -> Result<(JobSpec, Work), RpcError> {
-    usage_job(shared, "sessions.usage", params)
-}
-
-fn usage_cost(shared: &Arc<Shared>, params: &Value) -> Result<(JobSpec, Work), RpcError> {
-    usage_job(shared, "usage.cost", params)
-}
-
 fn opt_u64(params: &Value, key: &str, default: u64, max: u64) -> Result<u64, RpcError> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(default),
@@ -322,7 +303,7 @@ fn opt_bool(params: &Value, key: &str) -> Result<bool, RpcError> {
 /// `keel.test.busy {ms, pool?, lane?, timeoutMs?, stallMs?, ignoreCancel?, stall?, panic?,
 /// sleep?, replyBytes?}`: occupies a worker for `ms` (and answers with `replyBytes` of padding). `ignoreCancel` keeps going after the token fires;
 /// `stall` stops stamping progress; `sleep` sleeps instead of spinning the CPU.
-fn test_busy(_shared: &Arc<Shared>, p: &Value) -> Result<(JobSpec, Work), RpcError> {
+fn test_busy(_shared: &Arc<Shared>, _method: &str, p: &Value) -> Result<(JobSpec, Work), RpcError> {
     let ms = opt_u64(p, "ms", 100, 3_600_000)?;
     let pool = match p.get("pool").and_then(Value::as_str) {
         None => PoolKind::Cpu,
