@@ -105,30 +105,16 @@ fn usage_json(shared: &Shared, c: &ModelRef, u: &provider::Usage) -> Value {
     v
 }
 
-/// `failover` reason name of a provider failure.
+/// `failover` reason name of a provider failure, from the provider's own classification
+/// ([`ProviderError::kind`], which the failover tests check), and a 429's `Retry-After`.
 fn reason(e: &ProviderError) -> (&'static str, Option<Duration>) {
-    let kind = match e {
-        ProviderError::Http { kind, .. } | ProviderError::Stream { kind, .. } => *kind,
-        ProviderError::Net(n) => provider::classify_net(n),
-        ProviderError::Decode(_) => provider::FailureKind::Format,
-    };
     if let ProviderError::Net(crate::net::NetError::Cancelled) = e {
         return ("cancelled", None);
     }
-    use provider::FailureKind as K;
-    match kind {
-        K::Auth => ("auth", None),
-        K::AuthPermanent => ("auth_permanent", None),
-        K::Billing => ("billing", None),
-        K::RateLimit { retry_after } => ("rate_limit", retry_after),
-        K::Overloaded => ("overloaded", None),
-        K::ServerError => ("server_error", None),
-        K::Timeout => ("timeout", None),
-        K::ModelNotFound => ("model_not_found", None),
-        K::ContextOverflow => ("context_overflow", None),
-        K::Format => ("format", None),
-        K::ConfigError => ("config_error", None),
-        K::Other => ("server_error", None),
+    match e.kind() {
+        provider::FailureKind::RateLimit { retry_after } => ("rate_limit", retry_after),
+        provider::FailureKind::Other => ("server_error", None),
+        kind => (kind.as_str(), None),
     }
 }
 
