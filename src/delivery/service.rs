@@ -82,7 +82,9 @@ impl Delivery {
                     {
                         q.set_fail_writes(true);
                     }
-                    let r = q.recovery();
+                    let r = q.recovery().clone();
+                    // Installed before it is logged: the line tells tests and operators sends work.
+                    *lock(&sh.delivery.queue) = Some(q);
                     log::info!(
                         "delivery queue {}: {} pending resumed, {} unknown after send{}, {} corrupt, {} temp files removed",
                         dir.display(),
@@ -96,7 +98,6 @@ impl Delivery {
                         r.corrupt.len(),
                         r.temp_removed
                     );
-                    *lock(&sh.delivery.queue) = Some(q);
                 }
                 Err(e) => log::error!(
                     "delivery queue {}: cannot open: {e}; sends are refused",
