@@ -2316,12 +2316,13 @@ mod tests {
         );
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 
-        // The deadline, too.
+        // The deadline, too: it ends the call, not the 2 s connect or 5 s stall limit.
         let short = Limits::from_now(
             Duration::from_millis(300),
             Duration::from_secs(2),
             Duration::from_secs(5),
         );
+        let t = Instant::now();
         let r = run_with(
             &cfg,
             Route::new("openclaw-weixin", "a@im.wechat"),
@@ -2331,6 +2332,11 @@ mod tests {
             CancelToken::new(),
         );
         assert_class(&r, ErrorClass::Transient);
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
 
         // Nobody listening.
         let port = TcpListener::bind("127.0.0.1:0")
@@ -2348,12 +2354,17 @@ mod tests {
             ErrorClass::Transient,
         );
 
-        // Cancelled mid-wait: transient, and says so.
+        // Cancelled mid-wait (once the request is at the server): transient, says so, and
+        // returns at once rather than at the 2 s stall limit. A fake of its own, so the
+        // request it reports is this one.
+        let waiting = Fake::start(|_| Reply::Silent);
+        let cfg = ChannelConfig::new("openclaw-weixin", waiting.url(), creds(&[("token", "t")]));
         let token = CancelToken::new();
         let t2 = token.clone();
         let canceller = thread::spawn(move || {
-            thread::sleep(Duration::from_millis(100));
+            waiting.next();
             t2.cancel(CancelReason::Drain);
+            (Instant::now(), waiting)
         });
         let r = run_with(
             &cfg,
@@ -2363,8 +2374,11 @@ mod tests {
             limits(),
             token,
         );
-        canceller.join().unwrap();
+        let returned = Instant::now();
+        let (cancelled, _waiting) = canceller.join().unwrap();
         assert_eq!(assert_class(&r, ErrorClass::Transient).message, "cancelled");
+        let took = returned.saturating_duration_since(cancelled);
+        assert!(took < Duration::from_millis(1500), "{took:?} after cancel");
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! Every wait is bounded; a test that would hang fails instead.
 
 use serde_json::{Value, json};
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tungstenite::{Message, WebSocket};
@@ -429,27 +430,60 @@ impl Ws {
     }
 
     /// The next frame or the close code.
+    #[track_caller]
     pub fn next(&mut self) -> Got {
+        self.try_next()
+            .unwrap_or_else(|| panic!("no frame within {BOUND:?}"))
+    }
+
+    /// The next frame or the close code; None when the socket's read timeout passed first.
+    fn try_next(&mut self) -> Option<Got> {
         loop {
             match self.sock.read() {
                 Ok(Message::Text(t)) => {
-                    return Got::Frame(serde_json::from_str(t.as_str()).expect("frame is JSON"));
+                    return Some(Got::Frame(
+                        serde_json::from_str(t.as_str()).expect("frame is JSON"),
+                    ));
                 }
-                Ok(Message::Close(f)) => return Got::Closed(f.map(|f| u16::from(f.code))),
+                Ok(Message::Close(f)) => return Some(Got::Closed(f.map(|f| u16::from(f.code)))),
                 Ok(_) => {}
                 Err(tungstenite::Error::ConnectionClosed)
-                | Err(tungstenite::Error::AlreadyClosed) => return Got::Closed(None),
+                | Err(tungstenite::Error::AlreadyClosed) => return Some(Got::Closed(None)),
                 Err(tungstenite::Error::Io(e))
                     if matches!(
                         e.kind(),
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) =>
                 {
-                    panic!("no frame within {BOUND:?}")
+                    return None;
                 }
-                Err(e) => return Got::Closed(Some(u16::MAX)).also(|| eprintln!("ws error: {e}")),
+                Err(e) => {
+                    return Some(Got::Closed(Some(u16::MAX)).also(|| eprintln!("ws error: {e}")));
+                }
             }
         }
+    }
+
+    /// The first frame for which `pred` holds, skipping the others (`pred` sees every frame
+    /// in order). Fails if the socket closes first or nothing matched within `bound` overall.
+    #[track_caller]
+    pub fn until(&mut self, bound: Duration, mut pred: impl FnMut(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + bound;
+        let found = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break None;
+            }
+            self.sock.get_ref().set_read_timeout(Some(left)).unwrap();
+            match self.try_next() {
+                Some(Got::Frame(f)) if pred(&f) => break Some(f),
+                Some(Got::Frame(_)) => {}
+                Some(Got::Closed(c)) => panic!("closed ({c:?}) before the awaited frame"),
+                None => break None,
+            }
+        };
+        self.sock.get_ref().set_read_timeout(Some(BOUND)).unwrap();
+        found.unwrap_or_else(|| panic!("no awaited frame within {bound:?}"))
     }
 
     /// The `res` for `id`, skipping events.
@@ -488,15 +522,83 @@ trait Also: Sized {
 }
 impl<T> Also for T {}
 
-/// Runs `f` on a thread and fails if it has not finished within `bound`.
+/// Runs `f` on a thread and fails if it has not finished within `bound`; a panic in `f` fails
+/// the test with its own message.
 #[track_caller]
 pub fn within<T: Send + 'static>(bound: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::sync::mpsc::RecvTimeoutError;
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
+    let h = std::thread::spawn(move || {
+        let v = f();
+        let _ = tx.send(());
+        v
     });
-    rx.recv_timeout(bound)
-        .unwrap_or_else(|_| panic!("did not finish within {bound:?}"))
+    // Either `f` finished or the sender was dropped by a panic.
+    match rx.recv_timeout(bound) {
+        Ok(()) | Err(RecvTimeoutError::Disconnected) => {}
+        Err(RecvTimeoutError::Timeout) => panic!("did not finish within {bound:?}"),
+    }
+    match h.join() {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+/// Runs the `keel` binary (not the server) with `args` and `env` (`KEEL_CONFIG` and
+/// `KEEL_STATE_DIR` are cleared first), and returns its output. Fails, killing it, if it has
+/// not exited within [`BOUND`].
+#[track_caller]
+pub fn keel_cli<'a>(
+    args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+    env: impl IntoIterator<Item = (&'a str, impl AsRef<OsStr>)>,
+) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+    cmd.args(args)
+        .env_remove("KEEL_CONFIG")
+        .env_remove("KEEL_STATE_DIR");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keel");
+    // Drained on their own threads so a full pipe cannot block the child.
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|s| Box::new(s) as _));
+    let err = drain(child.stderr.take().map(|s| Box::new(s) as _));
+    let deadline = Instant::now() + BOUND;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let (out, err) = (out.join().unwrap(), err.join().unwrap());
+            panic!(
+                "keel did not exit within {BOUND:?}; killed. Output:\n{}{}",
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
 }
 
 /// Polls `f` until it returns Some, within `bound`.

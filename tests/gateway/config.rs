@@ -2,7 +2,6 @@
 
 use crate::common::*;
 use serde_json::json;
-use std::process::Command;
 
 #[test]
 fn no_config_generates_a_token_with_mode_0600() {
@@ -69,12 +68,7 @@ fn password_auth_over_websocket() {
 }
 
 fn keel(args: &[&str], dir: &std::path::Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(args)
-        .env("KEEL_STATE_DIR", dir)
-        .env_remove("KEEL_CONFIG")
-        .output()
-        .unwrap();
+    let out = keel_cli(args, [("KEEL_STATE_DIR", dir)]);
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)

@@ -37,23 +37,18 @@ fn chat(ws: &mut Ws, key: &str, message: &str, idem: &str) -> (String, Vec<Value
     assert_eq!(res["ok"], true, "{res}");
     let run_id = res["payload"]["runId"].as_str().unwrap().to_string();
     let mut events = Vec::new();
-    loop {
-        match ws.next() {
-            Got::Frame(f) if f["type"] == "event" && f["payload"]["runId"] == run_id.as_str() => {
-                let done = f["event"] == "chat"
-                    && matches!(
-                        f["payload"]["state"].as_str(),
-                        Some("final" | "error" | "aborted")
-                    );
-                events.push(f);
-                if done {
-                    return (run_id, events);
-                }
-            }
-            Got::Frame(_) => {}
-            Got::Closed(c) => panic!("closed {c:?}"),
+    ws.until(BOUND, |f| {
+        if f["type"] != "event" || f["payload"]["runId"] != run_id.as_str() {
+            return false;
         }
-    }
+        events.push(f.clone());
+        f["event"] == "chat"
+            && matches!(
+                f["payload"]["state"].as_str(),
+                Some("final" | "error" | "aborted")
+            )
+    });
+    (run_id, events)
 }
 
 fn final_state(events: &[Value]) -> &Value {
@@ -337,27 +332,18 @@ fn chat_abort_stops_a_streaming_run_at_once() {
     );
     let run_id = res["payload"]["runId"].as_str().unwrap().to_string();
     // Wait for the stream to be flowing.
-    loop {
-        if let Got::Frame(f) = ws.next()
-            && f["event"] == "agent"
-            && f["payload"]["stream"] == "assistant"
-        {
-            break;
-        }
-    }
+    ws.until(BOUND, |f| {
+        f["event"] == "agent" && f["payload"]["stream"] == "assistant"
+    });
     let t0 = Instant::now();
     let mut ctl = g.ws();
     assert_eq!(
         ctl.call("chat.abort", json!({"runId": run_id}))["payload"]["aborted"],
         true
     );
-    let end = loop {
-        match ws.next() {
-            Got::Frame(f) if f["event"] == "chat" && f["payload"]["state"] != "delta" => break f,
-            Got::Frame(_) => {}
-            Got::Closed(c) => panic!("closed {c:?}"),
-        }
-    };
+    let end = ws.until(BOUND, |f| {
+        f["event"] == "chat" && f["payload"]["state"] != "delta"
+    });
     assert_eq!(end["payload"]["state"], "aborted");
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     assert!(
@@ -469,7 +455,8 @@ fn tools_run_and_mirror_to_subscribers() {
     });
     a.push(stream("the tool said pong"));
     let mut cfg = config(&a, &b, 5000);
-    cfg["tools"] = json!({"commands": [{"name": "echo_it", "description": "echo", "argv": ["echo", "{{word}}"],
+    // The output (`out:pong`) differs from the call's arguments (`pong`), so it can be told apart.
+    cfg["tools"] = json!({"commands": [{"name": "echo_it", "description": "echo", "argv": ["echo", "out:{{word}}"],
                                         "parameters": {"type": "object", "properties": {"word": {"type": "string"}}}}]});
     let g = Gateway::start(Opts::default().config(cfg));
     let mut sub = g.ws();
@@ -492,17 +479,28 @@ fn tools_run_and_mirror_to_subscribers() {
         .filter_map(|e| e["payload"]["data"]["phase"].as_str())
         .collect();
     assert_eq!(tool, ["start", "result"]);
-    // The second model call carried the tool's output.
-    let second = &a.requests()[1]["messages"];
-    assert!(second.to_string().contains("pong"), "{second}");
-    let mut mirrors = Vec::new();
-    while mirrors.len() < 2 {
-        if let Got::Frame(f) = sub.next()
-            && f["event"] == "session.tool"
-        {
-            mirrors.push(f["payload"]["phase"].as_str().unwrap().to_string());
-        }
-    }
+    // The second model call carried the tool's output, as the result of that very call.
+    let second = a.requests()[1]["messages"].clone();
+    let msgs = second.as_array().unwrap();
+    let call_id = msgs
+        .iter()
+        .find_map(|m| m["tool_calls"][0]["id"].as_str())
+        .unwrap_or_else(|| panic!("no assistant tool call: {second}"));
+    let results: Vec<&Value> = msgs.iter().filter(|m| m["role"] == "tool").collect();
+    assert_eq!(results.len(), 1, "{second}");
+    assert_eq!(results[0]["tool_call_id"], call_id, "{second}");
+    assert!(
+        results[0]["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("out:pong")),
+        "{second}"
+    );
+    let mirrors: Vec<String> = (0..2)
+        .map(|_| {
+            let f = sub.until(BOUND, |f| f["event"] == "session.tool");
+            f["payload"]["phase"].as_str().unwrap().to_string()
+        })
+        .collect();
     assert_eq!(mirrors, ["start", "result"]);
 }
 
@@ -675,13 +673,7 @@ fn under_elevated_pressure_only_terminal_mirrors_flow() {
         .collect();
     assert_eq!(phases, ["start", "result"]);
     // ...while the session mirror of the non-terminal start was not sent.
-    let first_mirror = loop {
-        if let Got::Frame(f) = sub.next()
-            && f["event"] == "session.tool"
-        {
-            break f;
-        }
-    };
+    let first_mirror = sub.until(BOUND, |f| f["event"] == "session.tool");
     assert_eq!(first_mirror["payload"]["phase"], "result");
     assert!(
         metric(

@@ -242,14 +242,57 @@ fn pages_offsets_and_filters() {
         .find_map(|s| s["label"].as_str())
         .expect("a labelled session")
         .to_string();
+    let all =
+        g.rpc("sessions.list", json!({"limit": 100_000})).json()["payload"]["sessions"].clone();
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len() as u64, e["sessions"].as_u64().unwrap());
+    let labelled: Vec<&Value> = all
+        .iter()
+        .filter(|s| s["label"] == label.as_str())
+        .collect();
     let by_label = g.rpc("sessions.list", json!({"label": label})).json()["payload"].clone();
-    assert!(by_label["count"].as_u64().unwrap() >= 1);
-    let key = list["sessions"][0]["key"].as_str().unwrap().to_string();
+    let rows = by_label["sessions"].as_array().unwrap();
+    assert!(
+        !rows.is_empty() && rows.iter().all(|s| s["label"] == label.as_str()),
+        "{by_label}"
+    );
+    assert_eq!(rows.len(), labelled.len(), "{by_label}");
+    assert_eq!(by_label["count"], rows.len());
+    assert_eq!(by_label["totalCount"], rows.len());
+    assert!(
+        rows.len() < all.len(),
+        "the filter narrows: {} of {}",
+        rows.len(),
+        all.len()
+    );
+    // Search: a key that is not the first row and that no other session's searched fields
+    // contain, so exactly that session must come back.
+    let fields = |s: &Value| {
+        ["key", "label", "displayName", "sessionId"]
+            .map(|k| s[k].as_str().unwrap_or("").to_lowercase())
+    };
+    let key = all
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, s)| (i, s["key"].as_str().unwrap().to_string()))
+        .find(|(i, k)| {
+            let k = k.to_lowercase();
+            all.iter()
+                .enumerate()
+                .all(|(j, o)| j == *i || !fields(o).iter().any(|f| f.contains(&k)))
+        })
+        .map(|(_, k)| k)
+        .expect("a key no other session matches");
+    assert_ne!(all[0]["key"], key.as_str());
     let found = g
         .rpc("sessions.list", json!({"search": key.to_uppercase()}))
         .json()["payload"]
         .clone();
-    assert_eq!(found["sessions"][0]["key"], key.as_str());
+    let hits = found["sessions"].as_array().unwrap();
+    assert_eq!(hits.len(), 1, "{found}");
+    assert_eq!(hits[0]["key"], key.as_str(), "{found}");
+    assert_eq!(found["totalCount"], 1, "{found}");
 }
 
 #[test]
@@ -453,12 +496,11 @@ fn keel_usage_prints_a_spend_table_without_a_server() {
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/small/state"),
         dir.path(),
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["usage", "--days", "3650", "--state-dir"])
-        .arg(dir.path())
-        .env_remove("KEEL_CONFIG")
-        .output()
-        .unwrap();
+    let args = ["usage", "--days", "3650", "--state-dir"].map(std::ffi::OsStr::new);
+    let out = keel_cli(
+        args.into_iter().chain([dir.path().as_os_str()]),
+        [] as [(&str, &str); 0],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
