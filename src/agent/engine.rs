@@ -417,7 +417,18 @@ fn execute_inner(
 ) -> Result<(String, Value), RpcError> {
     let req = &run.request;
     let lock = shared.runs.session_lock(&req.session_key);
-    let _turn = lock.lock().unwrap_or_else(|e| e.into_inner());
+    // One run per session at a time; a run waiting its turn still honours its deadline and
+    // cancel (a drain, chat.abort), rather than holding its worker blind until the other ends.
+    let _turn = loop {
+        match lock.try_lock() {
+            Ok(turn) => break turn,
+            Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                ctx.check()?;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
     ctx.check()?;
     runs::emit(
         shared,

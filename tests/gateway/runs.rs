@@ -728,3 +728,44 @@ fn a_listener_that_never_reads_is_closed_without_stalling_others() {
     let done = other.call("agent.wait", json!({"runId": run_id, "timeoutMs": 15000}));
     assert_eq!(done["payload"]["status"], "ok", "{done}");
 }
+
+#[test]
+fn a_run_waiting_for_its_session_can_be_aborted() {
+    let (a, b) = (
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+    );
+    a.push(Behavior::StallBeforeHead);
+    let g = Gateway::start(Opts::default().config(config(&a, &b, 120_000)));
+    let mut ws = g.ws();
+    let first = ws.call(
+        "chat.send",
+        json!({"sessionKey": "agent:main:main", "message": "stalls", "idempotencyKey": "w1"}),
+    );
+    assert_eq!(first["ok"], true, "{first}");
+    eventually(BOUND, || (!a.requests().is_empty()).then_some(()));
+    // The second run of the same session waits for the first (stalled for minutes).
+    let second = ws.call(
+        "chat.send",
+        json!({"sessionKey": "agent:main:main", "message": "queued", "idempotencyKey": "w2"}),
+    );
+    let second_id = second["payload"]["runId"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    let mut ctl = g.ws();
+    assert_eq!(
+        ctl.call("chat.abort", json!({"runId": second_id}))["payload"]["aborted"],
+        true
+    );
+    let end = ws.until(BOUND, |f| {
+        f["event"] == "chat"
+            && f["payload"]["runId"] == second_id.as_str()
+            && f["payload"]["state"] != "delta"
+    });
+    assert_eq!(end["payload"]["state"], "aborted", "{end}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(
+        a.requests().len(),
+        1,
+        "the aborted run never called the model"
+    );
+}
