@@ -267,10 +267,7 @@ impl Sessions {
             Some(t) => t,
             None => svc.changed(true),
         };
-        if !gone.is_empty() {
-            svc.modify(|i| i.remove(&gone));
-            svc.dirty.store(true, Ordering::Release);
-        }
+        svc.forget(&gone);
         {
             let mut b = lock(&svc.build);
             if b.running {
@@ -442,23 +439,12 @@ impl Sessions {
             Sessions::start_build(shared, Some((tasks, gone)));
             return Ok((0, 0));
         }
-        if !gone.is_empty() {
-            self.modify(|i| i.remove(&gone));
-            self.dirty.store(true, Ordering::Release);
-        }
+        self.forget(&gone);
         let (mut files, mut read) = (0, 0);
         for task in tasks {
-            match index::parse_task(&self.state_dir, task, || ctx.check().is_ok()) {
-                Ok(chunk) => {
-                    files += 1;
-                    read += chunk.end - chunk.task.from;
-                    self.stats.malformed_lines.add(chunk.parsed.malformed);
-                    self.modify(|i| i.merge(chunk));
-                    self.dirty.store(true, Ordering::Release);
-                }
-                Err(ParseError::Cancelled) => ctx.check()?,
-                Err(ParseError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(ParseError::Io(e)) => log::warn!("usage index: cannot read a transcript: {e}"),
+            if let Some(bytes) = self.ingest(task, ctx)? {
+                files += 1;
+                read += bytes;
             }
         }
         self.stats.files_read.add(files);
@@ -467,6 +453,38 @@ impl Sessions {
             self.save_if_due(shared, false);
         }
         Ok((files, read))
+    }
+
+    /// Removes files that are gone from the index.
+    fn forget(&self, gone: &[PathBuf]) {
+        if !gone.is_empty() {
+            self.modify(|i| i.remove(gone));
+            self.dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// Parses one file's new part into the index: `Some(bytes read)`, or `None` when the file
+    /// could not be read (one that vanished between scan and read is simply not there any
+    /// more; other errors are logged). Fails only when the job is cancelled.
+    fn ingest(&self, task: Task, ctx: &JobCtx) -> Result<Option<u64>, RpcError> {
+        match index::parse_task(&self.state_dir, task, || ctx.check().is_ok()) {
+            Ok(chunk) => {
+                let bytes = chunk.end - chunk.task.from;
+                self.stats.malformed_lines.add(chunk.parsed.malformed);
+                self.modify(|i| i.merge(chunk));
+                self.dirty.store(true, Ordering::Release);
+                Ok(Some(bytes))
+            }
+            Err(ParseError::Cancelled) => Err(ctx.check().err().unwrap_or_else(|| {
+                crate::jobs::cancel_error(ctx.info, crate::jobs::CancelReason::Drain)
+            })),
+            Err(ParseError::Io(e)) => {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("usage index: cannot read a transcript: {e}");
+                }
+                Ok(None)
+            }
+        }
     }
 
     /// Runs a usage method: fresh stores, a fresh-enough index, one computation shared by
@@ -689,37 +707,22 @@ impl BuildTicket {
                 self.finish(false);
                 return Ok(Value::Null.into());
             };
-            match index::parse_task(&svc.state_dir, task, || ctx.check().is_ok()) {
-                Ok(chunk) => {
-                    let bytes = chunk.end - chunk.task.from;
-                    svc.stats.malformed_lines.add(chunk.parsed.malformed);
-                    svc.modify(|i| i.merge(chunk));
+            match svc.ingest(task, ctx) {
+                Ok(read) => {
                     let mut b = lock(&svc.build);
                     b.files_done += 1;
-                    b.bytes += bytes;
+                    b.bytes += read.unwrap_or(0);
                     drop(b);
-                    if let Some(delay) = svc.test_delay {
+                    if let (Some(_), Some(delay)) = (read, svc.test_delay) {
                         let until = Instant::now() + delay;
                         while Instant::now() < until && ctx.token().reason().is_none() {
                             std::thread::sleep(Duration::from_millis(5));
                         }
                     }
                 }
-                Err(ParseError::Cancelled) => {
+                Err(e) => {
                     self.finish(true);
-                    return Err(crate::jobs::cancel_error(
-                        ctx.info,
-                        ctx.token()
-                            .reason()
-                            .unwrap_or(crate::jobs::CancelReason::Drain),
-                    ));
-                }
-                Err(ParseError::Io(e)) => {
-                    // A file that vanished between scan and read is simply not there any more.
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        log::warn!("usage index: cannot read a transcript: {e}");
-                    }
-                    lock(&svc.build).files_done += 1;
+                    return Err(e);
                 }
             }
             if t0.elapsed() >= BUILD_SLICE && !lock(&svc.build).pending.is_empty() {
