@@ -528,13 +528,8 @@ impl HttpConn {
         let presented = head
             .hook_token
             .as_deref()
-            .or_else(|| {
-                head.authorization.as_deref().and_then(|a| {
-                    a.strip_prefix("Bearer ")
-                        .or_else(|| a.strip_prefix("bearer "))
-                })
-            })
-            .map(str::trim);
+            .map(str::trim)
+            .or_else(|| head.authorization.as_deref().and_then(super::bearer));
         if !presented
             .is_some_and(|t| crate::auth::constant_time_eq(t.as_bytes(), hooks.token.as_bytes()))
         {
@@ -597,10 +592,7 @@ impl HttpConn {
 
     /// Checks `Authorization: Bearer <token>`; answers 401/429 itself when it fails.
     fn authorize(&mut self, cx: &mut Cx<'_>, head: &Head) -> bool {
-        let presented = head.authorization.as_deref().and_then(|a| {
-            let (scheme, rest) = a.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        });
+        let presented = head.authorization.as_deref().and_then(super::bearer);
         let presented = match presented {
             Some(t) => crate::auth::Presented::Token(t),
             None => crate::auth::Presented::Nothing,

@@ -95,6 +95,12 @@ pub fn largest_body(cfg: &Config) -> usize {
     cfg.limits.rpc_body_bytes.max(hooks)
 }
 
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any case).
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, rest) = authorization.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
 /// `<hooks.path>/<name>` → `name`.
 pub fn hook_route<'a>(path: &'a str, base: &str) -> Option<&'a str> {
     let path = path.split('?').next().unwrap_or(path);
@@ -138,8 +144,7 @@ impl Cx<'_> {
     /// Checks a presented secret against the config, under the per-IP failure limit.
     pub fn authenticate(&mut self, presented: Presented<'_>) -> Result<(), RpcError> {
         let ip = self.peer.ip();
-        if let Some(wait) = self.limiter.blocked(ip, self.now) {
-            self.shared.metrics.auth_rate_limited.inc();
+        if let Some(wait) = self.limiter_blocked() {
             let ms = wait.as_millis().max(1) as u64;
             return Err(RpcError {
                 retryable: Some(true),
@@ -152,8 +157,7 @@ impl Cx<'_> {
             });
         }
         crate::auth::verify(&self.config.auth, presented).map_err(|f| {
-            self.limiter.record_failure(ip, self.now);
-            self.shared.metrics.auth_failures.inc();
+            self.limiter_failure();
             log::info!(
                 "authentication failed from {}: {}",
                 self.peer,
