@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 /// Finished runs are kept this long for `agent.wait` and reconnecting clients.
 const KEEP_FINISHED: Duration = Duration::from_secs(3600);
 const MAX_RUNS: usize = 2000;
+/// Below [`MAX_RUNS`], finished runs are swept at most this often: a sweep visits every run, and
+/// `start` (which sweeps) may run on the reactor.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 /// `agent.wait` without `timeoutMs`.
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 const MAX_WAIT: Duration = Duration::from_secs(600);
@@ -155,6 +158,7 @@ pub struct Runs {
     subs: Mutex<HashMap<String, Vec<(usize, u64)>>>,
     pub cooldowns: Mutex<Cooldowns>,
     session_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    last_prune: Mutex<Option<Instant>>,
 }
 
 impl Runs {
@@ -181,6 +185,13 @@ impl Runs {
         let mut runs = lock(&self.runs);
         if runs.len() < MAX_RUNS / 2 {
             return;
+        }
+        if runs.len() < MAX_RUNS {
+            let mut last = lock(&self.last_prune);
+            if last.is_some_and(|t| now.saturating_duration_since(t) < PRUNE_EVERY) {
+                return;
+            }
+            *last = Some(now);
         }
         runs.retain(|_, r| {
             lock(&r.inner)
@@ -584,4 +595,73 @@ pub fn chat_history(shared: &Arc<Shared>, p: &Value) -> Result<Payload, RpcError
             )
         })?;
     Ok(json!({"sessionKey": key, "sessionId": sid, "messages": messages}).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(runs: &Runs, n: usize, ended: Instant) {
+        let mut map = lock(&runs.runs);
+        for _ in 0..n {
+            let id = clock::Rng::from_os().uuid();
+            let request = Request::top(
+                "m".into(),
+                "agent:main:main".into(),
+                "main",
+                Origin::default(),
+            );
+            let run = Arc::new(Run {
+                id: id.clone(),
+                idempotency_key: format!("k-{id}"),
+                request,
+                created_ms: clock::wall_ms(),
+                inner: Mutex::new(Inner {
+                    status: Status::Ok,
+                    text: String::new(),
+                    error: None,
+                    ended_ms: Some(clock::wall_ms()),
+                    ended: Some(ended),
+                    job: None,
+                    listeners: Vec::new(),
+                    waiters: Vec::new(),
+                    seq: 0,
+                    meta: json!({}),
+                }),
+            });
+            lock(&runs.by_idem).insert(run.idempotency_key.clone(), id.clone());
+            map.insert(id, run);
+        }
+    }
+
+    #[test]
+    fn finished_runs_are_swept_at_most_every_second_below_the_cap() {
+        let runs = Runs::default();
+        let t0 = Instant::now() + KEEP_FINISHED + Duration::from_secs(10);
+        finished(&runs, 1200, Instant::now());
+        runs.prune(t0);
+        assert_eq!(lock(&runs.runs).len(), 0, "all expired");
+        assert!(lock(&runs.by_idem).is_empty(), "their keys too");
+        finished(&runs, 1200, Instant::now());
+        runs.prune(t0 + Duration::from_millis(500));
+        assert_eq!(lock(&runs.runs).len(), 1200, "swept less than a second ago");
+        runs.prune(t0 + PRUNE_EVERY);
+        assert_eq!(lock(&runs.runs).len(), 0);
+    }
+
+    #[test]
+    fn the_cap_holds_whenever_it_is_reached() {
+        let runs = Runs::default();
+        let now = Instant::now();
+        finished(&runs, MAX_RUNS / 2, now);
+        runs.prune(now); // sweeps (nothing expired) and starts the 1 s spacing
+        finished(&runs, MAX_RUNS / 2, now);
+        runs.prune(now);
+        assert_eq!(
+            lock(&runs.runs).len(),
+            MAX_RUNS - 1,
+            "room for the run being started"
+        );
+        assert_eq!(lock(&runs.by_idem).len(), MAX_RUNS - 1);
+    }
 }
