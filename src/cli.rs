@@ -140,6 +140,12 @@ impl Args {
             .ok_or_else(|| "no state directory: set --state-dir or HOME".to_string())
     }
 
+    fn config_file(&self, env: Env<'_>) -> Option<PathBuf> {
+        self.config
+            .clone()
+            .or_else(|| env("KEEL_CONFIG").map(PathBuf::from))
+    }
+
     /// Resolves flags and environment into what `serve` (and `status`) use.
     pub fn serve_settings(&self, env: Env<'_>) -> Result<ServeSettings, String> {
         let port = match self.port.clone().or_else(|| env("KEEL_PORT")) {
@@ -162,10 +168,7 @@ impl Args {
         );
         Ok(ServeSettings {
             state_dir: self.state_dir(env)?,
-            config: self
-                .config
-                .clone()
-                .or_else(|| env("KEEL_CONFIG").map(PathBuf::from)),
+            config: self.config_file(env),
             overrides: Overrides {
                 port,
                 bind,
@@ -417,7 +420,8 @@ fn usage(args: &Args, env: Env<'_>) -> i32 {
 
 fn usage_inner(args: &Args, env: Env<'_>) -> Result<String, String> {
     use crate::sessions::{index::Index, query, store::Stores};
-    let settings = args.serve_settings(env)?;
+    // Only what usage reads: a bad KEEL_PORT, say, is no reason to refuse.
+    let dir = &args.state_dir(env)?;
     let days = match &args.days {
         None => 30,
         Some(d) => d
@@ -426,14 +430,13 @@ fn usage_inner(args: &Args, env: Env<'_>) -> Result<String, String> {
             .filter(|d| (1..=3660).contains(d))
             .ok_or_else(|| format!("invalid --days {d:?}: expected 1-3660"))?,
     };
-    let dir = &settings.state_dir;
     if !crate::sessions::store::agents_dir(dir).is_dir() {
         return Err(format!(
             "no agents in {} (is this a keel or OpenClaw state directory?)",
             dir.display()
         ));
     }
-    let path = lifecycle::config_path(settings.config.as_deref(), dir);
+    let path = lifecycle::config_path(args.config_file(env).as_deref(), dir);
     let prices = match &path {
         Some(p) => config::load_file(p).config.prices,
         None => config::Prices::new(),
@@ -457,9 +460,10 @@ fn usage_inner(args: &Args, env: Env<'_>) -> Result<String, String> {
         files: None,
         prices_version: 0,
     };
-    let mut params = serde_json::json!({"days": days, "agentScope": "all", "limit": 0});
-    if let Some(a) = &args.agent {
-        params = serde_json::json!({"days": days, "agentId": a, "limit": 0});
+    let mut params = serde_json::json!({"days": days, "limit": 0});
+    match &args.agent {
+        Some(a) => params["agentId"] = a.as_str().into(),
+        None => params["agentScope"] = "all".into(),
     }
     let (cost, _) = query::usage_cost(&cx, &params).map_err(|e| e.message)?;
     let (usage, _) = query::sessions_usage(&cx, &params).map_err(|e| e.message)?;

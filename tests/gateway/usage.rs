@@ -497,9 +497,10 @@ fn keel_usage_prints_a_spend_table_without_a_server() {
         dir.path(),
     );
     let args = ["usage", "--days", "3650", "--state-dir"].map(std::ffi::OsStr::new);
+    // Settings only `serve` uses do not matter to `usage`, however wrong.
     let out = keel_cli(
         args.into_iter().chain([dir.path().as_os_str()]),
-        [] as [(&str, &str); 0],
+        [("KEEL_PORT", "not-a-port"), ("KEEL_BIND", "moon")],
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
