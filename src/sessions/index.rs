@@ -146,7 +146,7 @@ fn span_of(msgs: &[MsgRec], usage: &[UsageRec], tools: &[ToolRec]) -> (i64, i64)
 }
 
 /// Interned strings (agents, providers, models, tools) and the model table.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Tables {
     pub strings: Vec<Arc<str>>,
     string_ids: HashMap<Arc<str>, u32>,
@@ -350,7 +350,8 @@ pub fn plan_paths(
 }
 
 /// The whole index.
-#[derive(Debug, Default, Clone)]
+/// Not `Clone`: the index is the one large structure keel holds, and is never copied.
+#[derive(Debug, Default)]
 pub struct Index {
     pub tables: Tables,
     pub files: HashMap<PathBuf, FileIndex>,
@@ -649,7 +650,7 @@ impl Index {
         Ok(len + 24)
     }
 
-    /// Serializes the index into memory (tests and tools).
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
         let mut c = io::Cursor::new(Vec::new());
         // Writing to memory cannot fail.
@@ -774,7 +775,7 @@ impl Index {
         Some(idx)
     }
 
-    /// Decodes an in-memory copy (tests and tools).
+    #[cfg(test)]
     pub fn decode(bytes: &[u8]) -> Option<Index> {
         Index::read_from(bytes, bytes.len() as u64)
     }

@@ -77,10 +77,6 @@ impl Totals {
         self.missing_cost_entries += o.missing_cost_entries;
     }
 
-    pub fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-
     fn is_empty(&self) -> bool {
         self.total_tokens == 0
             && self.total_cost == 0.0
