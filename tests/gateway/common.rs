@@ -271,13 +271,15 @@ impl Gateway {
         std::thread::spawn(move || rpc_with(&addr, &token, &method, &params))
     }
 
+    /// The value of the series (`name{labels}`) in `/metrics` now.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        metric(&self.get_auth("/metrics").text(), series)
+    }
+
     /// Waits until the series (`name{labels}`) in `/metrics` reads `value`.
     #[track_caller]
     pub fn wait_metric(&self, series: &str, value: f64) {
-        eventually(BOUND, || {
-            let m = self.get_auth("/metrics").text();
-            (metric(&m, series) == Some(value)).then_some(())
-        });
+        eventually(BOUND, || (self.metric(series) == Some(value)).then_some(()));
     }
 
     /// A WebSocket that has passed the handshake.
@@ -522,27 +524,8 @@ trait Also: Sized {
 }
 impl<T> Also for T {}
 
-/// Runs `f` on a thread and fails if it has not finished within `bound`; a panic in `f` fails
-/// the test with its own message.
-#[track_caller]
-pub fn within<T: Send + 'static>(bound: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    use std::sync::mpsc::RecvTimeoutError;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let h = std::thread::spawn(move || {
-        let v = f();
-        let _ = tx.send(());
-        v
-    });
-    // Either `f` finished or the sender was dropped by a panic.
-    match rx.recv_timeout(bound) {
-        Ok(()) | Err(RecvTimeoutError::Disconnected) => {}
-        Err(RecvTimeoutError::Timeout) => panic!("did not finish within {bound:?}"),
-    }
-    match h.join() {
-        Ok(v) => v,
-        Err(p) => std::panic::resume_unwind(p),
-    }
-}
+/// Defined with the fake provider, which `benches/agent.rs` shares.
+pub use crate::fake_provider::within;
 
 /// Runs the `keel` binary (not the server) with `args` and `env` (`KEEL_CONFIG` and
 /// `KEEL_STATE_DIR` are cleared first), and returns its output. Fails, killing it, if it has

@@ -647,6 +647,29 @@ fn stream_events(
     }
 }
 
+/// Runs `f` on a thread and fails if it has not finished within `bound`; a panic in `f` fails
+/// the test with its own message. The gateway tests' harness re-exports it (`common::within`);
+/// it lives here because `benches/agent.rs` includes this file, tests and all, without `common`.
+#[track_caller]
+pub fn within<T: Send + 'static>(bound: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::sync::mpsc::RecvTimeoutError;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let v = f();
+        let _ = tx.send(());
+        v
+    });
+    // Either `f` finished or the sender was dropped by a panic.
+    match rx.recv_timeout(bound) {
+        Ok(()) | Err(RecvTimeoutError::Disconnected) => {}
+        Err(RecvTimeoutError::Timeout) => panic!("did not finish within {bound:?}"),
+    }
+    match h.join() {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
 /// `call_streaming` against the fake, as the agent runtime will use it.
 mod tests {
     use super::*;
@@ -658,24 +681,6 @@ mod tests {
     use std::sync::mpsc;
 
     const APIS: [&str; 2] = ["openai-completions", "anthropic-messages"];
-
-    /// Fails the test instead of hanging it; a panic in `f` is the test's failure.
-    #[track_caller]
-    fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let h = thread::spawn(f);
-        let start = Instant::now();
-        while !h.is_finished() {
-            assert!(
-                start.elapsed() < limit,
-                "test did not finish within {limit:?}"
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
-        match h.join() {
-            Ok(v) => v,
-            Err(p) => std::panic::resume_unwind(p),
-        }
-    }
 
     fn limits(stall: Duration) -> Limits {
         Limits::from_now(Duration::from_secs(10), Duration::from_secs(2), stall)
@@ -716,6 +721,22 @@ mod tests {
         }
     }
 
+    /// For each API: starts a fake, queues `behavior(api)` on it and makes one [`call`] with a
+    /// fresh `limits(stall)` and token. The fake is returned so its requests can be checked.
+    fn each_api(
+        behavior: impl Fn(&str) -> Behavior,
+        stall: Duration,
+    ) -> Vec<(&'static str, FakeProvider, Outcome)> {
+        APIS.into_iter()
+            .map(|api| {
+                let fake = FakeProvider::start(api);
+                fake.push(behavior(api));
+                let out = call(&fake, api, &limits(stall), &CancelToken::new());
+                (api, fake, out)
+            })
+            .collect()
+    }
+
     fn text_of(events: &[ModelEvent]) -> String {
         events
             .iter()
@@ -728,21 +749,14 @@ mod tests {
 
     #[test]
     fn streams_text_as_it_arrives() {
-        bounded(Duration::from_secs(20), || {
-            for api in APIS {
-                let fake = FakeProvider::start(api);
-                fake.push(Behavior::Stream {
-                    text: vec!["Hel".into(), "lo, ".into(), "wörld".into()],
-                    tool_call: None,
-                    usage: (42, 7),
-                    delay_between: Duration::from_millis(30),
-                });
-                let out = call(
-                    &fake,
-                    api,
-                    &limits(Duration::from_secs(2)),
-                    &CancelToken::new(),
-                );
+        within(Duration::from_secs(20), || {
+            let behavior = |_: &str| Behavior::Stream {
+                text: vec!["Hel".into(), "lo, ".into(), "wörld".into()],
+                tool_call: None,
+                usage: (42, 7),
+                delay_between: Duration::from_millis(30),
+            };
+            for (api, fake, out) in each_api(behavior, Duration::from_secs(2)) {
                 let events = out.result.unwrap();
                 assert_eq!(text_of(&events), "Hello, wörld", "{api}");
                 let stop = if api == APIS[0] { "stop" } else { "end_turn" };
@@ -790,7 +804,7 @@ mod tests {
 
     #[test]
     fn an_empty_queue_answers_ok_and_behaviors_go_in_order() {
-        bounded(Duration::from_secs(20), || {
+        within(Duration::from_secs(20), || {
             for api in APIS {
                 let fake = FakeProvider::start(api);
                 fake.push(Behavior::text(&["first"]));
@@ -808,17 +822,10 @@ mod tests {
 
     #[test]
     fn a_tool_call_arrives_whole() {
-        bounded(Duration::from_secs(20), || {
-            for api in APIS {
-                let fake = FakeProvider::start(api);
-                let args = json!({"city": "Paris", "units": "metric", "days": [1, 2, 3]});
-                fake.push(Behavior::tool_call("get_weather", args.clone()));
-                let out = call(
-                    &fake,
-                    api,
-                    &limits(Duration::from_secs(2)),
-                    &CancelToken::new(),
-                );
+        within(Duration::from_secs(20), || {
+            let args = json!({"city": "Paris", "units": "metric", "days": [1, 2, 3]});
+            let behavior = |_: &str| Behavior::tool_call("get_weather", args.clone());
+            for (api, fake, out) in each_api(behavior, Duration::from_secs(2)) {
                 let events = out.result.unwrap();
                 let calls: Vec<&ToolCall> = events
                     .iter()
@@ -849,7 +856,7 @@ mod tests {
 
     #[test]
     fn error_statuses_are_classified() {
-        bounded(Duration::from_secs(20), || {
+        within(Duration::from_secs(20), || {
             for api in APIS {
                 let fake = FakeProvider::start(api);
                 let l = limits(Duration::from_secs(2));
@@ -904,16 +911,8 @@ mod tests {
 
     #[test]
     fn a_reset_is_a_transport_failure() {
-        bounded(Duration::from_secs(20), || {
-            for api in APIS {
-                let fake = FakeProvider::start(api);
-                fake.push(Behavior::Reset);
-                let out = call(
-                    &fake,
-                    api,
-                    &limits(Duration::from_secs(2)),
-                    &CancelToken::new(),
-                );
+        within(Duration::from_secs(20), || {
+            for (api, _fake, out) in each_api(|_| Behavior::Reset, Duration::from_secs(2)) {
                 let err = out.result.unwrap_err();
                 assert_eq!(err, ProviderError::Net(NetError::Reset), "{api}");
                 assert_eq!(err.kind(), FailureKind::ServerError);
@@ -923,16 +922,9 @@ mod tests {
 
     #[test]
     fn a_stall_before_the_head_times_out_within_a_second() {
-        bounded(Duration::from_secs(20), || {
-            for api in APIS {
-                let fake = FakeProvider::start(api);
-                fake.push(Behavior::StallBeforeHead);
-                let out = call(
-                    &fake,
-                    api,
-                    &limits(Duration::from_millis(300)),
-                    &CancelToken::new(),
-                );
+        within(Duration::from_secs(20), || {
+            let stall = Duration::from_millis(300);
+            for (api, _fake, out) in each_api(|_| Behavior::StallBeforeHead, stall) {
                 let err = out.result.unwrap_err();
                 assert_eq!(err, ProviderError::Net(NetError::Stalled), "{api}");
                 assert_eq!(err.kind(), FailureKind::Timeout);
@@ -943,16 +935,9 @@ mod tests {
 
     #[test]
     fn a_stall_mid_stream_times_out_within_a_second() {
-        bounded(Duration::from_secs(20), || {
-            for api in APIS {
-                let fake = FakeProvider::start(api);
-                fake.push(Behavior::StallMidStream { after_chunks: 3 });
-                let out = call(
-                    &fake,
-                    api,
-                    &limits(Duration::from_millis(300)),
-                    &CancelToken::new(),
-                );
+        within(Duration::from_secs(20), || {
+            let behavior = |_: &str| Behavior::StallMidStream { after_chunks: 3 };
+            for (api, _fake, out) in each_api(behavior, Duration::from_millis(300)) {
                 let err = out.result.unwrap_err();
                 assert_eq!(err, ProviderError::Net(NetError::Stalled), "{api}");
                 assert_eq!(err.kind(), FailureKind::Timeout);
@@ -968,7 +953,7 @@ mod tests {
 
     #[test]
     fn a_cancel_mid_stream_returns_within_200_ms() {
-        bounded(Duration::from_secs(20), || {
+        within(Duration::from_secs(20), || {
             for api in APIS {
                 let fake = FakeProvider::start(api);
                 fake.push(Behavior::StallMidStream { after_chunks: 3 });
@@ -1014,19 +999,12 @@ mod tests {
 
     #[test]
     fn a_trickled_stream_is_reassembled() {
-        bounded(Duration::from_secs(20), || {
-            for api in APIS {
-                let fake = FakeProvider::start(api);
-                fake.push(Behavior::Trickle {
-                    text: "slow but steady".into(),
-                    byte_delay: Duration::from_micros(300),
-                });
-                let out = call(
-                    &fake,
-                    api,
-                    &limits(Duration::from_millis(300)),
-                    &CancelToken::new(),
-                );
+        within(Duration::from_secs(20), || {
+            let behavior = |_: &str| Behavior::Trickle {
+                text: "slow but steady".into(),
+                byte_delay: Duration::from_micros(300),
+            };
+            for (api, _fake, out) in each_api(behavior, Duration::from_millis(300)) {
                 assert_eq!(text_of(&out.result.unwrap()), "slow but steady", "{api}");
             }
         });
@@ -1034,7 +1012,7 @@ mod tests {
 
     #[test]
     fn dropping_the_fake_ends_a_stalled_call() {
-        bounded(Duration::from_secs(20), || {
+        within(Duration::from_secs(20), || {
             let fake = FakeProvider::start(APIS[0]);
             fake.push(Behavior::StallBeforeHead);
             let base = fake.base_url();

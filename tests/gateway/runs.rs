@@ -19,6 +19,14 @@ fn config(a: &FakeProvider, b: &FakeProvider, stall_ms: u64) -> Value {
     })
 }
 
+/// The two fakes [`config`] takes: `a` (primary) and `b` (fallback).
+fn providers() -> (FakeProvider, FakeProvider) {
+    (
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+    )
+}
+
 fn stream(text: &str) -> Behavior {
     Behavior::Stream {
         text: vec![text.to_string()],
@@ -65,10 +73,7 @@ fn errors(events: &[Value]) -> Vec<Value> {
 
 #[test]
 fn a_run_streams_and_its_usage_is_counted() {
-    let (a, b) = (
-        FakeProvider::start("openai-completions"),
-        FakeProvider::start("openai-completions"),
-    );
+    let (a, b) = providers();
     a.push(Behavior::Stream {
         text: vec!["Hello".into(), ", world".into()],
         tool_call: None,
@@ -145,10 +150,7 @@ fn failover_case(
     reason: &str,
     stall_ms: u64,
 ) -> (Gateway, FakeProvider, FakeProvider, Duration) {
-    let (a, b) = (
-        FakeProvider::start("openai-completions"),
-        FakeProvider::start("openai-completions"),
-    );
+    let (a, b) = providers();
     a.push(behavior);
     b.push(stream("from the fallback"));
     let g = Gateway::start(Opts::default().config(config(&a, &b, stall_ms)));
@@ -266,10 +268,7 @@ fn a_stalled_call_is_aborted_and_fails_over_within_a_second_of_its_stall_limit()
 
 #[test]
 fn when_every_candidate_fails_the_error_lists_each() {
-    let (a, b) = (
-        FakeProvider::start("openai-completions"),
-        FakeProvider::start("openai-completions"),
-    );
+    let (a, b) = providers();
     a.push(Behavior::Status {
         status: 503,
         body: "overloaded".into(),
@@ -294,10 +293,7 @@ fn when_every_candidate_fails_the_error_lists_each() {
 
 #[test]
 fn a_context_overflow_does_not_fail_over() {
-    let (a, b) = (
-        FakeProvider::start("openai-completions"),
-        FakeProvider::start("openai-completions"),
-    );
+    let (a, b) = providers();
     a.push(Behavior::Status { status: 400, body: "{\"error\":{\"code\":\"context_length_exceeded\",\"message\":\"This model's maximum context length is 8192 tokens\"}}".into(), retry_after: None });
     let g = Gateway::start(Opts::default().config(config(&a, &b, 5000)));
     let mut ws = g.ws();
@@ -314,10 +310,7 @@ fn a_context_overflow_does_not_fail_over() {
 
 #[test]
 fn chat_abort_stops_a_streaming_run_at_once() {
-    let (a, b) = (
-        FakeProvider::start("openai-completions"),
-        FakeProvider::start("openai-completions"),
-    );
+    let (a, b) = providers();
     a.push(Behavior::Stream {
         text: vec!["x".to_string(); 400],
         tool_call: None,
@@ -354,10 +347,7 @@ fn chat_abort_stops_a_streaming_run_at_once() {
 
 #[test]
 fn sigterm_during_a_stalled_call_exits_by_the_drain_deadline() {
-    let (a, b) = (
-        FakeProvider::start("openai-completions"),
-        FakeProvider::start("openai-completions"),
-    );
+    let (a, b) = providers();
     a.push(Behavior::StallBeforeHead);
     let mut cfg = config(&a, &b, 120_000);
     cfg["gateway"] = json!({"drainTimeoutMs": 1000, "drainGraceMs": 1000});
@@ -381,10 +371,7 @@ fn sigterm_during_a_stalled_call_exits_by_the_drain_deadline() {
 
 #[test]
 fn a_reconnecting_client_gets_its_runs_final_result() {
-    let (a, b) = (
-        FakeProvider::start("openai-completions"),
-        FakeProvider::start("openai-completions"),
-    );
+    let (a, b) = providers();
     a.push(Behavior::Stream {
         text: vec!["part one ".into(), "part two".into()],
         tool_call: None,
@@ -409,10 +396,7 @@ fn a_reconnecting_client_gets_its_runs_final_result() {
 
 #[test]
 fn agent_answers_twice_with_the_same_id() {
-    let (a, b) = (
-        FakeProvider::start("openai-completions"),
-        FakeProvider::start("openai-completions"),
-    );
+    let (a, b) = providers();
     a.push(stream("done"));
     let g = Gateway::start(Opts::default().config(config(&a, &b, 5000)));
     let mut ws = g.ws();
@@ -443,10 +427,7 @@ fn a_run_without_a_configured_model_says_so() {
 
 #[test]
 fn tools_run_and_mirror_to_subscribers() {
-    let (a, b) = (
-        FakeProvider::start("openai-completions"),
-        FakeProvider::start("openai-completions"),
-    );
+    let (a, b) = providers();
     a.push(Behavior::Stream {
         text: vec![],
         tool_call: Some(("echo_it".into(), json!({"word": "pong"}))),
@@ -519,10 +500,7 @@ fn post(g: &Gateway, path: &str, headers: &str, body: &str) -> Response {
 
 #[test]
 fn hooks_start_runs_whose_outcome_can_be_queried() {
-    let (a, b) = (
-        FakeProvider::start("openai-completions"),
-        FakeProvider::start("openai-completions"),
-    );
+    let (a, b) = providers();
     a.push(stream("hooked"));
     let g = Gateway::start(Opts::default().config(hooks_config(&a, &b)));
     let r = post(
@@ -553,10 +531,7 @@ fn hooks_start_runs_whose_outcome_can_be_queried() {
 
 #[test]
 fn hooks_refuse_bad_requests_clearly() {
-    let (a, b) = (
-        FakeProvider::start("openai-completions"),
-        FakeProvider::start("openai-completions"),
-    );
+    let (a, b) = providers();
     let g = Gateway::start(Opts::default().config(hooks_config(&a, &b)));
     let r = post(
         &g,
@@ -635,10 +610,7 @@ fn a_bad_hooks_config_leaves_the_gateway_serving() {
 
 #[test]
 fn under_elevated_pressure_only_terminal_mirrors_flow() {
-    let (a, b) = (
-        FakeProvider::start("openai-completions"),
-        FakeProvider::start("openai-completions"),
-    );
+    let (a, b) = providers();
     a.push(Behavior::Stream {
         text: vec![],
         tool_call: Some(("echo_it".into(), json!({"word": "w"}))),
@@ -675,24 +647,14 @@ fn under_elevated_pressure_only_terminal_mirrors_flow() {
     // ...while the session mirror of the non-terminal start was not sent.
     let first_mirror = sub.until(BOUND, |f| f["event"] == "session.tool");
     assert_eq!(first_mirror["payload"]["phase"], "result");
-    assert!(
-        metric(
-            &g.get_auth("/metrics").text(),
-            "keel_events_suppressed_pressure_total"
-        )
-        .unwrap()
-            >= 1.0
-    );
+    assert!(g.metric("keel_events_suppressed_pressure_total").unwrap() >= 1.0);
     running.join().unwrap();
     queued.join().unwrap();
 }
 
 #[test]
 fn a_listener_that_never_reads_is_closed_without_stalling_others() {
-    let (a, b) = (
-        FakeProvider::start("openai-completions"),
-        FakeProvider::start("openai-completions"),
-    );
+    let (a, b) = providers();
     let chunk = "y".repeat(1024);
     a.push(Behavior::Stream {
         text: vec![chunk; 3000],
@@ -717,11 +679,7 @@ fn a_listener_that_never_reads_is_closed_without_stalling_others() {
         assert!(t0.elapsed() < Duration::from_secs(1));
     }
     eventually(BOUND, || {
-        (metric(
-            &g.get_auth("/metrics").text(),
-            "keel_slow_consumers_closed_total",
-        ) == Some(1.0))
-        .then_some(())
+        (g.metric("keel_slow_consumers_closed_total") == Some(1.0)).then_some(())
     });
     assert_eq!(slow.close_code(), Some(1008));
     // The run itself finished.
@@ -731,10 +689,7 @@ fn a_listener_that_never_reads_is_closed_without_stalling_others() {
 
 #[test]
 fn a_run_waiting_for_its_session_can_be_aborted() {
-    let (a, b) = (
-        FakeProvider::start("openai-completions"),
-        FakeProvider::start("openai-completions"),
-    );
+    let (a, b) = providers();
     a.push(Behavior::StallBeforeHead);
     let g = Gateway::start(Opts::default().config(config(&a, &b, 120_000)));
     let mut ws = g.ws();

@@ -165,8 +165,7 @@ fn the_handshake_times_out_and_closes_the_socket() {
         waited >= Duration::from_millis(900),
         "closed after {waited:?}"
     );
-    let m = g.get_auth("/metrics").text();
-    assert_eq!(metric(&m, "keel_ws_handshake_timeouts_total"), Some(1.0));
+    assert_eq!(g.metric("keel_ws_handshake_timeouts_total"), Some(1.0));
 }
 
 #[test]
@@ -203,13 +202,7 @@ fn ticks_arrive_with_sequence_numbers() {
 #[test]
 fn a_run_outlives_the_socket_that_started_it() {
     let g = Gateway::start(Opts::hooks());
-    let ok = |g: &Gateway| {
-        metric(
-            &g.get_auth("/metrics").text(),
-            "keel_jobs_total{outcome=\"ok\"}",
-        )
-        .unwrap()
-    };
+    let ok = |g: &Gateway| g.metric("keel_jobs_total{outcome=\"ok\"}").unwrap();
     let before = ok(&g);
     let mut ws = g.ws();
     ws.send_req("keel.test.busy", json!({"ms": 300, "sleep": true}));
@@ -260,8 +253,7 @@ fn a_client_that_never_reads_is_closed_as_a_slow_consumer() {
         ws.send_req("keel.test.busy", json!({"ms": 1, "replyBytes": 1 << 20}));
     }
     eventually(BOUND, || {
-        let m = g.get_auth("/metrics").text();
-        (metric(&m, "keel_slow_consumers_closed_total") == Some(1.0)).then_some(())
+        (g.metric("keel_slow_consumers_closed_total") == Some(1.0)).then_some(())
     });
     // What was written before the limit still arrives, then the close.
     assert_eq!(ws.close_code(), Some(1008));
