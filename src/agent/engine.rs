@@ -227,14 +227,16 @@ fn call_chain(
         };
         let started = Instant::now();
         let result = provider::call_streaming(
-            api,
-            &base,
-            p.api_key.as_deref(),
-            &c.model,
-            system,
-            messages,
-            tool_specs,
-            max_tokens,
+            &provider::Turn {
+                api,
+                base_url: &base,
+                api_key: p.api_key.as_deref(),
+                model: &c.model,
+                system,
+                messages,
+                tools: tool_specs,
+                max_tokens,
+            },
             &limits,
             ctx.token(),
             &mut on_event,

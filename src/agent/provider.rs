@@ -266,20 +266,33 @@ impl From<NetError> for ProviderError {
     }
 }
 
-/// The request for one streamed turn, in `api`'s exact wire format. `max_tokens` 0 means "the
-/// provider's default" (omitted for OpenAI; [`ANTHROPIC_DEFAULT_MAX_TOKENS`] for Anthropic,
-/// which requires it).
-#[allow(clippy::too_many_arguments)] // one argument per field of the wire request
-pub fn build_request(
-    api: Api,
-    base_url: &Url,
-    api_key: Option<&str>,
-    model: &str,
-    system: Option<&str>,
-    messages: &[ChatMessage],
-    tools: &[ToolSpec],
-    max_tokens: u32,
-) -> Request {
+/// One model call: who is asked and what.
+#[derive(Debug, Clone, Copy)]
+pub struct Turn<'a> {
+    pub api: Api,
+    pub base_url: &'a Url,
+    pub api_key: Option<&'a str>,
+    pub model: &'a str,
+    pub system: Option<&'a str>,
+    pub messages: &'a [ChatMessage],
+    pub tools: &'a [ToolSpec],
+    pub max_tokens: u32,
+}
+
+/// The request for one streamed turn, in `turn.api`'s exact wire format. `max_tokens` 0 means
+/// "the provider's default" (omitted for OpenAI; [`ANTHROPIC_DEFAULT_MAX_TOKENS`] for
+/// Anthropic, which requires it).
+pub fn build_request(turn: &Turn<'_>) -> Request {
+    let Turn {
+        api,
+        base_url,
+        api_key,
+        model,
+        system,
+        messages,
+        tools,
+        max_tokens,
+    } = *turn;
     let (url, body) = match api {
         Api::OpenAiCompletions => (
             base_url.join("/chat/completions"),
@@ -996,23 +1009,13 @@ fn clip(s: &str) -> String {
 /// Sends one streamed turn and decodes it, calling `on_event` for each event as it arrives.
 /// Returns every event on success. A non-2xx answer is classified from its status and the
 /// first 64 KiB of its body.
-#[allow(clippy::too_many_arguments)] // build_request's arguments plus the call's limits
 pub fn call_streaming(
-    api: Api,
-    base_url: &Url,
-    api_key: Option<&str>,
-    model: &str,
-    system: Option<&str>,
-    messages: &[ChatMessage],
-    tools: &[ToolSpec],
-    max_tokens: u32,
+    turn: &Turn<'_>,
     limits: &Limits,
     cancel: &CancelToken,
     on_event: &mut dyn FnMut(&ModelEvent),
 ) -> Result<Vec<ModelEvent>, ProviderError> {
-    let req = build_request(
-        api, base_url, api_key, model, system, messages, tools, max_tokens,
-    );
+    let req = build_request(turn);
     let mut resp = net::send(&req, limits, cancel)?;
     if !resp.is_success() {
         // The status decides even if the body cannot be read in time.
@@ -1039,7 +1042,7 @@ pub fn call_streaming(
         )));
     }
     let mut parser = SseParser::new();
-    let mut decoder = StreamDecoder::new(api);
+    let mut decoder = StreamDecoder::new(turn.api);
     let mut all = Vec::new();
     let mut emit = |events: Vec<ModelEvent>, all: &mut Vec<ModelEvent>| {
         for e in events {
@@ -1164,16 +1167,16 @@ mod tests {
     #[test]
     fn openai_request_wire_format() {
         let base = Url::parse("http://127.0.0.1:8080/v1/").unwrap();
-        let req = build_request(
-            Api::OpenAiCompletions,
-            &base,
-            Some("sk-test"),
-            "gpt-4o",
-            Some("be brief"),
-            &conversation(),
-            &tools(),
-            256,
-        );
+        let req = build_request(&Turn {
+            api: Api::OpenAiCompletions,
+            base_url: &base,
+            api_key: Some("sk-test"),
+            model: "gpt-4o",
+            system: Some("be brief"),
+            messages: &conversation(),
+            tools: &tools(),
+            max_tokens: 256,
+        });
         assert_eq!(req.method, "POST");
         assert_eq!(
             req.url.to_string(),
@@ -1208,16 +1211,16 @@ mod tests {
                 }}],
             })
         );
-        let bare = build_request(
-            Api::OpenAiCompletions,
-            &base,
-            None,
-            "m",
-            None,
-            &[ChatMessage::user("hi")],
-            &[],
-            0,
-        );
+        let bare = build_request(&Turn {
+            api: Api::OpenAiCompletions,
+            base_url: &base,
+            api_key: None,
+            model: "m",
+            system: None,
+            messages: &[ChatMessage::user("hi")],
+            tools: &[],
+            max_tokens: 0,
+        });
         let body: Value = serde_json::from_slice(&bare.body).unwrap();
         assert!(body.get("max_tokens").is_none() && body.get("tools").is_none());
         assert_eq!(header(&bare, "authorization"), None);
@@ -1243,28 +1246,28 @@ mod tests {
                 "http://127.0.0.1:9/v10/v1/messages",
             ),
         ] {
-            let req = build_request(
-                Api::AnthropicMessages,
-                &Url::parse(base).unwrap(),
-                Some("k"),
-                "m",
-                None,
-                &[ChatMessage::user("hi")],
-                &[],
-                0,
-            );
+            let req = build_request(&Turn {
+                api: Api::AnthropicMessages,
+                base_url: &Url::parse(base).unwrap(),
+                api_key: Some("k"),
+                model: "m",
+                system: None,
+                messages: &[ChatMessage::user("hi")],
+                tools: &[],
+                max_tokens: 0,
+            });
             assert_eq!(req.url.to_string(), url);
         }
-        let req = build_request(
-            Api::AnthropicMessages,
-            &Url::parse("https://api.anthropic.com").unwrap(),
-            Some("sk-ant-test"),
-            "claude-sonnet-4-5",
-            Some("be brief"),
-            &conversation(),
-            &tools(),
-            1024,
-        );
+        let req = build_request(&Turn {
+            api: Api::AnthropicMessages,
+            base_url: &Url::parse("https://api.anthropic.com").unwrap(),
+            api_key: Some("sk-ant-test"),
+            model: "claude-sonnet-4-5",
+            system: Some("be brief"),
+            messages: &conversation(),
+            tools: &tools(),
+            max_tokens: 1024,
+        });
         assert_eq!(header(&req, "x-api-key"), Some("sk-ant-test"));
         assert_eq!(header(&req, "anthropic-version"), Some("2023-06-01"));
         assert_eq!(header(&req, "authorization"), None);
@@ -1846,14 +1849,16 @@ mod tests {
         let t = Instant::now();
         let mut seen = Vec::new();
         let events = call_streaming(
-            Api::OpenAiCompletions,
-            &url,
-            Some("sk-local"),
-            "gpt-4o",
-            None,
-            &[ChatMessage::user("hi")],
-            &[],
-            0,
+            &Turn {
+                api: Api::OpenAiCompletions,
+                base_url: &url,
+                api_key: Some("sk-local"),
+                model: "gpt-4o",
+                system: None,
+                messages: &[ChatMessage::user("hi")],
+                tools: &[],
+                max_tokens: 0,
+            },
             &limits(),
             &CancelToken::new(),
             &mut |e| seen.push(e.clone()),
@@ -1883,14 +1888,16 @@ mod tests {
         );
         let (url, server) = serve_once(answer.into_bytes());
         let err = call_streaming(
-            Api::AnthropicMessages,
-            &url,
-            Some("k"),
-            "claude",
-            None,
-            &[ChatMessage::user("hi")],
-            &[],
-            0,
+            &Turn {
+                api: Api::AnthropicMessages,
+                base_url: &url,
+                api_key: Some("k"),
+                model: "claude",
+                system: None,
+                messages: &[ChatMessage::user("hi")],
+                tools: &[],
+                max_tokens: 0,
+            },
             &limits(),
             &CancelToken::new(),
             &mut |_| {},
@@ -1917,14 +1924,16 @@ mod tests {
         let (url, _server) = serve_once(answer);
         let mut seen = Vec::new();
         let err = call_streaming(
-            Api::OpenAiCompletions,
-            &url,
-            None,
-            "m",
-            None,
-            &[ChatMessage::user("hi")],
-            &[],
-            0,
+            &Turn {
+                api: Api::OpenAiCompletions,
+                base_url: &url,
+                api_key: None,
+                model: "m",
+                system: None,
+                messages: &[ChatMessage::user("hi")],
+                tools: &[],
+                max_tokens: 0,
+            },
             &limits(),
             &CancelToken::new(),
             &mut |e| seen.push(e.clone()),

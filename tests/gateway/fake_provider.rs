@@ -674,7 +674,7 @@ pub fn within<T: Send + 'static>(bound: Duration, f: impl FnOnce() -> T + Send +
 mod tests {
     use super::*;
     use keel::agent::provider::{
-        self, ChatMessage, FailureKind, ModelEvent, ProviderError, ToolCall, ToolSpec, Usage,
+        self, ChatMessage, FailureKind, ModelEvent, ProviderError, ToolCall, ToolSpec, Turn, Usage,
     };
     use keel::jobs::{CancelReason, CancelToken};
     use keel::net::{Limits, NetError, Url};
@@ -702,14 +702,16 @@ mod tests {
         let mut seen = Vec::new();
         let start = Instant::now();
         let result = provider::call_streaming(
-            provider::Api::parse(api).unwrap(),
-            &Url::parse(&fake.base_url()).unwrap(),
-            Some("sk-fake"),
-            "fake-model-1",
-            Some("You are terse."),
-            &[ChatMessage::user("hello")],
-            &tools,
-            512,
+            &Turn {
+                api: provider::Api::parse(api).unwrap(),
+                base_url: &Url::parse(&fake.base_url()).unwrap(),
+                api_key: Some("sk-fake"),
+                model: "fake-model-1",
+                system: Some("You are terse."),
+                messages: &[ChatMessage::user("hello")],
+                tools: &tools,
+                max_tokens: 512,
+            },
             limits,
             cancel,
             &mut |e| seen.push((Instant::now(), e.clone())),
@@ -968,14 +970,16 @@ mod tests {
                     Some(at)
                 });
                 let result = provider::call_streaming(
-                    provider::Api::parse(api).unwrap(),
-                    &Url::parse(&fake.base_url()).unwrap(),
-                    None,
-                    "fake-model-1",
-                    None,
-                    &[ChatMessage::user("hello")],
-                    &[],
-                    0,
+                    &Turn {
+                        api: provider::Api::parse(api).unwrap(),
+                        base_url: &Url::parse(&fake.base_url()).unwrap(),
+                        api_key: None,
+                        model: "fake-model-1",
+                        system: None,
+                        messages: &[ChatMessage::user("hello")],
+                        tools: &[],
+                        max_tokens: 0,
+                    },
                     &limits(Duration::from_secs(5)),
                     &token,
                     &mut |e| {
@@ -1018,14 +1022,16 @@ mod tests {
             let base = fake.base_url();
             let caller = thread::spawn(move || {
                 provider::call_streaming(
-                    provider::Api::OpenAiCompletions,
-                    &Url::parse(&base).unwrap(),
-                    None,
-                    "m",
-                    None,
-                    &[ChatMessage::user("hi")],
-                    &[],
-                    0,
+                    &Turn {
+                        api: provider::Api::OpenAiCompletions,
+                        base_url: &Url::parse(&base).unwrap(),
+                        api_key: None,
+                        model: "m",
+                        system: None,
+                        messages: &[ChatMessage::user("hi")],
+                        tools: &[],
+                        max_tokens: 0,
+                    },
                     &limits(Duration::from_secs(10)),
                     &CancelToken::new(),
                     &mut |_| {},
