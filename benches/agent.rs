@@ -70,13 +70,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::fs;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
-use tungstenite::protocol::WebSocketConfig;
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 
 #[path = "support/mod.rs"]
 mod support;
@@ -91,12 +90,6 @@ use fake_provider::{Behavior, FakeProvider};
 const API: &str = "openai-completions";
 /// keel must log `listening on` within this.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
-/// Every WebSocket handshake, request write and `res` wait.
-const WS_TIMEOUT: Duration = Duration::from_secs(10);
-/// A blocking read waits this long before the caller's deadline is checked again.
-const READ_SLICE: Duration = Duration::from_millis(20);
-/// Each client's read buffer (see [`Ws::connect`]).
-const READ_BUFFER: usize = 16 << 10;
 /// Messages a listener reads per pass before the others get their turn.
 const READ_BUDGET: usize = 4096;
 /// A pass over the listeners that read nothing is followed by this pause (at least).
@@ -319,141 +312,6 @@ fn metric(keel: &Keel, series: &str) -> Result<f64, String> {
             (name == series).then(|| value.parse::<f64>().ok())?
         })
         .ok_or_else(|| format!("no {series} in /metrics"))
-}
-
-// ---------------------------------------------------------------------------------------------
-// A WebSocket client: blocking with short read slices, or polled (non-blocking) for fan-out.
-
-struct Ws {
-    ws: WebSocket<TcpStream>,
-    next_id: u64,
-}
-
-fn ws_error(e: &tungstenite::Error) -> Option<String> {
-    match e {
-        tungstenite::Error::Io(io)
-            if matches!(io.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-        {
-            None
-        }
-        other => Some(other.to_string()),
-    }
-}
-
-impl Ws {
-    /// Opens a connection and passes the `connect` handshake.
-    fn connect(addr: SocketAddr, token: &str) -> Result<Ws, String> {
-        let deadline = Instant::now() + WS_TIMEOUT;
-        let stream = TcpStream::connect_timeout(&addr, WS_TIMEOUT)
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(WS_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        stream
-            .set_write_timeout(Some(WS_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        // tungstenite zero-fills up to `read_buffer_size` before every read (one that finds
-        // nothing too): the default 128 KiB made this client's memset the busiest thing on
-        // the machine during fan-out.
-        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-        let (ws, _) =
-            tungstenite::client::client_with_config(format!("ws://{addr}/"), stream, Some(config))
-                .map_err(|e| format!("WebSocket upgrade: {e}"))?;
-        ws.get_ref()
-            .set_read_timeout(Some(READ_SLICE))
-            .map_err(|e| e.to_string())?;
-        let mut ws = Ws { ws, next_id: 1 };
-        let challenge = loop {
-            match ws.read(deadline)? {
-                Some((_, text)) => break text,
-                None if Instant::now() >= deadline => {
-                    return Err("no connect.challenge in time".into());
-                }
-                None => {}
-            }
-        };
-        let v: Value = serde_json::from_str(&challenge).map_err(|e| e.to_string())?;
-        if v["event"] != "connect.challenge" {
-            return Err(format!("expected connect.challenge, got {challenge}"));
-        }
-        let params = json!({
-            "minProtocol": 3, "maxProtocol": 4,
-            "client": {"id": "bench", "version": "0", "platform": "linux", "mode": "cli"},
-            "auth": {"token": token},
-        });
-        let id = ws.send("connect", &params)?;
-        let res = ws.res(&id, deadline, |_, _| {})?;
-        if res["ok"] != true {
-            return Err(format!("connect refused: {res}"));
-        }
-        Ok(ws)
-    }
-
-    fn send_text(&mut self, text: String) -> Result<(), String> {
-        self.ws
-            .send(Message::text(text))
-            .map_err(|e| format!("WebSocket send: {e}"))
-    }
-
-    /// Sends a request; returns its id.
-    fn send(&mut self, method: &str, params: &Value) -> Result<String, String> {
-        let id = format!("{}", self.next_id);
-        self.next_id += 1;
-        self.send_text(
-            json!({"type": "req", "id": id, "method": method, "params": params}).to_string(),
-        )?;
-        Ok(id)
-    }
-
-    /// The next text frame with the time it was read, or None after one read slice without
-    /// one (or when `deadline` has passed). A close or an error is an error.
-    fn read(&mut self, deadline: Instant) -> Result<Option<(Instant, String)>, String> {
-        loop {
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            match self.ws.read() {
-                Ok(Message::Text(t)) => return Ok(Some((Instant::now(), t.as_str().to_owned()))),
-                Ok(Message::Close(f)) => {
-                    return Err(format!(
-                        "keel closed the WebSocket ({:?})",
-                        f.map(|f| (u16::from(f.code), f.reason.to_string()))
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) => match ws_error(&e) {
-                    None => return Ok(None),
-                    Some(msg) => return Err(format!("WebSocket read: {msg}")),
-                },
-            }
-        }
-    }
-
-    /// Reads until the `res` for `id`; every other frame goes to `other`.
-    fn res(
-        &mut self,
-        id: &str,
-        deadline: Instant,
-        mut other: impl FnMut(Instant, &str),
-    ) -> Result<Value, String> {
-        loop {
-            match self.read(deadline)? {
-                Some((at, text)) => {
-                    let v: Value = serde_json::from_str(&text)
-                        .map_err(|e| format!("a frame is not JSON ({e}): {text}"))?;
-                    if v["type"] == "res" && v["id"] == id {
-                        return Ok(v);
-                    }
-                    other(at, &text);
-                }
-                None if Instant::now() >= deadline => {
-                    return Err(format!("no answer to request {id} in time"));
-                }
-                None => {}
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -34,12 +34,10 @@
 //! a bad signature, an entry left failed or unknown); 2 when the run could not be set up.
 
 use serde_json::{Value, json};
-use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -57,8 +55,6 @@ const SEND_PHASE_TIMEOUT: Duration = Duration::from_secs(120);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// After that, how long late duplicates may still come.
 const DUPLICATE_GRACE: Duration = Duration::from_millis(500);
-/// The receiver's read timeout on a connection.
-const RECEIVER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// SIGTERM, then SIGKILL after this.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 const SECRET: &str = "bench-secret";
@@ -133,188 +129,7 @@ impl Wrong {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The webhook receiver.
-
-#[derive(Default)]
-struct Received {
-    /// Per idempotency key: the first arrival and how many requests carried it.
-    by_key: HashMap<String, (Instant, u32)>,
-    requests: u64,
-    /// Requests without a readable body or key, or with a bad signature.
-    malformed: u64,
-    bad_signature: u64,
-}
-
-struct Receiver {
-    addr: SocketAddr,
-    got: Arc<Mutex<Received>>,
-    stop: Arc<AtomicBool>,
-    accept: Option<thread::JoinHandle<()>>,
-}
-
-impl Receiver {
-    fn start() -> Result<Receiver, String> {
-        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let got = Arc::new(Mutex::new(Received::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (g, st) = (got.clone(), stop.clone());
-        let accept = thread::Builder::new()
-            .name("receiver".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if st.load(Ordering::Acquire) {
-                        return;
-                    }
-                    let Ok(s) = conn else { continue };
-                    let g = g.clone();
-                    let _ = thread::Builder::new()
-                        .name("receiver-conn".into())
-                        .spawn(move || serve_conn(s, &g));
-                }
-            })
-            .map_err(|e| e.to_string())?;
-        Ok(Receiver {
-            addr,
-            got,
-            stop,
-            accept: Some(accept),
-        })
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
-    }
-
-    fn snapshot(&self) -> MutexGuard<'_, Received> {
-        lock(&self.got)
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // Wakes the accept loop up.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-/// Serves requests on one connection until it closes (keel sends `Connection: close`, but
-/// keep-alive works too).
-fn serve_conn(s: TcpStream, got: &Mutex<Received>) {
-    let _ = s.set_read_timeout(Some(RECEIVER_READ_TIMEOUT));
-    let _ = s.set_write_timeout(Some(RECEIVER_READ_TIMEOUT));
-    let _ = s.set_nodelay(true);
-    let Ok(w) = s.try_clone() else { return };
-    let mut w = w;
-    let mut r = BufReader::new(s);
-    loop {
-        let mut line = String::new();
-        match r.read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let (mut len, mut close) = (0usize, false);
-        let mut headers: HashMap<String, String> = HashMap::new();
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).is_err() || h.is_empty() {
-                return;
-            }
-            if h == "\r\n" || h == "\n" {
-                break;
-            }
-            if let Some((n, v)) = h.split_once(':') {
-                let (n, v) = (n.trim().to_ascii_lowercase(), v.trim().to_string());
-                if n == "content-length" {
-                    len = v.parse().unwrap_or(0);
-                } else if n == "connection" {
-                    close = v.eq_ignore_ascii_case("close");
-                }
-                headers.insert(n, v);
-            }
-        }
-        if len > 1 << 20 {
-            return;
-        }
-        let mut body = vec![0; len];
-        if r.read_exact(&mut body).is_err() {
-            return;
-        }
-        let now = Instant::now();
-        let key = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v["idempotencyKey"].as_str().map(String::from));
-        let sig_ok = match (
-            headers.get("x-keel-timestamp"),
-            headers.get("x-keel-signature"),
-        ) {
-            (Some(ts), Some(sig)) => {
-                *sig == keel::delivery::channels::webhook_signature(SECRET, ts, &body)
-            }
-            _ => false,
-        };
-        {
-            let mut g = lock(got);
-            g.requests += 1;
-            if !sig_ok {
-                g.bad_signature += 1;
-            }
-            match key {
-                Some(k) if line.starts_with("POST /hook ") => {
-                    g.by_key
-                        .entry(k)
-                        .and_modify(|(_, n)| *n += 1)
-                        .or_insert((now, 1));
-                }
-                _ => g.malformed += 1,
-            }
-        }
-        let reply = r#"{"ok":true}"#;
-        let _ = write!(
-            w,
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{reply}",
-            reply.len(),
-            if close { "Connection: close\r\n" } else { "" }
-        );
-        let _ = w.flush();
-        if close {
-            return;
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // The gateway process.
-
-fn rpc(http: &mut Http, token: &str, method: &str, params: &Value) -> Result<Value, String> {
-    let body = params.to_string();
-    let r = http
-        .request(
-            "POST",
-            &format!("/api/rpc/{method}"),
-            Some(token),
-            body.as_bytes(),
-            RPC_TIMEOUT,
-        )
-        .map_err(|e| format!("{method}: {e}"))?;
-    if r.status != 200 {
-        return Err(format!(
-            "{method}: HTTP {}: {}",
-            r.status,
-            body_snippet(&r.body)
-        ));
-    }
-    serde_json::from_slice(&r.body).map_err(|e| {
-        format!(
-            "{method}: unreadable answer ({e}): {}",
-            body_snippet(&r.body)
-        )
-    })
-}
 
 // ---------------------------------------------------------------------------------------------
 // The run.
@@ -352,7 +167,7 @@ fn send_all(o: &Opts, keel: &Keel, wrong: &Wrong) -> Vec<Accepted> {
                         let params = json!({"channel": "webhook", "to": "anyone",
                             "message": format!("delivery bench message {i}"), "idempotencyKey": key});
                         let started = Instant::now();
-                        let r = rpc(&mut http, &keel.token, "send", &params);
+                        let r = rpc(&mut http, &keel.token, RPC_TIMEOUT, "send", &params);
                         let acked = Instant::now();
                         match r {
                             Ok(v)
@@ -387,7 +202,7 @@ fn send_all(o: &Opts, keel: &Keel, wrong: &Wrong) -> Vec<Accepted> {
 }
 
 fn run(o: &Opts) -> Result<i32, String> {
-    let receiver = Receiver::start()?;
+    let receiver = Receiver::start(SECRET)?;
     let config = json!({
         "gateway": {"drainTimeoutMs": 5000, "drainGraceMs": 1000},
         "channels": {"webhook": {"url": receiver.url(), "secret": SECRET}},
@@ -440,6 +255,7 @@ fn run(o: &Opts) -> Result<i32, String> {
         let c = rpc(
             &mut http,
             &keel.token,
+            RPC_TIMEOUT,
             "delivery.list",
             &json!({"limit": 0}),
         )

@@ -1,17 +1,23 @@
-//! Shared by the benchmarks (`benches/{health,usage,agent,delivery}.rs`): a minimal keep-alive
-//! HTTP/1.1 client with a deadline on every exchange, percentile helpers, keel's log, and
+//! Shared by the benchmarks (`benches/{health,usage,agent,delivery,soak}.rs`): a minimal keep-alive
+//! HTTP/1.1 client with a deadline on every exchange, a WebSocket client, a webhook receiver,
+//! percentile helpers, keel's log, and
 //! starting and stopping a keel of a bench's own.
 // Each bench compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
-use serde_json::Value;
+use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::fs;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
 
 pub struct Reply {
     pub status: u16,
@@ -212,6 +218,39 @@ impl Http {
         self.buf.drain(..total);
         Ok((Reply { status, body }, close))
     }
+}
+
+/// `POST /api/rpc/<method>`: the answer of a 200, anything else an error naming the method.
+pub fn rpc(
+    http: &mut Http,
+    token: &str,
+    timeout: Duration,
+    method: &str,
+    params: &Value,
+) -> Result<Value, String> {
+    let body = params.to_string();
+    let r = http
+        .request(
+            "POST",
+            &format!("/api/rpc/{method}"),
+            Some(token),
+            body.as_bytes(),
+            timeout,
+        )
+        .map_err(|e| format!("{method}: {e}"))?;
+    if r.status != 200 {
+        return Err(format!(
+            "{method}: HTTP {}: {}",
+            r.status,
+            body_snippet(&r.body)
+        ));
+    }
+    serde_json::from_slice(&r.body).map_err(|e| {
+        format!(
+            "{method}: unreadable answer ({e}): {}",
+            body_snippet(&r.body)
+        )
+    })
 }
 
 pub fn body_snippet(body: &[u8]) -> String {
@@ -558,4 +597,312 @@ pub fn number(name: &str, value: &str) -> Result<u64, String> {
     value
         .parse::<u64>()
         .map_err(|_| format!("{name}: expected a number, got {value:?}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// A WebSocket client: blocking with short read slices, or polled (non-blocking) for fan-out.
+
+/// Every WebSocket handshake, request write and `res` wait.
+pub const WS_TIMEOUT: Duration = Duration::from_secs(10);
+/// A blocking read waits this long before the caller's deadline is checked again.
+pub const READ_SLICE: Duration = Duration::from_millis(20);
+/// Each client's read buffer (see [`Ws::connect`]).
+pub const READ_BUFFER: usize = 16 << 10;
+
+pub struct Ws {
+    pub ws: WebSocket<TcpStream>,
+    pub next_id: u64,
+}
+
+pub fn ws_error(e: &tungstenite::Error) -> Option<String> {
+    match e {
+        tungstenite::Error::Io(io)
+            if matches!(io.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+        {
+            None
+        }
+        other => Some(other.to_string()),
+    }
+}
+
+impl Ws {
+    /// Opens a connection and passes the `connect` handshake.
+    pub fn connect(addr: SocketAddr, token: &str) -> Result<Ws, String> {
+        let deadline = Instant::now() + WS_TIMEOUT;
+        let stream = TcpStream::connect_timeout(&addr, WS_TIMEOUT)
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(WS_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        stream
+            .set_write_timeout(Some(WS_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        // tungstenite zero-fills up to `read_buffer_size` before every read (one that finds
+        // nothing too): the default 128 KiB made this client's memset the busiest thing on
+        // the machine during fan-out.
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+        let (ws, _) =
+            tungstenite::client::client_with_config(format!("ws://{addr}/"), stream, Some(config))
+                .map_err(|e| format!("WebSocket upgrade: {e}"))?;
+        ws.get_ref()
+            .set_read_timeout(Some(READ_SLICE))
+            .map_err(|e| e.to_string())?;
+        let mut ws = Ws { ws, next_id: 1 };
+        let challenge = loop {
+            match ws.read(deadline)? {
+                Some((_, text)) => break text,
+                None if Instant::now() >= deadline => {
+                    return Err("no connect.challenge in time".into());
+                }
+                None => {}
+            }
+        };
+        let v: Value = serde_json::from_str(&challenge).map_err(|e| e.to_string())?;
+        if v["event"] != "connect.challenge" {
+            return Err(format!("expected connect.challenge, got {challenge}"));
+        }
+        let params = json!({
+            "minProtocol": 3, "maxProtocol": 4,
+            "client": {"id": "bench", "version": "0", "platform": "linux", "mode": "cli"},
+            "auth": {"token": token},
+        });
+        let id = ws.send("connect", &params)?;
+        let res = ws.res(&id, deadline, |_, _| {})?;
+        if res["ok"] != true {
+            return Err(format!("connect refused: {res}"));
+        }
+        Ok(ws)
+    }
+
+    pub fn send_text(&mut self, text: String) -> Result<(), String> {
+        self.ws
+            .send(Message::text(text))
+            .map_err(|e| format!("WebSocket send: {e}"))
+    }
+
+    /// Sends a request; returns its id.
+    pub fn send(&mut self, method: &str, params: &Value) -> Result<String, String> {
+        let id = format!("{}", self.next_id);
+        self.next_id += 1;
+        self.send_text(
+            json!({"type": "req", "id": id, "method": method, "params": params}).to_string(),
+        )?;
+        Ok(id)
+    }
+
+    /// The next text frame with the time it was read, or None after one read slice without
+    /// one (or when `deadline` has passed). A close or an error is an error.
+    pub fn read(&mut self, deadline: Instant) -> Result<Option<(Instant, String)>, String> {
+        loop {
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            match self.ws.read() {
+                Ok(Message::Text(t)) => return Ok(Some((Instant::now(), t.as_str().to_owned()))),
+                Ok(Message::Close(f)) => {
+                    return Err(format!(
+                        "keel closed the WebSocket ({:?})",
+                        f.map(|f| (u16::from(f.code), f.reason.to_string()))
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => match ws_error(&e) {
+                    None => return Ok(None),
+                    Some(msg) => return Err(format!("WebSocket read: {msg}")),
+                },
+            }
+        }
+    }
+
+    /// Reads until the `res` for `id`; every other frame goes to `other`.
+    pub fn res(
+        &mut self,
+        id: &str,
+        deadline: Instant,
+        mut other: impl FnMut(Instant, &str),
+    ) -> Result<Value, String> {
+        loop {
+            match self.read(deadline)? {
+                Some((at, text)) => {
+                    let v: Value = serde_json::from_str(&text)
+                        .map_err(|e| format!("a frame is not JSON ({e}): {text}"))?;
+                    if v["type"] == "res" && v["id"] == id {
+                        return Ok(v);
+                    }
+                    other(at, &text);
+                }
+                None if Instant::now() >= deadline => {
+                    return Err(format!("no answer to request {id} in time"));
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A webhook receiver on loopback: a thread per connection; it answers every request `200 OK`
+// with a small JSON body, checks `X-Keel-Signature` against its secret and records, per
+// idempotency key, the first arrival's `Instant` and how many times the key came.
+
+#[derive(Default)]
+pub struct Received {
+    /// Per idempotency key: the first arrival and how many requests carried it.
+    pub by_key: HashMap<String, (Instant, u32)>,
+    pub requests: u64,
+    /// Requests without a readable body or key, or with a bad signature.
+    pub malformed: u64,
+    pub bad_signature: u64,
+}
+
+pub struct Receiver {
+    pub addr: SocketAddr,
+    got: Arc<Mutex<Received>>,
+    stop: Arc<AtomicBool>,
+    accept: Option<thread::JoinHandle<()>>,
+}
+
+impl Receiver {
+    pub fn start(secret: &str) -> Result<Receiver, String> {
+        let secret: Arc<str> = Arc::from(secret);
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let got = Arc::new(Mutex::new(Received::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, st) = (got.clone(), stop.clone());
+        let accept = thread::Builder::new()
+            .name("receiver".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if st.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let Ok(s) = conn else { continue };
+                    let g = g.clone();
+                    let secret = secret.clone();
+                    let _ = thread::Builder::new()
+                        .name("receiver-conn".into())
+                        .spawn(move || serve_conn(s, &g, &secret));
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Receiver {
+            addr,
+            got,
+            stop,
+            accept: Some(accept),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn snapshot(&self) -> MutexGuard<'_, Received> {
+        lock_ignoring_poison(&self.got)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wakes the accept loop up.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Serves requests on one connection until it closes (keel sends `Connection: close`, but
+/// keep-alive works too).
+fn serve_conn(s: TcpStream, got: &Mutex<Received>, secret: &str) {
+    let _ = s.set_read_timeout(Some(RECEIVER_TIMEOUT));
+    let _ = s.set_write_timeout(Some(RECEIVER_TIMEOUT));
+    let _ = s.set_nodelay(true);
+    let Ok(w) = s.try_clone() else { return };
+    let mut w = w;
+    let mut r = BufReader::new(s);
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let (mut len, mut close) = (0usize, false);
+        let mut headers: HashMap<String, String> = HashMap::new();
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).is_err() || h.is_empty() {
+                return;
+            }
+            if h == "\r\n" || h == "\n" {
+                break;
+            }
+            if let Some((n, v)) = h.split_once(':') {
+                let (n, v) = (n.trim().to_ascii_lowercase(), v.trim().to_string());
+                if n == "content-length" {
+                    len = v.parse().unwrap_or(0);
+                } else if n == "connection" {
+                    close = v.eq_ignore_ascii_case("close");
+                }
+                headers.insert(n, v);
+            }
+        }
+        if len > 1 << 20 {
+            return;
+        }
+        let mut body = vec![0; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let now = Instant::now();
+        let key = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["idempotencyKey"].as_str().map(String::from));
+        let sig_ok = match (
+            headers.get("x-keel-timestamp"),
+            headers.get("x-keel-signature"),
+        ) {
+            (Some(ts), Some(sig)) => {
+                *sig == keel::delivery::channels::webhook_signature(secret, ts, &body)
+            }
+            _ => false,
+        };
+        {
+            let mut g = lock_ignoring_poison(got);
+            g.requests += 1;
+            if !sig_ok {
+                g.bad_signature += 1;
+            }
+            match key {
+                Some(k) if line.starts_with("POST /hook ") => {
+                    g.by_key
+                        .entry(k)
+                        .and_modify(|(_, n)| *n += 1)
+                        .or_insert((now, 1));
+                }
+                _ => g.malformed += 1,
+            }
+        }
+        let reply = r#"{"ok":true}"#;
+        let _ = write!(
+            w,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{reply}",
+            reply.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        let _ = w.flush();
+        if close {
+            return;
+        }
+    }
+}
+
+/// The receiver's read and write timeout on a connection.
+const RECEIVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn lock_ignoring_poison<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
