@@ -6,6 +6,7 @@ mod delivery;
 mod fake_provider;
 mod http;
 mod lifecycle;
+mod pressure;
 mod runs;
 mod usage;
 mod ws;
