@@ -8,5 +8,6 @@ mod http;
 mod lifecycle;
 mod pressure;
 mod runs;
+mod security;
 mod usage;
 mod ws;
