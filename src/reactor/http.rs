@@ -599,7 +599,7 @@ impl HttpConn {
     fn authorize(&mut self, cx: &mut Cx<'_>, head: &Head) -> bool {
         let presented = head.authorization.as_deref().and_then(super::bearer);
         let presented = match presented {
-            Some(t) => crate::auth::Presented::Token(t),
+            Some(t) => crate::auth::Presented::Bearer(t),
             None => crate::auth::Presented::Nothing,
         };
         match cx.authenticate(presented) {
