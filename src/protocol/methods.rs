@@ -377,8 +377,8 @@ fn test_busy(_shared: &Arc<Shared>, _method: &str, p: &Value) -> Result<(JobSpec
     Ok((spec, work))
 }
 
-/// The memory `keel.test.ballast` holds.
-static BALLAST: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// The memory `keel.test.ballast` holds, in the chunks it was added in.
+static BALLAST: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 /// The largest ballast, in MiB.
 const BALLAST_MAX_MIB: u64 = 4096;
@@ -400,8 +400,9 @@ fn fill_ballast(mib: u64, ctx: &JobCtx) -> Result<Vec<u8>, RpcError> {
     Ok(v)
 }
 
-/// `keel.test.ballast {mib, spikeMs?}`: holds `mib` MiB of written pages (replacing the previous
-/// ballast; 0 releases it). With `spikeMs`, the memory is taken on top of the current ballast,
+/// `keel.test.ballast {mib, spikeMs?}`: holds `mib` MiB of written pages (0 releases it all).
+/// Growing adds a chunk and keeps what is held, so resident memory never dips on the way up;
+/// shrinking drops whole chunks, newest first, then tops up. With `spikeMs`, the memory is taken on top of the current ballast,
 /// held that long and released, and the answer says how many watchdog samples were taken
 /// while it was fully resident (`ticksHeld`) and from the first allocation to the release
 /// (`ticksSpan`), so a test can tell a spike the pressure logic must ignore from one it must
@@ -439,9 +440,14 @@ fn test_ballast(
             out["ticksSpan"] = json!(t3 - t0);
         } else {
             let mut held = BALLAST.lock().unwrap_or_else(|e| e.into_inner());
-            // The old ballast goes first, so replacing it never needs both at once.
-            *held = Vec::new();
-            *held = fill_ballast(mib, ctx)?;
+            let total = |h: &Vec<Vec<u8>>| h.iter().map(|c| c.len() as u64 >> 20).sum::<u64>();
+            while total(&held) > mib {
+                held.pop();
+            }
+            let missing = mib - total(&held);
+            if missing > 0 {
+                held.push(fill_ballast(missing, ctx)?);
+            }
         }
         out["rssBytes"] = json!(crate::watchdog::rss_bytes());
         Ok(out.into())
