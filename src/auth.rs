@@ -28,6 +28,9 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub enum Presented<'a> {
     Token(&'a str),
     Password(&'a str),
+    /// HTTP's `Authorization: Bearer`: one slot for whichever secret is configured (the
+    /// password in password mode — `keel status` sends it that way).
+    Bearer(&'a str),
     Nothing,
 }
 
@@ -69,6 +72,9 @@ pub fn verify(auth: &Auth, presented: Presented<'_>) -> Result<(), Failure> {
     match presented {
         Presented::Token(t) if matches(&auth.token, t) => Ok(()),
         Presented::Password(p) if matches(&auth.password, p) => Ok(()),
+        Presented::Bearer(b) if matches(&auth.token, b) | matches(&auth.password, b) => Ok(()),
+        Presented::Bearer(_) if auth.mode == AuthMode::Password => Err(Failure::PasswordMismatch),
+        Presented::Bearer(_) => Err(Failure::TokenMismatch),
         Presented::Token(_) => Err(Failure::TokenMismatch),
         Presented::Password(_) => Err(Failure::PasswordMismatch),
         Presented::Nothing if auth.mode == AuthMode::Password => Err(Failure::PasswordMismatch),
@@ -167,6 +173,16 @@ mod tests {
         assert_eq!(verify(&a, Presented::Nothing), Err(Failure::Missing));
         let p = auth(None, Some("pw"), AuthMode::Password);
         assert_eq!(verify(&p, Presented::Password("pw")), Ok(()));
+        assert_eq!(verify(&p, Presented::Bearer("pw")), Ok(()));
+        assert_eq!(
+            verify(&p, Presented::Bearer("pw2")),
+            Err(Failure::PasswordMismatch)
+        );
+        assert_eq!(verify(&a, Presented::Bearer("t0k")), Ok(()));
+        assert_eq!(
+            verify(&a, Presented::Bearer("pw")),
+            Err(Failure::TokenMismatch)
+        );
         assert_eq!(
             verify(&p, Presented::Token("")),
             Err(Failure::TokenMismatch)

@@ -244,13 +244,28 @@ fn check(args: &Args, env: Env<'_>) -> i32 {
     };
     let path = lifecycle::config_path(settings.config.as_deref(), &settings.state_dir);
     let Some(path) = path else {
+        let mut cfg = config::Config::default();
+        settings.overrides.apply(&mut cfg);
+        if let Some(why) = config::exposure_problem(&cfg) {
+            println!("error: gateway.bind: {why}");
+            return EX_CONFIG;
+        }
         println!(
             "no config file (looked for --config, KEEL_CONFIG, {}); the embedded default is valid",
             settings.state_dir.join("keel.json").display()
         );
         return 0;
     };
-    let v = config::load_file(&path);
+    let mut v = config::load_file(&path);
+    let mut cfg = v.config.clone();
+    settings.overrides.apply(&mut cfg);
+    if let Some(why) = config::exposure_problem(&cfg).filter(|_| !v.is_fatal()) {
+        v.problems.push(config::Problem {
+            path: "gateway.bind".into(),
+            message: why,
+            fatal: true,
+        });
+    }
     for w in &v.warnings {
         println!("warning: {w}");
     }

@@ -867,6 +867,23 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
+/// Why keel must not listen where `cfg` says, if so: beyond loopback it needs a secret
+/// someone chose — `gateway.auth.token` (or `KEEL_GATEWAY_TOKEN`) or `gateway.auth.password`.
+/// A token keel generated into the state directory is only good for loopback: nobody may
+/// know it is guarding a public port. `cfg` has the flag and environment overrides applied,
+/// not the state directory's token.
+pub fn exposure_problem(cfg: &Config) -> Option<String> {
+    if cfg.bind.is_loopback() || cfg.auth.token.is_some() || cfg.auth.password.is_some() {
+        return None;
+    }
+    Some(format!(
+        "binding {} (beyond loopback) needs a secret you chose: set gateway.auth.token \
+         (or KEEL_GATEWAY_TOKEN) or gateway.auth.password; a token generated into the state \
+         directory is used on loopback only",
+        cfg.bind
+    ))
+}
+
 /// Resolves a bind setting: OpenClaw's names (`loopback`, `lan`, `custom` with
 /// `customBindHost`) or an IP address.
 pub fn resolve_bind(bind: &str, custom_host: Option<&str>) -> Result<IpAddr, String> {

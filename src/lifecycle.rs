@@ -95,6 +95,11 @@ pub fn serve(s: ServeSettings) -> i32 {
     let mut overrides = s.overrides.clone();
     let mut cfg = validated.config;
     overrides.apply(&mut cfg);
+    // Before the token file is read or made, and before anything binds.
+    if let Some(why) = config::exposure_problem(&cfg) {
+        log::error!("refusing to start: {why}");
+        return EX_CONFIG;
+    }
     if cfg.auth.token.is_none() && cfg.auth.mode == config::AuthMode::Token {
         match state::load_or_create_token(&s.state_dir) {
             Ok((token, created)) => {

@@ -155,6 +155,8 @@ pub struct Metrics {
     pub conns_ws_handshake: Gauge,
     pub conns_ws_open: Gauge,
     pub rss_bytes: Gauge,
+    /// Watchdog samples taken (one per tick, counted right after RSS is read).
+    pub watchdog_ticks: Counter,
     /// Oldest queued job's age in ms, per pool (cpu, io) and lane; published by the watchdog.
     pub oldest_queued_ms: [[Gauge; 3]; 2],
 }
@@ -182,7 +184,7 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "keel_jobs_total{{outcome=\"{outcome}\"}} {}", c.get());
         }
-        let counters: [(&str, &str, &Counter); 4] = [
+        let counters: [(&str, &str, &Counter); 5] = [
             (
                 "keel_jobs_deadline_exceeded_total",
                 "Jobs that passed their deadline (queued or running).",
@@ -202,6 +204,11 @@ impl Metrics {
                 "keel_connections_accepted_total",
                 "TCP connections accepted.",
                 &self.connections_accepted,
+            ),
+            (
+                "keel_watchdog_ticks_total",
+                "Watchdog ticks (each samples RSS, lag and queue ages once).",
+                &self.watchdog_ticks,
             ),
         ];
         for (name, help, c) in counters {

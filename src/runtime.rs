@@ -63,6 +63,9 @@ pub struct PressureView {
     pub level: Level,
     pub since_wall_ms: u64,
     pub reasons: Vec<String>,
+    /// Why resident memory is at the critical threshold (held for the sample streak), if it
+    /// is: new agent runs are refused then.
+    pub memory_critical: Option<String>,
     /// Reactor lag over the watchdog's window.
     pub lag_p99: Option<Duration>,
     pub lag_max: Duration,
@@ -136,6 +139,7 @@ impl Shared {
                 level: Level::Normal,
                 since_wall_ms: clock::wall_ms(),
                 reasons: Vec::new(),
+                memory_critical: None,
                 lag_p99: None,
                 lag_max: Duration::ZERO,
             }),

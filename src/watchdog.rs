@@ -84,6 +84,8 @@ pub struct Pressure {
     /// Consecutive samples at (elevated, critical) or above, per streak signal.
     rss_streak: [u32; 2],
     age_streak: [u32; 2],
+    /// What the RSS signal alone says now (after its streak), with its reason.
+    memory: (Level, Option<String>),
 }
 
 fn fmt_ms(d: Duration) -> String {
@@ -103,6 +105,7 @@ impl Pressure {
             last_trigger: None,
             rss_streak: [0; 2],
             age_streak: [0; 2],
+            memory: (Level::Normal, None),
         }
     }
 
@@ -116,6 +119,12 @@ impl Pressure {
 
     pub fn reasons(&self) -> &[String] {
         &self.reasons
+    }
+
+    /// The level the resident memory holds at by itself (no hold: it follows the samples,
+    /// each change needing its streak), and why when above normal.
+    pub fn memory(&self) -> (Level, Option<&str>) {
+        (self.memory.0, self.memory.1.as_deref())
     }
 
     fn bump(streak: &mut [u32; 2], value: u64, warn: u64, crit: u64) -> Level {
@@ -199,10 +208,9 @@ impl Pressure {
         } else {
             c.rss_warn_bytes
         };
-        raise(
-            l,
-            format!("rss {} >= {}", fmt_mib(s.rss_bytes), fmt_mib(bound)),
-        );
+        let why = format!("rss {} >= {}", fmt_mib(s.rss_bytes), fmt_mib(bound));
+        self.memory = (l, (l > Level::Normal).then(|| why.clone()));
+        raise(l, why);
         (level, reasons)
     }
 
@@ -362,6 +370,7 @@ impl Watchdog {
         let (lag_p99, lag_max) = self.lag.push(now, m.lag.counts(), m.lag.take_recent_max());
         let rss = rss_bytes();
         m.rss_bytes.set(rss);
+        m.watchdog_ticks.inc();
 
         // Jobs: queue ages, deadlines, stalls.
         let mut oldest = [[Duration::ZERO; 3]; 2];
@@ -414,6 +423,10 @@ impl Watchdog {
             );
             if t.to > t.from {
                 log::warn!("{msg}");
+                if t.from == Level::Normal {
+                    let n = sh.sessions.shrink_caches();
+                    log::info!("pressure: dropped cached usage results of {n} file(s)");
+                }
             } else {
                 log::info!("{msg}");
             }
@@ -431,6 +444,10 @@ impl Watchdog {
                 previous.since_wall_ms
             },
             reasons: self.pressure.reasons().to_vec(),
+            memory_critical: match self.pressure.memory() {
+                (Level::Critical, why) => why.map(str::to_string),
+                _ => None,
+            },
             lag_p99,
             lag_max,
         });
@@ -613,6 +630,94 @@ mod tests {
         let tr = p.observe(t(500) + c.hold * 2, &low).unwrap();
         assert_eq!(tr.to, Level::Normal);
         assert!(p.reasons().is_empty());
+    }
+
+    /// Feeds `samples` 100 ms apart from `start` ms; returns every transition.
+    fn feed(p: &mut Pressure, start: u64, samples: &[Sample]) -> Vec<Transition> {
+        samples
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| p.observe(t(start + i as u64 * 100), s))
+            .collect()
+    }
+
+    #[test]
+    fn a_single_high_sample_or_alternating_ones_never_raise_a_level() {
+        let c = cfg();
+        let high = Sample {
+            rss_bytes: c.rss_critical_bytes * 2,
+            interactive_age: c.queue_age_critical * 2,
+            ..Sample::default()
+        };
+        let low = Sample::default();
+        let mut p = Pressure::new(c);
+        assert!(
+            feed(&mut p, 0, &[low, high, low, low]).is_empty(),
+            "one spike"
+        );
+        // High, low, high, ... for a long time: never STREAK in a row.
+        let alternating: Vec<Sample> = (0..100)
+            .map(|i| if i % 2 == 0 { high } else { low })
+            .collect();
+        assert!(feed(&mut p, 1_000, &alternating).is_empty());
+        // STREAK - 1 high, one low, STREAK - 1 high: the low sample resets the streak.
+        let mut broken = vec![high; STREAK as usize - 1];
+        broken.push(low);
+        broken.extend(vec![high; STREAK as usize - 1]);
+        assert!(feed(&mut p, 20_000, &broken).is_empty());
+        assert_eq!(p.memory(), (Level::Normal, None));
+        // The same readings held for STREAK samples do raise it, naming both signals.
+        let tr = feed(&mut p, 30_000, &[high; STREAK as usize]);
+        assert_eq!(tr.len(), 1);
+        assert_eq!(tr[0].to, Level::Critical);
+        assert_eq!(tr[0].reasons.len(), 2, "{:?}", tr[0].reasons);
+        assert_eq!(p.memory().0, Level::Critical);
+        assert!(p.memory().1.unwrap().starts_with("rss "));
+    }
+
+    #[test]
+    fn memory_follows_the_rss_streak_without_the_hold() {
+        let c = cfg();
+        let mut p = Pressure::new(c);
+        let warn = Sample {
+            rss_bytes: c.rss_warn_bytes,
+            ..Sample::default()
+        };
+        let tr = feed(&mut p, 0, &[warn; STREAK as usize]);
+        assert_eq!(tr[0].to, Level::Elevated);
+        assert_eq!(p.memory().0, Level::Elevated);
+        // One sample back under the threshold: memory says normal at once, the level holds.
+        assert_eq!(p.observe(t(600), &Sample::default()), None);
+        assert_eq!(p.memory(), (Level::Normal, None));
+        assert_eq!(p.level(), Level::Elevated);
+    }
+
+    #[test]
+    fn lag_from_too_few_iterations_is_not_judged() {
+        let mut w = LagWindow::default();
+        let mut p = Pressure::new(cfg());
+        let mut counts = [0u64; LAG_BUCKETS];
+        w.push(t(0), counts, Duration::ZERO);
+        // MIN_LAG_SAMPLES - 1 iterations, each a whole second: still no verdict, for as many
+        // ticks as the window lasts.
+        counts[12] = MIN_LAG_SAMPLES - 1;
+        for i in 1..100 {
+            let (p99, _) = w.push(t(i * 100), counts, Duration::from_secs(1));
+            assert_eq!(p99, None);
+            let s = Sample {
+                lag_p99: p99,
+                ..Sample::default()
+            };
+            assert_eq!(p.observe(t(i * 100), &s), None);
+        }
+        // One more iteration makes the sample big enough, and it is judged at once.
+        counts[12] += 1;
+        let (p99, _) = w.push(t(10_000), counts, Duration::from_secs(1));
+        let s = Sample {
+            lag_p99: p99,
+            ..Sample::default()
+        };
+        assert_eq!(p.observe(t(10_000), &s).unwrap().to, Level::Critical);
     }
 
     #[test]

@@ -1006,10 +1006,53 @@ fn clip(s: &str) -> String {
     }
 }
 
+/// `text` with every occurrence of `secret` replaced (secrets shorter than 4 bytes are left:
+/// replacing them would mangle ordinary words).
+fn redact(text: &str, secret: Option<&str>) -> String {
+    match secret.filter(|s| s.len() >= 4) {
+        Some(s) if text.contains(s) => text.replace(s, "<redacted>"),
+        _ => text.to_string(),
+    }
+}
+
+impl ProviderError {
+    /// The same error with `secret` taken out of every message a provider could have echoed.
+    fn redacted(self, secret: Option<&str>) -> ProviderError {
+        match self {
+            ProviderError::Http {
+                status,
+                kind,
+                message,
+            } => ProviderError::Http {
+                status,
+                kind,
+                message: redact(&message, secret),
+            },
+            ProviderError::Stream { kind, message } => ProviderError::Stream {
+                kind,
+                message: redact(&message, secret),
+            },
+            ProviderError::Decode(m) => ProviderError::Decode(redact(&m, secret)),
+            e @ ProviderError::Net(_) => e,
+        }
+    }
+}
+
 /// Sends one streamed turn and decodes it, calling `on_event` for each event as it arrives.
 /// Returns every event on success. A non-2xx answer is classified from its status and the
-/// first 64 KiB of its body.
+/// first 64 KiB of its body. Providers echo API keys in their errors ("Incorrect API key
+/// provided: sk-…"): the turn's key is taken out of every error message, so it never reaches
+/// a log line, a run's result or a transcript.
 pub fn call_streaming(
+    turn: &Turn<'_>,
+    limits: &Limits,
+    cancel: &CancelToken,
+    on_event: &mut dyn FnMut(&ModelEvent),
+) -> Result<Vec<ModelEvent>, ProviderError> {
+    call_streaming_raw(turn, limits, cancel, on_event).map_err(|e| e.redacted(turn.api_key))
+}
+
+fn call_streaming_raw(
     turn: &Turn<'_>,
     limits: &Limits,
     cancel: &CancelToken,
@@ -1020,7 +1063,8 @@ pub fn call_streaming(
     if !resp.is_success() {
         // The status decides even if the body cannot be read in time.
         let body = resp.read_up_to(ERROR_BODY_LIMIT).unwrap_or_default();
-        let body = String::from_utf8_lossy(&body);
+        // Redacted before the message is clipped, which could cut a key in two.
+        let body = redact(&String::from_utf8_lossy(&body), turn.api_key);
         let kind = classify_status(resp.status, &body, resp.header("retry-after"));
         return Err(ProviderError::Http {
             status: resp.status,

@@ -349,6 +349,15 @@ pub fn start(
         }
         return Ok((run, false));
     }
+    // Memory past the critical threshold: a new run (a transcript, a provider stream, its
+    // events) would only add to it. Everything already running continues.
+    if let Some(why) = shared.pressure().memory_critical {
+        shared.metrics.rejected_pressure.inc();
+        return Err(RpcError::unavailable(
+            format!("new agent runs are refused while memory is critical ({why}); retry later"),
+            5_000,
+        ));
+    }
     shared.runs.prune(Instant::now());
     let cfg = shared.config();
     let run = Arc::new(Run {

@@ -169,8 +169,23 @@ impl ChannelConfig {
     fn scrub(&self, msg: String) -> String {
         let fetched = lock(&self.feishu_token).as_ref().map(|c| c.token.clone());
         let mut msg = msg;
+        // A webhook's URL path is as secret as its credentials (see the Debug impl): the
+        // whole path, and each long segment of it on its own.
+        let path = (self.channel == "webhook")
+            .then(|| Url::parse(&self.base_url).ok())
+            .flatten()
+            .map(|u| u.path_and_query().to_string())
+            .filter(|p| p != "/");
+        let segments = path.iter().flat_map(|p| {
+            p.split(['/', '?', '&', '='])
+                .filter(|seg| seg.len() >= 8)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        });
+        let url_parts: Vec<String> = path.iter().cloned().chain(segments).collect();
         let secrets = self.credentials.values().filter_map(Value::as_str);
-        for s in secrets.chain(fetched.as_deref()) {
+        let url_parts = url_parts.iter().map(String::as_str);
+        for s in secrets.chain(fetched.as_deref()).chain(url_parts) {
             if s.len() >= 4 && msg.contains(s) {
                 msg = msg.replace(s, "<redacted>");
             }

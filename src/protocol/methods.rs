@@ -3,15 +3,16 @@
 //!
 //! The hidden `keel.test.*` methods exist only when the gateway was started with
 //! `KEEL_TEST_HOOKS=1`; they still need the token. They let tests and the benchmark occupy
-//! workers (`keel.test.busy`) — also with a job that ignores its cancel token — so the
-//! watchdog, the queues and the drain can be proven against the real binary.
+//! workers (`keel.test.busy`) — also with a job that ignores its cancel token — and raise the
+//! process's resident memory (`keel.test.ballast`), so the watchdog, the queues, the drain and
+//! memory pressure can be proven against the real binary.
 
 use crate::agent::runs;
 use crate::error::RpcError;
 use crate::jobs::{JobCtx, JobSpec, Lane, PoolKind, Work};
 use crate::runtime::Shared;
 use serde_json::{Value, json};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How a call is carried out.
@@ -138,6 +139,11 @@ const METHODS: &[Method] = &[
     Method {
         name: "keel.test.busy",
         handler: Handler::Job(test_busy),
+        hidden: true,
+    },
+    Method {
+        name: "keel.test.ballast",
+        handler: Handler::Job(test_ballast),
         hidden: true,
     },
 ];
@@ -367,6 +373,84 @@ fn test_busy(_shared: &Arc<Shared>, _method: &str, p: &Value) -> Result<(JobSpec
             "padding": "x".repeat(reply_bytes),
         })
         .into())
+    });
+    Ok((spec, work))
+}
+
+/// The memory `keel.test.ballast` holds, in the chunks it was added in.
+static BALLAST: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// The largest ballast, in MiB.
+const BALLAST_MAX_MIB: u64 = 4096;
+
+/// Allocates `mib` MiB and writes every page, so all of it is resident.
+fn fill_ballast(mib: u64, ctx: &JobCtx) -> Result<Vec<u8>, RpcError> {
+    const PAGE: usize = 4096;
+    let len = (mib as usize) << 20;
+    // One allocation: glibc serves anything over 32 MiB with its own mmap and unmaps it on
+    // free, so the resident set really drops when the ballast goes. Its fresh zero pages are
+    // not resident until written: one byte a page makes them so.
+    let mut v = vec![0u8; len];
+    for (i, page) in v.chunks_mut(PAGE).enumerate() {
+        page[0] = 1;
+        if i % 4096 == 0 {
+            ctx.check()?;
+        }
+    }
+    Ok(v)
+}
+
+/// `keel.test.ballast {mib, spikeMs?}`: holds `mib` MiB of written pages (0 releases it all).
+/// Growing adds a chunk and keeps what is held, so resident memory never dips on the way up;
+/// shrinking drops whole chunks, newest first, then tops up. With `spikeMs`, the memory is taken on top of the current ballast,
+/// held that long and released, and the answer says how many watchdog samples were taken
+/// while it was fully resident (`ticksHeld`) and from the first allocation to the release
+/// (`ticksSpan`), so a test can tell a spike the pressure logic must ignore from one it must
+/// not.
+fn test_ballast(
+    shared: &Arc<Shared>,
+    _method: &str,
+    p: &Value,
+) -> Result<(JobSpec, Work), RpcError> {
+    let mib = opt_u64(p, "mib", 0, BALLAST_MAX_MIB)?;
+    let spike = match p.get("spikeMs") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(Duration::from_millis(opt_u64(p, "spikeMs", 0, 60_000)?)),
+    };
+    let sh = shared.clone();
+    let spec = JobSpec {
+        kind: "keel.test.ballast".into(),
+        pool: PoolKind::Cpu,
+        lane: Lane::Control,
+        timeout: Duration::from_secs(120),
+        stall_limit: None,
+    };
+    let work: Work = Box::new(move |ctx: &JobCtx| {
+        let ticks = || sh.metrics.watchdog_ticks.get();
+        let mut out = json!({"mib": mib});
+        if let Some(hold) = spike {
+            let t0 = ticks();
+            let v = fill_ballast(mib, ctx)?;
+            let t1 = ticks();
+            std::thread::sleep(hold);
+            let t2 = ticks();
+            drop(v);
+            let t3 = ticks();
+            out["ticksHeld"] = json!(t2 - t1);
+            out["ticksSpan"] = json!(t3 - t0);
+        } else {
+            let mut held = BALLAST.lock().unwrap_or_else(|e| e.into_inner());
+            let total = |h: &Vec<Vec<u8>>| h.iter().map(|c| c.len() as u64 >> 20).sum::<u64>();
+            while total(&held) > mib {
+                held.pop();
+            }
+            let missing = mib - total(&held);
+            if missing > 0 {
+                held.push(fill_ballast(missing, ctx)?);
+            }
+        }
+        out["rssBytes"] = json!(crate::watchdog::rss_bytes());
+        Ok(out.into())
     });
     Ok((spec, work))
 }

@@ -415,8 +415,12 @@ impl HttpConn {
                 let failing = cx.shared.not_ready_reasons();
                 let p = cx.shared.pressure();
                 let uptime = cx.shared.uptime().as_millis() as u64;
+                let pressure = json!({"level": p.level.as_str(), "reasons": p.reasons});
                 let (status, body) = if failing.is_empty() {
-                    (200, json!({"ready": true, "uptimeMs": uptime}))
+                    (
+                        200,
+                        json!({"ready": true, "uptimeMs": uptime, "pressure": pressure}),
+                    )
                 } else {
                     (
                         503,
@@ -424,6 +428,7 @@ impl HttpConn {
                             "ready": false,
                             "failing": failing,
                             "uptimeMs": uptime,
+                            "pressure": pressure,
                             "eventLoop": {
                                 "degraded": p.level != crate::watchdog::Level::Normal,
                                 "reasons": p.reasons,
@@ -594,7 +599,7 @@ impl HttpConn {
     fn authorize(&mut self, cx: &mut Cx<'_>, head: &Head) -> bool {
         let presented = head.authorization.as_deref().and_then(super::bearer);
         let presented = match presented {
-            Some(t) => crate::auth::Presented::Token(t),
+            Some(t) => crate::auth::Presented::Bearer(t),
             None => crate::auth::Presented::Nothing,
         };
         match cx.authenticate(presented) {

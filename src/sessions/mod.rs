@@ -353,6 +353,15 @@ impl Sessions {
         self.save_if_due(shared, true);
     }
 
+    /// Drops the per-file results kept for the last range (pressure went up). Returns how
+    /// many files' results were dropped.
+    pub fn shrink_caches(&self) -> usize {
+        let mut c = lock(&self.files);
+        let n = c.files_kept();
+        *c = query::FileCache::default();
+        n
+    }
+
     /// Computes the per-file results for the default range (the last 30 days, UTC) in the
     /// background, so the dashboard's first call after a build is already warm.
     fn prewarm(&self, shared: &Arc<Shared>) {
@@ -554,7 +563,10 @@ impl Sessions {
             prices: &cfg.prices,
             now_ms,
             cache,
-            files: Some(&self.files),
+            // Under pressure the per-file results are neither kept nor used (see
+            // `shrink_caches`): a query computes what it needs and lets it go.
+            files: (shared.pressure().level < crate::watchdog::Level::Elevated)
+                .then_some(&self.files),
             prices_version: Arc::as_ptr(&cfg) as usize,
         };
         let (payload, summary) = match method {

@@ -487,6 +487,13 @@ pub struct FileCache {
     files: HashMap<std::path::PathBuf, ((u64, u64), FileAgg)>,
 }
 
+impl FileCache {
+    /// Files with results kept.
+    pub fn files_kept(&self) -> usize {
+        self.files.len()
+    }
+}
+
 /// Fills `cache` for `range`, so the first query over it is as fast as the next ones.
 pub fn prewarm(
     index: &Index,

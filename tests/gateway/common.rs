@@ -24,6 +24,8 @@ pub struct Opts {
     pub test_hooks: bool,
     /// A directory copied in as the state directory before start (e.g. a fixture).
     pub state_from: Option<PathBuf>,
+    /// The file-creation mask keel starts with (through `sh -c 'umask …; exec keel …'`).
+    pub umask: Option<u32>,
 }
 
 impl Opts {
@@ -41,6 +43,11 @@ impl Opts {
 
     pub fn env(mut self, k: &str, v: &str) -> Opts {
         self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn umask(mut self, mask: u32) -> Opts {
+        self.umask = Some(mask);
         self
     }
 
@@ -116,7 +123,17 @@ impl Gateway {
             )
             .unwrap();
         }
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+        let mut cmd = match opts.umask {
+            None => Command::new(env!("CARGO_BIN_EXE_keel")),
+            Some(mask) => {
+                // `exec` keeps the pid, so signals and `pid()` still reach keel itself.
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("umask {mask:03o}; exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_keel"));
+                c
+            }
+        };
         cmd.arg("serve")
             .arg("--port")
             .arg("0")

@@ -6,6 +6,8 @@ mod delivery;
 mod fake_provider;
 mod http;
 mod lifecycle;
+mod pressure;
 mod runs;
+mod security;
 mod usage;
 mod ws;

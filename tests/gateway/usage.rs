@@ -20,7 +20,7 @@ const TOTAL_KEYS: [&str; 11] = [
     "missingCostEntries",
 ];
 
-fn expected() -> Value {
+pub fn expected() -> Value {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/small/expected.json");
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
@@ -28,7 +28,7 @@ fn expected() -> Value {
 
 /// Tokens and counts exactly, money to the cent.
 #[track_caller]
-fn assert_totals(got: &Value, want: &Value, what: &str) {
+pub fn assert_totals(got: &Value, want: &Value, what: &str) {
     for k in TOTAL_KEYS {
         let (g, w) = (&got[k], &want[k]);
         if k.ends_with("Cost") {
@@ -41,7 +41,7 @@ fn assert_totals(got: &Value, want: &Value, what: &str) {
 }
 
 /// The range the fixture covers.
-fn range(e: &Value) -> Value {
+pub fn range(e: &Value) -> Value {
     json!({"startDate": e["startDate"], "endDate": e["endDate"]})
 }
 
@@ -53,7 +53,7 @@ fn with(mut base: Value, extra: Value) -> Value {
 }
 
 /// Calls a usage method until the index is complete.
-fn fresh(g: &Gateway, method: &str, params: Value) -> Value {
+pub fn fresh(g: &Gateway, method: &str, params: Value) -> Value {
     eventually(BOUND, || {
         let r = g.rpc(method, params.clone());
         assert_eq!(r.status, 200, "{}", r.text());
