@@ -402,11 +402,11 @@ fn fill_ballast(mib: u64, ctx: &JobCtx) -> Result<Vec<u8>, RpcError> {
 
 /// `keel.test.ballast {mib, spikeMs?}`: holds `mib` MiB of written pages (0 releases it all).
 /// Growing adds a chunk and keeps what is held, so resident memory never dips on the way up;
-/// shrinking drops whole chunks, newest first, then tops up. With `spikeMs`, the memory is taken on top of the current ballast,
-/// held that long and released, and the answer says how many watchdog samples were taken
-/// while it was fully resident (`ticksHeld`) and from the first allocation to the release
-/// (`ticksSpan`), so a test can tell a spike the pressure logic must ignore from one it must
-/// not.
+/// shrinking drops whole chunks, newest first, then tops up. With `spikeMs`, the memory is
+/// taken on top of the current ballast, held that long and released, and the answer says how
+/// many watchdog samples were taken while it was fully resident (`ticksHeld`) and from the
+/// first allocation to the release (`ticksSpan`), so a test can tell a spike the pressure
+/// logic must ignore from one it must not.
 fn test_ballast(
     shared: &Arc<Shared>,
     _method: &str,
