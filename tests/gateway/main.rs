@@ -9,3 +9,4 @@ mod lifecycle;
 mod runs;
 mod usage;
 mod ws;
+mod ws_conformance;
