@@ -85,16 +85,6 @@ pub fn body_limit(method: &str, path: &str, cfg: &Config) -> usize {
 /// Largest hook body.
 pub const HOOK_BODY_MAX: usize = 256 << 10;
 
-/// The largest body any route accepts: what a connection may need buffered beside a head.
-pub fn largest_body(cfg: &Config) -> usize {
-    let hooks = if cfg.hooks.is_some() {
-        HOOK_BODY_MAX
-    } else {
-        0
-    };
-    cfg.limits.rpc_body_bytes.max(hooks)
-}
-
 /// The token of an `Authorization: Bearer <token>` header (the scheme in any case).
 pub fn bearer(authorization: &str) -> Option<&str> {
     let (scheme, rest) = authorization.split_once(' ')?;
@@ -364,7 +354,11 @@ impl Reactor {
         self.slots[slot] = Some(Slot {
             generation,
             peer,
-            conn: Conn::Http(HttpConn::new(stream, now)),
+            conn: Conn::Http(HttpConn::new(
+                stream,
+                now,
+                self.shared.config().limits.header_timeout,
+            )),
         });
         self.live += 1;
         Ok(())

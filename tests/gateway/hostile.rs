@@ -1,0 +1,216 @@
+//! Slow and hostile clients: slowloris, clients that never read, half-open sockets,
+//! connection floods beyond the descriptor limit, oversized frames and bodies. In each,
+//! `/healthz` keeps answering (every probe within a bound), keel's memory stays bounded, the
+//! offenders are closed by the limits, and keel's descriptors return to their baseline.
+
+use crate::common::*;
+use serde_json::json;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// A bound on one probe while keel is under attack: generous (a loaded CI machine), and far
+/// below what a stalled reactor would take.
+const PROBE: Duration = Duration::from_secs(5);
+
+/// Raises this process's soft descriptor limit to its hard limit (CI runners often start
+/// with 1,024), and returns it.
+pub fn raise_nofile() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    lim.current = lim.maximum;
+    setrlimit(Resource::Nofile, lim).expect("raise RLIMIT_NOFILE");
+    lim.current.unwrap_or(u64::MAX)
+}
+
+/// Open descriptors of a process.
+pub fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A `/proc/<pid>/status` figure in KiB (`VmRSS`, `VmHWM`: the peak).
+pub fn status_kb(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in status"))
+}
+
+/// `/healthz` answers 200 within [`PROBE`].
+#[track_caller]
+pub fn probe(g: &Gateway) {
+    let addr = g.addr();
+    let r = within(PROBE, move || {
+        http_raw(
+            &addr,
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+    });
+    assert_eq!(r.status, 200);
+}
+
+/// Reads what the server sends until it ends the connection; the bytes, and whether it ended
+/// with EOF (rather than a reset or the read timeout).
+fn read_to_end(s: &mut TcpStream) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+/// 1,000 connections each trickle a request head a byte at a time. Each is answered 408 and
+/// closed once `headerTimeoutMs` has passed since its first byte, `/healthz` answers
+/// throughout, and keel's descriptors return to their baseline.
+#[test]
+fn slowloris_connections_are_timed_out_while_health_answers() {
+    const N: usize = 1000;
+    raise_nofile();
+    let g = Gateway::start(
+        Opts::default().config(json!({"gateway": {"limits": {"headerTimeoutMs": 1000}}})),
+    );
+    let baseline = fds(g.pid());
+    let before_4xx = g.metric("keel_http_client_errors_total").unwrap();
+    let head = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ";
+    let mut socks: Vec<TcpStream> = (0..N)
+        .map(|_| {
+            let mut s = TcpStream::connect(g.addr()).expect("connect");
+            s.write_all(&head[..1]).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    let mut answers: Vec<Vec<u8>> = vec![Vec::new(); N];
+    let mut ended = vec![false; N];
+    let deadline = Instant::now() + BOUND;
+    let mut sent = 1usize;
+    while ended.iter().any(|e| !e) {
+        assert!(Instant::now() < deadline, "tricklers still open");
+        for (i, s) in socks.iter_mut().enumerate() {
+            if ended[i] {
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            match s.read(&mut buf) {
+                Ok(0) => ended[i] = true,
+                Ok(n) => answers[i].extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if answers[i].is_empty() {
+                        // One more byte; never the end of the head.
+                        let _ = s.write(&[*head.get(sent).unwrap_or(&b'a')]);
+                    }
+                }
+                Err(_) => ended[i] = true,
+            }
+        }
+        sent += 1;
+        probe(&g);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (i, a) in answers.iter().enumerate() {
+        let a = String::from_utf8_lossy(a);
+        assert!(a.starts_with("HTTP/1.1 408 "), "trickler {i} got {a:?}");
+    }
+    let after_4xx = g.metric("keel_http_client_errors_total").unwrap();
+    assert!(after_4xx - before_4xx >= N as f64);
+    drop(socks);
+    eventually(BOUND, || (fds(g.pid()) <= baseline).then_some(()));
+    probe(&g);
+}
+
+/// A connection that sends nothing at all is closed by the header timeout (not the 60 s
+/// keep-alive idle timeout), without an answer.
+#[test]
+fn a_connection_that_sends_nothing_is_closed_by_the_header_timeout() {
+    let g = Gateway::start(
+        Opts::default().config(json!({"gateway": {"limits": {"headerTimeoutMs": 300}}})),
+    );
+    let mut s = TcpStream::connect(g.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (bytes, eof) = read_to_end(&mut s);
+    assert!(eof && bytes.is_empty(), "{eof} {bytes:?}");
+}
+
+/// A body over the route's limit is refused from its head: the 413 arrives whole while the
+/// client is still sending (keel reads and drops the rest before closing, so the answer is
+/// not destroyed by a reset).
+#[test]
+fn an_oversized_body_gets_its_413_while_the_client_still_sends() {
+    let g = Gateway::start(Opts::default());
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(g.addr()).unwrap();
+        s.set_read_timeout(Some(BOUND)).unwrap();
+        let head = format!(
+            "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
+            g.token,
+            4 << 20
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let chunk = vec![b'x'; 64 << 10];
+            for _ in 0..64 {
+                if w.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        let (bytes, eof) = read_to_end(&mut s);
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.starts_with("HTTP/1.1 413 "), "{text:?}");
+        assert!(eof, "the connection ends with EOF, not a reset");
+        writer.join().unwrap();
+    }
+    probe(&g);
+}
+
+/// Unauthenticated bodies are refused from their head: 200 clients announcing 1 MiB bodies
+/// and sending all but the last byte get 401 at once, and keel does not buffer their bodies.
+#[test]
+fn unauthenticated_bodies_are_not_buffered() {
+    const N: usize = 200;
+    raise_nofile();
+    let g = Gateway::start(Opts::default());
+    let rss_before = status_kb(g.pid(), "VmRSS");
+    let head = format!(
+        "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong\r\nContent-Length: {}\r\n\r\n",
+        1 << 20
+    );
+    let body = vec![b'x'; (1 << 20) - 1];
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, head, body) = (g.addr(), head.clone(), body.clone());
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                for _ in 0..N / 4 {
+                    let mut s = TcpStream::connect(&addr).unwrap();
+                    s.set_read_timeout(Some(BOUND)).unwrap();
+                    s.write_all(head.as_bytes()).unwrap();
+                    let mut w = s.try_clone().unwrap();
+                    let body = body.clone();
+                    let writer = std::thread::spawn(move || {
+                        let _ = w.write_all(&body);
+                    });
+                    let r = read_response(&mut s).expect("an answer");
+                    assert!(matches!(r.status, 401 | 429), "{}", r.status);
+                    writer.join().unwrap();
+                    held.push(s);
+                }
+                held
+            })
+        })
+        .collect();
+    let held: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    probe(&g);
+    let grown_mb = (status_kb(g.pid(), "VmHWM").saturating_sub(rss_before)) / 1024;
+    assert!(grown_mb < 64, "keel grew by {grown_mb} MiB");
+    drop(held);
+}
