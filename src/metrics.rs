@@ -144,6 +144,8 @@ pub struct Metrics {
     pub auth_failures: Counter,
     pub auth_rate_limited: Counter,
     pub handshake_timeouts: Counter,
+    /// Open WebSockets closed for sending nothing (not even a pong) for two tick intervals.
+    pub ping_timeouts: Counter,
     pub slow_consumers_closed: Counter,
     /// Drop-if-slow events skipped for a client with unread data.
     pub events_dropped_slow: Counter,
@@ -223,7 +225,7 @@ impl Metrics {
                 c.get()
             );
         }
-        let simple: [(&str, &str, &Counter); 11] = [
+        let simple: [(&str, &str, &Counter); 12] = [
             (
                 "keel_reactor_handler_panics_total",
                 "Connections dropped after a panic in their handler.",
@@ -263,6 +265,11 @@ impl Metrics {
                 "keel_ws_handshake_timeouts_total",
                 "WebSockets closed for not sending connect in time.",
                 &self.handshake_timeouts,
+            ),
+            (
+                "keel_ws_ping_timeouts_total",
+                "WebSockets closed for not answering pings (dead peers).",
+                &self.ping_timeouts,
             ),
             (
                 "keel_slow_consumers_closed_total",

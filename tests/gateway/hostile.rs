@@ -4,6 +4,7 @@
 //! offenders are closed by the limits, and keel's descriptors return to their baseline.
 
 use crate::common::*;
+use crate::ws_conformance::{F, Msg, RawWs};
 use serde_json::json;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -213,4 +214,55 @@ fn unauthenticated_bodies_are_not_buffered() {
     let grown_mb = (status_kb(g.pid(), "VmHWM").saturating_sub(rss_before)) / 1024;
     assert!(grown_mb < 64, "keel grew by {grown_mb} MiB");
     drop(held);
+}
+
+/// Half-open peers: a WebSocket whose client went silent after `connect` (gone without a FIN:
+/// it reads nothing, answers no ping) gets a ping after a tick interval of silence and is
+/// closed 1001 after two; one that sent half a frame before `connect` is closed by the
+/// handshake timeout; a client that merely listens (its library answers pings) stays.
+#[test]
+fn silent_peers_are_reaped_and_listening_ones_kept() {
+    let g = Gateway::start(
+        Opts::default()
+            .env("KEEL_HANDSHAKE_TIMEOUT_MS", "1000")
+            .config(json!({"gateway": {"tickIntervalMs": 1000}})),
+    );
+    let baseline = fds(g.pid());
+    let mut dead = RawWs::authed(&g);
+    let mut half = RawWs::open(&g.addr());
+    half.s
+        .write_all(&F::text(br#"{"type":"req"}"#).bytes()[..8])
+        .unwrap();
+    let mut live = g.ws();
+    let mut ticks = 0;
+    live.until(Duration::from_secs(10), |f| {
+        ticks += usize::from(f["event"] == "tick");
+        ticks >= 4
+    });
+    assert_eq!(live.call("health", json!({}))["ok"], true);
+    // Only now read what the silent one was sent: ticks, a ping, the close, the end.
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "still open after {got:?}");
+        match dead.read() {
+            Msg::End(_) => break,
+            Msg::Text(t) if t.contains(r#""event":"tick""#) => got.push("tick"),
+            Msg::Ping(_) => got.push("ping"),
+            Msg::Close(code, _) => got.push(if code == 1001 {
+                "close 1001"
+            } else {
+                "other close"
+            }),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, ["tick", "ping", "close 1001"]);
+    match half.next() {
+        Msg::Close(code, _) => assert_eq!(code, 1008),
+        other => panic!("expected the handshake timeout's close, got {other:?}"),
+    }
+    assert_eq!(g.metric("keel_ws_ping_timeouts_total"), Some(1.0));
+    drop((dead, half));
+    eventually(BOUND, || (fds(g.pid()) <= baseline + 1).then_some(()));
 }
