@@ -138,6 +138,8 @@ pub struct Metrics {
     pub rejected_pressure: Counter,
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
+    /// Idle unauthenticated connections closed to make room for new ones at the limit.
+    pub connections_evicted: Counter,
     pub http_requests: Counter,
     pub http_errors_4xx: Counter,
     pub ws_requests: Counter,
@@ -225,7 +227,7 @@ impl Metrics {
                 c.get()
             );
         }
-        let simple: [(&str, &str, &Counter); 12] = [
+        let simple: [(&str, &str, &Counter); 13] = [
             (
                 "keel_reactor_handler_panics_total",
                 "Connections dropped after a panic in their handler.",
@@ -235,6 +237,11 @@ impl Metrics {
                 "keel_connections_refused_total",
                 "Connections closed at accept (limit reached).",
                 &self.connections_refused,
+            ),
+            (
+                "keel_connections_evicted_total",
+                "Idle connections without a request closed to make room at the limit.",
+                &self.connections_evicted,
             ),
             (
                 "keel_http_requests_total",

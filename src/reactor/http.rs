@@ -235,6 +235,14 @@ impl HttpConn {
         }
     }
 
+    /// No request in progress and nothing owed: closing it loses nothing.
+    pub fn is_idle(&self) -> bool {
+        self.lingering
+            || (matches!(self.phase, Phase::Idle | Phase::Head)
+                && !self.has_output()
+                && !self.upgrade)
+    }
+
     pub fn has_output(&self) -> bool {
         self.wpos < self.wbuf.len()
     }

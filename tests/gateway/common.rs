@@ -24,6 +24,8 @@ pub struct Opts {
     pub test_hooks: bool,
     /// A directory copied in as the state directory before start (e.g. a fixture).
     pub state_from: Option<PathBuf>,
+    /// Start under this descriptor limit (soft and hard, set by `sh -c 'ulimit -n N'`).
+    pub nofile: Option<u64>,
 }
 
 impl Opts {
@@ -41,6 +43,11 @@ impl Opts {
 
     pub fn env(mut self, k: &str, v: &str) -> Opts {
         self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn nofile(mut self, n: u64) -> Opts {
+        self.nofile = Some(n);
         self
     }
 
@@ -116,7 +123,17 @@ impl Gateway {
             )
             .unwrap();
         }
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+        let mut cmd = match opts.nofile {
+            // The shell execs keel, so the child's pid is keel's.
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_keel"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_keel")),
+        };
         cmd.arg("serve")
             .arg("--port")
             .arg("0")

@@ -40,6 +40,16 @@ pub fn status_kb(pid: u32, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in status"))
 }
 
+/// CPU time (user + system) a process has used, in seconds (USER_HZ is 100 on Linux).
+pub fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
 /// `/healthz` answers 200 within [`PROBE`].
 #[track_caller]
 pub fn probe(g: &Gateway) {
@@ -265,4 +275,72 @@ fn silent_peers_are_reaped_and_listening_ones_kept() {
     assert_eq!(g.metric("keel_ws_ping_timeouts_total"), Some(1.0));
     drop((dead, half));
     eventually(BOUND, || (fds(g.pid()) <= baseline + 1).then_some(()));
+}
+
+/// Sets another process's descriptor limit (no privilege needed to lower it, or to raise the
+/// soft limit up to the hard one).
+fn set_nofile(pid: u32, soft: u64, hard: u64) {
+    use rustix::process::{Pid, Resource, Rlimit, prlimit};
+    let pid = Pid::from_raw(pid as i32).unwrap();
+    let lim = Rlimit {
+        current: Some(soft),
+        maximum: Some(hard),
+    };
+    prlimit(Some(pid), Resource::Nofile, lim).expect("prlimit");
+}
+
+/// Opens `n` connections that send nothing.
+fn idle_connections(g: &Gateway, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| TcpStream::connect(g.addr()).expect("connect"))
+        .collect()
+}
+
+/// A flood of idle connections beyond what the descriptor limit allows. keel starts under a
+/// limit of 256 with the default maxConnections of 4,096 and says so at boot; connections are
+/// capped below the limit, each new one taking the place of the oldest idle one, so a health
+/// probe is answered during the flood. Then the limit is cut to the descriptors keel has open:
+/// accept fails, keel pauses accepting (and says so) instead of spinning, and once the limit
+/// is back the probe that waited is answered. Descriptors return to their baseline.
+#[test]
+fn a_connection_flood_beyond_the_descriptor_limit() {
+    raise_nofile();
+    let g = Gateway::start(Opts::default().nofile(256));
+    let pid = g.pid();
+    let warning = g.wait_log("maxConnections is 4096", BOUND);
+    assert!(warning.is_some(), "{}", g.log_text());
+    let baseline = fds(pid);
+    let flood = idle_connections(&g, 400);
+    probe(&g);
+    eventually(BOUND, || {
+        (g.metric("keel_connections_evicted_total").unwrap() > 100.0).then_some(())
+    });
+    assert!(fds(pid) <= 256);
+    drop(flood);
+    eventually(BOUND, || (fds(pid) <= baseline).then_some(()));
+    probe(&g);
+
+    // No descriptor left at all (a limit below the lowest free descriptor number).
+    set_nofile(pid, 1, 256);
+    let addr = g.addr();
+    let waiting = std::thread::spawn(move || {
+        http_raw(
+            &addr,
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+    });
+    let paused = g.wait_log("pausing accepts", BOUND);
+    assert!(paused.is_some(), "{}", g.log_text());
+    let (cpu0, t0) = (cpu_secs(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(1));
+    let busy = (cpu_secs(pid) - cpu0) / t0.elapsed().as_secs_f64();
+    assert!(
+        busy < 0.5,
+        "keel used {:.0}% of a core while out of descriptors",
+        busy * 100.0
+    );
+    set_nofile(pid, 256, 256);
+    let r = within(PROBE, move || waiting.join().unwrap());
+    assert_eq!(r.status, 200);
+    eventually(BOUND, || (fds(pid) <= baseline).then_some(()));
 }
