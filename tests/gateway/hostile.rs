@@ -222,6 +222,7 @@ fn unauthenticated_bodies_are_not_buffered() {
     let held: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     probe(&g);
     let grown_mb = (status_kb(g.pid(), "VmHWM").saturating_sub(rss_before)) / 1024;
+    eprintln!("unauthenticated bodies: keel's peak RSS grew by {grown_mb} MiB");
     assert!(grown_mb < 64, "keel grew by {grown_mb} MiB");
     drop(held);
 }
@@ -343,4 +344,78 @@ fn a_connection_flood_beyond_the_descriptor_limit() {
     let r = within(PROBE, move || waiting.join().unwrap());
     assert_eq!(r.status, 200);
     eventually(BOUND, || (fds(pid) <= baseline).then_some(()));
+}
+
+/// Slow readers: ten clients start runs that stream ~3 MB of events each and never read.
+/// Each is closed 1008 as a slow consumer, `/healthz` answers meanwhile, and keel's peak
+/// memory grows by far less than what the runs produced.
+#[test]
+fn clients_that_never_read_are_closed_with_memory_bounded() {
+    use crate::fake_provider::{Behavior, FakeProvider};
+    const N: usize = 10;
+    let p = FakeProvider::start("openai-completions");
+    for _ in 0..N {
+        p.push(Behavior::Stream {
+            text: vec!["y".repeat(1024); 3000],
+            tool_call: None,
+            usage: (1, 1),
+            delay_between: Duration::ZERO,
+        });
+    }
+    let cfg = json!({
+        "gateway": {"limits": {"maxBufferedBytes": 65536}},
+        "models": {"providers": {"a": {"baseUrl": p.base_url(), "apiKey": "k",
+            "api": "openai-completions", "models": [{"id": "m"}]}}},
+        "agents": {"defaults": {"model": {"primary": "a/m"}}},
+    });
+    let g = Gateway::start(Opts::default().config(cfg));
+    let rss_before = status_kb(g.pid(), "VmRSS");
+    let slow: Vec<Ws> = (0..N)
+        .map(|i| {
+            let mut ws = g.ws();
+            let key = format!("agent:main:slow{i}");
+            let res = ws.call(
+                "chat.send",
+                json!({"sessionKey": key, "message": "flood", "idempotencyKey": key}),
+            );
+            assert_eq!(res["ok"], true, "{res}");
+            ws
+        })
+        .collect();
+    eventually(BOUND, || {
+        probe(&g);
+        (g.metric("keel_slow_consumers_closed_total") == Some(N as f64)).then_some(())
+    });
+    for mut ws in slow {
+        assert_eq!(ws.close_code(), Some(1008));
+    }
+    let grown_mb = status_kb(g.pid(), "VmHWM").saturating_sub(rss_before) / 1024;
+    eprintln!("slow readers: keel's peak RSS grew by {grown_mb} MiB");
+    assert!(grown_mb < 128, "keel grew by {grown_mb} MiB");
+}
+
+/// Oversized frames before `connect`: 200 clients each send a frame announcing 1 MiB (over
+/// the 64 KiB pre-auth limit) with its payload. Each is closed 1008 from the frame's header;
+/// the payloads are dropped, not buffered.
+#[test]
+fn oversized_pre_auth_frames_are_refused_without_buffering() {
+    const N: usize = 200;
+    raise_nofile();
+    let g = Gateway::start(Opts::default());
+    let rss_before = status_kb(g.pid(), "VmRSS");
+    let frame = F::text(vec![b'x'; 1 << 20]).bytes();
+    let mut clients: Vec<RawWs> = (0..N).map(|_| RawWs::open(&g.addr())).collect();
+    for c in &mut clients {
+        let _ = c.s.write_all(&frame[..64 << 10]);
+    }
+    for c in &mut clients {
+        match c.next() {
+            Msg::Close(code, _) => assert_eq!(code, 1008),
+            other => panic!("expected close 1008, got {other:?}"),
+        }
+    }
+    probe(&g);
+    let grown_mb = status_kb(g.pid(), "VmHWM").saturating_sub(rss_before) / 1024;
+    eprintln!("oversized pre-auth frames: keel's peak RSS grew by {grown_mb} MiB");
+    assert!(grown_mb < 64, "keel grew by {grown_mb} MiB");
 }
