@@ -135,6 +135,8 @@ fn run(
     mut cfg: Config,
     signals: Signals,
 ) -> i32 {
+    let nofile = crate::reactor::fdlimit::raise();
+    log::info!("descriptor limit (RLIMIT_NOFILE): {nofile}");
     let addr = cfg.listen_addr();
     let std_listener = match std::net::TcpListener::bind(addr) {
         Ok(l) => l,

@@ -138,12 +138,16 @@ pub struct Metrics {
     pub rejected_pressure: Counter,
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
+    /// Idle unauthenticated connections closed to make room for new ones at the limit.
+    pub connections_evicted: Counter,
     pub http_requests: Counter,
     pub http_errors_4xx: Counter,
     pub ws_requests: Counter,
     pub auth_failures: Counter,
     pub auth_rate_limited: Counter,
     pub handshake_timeouts: Counter,
+    /// Open WebSockets closed for sending nothing (not even a pong) for two tick intervals.
+    pub ping_timeouts: Counter,
     pub slow_consumers_closed: Counter,
     /// Drop-if-slow events skipped for a client with unread data.
     pub events_dropped_slow: Counter,
@@ -230,7 +234,7 @@ impl Metrics {
                 c.get()
             );
         }
-        let simple: [(&str, &str, &Counter); 11] = [
+        let simple: [(&str, &str, &Counter); 13] = [
             (
                 "keel_reactor_handler_panics_total",
                 "Connections dropped after a panic in their handler.",
@@ -240,6 +244,11 @@ impl Metrics {
                 "keel_connections_refused_total",
                 "Connections closed at accept (limit reached).",
                 &self.connections_refused,
+            ),
+            (
+                "keel_connections_evicted_total",
+                "Idle connections without a request closed to make room at the limit.",
+                &self.connections_evicted,
             ),
             (
                 "keel_http_requests_total",
@@ -270,6 +279,11 @@ impl Metrics {
                 "keel_ws_handshake_timeouts_total",
                 "WebSockets closed for not sending connect in time.",
                 &self.handshake_timeouts,
+            ),
+            (
+                "keel_ws_ping_timeouts_total",
+                "WebSockets closed for not answering pings (dead peers).",
+                &self.ping_timeouts,
             ),
             (
                 "keel_slow_consumers_closed_total",

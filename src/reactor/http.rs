@@ -7,10 +7,17 @@
 //! ```text
 //! idle ──first byte──▶ head (10 s total*) ──▶ body (30 s) ──▶ handled ──▶ idle (keep-alive)
 //!   │                     │                                   │
-//!   └ 60 s: closed        └ 408 / 431 / 400: answered, closed └ waiting on a job: no reads
-//!                                                               are parsed until it answers
+//!   └ 60 s: closed (a     └ 408 / 431 / 400: answered, closed └ waiting on a job: no reads
+//!     new connection:       (a body is refused from its head:   are parsed until it answers
+//!     10 s*)                401 / 413 before it is read)
 //! ```
-//! (*) `gateway.limits.headerTimeoutMs`, default 10 s, measured from the head's first byte.
+//! (*) `gateway.limits.headerTimeoutMs`, default 10 s, measured from the head's first byte
+//! (and, for a new connection, from the accept: one that sends nothing is closed silently).
+//!
+//! A connection closed by keel with input possibly unread (an error answer, `Connection:
+//! close`) is closed gracefully: the answer is written, the write side shut, and input read
+//! and dropped until the peer closes or [`LINGER`] passes — closing a socket with unread
+//! input would send a reset that can destroy the answer in flight.
 
 use super::{Cx, Outcome, hook_route, io_would_block};
 use crate::error::{Code, RpcError};
@@ -29,6 +36,8 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A client that does not take its response within this time is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// After its answer, how long a closing connection's input is read and dropped.
+pub const LINGER: Duration = Duration::from_secs(2);
 /// Bytes read from one connection per wake-up.
 const READ_BUDGET: usize = 64 << 10;
 /// Bytes written to one connection per wake-up.
@@ -60,6 +69,10 @@ pub struct HttpConn {
     close_after_write: bool,
     upgrade: bool,
     eof: bool,
+    /// Answered and write side shut: input is dropped until EOF or the deadline.
+    lingering: bool,
+    /// Where the body of the request being read ends in `rbuf` (0: no body pending).
+    body_end: usize,
     /// Keep-alive of the request being answered.
     keep_alive: bool,
     head_only: bool,
@@ -184,18 +197,21 @@ fn error_body(code: Code, message: &str) -> Vec<u8> {
 }
 
 impl HttpConn {
-    pub fn new(stream: TcpStream, now: Instant) -> HttpConn {
+    /// A new connection: its first head must arrive within `header_timeout`.
+    pub fn new(stream: TcpStream, now: Instant, header_timeout: Duration) -> HttpConn {
         HttpConn {
             stream,
             rbuf: Vec::new(),
             wbuf: Vec::new(),
             wpos: 0,
             phase: Phase::Idle,
-            deadline: now + IDLE_TIMEOUT,
+            deadline: now + header_timeout,
             write_since: None,
             close_after_write: false,
             upgrade: false,
             eof: false,
+            lingering: false,
+            body_end: 0,
             keep_alive: true,
             head_only: false,
         }
@@ -219,6 +235,14 @@ impl HttpConn {
         }
     }
 
+    /// No request in progress and nothing owed: closing it loses nothing.
+    pub fn is_idle(&self) -> bool {
+        self.lingering
+            || (matches!(self.phase, Phase::Idle | Phase::Head)
+                && !self.has_output()
+                && !self.upgrade)
+    }
+
     pub fn has_output(&self) -> bool {
         self.wpos < self.wbuf.len()
     }
@@ -226,6 +250,9 @@ impl HttpConn {
     /// Reads, handles complete requests, writes. Called on readiness, after a completion, and
     /// again while it reports [`Outcome::Again`].
     pub fn drive(&mut self, cx: &mut Cx<'_>) -> Outcome {
+        if self.lingering {
+            return self.discard_input();
+        }
         let mut again = false;
         if !self.eof {
             match self.read_some(cx) {
@@ -248,18 +275,53 @@ impl HttpConn {
         if self.upgrade {
             return Outcome::Upgrade;
         }
-        if self.close_after_write || (self.eof && self.phase != Phase::Waiting) {
+        if self.eof && self.phase != Phase::Waiting {
             return Outcome::Close;
+        }
+        if self.close_after_write {
+            return self.linger(cx.now);
         }
         if again { Outcome::Again } else { Outcome::Keep }
     }
 
-    /// Reads up to the budget, and no more than one head plus the largest body the routes
-    /// accept: a client that pipelines faster than it is answered is held back by TCP, not
-    /// buffered here. Ok(true) if input may remain (budget or buffer full) and the connection
-    /// is not waiting on a job — whose reply drives it again anyway.
-    fn read_some(&mut self, cx: &Cx<'_>) -> Result<bool, ()> {
-        let cap = HEAD_MAX + super::largest_body(&cx.config());
+    /// Everything is written: shut the write side and drop input until the peer closes.
+    fn linger(&mut self, now: Instant) -> Outcome {
+        if self.eof || self.stream.shutdown(std::net::Shutdown::Write).is_err() {
+            return Outcome::Close;
+        }
+        self.lingering = true;
+        self.rbuf = Vec::new();
+        self.deadline = now + LINGER;
+        self.discard_input()
+    }
+
+    fn discard_input(&mut self) -> Outcome {
+        let mut scratch = [0u8; 16 << 10];
+        let mut budget = READ_BUDGET;
+        while budget > 0 {
+            match self.stream.read(&mut scratch) {
+                Ok(0) => return Outcome::Close,
+                Ok(n) => budget = budget.saturating_sub(n),
+                Err(e) if io_would_block(&e) => return Outcome::Keep,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Outcome::Close,
+            }
+        }
+        Outcome::Again
+    }
+
+    /// How much input to hold: a head (one byte more than the largest, to tell it is too
+    /// large), or the request whose body is being read. A client that pipelines faster than
+    /// it is answered is held back by TCP, not buffered here.
+    fn read_cap(&self) -> usize {
+        self.body_end.max(HEAD_MAX + 1)
+    }
+
+    /// Reads up to the budget and [`Self::read_cap`]. Ok(true) if input may remain (budget or
+    /// buffer full) and the connection is not waiting on a job — whose reply drives it again
+    /// anyway.
+    fn read_some(&mut self, _cx: &Cx<'_>) -> Result<bool, ()> {
+        let cap = self.read_cap();
         let mut budget = READ_BUDGET;
         let mut chunk = [0u8; 16 << 10];
         while budget > 0 && self.rbuf.len() < cap {
@@ -366,11 +428,20 @@ impl HttpConn {
         let total = head_len + head.content_length;
         if self.rbuf.len() < total {
             if self.phase != Phase::Body {
+                // Who may send this body is known from the head: a refused client's body is
+                // never read.
+                if !self.admit_body(cx, &head) {
+                    self.keep_alive = false;
+                    self.close_after_write = true;
+                    return false;
+                }
                 self.phase = Phase::Body;
                 self.deadline = cx.now + BODY_TIMEOUT;
+                self.body_end = total;
             }
             return false;
         }
+        self.body_end = 0;
         let body: Vec<u8> = self.rbuf[head_len..total].to_vec();
         self.rbuf.drain(..total);
         self.keep_alive = head.keep_alive;
@@ -490,63 +561,36 @@ impl HttpConn {
         }
     }
 
+    /// Checks what can be checked from the head of a request whose body has yet to arrive:
+    /// the token of `/api/rpc/` and hook routes. Answers itself and returns false to refuse.
+    fn admit_body(&mut self, cx: &mut Cx<'_>, head: &Head) -> bool {
+        let path = head.path.split('?').next().unwrap_or("/");
+        if path.starts_with("/api/rpc/") {
+            self.authorize(cx, head)
+        } else if cx
+            .config()
+            .hooks
+            .as_ref()
+            .is_some_and(|h| path == h.path || path.starts_with(&format!("{}/", h.path)))
+        {
+            self.hook_precheck(cx, head)
+        } else {
+            true
+        }
+    }
+
     /// `POST <hooks.path>/agent` and `/wake`: start a run; `202 {ok, runId}` once admitted.
     fn hook(&mut self, cx: &mut Cx<'_>, head: &Head, path: &str, body: &[u8]) {
         let Some(hooks) = cx.config().hooks.clone() else {
             return;
         };
+        if !self.hook_precheck(cx, head) {
+            return;
+        }
         let fail = |this: &mut HttpConn, cx: &mut Cx<'_>, status: u16, code: Code, msg: &str| {
             cx.shared.metrics.http_errors_4xx.inc();
             this.respond(cx, status, "application/json", &[], &error_body(code, msg));
         };
-        let query = head.path.split_once('?').map_or("", |(_, q)| q);
-        if query.split('&').any(|kv| {
-            kv.split('=')
-                .next()
-                .is_some_and(|k| k.eq_ignore_ascii_case("token"))
-        }) {
-            return fail(
-                self,
-                cx,
-                400,
-                Code::InvalidRequest,
-                "the hook token belongs in a header (Authorization: Bearer or x-openclaw-token), never in the URL",
-            );
-        }
-        if head.method != "POST" {
-            return self.method_not_allowed(cx, "POST");
-        }
-        if let Some(wait) = cx.limiter_blocked() {
-            let body = error_body(
-                Code::Unauthorized,
-                "too many failed hook authentications from this address; retry later",
-            );
-            cx.shared.metrics.http_errors_4xx.inc();
-            return self.respond(
-                cx,
-                429,
-                "application/json",
-                &[("Retry-After", wait.as_secs().max(1).to_string())],
-                &body,
-            );
-        }
-        let presented = head
-            .hook_token
-            .as_deref()
-            .map(str::trim)
-            .or_else(|| head.authorization.as_deref().and_then(super::bearer));
-        if !presented
-            .is_some_and(|t| crate::auth::constant_time_eq(t.as_bytes(), hooks.token.as_bytes()))
-        {
-            cx.limiter_failure();
-            return fail(
-                self,
-                cx,
-                401,
-                Code::Unauthorized,
-                "hook token missing or wrong",
-            );
-        }
         let Some(route) = hook_route(path, &hooks.path) else {
             return fail(
                 self,
@@ -578,6 +622,70 @@ impl HttpConn {
                 self.respond_status(cx, status, retry, &body);
             }
         }
+    }
+
+    /// The checks of a hook request that need only its head: no token in the URL, POST, the
+    /// per-IP failure limit, the token. Answers itself and returns false to refuse.
+    fn hook_precheck(&mut self, cx: &mut Cx<'_>, head: &Head) -> bool {
+        let Some(hooks) = cx.config().hooks.clone() else {
+            return false;
+        };
+        let fail = |this: &mut HttpConn, cx: &mut Cx<'_>, status: u16, code: Code, msg: &str| {
+            cx.shared.metrics.http_errors_4xx.inc();
+            this.respond(cx, status, "application/json", &[], &error_body(code, msg));
+            false
+        };
+        let query = head.path.split_once('?').map_or("", |(_, q)| q);
+        if query.split('&').any(|kv| {
+            kv.split('=')
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("token"))
+        }) {
+            return fail(
+                self,
+                cx,
+                400,
+                Code::InvalidRequest,
+                "the hook token belongs in a header (Authorization: Bearer or x-openclaw-token), never in the URL",
+            );
+        }
+        if head.method != "POST" {
+            self.method_not_allowed(cx, "POST");
+            return false;
+        }
+        if let Some(wait) = cx.limiter_blocked() {
+            let body = error_body(
+                Code::Unauthorized,
+                "too many failed hook authentications from this address; retry later",
+            );
+            cx.shared.metrics.http_errors_4xx.inc();
+            self.respond(
+                cx,
+                429,
+                "application/json",
+                &[("Retry-After", wait.as_secs().max(1).to_string())],
+                &body,
+            );
+            return false;
+        }
+        let presented = head
+            .hook_token
+            .as_deref()
+            .map(str::trim)
+            .or_else(|| head.authorization.as_deref().and_then(super::bearer));
+        if !presented
+            .is_some_and(|t| crate::auth::constant_time_eq(t.as_bytes(), hooks.token.as_bytes()))
+        {
+            cx.limiter_failure();
+            return fail(
+                self,
+                cx,
+                401,
+                Code::Unauthorized,
+                "hook token missing or wrong",
+            );
+        }
+        true
     }
 
     fn method_not_allowed(&mut self, cx: &mut Cx<'_>, allow: &str) {
@@ -785,6 +893,13 @@ impl HttpConn {
 
     /// Timers: idle, head, body and write timeouts.
     pub fn on_timer(&mut self, cx: &mut Cx<'_>) -> Outcome {
+        if self.lingering {
+            return if cx.now >= self.deadline {
+                Outcome::Close
+            } else {
+                Outcome::Keep
+            };
+        }
         if let Some(since) = self.write_since
             && cx.now.saturating_duration_since(since) >= WRITE_TIMEOUT
         {

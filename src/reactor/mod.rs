@@ -12,7 +12,16 @@
 //! idle, ticks, close linger) are swept every 25 ms. Each iteration stamps the heartbeat the
 //! watchdog reads and records its lag: its busy time, plus — when the poll timed out — how
 //! late the thread woke (time spent waiting for a CPU).
+//!
+//! Connections are capped at `maxConnections` and at what the descriptor limit allows
+//! ([`fdlimit`]). At the cap, a new connection takes the place of the oldest one that has not
+//! sent a request (or not passed `connect`): a flood of idle sockets cannot lock out a health
+//! probe or a real client. When there is none to close, the new connection is refused. When
+//! accept itself fails for lack of descriptors, the cap is lowered below the connections open,
+//! idle ones are closed to get there, and accepting pauses for [`ACCEPT_BACKOFF`] if none can
+//! be — it never spins on a listener that stays readable.
 
+pub mod fdlimit;
 mod http;
 mod ws;
 
@@ -46,6 +55,12 @@ const COMPLETION_BUDGET: usize = 2048;
 const COMPLETION_TIME: Duration = Duration::from_millis(3);
 /// After accept fails for lack of descriptors, wait this long before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Descriptors kept free when accept ran out of them (for files and outbound calls).
+const FD_MARGIN: usize = 8;
+/// How long the cap stays lowered after accept ran out of descriptors.
+const LOWERED_FOR: Duration = Duration::from_secs(30);
+/// How often the descriptor limit is re-read.
+const LIMIT_CHECK: Duration = Duration::from_secs(1);
 /// At stop, how long to flush replies and close frames before exiting.
 const STOP_FLUSH: Duration = Duration::from_secs(1);
 
@@ -84,16 +99,6 @@ pub fn body_limit(method: &str, path: &str, cfg: &Config) -> usize {
 
 /// Largest hook body.
 pub const HOOK_BODY_MAX: usize = 256 << 10;
-
-/// The largest body any route accepts: what a connection may need buffered beside a head.
-pub fn largest_body(cfg: &Config) -> usize {
-    let hooks = if cfg.hooks.is_some() {
-        HOOK_BODY_MAX
-    } else {
-        0
-    };
-    cfg.limits.rpc_body_bytes.max(hooks)
-}
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme in any case).
 pub fn bearer(authorization: &str) -> Option<&str> {
@@ -176,7 +181,19 @@ enum Conn {
 struct Slot {
     generation: u64,
     peer: SocketAddr,
+    accepted: Instant,
     conn: Conn,
+}
+
+impl Slot {
+    /// Nothing asked of keel and nothing owed: a connection without a request in progress, or
+    /// a WebSocket that has not passed `connect`.
+    fn evictable(&self) -> bool {
+        match &self.conn {
+            Conn::Http(h) => h.is_idle(),
+            Conn::Ws(w) => w.is_handshaking(),
+        }
+    }
 }
 
 pub struct Reactor {
@@ -194,6 +211,13 @@ pub struct Reactor {
     accept_again: bool,
     accept_paused_until: Option<Instant>,
     last_accept_warning: Option<Instant>,
+    last_cap_warning: Option<Instant>,
+    /// The soft descriptor limit last read, and how many connections it allows.
+    nofile: u64,
+    fd_cap: usize,
+    last_limit_check: Instant,
+    /// The last time accept ran out of descriptors (the cap stays lowered for a while).
+    last_emfile: Option<Instant>,
     more_completions: bool,
     /// An event whose fan-out a round's budget cut short.
     carry: Option<crate::jobs::Fanout>,
@@ -216,6 +240,19 @@ impl Reactor {
     ) -> io::Result<Reactor> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let cfg = shared.config();
+        let nofile = fdlimit::soft();
+        let fd_cap = fdlimit::cap(nofile, fdlimit::reserve(&cfg));
+        if cfg.limits.max_connections > fd_cap {
+            log::warn!(
+                "gateway.limits.maxConnections is {} but the descriptor limit (RLIMIT_NOFILE {nofile}, \
+                 less {} kept for files and outbound calls) allows {fd_cap} connections: at most \
+                 {fd_cap} are accepted. Raise the limit (LimitNOFILE= in the unit, ulimit -n) or \
+                 lower maxConnections",
+                cfg.limits.max_connections,
+                fdlimit::reserve(&cfg),
+            );
+        }
         Ok(Reactor {
             poll,
             listener: Some(listener),
@@ -231,6 +268,11 @@ impl Reactor {
             accept_again: false,
             accept_paused_until: None,
             last_accept_warning: None,
+            last_cap_warning: None,
+            nofile,
+            fd_cap,
+            last_limit_check: Instant::now(),
+            last_emfile: None,
             more_completions: false,
             carry: None,
             last_sweep: Instant::now(),
@@ -287,6 +329,7 @@ impl Reactor {
             if t0.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
                 self.last_sweep = t0;
                 self.sweep(t0);
+                self.check_limit(t0, false);
             }
             let done = self.lifecycle(t0);
             self.shared.metrics.lag.record(late + t0.elapsed());
@@ -301,6 +344,8 @@ impl Reactor {
         self.accept_again = false;
         self.accept_paused_until = None;
         let max = self.shared.config().limits.max_connections;
+        let mut cap = max.min(self.fd_cap);
+        let mut rechecked = false;
         for _ in 0..ACCEPT_BUDGET {
             let Some(listener) = &self.listener else {
                 return;
@@ -308,7 +353,13 @@ impl Reactor {
             match listener.accept() {
                 Ok((stream, peer)) => {
                     self.shared.metrics.connections_accepted.inc();
-                    if self.live >= max {
+                    if self.live >= cap && !rechecked {
+                        // Before refusing anyone, make sure the cap is not from a stale limit.
+                        rechecked = true;
+                        self.check_limit(now, true);
+                        cap = max.min(self.fd_cap);
+                    }
+                    if self.live >= cap && !self.evict_oldest(now, cap) {
                         self.shared.metrics.connections_refused.inc();
                         drop(stream);
                         continue;
@@ -324,8 +375,27 @@ impl Reactor {
                         io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
                     ) => {}
                 Err(e) => {
-                    // Out of descriptors (EMFILE/ENFILE) or memory: back off instead of
-                    // spinning on a listener that stays readable.
+                    // Out of descriptors (EMFILE/ENFILE) or memory. Keep a margin below what
+                    // is open now and make room by closing idle connections; with none to
+                    // close, back off instead of spinning on a listener that stays readable.
+                    self.last_emfile = Some(now);
+                    let lowered = self.live.saturating_sub(FD_MARGIN).max(FD_MARGIN);
+                    if lowered < self.fd_cap {
+                        self.fd_cap = lowered;
+                        log::warn!(
+                            "accept failed ({e}) with {} connections open (RLIMIT_NOFILE {}): \
+                             holding connections to {lowered}",
+                            self.live,
+                            self.nofile
+                        );
+                    }
+                    let mut freed = false;
+                    while self.live > self.fd_cap && self.evict_oldest(now, self.fd_cap) {
+                        freed = true;
+                    }
+                    if freed {
+                        continue;
+                    }
                     self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
                     if self
                         .last_accept_warning
@@ -343,6 +413,65 @@ impl Reactor {
             }
         }
         self.accept_again = true;
+    }
+
+    /// Closes the oldest connection that has nothing in progress, to make room at `cap`.
+    /// False when there is none.
+    fn evict_oldest(&mut self, now: Instant, cap: usize) -> bool {
+        let oldest = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.as_ref()
+                    .filter(|s| s.evictable())
+                    .map(|s| (s.accepted, i))
+            })
+            .min();
+        let warn = self
+            .last_cap_warning
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(10));
+        if warn {
+            self.last_cap_warning = Some(now);
+            log::warn!(
+                "connection limit reached ({cap} open): {}",
+                if oldest.is_some() {
+                    "closing the oldest idle connection for each new one"
+                } else {
+                    "refusing new connections"
+                }
+            );
+        }
+        let Some((_, slot)) = oldest else {
+            return false;
+        };
+        self.shared.metrics.connections_evicted.inc();
+        self.remove(slot);
+        true
+    }
+
+    /// Re-reads the descriptor limit (at most every [`LIMIT_CHECK`] unless `force`d); a changed limit sets
+    /// the connection cap anew, and so does [`LOWERED_FOR`] without running out.
+    fn check_limit(&mut self, now: Instant, force: bool) {
+        if !force && now.saturating_duration_since(self.last_limit_check) < LIMIT_CHECK {
+            return;
+        }
+        self.last_limit_check = now;
+        let soft = fdlimit::soft();
+        let cfg = self.shared.config();
+        let cap = fdlimit::cap(soft, fdlimit::reserve(&cfg));
+        let lowered = self
+            .last_emfile
+            .is_some_and(|t| now.saturating_duration_since(t) < LOWERED_FOR);
+        if soft != self.nofile || (self.fd_cap != cap && !lowered) {
+            self.nofile = soft;
+            self.fd_cap = cap;
+            self.last_emfile = None;
+            log::warn!(
+                "descriptor limit (RLIMIT_NOFILE) {soft}: up to {} connections",
+                self.fd_cap.min(cfg.limits.max_connections)
+            );
+        }
     }
 
     fn insert(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) -> io::Result<()> {
@@ -364,7 +493,12 @@ impl Reactor {
         self.slots[slot] = Some(Slot {
             generation,
             peer,
-            conn: Conn::Http(HttpConn::new(stream, now)),
+            accepted: now,
+            conn: Conn::Http(HttpConn::new(
+                stream,
+                now,
+                self.shared.config().limits.header_timeout,
+            )),
         });
         self.live += 1;
         Ok(())
@@ -466,6 +600,7 @@ impl Reactor {
         let Some(Slot {
             generation,
             peer,
+            accepted,
             conn: Conn::Http(h),
         }) = self.slots.get_mut(slot).and_then(Option::take)
         else {
@@ -487,6 +622,7 @@ impl Reactor {
         self.slots[slot] = Some(Slot {
             generation,
             peer,
+            accepted,
             conn: Conn::Ws(Box::new(ws)),
         });
         // The upgrade request may have carried the first frames already.

@@ -8,12 +8,19 @@
 //!     ├─ valid connect ──▶ open (frames ≤ maxPayload; requests; tick every tickIntervalMs)
 //!     ├─ not a connect / bad params / wrong secret ──▶ error res, close 1008
 //!     └─ no common protocol ──▶ error res, close 1002
+//! open ── silent for a tick interval ──▶ ping; silent for two ──▶ close 1001 (dead peer)
 //! open ── shutdown ──▶ `shutdown` event … close 1012
 //! any ── close sent ──▶ closing (until the peer's close or 2 s) ──▶ dropped
 //! ```
 //!
 //! A client whose write buffer reaches `maxBufferedBytes` is closed as a slow consumer: the
 //! buffer hands the message back instead of growing.
+//!
+//! A peer that vanished without a FIN (a laptop closed, a NAT entry dropped) would otherwise
+//! hold its connection until TCP gives up on a tick, which takes many minutes. Every message
+//! or control frame from the client counts as a sign of life; a client silent for a tick
+//! interval gets a ping with that tick (every WebSocket library answers it by itself), and one
+//! silent for two tick intervals (60 s by default) is closed 1001.
 
 use super::{Cx, Outcome, io_would_block};
 use crate::auth::Presented;
@@ -53,6 +60,8 @@ pub struct WsConn {
     /// Handshake deadline, then the close linger.
     deadline: Option<Instant>,
     next_tick: Option<Instant>,
+    /// When the client last sent a frame (a whole message or a control frame).
+    last_heard: Instant,
     pub inflight: usize,
     seq: u64,
     pub conn_id: String,
@@ -94,6 +103,7 @@ impl WsConn {
             phase: Phase::AwaitingConnect,
             deadline: Some(cx.now + cfg.handshake_timeout),
             next_tick: None,
+            last_heard: cx.now,
             inflight: 0,
             seq: 0,
             conn_id: cx.rng.uuid(),
@@ -288,7 +298,11 @@ impl WsConn {
             return self.discard_input(cx);
         }
         for _ in 0..MESSAGE_BUDGET {
-            match self.ws.read() {
+            let read = self.ws.read();
+            if read.is_ok() {
+                self.last_heard = cx.now;
+            }
+            match read {
                 Ok(Message::Text(t)) => {
                     if self.phase != Phase::Closing {
                         self.on_text(cx, t.as_str());
@@ -579,9 +593,26 @@ impl WsConn {
             && cx.now >= t
             && self.is_open()
         {
-            self.next_tick = Some(cx.now + cx.config().tick_interval);
+            let interval = cx.config().tick_interval;
+            self.next_tick = Some(cx.now + interval);
+            let silent = cx.now.saturating_duration_since(self.last_heard);
+            if silent >= 2 * interval {
+                cx.shared.metrics.ping_timeouts.inc();
+                log::info!(
+                    "WebSocket {} ({}): nothing received for {} s, not even a pong; closing",
+                    self.conn_id,
+                    cx.peer,
+                    silent.as_secs()
+                );
+                self.close(cx, CloseCode::Away, "ping timeout");
+                return self.flush(cx).then_keep();
+            }
             let payload = json!({"ts": crate::clock::wall_ms()});
             self.send_event(cx, "tick", &payload);
+            if silent >= interval {
+                self.out.push_back(Frame::ping(Vec::new()));
+                self.pump();
+            }
         }
         self.flush(cx).then_keep()
     }

@@ -26,6 +26,8 @@ pub struct Opts {
     pub state_from: Option<PathBuf>,
     /// The file-creation mask keel starts with (through `sh -c 'umask …; exec keel …'`).
     pub umask: Option<u32>,
+    /// Start under this descriptor limit (soft and hard, set by `sh -c 'ulimit -n N'`).
+    pub nofile: Option<u64>,
 }
 
 impl Opts {
@@ -48,6 +50,11 @@ impl Opts {
 
     pub fn umask(mut self, mask: u32) -> Opts {
         self.umask = Some(mask);
+        self
+    }
+
+    pub fn nofile(mut self, n: u64) -> Opts {
+        self.nofile = Some(n);
         self
     }
 
@@ -123,16 +130,23 @@ impl Gateway {
             )
             .unwrap();
         }
-        let mut cmd = match opts.umask {
-            None => Command::new(env!("CARGO_BIN_EXE_keel")),
-            Some(mask) => {
-                // `exec` keeps the pid, so signals and `pid()` still reach keel itself.
-                let mut c = Command::new("sh");
-                c.arg("-c")
-                    .arg(format!("umask {mask:03o}; exec \"$0\" \"$@\""))
-                    .arg(env!("CARGO_BIN_EXE_keel"));
-                c
-            }
+        // A shell sets the mask and limit asked for, then execs keel: the pid stays keel's, so
+        // signals and `pid()` still reach keel itself.
+        let mut prelude = String::new();
+        if let Some(mask) = opts.umask {
+            prelude.push_str(&format!("umask {mask:03o} && "));
+        }
+        if let Some(n) = opts.nofile {
+            prelude.push_str(&format!("ulimit -n {n} && "));
+        }
+        let mut cmd = if prelude.is_empty() {
+            Command::new(env!("CARGO_BIN_EXE_keel"))
+        } else {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("{prelude}exec \"$0\" \"$@\""))
+                .arg(env!("CARGO_BIN_EXE_keel"));
+            c
         };
         cmd.arg("serve")
             .arg("--port")
