@@ -697,9 +697,7 @@ impl Queue {
     }
 
     fn write_entry(&self, entry: &Entry) -> io::Result<()> {
-        let mut bytes = serde_json::to_vec_pretty(entry)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        bytes.push(b'\n');
+        let bytes = encode_entry(entry)?;
         let path = self.entry_path(&entry.id);
         if self.fail_writes {
             return state::write_atomic_with(&path, |f| {
@@ -739,16 +737,25 @@ enum Unreadable {
 
 fn read_entry(path: &Path, id: &str) -> Result<Entry, Unreadable> {
     let bytes = fs::read(path).map_err(Unreadable::Io)?;
-    let entry: Entry =
-        serde_json::from_slice(&bytes).map_err(|e| Unreadable::Invalid(e.to_string()))?;
+    parse_entry(&bytes, id).map_err(Unreadable::Invalid)
+}
+
+/// An entry file's bytes → the entry whose file is named `<id>.json`, or why it is damaged.
+pub fn parse_entry(bytes: &[u8], id: &str) -> Result<Entry, String> {
+    let entry: Entry = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if entry.id != id {
         // Writing it back would create a second file; someone copied or renamed it by hand.
-        return Err(Unreadable::Invalid(format!(
-            "its id is {:?}, not its file name",
-            entry.id
-        )));
+        return Err(format!("its id is {:?}, not its file name", entry.id));
     }
     Ok(entry)
+}
+
+/// An entry as its file holds it (what [`parse_entry`] reads back).
+pub fn encode_entry(entry: &Entry) -> io::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(entry)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    bytes.push(b'\n');
+    Ok(bytes)
 }
 
 /// A temp file of `state::write_atomic`: `.<name>.tmp.<pid>`.

@@ -51,7 +51,7 @@ pub struct Upgrade {
 
 pub struct HttpConn {
     pub stream: TcpStream,
-    rbuf: Vec<u8>,
+    input: RequestReader,
     wbuf: Vec<u8>,
     wpos: usize,
     phase: Phase,
@@ -66,18 +66,19 @@ pub struct HttpConn {
 }
 
 /// The parts of a request head keel uses, copied out of the read buffer.
-struct Head {
-    method: String,
-    path: String,
-    keep_alive: bool,
-    content_length: usize,
-    chunked: bool,
-    authorization: Option<String>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub method: String,
+    pub path: String,
+    pub keep_alive: bool,
+    pub content_length: usize,
+    pub chunked: bool,
+    pub authorization: Option<String>,
     /// OpenClaw's hook token header.
-    hook_token: Option<String>,
-    upgrade_ws: bool,
-    ws_key: Option<String>,
-    ws_version: Option<String>,
+    pub hook_token: Option<String>,
+    pub upgrade_ws: bool,
+    pub ws_key: Option<String>,
+    pub ws_version: Option<String>,
 }
 
 enum Parsed {
@@ -154,6 +155,85 @@ fn parse_head(buf: &[u8]) -> Parsed {
     Parsed::Request(h, len)
 }
 
+/// What the input buffered so far holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing buffered.
+    Empty,
+    /// A request has begun and needs more bytes: of its head, or (`in_body`) of its body.
+    Partial { in_body: bool },
+    /// A complete request, taken out of the buffer.
+    Request(Head, Vec<u8>),
+    /// The head cannot be read (400 malformed, 431 too large): answer and close.
+    Malformed(u16, &'static str),
+    /// A complete head whose body keel will not read: answer and close.
+    Refused(Head, Refusal),
+}
+
+/// Why a parsed head's body is not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `Transfer-Encoding` (chunked bodies are not supported).
+    Chunked,
+    /// `Content-Length` over the route's limit.
+    TooLarge { limit: usize },
+}
+
+/// Request framing on one connection, without I/O: bytes go in as they are read (split
+/// anywhere), requests come out one at a time. The reactor and the fuzz target both drive it.
+#[derive(Debug, Default)]
+pub struct RequestReader {
+    buf: Vec<u8>,
+}
+
+impl RequestReader {
+    /// Appends bytes read from the socket.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes buffered and not yet taken as a request.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn clear(&mut self) {
+        self.buf.clear();
+    }
+
+    /// What is buffered and unread (after an upgrade: the client's first frames).
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
+
+    /// The next request, if complete. `body_limit` gives the largest body a head's route
+    /// takes.
+    pub fn next(&mut self, body_limit: impl FnOnce(&Head) -> usize) -> Next {
+        if self.buf.is_empty() {
+            return Next::Empty;
+        }
+        let (head, head_len) = match parse_head(&self.buf) {
+            Parsed::NeedMore => return Next::Partial { in_body: false },
+            Parsed::Reject(status, msg) => return Next::Malformed(status, msg),
+            Parsed::Request(h, len) => (h, len),
+        };
+        if head.chunked {
+            return Next::Refused(head, Refusal::Chunked);
+        }
+        let limit = body_limit(&head);
+        if head.content_length > limit {
+            return Next::Refused(head, Refusal::TooLarge { limit });
+        }
+        let total = head_len + head.content_length;
+        if self.buf.len() < total {
+            return Next::Partial { in_body: true };
+        }
+        let body = self.buf[head_len..total].to_vec();
+        self.buf.drain(..total);
+        Next::Request(head, body)
+    }
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
@@ -187,7 +267,7 @@ impl HttpConn {
     pub fn new(stream: TcpStream, now: Instant) -> HttpConn {
         HttpConn {
             stream,
-            rbuf: Vec::new(),
+            input: RequestReader::default(),
             wbuf: Vec::new(),
             wpos: 0,
             phase: Phase::Idle,
@@ -206,7 +286,7 @@ impl HttpConn {
         (
             self.stream,
             Upgrade {
-                leftover: self.rbuf,
+                leftover: self.input.into_bytes(),
             },
         )
     }
@@ -262,15 +342,15 @@ impl HttpConn {
         let cap = HEAD_MAX + super::largest_body(&cx.config());
         let mut budget = READ_BUDGET;
         let mut chunk = [0u8; 16 << 10];
-        while budget > 0 && self.rbuf.len() < cap {
-            let want = chunk.len().min(budget).min(cap - self.rbuf.len());
+        while budget > 0 && self.input.buffered() < cap {
+            let want = chunk.len().min(budget).min(cap - self.input.buffered());
             match self.stream.read(&mut chunk[..want]) {
                 Ok(0) => {
                     self.eof = true;
                     return Ok(false);
                 }
                 Ok(n) => {
-                    self.rbuf.extend_from_slice(&chunk[..n]);
+                    self.input.feed(&chunk[..n]);
                     budget -= n;
                 }
                 Err(e) if io_would_block(&e) => return Ok(false),
@@ -309,7 +389,11 @@ impl HttpConn {
 
     /// Handles the next complete request in the buffer; false when there is none yet.
     fn next_request(&mut self, cx: &mut Cx<'_>) -> bool {
-        if self.rbuf.is_empty() {
+        let cfg = cx.config();
+        let next = self
+            .input
+            .next(|h| super::body_limit(&h.method, &h.path, &cfg));
+        if next == Next::Empty {
             if self.phase != Phase::Idle {
                 self.phase = Phase::Idle;
                 self.deadline = cx.now + IDLE_TIMEOUT;
@@ -318,61 +402,61 @@ impl HttpConn {
         }
         if self.phase == Phase::Idle {
             self.phase = Phase::Head;
-            self.deadline = cx.now + cx.config().limits.header_timeout;
+            self.deadline = cx.now + cfg.limits.header_timeout;
         }
-        let (head, head_len) = match parse_head(&self.rbuf) {
-            Parsed::NeedMore => return false,
-            Parsed::Reject(status, msg) => {
+        let (head, body) = match next {
+            Next::Empty | Next::Partial { in_body: false } => return false,
+            Next::Partial { in_body: true } => {
+                if self.phase != Phase::Body {
+                    self.phase = Phase::Body;
+                    self.deadline = cx.now + BODY_TIMEOUT;
+                }
+                return false;
+            }
+            Next::Malformed(status, msg) => {
                 self.reject(cx, status, msg);
                 return false;
             }
-            Parsed::Request(h, len) => (h, len),
-        };
-        cx.shared.metrics.http_requests.inc();
-        if head.chunked {
-            self.reject(
-                cx,
-                411,
-                "chunked bodies are not supported; send Content-Length",
-            );
-            return false;
-        }
-        let limit = super::body_limit(&head.method, &head.path, &cx.config());
-        if head.content_length > limit {
-            let path = head.path.split('?').next().unwrap_or("/");
-            let known = matches!(path, "/healthz" | "/livez" | "/readyz" | "/metrics");
-            // A body where no route takes one: say there is no such route, not "too large".
-            let (status, code, msg) = if limit == 0 && !known {
-                (
-                    404,
-                    Code::NotFound,
-                    format!("no route for {} {path}", head.method),
-                )
-            } else {
-                (
-                    413,
-                    Code::InvalidRequest,
-                    format!(
-                        "body of {} bytes is over this route's limit of {limit} bytes",
-                        head.content_length
-                    ),
-                )
-            };
-            self.respond(cx, status, "application/json", &[], &error_body(code, &msg));
-            cx.shared.metrics.http_errors_4xx.inc();
-            self.close_after_write = true;
-            return false;
-        }
-        let total = head_len + head.content_length;
-        if self.rbuf.len() < total {
-            if self.phase != Phase::Body {
-                self.phase = Phase::Body;
-                self.deadline = cx.now + BODY_TIMEOUT;
+            Next::Refused(_, Refusal::Chunked) => {
+                cx.shared.metrics.http_requests.inc();
+                self.reject(
+                    cx,
+                    411,
+                    "chunked bodies are not supported; send Content-Length",
+                );
+                return false;
             }
-            return false;
-        }
-        let body: Vec<u8> = self.rbuf[head_len..total].to_vec();
-        self.rbuf.drain(..total);
+            Next::Refused(head, Refusal::TooLarge { limit }) => {
+                cx.shared.metrics.http_requests.inc();
+                let path = head.path.split('?').next().unwrap_or("/");
+                let known = matches!(path, "/healthz" | "/livez" | "/readyz" | "/metrics");
+                // A body where no route takes one: say there is no such route, not "too large".
+                let (status, code, msg) = if limit == 0 && !known {
+                    (
+                        404,
+                        Code::NotFound,
+                        format!("no route for {} {path}", head.method),
+                    )
+                } else {
+                    (
+                        413,
+                        Code::InvalidRequest,
+                        format!(
+                            "body of {} bytes is over this route's limit of {limit} bytes",
+                            head.content_length
+                        ),
+                    )
+                };
+                self.respond(cx, status, "application/json", &[], &error_body(code, &msg));
+                cx.shared.metrics.http_errors_4xx.inc();
+                self.close_after_write = true;
+                return false;
+            }
+            Next::Request(head, body) => {
+                cx.shared.metrics.http_requests.inc();
+                (head, body)
+            }
+        };
         self.keep_alive = head.keep_alive;
         self.head_only = head.method == "HEAD";
         self.phase = Phase::Idle;
@@ -389,7 +473,7 @@ impl HttpConn {
         cx.shared.metrics.http_errors_4xx.inc();
         self.keep_alive = false;
         self.head_only = false;
-        self.rbuf.clear();
+        self.input.clear();
         self.respond(
             cx,
             status,

@@ -13,8 +13,8 @@
 //! watchdog reads and records its lag: its busy time, plus — when the poll timed out — how
 //! late the thread woke (time spent waiting for a CPU).
 
-mod http;
-mod ws;
+pub mod http;
+pub mod ws;
 
 use crate::auth::{FailureLimiter, Presented};
 use crate::clock::Rng;
@@ -121,7 +121,31 @@ pub struct Cx<'a> {
     config: &'a Arc<Config>,
 }
 
-impl Cx<'_> {
+impl<'a> Cx<'a> {
+    /// A handler's context; the reactor makes one per call (and so do the fuzz targets).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shared: &'a Arc<Shared>,
+        now: Instant,
+        slot: usize,
+        generation: u64,
+        peer: SocketAddr,
+        rng: &'a mut Rng,
+        limiter: &'a mut FailureLimiter,
+        config: &'a Arc<Config>,
+    ) -> Cx<'a> {
+        Cx {
+            shared,
+            now,
+            slot,
+            generation,
+            peer,
+            rng,
+            limiter,
+            config,
+        }
+    }
+
     pub fn config(&self) -> Arc<Config> {
         self.config.clone()
     }
