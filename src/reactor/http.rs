@@ -90,14 +90,13 @@ enum Parsed {
 fn parse_head(buf: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
+    // Only the first HEAD_MAX bytes are looked at, so the verdict does not depend on how
+    // many bytes past them one read happened to bring.
+    let len = match req.parse(&buf[..buf.len().min(HEAD_MAX)]) {
         Ok(httparse::Status::Partial) if buf.len() > HEAD_MAX => {
             return Parsed::Reject(431, "request head larger than 16 KiB");
         }
         Ok(httparse::Status::Partial) => return Parsed::NeedMore,
-        Ok(httparse::Status::Complete(len)) if len > HEAD_MAX => {
-            return Parsed::Reject(431, "request head larger than 16 KiB");
-        }
         Ok(httparse::Status::Complete(len)) => len,
         Err(httparse::Error::TooManyHeaders) => {
             return Parsed::Reject(431, "too many request headers");
@@ -928,5 +927,60 @@ mod tests {
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.resize(HEAD_MAX + 10, b'a');
         assert!(matches!(parse_head(&big), Parsed::Reject(431, _)));
+    }
+
+    /// The reader's verdicts for `data` arriving in `pieces` (lengths; the rest last).
+    fn verdicts(data: &[u8], pieces: &[usize]) -> Vec<Next> {
+        let mut r = RequestReader::default();
+        let mut out = Vec::new();
+        let mut rest = data;
+        let mut feed: Vec<&[u8]> = Vec::new();
+        for &n in pieces {
+            let (a, b) = rest.split_at(n.min(rest.len()));
+            feed.push(a);
+            rest = b;
+        }
+        feed.push(rest);
+        for piece in feed {
+            r.feed(piece);
+            loop {
+                match r.next(|_| 1 << 20) {
+                    next @ Next::Request(..) => out.push(next),
+                    Next::Empty | Next::Partial { .. } => break,
+                    next => {
+                        out.push(next);
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Found by the http_request fuzz target: a head with a bad byte past 16 KiB was a 400
+    /// when it arrived in one read and a 431 when a read ended between 16 KiB and the bad
+    /// byte. The verdict now depends on the bytes only, not on how they were read.
+    #[test]
+    fn a_bad_head_gets_one_verdict_however_it_is_split() {
+        let mut head = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        head.resize(HEAD_MAX + 20, b'a');
+        head.extend_from_slice(b"\x01\r\n\r\n");
+        let whole = verdicts(&head, &[]);
+        assert_eq!(
+            whole,
+            [Next::Malformed(431, "request head larger than 16 KiB")]
+        );
+        for split in [1, 100, HEAD_MAX - 1, HEAD_MAX, HEAD_MAX + 1, HEAD_MAX + 10] {
+            assert_eq!(verdicts(&head, &[split]), whole, "split at {split}");
+        }
+        // A bad byte within the first 16 KiB is a 400 however the head arrives.
+        let mut bad = b"GET / HTTP/1.1\r\nX: \x01".to_vec();
+        bad.resize(HEAD_MAX + 100, b'a');
+        for split in [0, 10, HEAD_MAX + 1] {
+            assert_eq!(
+                verdicts(&bad, &[split]),
+                [Next::Malformed(400, "malformed HTTP request")]
+            );
+        }
     }
 }
