@@ -3,6 +3,7 @@
 //! the fuzz gateway's token), then requests, binary frames, pings, fragments, closes and
 //! garbage, split across reads as the input chooses. Nothing may panic, the handler must
 //! finish with the input (no endless `Again`), and what it writes stays bounded.
+//! `FUZZ_SHOW=1 fuzz/target/*/release/ws_frames FILE` prints what the gateway answered.
 #![no_main]
 
 use keel::auth::FailureLimiter;
@@ -57,6 +58,9 @@ fuzz_target!(|input: &[u8]| {
     }
     keel_fuzz::drain_completions();
     let socket = conn.into_stream();
+    if std::env::var_os("FUZZ_SHOW").is_some() {
+        eprintln!("{}", String::from_utf8_lossy(&socket.written));
+    }
     // Each request is answered once, at most: output grows with input, never without bound.
     assert!(
         socket.written.len() <= 64 * 1024 + 64 * total_in,
