@@ -60,7 +60,7 @@ pub struct Upgrade {
 
 pub struct HttpConn {
     pub stream: TcpStream,
-    rbuf: Vec<u8>,
+    input: RequestReader,
     wbuf: Vec<u8>,
     wpos: usize,
     phase: Phase,
@@ -71,7 +71,7 @@ pub struct HttpConn {
     eof: bool,
     /// Answered and write side shut: input is dropped until EOF or the deadline.
     lingering: bool,
-    /// Where the body of the request being read ends in `rbuf` (0: no body pending).
+    /// Where the body of the request being read ends in `input` (0: no body pending).
     body_end: usize,
     /// Keep-alive of the request being answered.
     keep_alive: bool,
@@ -79,18 +79,19 @@ pub struct HttpConn {
 }
 
 /// The parts of a request head keel uses, copied out of the read buffer.
-struct Head {
-    method: String,
-    path: String,
-    keep_alive: bool,
-    content_length: usize,
-    chunked: bool,
-    authorization: Option<String>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub method: String,
+    pub path: String,
+    pub keep_alive: bool,
+    pub content_length: usize,
+    pub chunked: bool,
+    pub authorization: Option<String>,
     /// OpenClaw's hook token header.
-    hook_token: Option<String>,
-    upgrade_ws: bool,
-    ws_key: Option<String>,
-    ws_version: Option<String>,
+    pub hook_token: Option<String>,
+    pub upgrade_ws: bool,
+    pub ws_key: Option<String>,
+    pub ws_version: Option<String>,
 }
 
 enum Parsed {
@@ -102,14 +103,13 @@ enum Parsed {
 fn parse_head(buf: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
+    // Only the first HEAD_MAX bytes are looked at, so the verdict does not depend on how
+    // many bytes past them one read happened to bring.
+    let len = match req.parse(&buf[..buf.len().min(HEAD_MAX)]) {
         Ok(httparse::Status::Partial) if buf.len() > HEAD_MAX => {
             return Parsed::Reject(431, "request head larger than 16 KiB");
         }
         Ok(httparse::Status::Partial) => return Parsed::NeedMore,
-        Ok(httparse::Status::Complete(len)) if len > HEAD_MAX => {
-            return Parsed::Reject(431, "request head larger than 16 KiB");
-        }
         Ok(httparse::Status::Complete(len)) => len,
         Err(httparse::Error::TooManyHeaders) => {
             return Parsed::Reject(431, "too many request headers");
@@ -167,6 +167,87 @@ fn parse_head(buf: &[u8]) -> Parsed {
     Parsed::Request(h, len)
 }
 
+/// What the input buffered so far holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing buffered.
+    Empty,
+    /// A request has begun and needs more bytes of its head.
+    PartialHead,
+    /// A complete head whose body needs more bytes: the head, and where the request ends.
+    PartialBody(Head, usize),
+    /// A complete request, taken out of the buffer.
+    Request(Head, Vec<u8>),
+    /// The head cannot be read (400 malformed, 431 too large): answer and close.
+    Malformed(u16, &'static str),
+    /// A complete head whose body keel will not read: answer and close.
+    Refused(Head, Refusal),
+}
+
+/// Why a parsed head's body is not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `Transfer-Encoding` (chunked bodies are not supported).
+    Chunked,
+    /// `Content-Length` over the route's limit.
+    TooLarge { limit: usize },
+}
+
+/// Request framing on one connection, without I/O: bytes go in as they are read (split
+/// anywhere), requests come out one at a time. The reactor and the fuzz target both drive it.
+#[derive(Debug, Default)]
+pub struct RequestReader {
+    buf: Vec<u8>,
+}
+
+impl RequestReader {
+    /// Appends bytes read from the socket.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes buffered and not yet taken as a request.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn clear(&mut self) {
+        self.buf.clear();
+    }
+
+    /// What is buffered and unread (after an upgrade: the client's first frames).
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
+
+    /// The next request, if complete. `body_limit` gives the largest body a head's route
+    /// takes.
+    pub fn next(&mut self, body_limit: impl FnOnce(&Head) -> usize) -> Next {
+        if self.buf.is_empty() {
+            return Next::Empty;
+        }
+        let (head, head_len) = match parse_head(&self.buf) {
+            Parsed::NeedMore => return Next::PartialHead,
+            Parsed::Reject(status, msg) => return Next::Malformed(status, msg),
+            Parsed::Request(h, len) => (h, len),
+        };
+        if head.chunked {
+            return Next::Refused(head, Refusal::Chunked);
+        }
+        let limit = body_limit(&head);
+        if head.content_length > limit {
+            return Next::Refused(head, Refusal::TooLarge { limit });
+        }
+        let total = head_len + head.content_length;
+        if self.buf.len() < total {
+            return Next::PartialBody(head, total);
+        }
+        let body = self.buf[head_len..total].to_vec();
+        self.buf.drain(..total);
+        Next::Request(head, body)
+    }
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
@@ -201,7 +282,7 @@ impl HttpConn {
     pub fn new(stream: TcpStream, now: Instant, header_timeout: Duration) -> HttpConn {
         HttpConn {
             stream,
-            rbuf: Vec::new(),
+            input: RequestReader::default(),
             wbuf: Vec::new(),
             wpos: 0,
             phase: Phase::Idle,
@@ -222,7 +303,7 @@ impl HttpConn {
         (
             self.stream,
             Upgrade {
-                leftover: self.rbuf,
+                leftover: self.input.into_bytes(),
             },
         )
     }
@@ -290,7 +371,7 @@ impl HttpConn {
             return Outcome::Close;
         }
         self.lingering = true;
-        self.rbuf = Vec::new();
+        self.input = RequestReader::default();
         self.deadline = now + LINGER;
         self.discard_input()
     }
@@ -324,15 +405,15 @@ impl HttpConn {
         let cap = self.read_cap();
         let mut budget = READ_BUDGET;
         let mut chunk = [0u8; 16 << 10];
-        while budget > 0 && self.rbuf.len() < cap {
-            let want = chunk.len().min(budget).min(cap - self.rbuf.len());
+        while budget > 0 && self.input.buffered() < cap {
+            let want = chunk.len().min(budget).min(cap - self.input.buffered());
             match self.stream.read(&mut chunk[..want]) {
                 Ok(0) => {
                     self.eof = true;
                     return Ok(false);
                 }
                 Ok(n) => {
-                    self.rbuf.extend_from_slice(&chunk[..n]);
+                    self.input.feed(&chunk[..n]);
                     budget -= n;
                 }
                 Err(e) if io_would_block(&e) => return Ok(false),
@@ -371,7 +452,11 @@ impl HttpConn {
 
     /// Handles the next complete request in the buffer; false when there is none yet.
     fn next_request(&mut self, cx: &mut Cx<'_>) -> bool {
-        if self.rbuf.is_empty() {
+        let cfg = cx.config();
+        let next = self
+            .input
+            .next(|h| super::body_limit(&h.method, &h.path, &cfg));
+        if next == Next::Empty {
             if self.phase != Phase::Idle {
                 self.phase = Phase::Idle;
                 self.deadline = cx.now + IDLE_TIMEOUT;
@@ -380,70 +465,71 @@ impl HttpConn {
         }
         if self.phase == Phase::Idle {
             self.phase = Phase::Head;
-            self.deadline = cx.now + cx.config().limits.header_timeout;
+            self.deadline = cx.now + cfg.limits.header_timeout;
         }
-        let (head, head_len) = match parse_head(&self.rbuf) {
-            Parsed::NeedMore => return false,
-            Parsed::Reject(status, msg) => {
+        let (head, body) = match next {
+            Next::Empty | Next::PartialHead => return false,
+            Next::PartialBody(head, total) => {
+                if self.phase != Phase::Body {
+                    // Who may send this body is known from the head: a refused client's body
+                    // is never read.
+                    if !self.admit_body(cx, &head) {
+                        cx.shared.metrics.http_requests.inc();
+                        self.keep_alive = false;
+                        self.close_after_write = true;
+                        return false;
+                    }
+                    self.phase = Phase::Body;
+                    self.deadline = cx.now + BODY_TIMEOUT;
+                    self.body_end = total;
+                }
+                return false;
+            }
+            Next::Malformed(status, msg) => {
                 self.reject(cx, status, msg);
                 return false;
             }
-            Parsed::Request(h, len) => (h, len),
-        };
-        cx.shared.metrics.http_requests.inc();
-        if head.chunked {
-            self.reject(
-                cx,
-                411,
-                "chunked bodies are not supported; send Content-Length",
-            );
-            return false;
-        }
-        let limit = super::body_limit(&head.method, &head.path, &cx.config());
-        if head.content_length > limit {
-            let path = head.path.split('?').next().unwrap_or("/");
-            let known = matches!(path, "/healthz" | "/livez" | "/readyz" | "/metrics");
-            // A body where no route takes one: say there is no such route, not "too large".
-            let (status, code, msg) = if limit == 0 && !known {
-                (
-                    404,
-                    Code::NotFound,
-                    format!("no route for {} {path}", head.method),
-                )
-            } else {
-                (
-                    413,
-                    Code::InvalidRequest,
-                    format!(
-                        "body of {} bytes is over this route's limit of {limit} bytes",
-                        head.content_length
-                    ),
-                )
-            };
-            self.respond(cx, status, "application/json", &[], &error_body(code, &msg));
-            cx.shared.metrics.http_errors_4xx.inc();
-            self.close_after_write = true;
-            return false;
-        }
-        let total = head_len + head.content_length;
-        if self.rbuf.len() < total {
-            if self.phase != Phase::Body {
-                // Who may send this body is known from the head: a refused client's body is
-                // never read.
-                if !self.admit_body(cx, &head) {
-                    self.keep_alive = false;
-                    self.close_after_write = true;
-                    return false;
-                }
-                self.phase = Phase::Body;
-                self.deadline = cx.now + BODY_TIMEOUT;
-                self.body_end = total;
+            Next::Refused(_, Refusal::Chunked) => {
+                cx.shared.metrics.http_requests.inc();
+                self.reject(
+                    cx,
+                    411,
+                    "chunked bodies are not supported; send Content-Length",
+                );
+                return false;
             }
-            return false;
-        }
-        self.body_end = 0;
-        let body: Vec<u8> = self.rbuf[head_len..total].to_vec();
-        self.rbuf.drain(..total);
+            Next::Refused(head, Refusal::TooLarge { limit }) => {
+                cx.shared.metrics.http_requests.inc();
+                let path = head.path.split('?').next().unwrap_or("/");
+                let known = matches!(path, "/healthz" | "/livez" | "/readyz" | "/metrics");
+                // A body where no route takes one: say there is no such route, not "too large".
+                let (status, code, msg) = if limit == 0 && !known {
+                    (
+                        404,
+                        Code::NotFound,
+                        format!("no route for {} {path}", head.method),
+                    )
+                } else {
+                    (
+                        413,
+                        Code::InvalidRequest,
+                        format!(
+                            "body of {} bytes is over this route's limit of {limit} bytes",
+                            head.content_length
+                        ),
+                    )
+                };
+                self.respond(cx, status, "application/json", &[], &error_body(code, &msg));
+                cx.shared.metrics.http_errors_4xx.inc();
+                self.close_after_write = true;
+                return false;
+            }
+            Next::Request(head, body) => {
+                cx.shared.metrics.http_requests.inc();
+                self.body_end = 0;
+                (head, body)
+            }
+        };
         self.keep_alive = head.keep_alive;
         self.head_only = head.method == "HEAD";
         self.phase = Phase::Idle;
@@ -460,7 +546,7 @@ impl HttpConn {
         cx.shared.metrics.http_errors_4xx.inc();
         self.keep_alive = false;
         self.head_only = false;
-        self.rbuf.clear();
+        self.input.clear();
         self.respond(
             cx,
             status,
@@ -964,5 +1050,60 @@ mod tests {
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.resize(HEAD_MAX + 10, b'a');
         assert!(matches!(parse_head(&big), Parsed::Reject(431, _)));
+    }
+
+    /// The reader's verdicts for `data` arriving in `pieces` (lengths; the rest last).
+    fn verdicts(data: &[u8], pieces: &[usize]) -> Vec<Next> {
+        let mut r = RequestReader::default();
+        let mut out = Vec::new();
+        let mut rest = data;
+        let mut feed: Vec<&[u8]> = Vec::new();
+        for &n in pieces {
+            let (a, b) = rest.split_at(n.min(rest.len()));
+            feed.push(a);
+            rest = b;
+        }
+        feed.push(rest);
+        for piece in feed {
+            r.feed(piece);
+            loop {
+                match r.next(|_| 1 << 20) {
+                    next @ Next::Request(..) => out.push(next),
+                    Next::Empty | Next::PartialHead | Next::PartialBody(..) => break,
+                    next => {
+                        out.push(next);
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Found by the http_request fuzz target: a head with a bad byte past 16 KiB was a 400
+    /// when it arrived in one read and a 431 when a read ended between 16 KiB and the bad
+    /// byte. The verdict now depends on the bytes only, not on how they were read.
+    #[test]
+    fn a_bad_head_gets_one_verdict_however_it_is_split() {
+        let mut head = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        head.resize(HEAD_MAX + 20, b'a');
+        head.extend_from_slice(b"\x01\r\n\r\n");
+        let whole = verdicts(&head, &[]);
+        assert_eq!(
+            whole,
+            [Next::Malformed(431, "request head larger than 16 KiB")]
+        );
+        for split in [1, 100, HEAD_MAX - 1, HEAD_MAX, HEAD_MAX + 1, HEAD_MAX + 10] {
+            assert_eq!(verdicts(&head, &[split]), whole, "split at {split}");
+        }
+        // A bad byte within the first 16 KiB is a 400 however the head arrives.
+        let mut bad = b"GET / HTTP/1.1\r\nX: \x01".to_vec();
+        bad.resize(HEAD_MAX + 100, b'a');
+        for split in [0, 10, HEAD_MAX + 1] {
+            assert_eq!(
+                verdicts(&bad, &[split]),
+                [Next::Malformed(400, "malformed HTTP request")]
+            );
+        }
     }
 }

@@ -22,8 +22,8 @@
 //! be — it never spins on a listener that stays readable.
 
 pub mod fdlimit;
-mod http;
-mod ws;
+pub mod http;
+pub mod ws;
 
 use crate::auth::{FailureLimiter, Presented};
 use crate::clock::Rng;
@@ -126,7 +126,31 @@ pub struct Cx<'a> {
     config: &'a Arc<Config>,
 }
 
-impl Cx<'_> {
+impl<'a> Cx<'a> {
+    /// A handler's context; the reactor makes one per call (and so do the fuzz targets).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shared: &'a Arc<Shared>,
+        now: Instant,
+        slot: usize,
+        generation: u64,
+        peer: SocketAddr,
+        rng: &'a mut Rng,
+        limiter: &'a mut FailureLimiter,
+        config: &'a Arc<Config>,
+    ) -> Cx<'a> {
+        Cx {
+            shared,
+            now,
+            slot,
+            generation,
+            peer,
+            rng,
+            limiter,
+            config,
+        }
+    }
+
     pub fn config(&self) -> Arc<Config> {
         self.config.clone()
     }

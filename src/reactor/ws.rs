@@ -31,6 +31,7 @@ use crate::protocol::{self, methods};
 use mio::net::TcpStream;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 use tungstenite::protocol::frame::Frame;
 use tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
@@ -54,8 +55,21 @@ enum Phase {
     Closing,
 }
 
-pub struct WsConn {
-    ws: WebSocket<TcpStream>,
+/// What a WebSocket connection runs over: the reactor's socket, or (in the fuzz targets) an
+/// in-memory stream that hands out input in arbitrary pieces.
+pub trait Socket: Read + Write {
+    /// Shuts the write side (after a close frame, so the peer sees EOF).
+    fn shutdown_write(&self);
+}
+
+impl Socket for TcpStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+pub struct WsConn<S: Socket = TcpStream> {
+    ws: WebSocket<S>,
     phase: Phase,
     /// Handshake deadline, then the close linger.
     deadline: Option<Instant>,
@@ -81,7 +95,7 @@ pub struct WsConn {
     close_sent: bool,
 }
 
-fn ws_config(max_message: usize) -> WebSocketConfig {
+pub fn ws_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(8 << 10)
         .write_buffer_size(0)
@@ -92,9 +106,9 @@ fn ws_config(max_message: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message))
 }
 
-impl WsConn {
+impl<S: Socket> WsConn<S> {
     /// Wraps an upgraded socket and sends `connect.challenge`.
-    pub fn start(stream: TcpStream, leftover: Vec<u8>, cx: &mut Cx<'_>) -> WsConn {
+    pub fn start(stream: S, leftover: Vec<u8>, cx: &mut Cx<'_>) -> WsConn<S> {
         let cfg = cx.config();
         let conf = ws_config(PRE_AUTH_MAX_FRAME);
         let ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(conf));
@@ -133,7 +147,7 @@ impl WsConn {
         self.phase == Phase::AwaitingConnect
     }
 
-    pub fn into_stream(self) -> TcpStream {
+    pub fn into_stream(self) -> S {
         self.ws.into_inner()
     }
 
@@ -369,7 +383,6 @@ impl WsConn {
 
     /// Flushes the close frame, shuts the write side, and reads and drops input until EOF.
     fn discard_input(&mut self, cx: &mut Cx<'_>) -> Outcome {
-        use std::io::Read;
         if let Err(o) = self.flush(cx) {
             return o;
         }
@@ -385,7 +398,7 @@ impl WsConn {
                 _ => Outcome::Keep,
             };
         }
-        let _ = stream.shutdown(std::net::Shutdown::Write);
+        stream.shutdown_write();
         let mut scratch = [0u8; 8 << 10];
         for _ in 0..16 {
             match stream.read(&mut scratch) {

@@ -68,6 +68,10 @@ pub fn day_of(ts_ms: i64, offset_ms: i64) -> i64 {
 /// east of UTC, within ±14 h.
 pub fn parse_utc_offset(s: &str) -> Option<i64> {
     let t = s.trim();
+    // Every offset is ASCII; anything else would be sliced inside a character below.
+    if !t.is_ascii() {
+        return None;
+    }
     let t = t
         .strip_prefix("UTC")
         .or_else(|| t.strip_prefix("GMT"))
@@ -95,7 +99,8 @@ pub fn parse_utc_offset(s: &str) -> Option<i64> {
 /// bare date) into milliseconds since the epoch.
 pub fn parse_iso_ms(s: &str) -> Option<i64> {
     let s = s.trim();
-    if s.len() < 10 {
+    // Every timestamp is ASCII; anything else would be sliced inside a character below.
+    if s.len() < 10 || !s.is_ascii() {
         return None;
     }
     let day = parse_day(&s[..10])?;
@@ -136,6 +141,22 @@ pub fn parse_iso_ms(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the transcript fuzz target: a timestamp with a multi-byte character where
+    /// the parser slices (byte 10 of a date, a 4-byte offset) panicked, and that panic
+    /// failed the usage index's refresh for every query.
+    #[test]
+    fn non_ascii_timestamps_and_offsets_are_refused_not_a_panic() {
+        assert_eq!(parse_iso_ms("2026-11-1\u{362}17:24:30.690Z"), None);
+        assert_eq!(parse_iso_ms("2026-11-13T17:24:3\u{e9}Z"), None);
+        assert_eq!(parse_iso_ms("2026-11-13T17:24:30.6\u{e9}"), None);
+        assert_eq!(parse_utc_offset("+a\u{e9}1"), None);
+        assert_eq!(parse_utc_offset("UTC+\u{e9}:30"), None);
+        assert_eq!(
+            parse_iso_ms("2026-11-13T17:24:30.690Z"),
+            Some(parse_day("2026-11-13").unwrap() * DAY_MS + 62_670_690)
+        );
+    }
 
     #[test]
     fn days_round_trip() {

@@ -218,6 +218,8 @@ fn pages_offsets_and_filters() {
         json!({"mode": "specific"}),
         json!({"agentScope": "all", "agentId": "main"}),
         json!({"cursor": "x"}),
+        // Four bytes cut inside a character: the parser used to panic (an INTERNAL error).
+        json!({"mode": "specific", "utcOffset": "+a\u{e9}1"}),
     ] {
         let r = g.rpc("sessions.usage", bad.clone());
         assert_eq!(r.status, 400, "{bad}: {}", r.text());

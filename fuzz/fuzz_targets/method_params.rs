@@ -1,0 +1,72 @@
+//! Every method in the method table on arbitrary params, as the reactor dispatches them
+//! (`methods::call`), over WebSocket or HTTP; a method that becomes a job has its work run
+//! here, on the fixture state, as a worker would. Input: a byte choosing the method, a byte
+//! choosing the caller, then the params as JSON text (anything else is passed as a string).
+//! Nothing may panic; a raw payload must be valid JSON; errors name a code and a message.
+#![no_main]
+
+use keel::jobs::{JobCtx, JobInfo, ReplyTo};
+use keel::protocol::methods::{self, Call, Caller};
+use keel::protocol::{self, Payload};
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Instant;
+
+fn check(method: &str, outcome: &protocol::Outcome) {
+    match outcome {
+        Ok(Payload::Raw(text)) => {
+            if let Err(e) = serde_json::from_str::<Value>(text) {
+                panic!("{method}: raw payload is not JSON ({e}): {text}");
+            }
+        }
+        Ok(Payload::Json(_)) => {}
+        Err(e) => {
+            assert!(
+                !e.message.is_empty(),
+                "{method}: an error without a message"
+            );
+            let _ = protocol::http_body(outcome);
+        }
+    }
+    let _ = protocol::res_ok_payload("1", &Payload::Json(Value::Null));
+}
+
+fuzz_target!(|input: &[u8]| {
+    let shared = keel_fuzz::shared();
+    let [which, how, rest @ ..] = input else {
+        return;
+    };
+    let mut names = methods::public_names();
+    names.extend(["keel.test.busy", "no.such.method", "connect"]);
+    let method = names[*which as usize % names.len()];
+    let params = match serde_json::from_slice::<Value>(rest) {
+        Ok(v) => v,
+        Err(_) => Value::String(String::from_utf8_lossy(rest).into_owned()),
+    };
+    let caller = if how & 1 == 0 {
+        Caller::Ws {
+            conn: 0,
+            generation: 1,
+            id: "1".into(),
+        }
+    } else {
+        Caller::Http
+    };
+    match methods::call(shared, method, &params, &caller) {
+        Ok(Call::Inline(r)) => check(method, &r.map(Payload::Json)),
+        Ok(Call::Deferred) => {}
+        Ok(Call::Job(spec, work)) => {
+            let info = Arc::new(JobInfo::new(0, &spec, ReplyTo::Internal, Instant::now()));
+            let outcome = work(&JobCtx { info: &info });
+            check(method, &outcome);
+        }
+        Err(e) => {
+            assert!(!e.message.is_empty());
+            if method == "no.such.method" || method == "keel.test.busy" || method == "connect" {
+                assert!(e.message.contains("unknown method"), "{method}: {e}");
+            }
+        }
+    }
+    keel_fuzz::drain_completions();
+});

@@ -1,0 +1,70 @@
+//! WebSocket frames after the upgrade, through keel's own connection handler (`WsConn`, as
+//! the reactor drives it) over an in-memory socket: the `connect` handshake (the seeds carry
+//! the fuzz gateway's token), then requests, binary frames, pings, fragments, closes and
+//! garbage, split across reads as the input chooses. Nothing may panic, the handler must
+//! finish with the input (no endless `Again`), and what it writes stays bounded.
+//! `FUZZ_SHOW=1 fuzz/target/*/release/ws_frames FILE` prints what the gateway answered.
+#![no_main]
+
+use keel::auth::FailureLimiter;
+use keel::clock::Rng;
+use keel::reactor::ws::WsConn;
+use keel::reactor::{Cx, Outcome};
+use keel_fuzz::MemSocket;
+use libfuzzer_sys::fuzz_target;
+use std::time::Instant;
+
+fuzz_target!(|input: &[u8]| {
+    let shared = keel_fuzz::shared();
+    let flags = input.get(1).copied().unwrap_or(0);
+    let (mut pieces, _) = keel_fuzz::split(input);
+    // Bit 1: the first piece came with the upgrade request (read along with the head).
+    let leftover = if flags & 2 != 0 && !pieces.is_empty() {
+        pieces.remove(0).to_vec()
+    } else {
+        Vec::new()
+    };
+    let total_in: usize = leftover.len() + pieces.iter().map(|p| p.len()).sum::<usize>();
+    // Bit 0: the client closes its side after its last byte.
+    let socket = MemSocket::new(&pieces, flags & 1 != 0);
+    let config = shared.config();
+    let mut rng = Rng::new(7);
+    let mut limiter = FailureLimiter::default();
+    let peer = "127.0.0.1:9".parse().unwrap();
+    let now = Instant::now();
+    let mut cx = Cx::new(shared, now, 0, 1, peer, &mut rng, &mut limiter, &config);
+    let mut conn = WsConn::start(socket, leftover, &mut cx);
+    let n_pieces = pieces.len();
+    let (mut rounds, mut waits) = (0usize, 0usize);
+    loop {
+        rounds += 1;
+        // Each round reads at least a byte or ends: more rounds than bytes is a spin.
+        assert!(
+            rounds <= total_in + 64,
+            "the handler keeps asking to run again"
+        );
+        match conn.drive(&mut cx) {
+            Outcome::Close | Outcome::Upgrade => break,
+            Outcome::Again => {}
+            // The socket said WouldBlock: that happens once per piece, then for ever.
+            Outcome::Keep => {
+                waits += 1;
+                if waits > n_pieces {
+                    break;
+                }
+            }
+        }
+        keel_fuzz::drain_completions();
+    }
+    keel_fuzz::drain_completions();
+    let socket = conn.into_stream();
+    if std::env::var_os("FUZZ_SHOW").is_some() {
+        eprintln!("{}", String::from_utf8_lossy(&socket.written));
+    }
+    // Each request is answered once, at most: output grows with input, never without bound.
+    assert!(
+        socket.written.len() <= 64 * 1024 + 64 * total_in,
+        "{} bytes written for {total_in} read",
+        socket.written.len()
+    );
+});
