@@ -87,15 +87,20 @@ struct Opts {
     sample: Duration,
     warmup: Duration,
     csv: Option<PathBuf>,
+    /// The kinds of operation driven (all by default; `--only run,ws` to find which one a
+    /// growing series comes from).
+    kinds: Vec<Kind>,
 }
 
 fn usage() -> &'static str {
-    "usage: soak --keel PATH --gen PATH --work DIR --duration-s N [--sample-s 5] [--warmup-s 120] [--csv PATH]"
+    "usage: soak --keel PATH --gen PATH --work DIR --duration-s N [--sample-s 5] [--warmup-s 120] [--csv PATH] [--only KIND,...]
+kinds: healthz, usage, send, run, ws"
 }
 
 fn parse_opts() -> Result<Opts, String> {
     let (mut keel, mut gen_state, mut work, mut csv) = (None, None, None, None);
     let (mut duration, mut sample, mut warmup) = (None, 5u64, None);
+    let mut kinds = KINDS.to_vec();
     for (name, value) in flags(
         &[
             "--keel",
@@ -105,6 +110,7 @@ fn parse_opts() -> Result<Opts, String> {
             "--sample-s",
             "--warmup-s",
             "--csv",
+            "--only",
         ],
         &[],
     )? {
@@ -113,6 +119,17 @@ fn parse_opts() -> Result<Opts, String> {
             "--gen" => gen_state = Some(PathBuf::from(value)),
             "--work" => work = Some(PathBuf::from(value)),
             "--csv" => csv = Some(PathBuf::from(value)),
+            "--only" => {
+                kinds = value
+                    .split(',')
+                    .map(|k| {
+                        KINDS
+                            .into_iter()
+                            .find(|kind| kind.name() == k.trim())
+                            .ok_or_else(|| format!("--only: unknown kind {k:?}"))
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
             "--duration-s" => duration = Some(number(&name, &value)?),
             "--sample-s" => sample = number(&name, &value)?,
             _ => warmup = Some(number(&name, &value)?),
@@ -139,6 +156,7 @@ fn parse_opts() -> Result<Opts, String> {
         sample: Duration::from_secs(sample),
         warmup: Duration::from_secs(warmup),
         csv,
+        kinds,
     })
 }
 
@@ -649,7 +667,8 @@ fn run(o: &Opts) -> Result<i32, String> {
 
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let drivers: Vec<_> = KINDS
+    let drivers: Vec<_> = o
+        .kinds
         .iter()
         .map(|&kind| {
             let (t, s, addr, token) = (tally.clone(), stop.clone(), keel.addr, keel.token.clone());
@@ -712,7 +731,7 @@ fn run(o: &Opts) -> Result<i32, String> {
     println!();
     println!("== operations (ok / failed) ==");
     let mut failures = 0;
-    for k in KINDS {
+    for &k in &o.kinds {
         let (ok, failed) = tally.count(k);
         failures += failed;
         println!(
