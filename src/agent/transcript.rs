@@ -6,8 +6,8 @@
 
 use crate::clock;
 use serde_json::{Map, Value, json};
-use std::fs::OpenOptions;
-use std::io::{self, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -30,6 +30,63 @@ fn sessions_dir(state_dir: &Path, agent_id: &str) -> PathBuf {
     crate::sessions::store::agents_dir(state_dir)
         .join(agent_id)
         .join("sessions")
+}
+
+/// A store's `sessionId` names a file in the sessions directory: anything that is not a plain
+/// file name (a path, `..`) is refused — the store may have been written by another program.
+fn transcript_path(dir: &Path, session_id: &str) -> io::Result<PathBuf> {
+    let plain = !session_id.is_empty()
+        && session_id != "."
+        && session_id != ".."
+        && !session_id.contains(['/', '\\', '\0']);
+    if !plain {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("sessions.json names the session id {session_id:?}, which is not a file name"),
+        ));
+    }
+    Ok(dir.join(format!("{session_id}.jsonl")))
+}
+
+/// Reads a block at a time from the end of the file.
+const TAIL_BLOCK: u64 = 64 << 10;
+
+/// Calls `each` with the lines of the file at `path` from the last to the first, until it
+/// returns false. It reads backwards a block at a time, so what a run reads for its context
+/// depends on the history it needs, not on how long the transcript has grown. A missing file
+/// has no lines; a line that is not UTF-8 is skipped.
+fn lines_backwards(path: &Path, mut each: impl FnMut(&str) -> bool) -> io::Result<()> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut pos = f.metadata()?.len();
+    // The start of the file's last line not yet given (its beginning lies before `pos`).
+    let mut rest: Vec<u8> = Vec::new();
+    let mut give = |line: &[u8]| match std::str::from_utf8(line) {
+        Ok(l) if !l.trim().is_empty() => each(l.strip_suffix('\r').unwrap_or(l)),
+        _ => true,
+    };
+    while pos > 0 {
+        let n = TAIL_BLOCK.min(pos);
+        pos -= n;
+        let mut buf = vec![0u8; n as usize];
+        f.seek(SeekFrom::Start(pos))?;
+        f.read_exact(&mut buf)?;
+        buf.extend_from_slice(&rest);
+        let mut end = buf.len();
+        while let Some(i) = buf[..end].iter().rposition(|&b| b == b'\n') {
+            if !give(&buf[i + 1..end]) {
+                return Ok(());
+            }
+            end = i;
+        }
+        buf.truncate(end);
+        rest = buf;
+    }
+    give(&rest);
+    Ok(())
 }
 
 fn read_store(path: &Path) -> io::Result<Map<String, Value>> {
@@ -142,7 +199,7 @@ impl SessionFile {
             .filter(|s| !s.is_empty())
             .map(String::from)
             .unwrap_or(new_id);
-        let transcript = dir.join(format!("{session_id}.jsonl"));
+        let transcript = transcript_path(&dir, &session_id)?;
         let existed = transcript.exists();
         let mut last_id = None;
         if !existed {
@@ -201,13 +258,18 @@ impl SessionFile {
 }
 
 fn last_message_id(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines().rev().find_map(|l| {
-        let v: Value = serde_json::from_str(l).ok()?;
-        (v["type"] == "message")
-            .then(|| v["id"].as_str().map(String::from))
-            .flatten()
+    let mut id = None;
+    lines_backwards(path, |l| {
+        let Ok(v) = serde_json::from_str::<Value>(l) else {
+            return true;
+        };
+        if v["type"] == "message" {
+            id = v["id"].as_str().map(String::from);
+        }
+        id.is_none()
     })
+    .ok()?;
+    id
 }
 
 /// The last `limit` messages of a session's transcript (for `chat.history` and for the next
@@ -225,20 +287,20 @@ pub fn history(
     else {
         return Ok((None, Vec::new()));
     };
-    let path = sessions_dir(state_dir, agent_id).join(format!("{sid}.jsonl"));
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e),
-    };
-    let mut out: Vec<Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["type"] == "message" && v["message"].is_object())
-        .map(|mut v| v["message"].take())
-        .collect();
-    let skip = out.len().saturating_sub(limit);
-    out.drain(..skip);
+    let path = transcript_path(&sessions_dir(state_dir, agent_id), &sid)?;
+    let mut out: Vec<Value> = Vec::new();
+    if limit > 0 {
+        lines_backwards(&path, |l| {
+            if let Ok(mut v) = serde_json::from_str::<Value>(l)
+                && v["type"] == "message"
+                && v["message"].is_object()
+            {
+                out.push(v["message"].take());
+            }
+            out.len() < limit
+        })?;
+    }
+    out.reverse();
     Ok((Some(sid), out))
 }
 
@@ -311,5 +373,86 @@ mod tests {
             s.touch(None, None, 1, 1, 2).is_err(),
             "a store another program broke is not overwritten"
         );
+    }
+
+    #[test]
+    fn lines_come_backwards_whole_across_blocks() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("t.jsonl");
+        // Lines of many sizes, one longer than a block, CRLF endings, a blank line, a line
+        // that is not UTF-8 (skipped), and no newline at the end.
+        let mut bytes = Vec::new();
+        let mut want = Vec::new();
+        for i in 0..400 {
+            let line = format!("{i}:{}", "x".repeat(i * 37 % 3000));
+            bytes.extend_from_slice(line.as_bytes());
+            bytes.extend_from_slice(if i % 7 == 0 { b"\r\n" } else { b"\n" });
+            want.push(line);
+            if i == 150 {
+                let long = format!("long:{}", "y".repeat(TAIL_BLOCK as usize * 2 + 5));
+                bytes.extend_from_slice(long.as_bytes());
+                bytes.extend_from_slice(b"\n\n\xff\xfe not utf-8\n");
+                want.push(long);
+            }
+        }
+        bytes.extend_from_slice(b"last");
+        want.push("last".into());
+        std::fs::write(&path, &bytes).unwrap();
+        let mut got = Vec::new();
+        lines_backwards(&path, |l| {
+            got.push(l.to_string());
+            true
+        })
+        .unwrap();
+        got.reverse();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "lines differ");
+        // Stopping early reads no further; a missing file has no lines.
+        let mut n = 0;
+        lines_backwards(&path, |_| {
+            n += 1;
+            n < 3
+        })
+        .unwrap();
+        assert_eq!(n, 3);
+        lines_backwards(&d.path().join("none"), |_| panic!("no lines")).unwrap();
+    }
+
+    #[test]
+    fn history_is_the_last_messages_of_a_long_transcript() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = SessionFile::open(d.path(), "main", "k", &Origin::default()).unwrap();
+        for i in 0..3000 {
+            s.append(json!({"role": "user", "content": [{"type": "text", "text": format!("m{i}")}], "timestamp": i}))
+                .unwrap();
+        }
+        let (_, h) = history(d.path(), "main", "k", 40).unwrap();
+        let texts: Vec<&str> = h
+            .iter()
+            .map(|m| m["content"][0]["text"].as_str().unwrap())
+            .collect();
+        let want: Vec<String> = (2960..3000).map(|i| format!("m{i}")).collect();
+        assert_eq!(texts, want);
+        let again = SessionFile::open(d.path(), "main", "k", &Origin::default()).unwrap();
+        assert!(again.last_id.is_some());
+    }
+
+    #[test]
+    fn a_store_naming_a_path_as_session_id_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("agents/main/sessions");
+        std::fs::create_dir_all(&dir).unwrap();
+        for bad in ["../../escape", "/tmp/x", "..", "a/b"] {
+            std::fs::write(
+                dir.join("sessions.json"),
+                json!({"k": {"sessionId": bad, "updatedAt": 1}}).to_string(),
+            )
+            .unwrap();
+            let e = SessionFile::open(d.path(), "main", "k", &Origin::default()).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{bad}");
+            assert!(e.to_string().contains("not a file name"), "{e}");
+            assert!(history(d.path(), "main", "k", 10).is_err(), "{bad}");
+        }
+        assert!(!d.path().join("escape.jsonl").exists());
     }
 }
