@@ -90,10 +90,12 @@ struct Opts {
     /// The kinds of operation driven (all by default; `--only run,ws` to find which one a
     /// growing series comes from).
     kinds: Vec<Kind>,
+    /// Every rate multiplied by this (`--scale 0.5` halves the drive).
+    scale: f64,
 }
 
 fn usage() -> &'static str {
-    "usage: soak --keel PATH --gen PATH --work DIR --duration-s N [--sample-s 5] [--warmup-s 120] [--csv PATH] [--only KIND,...]
+    "usage: soak --keel PATH --gen PATH --work DIR --duration-s N [--sample-s 5] [--warmup-s 120] [--csv PATH] [--only KIND,...] [--scale F]
 kinds: healthz, usage, send, run, ws"
 }
 
@@ -101,6 +103,7 @@ fn parse_opts() -> Result<Opts, String> {
     let (mut keel, mut gen_state, mut work, mut csv) = (None, None, None, None);
     let (mut duration, mut sample, mut warmup) = (None, 5u64, None);
     let mut kinds = KINDS.to_vec();
+    let mut scale = 1.0;
     for (name, value) in flags(
         &[
             "--keel",
@@ -111,6 +114,7 @@ fn parse_opts() -> Result<Opts, String> {
             "--warmup-s",
             "--csv",
             "--only",
+            "--scale",
         ],
         &[],
     )? {
@@ -119,6 +123,13 @@ fn parse_opts() -> Result<Opts, String> {
             "--gen" => gen_state = Some(PathBuf::from(value)),
             "--work" => work = Some(PathBuf::from(value)),
             "--csv" => csv = Some(PathBuf::from(value)),
+            "--scale" => {
+                scale = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| (0.01..=100.0).contains(f))
+                    .ok_or_else(|| format!("--scale: expected 0.01..=100, got {value:?}"))?;
+            }
             "--only" => {
                 kinds = value
                     .split(',')
@@ -157,6 +168,7 @@ fn parse_opts() -> Result<Opts, String> {
         warmup: Duration::from_secs(warmup),
         csv,
         kinds,
+        scale,
     })
 }
 
@@ -245,9 +257,16 @@ fn paced(stop: &AtomicBool, per_second: f64, mut op: impl FnMut(u64)) {
     }
 }
 
-fn drive(kind: Kind, keel_addr: std::net::SocketAddr, token: &str, t: &Tally, stop: &AtomicBool) {
+fn drive(
+    kind: Kind,
+    rate: f64,
+    keel_addr: std::net::SocketAddr,
+    token: &str,
+    t: &Tally,
+    stop: &AtomicBool,
+) {
     let mut http = Http::new(keel_addr);
-    paced(stop, kind.per_second(), |i| {
+    paced(stop, rate, |i| {
         let r = match kind {
             Kind::Probe => probe(&mut http, t),
             Kind::Usage => {
@@ -672,9 +691,10 @@ fn run(o: &Opts) -> Result<i32, String> {
         .iter()
         .map(|&kind| {
             let (t, s, addr, token) = (tally.clone(), stop.clone(), keel.addr, keel.token.clone());
+            let rate = kind.per_second() * o.scale;
             thread::Builder::new()
                 .name(kind.name().into())
-                .spawn(move || drive(kind, addr, &token, &t, &s))
+                .spawn(move || drive(kind, rate, addr, &token, &t, &s))
                 .map_err(|e| e.to_string())
         })
         .collect::<Result<_, _>>()?;
@@ -739,7 +759,7 @@ fn run(o: &Opts) -> Result<i32, String> {
             k.name(),
             ok,
             failed,
-            k.per_second()
+            k.per_second() * o.scale
         );
     }
     println!(
