@@ -492,25 +492,34 @@ fn median_of(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-const CSV_HEAD: &str =
-    "t_s,rss_mib,fds,threads,queued,in_flight,connections,outbound,p50_ms,p99_ms,max_ms,probes";
+/// A sample's columns: name in the CSV, heading in the table, value, decimals.
+fn columns(s: &Sample) -> [(&'static str, &'static str, f64, usize); 11] {
+    [
+        ("t_s", "t s", s.t_s, 0),
+        ("rss_mib", "rss MiB", s.rss_mib, 1),
+        ("fds", "fds", s.fds, 0),
+        ("threads", "threads", s.threads, 0),
+        ("queued", "queued", s.queued, 0),
+        ("in_flight", "inflight", s.in_flight, 0),
+        ("connections", "conns", s.connections, 0),
+        ("outbound", "outbound", s.outbound, 0),
+        ("p50_ms", "p50 ms", s.p50_ms, 3),
+        ("p99_ms", "p99 ms", s.p99_ms, 3),
+        ("max_ms", "max ms", s.max_ms, 3),
+    ]
+}
 
-fn csv_row(s: &Sample) -> String {
-    format!(
-        "{:.0},{:.1},{},{},{},{},{},{},{:.3},{:.3},{:.3},{}",
-        s.t_s,
-        s.rss_mib,
-        s.fds,
-        s.threads,
-        s.queued,
-        s.in_flight,
-        s.connections,
-        s.outbound,
-        s.p50_ms,
-        s.p99_ms,
-        s.max_ms,
-        s.probes
-    )
+fn csv(samples: &[Sample]) -> String {
+    let head: Vec<&str> = columns(&Sample::default()).iter().map(|c| c.0).collect();
+    let mut text = format!("{},probes\n", head.join(","));
+    for s in samples {
+        let row: Vec<String> = columns(s)
+            .iter()
+            .map(|&(_, _, v, d)| format!("{v:.d$}"))
+            .collect();
+        text.push_str(&format!("{},{}\n", row.join(","), s.probes));
+    }
+    text
 }
 
 fn print_rows(samples: &[Sample], o: &Opts) {
@@ -518,39 +527,20 @@ fn print_rows(samples: &[Sample], o: &Opts) {
         "== samples (one a minute; every {} s in the CSV) ==",
         o.sample.as_secs()
     );
-    println!(
-        "{:>7} {:>8} {:>5} {:>7} {:>6} {:>8} {:>5} {:>8} {:>8} {:>8} {:>8}",
-        "t",
-        "rss MiB",
-        "fds",
-        "threads",
-        "queued",
-        "inflight",
-        "conns",
-        "outbound",
-        "p50 ms",
-        "p99 ms",
-        "max ms"
-    );
+    let head: Vec<String> = columns(&Sample::default())
+        .iter()
+        .map(|c| format!("{:>9}", c.1))
+        .collect();
+    println!("{}", head.join(""));
     let every = (60 / o.sample.as_secs()).max(1) as usize;
     for (i, s) in samples.iter().enumerate() {
-        if i % every != every - 1 && i != samples.len() - 1 {
-            continue;
+        if i % every == every - 1 || i == samples.len() - 1 {
+            let row: Vec<String> = columns(s)
+                .iter()
+                .map(|&(_, _, v, d)| format!("{v:>9.d$}"))
+                .collect();
+            println!("{}", row.join(""));
         }
-        println!(
-            "{:>6.0}s {:>8.1} {:>5} {:>7} {:>6} {:>8} {:>5} {:>8} {:>8.3} {:>8.3} {:>8.3}",
-            s.t_s,
-            s.rss_mib,
-            s.fds,
-            s.threads,
-            s.queued,
-            s.in_flight,
-            s.connections,
-            s.outbound,
-            s.p50_ms,
-            s.p99_ms,
-            s.max_ms
-        );
     }
 }
 
@@ -737,12 +727,7 @@ fn run(o: &Opts) -> Result<i32, String> {
     let (exit, stop_took, killed) = stop_keel(&mut keel, STOP_TIMEOUT);
 
     if let Some(path) = &o.csv {
-        let mut text = String::from(CSV_HEAD);
-        for s in &samples {
-            text.push('\n');
-            text.push_str(&csv_row(s));
-        }
-        text.push('\n');
+        let text = csv(&samples);
         fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
 
