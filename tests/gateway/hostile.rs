@@ -236,7 +236,10 @@ fn silent_peers_are_reaped_and_listening_ones_kept() {
     let g = Gateway::start(
         Opts::default()
             .env("KEEL_HANDSHAKE_TIMEOUT_MS", "1000")
-            .config(json!({"gateway": {"tickIntervalMs": 1000}})),
+            // Two seconds a tick: a listening client's pong must come within one interval of
+            // keel's ping, and a test process starved on a loaded CI machine can take over a
+            // second to read it.
+            .config(json!({"gateway": {"tickIntervalMs": 2000}})),
     );
     let baseline = fds(g.pid());
     let mut dead = RawWs::authed(&g);
@@ -246,9 +249,9 @@ fn silent_peers_are_reaped_and_listening_ones_kept() {
         .unwrap();
     let mut live = g.ws();
     let mut ticks = 0;
-    live.until(Duration::from_secs(10), |f| {
+    live.until(Duration::from_secs(15), |f| {
         ticks += usize::from(f["event"] == "tick");
-        ticks >= 4
+        ticks >= 3
     });
     assert_eq!(live.call("health", json!({}))["ok"], true);
     // Only now read what the silent one was sent: ticks, a ping, the close, the end.
@@ -391,7 +394,12 @@ fn clients_that_never_read_are_closed_with_memory_bounded() {
     }
     let grown_mb = status_kb(g.pid(), "VmHWM").saturating_sub(rss_before) / 1024;
     eprintln!("slow readers: keel's peak RSS grew by {grown_mb} MiB");
-    assert!(grown_mb < 128, "keel grew by {grown_mb} MiB");
+    // The runs hold their text (up to 3 MB each, kept three times while streaming: ~90 MB for
+    // ten), and each chat delta carries the whole text so far: deltas waiting for a starved
+    // reactor add to the peak (59-63 MiB here on a quiet machine, 137 MiB seen on a loaded
+    // one). What must not happen is memory in proportion to what was streamed (GBs of
+    // deltas) or to the clients' unread backlog.
+    assert!(grown_mb < 256, "keel grew by {grown_mb} MiB");
 }
 
 /// Oversized frames before `connect`: 200 clients each send a frame announcing 1 MiB (over
