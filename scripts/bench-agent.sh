@@ -36,14 +36,7 @@ cd "$(dirname "$0")/.."
 
 bench_raise_nofile
 bench_build --bin keel
-bench_workdir
-
-cleanup() {
-    bench_kill_pidfile_keel
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_workdir_own_keel
 
 echo "== running the bench (state in $work/state) ==" >&2
 bench_run 240 --keel "$PWD/target/release/keel" --work "$work" "$@"

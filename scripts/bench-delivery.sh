@@ -33,14 +33,7 @@ fi
 cd "$(dirname "$0")/.."
 
 bench_build --bin keel
-bench_workdir
-
-cleanup() {
-    bench_kill_pidfile_keel
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_workdir_own_keel
 
 echo "== running the bench (state in $work/state) ==" >&2
 bench_run 300 --keel "$PWD/target/release/keel" --work "$work" "$@"

@@ -39,6 +39,14 @@ bench_workdir() {
     log="$work/server.log"
 }
 
+# For a bench that starts keel itself: bench_workdir, and at exit (INT and TERM exit 130) the
+# keel it left behind is killed and the directory removed.
+bench_workdir_own_keel() {
+    bench_workdir
+    trap 'bench_kill_pidfile_keel; rm -rf "$work"' EXIT
+    trap 'exit 130' INT TERM
+}
+
 # For a bench that starts keel itself: it stops keel; should the bench have died first, kill
 # the keel it started (its pid is in $work/keel.pid), and only that one.
 bench_kill_pidfile_keel() {

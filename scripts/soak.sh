@@ -46,14 +46,7 @@ cd "$(dirname "$0")/.."
 
 bench_raise_nofile
 bench_build --bin keel --bin keel-gen-state
-bench_workdir
-
-cleanup() {
-    bench_kill_pidfile_keel
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_workdir_own_keel
 
 extra=()
 if [[ -n "${SOAK_CSV:-}" ]]; then
