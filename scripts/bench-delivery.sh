@@ -38,10 +38,4 @@ bench_workdir_own_keel
 echo "== running the bench (state in $work/state) ==" >&2
 bench_run 300 --keel "$PWD/target/release/keel" --work "$work" "$@"
 
-echo
-cat "$bench_out"
-if [[ "$bench_status" -ne 0 && -s "$log" ]]; then
-    bench_log_tail
-fi
-bench_warnings "warnings and errors"
-exit "$bench_status"
+bench_finish

@@ -150,3 +150,15 @@ bench_start_server() {
         target/release/keel serve --port 0 --state-dir "$state" 2>"$log" &
     server_pid=$!
 }
+
+# The end of a bench that starts its own keel: the bench's figures, keel's last log lines if
+# the bench failed, keel's warnings and errors, and the bench's exit status.
+bench_finish() {
+    echo
+    cat "$bench_out"
+    if [[ "$bench_status" -ne 0 && -s "$log" ]]; then
+        bench_log_tail
+    fi
+    bench_warnings "warnings and errors"
+    exit "$bench_status"
+}

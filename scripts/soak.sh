@@ -58,10 +58,4 @@ bench_run $((seconds + 300)) --keel "$PWD/target/release/keel" \
     --gen "$PWD/target/release/keel-gen-state" --work "$work" --duration-s "$seconds" \
     "${extra[@]}" "$@"
 
-echo
-cat "$bench_out"
-if [[ "$bench_status" -ne 0 && -s "$log" ]]; then
-    bench_log_tail
-fi
-bench_warnings "warnings and errors"
-exit "$bench_status"
+bench_finish
