@@ -657,7 +657,7 @@ impl HttpConn {
             .config()
             .hooks
             .as_ref()
-            .is_some_and(|h| path == h.path || path.starts_with(&format!("{}/", h.path)))
+            .is_some_and(|h| super::hook_route(path, &h.path).is_some())
         {
             self.hook_precheck(cx, head)
         } else {

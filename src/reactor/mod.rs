@@ -474,8 +474,9 @@ impl Reactor {
         true
     }
 
-    /// Re-reads the descriptor limit (at most every [`LIMIT_CHECK`] unless `force`d); a changed limit sets
-    /// the connection cap anew, and so does [`LOWERED_FOR`] without running out.
+    /// Re-reads the descriptor limit (at most every [`LIMIT_CHECK`] unless `force`d); a
+    /// changed limit sets the connection cap anew, and so does [`LOWERED_FOR`] without running
+    /// out.
     fn check_limit(&mut self, now: Instant, force: bool) {
         if !force && now.saturating_duration_since(self.last_limit_check) < LIMIT_CHECK {
             return;
