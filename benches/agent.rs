@@ -277,15 +277,6 @@ fn keel_config(o: &Opts, a: &FakeProvider, b: &FakeProvider) -> Value {
     })
 }
 
-/// `VmHWM` of `pid`, in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// CPU time (user + system, all threads) of a process (`"self"` or a pid), in seconds.
 fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -1455,7 +1446,7 @@ fn run(o: &Opts) -> Result<i32, String> {
     };
     eprintln!("== fan-out: {} listeners ==", o.clients);
     let fan = fan_out(o, &keel, &a, o.clients, "agent:fan:fanout")?;
-    let rss = peak_rss_kib(pid);
+    let rss = proc_status(pid, "VmHWM").ok();
 
     eprintln!("== stopping keel (SIGTERM) ==");
     let (status, took, killed) = stop_keel(&mut keel, STOP_TIMEOUT);

@@ -421,14 +421,6 @@ const SERIES: [Series; 6] = [
     ("healthz p99", "ms", |s| s.p99_ms, |_| FLAT_P99_MS),
 ];
 
-fn proc_status_field(pid: u32, field: &str) -> Option<f64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// The sum of every line of `series` (with any labels) in a `/metrics` text.
 fn metric_sum(text: &str, series: &str, only: Option<&str>) -> f64 {
     text.lines()
@@ -456,9 +448,9 @@ fn take_sample(keel: &Keel, http: &mut Http, t: &Tally, t_s: f64) -> Result<Samp
     let probes = sorted(&std::mem::take(&mut *lock_ignoring_poison(&t.probes)));
     Ok(Sample {
         t_s,
-        rss_mib: proc_status_field(pid, "VmRSS:").ok_or("no VmRSS")? / 1024.0,
+        rss_mib: proc_status(pid, "VmRSS")? as f64 / 1024.0,
         fds,
-        threads: proc_status_field(pid, "Threads:").ok_or("no Threads")?,
+        threads: proc_status(pid, "Threads")? as f64,
         queued: metric_sum(&m, "keel_queue_depth", None),
         in_flight: metric_sum(&m, "keel_jobs_in_flight", None),
         connections: metric_sum(&m, "keel_connections", None),

@@ -309,16 +309,7 @@ fn parse_build_lines(log: &str) -> Vec<BuildLine> {
 
 /// `VmHWM` and `VmRSS` of `pid`, in KiB.
 fn memory_kib(pid: u32) -> Result<(u64, u64), String> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))
-    };
-    Ok((field("VmHWM:")?, field("VmRSS:")?))
+    Ok((proc_status(pid, "VmHWM")?, proc_status(pid, "VmRSS")?))
 }
 
 // ---------------------------------------------------------------------------------------------

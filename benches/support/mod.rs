@@ -253,6 +253,17 @@ pub fn rpc(
     })
 }
 
+/// A figure of `/proc/<pid>/status` (`VmRSS`, `VmHWM`: the peak, in KiB; `Threads`).
+pub fn proc_status(pid: u32, field: &str) -> Result<u64, String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no {field} in /proc/{pid}/status"))
+}
+
 pub fn body_snippet(body: &[u8]) -> String {
     let s = String::from_utf8_lossy(body);
     let s = s.trim();

@@ -24,22 +24,6 @@ pub fn raise_nofile() -> u64 {
     lim.current.unwrap_or(u64::MAX)
 }
 
-/// Open descriptors of a process.
-pub fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-/// A `/proc/<pid>/status` figure in KiB (`VmRSS`, `VmHWM`: the peak).
-pub fn status_kb(pid: u32, key: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in status"))
-}
-
 /// CPU time (user + system) a process has used, in seconds (USER_HZ is 100 on Linux).
 pub fn cpu_secs(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

@@ -4,15 +4,9 @@
 use crate::common::*;
 use serde_json::{Value, json};
 
-/// VmRSS of a process, in bytes, from `/proc/<pid>/status`.
+/// VmRSS of a process, in bytes.
 fn vm_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status");
-    kb * 1024
+    status_kb(pid, "VmRSS") << 10
 }
 
 /// Calls `keel.test.ballast` and returns its payload.
