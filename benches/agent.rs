@@ -971,15 +971,7 @@ fn probe(
     let mut logged = 0u64;
     let start = Instant::now();
     for i in 0u64.. {
-        let due = start + Duration::from_nanos(i.saturating_mul(1_000_000_000) / rate);
-        loop {
-            let now = Instant::now();
-            if stop.load(Ordering::Acquire) || now >= hard_end || due <= now {
-                break;
-            }
-            thread::sleep((due - now).min(Duration::from_millis(5)));
-        }
-        if stop.load(Ordering::Acquire) || Instant::now() >= hard_end {
+        if wait_due(start, i, rate, stop, hard_end).is_none() {
             break;
         }
         let t0 = Instant::now();

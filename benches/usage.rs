@@ -338,17 +338,9 @@ fn probe(
     let mut http = Http::new(addr);
     let mut logged = 0u64;
     for i in 0u64.. {
-        let due = start + Duration::from_nanos(i.saturating_mul(1_000_000_000) / rate);
-        loop {
-            let now = Instant::now();
-            if stop.load(Ordering::Acquire) || now >= hard_end || due <= now {
-                break;
-            }
-            thread::sleep((due - now).min(Duration::from_millis(5)));
-        }
-        if stop.load(Ordering::Acquire) || Instant::now() >= hard_end {
+        let Some(due) = wait_due(start, i, rate, &stop, hard_end) else {
             break;
-        }
+        };
         let late = Instant::now().saturating_duration_since(due);
         if late > Duration::from_millis(1) {
             r.late += 1;

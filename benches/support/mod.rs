@@ -305,6 +305,29 @@ pub fn verdict(ok: bool) -> &'static str {
     if ok { "PASS" } else { "MISS" }
 }
 
+/// Open-loop pacing: waits until the `i`th of `rate` events a second from `start` is due and
+/// returns when that was; None once `stop` is set or `hard_end` has passed. Sleeps in slices
+/// of at most 5 ms so that `stop` is seen.
+pub fn wait_due(
+    start: Instant,
+    i: u64,
+    rate: u64,
+    stop: &AtomicBool,
+    hard_end: Instant,
+) -> Option<Instant> {
+    let due = start + Duration::from_nanos(i.saturating_mul(1_000_000_000) / rate);
+    loop {
+        let now = Instant::now();
+        if stop.load(Ordering::Acquire) || now >= hard_end {
+            return None;
+        }
+        if due <= now {
+            return Some(due);
+        }
+        thread::sleep((due - now).min(Duration::from_millis(5)));
+    }
+}
+
 /// Waits (bounded) for threads to end; returns what they gave back and how many were left.
 pub fn join_bounded<T>(handles: Vec<JoinHandle<T>>, deadline: Instant) -> (Vec<T>, usize) {
     let mut out = Vec::new();
