@@ -10,6 +10,7 @@
 //!
 //! `keel check`, boot and SIGHUP all go through [`parse`], so they agree on every verdict.
 
+use crate::ids::AgentId;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -97,11 +98,41 @@ pub struct ModelPrice {
 /// Prices by (provider, model id).
 pub type Prices = std::collections::HashMap<(String, String), ModelPrice>;
 
-/// Hooks ingress (`hooks.enabled` with a token): `POST <path>/wake` and `<path>/agent`.
+/// Hooks ingress (`hooks.enabled` with a token): `POST <path>/wake` and `<path>/agent`, and
+/// what a hook request may reach — OpenClaw's policy keys with its safe defaults. The hook
+/// token belongs to third-party webhook senders, not to the operator.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Hooks {
     pub token: String,
     pub path: String,
+    /// `hooks.allowRequestSessionKey` (default false): a request may name its session.
+    pub allow_request_session_key: bool,
+    /// `hooks.defaultSessionKey`: the session of `/agent` runs that name none (else a fresh
+    /// `hook:<uuid>`).
+    pub default_session_key: Option<String>,
+    /// `hooks.allowedSessionKeyPrefixes`, lowercased; empty: no restriction.
+    pub allowed_session_key_prefixes: Vec<String>,
+    /// `hooks.allowedAgentIds`: `None` (omitted, or `"*"` in the list) allows every agent;
+    /// `Some([])` allows none.
+    pub allowed_agent_ids: Option<Vec<AgentId>>,
+}
+
+impl Hooks {
+    pub fn agent_allowed(&self, id: &AgentId) -> bool {
+        self.allowed_agent_ids
+            .as_ref()
+            .is_none_or(|ids| ids.contains(id))
+    }
+
+    /// Whether a session key passes `allowedSessionKeyPrefixes` (case-insensitively).
+    pub fn session_key_allowed(&self, key: &str) -> bool {
+        let key = key.to_lowercase();
+        self.allowed_session_key_prefixes.is_empty()
+            || self
+                .allowed_session_key_prefixes
+                .iter()
+                .any(|p| key.starts_with(p))
+    }
 }
 
 impl fmt::Debug for Hooks {
@@ -109,6 +140,13 @@ impl fmt::Debug for Hooks {
         f.debug_struct("Hooks")
             .field("token", &"<redacted>")
             .field("path", &self.path)
+            .field("allow_request_session_key", &self.allow_request_session_key)
+            .field("default_session_key", &self.default_session_key)
+            .field(
+                "allowed_session_key_prefixes",
+                &self.allowed_session_key_prefixes,
+            )
+            .field("allowed_agent_ids", &self.allowed_agent_ids)
             .finish()
     }
 }
@@ -749,6 +787,27 @@ impl Validator {
         let Value::Object(h) = h else {
             return self.disable("hooks", format!("expected an object, got {}", json_kind(h)));
         };
+        self.warn_keys(
+            h,
+            "hooks",
+            &[
+                "enabled",
+                "token",
+                "path",
+                "allowRequestSessionKey",
+                "defaultSessionKey",
+                "allowedSessionKeyPrefixes",
+                "allowedAgentIds",
+            ],
+            &[
+                "mappings",
+                "presets",
+                "transformsDir",
+                "gmail",
+                "internal",
+                "maxBodyBytes",
+            ],
+        );
         let enabled = h.get("enabled").and_then(Value::as_bool).unwrap_or(false);
         if !enabled {
             return;
@@ -778,11 +837,107 @@ impl Validator {
         {
             return self.disable("hooks", format!("hooks.path {path:?} must be a path like /hooks, not / or a path keel serves itself"));
         }
-        self.config.hooks = Some(Hooks {
-            token: token.to_string(),
-            path: path.to_string(),
-        });
+        // The policy: anything wrong in it disables hooks altogether, so a typo can never
+        // open more than the operator meant.
+        match hook_policy(h) {
+            Ok(policy) => {
+                self.config.hooks = Some(Hooks {
+                    token: token.to_string(),
+                    path: path.to_string(),
+                    ..policy
+                })
+            }
+            Err((key, msg)) => self.disable("hooks", format!("hooks.{key}: {msg}")),
+        }
     }
+}
+
+/// `hooks.allowRequestSessionKey`, `defaultSessionKey`, `allowedSessionKeyPrefixes` and
+/// `allowedAgentIds`, with OpenClaw's defaults and its checks: a default key must pass the
+/// prefixes, and without one the prefixes must admit the generated `hook:` keys.
+fn hook_policy(h: &Map<String, Value>) -> Result<Hooks, (&'static str, String)> {
+    let allow_request_session_key = match h.get("allowRequestSessionKey") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            return Err((
+                "allowRequestSessionKey",
+                format!("expected true or false, got {}", json_kind(v)),
+            ));
+        }
+    };
+    let default_session_key = match h.get("defaultSessionKey") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.trim().to_string()).filter(|s| !s.is_empty()),
+        Some(v) => {
+            return Err((
+                "defaultSessionKey",
+                format!("expected a string, got {}", json_kind(v)),
+            ));
+        }
+    };
+    if let Some(k) = &default_session_key
+        && let Err(e) = crate::ids::SessionKey::parse(k, &AgentId::main())
+    {
+        return Err(("defaultSessionKey", format!("{k:?} {e}")));
+    }
+    let strings = |key: &'static str| -> Result<Option<Vec<String>>, (&'static str, String)> {
+        match h.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(|s| s.trim().to_string())
+                        .ok_or_else(|| (key, format!("expected strings, got {}", json_kind(v))))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(v) => Err((key, format!("expected an array, got {}", json_kind(v)))),
+        }
+    };
+    let mut prefixes: Vec<String> = strings("allowedSessionKeyPrefixes")?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.to_lowercase())
+        .filter(|p| !p.is_empty())
+        .collect();
+    prefixes.dedup();
+    let allowed_agent_ids = match strings("allowedAgentIds")? {
+        None => None,
+        Some(list) if list.iter().any(|s| s == "*") => None,
+        Some(list) => Some(
+            list.iter()
+                .filter(|s| !s.is_empty())
+                .map(|s| AgentId::normalize(s))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ("allowedAgentIds", e.to_string()))?,
+        ),
+    };
+    let policy = Hooks {
+        token: String::new(),
+        path: String::new(),
+        allow_request_session_key,
+        default_session_key,
+        allowed_session_key_prefixes: prefixes,
+        allowed_agent_ids,
+    };
+    match &policy.default_session_key {
+        Some(k) if !policy.session_key_allowed(k) => {
+            return Err((
+                "defaultSessionKey",
+                "must match hooks.allowedSessionKeyPrefixes".into(),
+            ));
+        }
+        None if !policy.session_key_allowed("hook:example") => {
+            return Err((
+                "allowedSessionKeyPrefixes",
+                "must include \"hook:\" when hooks.defaultSessionKey is unset".into(),
+            ));
+        }
+        _ => {}
+    }
+    Ok(policy)
 }
 
 /// Model prices from `models.providers.<p>.models[{id, cost{input, output, cacheRead,
@@ -989,6 +1144,74 @@ mod tests {
         assert_eq!(v.config.disabled.len(), 1);
         assert_eq!(v.config.disabled[0].feature, "gateway.drainTimeoutMs");
         assert!(v.config.readiness_reasons()[0].contains("gateway.drainTimeoutMs"));
+    }
+
+    #[test]
+    fn hook_policy_has_openclaws_safe_defaults() {
+        let h = |extra: &str| {
+            parse(
+                &format!(r#"{{"hooks":{{"enabled":true,"token":"t"{extra}}}}}"#),
+                None,
+            )
+        };
+        let v = h("");
+        assert_clean(&v);
+        let p = v.config.hooks.unwrap();
+        assert!(!p.allow_request_session_key, "refused unless allowed");
+        assert_eq!(p.default_session_key, None);
+        assert!(p.agent_allowed(&AgentId::normalize("anyone").unwrap()));
+        assert!(p.session_key_allowed("agent:main:main"), "no prefixes: any");
+
+        let v = h(
+            r#","allowRequestSessionKey":true,"defaultSessionKey":"hook:ingress","allowedSessionKeyPrefixes":["Hook:"," "],"allowedAgentIds":["Main","ops"]"#,
+        );
+        assert_clean(&v);
+        let p = v.config.hooks.unwrap();
+        assert!(p.allow_request_session_key);
+        assert_eq!(p.default_session_key.as_deref(), Some("hook:ingress"));
+        assert_eq!(p.allowed_session_key_prefixes, ["hook:"]);
+        assert!(p.session_key_allowed("HOOK:x") && !p.session_key_allowed("agent:main:main"));
+        let ids: Vec<&str> = p
+            .allowed_agent_ids
+            .iter()
+            .flatten()
+            .map(AgentId::as_str)
+            .collect();
+        assert_eq!(ids, ["main", "ops"]);
+
+        let none = h(r#","allowedAgentIds":[]"#).config.hooks.unwrap();
+        assert!(!none.agent_allowed(&AgentId::main()), "[] denies all");
+        let all = h(r#","allowedAgentIds":["ops","*"]"#).config.hooks.unwrap();
+        assert!(all.agent_allowed(&AgentId::main()), "\"*\" allows all");
+
+        // Anything wrong in the policy disables hooks rather than opening more.
+        for (extra, why) in [
+            (
+                r#","allowRequestSessionKey":"yes""#,
+                "allowRequestSessionKey",
+            ),
+            (r#","allowedAgentIds":"main""#, "allowedAgentIds"),
+            (r#","allowedAgentIds":["///"]"#, "allowedAgentIds"),
+            (
+                r#","allowedSessionKeyPrefixes":["agent:"]"#,
+                "must include \"hook:\"",
+            ),
+            (
+                r#","defaultSessionKey":"agent:main:x","allowedSessionKeyPrefixes":["hook:"]"#,
+                "defaultSessionKey",
+            ),
+            (r#","defaultSessionKey":"agent:x""#, "defaultSessionKey"),
+        ] {
+            let v = h(extra);
+            assert!(v.config.hooks.is_none(), "{extra}");
+            assert_eq!(v.config.disabled[0].feature, "hooks", "{extra}");
+            assert!(
+                v.problems[0].message.contains(why),
+                "{extra}: {:?}",
+                v.problems
+            );
+            assert!(!v.is_fatal(), "the gateway itself starts");
+        }
     }
 
     #[test]

@@ -142,13 +142,13 @@ fn call_chain(
         text_so_far,
     } = *prompt;
     let cfg = shared.config();
-    let chain = cfg.agents.chain(&run.request.agent_id).candidates();
+    let chain = cfg.agents.chain(&run.request.session.agent).candidates();
     if chain.is_empty() {
         return Err(ChainError {
             reason: "config_error",
             message: format!(
                 "no model is configured for agent {:?} (agents.defaults.model)",
-                run.request.agent_id
+                run.request.session.agent
             ),
         });
     }
@@ -380,7 +380,7 @@ fn deliver(shared: &Arc<Shared>, run: &Run, text: &str) {
             let cfg = shared.config();
             match cfg
                 .agents
-                .agent(&req.agent_id)
+                .agent(&req.session.agent)
                 .and_then(|a| a.bindings.first())
             {
                 Some((channel, to)) => {
@@ -396,7 +396,7 @@ fn deliver(shared: &Arc<Shared>, run: &Run, text: &str) {
             }
         }
     };
-    let extra = json!({"runId": run.id, "sessionKey": req.session_key, "parentRunId": req.parent});
+    let extra = json!({"runId": run.id, "sessionKey": req.session.key, "parentRunId": req.parent});
     match shared
         .delivery
         .enqueue(shared, route, text, &format!("run:{}", run.id), extra)
@@ -418,7 +418,7 @@ fn execute_inner(
     ctx: &JobCtx,
 ) -> Result<(String, Value), RpcError> {
     let req = &run.request;
-    let lock = shared.runs.session_lock(&req.session_key);
+    let lock = shared.runs.session_lock(&req.session.key);
     // One run per session at a time; a run waiting its turn still honours its deadline and
     // cancel (a drain, chat.abort), rather than holding its worker blind until the other ends.
     let _turn = loop {
@@ -436,31 +436,25 @@ fn execute_inner(
         shared,
         run,
         "agent",
-        json!({"stream": "lifecycle", "ts": clock::wall_ms(), "data": {"phase": "start", "agentId": req.agent_id}}),
+        json!({"stream": "lifecycle", "ts": clock::wall_ms(), "data": {"phase": "start", "agentId": req.session.agent}}),
     );
     let io = |e: std::io::Error| {
         RpcError::new(
             Code::Internal,
-            format!("cannot write the session {}: {e}", req.session_key),
+            format!("cannot write the session {}: {e}", req.session.key),
         )
     };
     let (_, earlier) =
-        super::transcript::history(&shared.state_dir, &req.agent_id, &req.session_key, HISTORY)
-            .unwrap_or_default();
-    let mut session = SessionFile::open(
-        &shared.state_dir,
-        &req.agent_id,
-        &req.session_key,
-        &req.origin,
-    )
-    .map_err(io)?;
+        super::transcript::history(&shared.state_dir, &req.session, HISTORY).unwrap_or_default();
+    let mut session =
+        SessionFile::open(&shared.state_dir, &req.session, &req.origin).map_err(io)?;
     session
         .append(json!({"role": "user", "content": text_content(&req.message), "timestamp": clock::wall_ms()}))
         .map_err(io)?;
     let cfg = shared.config();
     let system = cfg
         .agents
-        .agent(&req.agent_id)
+        .agent(&req.session.agent)
         .and_then(|a| a.system.clone());
     let mut messages = history_messages(&earlier);
     messages.push(ChatMessage {

@@ -14,9 +14,12 @@ use super::failover::Cooldowns;
 use super::transcript::Origin;
 use crate::clock;
 use crate::error::{Code, RpcError};
+use crate::ids::SessionKey;
 use crate::jobs::{CancelReason, Fanout, JobSpec, Lane, PoolKind, ReplyTo, Work};
 use crate::protocol::methods::Caller;
-use crate::protocol::params::{address, required, string};
+use crate::protocol::params::{
+    address, agent_id, required, required_session_key, session_key, string,
+};
 use crate::protocol::{self, Payload};
 use crate::runtime::Shared;
 use crate::watchdog::Level;
@@ -64,8 +67,8 @@ impl Status {
 #[derive(Debug, Clone)]
 pub struct Request {
     pub message: String,
-    pub agent_id: String,
-    pub session_key: String,
+    /// The session, and through it the agent (its canonical id).
+    pub session: SessionKey,
     pub origin: Origin,
     pub parent: Option<String>,
     pub depth: u32,
@@ -75,13 +78,11 @@ pub struct Request {
 }
 
 impl Request {
-    /// A run asked for by a client (not a sub-agent): its agent is the session key's, else
-    /// `agent_id`.
-    pub fn top(message: String, session_key: String, agent_id: &str, origin: Origin) -> Request {
+    /// A run asked for by a client (not a sub-agent).
+    pub fn top(message: String, session: SessionKey, origin: Origin) -> Request {
         Request {
-            agent_id: agent_of(&session_key, agent_id),
             message,
-            session_key,
+            session,
             origin,
             parent: None,
             depth: 0,
@@ -129,8 +130,8 @@ impl Run {
         json!({
             "runId": self.id,
             "status": i.status.as_str(),
-            "sessionKey": self.request.session_key,
-            "agentId": self.request.agent_id,
+            "sessionKey": self.request.session.key,
+            "agentId": self.request.session.agent,
             "startedAt": self.created_ms,
             "endedAt": i.ended_ms,
             "summary": i.text.chars().take(200).collect::<String>(),
@@ -258,7 +259,7 @@ fn send_reply(shared: &Shared, reply: &ReplyTo, outcome: &crate::protocol::Outco
 /// Sends `event` to every listener of the run (never dropped).
 pub fn emit(shared: &Shared, run: &Run, event: &str, mut payload: Value) {
     payload["runId"] = json!(run.id);
-    payload["sessionKey"] = json!(run.request.session_key);
+    payload["sessionKey"] = json!(run.request.session.key);
     payload["seq"] = json!(run.next_seq());
     let targets = lock(&run.inner).listeners.clone();
     shared.fanout(Fanout {
@@ -278,13 +279,13 @@ pub fn mirror_tool(shared: &Shared, run: &Run, phase: &str, data: &Value) {
         return;
     }
     let subs = lock(&shared.runs.subs)
-        .get(&run.request.session_key)
+        .get(&run.request.session.key)
         .cloned()
         .unwrap_or_default();
     if subs.is_empty() {
         return;
     }
-    let payload = json!({"runId": run.id, "sessionKey": run.request.session_key, "phase": phase, "data": data, "ts": clock::wall_ms()});
+    let payload = json!({"runId": run.id, "sessionKey": run.request.session.key, "phase": phase, "data": data, "ts": clock::wall_ms()});
     shared.fanout(Fanout {
         targets: subs,
         name: Arc::from("session.tool"),
@@ -311,14 +312,6 @@ pub fn finish(shared: &Shared, run: &Run, status: Status, text: &str, error: Opt
 }
 
 // ---- methods -------------------------------------------------------------------------------
-
-/// `agent:<agentId>:<rest>` → agentId; other keys belong to the default agent.
-pub fn agent_of(key: &str, default_agent: &str) -> String {
-    match key.strip_prefix("agent:").and_then(|r| r.split_once(':')) {
-        Some((agent, _)) if !agent.is_empty() => agent.to_string(),
-        _ => default_agent.to_string(),
-    }
-}
 
 fn origin_of(p: &Value) -> Result<Origin, RpcError> {
     Ok(Origin {
@@ -407,11 +400,11 @@ fn listener_of(caller: &Caller) -> Option<(usize, u64)> {
 /// `chat.send {sessionKey, message, idempotencyKey, timeoutMs?}` → `{runId, status}`; the
 /// run's progress follows as `chat` and `agent` events.
 pub fn chat_send(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
-    let key = required(p, "sessionKey")?;
+    let cfg = shared.config();
+    let session = required_session_key(p, "sessionKey", &cfg.agents.default_agent_id())?;
     let message = required(p, "message")?;
     let idem = required(p, "idempotencyKey")?;
-    let cfg = shared.config();
-    let request = Request::top(message, key, &cfg.agents.default_agent_id(), origin_of(p)?);
+    let request = Request::top(message, session, origin_of(p)?);
     let (run, new) = start(
         shared,
         &idem,
@@ -429,9 +422,11 @@ pub fn agent(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, 
     let message = required(p, "message")?;
     let idem = required(p, "idempotencyKey")?;
     let cfg = shared.config();
-    let agent_id = string(p, "agentId")?.unwrap_or_else(|| cfg.agents.default_agent_id());
-    let key = string(p, "sessionKey")?.unwrap_or_else(|| format!("agent:{agent_id}:main"));
-    let mut request = Request::top(message, key, &agent_id, origin_of(p)?);
+    // The session key's agent wins; a key that names none belongs to `agentId`.
+    let agent = agent_id(p, "agentId")?.unwrap_or_else(|| cfg.agents.default_agent_id());
+    let session =
+        session_key(p, "sessionKey", &agent)?.unwrap_or_else(|| SessionKey::of(&agent, "main"));
+    let mut request = Request::top(message, session, origin_of(p)?);
     request.deliver = p.get("deliver").and_then(Value::as_bool).unwrap_or(false);
     let reply = match caller {
         Caller::Ws {
@@ -531,31 +526,72 @@ pub fn chat_abort(shared: &Arc<Shared>, p: &Value, _caller: &Caller) -> Result<V
 
 /// A hook (`POST <hooks.path>/agent` or `/wake`): starts a run; the outcome is queryable with
 /// `agent.wait {runId}`.
+///
+/// A hook token is a webhook sender's secret, not the operator's, so what it may reach is the
+/// hook policy's (OpenClaw's keys and defaults, `config::Hooks`): the agent must be one this
+/// config knows and pass `hooks.allowedAgentIds`; a `sessionKey` in the request is refused
+/// unless `hooks.allowRequestSessionKey`; an `/agent` run without one gets
+/// `hooks.defaultSessionKey` or a fresh `hook:<uuid>`, a `/wake` its agent's main session;
+/// an explicit key must start with one of `hooks.allowedSessionKeyPrefixes`. The session is
+/// always stored under the selected agent (`agent:<agentId>:…`).
 pub fn hook(shared: &Arc<Shared>, route: &str, p: &Value) -> Result<Value, RpcError> {
     let cfg = shared.config();
-    let default_agent = cfg.agents.default_agent_id();
-    let (message, agent_id, key) = match route {
-        "agent" => {
-            let agent_id = string(p, "agentId")?.unwrap_or(default_agent);
-            let key = match string(p, "sessionKey")? {
-                Some(k) => k,
-                None => format!("agent:{agent_id}:hook:{}", clock::Rng::from_os().uuid()),
-            };
-            (required(p, "message")?, agent_id, key)
-        }
-        "wake" => {
-            let key = format!("agent:{default_agent}:main");
-            (required(p, "text")?, default_agent, key)
-        }
-        other => {
-            return Err(RpcError::new(
-                Code::NotFound,
-                format!("no hook {other:?}; hooks are agent and wake"),
-            ));
-        }
+    let Some(policy) = cfg.hooks.as_ref() else {
+        return Err(RpcError::new(Code::NotFound, "hooks are not enabled"));
     };
+    if !matches!(route, "agent" | "wake") {
+        return Err(RpcError::new(
+            Code::NotFound,
+            format!("no hook {route:?}; hooks are agent and wake"),
+        ));
+    }
+    let agent = match agent_id(p, "agentId")? {
+        Some(a) if !cfg.agents.knows(&a) => {
+            return Err(RpcError::invalid(format!("unknown agentId \"{a}\"")));
+        }
+        Some(a) => a,
+        None => cfg.agents.default_agent_id(),
+    };
+    if !policy.agent_allowed(&agent) {
+        return Err(RpcError::invalid(
+            "agentId is not allowed by hooks.allowedAgentIds",
+        ));
+    }
+    let requested = string(p, "sessionKey")?;
+    if requested.is_some() && !policy.allow_request_session_key {
+        return Err(RpcError::invalid(
+            "sessionKey is disabled for hook requests; set hooks.allowRequestSessionKey=true \
+             to enable",
+        ));
+    }
+    let explicit = requested.is_some();
+    let (message, logical) = if route == "agent" {
+        let key = requested
+            .or_else(|| policy.default_session_key.clone())
+            .unwrap_or_else(|| format!("hook:{}", clock::Rng::from_os().uuid()));
+        (required(p, "message")?, key)
+    } else {
+        let key = requested.unwrap_or_else(|| format!("agent:{agent}:main"));
+        (required(p, "text")?, key)
+    };
+    let parsed = SessionKey::parse(&logical, &agent)
+        .map_err(|e| RpcError::invalid(format!("invalid params: sessionKey {e}")))?;
+    let session = parsed.scoped_to(&agent);
+    // The prefix is checked on the key as dispatched: an agent key re-scoped to the selected
+    // agent, any other as it came.
+    let dispatched = if parsed.key.starts_with("agent:") {
+        &session.key
+    } else {
+        &parsed.key
+    };
+    if (route == "agent" || explicit) && !policy.session_key_allowed(dispatched) {
+        return Err(RpcError::invalid(format!(
+            "sessionKey must start with one of: {}",
+            policy.allowed_session_key_prefixes.join(", ")
+        )));
+    }
     let idem = string(p, "idempotencyKey")?.unwrap_or_else(|| clock::Rng::from_os().uuid());
-    let mut request = Request::top(message, key, &agent_id, origin_of(p)?);
+    let mut request = Request::top(message, session, origin_of(p)?);
     request.deliver = p.get("deliver").and_then(Value::as_bool).unwrap_or(true);
     let (run, _) = start(shared, &idem, request, ReplyTo::Internal, None)?;
     Ok(json!({"runId": run.id}))
@@ -568,7 +604,8 @@ pub fn subscribe(
     caller: &Caller,
     on: bool,
 ) -> Result<Value, RpcError> {
-    let key = required(p, "sessionKey")?;
+    let cfg = shared.config();
+    let key = required_session_key(p, "sessionKey", &cfg.agents.default_agent_id())?.key;
     let Some(me) = listener_of(caller) else {
         return Err(RpcError::invalid(
             "sessions.subscribe needs a WebSocket connection",
@@ -588,27 +625,27 @@ pub fn subscribe(
 
 /// `chat.history {sessionKey, limit?}` (a cpu job: it reads the transcript).
 pub fn chat_history(shared: &Arc<Shared>, p: &Value) -> Result<Payload, RpcError> {
-    let key = required(p, "sessionKey")?;
+    let cfg = shared.config();
+    let session = required_session_key(p, "sessionKey", &cfg.agents.default_agent_id())?;
     let limit = p
         .get("limit")
         .and_then(Value::as_u64)
         .unwrap_or(200)
         .min(1000) as usize;
-    let cfg = shared.config();
-    let agent_id = agent_of(&key, &cfg.agents.default_agent_id());
-    let (sid, messages) = super::transcript::history(&shared.state_dir, &agent_id, &key, limit)
-        .map_err(|e| {
+    let (sid, messages) =
+        super::transcript::history(&shared.state_dir, &session, limit).map_err(|e| {
             RpcError::new(
                 Code::Internal,
-                format!("cannot read the history of {key}: {e}"),
+                format!("cannot read the history of {}: {e}", session.key),
             )
         })?;
-    Ok(json!({"sessionKey": key, "sessionId": sid, "messages": messages}).into())
+    Ok(json!({"sessionKey": session.key, "sessionId": sid, "messages": messages}).into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::AgentId;
 
     fn finished(runs: &Runs, n: usize, ended: Instant) {
         let mut map = lock(&runs.runs);
@@ -616,8 +653,7 @@ mod tests {
             let id = clock::Rng::from_os().uuid();
             let request = Request::top(
                 "m".into(),
-                "agent:main:main".into(),
-                "main",
+                SessionKey::of(&AgentId::main(), "main"),
                 Origin::default(),
             );
             let run = Arc::new(Run {

@@ -6,6 +6,7 @@
 //! reason); a bad model chain disables runs of the agents that use it; the gateway starts.
 //! API keys never appear in `Debug` output, logs, dumps or `status`.
 
+use crate::ids::AgentId;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -85,7 +86,8 @@ impl ModelChain {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentEntry {
-    pub id: String,
+    /// Normalized as every agent id is (`ids::AgentId`): the name of its directory.
+    pub id: AgentId,
     pub default: bool,
     pub model: Option<ModelChain>,
     pub system: Option<String>,
@@ -119,20 +121,25 @@ pub struct AgentSettings {
 
 impl AgentSettings {
     /// The agent a run belongs to: the listed one, else the default entry, else `main`.
-    pub fn agent(&self, id: &str) -> Option<&AgentEntry> {
-        self.agents.iter().find(|a| a.id == id)
+    pub fn agent(&self, id: &AgentId) -> Option<&AgentEntry> {
+        self.agents.iter().find(|a| &a.id == id)
     }
 
-    pub fn default_agent_id(&self) -> String {
+    pub fn default_agent_id(&self) -> AgentId {
         self.agents
             .iter()
             .find(|a| a.default)
             .or(self.agents.first())
-            .map_or_else(|| "main".to_string(), |a| a.id.clone())
+            .map_or_else(AgentId::main, |a| a.id.clone())
+    }
+
+    /// Whether `id` is an agent this config knows: a listed one, or the default.
+    pub fn knows(&self, id: &AgentId) -> bool {
+        self.agent(id).is_some() || *id == self.default_agent_id()
     }
 
     /// The model chain of an agent: its own, else the defaults.
-    pub fn chain(&self, agent_id: &str) -> ModelChain {
+    pub fn chain(&self, agent_id: &AgentId) -> ModelChain {
         self.agent(agent_id)
             .and_then(|a| a.model.clone())
             .unwrap_or_else(|| self.defaults.clone())
@@ -426,7 +433,7 @@ pub fn parse(root: &Map<String, Value>) -> (AgentSettings, Vec<Issue>) {
         match list.as_array() {
             Some(list) => {
                 for (i, a) in list.iter().enumerate() {
-                    let Some(id) = a
+                    let Some(raw) = a
                         .get("id")
                         .and_then(Value::as_str)
                         .filter(|s| !s.is_empty())
@@ -434,8 +441,17 @@ pub fn parse(root: &Map<String, Value>) -> (AgentSettings, Vec<Issue>) {
                         issues.push((format!("agents.list[{i}]"), "needs an id".into()));
                         continue;
                     };
+                    // The id names a directory: it is normalized as OpenClaw does, and one
+                    // that normalizes to nothing is refused.
+                    let id = match AgentId::normalize(raw) {
+                        Ok(id) => id,
+                        Err(e) => {
+                            issues.push((format!("agents.list[{i}].id"), e.to_string()));
+                            continue;
+                        }
+                    };
                     agents.push(AgentEntry {
-                        id: id.to_string(),
+                        id,
                         default: a.get("default").and_then(Value::as_bool).unwrap_or(false),
                         model: a.get("model").and_then(|m| {
                             chain(m, &format!("agents.list[{i}].model"), &mut issues)
@@ -513,10 +529,11 @@ mod tests {
             }},
             "agents": {
                 "defaults": {"model": {"primary": "anthropic/claude", "fallbacks": ["local/llama"]}, "timeoutSeconds": 60},
-                "list": [{"id": "main", "default": true}, {"id": "ops", "model": "local/llama"}],
+                "list": [{"id": "main", "default": true}, {"id": "Ops", "model": "local/llama"}],
             },
         }));
         assert!(issues.is_empty(), "{issues:?}");
+        let id = |s: &str| AgentId::normalize(s).unwrap();
         let a = &s.providers["anthropic"];
         assert_eq!(
             (a.base_url.as_str(), a.api.as_str()),
@@ -527,14 +544,29 @@ mod tests {
         assert_eq!(s.providers["local"].stall, Duration::from_secs(1));
         assert_eq!(s.run_timeout, Duration::from_secs(60));
         let c: Vec<String> = s
-            .chain("main")
+            .chain(&id("main"))
             .candidates()
             .iter()
             .map(ToString::to_string)
             .collect();
         assert_eq!(c, ["anthropic/claude", "local/llama"]);
-        assert_eq!(s.chain("ops").candidates()[0].to_string(), "local/llama");
+        assert_eq!(
+            s.chain(&id("ops")).candidates()[0].to_string(),
+            "local/llama",
+            "a listed id is normalized as every agent id is"
+        );
         assert_eq!(s.default_agent_id(), "main");
+        assert!(s.knows(&id("ops")) && s.knows(&id("main")) && !s.knows(&id("x")));
+    }
+
+    #[test]
+    fn a_listed_agent_id_that_is_a_path_is_normalized_or_refused() {
+        let (s, issues) = parse_json(json!({
+            "agents": {"list": [{"id": "../../etc", "default": true}, {"id": "///"}]},
+        }));
+        assert_eq!(s.default_agent_id(), "etc");
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].0, "agents.list[1].id");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use super::provider::{ToolCall, ToolSpec};
 use super::runs::{self, Request, Run};
 use super::settings::{AgentSettings, CommandTool};
 use crate::clock;
+use crate::ids::{AgentId, SessionKey};
 use crate::jobs::{JobCtx, ReplyTo};
 use crate::runtime::Shared;
 use serde_json::{Value, json};
@@ -96,17 +97,22 @@ fn spawn(shared: &Arc<Shared>, parent: &Run, call: &ToolCall) -> Result<String, 
     if parent.request.depth + 1 > MAX_DEPTH {
         return Err(format!("sub-agents may nest at most {MAX_DEPTH} deep"));
     }
-    let agent_id = call
-        .arguments
-        .get("agentId")
-        .and_then(Value::as_str)
-        .unwrap_or(&parent.request.agent_id)
-        .to_string();
-    let child_key = format!("agent:{agent_id}:subagent:{}", clock::Rng::from_os().uuid());
+    // The model's agentId is hostile like any other input: normalized as every agent id is.
+    let agent = match call.arguments.get("agentId") {
+        None | Some(Value::Null) => parent.request.session.agent.clone(),
+        Some(Value::String(raw)) => {
+            AgentId::normalize(raw).map_err(|e| format!("sessions_spawn: invalid agentId: {e}"))?
+        }
+        Some(_) => return Err("sessions_spawn: agentId must be a string".into()),
+    };
+    let child = SessionKey::of(
+        &agent,
+        &format!("subagent:{}", clock::Rng::from_os().uuid()),
+    );
+    let child_key = child.key.clone();
     let request = Request {
         message: task.to_string(),
-        agent_id,
-        session_key: child_key.clone(),
+        session: child,
         // The requester's origin travels with the child, through any depth.
         origin: parent.request.origin.clone(),
         parent: Some(parent.id.clone()),

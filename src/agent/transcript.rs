@@ -5,6 +5,7 @@
 //! reads (`docs/USAGE.md`).
 
 use crate::clock;
+use crate::ids::{self, AgentId, SessionKey};
 use serde_json::{Map, Value, json};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -18,7 +19,7 @@ static STORE_WRITES: Mutex<()> = Mutex::new(());
 /// Where a run writes.
 #[derive(Debug, Clone)]
 pub struct SessionFile {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub key: String,
     pub session_id: String,
     pub transcript: PathBuf,
@@ -26,26 +27,24 @@ pub struct SessionFile {
     last_id: Option<String>,
 }
 
-fn sessions_dir(state_dir: &Path, agent_id: &str) -> PathBuf {
-    crate::sessions::store::agents_dir(state_dir)
-        .join(agent_id)
-        .join("sessions")
+/// `<state>/agents/<agentId>/sessions`: an [`AgentId`] is one checked path component.
+fn sessions_dir(state_dir: &Path, agent_id: &AgentId) -> PathBuf {
+    ids::join(
+        &crate::sessions::store::agents_dir(state_dir),
+        agent_id.name(),
+    )
+    .join("sessions")
 }
 
 /// A store's `sessionId` names a file in the sessions directory: anything that is not a plain
 /// file name (a path, `..`) is refused — the store may have been written by another program.
 fn transcript_path(dir: &Path, session_id: &str) -> io::Result<PathBuf> {
-    let plain = !session_id.is_empty()
-        && session_id != "."
-        && session_id != ".."
-        && !session_id.contains(['/', '\\', '\0']);
-    if !plain {
-        return Err(io::Error::new(
+    ids::file_in(dir, session_id, ".jsonl").map_err(|e| {
+        io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("sessions.json names the session id {session_id:?}, which is not a file name"),
-        ));
-    }
-    Ok(dir.join(format!("{session_id}.jsonl")))
+            format!("sessions.json names the session id {session_id:?}, which is not a file name: it {e}"),
+        )
+    })
 }
 
 /// Reads a block at a time from the end of the file.
@@ -168,13 +167,9 @@ pub struct Origin {
 }
 
 impl SessionFile {
-    /// Opens (creating if needed) the session `key` of `agent_id`.
-    pub fn open(
-        state_dir: &Path,
-        agent_id: &str,
-        key: &str,
-        origin: &Origin,
-    ) -> io::Result<SessionFile> {
+    /// Opens (creating if needed) the session `key` in its agent's store.
+    pub fn open(state_dir: &Path, key: &SessionKey, origin: &Origin) -> io::Result<SessionFile> {
+        let (agent_id, key) = (&key.agent, key.key.as_str());
         let dir = sessions_dir(state_dir, agent_id);
         crate::state::ensure_dir(&dir)?;
         let store = dir.join("sessions.json");
@@ -211,7 +206,7 @@ impl SessionFile {
             last_id = last_message_id(&transcript);
         }
         Ok(SessionFile {
-            agent_id: agent_id.to_string(),
+            agent_id: agent_id.clone(),
             key: key.to_string(),
             session_id,
             transcript,
@@ -276,10 +271,10 @@ fn last_message_id(path: &Path) -> Option<String> {
 /// run's context), oldest first. Malformed lines are skipped.
 pub fn history(
     state_dir: &Path,
-    agent_id: &str,
-    key: &str,
+    key: &SessionKey,
     limit: usize,
 ) -> io::Result<(Option<String>, Vec<Value>)> {
+    let (agent_id, key) = (&key.agent, key.key.as_str());
     let store = sessions_dir(state_dir, agent_id).join("sessions.json");
     let Some(sid) = read_store(&store)?
         .get(key)
@@ -308,6 +303,10 @@ pub fn history(
 mod tests {
     use super::*;
 
+    fn key(k: &str) -> SessionKey {
+        SessionKey::parse(k, &AgentId::main()).unwrap()
+    }
+
     #[test]
     fn a_run_creates_its_session_and_appends_in_openclaw_format() {
         let d = tempfile::tempdir().unwrap();
@@ -316,7 +315,7 @@ mod tests {
             to: Some("42".into()),
             ..Origin::default()
         };
-        let mut s = SessionFile::open(d.path(), "main", "agent:main:main", &origin).unwrap();
+        let mut s = SessionFile::open(d.path(), &key("agent:main:main"), &origin).unwrap();
         s.append(
             json!({"role": "user", "content": [{"type": "text", "text": "hi"}], "timestamp": 1}),
         )
@@ -331,7 +330,7 @@ mod tests {
         assert_eq!((files, msgs, usage, malformed), (1, 2, 1, 0));
         // The store entry, and a second open finds the same session.
         let again =
-            SessionFile::open(d.path(), "main", "agent:main:main", &Origin::default()).unwrap();
+            SessionFile::open(d.path(), &key("agent:main:main"), &Origin::default()).unwrap();
         assert_eq!(again.session_id, s.session_id);
         let store: Value = serde_json::from_slice(
             &std::fs::read(d.path().join("agents/main/sessions/sessions.json")).unwrap(),
@@ -346,7 +345,7 @@ mod tests {
             ),
             (Some("telegram"), Some("42"), Some(5))
         );
-        let (_, h) = history(d.path(), "main", "agent:main:main", 10).unwrap();
+        let (_, h) = history(d.path(), &key("agent:main:main"), 10).unwrap();
         assert_eq!(h.len(), 2);
         assert_eq!(h[1]["content"][0]["text"], "yo");
     }
@@ -361,7 +360,7 @@ mod tests {
             r#"{"k":{"sessionId":"s1","updatedAt":1,"skillsSnapshot":{"a":1}},"other":{"x":true}}"#,
         )
         .unwrap();
-        let s = SessionFile::open(d.path(), "main", "k", &Origin::default()).unwrap();
+        let s = SessionFile::open(d.path(), &key("k"), &Origin::default()).unwrap();
         assert_eq!(s.session_id, "s1");
         s.touch(None, None, 1, 1, 2).unwrap();
         let store: Value =
@@ -421,19 +420,19 @@ mod tests {
     #[test]
     fn history_is_the_last_messages_of_a_long_transcript() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = SessionFile::open(d.path(), "main", "k", &Origin::default()).unwrap();
+        let mut s = SessionFile::open(d.path(), &key("k"), &Origin::default()).unwrap();
         for i in 0..3000 {
             s.append(json!({"role": "user", "content": [{"type": "text", "text": format!("m{i}")}], "timestamp": i}))
                 .unwrap();
         }
-        let (_, h) = history(d.path(), "main", "k", 40).unwrap();
+        let (_, h) = history(d.path(), &key("k"), 40).unwrap();
         let texts: Vec<&str> = h
             .iter()
             .map(|m| m["content"][0]["text"].as_str().unwrap())
             .collect();
         let want: Vec<String> = (2960..3000).map(|i| format!("m{i}")).collect();
         assert_eq!(texts, want);
-        let again = SessionFile::open(d.path(), "main", "k", &Origin::default()).unwrap();
+        let again = SessionFile::open(d.path(), &key("k"), &Origin::default()).unwrap();
         assert!(again.last_id.is_some());
     }
 
@@ -448,10 +447,10 @@ mod tests {
                 json!({"k": {"sessionId": bad, "updatedAt": 1}}).to_string(),
             )
             .unwrap();
-            let e = SessionFile::open(d.path(), "main", "k", &Origin::default()).unwrap_err();
+            let e = SessionFile::open(d.path(), &key("k"), &Origin::default()).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{bad}");
             assert!(e.to_string().contains("not a file name"), "{e}");
-            assert!(history(d.path(), "main", "k", 10).is_err(), "{bad}");
+            assert!(history(d.path(), &key("k"), 10).is_err(), "{bad}");
         }
         assert!(!d.path().join("escape.jsonl").exists());
     }

@@ -26,6 +26,7 @@
 //! the clock and the random source are passed in, so tests never sleep.
 
 use crate::clock::{self, Rng};
+use crate::ids;
 use crate::state;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -37,6 +38,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const ENTRY_SUFFIX: &str = ".json";
+
+fn entry_path_in(dir: &Path, id: &str) -> io::Result<PathBuf> {
+    ids::file_in(dir, id, ENTRY_SUFFIX).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("delivery: {id:?} is not a message id: it {e}"),
+        )
+    })
+}
 const CORRUPT_SUFFIX: &str = ".corrupt";
 const ARCHIVE_DIR: &str = "archive";
 
@@ -372,6 +382,11 @@ impl Queue {
             {
                 continue;
             }
+            if let Err(e) = ids::SafeName::new(id) {
+                // keel names entries by uuid; another program's file is left alone.
+                log::warn!("delivery: ignoring {}: {id:?} {e}", path.display());
+                continue;
+            }
             match read_entry(&path, id) {
                 Ok(entry) => {
                     loaded.insert(id.to_string(), entry);
@@ -478,7 +493,12 @@ impl Queue {
             retried_ms: None,
             extra: Map::new(),
         };
-        let path = self.entry_path(&entry.id);
+        let path = self
+            .entry_path(&entry.id)
+            .map_err(|source| EnqueueError::Io {
+                path: self.dir.clone(),
+                source,
+            })?;
         if let Err(source) = self.write_entry(&entry) {
             // The write fails after the rename only when the directory fsync does; the caller
             // is told the message is not queued, so the file must not stay to be sent later.
@@ -541,7 +561,7 @@ impl Queue {
             // saves a write and an fsync per message; only if it fails is `sent` written.
             let mut entry = self.entries.get(id).ok_or_else(|| not_found(id))?.clone();
             expect_state(&entry, &[State::Sending])?;
-            let removed = match fs::remove_file(self.entry_path(id)) {
+            let removed = match self.entry_path(id).and_then(fs::remove_file) {
                 Ok(()) => sync_dir(&self.dir),
                 Err(e) => Err(e),
             };
@@ -633,7 +653,7 @@ impl Queue {
         if !self.entries.contains_key(id) {
             return Err(not_found(id));
         }
-        let path = self.entry_path(id);
+        let path = self.entry_path(id)?;
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -668,14 +688,16 @@ impl Queue {
         self.entries.get(id)
     }
 
-    fn entry_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}{ENTRY_SUFFIX}"))
+    /// `<dir>/<id>.json`, through the one checked constructor: an id that came from outside
+    /// (`delivery.retry {id}`) or from a file name can never name a path outside the queue.
+    fn entry_path(&self, id: &str) -> io::Result<PathBuf> {
+        entry_path_in(&self.dir, id)
     }
 
     fn new_id(&mut self) -> String {
         loop {
             let id = self.ids.uuid();
-            if !self.entries.contains_key(&id) && !self.entry_path(&id).exists() {
+            if !self.entries.contains_key(&id) && !self.entry_path(&id).is_ok_and(|p| p.exists()) {
                 return id;
             }
         }
@@ -690,15 +712,16 @@ impl Queue {
     ) -> io::Result<Entry> {
         let mut entry = self.entries.get(id).ok_or_else(|| not_found(id))?.clone();
         change(&mut entry)?;
+        let path = self.entry_path(id)?;
         self.write_entry(&entry)
-            .map_err(|e| with_path(e, "write", &self.entry_path(id)))?;
+            .map_err(|e| with_path(e, "write", &path))?;
         self.entries.insert(entry.id.clone(), entry.clone());
         Ok(entry)
     }
 
     fn write_entry(&self, entry: &Entry) -> io::Result<()> {
         let bytes = encode_entry(entry)?;
-        let path = self.entry_path(&entry.id);
+        let path = self.entry_path(&entry.id)?;
         if self.fail_writes {
             return state::write_atomic_with(&path, |f| {
                 f.write_all(&bytes[..bytes.len() / 2])?;
@@ -713,11 +736,11 @@ impl Queue {
 
     /// Removes (or archives) the file of an entry already recorded as sent.
     fn finish_sent(&self, id: &str) -> io::Result<()> {
-        let path = self.entry_path(id);
+        let path = self.entry_path(id)?;
         if self.keep_sent {
             let archive = self.dir.join(ARCHIVE_DIR);
             state::ensure_dir(&archive)?;
-            fs::rename(&path, archive.join(format!("{id}{ENTRY_SUFFIX}")))?;
+            fs::rename(&path, entry_path_in(&archive, id)?)?;
             sync_dir(&archive)?;
         } else {
             match fs::remove_file(&path) {

@@ -2,6 +2,7 @@
 //! clear `INVALID_REQUEST` naming the field.
 
 use crate::error::RpcError;
+use crate::ids::{AgentId, SessionKey};
 use serde_json::Value;
 
 /// An optional string param.
@@ -32,6 +33,41 @@ pub fn required(p: &Value, key: &str) -> Result<String, RpcError> {
 /// An address param that must be given.
 pub fn required_address(p: &Value, key: &str) -> Result<String, RpcError> {
     address(p, key)?.ok_or_else(|| missing(key))
+}
+
+/// An optional agent id param, normalized as OpenClaw does (`ids::AgentId`); one that
+/// normalizes to nothing is refused naming the field.
+pub fn agent_id(p: &Value, key: &str) -> Result<Option<AgentId>, RpcError> {
+    string(p, key)?
+        .map(|raw| {
+            AgentId::normalize(&raw)
+                .map_err(|e| RpcError::invalid(format!("invalid params: {key}: {e}")))
+        })
+        .transpose()
+}
+
+/// An optional session key param (`ids::SessionKey`): its agent part normalized, a key that
+/// names no agent given to `default_agent`, a malformed `agent:` key refused naming the field.
+pub fn session_key(
+    p: &Value,
+    key: &str,
+    default_agent: &AgentId,
+) -> Result<Option<SessionKey>, RpcError> {
+    string(p, key)?
+        .map(|raw| {
+            SessionKey::parse(&raw, default_agent)
+                .map_err(|e| RpcError::invalid(format!("invalid params: {key} {e}")))
+        })
+        .transpose()
+}
+
+/// A session key param that must be given.
+pub fn required_session_key(
+    p: &Value,
+    key: &str,
+    default_agent: &AgentId,
+) -> Result<SessionKey, RpcError> {
+    session_key(p, key, default_agent)?.ok_or_else(|| missing(key))
 }
 
 fn not_a_string(key: &str) -> RpcError {
@@ -70,5 +106,27 @@ mod tests {
                 .contains("e is required")
         );
         assert_eq!(required_address(&p, "n").unwrap(), "42");
+    }
+
+    #[test]
+    fn agent_ids_and_session_keys_are_checked_naming_the_field() {
+        let main = AgentId::main();
+        let p =
+            json!({"a": "/tmp/X", "bad": "///", "k": "agent:../../x:s", "m": "agent:x", "n": 3});
+        assert_eq!(agent_id(&p, "a").unwrap().unwrap(), "tmp-x");
+        let e = agent_id(&p, "bad").unwrap_err();
+        assert_eq!(e.code, crate::error::Code::InvalidRequest);
+        assert!(
+            e.message.contains("agentId") || e.message.contains("bad"),
+            "{}",
+            e.message
+        );
+        assert_eq!(agent_id(&p, "missing").unwrap(), None);
+        assert!(agent_id(&p, "n").is_err());
+        let k = required_session_key(&p, "k", &main).unwrap();
+        assert_eq!((k.key.as_str(), k.agent.as_str()), ("agent:x:s", "x"));
+        let e = required_session_key(&p, "m", &main).unwrap_err();
+        assert!(e.message.contains("invalid params: m "), "{}", e.message);
+        assert!(required_session_key(&p, "missing", &main).is_err());
     }
 }

@@ -149,6 +149,11 @@ impl Range {
     }
 }
 
+/// The `agentId` filter, normalized as agent ids are (`Main` finds `main`).
+fn agent_filter(p: &Value) -> Result<Option<String>, RpcError> {
+    Ok(crate::protocol::params::agent_id(p, "agentId")?.map(|a| a.as_str().to_string()))
+}
+
 fn opt_str<'a>(p: &'a Value, key: &str) -> Result<Option<&'a str>, RpcError> {
     match p.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -831,14 +836,14 @@ fn to_payload<T: Serialize>(v: &T) -> Result<Payload, RpcError> {
 pub fn sessions_usage(cx: &Ctx<'_>, p: &Value) -> Result<(Payload, Summary), RpcError> {
     let range = parse_range(p, cx.now_ms, 30)?;
     let key = opt_str(p, "key")?;
-    let agent_id = opt_str(p, "agentId")?;
+    let agent_id = agent_filter(p)?;
     let scope = opt_str(p, "agentScope")?;
     if scope.is_some_and(|s| s == "all") && (agent_id.is_some() || key.is_some()) {
         return Err(RpcError::invalid(
             "agentScope=all cannot be combined with key or agentId",
         ));
     }
-    let agent = agent_id.or(scope.filter(|s| *s != "all"));
+    let agent = agent_id.as_deref().or(scope.filter(|s| *s != "all"));
     let limit = opt_u64(p, "limit", 10_000)?.unwrap_or(50) as usize;
     let cursor = match opt_str(p, "cursor")? {
         None => 0,
@@ -1086,7 +1091,8 @@ struct CostAnswer<'a> {
 /// `usage.cost`: one row per day of the range (days without usage included), and totals.
 pub fn usage_cost(cx: &Ctx<'_>, p: &Value) -> Result<(Payload, Summary), RpcError> {
     let range = parse_range(p, cx.now_ms, 30)?;
-    let agent = opt_str(p, "agentId")?;
+    let agent = agent_filter(p)?;
+    let agent = agent.as_deref();
     let prices = prices_by_model(cx.index, cx.prices);
     let mut days = vec![Totals::default(); range.days() as usize];
     for f in cx.index.files.values() {
@@ -1137,7 +1143,8 @@ pub fn sessions_list(
 ) -> Result<Value, RpcError> {
     let limit = opt_u64(p, "limit", 100_000)?.unwrap_or(50) as usize;
     let active = opt_u64(p, "activeMinutes", 10_000_000)?;
-    let agent = opt_str(p, "agentId")?;
+    let agent = agent_filter(p)?;
+    let agent = agent.as_deref();
     let search = opt_str(p, "search")?.map(str::to_lowercase);
     let label = opt_str(p, "label")?;
     let mut rows: Vec<(&str, &SessionEntry)> = Vec::new();
