@@ -1,16 +1,152 @@
-//! Authentication: constant-time comparison of the shared secret, and a per-IP failure limit
-//! (20 failures in 60 s, then refuse until the window slides) shared by HTTP and WebSocket.
-//! The limiter is owned by the reactor thread, so it needs no lock; its size is bounded.
+//! Authentication: constant-time comparison of the shared secrets, who the client is (its
+//! own address, or the one a trusted proxy forwards), and a failure limiter per client and
+//! per credential scope.
+//!
+//! Rules (each one a defect that was reproduced before it was a rule):
+//! - A correct secret always authenticates. It is verified first, in constant time; the
+//!   limiter only refuses failures — a wrong secret from a client past its limit gets 429
+//!   instead of 401 — so a stranger who shares an address with the operator (everyone behind
+//!   one TLS proxy) cannot lock the operator out.
+//! - The gateway secret and the hooks token have separate buckets: webhook senders failing
+//!   cannot lock out the dashboard or the CLI, nor the other way round.
+//! - A client on this machine (a loopback peer carrying no forwarding header) is exempt unless
+//!   `gateway.auth.rateLimit.exemptLoopback` is false: the local CLI cannot be locked out.
+//! - `X-Forwarded-For` is believed only from a peer in `gateway.trustedProxies`: the client is
+//!   the right-most address in the chain that is not itself a trusted proxy. Anyone else's
+//!   forwarding headers are ignored for attribution, and disqualify a loopback peer from the
+//!   exemption (a same-host proxy that is not configured would otherwise make every stranger
+//!   look local).
+//! - Missing credentials are not counted (they guess nothing); successful ones do not reset a
+//!   bucket (they need not: they pass anyway).
+//!
+//! The limiters are owned by the reactor thread, so they need no lock; their size is bounded.
 
 use crate::config::{Auth, AuthMode};
+use ipnet::IpNet;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-pub const MAX_FAILURES: usize = 20;
-pub const WINDOW: Duration = Duration::from_secs(60);
-/// Peers tracked at once; past this the oldest-failing peer is forgotten.
+/// Peers tracked at once per bucket; past this the oldest-failing peer is forgotten.
 const MAX_PEERS: usize = 10_000;
+
+/// A limiter's thresholds: `max_attempts` failures within `window` lock the client out for
+/// `lockout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_attempts: usize,
+    pub window: Duration,
+    pub lockout: Duration,
+}
+
+/// `gateway.auth.rateLimit`: OpenClaw's keys and defaults (10 failures a minute, then five
+/// minutes out; loopback exempt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub gateway: Limits,
+    pub exempt_loopback: bool,
+}
+
+impl Default for RateLimit {
+    fn default() -> RateLimit {
+        RateLimit {
+            gateway: Limits {
+                max_attempts: 10,
+                window: Duration::from_secs(60),
+                lockout: Duration::from_secs(300),
+            },
+            exempt_loopback: true,
+        }
+    }
+}
+
+/// The hooks token's limits, fixed as OpenClaw's are: 20 failures a minute, then a minute out.
+pub const HOOK_LIMITS: Limits = Limits {
+    max_attempts: 20,
+    window: Duration::from_secs(60),
+    lockout: Duration::from_secs(60),
+};
+
+/// Which secret was presented: each has its own bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The gateway token or password (`/api/rpc`, `/metrics`, WebSocket `connect`).
+    Gateway,
+    /// `hooks.token`.
+    Hooks,
+}
+
+/// The forwarding headers of a request, as the reactor read them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forwarding {
+    /// Every `X-Forwarded-For` value, joined with `,` in the order received.
+    pub x_forwarded_for: Option<String>,
+    /// Any header a proxy adds: `Forwarded`, `X-Real-IP`, `X-Forwarded-*`.
+    pub proxied: bool,
+}
+
+/// Who a request is from, for the failure limiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    /// The address failures are counted against.
+    pub ip: IpAddr,
+    /// On this machine: a loopback peer with no forwarding header.
+    pub local: bool,
+    /// Forwarding headers came from a peer not in `gateway.trustedProxies` (so were ignored).
+    pub untrusted_forwarding: bool,
+}
+
+fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
+    proxies.iter().any(|n| n.contains(&ip))
+}
+
+/// One `X-Forwarded-For` element: an address, possibly `[v6]`.
+fn forwarded_ip(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    let s = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
+    s.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
+/// Resolves the client of a request from its peer address and forwarding headers.
+pub fn client(peer: IpAddr, fwd: &Forwarding, proxies: &[IpNet]) -> Client {
+    let peer = peer.to_canonical();
+    let direct = Client {
+        ip: peer,
+        local: peer.is_loopback() && !fwd.proxied,
+        untrusted_forwarding: false,
+    };
+    if !trusted(peer, proxies) {
+        return Client {
+            untrusted_forwarding: fwd.proxied,
+            ..direct
+        };
+    }
+    let Some(chain) = fwd.x_forwarded_for.as_deref() else {
+        return direct;
+    };
+    // From the proxy nearest keel outwards: the first hop that is not a trusted proxy is the
+    // client. A hop that is not an address ends the walk at the last one that was.
+    let mut ip = peer;
+    for hop in chain.rsplit(',') {
+        match forwarded_ip(hop) {
+            Some(h) if trusted(h, proxies) => ip = h,
+            Some(h) => {
+                ip = h;
+                break;
+            }
+            None => break,
+        }
+    }
+    Client {
+        ip,
+        // Whatever the chain says, the request came through a proxy.
+        local: false,
+        untrusted_forwarding: false,
+    }
+}
 
 /// Compares two secrets in time that depends only on their lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -82,59 +218,144 @@ pub fn verify(auth: &Auth, presented: Presented<'_>) -> Result<(), Failure> {
     }
 }
 
-/// Failures per peer IP in a sliding window.
-#[derive(Default)]
+#[derive(Debug, Default)]
+struct Peer {
+    failures: VecDeque<Instant>,
+    locked_until: Option<Instant>,
+}
+
+impl Peer {
+    fn last(&self) -> Option<Instant> {
+        self.failures.back().copied().max(self.locked_until)
+    }
+}
+
+/// Failures per client address in a sliding window, with a lockout once they reach the limit.
+#[derive(Debug, Default)]
 pub struct FailureLimiter {
-    peers: HashMap<IpAddr, VecDeque<Instant>>,
+    peers: HashMap<IpAddr, Peer>,
 }
 
 impl FailureLimiter {
-    /// `Some(retry_after)` if `ip` has used up its failures.
-    pub fn blocked(&mut self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        let q = self.peers.get_mut(&ip)?;
-        while q.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
-            q.pop_front();
+    /// `Some(retry_after)` while `ip` is locked out.
+    pub fn locked(&mut self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let p = self.peers.get_mut(&ip)?;
+        match p.locked_until {
+            Some(t) if now < t => Some(t - now),
+            Some(_) => {
+                // The lockout is over: the client starts afresh.
+                self.peers.remove(&ip);
+                None
+            }
+            None => None,
         }
-        if q.is_empty() {
-            self.peers.remove(&ip);
-            return None;
-        }
-        if q.len() >= MAX_FAILURES {
-            let oldest = *q.front()?;
-            return Some(WINDOW.saturating_sub(now.duration_since(oldest)));
-        }
-        None
     }
 
-    pub fn record_failure(&mut self, ip: IpAddr, now: Instant) {
+    /// Counts a failure; reaching the limit starts the lockout.
+    pub fn record_failure(&mut self, ip: IpAddr, now: Instant, limits: &Limits) {
         if self.peers.len() >= MAX_PEERS && !self.peers.contains_key(&ip) {
-            self.prune(now);
+            self.prune(now, limits.window);
             if self.peers.len() >= MAX_PEERS {
                 let oldest = self
                     .peers
                     .iter()
-                    .min_by_key(|(_, q)| q.back().copied())
+                    .min_by_key(|(_, p)| p.last())
                     .map(|(ip, _)| *ip);
                 if let Some(o) = oldest {
                     self.peers.remove(&o);
                 }
             }
         }
-        let q = self.peers.entry(ip).or_default();
-        q.push_back(now);
-        while q.len() > MAX_FAILURES {
-            q.pop_front();
+        let p = self.peers.entry(ip).or_default();
+        while p
+            .failures
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= limits.window)
+        {
+            p.failures.pop_front();
+        }
+        p.failures.push_back(now);
+        while p.failures.len() > limits.max_attempts {
+            p.failures.pop_front();
+        }
+        if p.failures.len() >= limits.max_attempts {
+            p.locked_until = Some(now + limits.lockout);
         }
     }
 
-    /// Forgets windows that have fully expired.
-    pub fn prune(&mut self, now: Instant) {
-        self.peers
-            .retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < WINDOW));
+    /// Forgets peers whose failures have left the window and whose lockout is over.
+    pub fn prune(&mut self, now: Instant, window: Duration) {
+        self.peers.retain(|_, p| {
+            p.locked_until.is_some_and(|t| now < t)
+                || p.failures
+                    .back()
+                    .is_some_and(|t| now.saturating_duration_since(*t) < window)
+        });
     }
 
     pub fn tracked(&self) -> usize {
         self.peers.len()
+    }
+}
+
+/// One limiter per [`Scope`].
+#[derive(Debug, Default)]
+pub struct Limiters {
+    gateway: FailureLimiter,
+    hooks: FailureLimiter,
+    warned_untrusted: Option<Instant>,
+}
+
+/// How often the warning about forwarding headers from an untrusted peer is repeated.
+const WARN_EVERY: Duration = Duration::from_secs(600);
+
+impl Limiters {
+    /// Whether to log (again) that forwarding headers came from a peer not trusted as a proxy.
+    pub fn warn_untrusted(&mut self, now: Instant) -> bool {
+        let due = self
+            .warned_untrusted
+            .is_none_or(|t| now.saturating_duration_since(t) >= WARN_EVERY);
+        if due {
+            self.warned_untrusted = Some(now);
+        }
+        due
+    }
+
+    /// A failed authentication of `client` for `scope`: `Some(retry_after)` when it must be
+    /// refused as rate-limited (429), `None` for a plain 401. `counted` is false for missing
+    /// credentials. A local client is exempt unless the config says otherwise.
+    pub fn failure(
+        &mut self,
+        scope: Scope,
+        client: &Client,
+        counted: bool,
+        cfg: &RateLimit,
+        now: Instant,
+    ) -> Option<Duration> {
+        if client.local && cfg.exempt_loopback {
+            return None;
+        }
+        let (bucket, limits) = match scope {
+            Scope::Gateway => (&mut self.gateway, cfg.gateway),
+            Scope::Hooks => (&mut self.hooks, HOOK_LIMITS),
+        };
+        if let Some(wait) = bucket.locked(client.ip, now) {
+            return Some(wait.max(Duration::from_millis(1)));
+        }
+        if counted {
+            bucket.record_failure(client.ip, now, &limits);
+        }
+        None
+    }
+
+    pub fn prune(&mut self, now: Instant, cfg: &RateLimit) {
+        self.gateway.prune(now, cfg.gateway.window);
+        self.hooks.prune(now, HOOK_LIMITS.window);
+    }
+
+    /// Clients tracked in either bucket.
+    pub fn tracked(&self) -> usize {
+        self.gateway.tracked() + self.hooks.tracked()
     }
 }
 
@@ -189,26 +410,144 @@ mod tests {
         );
     }
 
-    #[test]
-    fn limiter_blocks_after_twenty_and_slides() {
-        let mut l = FailureLimiter::default();
-        let ip: IpAddr = "127.0.0.9".parse().unwrap();
-        let t0 = Instant::now();
-        for i in 0..MAX_FAILURES {
-            assert!(l.blocked(ip, t0).is_none(), "failure {i}");
-            l.record_failure(ip, t0 + Duration::from_millis(i as u64));
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn remote(s: &str) -> Client {
+        Client {
+            ip: ip(s),
+            local: false,
+            untrusted_forwarding: false,
         }
-        let wait = l.blocked(ip, t0 + Duration::from_secs(1)).unwrap();
-        assert_eq!(wait, Duration::from_secs(59));
-        assert!(
-            l.blocked("127.0.0.10".parse().unwrap(), t0).is_none(),
-            "per IP"
+    }
+
+    #[test]
+    fn a_client_is_locked_out_after_its_limit_and_lets_go_after_the_lockout() {
+        let cfg = RateLimit::default();
+        let mut l = Limiters::default();
+        let c = remote("203.0.113.9");
+        let t0 = Instant::now();
+        for i in 0..cfg.gateway.max_attempts {
+            let at = t0 + Duration::from_millis(i as u64);
+            assert_eq!(l.failure(Scope::Gateway, &c, true, &cfg, at), None, "{i}");
+        }
+        let wait = l
+            .failure(Scope::Gateway, &c, true, &cfg, t0 + Duration::from_secs(1))
+            .unwrap();
+        assert!(wait > Duration::from_secs(290) && wait <= cfg.gateway.lockout);
+        // Other clients and the other scope are untouched.
+        assert_eq!(
+            l.failure(Scope::Gateway, &remote("203.0.113.10"), true, &cfg, t0),
+            None
         );
-        assert!(
-            l.blocked(ip, t0 + WINDOW + Duration::from_millis(1))
-                .is_none()
-        );
-        l.prune(t0 + WINDOW * 2);
+        assert_eq!(l.failure(Scope::Hooks, &c, true, &cfg, t0), None);
+        // After the lockout the client starts afresh.
+        let later = t0 + cfg.gateway.lockout + Duration::from_secs(1);
+        assert_eq!(l.failure(Scope::Gateway, &c, true, &cfg, later), None);
+        l.prune(later + cfg.gateway.window, &cfg);
         assert_eq!(l.tracked(), 0);
+    }
+
+    #[test]
+    fn failures_spread_wider_than_the_window_never_lock() {
+        let cfg = RateLimit::default();
+        let mut l = Limiters::default();
+        let c = remote("203.0.113.9");
+        let t0 = Instant::now();
+        for i in 0..100u64 {
+            let at = t0 + Duration::from_secs(7 * i);
+            assert_eq!(l.failure(Scope::Gateway, &c, true, &cfg, at), None, "{i}");
+        }
+    }
+
+    #[test]
+    fn local_clients_are_exempt_unless_configured_and_missing_secrets_do_not_count() {
+        let mut cfg = RateLimit::default();
+        let mut l = Limiters::default();
+        let local = Client {
+            ip: ip("127.0.0.1"),
+            local: true,
+            untrusted_forwarding: false,
+        };
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            assert_eq!(l.failure(Scope::Gateway, &local, true, &cfg, t0), None);
+        }
+        assert_eq!(l.tracked(), 0);
+        cfg.exempt_loopback = false;
+        let stranger = remote("198.51.100.1");
+        for _ in 0..100 {
+            assert_eq!(l.failure(Scope::Hooks, &stranger, false, &cfg, t0), None);
+        }
+        for _ in 0..HOOK_LIMITS.max_attempts {
+            assert_eq!(l.failure(Scope::Hooks, &local, true, &cfg, t0), None);
+        }
+        assert!(l.failure(Scope::Hooks, &local, true, &cfg, t0).is_some());
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxies: Vec<IpNet> = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        let fwd = |xff: Option<&str>, proxied: bool| Forwarding {
+            x_forwarded_for: xff.map(String::from),
+            proxied,
+        };
+        let xff = |chain: &str| fwd(Some(chain), true);
+        // Not a trusted proxy: the peer, whatever it claims.
+        let c = client(ip("192.0.2.7"), &xff("203.0.113.5"), &proxies);
+        assert_eq!(
+            (c.ip, c.local, c.untrusted_forwarding),
+            (ip("192.0.2.7"), false, true)
+        );
+        // A loopback peer with forwarding headers is not local.
+        let c = client(ip("127.0.0.2"), &xff("203.0.113.5"), &proxies);
+        assert_eq!((c.ip, c.local), (ip("127.0.0.2"), false));
+        let c = client(ip("127.0.0.2"), &fwd(None, false), &proxies);
+        assert!(c.local);
+        // Trusted: the right-most hop that is not a trusted proxy.
+        let c = client(ip("127.0.0.1"), &xff("203.0.113.5"), &proxies);
+        assert_eq!((c.ip, c.local), (ip("203.0.113.5"), false));
+        let c = client(
+            ip("127.0.0.1"),
+            &xff("198.51.100.66, 203.0.113.5, 10.1.2.3"),
+            &proxies,
+        );
+        assert_eq!(c.ip, ip("203.0.113.5"), "a spoofed left part is ignored");
+        let c = client(ip("127.0.0.1"), &xff("[2001:db8::1]"), &proxies);
+        assert_eq!(c.ip, ip("2001:db8::1"));
+        let c = client(ip("127.0.0.1"), &xff("garbage, 10.9.9.9"), &proxies);
+        assert_eq!(
+            (c.ip, c.local),
+            (ip("10.9.9.9"), false),
+            "stops at a bad hop"
+        );
+        let c = client(ip("127.0.0.1"), &fwd(None, false), &proxies);
+        assert_eq!(
+            (c.ip, c.local),
+            (ip("127.0.0.1"), true),
+            "the proxy's own probes"
+        );
+        let c = client(ip("::ffff:127.0.0.1"), &xff("203.0.113.5"), &proxies);
+        assert_eq!(
+            c.ip,
+            ip("203.0.113.5"),
+            "an IPv4-mapped peer is its IPv4 address"
+        );
+    }
+
+    #[test]
+    fn the_limiter_stays_bounded() {
+        let cfg = RateLimit::default();
+        let mut l = Limiters::default();
+        let t0 = Instant::now();
+        for i in 0..(MAX_PEERS as u32 + 500) {
+            let c = remote(&std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string());
+            l.failure(Scope::Gateway, &c, true, &cfg, t0);
+        }
+        assert!(l.tracked() <= MAX_PEERS);
     }
 }

@@ -164,6 +164,10 @@ pub struct Config {
     pub port: u16,
     pub bind: IpAddr,
     pub auth: Auth,
+    /// `gateway.auth.rateLimit`: the failed-authentication limiter.
+    pub rate_limit: crate::auth::RateLimit,
+    /// `gateway.trustedProxies`: proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub drain_timeout: Duration,
     pub drain_grace: Duration,
     pub handshake_timeout: Duration,
@@ -198,6 +202,8 @@ impl Default for Config {
                 token: None,
                 password: None,
             },
+            rate_limit: crate::auth::RateLimit::default(),
+            trusted_proxies: Vec::new(),
             drain_timeout: Duration::from_millis(30_000),
             drain_grace: Duration::from_millis(5_000),
             handshake_timeout: Duration::from_millis(15_000),
@@ -351,7 +357,6 @@ const GATEWAY_UNSUPPORTED: &[&str] = &[
     "tls",
     "http",
     "nodes",
-    "trustedProxies",
 ];
 
 /// Validates config text. Never fails: everything wrong is in [`Validated::problems`].
@@ -475,6 +480,7 @@ impl Validator {
             "queues",
             "pressure",
             "limits",
+            "trustedProxies",
         ];
         self.warn_keys(g, "gateway", KNOWN, GATEWAY_UNSUPPORTED);
 
@@ -562,6 +568,76 @@ impl Validator {
         }
         self.pressure(g);
         self.limits(g);
+        if let Some(t) = g.get("trustedProxies") {
+            self.trusted_proxies(t);
+        }
+    }
+
+    /// `gateway.trustedProxies`: addresses or CIDR ranges. One bad entry drops the list (no
+    /// proxy trusted: every client behind one shares its limit, the safe side) and says why.
+    fn trusted_proxies(&mut self, t: &Value) {
+        let parse = |v: &Value| -> Result<ipnet::IpNet, String> {
+            let s = v
+                .as_str()
+                .ok_or_else(|| format!("expected a string, got {}", json_kind(v)))?
+                .trim();
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| format!("{s:?} is not an IP address or a CIDR range"))
+        };
+        let Value::Array(list) = t else {
+            return self.disable(
+                "gateway.trustedProxies",
+                format!("expected an array of addresses, got {}", json_kind(t)),
+            );
+        };
+        let mut nets = Vec::new();
+        for (i, v) in list.iter().enumerate() {
+            match parse(v) {
+                Ok(n) => nets.push(n),
+                Err(msg) => {
+                    return self.disable(
+                        &format!("gateway.trustedProxies[{i}]"),
+                        format!("{msg}; no proxy is trusted"),
+                    );
+                }
+            }
+        }
+        self.config.trusted_proxies = nets;
+    }
+
+    /// `gateway.auth.rateLimit {maxAttempts, windowMs, lockoutMs, exemptLoopback}`; a bad
+    /// value keeps its default.
+    fn rate_limit(&mut self, a: &Map<String, Value>) {
+        let Some(r) = self.section(
+            a,
+            "gateway.auth.rateLimit",
+            "rateLimit",
+            &["maxAttempts", "windowMs", "lockoutMs", "exemptLoopback"],
+        ) else {
+            return;
+        };
+        let mut rl = self.config.rate_limit;
+        let path = |k: &str| format!("gateway.auth.rateLimit.{k}");
+        if let Some(n) = self.count(&r, &path("maxAttempts"), "maxAttempts", 1, 100_000) {
+            rl.gateway.max_attempts = n;
+        }
+        if let Some(n) = self.count(&r, &path("windowMs"), "windowMs", 1_000, 86_400_000) {
+            rl.gateway.window = Duration::from_millis(n as u64);
+        }
+        if let Some(n) = self.count(&r, &path("lockoutMs"), "lockoutMs", 0, 86_400_000) {
+            rl.gateway.lockout = Duration::from_millis(n as u64);
+        }
+        match r.get("exemptLoopback") {
+            None => {}
+            Some(Value::Bool(b)) => rl.exempt_loopback = *b,
+            Some(v) => self.disable(
+                &path("exemptLoopback"),
+                format!("expected true or false, got {}", json_kind(v)),
+            ),
+        }
+        self.config.rate_limit = rl;
     }
 
     fn pressure(&mut self, g: &Map<String, Value>) {
@@ -740,9 +816,10 @@ impl Validator {
         self.warn_keys(
             a,
             "gateway.auth",
-            &["mode", "token", "password"],
-            &["allowTailscale", "rateLimit", "trustedProxy"],
+            &["mode", "token", "password", "rateLimit"],
+            &["allowTailscale", "trustedProxy"],
         );
+        self.rate_limit(a);
         let secret = |v: &mut Validator, key: &str| -> Option<String> {
             match a.get(key)? {
                 Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
@@ -1212,6 +1289,54 @@ mod tests {
             );
             assert!(!v.is_fatal(), "the gateway itself starts");
         }
+    }
+
+    #[test]
+    fn trusted_proxies_and_the_rate_limit() {
+        let v = parse(
+            r#"{"gateway":{"trustedProxies":["127.0.0.1","10.0.0.0/8","::1","192.168.1.7/24"],
+                "auth":{"rateLimit":{"maxAttempts":3,"windowMs":2000,"lockoutMs":0,"exemptLoopback":false}}}}"#,
+            None,
+        );
+        assert_clean(&v);
+        let shown: Vec<String> = v
+            .config
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            ["127.0.0.1/32", "10.0.0.0/8", "::1/128", "192.168.1.0/24"]
+        );
+        let rl = v.config.rate_limit;
+        assert_eq!(
+            (
+                rl.gateway.max_attempts,
+                rl.gateway.window,
+                rl.gateway.lockout,
+                rl.exempt_loopback
+            ),
+            (3, Duration::from_secs(2), Duration::ZERO, false)
+        );
+        // Defaults: OpenClaw's.
+        let d = parse("{}", None).config;
+        assert!(d.trusted_proxies.is_empty());
+        assert_eq!(d.rate_limit, crate::auth::RateLimit::default());
+        // A bad proxy entry trusts none, and says which.
+        let v = parse(
+            r#"{"gateway":{"trustedProxies":["10.0.0.1","proxy.lan"]}}"#,
+            None,
+        );
+        assert!(v.config.trusted_proxies.is_empty());
+        assert_eq!(v.problems[0].path, "gateway.trustedProxies[1]");
+        assert!(!v.is_fatal());
+        let v = parse(
+            r#"{"gateway":{"auth":{"rateLimit":{"exemptLoopback":"no","maxAttempts":0}}}}"#,
+            None,
+        );
+        assert_eq!(v.config.rate_limit, crate::auth::RateLimit::default());
+        assert_eq!(v.problems.len(), 2, "{:?}", v.problems);
     }
 
     #[test]

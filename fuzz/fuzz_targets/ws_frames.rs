@@ -6,7 +6,7 @@
 //! `FUZZ_SHOW=1 fuzz/target/*/release/ws_frames FILE` prints what the gateway answered.
 #![no_main]
 
-use keel::auth::FailureLimiter;
+use keel::auth::{Client, Limiters};
 use keel::clock::Rng;
 use keel::reactor::ws::WsConn;
 use keel::reactor::{Cx, Outcome};
@@ -29,11 +29,17 @@ fuzz_target!(|input: &[u8]| {
     let socket = MemSocket::new(&pieces, flags & 1 != 0);
     let config = shared.config();
     let mut rng = Rng::new(7);
-    let mut limiter = FailureLimiter::default();
-    let peer = "127.0.0.1:9".parse().unwrap();
+    let mut limiters = Limiters::default();
+    let peer: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
     let now = Instant::now();
-    let mut cx = Cx::new(shared, now, 0, 1, peer, &mut rng, &mut limiter, &config);
-    let mut conn = WsConn::start(socket, leftover, &mut cx);
+    let mut cx = Cx::new(shared, now, 0, 1, peer, &mut rng, &mut limiters, &config);
+    // Bit 2: the client is remote, so its failed `connect`s meet the limiter.
+    let client = Client {
+        ip: peer.ip(),
+        local: flags & 4 == 0,
+        untrusted_forwarding: false,
+    };
+    let mut conn = WsConn::start(socket, leftover, client, &mut cx);
     let n_pieces = pieces.len();
     let (mut rounds, mut waits) = (0usize, 0usize);
     loop {

@@ -20,6 +20,7 @@
 //! input would send a reset that can destroy the answer in flight.
 
 use super::{Cx, Outcome, hook_route, io_would_block};
+use crate::auth::{Client, Forwarding, Scope};
 use crate::error::{Code, RpcError};
 use crate::jobs::ReplyTo;
 use crate::protocol::{self, methods};
@@ -56,6 +57,8 @@ enum Phase {
 /// What the reactor must do to complete a WebSocket upgrade once the 101 is written.
 pub struct Upgrade {
     pub leftover: Vec<u8>,
+    /// Who the upgrade request came from: the WebSocket's `connect` is counted against it.
+    pub client: Client,
 }
 
 pub struct HttpConn {
@@ -76,6 +79,8 @@ pub struct HttpConn {
     /// Keep-alive of the request being answered.
     keep_alive: bool,
     head_only: bool,
+    /// The client of the upgrade request, once a 101 is owed.
+    upgrade_client: Option<Client>,
 }
 
 /// The parts of a request head keel uses, copied out of the read buffer.
@@ -92,6 +97,9 @@ pub struct Head {
     pub upgrade_ws: bool,
     pub ws_key: Option<String>,
     pub ws_version: Option<String>,
+    /// `X-Forwarded-For` and whether any proxy header is there (`auth::client` decides
+    /// whether to believe them).
+    pub forwarding: Forwarding,
 }
 
 enum Parsed {
@@ -128,6 +136,7 @@ fn parse_head(buf: &[u8]) -> Parsed {
         upgrade_ws: false,
         ws_key: None,
         ws_version: None,
+        forwarding: Forwarding::default(),
     };
     let mut seen_length = false;
     for hd in req.headers.iter() {
@@ -162,6 +171,17 @@ fn parse_head(buf: &[u8]) -> Parsed {
             h.ws_key = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             h.ws_version = Some(value.to_string());
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            let xff = h.forwarding.x_forwarded_for.get_or_insert_with(String::new);
+            if !xff.is_empty() {
+                xff.push(',');
+            }
+            xff.push_str(value);
+        }
+        let lower = name.to_ascii_lowercase();
+        if lower == "forwarded" || lower == "x-real-ip" || lower.starts_with("x-forwarded-") {
+            h.forwarding.proxied = true;
         }
     }
     Parsed::Request(h, len)
@@ -295,15 +315,23 @@ impl HttpConn {
             body_end: 0,
             keep_alive: true,
             head_only: false,
+            upgrade_client: None,
         }
     }
 
     /// Takes the bytes that arrived after the upgrade request: the client's first frames.
-    pub fn into_upgrade(self) -> (TcpStream, Upgrade) {
+    /// `peer` is the client when no upgrade was owed (the connection is being dropped).
+    pub fn into_upgrade(self, peer: std::net::SocketAddr) -> (TcpStream, Upgrade) {
+        let client = self.upgrade_client.unwrap_or(Client {
+            ip: peer.ip(),
+            local: false,
+            untrusted_forwarding: false,
+        });
         (
             self.stream,
             Upgrade {
                 leftover: self.input.into_bytes(),
+                client,
             },
         )
     }
@@ -711,7 +739,8 @@ impl HttpConn {
     }
 
     /// The checks of a hook request that need only its head: no token in the URL, POST, the
-    /// per-IP failure limit, the token. Answers itself and returns false to refuse.
+    /// token (then, for a wrong one, the hooks bucket of the failure limit). Answers itself and
+    /// returns false to refuse.
     fn hook_precheck(&mut self, cx: &mut Cx<'_>, head: &Head) -> bool {
         let Some(hooks) = cx.config().hooks.clone() else {
             return false;
@@ -739,7 +768,19 @@ impl HttpConn {
             self.method_not_allowed(cx, "POST");
             return false;
         }
-        if let Some(wait) = cx.limiter_blocked() {
+        let presented = head
+            .hook_token
+            .as_deref()
+            .map(str::trim)
+            .or_else(|| head.authorization.as_deref().and_then(super::bearer));
+        // The right token always passes; the limiter only ever answers a wrong one.
+        if presented
+            .is_some_and(|t| crate::auth::constant_time_eq(t.as_bytes(), hooks.token.as_bytes()))
+        {
+            return true;
+        }
+        let client = cx.client(&head.forwarding);
+        if let Some(wait) = cx.auth_failure(Scope::Hooks, &client, presented.is_some()) {
             let body = error_body(
                 Code::Unauthorized,
                 "too many failed hook authentications from this address; retry later",
@@ -754,24 +795,13 @@ impl HttpConn {
             );
             return false;
         }
-        let presented = head
-            .hook_token
-            .as_deref()
-            .map(str::trim)
-            .or_else(|| head.authorization.as_deref().and_then(super::bearer));
-        if !presented
-            .is_some_and(|t| crate::auth::constant_time_eq(t.as_bytes(), hooks.token.as_bytes()))
-        {
-            cx.limiter_failure();
-            return fail(
-                self,
-                cx,
-                401,
-                Code::Unauthorized,
-                "hook token missing or wrong",
-            );
-        }
-        true
+        fail(
+            self,
+            cx,
+            401,
+            Code::Unauthorized,
+            "hook token missing or wrong",
+        )
     }
 
     fn method_not_allowed(&mut self, cx: &mut Cx<'_>, allow: &str) {
@@ -796,7 +826,8 @@ impl HttpConn {
             Some(t) => crate::auth::Presented::Bearer(t),
             None => crate::auth::Presented::Nothing,
         };
-        match cx.authenticate(presented) {
+        let client = cx.client(&head.forwarding);
+        match cx.authenticate(&client, presented) {
             Ok(()) => true,
             Err(e) => {
                 cx.shared.metrics.http_errors_4xx.inc();
@@ -941,6 +972,7 @@ impl HttpConn {
             self.close_after_write = true;
             return;
         }
+        self.upgrade_client = Some(cx.client(&head.forwarding));
         let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
         let head = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"

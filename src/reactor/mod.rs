@@ -25,7 +25,7 @@ pub mod fdlimit;
 pub mod http;
 pub mod ws;
 
-use crate::auth::{FailureLimiter, Presented};
+use crate::auth::{self, Client, Forwarding, Limiters, Presented, Scope};
 use crate::clock::Rng;
 use crate::config::Config;
 use crate::error::RpcError;
@@ -114,7 +114,7 @@ pub fn hook_route<'a>(path: &'a str, base: &str) -> Option<&'a str> {
         .filter(|r| !r.is_empty() && !r.contains('/'))
 }
 
-/// What a handler may use: the shared state, the connection's identity, the auth limiter.
+/// What a handler may use: the shared state, the connection's identity, the auth limiters.
 pub struct Cx<'a> {
     pub shared: &'a Arc<Shared>,
     pub now: Instant,
@@ -122,7 +122,7 @@ pub struct Cx<'a> {
     pub generation: u64,
     pub peer: SocketAddr,
     pub rng: &'a mut Rng,
-    limiter: &'a mut FailureLimiter,
+    limiters: &'a mut Limiters,
     config: &'a Arc<Config>,
 }
 
@@ -136,7 +136,7 @@ impl<'a> Cx<'a> {
         generation: u64,
         peer: SocketAddr,
         rng: &'a mut Rng,
-        limiter: &'a mut FailureLimiter,
+        limiters: &'a mut Limiters,
         config: &'a Arc<Config>,
     ) -> Cx<'a> {
         Cx {
@@ -146,7 +146,7 @@ impl<'a> Cx<'a> {
             generation,
             peer,
             rng,
-            limiter,
+            limiters,
             config,
         }
     }
@@ -155,45 +155,74 @@ impl<'a> Cx<'a> {
         self.config.clone()
     }
 
-    /// `Some(retry after)` while this peer has used up its authentication failures.
-    pub fn limiter_blocked(&mut self) -> Option<Duration> {
-        let b = self.limiter.blocked(self.peer.ip(), self.now);
-        if b.is_some() {
+    /// Who a request with these forwarding headers is from (`auth::client`).
+    pub fn client(&self, fwd: &Forwarding) -> Client {
+        auth::client(self.peer.ip(), fwd, &self.config.trusted_proxies)
+    }
+
+    /// A failed authentication of `client` for `scope`: counts it and says whether to answer
+    /// 429 (`Some(retry after)`) instead of 401. `counted` is false for missing credentials.
+    pub fn auth_failure(
+        &mut self,
+        scope: Scope,
+        client: &Client,
+        counted: bool,
+    ) -> Option<Duration> {
+        self.shared.metrics.auth_failures.inc();
+        if client.untrusted_forwarding && self.limiters.warn_untrusted(self.now) {
+            log::warn!(
+                "authentication failures from {} carry forwarding headers, but {} is not in \
+                 gateway.trustedProxies: they are counted against the proxy, so every client \
+                 behind it shares one limit; list the proxy in gateway.trustedProxies",
+                client.ip,
+                client.ip
+            );
+        }
+        let limited =
+            self.limiters
+                .failure(scope, client, counted, &self.config.rate_limit, self.now);
+        if limited.is_some() {
             self.shared.metrics.auth_rate_limited.inc();
         }
-        b
+        limited
     }
 
-    /// Counts an authentication failure for this peer.
-    pub fn limiter_failure(&mut self) {
-        self.limiter.record_failure(self.peer.ip(), self.now);
-        self.shared.metrics.auth_failures.inc();
-    }
-
-    /// Checks a presented secret against the config, under the per-IP failure limit.
-    pub fn authenticate(&mut self, presented: Presented<'_>) -> Result<(), RpcError> {
-        let ip = self.peer.ip();
-        if let Some(wait) = self.limiter_blocked() {
+    /// Checks a presented gateway secret. A correct one always authenticates, whatever failed
+    /// before; a wrong one is counted against `client`, and refused as rate-limited once the
+    /// client is past its limit.
+    pub fn authenticate(
+        &mut self,
+        client: &Client,
+        presented: Presented<'_>,
+    ) -> Result<(), RpcError> {
+        let Err(f) = auth::verify(&self.config.auth, presented) else {
+            return Ok(());
+        };
+        let counted = !matches!(presented, Presented::Nothing);
+        if let Some(wait) = self.auth_failure(Scope::Gateway, client, counted) {
             let ms = wait.as_millis().max(1) as u64;
+            log::info!(
+                "authentication refused from {} (rate limited): {}",
+                client.ip,
+                f.detail_code()
+            );
             return Err(RpcError {
                 retryable: Some(true),
                 retry_after_ms: Some(ms),
                 ..RpcError::invalid(format!(
-                    "unauthorized: too many failed attempts from {ip}; retry in {} s",
+                    "unauthorized: too many failed attempts from {}; retry in {} s",
+                    client.ip,
                     ms.div_ceil(1000)
                 ))
                 .with_details(json!({"code": "AUTH_RATE_LIMITED"}))
             });
         }
-        crate::auth::verify(&self.config.auth, presented).map_err(|f| {
-            self.limiter_failure();
-            log::info!(
-                "authentication failed from {}: {}",
-                self.peer,
-                f.detail_code()
-            );
-            RpcError::invalid(f.message()).with_details(json!({"code": f.detail_code()}))
-        })
+        log::info!(
+            "authentication failed from {}: {}",
+            client.ip,
+            f.detail_code()
+        );
+        Err(RpcError::invalid(f.message()).with_details(json!({"code": f.detail_code()})))
     }
 }
 
@@ -231,7 +260,7 @@ pub struct Reactor {
     next_gen: u64,
     again: Vec<usize>,
     rng: Rng,
-    limiter: FailureLimiter,
+    limiters: Limiters,
     accept_again: bool,
     accept_paused_until: Option<Instant>,
     last_accept_warning: Option<Instant>,
@@ -288,7 +317,7 @@ impl Reactor {
             next_gen: 1,
             again: Vec::new(),
             rng: Rng::from_os(),
-            limiter: FailureLimiter::default(),
+            limiters: Limiters::default(),
             accept_again: false,
             accept_paused_until: None,
             last_accept_warning: None,
@@ -535,7 +564,7 @@ impl Reactor {
         };
         self.shared.runs.forget_conn(slot, s.generation);
         let mut stream = match s.conn {
-            Conn::Http(h) => h.into_upgrade().0,
+            Conn::Http(h) => h.into_upgrade(s.peer).0,
             Conn::Ws(w) => {
                 if w.inflight > 0 {
                     log::debug!(
@@ -578,7 +607,7 @@ impl Reactor {
                 slots,
                 shared,
                 rng,
-                limiter,
+                limiters,
                 ..
             } = self;
             let Some(Some(s)) = slots.get_mut(slot) else {
@@ -595,7 +624,7 @@ impl Reactor {
                 generation: s.generation,
                 peer: s.peer,
                 rng,
-                limiter,
+                limiters,
                 config: &config,
             };
             let conn = &mut s.conn;
@@ -631,7 +660,7 @@ impl Reactor {
         else {
             return;
         };
-        let (stream, up) = h.into_upgrade();
+        let (stream, up) = h.into_upgrade(peer);
         let config = self.shared.config();
         let mut cx = Cx {
             shared: &self.shared,
@@ -640,10 +669,10 @@ impl Reactor {
             generation,
             peer,
             rng: &mut self.rng,
-            limiter: &mut self.limiter,
+            limiters: &mut self.limiters,
             config: &config,
         };
-        let ws = WsConn::start(stream, up.leftover, &mut cx);
+        let ws = WsConn::start(stream, up.leftover, up.client, &mut cx);
         self.slots[slot] = Some(Slot {
             generation,
             peer,
@@ -757,7 +786,7 @@ impl Reactor {
         m.conns_ws_handshake.set(handshaking);
         m.conns_ws_open.set(open);
         if self.slots.len() > 64 && self.live < self.slots.len() / 4 {
-            self.limiter.prune(now);
+            self.limiters.prune(now, &self.shared.config().rate_limit);
         }
     }
 

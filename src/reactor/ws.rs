@@ -23,7 +23,7 @@
 //! silent for two tick intervals (60 s by default) is closed 1001.
 
 use super::{Cx, Outcome, io_would_block};
-use crate::auth::Presented;
+use crate::auth::{Client, Presented};
 use crate::error::RpcError;
 use crate::jobs::ReplyTo;
 use crate::protocol::handshake::{self, Hello, PRE_AUTH_MAX_FRAME};
@@ -70,6 +70,7 @@ impl Socket for TcpStream {
 
 pub struct WsConn<S: Socket = TcpStream> {
     ws: WebSocket<S>,
+    client: Client,
     phase: Phase,
     /// Handshake deadline, then the close linger.
     deadline: Option<Instant>,
@@ -108,12 +109,14 @@ pub fn ws_config(max_message: usize) -> WebSocketConfig {
 
 impl<S: Socket> WsConn<S> {
     /// Wraps an upgraded socket and sends `connect.challenge`.
-    pub fn start(stream: S, leftover: Vec<u8>, cx: &mut Cx<'_>) -> WsConn<S> {
+    /// `client` is who the upgrade request came from: `connect`'s failures count against it.
+    pub fn start(stream: S, leftover: Vec<u8>, client: Client, cx: &mut Cx<'_>) -> WsConn<S> {
         let cfg = cx.config();
         let conf = ws_config(PRE_AUTH_MAX_FRAME);
         let ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(conf));
         let mut c = WsConn {
             ws,
+            client,
             phase: Phase::AwaitingConnect,
             deadline: Some(cx.now + cfg.handshake_timeout),
             next_tick: None,
@@ -491,7 +494,8 @@ impl<S: Socket> WsConn<S> {
             (None, Some(p)) => Presented::Password(p),
             (None, None) => Presented::Nothing,
         };
-        if let Err(e) = cx.authenticate(presented) {
+        let client = self.client;
+        if let Err(e) = cx.authenticate(&client, presented) {
             return self.fail_handshake(cx, &req.id, &e, CloseCode::Policy, "unauthorized");
         }
         if cx.shared.phase() >= crate::runtime::Phase::Draining {

@@ -355,6 +355,27 @@ impl Response {
     }
 }
 
+/// A connection from the loopback address `from` (any 127.x.y.z): for tests that need a
+/// client address of their own, as the failure limiter counts per address.
+#[track_caller]
+pub fn connect_from(from: std::net::Ipv4Addr, addr: &str) -> TcpStream {
+    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
+    let dst: std::net::SocketAddr = addr.parse().unwrap();
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    bind(&fd, &std::net::SocketAddrV4::new(from, 0)).unwrap();
+    connect(&fd, &dst).unwrap();
+    let s = TcpStream::from(fd);
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    s
+}
+
+/// [`http_raw`] from the loopback address `from`.
+pub fn http_raw_from(from: std::net::Ipv4Addr, addr: &str, raw: &[u8]) -> Response {
+    let mut s = connect_from(from, addr);
+    s.write_all(raw).unwrap();
+    read_response(&mut s).expect("a response")
+}
+
 /// Sends raw bytes and reads one response (the server is asked to close, or we read by length).
 pub fn http_raw(addr: &str, raw: &[u8]) -> Response {
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -421,10 +442,27 @@ pub enum Got {
 impl Ws {
     #[track_caller]
     pub fn open(addr: &str) -> Ws {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Ws::upgrade(TcpStream::connect(addr).expect("connect"), addr, &[])
+    }
+
+    /// A WebSocket from the loopback address `from`, its upgrade request carrying `headers`.
+    #[track_caller]
+    pub fn open_from(from: std::net::Ipv4Addr, addr: &str, headers: &[(&str, &str)]) -> Ws {
+        Ws::upgrade(connect_from(from, addr), addr, headers)
+    }
+
+    #[track_caller]
+    fn upgrade(stream: TcpStream, addr: &str, headers: &[(&str, &str)]) -> Ws {
+        use tungstenite::client::IntoClientRequest;
         stream.set_read_timeout(Some(BOUND)).unwrap();
-        let (mut sock, _resp) =
-            tungstenite::client(format!("ws://{addr}/"), stream).expect("upgrade");
+        let mut req = format!("ws://{addr}/").into_client_request().unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let (mut sock, _resp) = tungstenite::client(req, stream).expect("upgrade");
         let challenge = match sock.read().expect("challenge") {
             Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
             other => panic!("expected the challenge, got {other:?}"),

@@ -8,6 +8,7 @@ mod hooks;
 mod hostile;
 mod http;
 mod lifecycle;
+mod limiter;
 mod paths;
 mod pressure;
 mod runs;

@@ -99,20 +99,12 @@ fn listening_beyond_loopback_needs_a_configured_secret() {
 }
 
 /// Sends raw bytes from the loopback address `127.0.<n / 250>.<n % 250 + 2>` and reads one
-/// response: each unauthenticated request gets its own peer address, so the per-IP failure
-/// limit (20 a minute) never answers in place of the check under test.
+/// response: each unauthenticated request gets its own peer address, so the per-address
+/// failure limit (should a test turn the loopback exemption off) never answers in place of the
+/// check under test.
 fn http_from(n: u32, addr: &str, raw: &[u8]) -> Response {
-    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
-    let src = std::net::SocketAddrV4::new(
-        std::net::Ipv4Addr::new(127, 0, (n / 250) as u8, (n % 250 + 2) as u8),
-        0,
-    );
-    let dst: std::net::SocketAddr = addr.parse().unwrap();
-    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
-    bind(&fd, &src).unwrap();
-    connect(&fd, &dst).unwrap();
-    let mut s = std::net::TcpStream::from(fd);
-    s.set_read_timeout(Some(BOUND)).unwrap();
+    let src = std::net::Ipv4Addr::new(127, 0, (n / 250) as u8, (n % 250 + 2) as u8);
+    let mut s = connect_from(src, addr);
     std::io::Write::write_all(&mut s, raw).unwrap();
     if raw.starts_with(b"HEAD ") {
         // No body follows whatever Content-Length says; the server closes.
