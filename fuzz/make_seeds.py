@@ -120,11 +120,16 @@ params = {
     "sessions.usage": [{"limit": 5}, {"startDate": "2026-11-01", "endDate": "2026-11-30", "mode": "specific", "utcOffset": "UTC+5:30"},
                        {"key": "agent:main:main", "includeContextWeight": True}, {"days": 3660}],
     "usage.cost": [{"days": 7}, {"startDate": "2026-11-10", "endDate": "2026-11-12", "utcOffset": "UTC-8"}, {"mode": "gateway"}],
-    "chat.send": [{"sessionKey": "agent:main:main", "message": "hi", "idempotencyKey": "k1"}],
-    "agent": [{"message": "hi", "idempotencyKey": "k2", "agentId": "main", "channel": "telegram", "to": 42, "deliver": True}],
+    "chat.send": [{"sessionKey": "agent:main:main", "message": "hi", "idempotencyKey": "k1"},
+                  {"sessionKey": "agent:../../../../tmp/y:s", "message": "hi", "idempotencyKey": "k3"},
+                  {"sessionKey": "Agent:%2e%2e:x", "message": "hi", "idempotencyKey": "k4"}],
+    "agent": [{"message": "hi", "idempotencyKey": "k2", "agentId": "main", "channel": "telegram", "to": 42, "deliver": True},
+              {"message": "hi", "idempotencyKey": "k5", "agentId": "/tmp/x"},
+              {"message": "hi", "idempotencyKey": "k6", "agentId": "..\\..\\x\u0000", "sessionKey": "agent::s"}],
     "agent.wait": [{"runId": "r1", "timeoutMs": 0}],
     "chat.abort": [{"runId": "r1"}],
-    "chat.history": [{"sessionKey": "agent:main:main", "limit": 5}, {"sessionKey": "agent:agent-2:main"}],
+    "chat.history": [{"sessionKey": "agent:main:main", "limit": 5}, {"sessionKey": "agent:agent-2:main"},
+                     {"sessionKey": "agent:/some/dir:x"}],
     "sessions.subscribe": [{"sessionKey": "agent:main:main"}],
     "sessions.unsubscribe": [{"sessionKey": "agent:main:main"}],
     "send": [{"channel": "telegram", "to": "42", "message": "hello", "idempotencyKey": "s1", "threadId": 7}],
@@ -139,6 +144,12 @@ for i, m in enumerate(names):
     for j, p in enumerate(params[m]):
         for caller in (0, 1):
             put("method_params", f"{m}-{j}-{'http' if caller else 'ws'}", bytes([i, caller]) + json.dumps(p).encode())
+
+# --- ids: names from outside, as the checked constructor sees them
+for i, name in enumerate(["main", "Ops_2", "/tmp/x", "../../../../etc/passwd", "..", ".", "a\\b", "a\x00b",
+                          "%2e%2e%2f", "agent:main:main", "agent:../x:s", "agent::s", "Agent:K\u212aelvin:x",
+                          "x" * 70, "_" + "a" * 62 + "/b", "café", "0f5e9c1a-2b3c-4d5e-8f90-123456789abc.jsonl"]):
+    put("ids", f"{i}", name)
 
 # --- config
 configs = {
