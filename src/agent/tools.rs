@@ -4,6 +4,10 @@
 //! run with the job's deadline, killed on cancel, output bounded.
 //! Each call emits `agent` tool events (`start`, then `result` or `error`) and the matching
 //! `session.tool` mirrors.
+//!
+//! A model's value never becomes an option: one whose text starts with `-` where it would
+//! begin its argv element is refused before anything starts, unless the tool sets
+//! `allowOptionArgs` ([`expand`]).
 
 use super::provider::{ToolCall, ToolSpec};
 use super::runs::{self, Request, Run};
@@ -119,9 +123,32 @@ fn spawn(shared: &Arc<Shared>, parent: &Run, call: &ToolCall) -> Result<String, 
     Ok(json!({"status": "accepted", "runId": child.id, "childSessionKey": child_key}).to_string())
 }
 
+/// A substitution refused because it would begin its argv element with `-`.
+#[derive(Debug, PartialEq)]
+struct OptionLike {
+    arg: String,
+    value: String,
+}
+
+impl OptionLike {
+    fn message(&self, tool: &str) -> String {
+        let mut value: String = self.value.chars().take(80).collect();
+        if value.len() < self.value.len() {
+            value.push('…');
+        }
+        format!(
+            "{tool}: the value of argument {:?} ({value:?}) starts with \"-\", so {tool} would read it as an option; refused, nothing was run (pass it without the leading \"-\")",
+            self.arg
+        )
+    }
+}
+
 /// Replaces `{{name}}` in an argv element with the argument `name` (strings as they are,
-/// other values as JSON). Without a shell, arguments are never interpreted.
-fn expand(arg: &str, args: &Value) -> String {
+/// other values as JSON). Without a shell, arguments are never interpreted — but a program
+/// reads an element that starts with `-` as an option, so a value whose text starts with `-`
+/// (`-o/x`, `--`, `-`, the number `-3`) is refused where it would begin the element, unless
+/// `allow_options`. After other text (`--file={{path}}`) it is an option's value and passes.
+fn expand(arg: &str, args: &Value, allow_options: bool) -> Result<String, OptionLike> {
     let mut out = String::new();
     let mut rest = arg;
     while let Some(start) = rest.find("{{") {
@@ -130,19 +157,31 @@ fn expand(arg: &str, args: &Value) -> String {
         };
         out.push_str(&rest[..start]);
         let name = rest[start + 2..start + end].trim();
-        match args.get(name) {
-            Some(Value::String(s)) => out.push_str(s),
-            Some(v) => out.push_str(&v.to_string()),
-            None => {}
+        let value = match args.get(name) {
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => String::new(),
+        };
+        if out.is_empty() && value.starts_with('-') && !allow_options {
+            return Err(OptionLike {
+                arg: name.to_string(),
+                value,
+            });
         }
+        out.push_str(&value);
         rest = &rest[start + end + 2..];
     }
     out.push_str(rest);
-    out
+    Ok(out)
 }
 
 fn command(tool: &CommandTool, args: &Value, ctx: &JobCtx) -> Result<String, String> {
-    let argv: Vec<String> = tool.argv.iter().map(|a| expand(a, args)).collect();
+    let argv = tool
+        .argv
+        .iter()
+        .map(|a| expand(a, args, tool.allow_option_args))
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(|r| r.message(&tool.name))?;
     let mut child = Command::new(&argv[0])
         .args(&argv[1..])
         .stdin(Stdio::null())
@@ -256,12 +295,57 @@ mod tests {
     #[test]
     fn arguments_are_substituted_not_interpreted() {
         let args = json!({"path": "/tmp/a b; rm -rf /", "n": 3});
-        assert_eq!(
-            expand("--file={{path}}", &args),
-            "--file=/tmp/a b; rm -rf /"
-        );
-        assert_eq!(expand("{{ n }}x{{missing}}", &args), "3x");
-        assert_eq!(expand("plain", &args), "plain");
-        assert_eq!(expand("{{unclosed", &args), "{{unclosed");
+        let expand = |a: &str| expand(a, &args, false).unwrap();
+        assert_eq!(expand("--file={{path}}"), "--file=/tmp/a b; rm -rf /");
+        assert_eq!(expand("{{ n }}x{{missing}}"), "3x");
+        assert_eq!(expand("plain"), "plain");
+        assert_eq!(expand("{{unclosed"), "{{unclosed");
+    }
+
+    #[test]
+    fn a_value_that_would_begin_its_element_with_a_dash_is_refused() {
+        let args = json!({"file": "-o/tmp/victim", "long": "--x", "dash": "-", "ends": "--",
+                          "n": -3, "f": -0.5, "empty": "", "word": "a-b", "space": " -o", "pos": 3});
+        for (element, name) in [
+            ("{{file}}", "file"),
+            ("{{long}}", "long"),
+            ("{{dash}}", "dash"),
+            ("{{ends}}", "ends"),
+            ("{{n}}", "n"),
+            ("{{ f }}", "f"),
+            // Nothing before it once the empty values are in: it begins the element.
+            ("{{empty}}{{missing}}{{file}}", "file"),
+        ] {
+            let refused = expand(element, &args, false).unwrap_err();
+            assert_eq!(refused.arg, name, "{element}");
+        }
+        let passes = |element: &str| expand(element, &args, false).unwrap();
+        // After other text a value is an option's value (or part of a word), not an option.
+        assert_eq!(passes("--file={{file}}"), "--file=-o/tmp/victim");
+        assert_eq!(passes("x{{n}}"), "x-3");
+        assert_eq!(passes("{{word}}{{long}}"), "a-b--x");
+        assert_eq!(passes("{{pos}}"), "3");
+        assert_eq!(passes("{{word}}"), "a-b");
+        assert_eq!(passes("{{space}}"), " -o");
+        // A dash the operator wrote is the operator's.
+        assert_eq!(passes("-{{word}}"), "-a-b");
+        // allowOptionArgs lets them all through, as they are.
+        assert_eq!(expand("{{file}}", &args, true).unwrap(), "-o/tmp/victim");
+        assert_eq!(expand("{{n}}", &args, true).unwrap(), "-3");
+        assert_eq!(expand("{{dash}}", &args, true).unwrap(), "-");
+    }
+
+    #[test]
+    fn a_refusal_names_the_tool_and_the_argument_and_clips_the_value() {
+        let r = OptionLike {
+            arg: "file".into(),
+            value: format!("-{}", "é".repeat(500)),
+        };
+        let m = r.message("sort_file");
+        assert!(m.starts_with("sort_file: "), "{m}");
+        assert!(m.contains("argument \"file\""), "{m}");
+        assert!(m.contains("starts with \"-\""), "{m}");
+        assert!(m.contains("nothing was run"), "{m}");
+        assert!(m.chars().count() < 400, "{m}");
     }
 }

@@ -10,6 +10,7 @@ mod lifecycle;
 mod pressure;
 mod runs;
 mod security;
+mod tools;
 mod usage;
 mod ws;
 mod ws_conformance;
