@@ -1,10 +1,20 @@
 //! Command tools (`tools.commands`) run by a fake model: a value the model chooses never
-//! becomes an option.
+//! becomes an option, and nothing a tool starts — its children, their children, the threads
+//! that read them — outlives the call.
+//!
+//! The tools that leave processes behind carry a marker unique to the test: in the command
+//! line of the shell (its `$0`) and, exported, in the environment of everything it starts, so
+//! the test finds them all under /proc whoever their parent is by then.
 
 use crate::common::*;
 use crate::fake_provider::{Behavior, FakeProvider};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A shell that starts two long sleeps and waits for them.
+const TREE: &str = "export KEEL_TOOL_MARK=\"$0\"; sleep 300 & sleep 300 & wait";
+/// A shell that starts a long sleep in the background and exits at once.
+const LEAVES: &str = "export KEEL_TOOL_MARK=\"$0\"; sleep 300 & echo started";
 
 fn config(a: &FakeProvider, tools: Value) -> Value {
     json!({
@@ -24,6 +34,64 @@ fn unique(what: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     )
+}
+
+/// Kills whatever still carries the marker when the test ends, passed or failed, so a failure
+/// does not leave sleeps behind on the machine.
+struct Marked(String);
+
+impl Marked {
+    fn new(what: &str) -> Marked {
+        Marked(unique(what))
+    }
+
+    /// Live processes (not zombies: their command line and environment read empty) whose
+    /// command line or environment holds the marker.
+    fn pids(&self) -> Vec<u32> {
+        let me = std::process::id();
+        let mark = self.0.as_bytes();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| pid != me)
+            .filter(|pid| {
+                ["cmdline", "environ"].iter().any(|f| {
+                    std::fs::read(format!("/proc/{pid}/{f}"))
+                        .is_ok_and(|b| b.windows(mark.len()).any(|w| w == mark))
+                })
+            })
+            .collect()
+    }
+
+    #[track_caller]
+    fn wait_none(&self) {
+        eventually(BOUND, || self.pids().is_empty().then_some(()));
+    }
+
+    /// Waits until the shell and its two sleeps are running.
+    #[track_caller]
+    fn wait_tree(&self) {
+        eventually(BOUND, || (self.pids().len() >= 3).then_some(()));
+    }
+}
+
+impl Drop for Marked {
+    fn drop(&mut self) {
+        let pids = self.pids();
+        if !pids.is_empty() {
+            let _ = std::process::Command::new("kill")
+                .arg("-KILL")
+                .args(pids.iter().map(u32::to_string))
+                .status();
+        }
+    }
+}
+
+fn threads(g: &Gateway) -> u64 {
+    // `status_kb` reads any figure of /proc/<pid>/status; `Threads` is a plain count.
+    status_kb(g.pid(), "Threads")
 }
 
 /// Sends one chat turn and returns its run id.
@@ -124,4 +192,65 @@ fn a_value_starting_with_a_dash_is_refused_unless_the_tool_allows_options() {
     );
     assert_eq!(phase, "result", "{data}");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "");
+}
+
+#[test]
+fn a_tool_that_times_out_leaves_no_process_and_no_thread() {
+    let a = FakeProvider::start("openai-completions");
+    let mark = Marked::new("timeout");
+    let tools = json!([{"name": "tree", "argv": ["sh", "-c", TREE, mark.0], "timeoutMs": 300}]);
+    let g = Gateway::start(Opts::default().config(config(&a, tools)));
+    let mut ws = g.ws();
+    let before = threads(&g);
+    for _ in 0..5 {
+        let (phase, data) = call_tool(&a, &mut ws, "tree", json!({}));
+        assert_eq!(phase, "error", "{data}");
+        assert!(
+            data["error"].as_str().unwrap().contains("(timeout)"),
+            "{data}"
+        );
+        mark.wait_none();
+    }
+    eventually(BOUND, || (threads(&g) <= before).then_some(()));
+}
+
+#[test]
+fn an_aborted_tool_leaves_no_process_and_no_thread() {
+    let a = FakeProvider::start("openai-completions");
+    let mark = Marked::new("abort");
+    let tools = json!([{"name": "tree", "argv": ["sh", "-c", TREE, mark.0], "timeoutMs": 600_000}]);
+    let g = Gateway::start(Opts::default().config(config(&a, tools)));
+    let mut ws = g.ws();
+    let mut ctl = g.ws();
+    let before = threads(&g);
+    for _ in 0..3 {
+        // No answer after the tool: the run ends at the abort.
+        a.push(Behavior::tool_call("tree", json!({})));
+        let run_id = send(&mut ws);
+        mark.wait_tree();
+        let res = ctl.call("chat.abort", json!({"runId": run_id}));
+        assert_eq!(res["payload"]["aborted"], true, "{res}");
+        let events = until_end(&mut ws, &run_id);
+        assert_eq!(events.last().unwrap()["payload"]["state"], "aborted");
+        mark.wait_none();
+    }
+    eventually(BOUND, || (threads(&g) <= before).then_some(()));
+}
+
+#[test]
+fn what_a_tool_leaves_in_the_background_ends_with_the_call() {
+    let a = FakeProvider::start("openai-completions");
+    let mark = Marked::new("leaves");
+    let tools = json!([{"name": "leaves", "argv": ["sh", "-c", LEAVES, mark.0]}]);
+    let g = Gateway::start(Opts::default().config(config(&a, tools)));
+    let mut ws = g.ws();
+    let before = threads(&g);
+    for _ in 0..3 {
+        let (phase, data) = call_tool(&a, &mut ws, "leaves", json!({}));
+        assert_eq!(phase, "result", "{data}");
+        // The sleep held the output pipe open; the output came back all the same.
+        assert_eq!(data["result"], "started\n", "{data}");
+        mark.wait_none();
+    }
+    eventually(BOUND, || (threads(&g) <= before).then_some(()));
 }
