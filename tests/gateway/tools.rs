@@ -1,6 +1,6 @@
 //! Command tools (`tools.commands`) run by a fake model: a value the model chooses never
 //! becomes an option, and nothing a tool starts — its children, their children, the threads
-//! that read them — outlives the call.
+//! that read them — outlives the call, a drain or keel's exit.
 //!
 //! The tools that leave processes behind carry a marker unique to the test: in the command
 //! line of the shell (its `$0`) and, exported, in the environment of everything it starts, so
@@ -253,4 +253,41 @@ fn what_a_tool_leaves_in_the_background_ends_with_the_call() {
         mark.wait_none();
     }
     eventually(BOUND, || (threads(&g) <= before).then_some(()));
+}
+
+/// Starts a long tool, sends SIGTERM with a 500 ms drain and `grace_ms` of grace, and returns
+/// the log once keel has exited; no marked process may be left.
+fn exit_during_a_tool(grace_ms: u64) -> String {
+    let a = FakeProvider::start("openai-completions");
+    let mark = Marked::new("exit");
+    let tools = json!([{"name": "tree", "argv": ["sh", "-c", TREE, mark.0], "timeoutMs": 600_000}]);
+    let mut cfg = config(&a, tools);
+    cfg["gateway"] = json!({"drainTimeoutMs": 500, "drainGraceMs": grace_ms});
+    let mut g = Gateway::start(Opts::default().config(cfg));
+    let mut ws = g.ws();
+    a.push(Behavior::tool_call("tree", json!({})));
+    send(&mut ws);
+    mark.wait_tree();
+    g.signal("TERM");
+    let status = g.wait_exit(BOUND).expect("keel exits");
+    assert_eq!(status.code(), Some(1), "a run was aborted");
+    mark.wait_none();
+    g.log_text()
+}
+
+#[test]
+fn a_tool_running_at_the_drain_deadline_ends_with_keel() {
+    // The deadline cancels the run; its tool's group goes with it.
+    exit_during_a_tool(1000);
+}
+
+#[test]
+fn a_tool_running_at_the_hard_exit_ends_with_keel() {
+    // No grace: the watchdog exits at the deadline without cancelling anything, so only the
+    // registry of live tools can reach the group.
+    let log = exit_during_a_tool(0);
+    assert!(
+        log.contains("killed the process groups of 1 running tool(s)"),
+        "{log}"
+    );
 }
