@@ -8,7 +8,7 @@
 //! Invariants of a command tool call:
 //! - a model's value never becomes an option: one whose text starts with `-` where it would
 //!   begin its argv element is refused before anything starts, unless the tool sets
-//!   `allowOptionArgs` ([`expand`]);
+//!   `allowOptionArgs` (`expand`);
 //! - no process outlives the call: the tool runs as the leader of its own process group, and
 //!   however the call ends (the leader exits, times out, or the run is cancelled) the whole
 //!   group gets SIGKILL while the leader is still unreaped — so the group's id, the leader's
@@ -16,7 +16,7 @@
 //! - no thread outlives the call: output is read on the calling worker, from non-blocking
 //!   pipes polled in the loop that waits for the leader, and once the group is dead what is
 //!   left in the pipes is read for a short bound, then they are dropped;
-//! - no process outlives keel: groups still running are listed in a registry ([`LIVE`]) that
+//! - no process outlives keel: groups still running are listed in a registry (`LIVE`) that
 //!   keel's exit paths empty with [`kill_all`].
 //!
 //! A process that leaves the group on purpose (`setsid`, `setpgid`) is beyond all this.
