@@ -5,7 +5,8 @@
 //! and handled on their own thread, never on the reactor:
 //! - SIGTERM/SIGINT: begin the drain (`STOPPING=1`, `/readyz` 503, new work refused,
 //!   `shutdown` to WebSocket clients); the watchdog cancels every token at the drain deadline
-//!   and exits at deadline + grace. A second signal skips to the cancel step.
+//!   and exits at deadline + grace. A second signal skips to the cancel step. Either way out,
+//!   the process groups of tools still running are killed first.
 //! - SIGUSR1: a JSON diagnostic dump to the log and `<state>/diagnostics/`.
 //! - SIGHUP: reload the config file; an invalid file is refused and the running config kept.
 
@@ -218,7 +219,13 @@ fn run(
         "keel {} listening on {local} ({cpu} cpu workers, {io} io workers, nice {nice})",
         crate::VERSION
     );
-    if let Err(e) = reactor.run() {
+    let ran = reactor.run();
+    // Jobs are over by now, and with them their tools; this catches any that are not.
+    let tools = crate::agent::tools::kill_all();
+    if tools > 0 {
+        log::warn!("killed the process groups of {tools} running tool(s)");
+    }
+    if let Err(e) = ran {
         log::error!("reactor failed: {e}");
         return 1;
     }

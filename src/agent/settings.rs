@@ -108,6 +108,9 @@ pub struct CommandTool {
     pub timeout: Duration,
     /// Bytes of output kept (stdout and stderr together).
     pub max_output: usize,
+    /// `allowOptionArgs`: a substituted value may start an argument with `-` (off: such a
+    /// call is refused, so a model cannot turn a value into an option).
+    pub allow_option_args: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -378,6 +381,18 @@ fn command_tools(tools: Option<&Value>, issues: &mut Vec<Issue>) -> Vec<CommandT
             issues.push((path, "sessions_spawn is built in".into()));
             continue;
         }
+        // The safe side is the default: a bad value keeps it.
+        let allow_option_args = match t.get("allowOptionArgs") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                issues.push((
+                    format!("{path}.allowOptionArgs"),
+                    format!("expected true or false, got {other}"),
+                ));
+                false
+            }
+        };
         out.push(CommandTool {
             name: name.to_string(),
             description: t
@@ -400,6 +415,7 @@ fn command_tools(tools: Option<&Value>, issues: &mut Vec<Issue>) -> Vec<CommandT
                 .get("maxOutputBytes")
                 .and_then(Value::as_u64)
                 .map_or(64 << 10, |n| n.clamp(1024, 16 << 20) as usize),
+            allow_option_args,
         });
     }
     out
@@ -603,5 +619,23 @@ mod tests {
             s.providers.keys().collect::<Vec<_>>(),
             ["host", "lan_ok", "v6"]
         );
+    }
+
+    #[test]
+    fn option_args_are_off_unless_a_tool_says_true() {
+        let (s, issues) = parse_json(json!({"tools": {"commands": [
+            {"name": "plain", "argv": ["sort", "{{file}}"]},
+            {"name": "opts", "argv": ["sort", "{{file}}"], "allowOptionArgs": true},
+            {"name": "bad", "argv": ["sort", "{{file}}"], "allowOptionArgs": "yes"},
+        ]}}));
+        let allowed: Vec<bool> = s.tools.iter().map(|t| t.allow_option_args).collect();
+        assert_eq!(
+            allowed,
+            [false, true, false],
+            "a bad value keeps the default"
+        );
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].0, "tools.commands[2].allowOptionArgs");
+        assert!(issues[0].1.contains("\"yes\""), "{issues:?}");
     }
 }

@@ -4,6 +4,22 @@
 //! run with the job's deadline, killed on cancel, output bounded.
 //! Each call emits `agent` tool events (`start`, then `result` or `error`) and the matching
 //! `session.tool` mirrors.
+//!
+//! Invariants of a command tool call:
+//! - a model's value never becomes an option: one whose text starts with `-` where it would
+//!   begin its argv element is refused before anything starts, unless the tool sets
+//!   `allowOptionArgs` (`expand`);
+//! - no process outlives the call: the tool runs as the leader of its own process group, and
+//!   however the call ends (the leader exits, times out, or the run is cancelled) the whole
+//!   group gets SIGKILL while the leader is still unreaped — so the group's id, the leader's
+//!   pid, cannot have been given to anyone else — and only then is the leader reaped;
+//! - no thread outlives the call: output is read on the calling worker, from non-blocking
+//!   pipes polled in the loop that waits for the leader, and once the group is dead what is
+//!   left in the pipes is read for a short bound, then they are dropped;
+//! - no process outlives keel: groups still running are listed in a registry (`LIVE`) that
+//!   keel's exit paths empty with [`kill_all`].
+//!
+//! A process that leaves the group on purpose (`setsid`, `setpgid`) is beyond all this.
 
 use super::provider::{ToolCall, ToolSpec};
 use super::runs::{self, Request, Run};
@@ -12,10 +28,16 @@ use crate::clock;
 use crate::ids::{AgentId, SessionKey};
 use crate::jobs::{JobCtx, ReplyTo};
 use crate::runtime::Shared;
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 use serde_json::{Value, json};
+use std::collections::BTreeSet;
 use std::io::Read;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 /// Sub-agents may nest this deep.
@@ -125,9 +147,32 @@ fn spawn(shared: &Arc<Shared>, parent: &Run, call: &ToolCall) -> Result<String, 
     Ok(json!({"status": "accepted", "runId": child.id, "childSessionKey": child_key}).to_string())
 }
 
+/// A substitution refused because it would begin its argv element with `-`.
+#[derive(Debug, PartialEq)]
+struct OptionLike {
+    arg: String,
+    value: String,
+}
+
+impl OptionLike {
+    fn message(&self, tool: &str) -> String {
+        let mut value: String = self.value.chars().take(80).collect();
+        if value.len() < self.value.len() {
+            value.push('…');
+        }
+        format!(
+            "{tool}: the value of argument {:?} ({value:?}) starts with \"-\", so {tool} would read it as an option; refused, nothing was run (pass it without the leading \"-\")",
+            self.arg
+        )
+    }
+}
+
 /// Replaces `{{name}}` in an argv element with the argument `name` (strings as they are,
-/// other values as JSON). Without a shell, arguments are never interpreted.
-fn expand(arg: &str, args: &Value) -> String {
+/// other values as JSON). Without a shell, arguments are never interpreted — but a program
+/// reads an element that starts with `-` as an option, so a value whose text starts with `-`
+/// (`-o/x`, `--`, `-`, the number `-3`) is refused where it would begin the element, unless
+/// `allow_options`. After other text (`--file={{path}}`) it is an option's value and passes.
+fn expand(arg: &str, args: &Value, allow_options: bool) -> Result<String, OptionLike> {
     let mut out = String::new();
     let mut rest = arg;
     while let Some(start) = rest.find("{{") {
@@ -136,138 +181,498 @@ fn expand(arg: &str, args: &Value) -> String {
         };
         out.push_str(&rest[..start]);
         let name = rest[start + 2..start + end].trim();
-        match args.get(name) {
-            Some(Value::String(s)) => out.push_str(s),
-            Some(v) => out.push_str(&v.to_string()),
-            None => {}
+        let value = match args.get(name) {
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => String::new(),
+        };
+        if out.is_empty() && value.starts_with('-') && !allow_options {
+            return Err(OptionLike {
+                arg: name.to_string(),
+                value,
+            });
         }
+        out.push_str(&value);
         rest = &rest[start + end + 2..];
     }
     out.push_str(rest);
-    out
+    Ok(out)
+}
+
+/// Process groups of the tools running now, by id (the leader's pid). A leader leaves this
+/// set before it is reaped, so each id here still names that tool's group. The lock is held
+/// for a spawn and an insert, a removal, or [`kill_all`]'s signals — never across a wait.
+static LIVE: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+/// Set once keel is on its way out: no tool starts after [`kill_all`].
+static CLOSING: AtomicBool = AtomicBool::new(false);
+
+/// The wait loop looks at the leader at least this often (output wakes it sooner).
+const TICK: Duration = Duration::from_millis(10);
+/// Once the group is dead, what it wrote is read from the pipes for at most this long: a
+/// process that left the group (`setsid`) may hold them open.
+const AFTER_KILL: Duration = Duration::from_millis(500);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn kill_group(pgid: i32) {
+    // -1 would be every process keel may signal; a child's pid is never 0 or 1 anyway.
+    if pgid > 1
+        && let Some(p) = Pid::from_raw(pgid)
+    {
+        let _ = rustix::process::kill_process_group(p, Signal::KILL);
+    }
+}
+
+/// Kills the process group of every tool still running and lets no new one start; returns
+/// how many groups it signalled. For keel's exit paths (the watchdog's hard exit, the end of
+/// `serve`): it never waits long on a worker — if the registry stays locked (a spawn stuck
+/// in exec) it gives up after 100 ms and says so.
+pub fn kill_all() -> usize {
+    CLOSING.store(true, Ordering::SeqCst);
+    let until = Instant::now() + Duration::from_millis(100);
+    let live = loop {
+        match LIVE.try_lock() {
+            Ok(l) => break l,
+            Err(TryLockError::Poisoned(p)) => break p.into_inner(),
+            Err(TryLockError::WouldBlock) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(TryLockError::WouldBlock) => {
+                log::warn!("tools: the registry stayed locked; running tools may outlive keel");
+                return 0;
+            }
+        }
+    };
+    for &pgid in live.iter() {
+        kill_group(pgid);
+    }
+    live.len()
+}
+
+/// A tool's process: the leader of its own group, registered in [`LIVE`] until reaped.
+/// Lifecycle: started → (exited | timed out | cancelled) → group killed → leader reaped.
+/// Dropping it unfinished (an early return, a panic) still kills the group and reaps.
+struct Leader {
+    child: Child,
+    pid: i32,
+    /// True until the leader is reaped: the cancel hook kills the group only under this lock,
+    /// after which the pid may be another process's.
+    unreaped: Arc<Mutex<bool>>,
+}
+
+impl Leader {
+    fn spawn(argv: &[String]) -> Result<Leader, String> {
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // Spawned under the registry's lock, so that keel's exit either sees the group or
+        // stops it from being made: nothing can start between the two.
+        let mut live = lock(&LIVE);
+        if CLOSING.load(Ordering::SeqCst) {
+            return Err(format!("cannot start {}: keel is shutting down", argv[0]));
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
+        let Some(pid) = i32::try_from(child.id()).ok().filter(|p| *p > 1) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("cannot start {}: unexpected pid", argv[0]));
+        };
+        live.insert(pid);
+        Ok(Leader {
+            child,
+            pid,
+            unreaped: Arc::new(Mutex::new(true)),
+        })
+    }
+
+    /// Has the leader exited? It is not reaped here: its pid, the group's id, must stay
+    /// its own until the group is killed.
+    fn exited(&self) -> std::io::Result<bool> {
+        let Some(pid) = Pid::from_raw(self.pid) else {
+            return Ok(true);
+        };
+        let how = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
+        match rustix::process::waitid(WaitId::Pid(pid), how) {
+            Ok(status) => Ok(status.is_some()),
+            Err(rustix::io::Errno::INTR) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Kills the whole group, then reaps the leader — in that order, under `unreaped`.
+    /// `None` if it was already reaped or its status could not be read.
+    fn finish(&mut self) -> Option<ExitStatus> {
+        let mut unreaped = lock(&self.unreaped);
+        if !*unreaped {
+            return None;
+        }
+        kill_group(self.pid);
+        lock(&LIVE).remove(&self.pid);
+        let status = self.child.wait().ok();
+        *unreaped = false;
+        status
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// One of the tool's output pipes, read without blocking on the calling worker.
+struct Pipe {
+    file: Option<std::fs::File>,
+    kept: Vec<u8>,
+    dropped: bool,
+}
+
+impl Pipe {
+    fn new(fd: OwnedFd) -> std::io::Result<Pipe> {
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        Ok(Pipe {
+            file: Some(fd.into()),
+            kept: Vec::new(),
+            dropped: false,
+        })
+    }
+
+    /// Reads what is there now, keeping at most `max` bytes. Bounded per call, so that a
+    /// tool writing without pause cannot keep the loop from its other checks.
+    fn pump(&mut self, max: usize) {
+        let Some(file) = &mut self.file else { return };
+        let mut buf = [0u8; 8192];
+        for _ in 0..16 {
+            match file.read(&mut buf) {
+                Ok(0) => {
+                    self.file = None;
+                    return;
+                }
+                Ok(n) => {
+                    let room = max.saturating_sub(self.kept.len());
+                    self.kept.extend_from_slice(&buf[..n.min(room)]);
+                    self.dropped |= n > room;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.file = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn open(&self) -> bool {
+        self.file.is_some()
+    }
+}
+
+/// Waits until a pipe has something to read or has closed, or `timeout` passes.
+fn wait_output(pipes: &[Pipe], timeout: Duration) {
+    let mut fds: Vec<PollFd<'_>> = pipes
+        .iter()
+        .filter_map(|p| p.file.as_ref())
+        .map(|f| PollFd::new(f, PollFlags::IN))
+        .collect();
+    match Timespec::try_from(timeout) {
+        Ok(t) if !fds.is_empty() => {
+            // An error (EINTR) only ends this wait early; the loop looks again.
+            let _ = rustix::event::poll(&mut fds, Some(&t));
+        }
+        _ => std::thread::sleep(timeout),
+    }
+}
+
+/// How a call's wait ended.
+enum Ended {
+    Exited,
+    TimedOut,
+    Cancelled,
+    Failed(std::io::Error),
 }
 
 fn command(tool: &CommandTool, args: &Value, ctx: &JobCtx) -> Result<String, String> {
-    let argv: Vec<String> = tool.argv.iter().map(|a| expand(a, args)).collect();
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
-    let pid = child.id();
-    // Cancel kills it at once, wherever the run is — but only while it has not been reaped:
-    // the hook outlives the tool, and after a reap the pid may be another process's. The
-    // child is reaped only under this lock, which the hook takes too.
-    let unreaped = Arc::new(Mutex::new(true));
-    let hook = Arc::downgrade(&unreaped);
+    let argv = tool
+        .argv
+        .iter()
+        .map(|a| expand(a, args, tool.allow_option_args))
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(|r| r.message(&tool.name))?;
+    let mut leader = Leader::spawn(&argv)?;
+    // Cancel kills the group at once, wherever the run is — but only while the leader is
+    // unreaped: the hook outlives the tool, and after the reap the id may be reused.
+    let (pid, hook) = (leader.pid, Arc::downgrade(&leader.unreaped));
     ctx.token().on_cancel(move || {
-        if let Some(u) = hook.upgrade()
-            && *u.lock().unwrap_or_else(|e| e.into_inner())
-            && let Some(p) = rustix::process::Pid::from_raw(pid as i32)
-        {
-            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        let Some(unreaped) = hook.upgrade() else {
+            return;
+        };
+        // Taken only by `finish`, which kills the group itself: the canceller (the watchdog)
+        // need not wait for its reap.
+        let unreaped = match unreaped.try_lock() {
+            Ok(u) => u,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        if *unreaped {
+            kill_group(pid);
         }
     });
     let max = tool.max_output;
-    let readers: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|mut r| {
-        std::thread::spawn(move || {
-            let mut kept = Vec::new();
-            let mut buf = [0u8; 8192];
-            let mut truncated = false;
-            while let Ok(n) = r.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let room = max.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-                truncated |= n > room;
-            }
-            (kept, truncated)
-        })
-    })
-    .collect();
+    let mut pipes = Vec::new();
+    let fds = [
+        leader.child.stdout.take().map(OwnedFd::from),
+        leader.child.stderr.take().map(OwnedFd::from),
+    ];
+    for fd in fds.into_iter().flatten() {
+        // A blocking pipe could hold the worker forever; `leader` is dropped (killed) on error.
+        pipes.push(Pipe::new(fd).map_err(|e| format!("{}: {e}", argv[0]))?);
+    }
     let deadline = (Instant::now() + tool.timeout).min(ctx.deadline());
-    let status = loop {
-        let mut alive = unreaped.lock().unwrap_or_else(|e| e.into_inner());
-        match child.try_wait() {
-            Ok(Some(s)) => {
-                *alive = false;
-                break Some(s);
-            }
-            Ok(None) if Instant::now() >= deadline || ctx.token().is_cancelled() => {
-                let _ = child.kill();
-                let _ = child.wait();
-                *alive = false;
-                break None;
-            }
-            Ok(None) => {
-                drop(alive);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => return Err(format!("{}: {e}", argv[0])),
+    let ended = loop {
+        for p in &mut pipes {
+            p.pump(max);
         }
+        match leader.exited() {
+            Ok(true) => break Ended::Exited,
+            Ok(false) => {}
+            Err(e) => break Ended::Failed(e),
+        }
+        if ctx.token().is_cancelled() {
+            break Ended::Cancelled;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break Ended::TimedOut;
+        }
+        wait_output(&pipes, (deadline - now).min(TICK));
     };
-    // A grandchild holding the pipes open must not hold the run: wait a moment, no more.
+    // Also when the leader exited by itself: what it left running in the background goes too.
+    let status = leader.finish();
+    let until = Instant::now() + AFTER_KILL;
+    loop {
+        for p in &mut pipes {
+            p.pump(max);
+        }
+        let now = Instant::now();
+        if !pipes.iter().any(Pipe::open) || now >= until {
+            break;
+        }
+        wait_output(&pipes, (until - now).min(TICK));
+    }
     let mut output = Vec::new();
     let mut truncated = false;
-    let until = Instant::now() + Duration::from_secs(1);
-    for r in readers {
-        while !r.is_finished() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if r.is_finished()
-            && let Ok((o, t)) = r.join()
-        {
-            output.extend(o);
-            truncated |= t;
-        }
+    for p in pipes {
+        output.extend(p.kept);
+        truncated |= p.dropped;
     }
+    truncated |= output.len() > max;
     output.truncate(max);
     let mut text = String::from_utf8_lossy(&output).into_owned();
     if truncated {
         text.push_str(&format!("\n[output truncated at {max} bytes]"));
     }
-    match status {
-        None if ctx.token().is_cancelled() => {
-            Err(format!("{} was killed: the run was cancelled", tool.name))
-        }
-        None => Err(format!(
+    let cancelled = || Err(format!("{} was killed: the run was cancelled", tool.name));
+    match (ended, status) {
+        (Ended::Cancelled, _) => cancelled(),
+        (Ended::TimedOut, _) => Err(format!(
             "{} was killed after {} ms (timeout)",
             tool.name,
             tool.timeout.as_millis()
         )),
-        Some(s) if s.success() => Ok(text),
-        Some(s) => Err(format!("{} exited with {s}: {text}", tool.name)),
+        (Ended::Failed(e), _) => Err(format!("{}: {e}", argv[0])),
+        (Ended::Exited, Some(s)) if s.success() => Ok(text),
+        // The cancel hook's kill, seen as an exit.
+        (Ended::Exited, _) if ctx.token().is_cancelled() => cancelled(),
+        (Ended::Exited, Some(s)) => Err(format!("{} exited with {s}: {text}", tool.name)),
+        (Ended::Exited, None) => Err(format!("{}: its exit status was lost", tool.name)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::{CancelReason, JobInfo, JobSpec, Lane, PoolKind, ReplyTo};
 
     #[test]
     fn arguments_are_substituted_not_interpreted() {
         let args = json!({"path": "/tmp/a b; rm -rf /", "n": 3});
-        assert_eq!(
-            expand("--file={{path}}", &args),
-            "--file=/tmp/a b; rm -rf /"
+        let expand = |a: &str| expand(a, &args, false).unwrap();
+        assert_eq!(expand("--file={{path}}"), "--file=/tmp/a b; rm -rf /");
+        assert_eq!(expand("{{ n }}x{{missing}}"), "3x");
+        assert_eq!(expand("plain"), "plain");
+        assert_eq!(expand("{{unclosed"), "{{unclosed");
+    }
+
+    #[test]
+    fn a_value_that_would_begin_its_element_with_a_dash_is_refused() {
+        let args = json!({"file": "-o/tmp/victim", "long": "--x", "dash": "-", "ends": "--",
+                          "n": -3, "f": -0.5, "empty": "", "word": "a-b", "space": " -o", "pos": 3});
+        for (element, name) in [
+            ("{{file}}", "file"),
+            ("{{long}}", "long"),
+            ("{{dash}}", "dash"),
+            ("{{ends}}", "ends"),
+            ("{{n}}", "n"),
+            ("{{ f }}", "f"),
+            // Nothing before it once the empty values are in: it begins the element.
+            ("{{empty}}{{missing}}{{file}}", "file"),
+        ] {
+            let refused = expand(element, &args, false).unwrap_err();
+            assert_eq!(refused.arg, name, "{element}");
+        }
+        let passes = |element: &str| expand(element, &args, false).unwrap();
+        // After other text a value is an option's value (or part of a word), not an option.
+        assert_eq!(passes("--file={{file}}"), "--file=-o/tmp/victim");
+        assert_eq!(passes("x{{n}}"), "x-3");
+        assert_eq!(passes("{{word}}{{long}}"), "a-b--x");
+        assert_eq!(passes("{{pos}}"), "3");
+        assert_eq!(passes("{{word}}"), "a-b");
+        assert_eq!(passes("{{space}}"), " -o");
+        // A dash the operator wrote is the operator's.
+        assert_eq!(passes("-{{word}}"), "-a-b");
+        // allowOptionArgs lets them all through, as they are.
+        assert_eq!(expand("{{file}}", &args, true).unwrap(), "-o/tmp/victim");
+        assert_eq!(expand("{{n}}", &args, true).unwrap(), "-3");
+        assert_eq!(expand("{{dash}}", &args, true).unwrap(), "-");
+    }
+
+    #[test]
+    fn a_refusal_names_the_tool_and_the_argument_and_clips_the_value() {
+        let r = OptionLike {
+            arg: "file".into(),
+            value: format!("-{}", "é".repeat(500)),
+        };
+        let m = r.message("sort_file");
+        assert!(m.starts_with("sort_file: "), "{m}");
+        assert!(m.contains("argument \"file\""), "{m}");
+        assert!(m.contains("starts with \"-\""), "{m}");
+        assert!(m.contains("nothing was run"), "{m}");
+        assert!(m.chars().count() < 400, "{m}");
+    }
+
+    fn tool(argv: &[&str], timeout: Duration) -> CommandTool {
+        CommandTool {
+            name: "t".into(),
+            description: String::new(),
+            parameters: json!({}),
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            timeout,
+            max_output: 4096,
+            allow_option_args: false,
+        }
+    }
+
+    fn job() -> Arc<JobInfo> {
+        let spec = JobSpec {
+            kind: "t".into(),
+            pool: PoolKind::Io,
+            lane: Lane::Interactive,
+            timeout: Duration::from_secs(60),
+            stall_limit: None,
+        };
+        Arc::new(JobInfo::new(1, &spec, ReplyTo::Internal, Instant::now()))
+    }
+
+    /// Waits (at most 20 s) until `pid` has exited: gone, or a zombie its new parent has not
+    /// reaped yet.
+    #[track_caller]
+    fn assert_gone(pid: &str) {
+        let stat = format!("/proc/{}/stat", pid.trim());
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let state = std::fs::read_to_string(&stat)
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.chars().next()));
+            if matches!(state, None | Some(Some('Z'))) {
+                return;
+            }
+            assert!(Instant::now() < until, "{stat}: still running");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `sh -c script`, where the script writes its background process's pid to `$0`;
+    /// returns the result and that pid.
+    fn run_script(
+        script: &str,
+        timeout: Duration,
+        cancel_when_started: bool,
+    ) -> (Result<String, String>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let info = job();
+        let canceller = cancel_when_started.then(|| {
+            let (info, pid_file) = (info.clone(), pid_file.clone());
+            std::thread::spawn(move || {
+                let until = Instant::now() + Duration::from_secs(20);
+                while std::fs::read_to_string(&pid_file).map_or(true, |p| !p.ends_with('\n')) {
+                    assert!(Instant::now() < until, "the tool never started");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                info.token.cancel(CancelReason::Client);
+            })
+        });
+        let t = tool(&["sh", "-c", script, pid_file.to_str().unwrap()], timeout);
+        let result = command(&t, &json!({}), &JobCtx { info: &info });
+        if let Some(c) = canceller {
+            c.join().unwrap();
+        }
+        (result, std::fs::read_to_string(&pid_file).unwrap())
+    }
+
+    #[test]
+    fn what_a_tool_leaves_in_the_background_dies_with_the_call() {
+        let (result, pid) = run_script(
+            "sleep 30 & echo $! > \"$0\"; echo started",
+            Duration::from_secs(20),
+            false,
         );
-        assert_eq!(expand("{{ n }}x{{missing}}", &args), "3x");
-        assert_eq!(expand("plain", &args), "plain");
-        assert_eq!(expand("{{unclosed", &args), "{{unclosed");
+        // The background process held the pipes; the output is there all the same.
+        assert_eq!(result.unwrap(), "started\n");
+        assert_gone(&pid);
+    }
+
+    #[test]
+    fn a_timeout_kills_the_whole_group() {
+        let (result, pid) = run_script(
+            "sleep 30 & echo $! > \"$0\"; wait",
+            Duration::from_millis(300),
+            false,
+        );
+        assert!(result.unwrap_err().contains("timeout"));
+        assert_gone(&pid);
+    }
+
+    #[test]
+    fn a_cancel_kills_the_whole_group() {
+        let (result, pid) = run_script(
+            "sleep 30 & echo $! > \"$0\"; wait",
+            Duration::from_secs(20),
+            true,
+        );
+        assert!(result.unwrap_err().contains("cancelled"));
+        assert_gone(&pid);
+    }
+
+    #[test]
+    fn output_is_bounded_and_marked() {
+        let t = tool(
+            &["sh", "-c", "head -c 100000 /dev/zero; echo oops >&2"],
+            Duration::from_secs(20),
+        );
+        let out = command(&t, &json!({}), &JobCtx { info: &job() }).unwrap();
+        assert!(
+            out.ends_with("\n[output truncated at 4096 bytes]"),
+            "{out:?}"
+        );
+        assert_eq!(out.len(), 4096 + "\n[output truncated at 4096 bytes]".len());
     }
 }

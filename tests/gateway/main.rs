@@ -13,6 +13,7 @@ mod paths;
 mod pressure;
 mod runs;
 mod security;
+mod tools;
 mod usage;
 mod ws;
 mod ws_conformance;
