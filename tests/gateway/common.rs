@@ -569,6 +569,25 @@ impl Ws {
         }
     }
 
+    /// A run's events up to its end — its `chat` event in state `final`, `error` or
+    /// `aborted`, which comes last — skipping every other frame.
+    #[track_caller]
+    pub fn run_events(&mut self, run_id: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        self.until(BOUND, |f| {
+            if f["type"] != "event" || f["payload"]["runId"] != run_id {
+                return false;
+            }
+            events.push(f.clone());
+            f["event"] == "chat"
+                && matches!(
+                    f["payload"]["state"].as_str(),
+                    Some("final" | "error" | "aborted")
+                )
+        });
+        events
+    }
+
     pub fn call(&mut self, method: &str, params: Value) -> Value {
         let id = self.send_req(method, params);
         self.res(&id)

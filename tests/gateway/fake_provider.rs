@@ -198,6 +198,19 @@ impl FakeProvider {
         self.addr
     }
 
+    /// A config whose one provider `a` is this fake (model `a/m1`), with agents `main` (the
+    /// default) and `ops`; a test adds its own sections.
+    pub fn one_provider_config(&self) -> Value {
+        json!({
+            "models": {"providers": {
+                "a": {"baseUrl": self.base_url(), "apiKey": "ka", "api": "openai-completions",
+                      "timeoutMs": 20000, "models": [{"id": "m1"}]},
+            }},
+            "agents": {"defaults": {"model": {"primary": "a/m1"}},
+                       "list": [{"id": "main", "default": true}, {"id": "ops"}]},
+        })
+    }
+
     /// Queues what the next request not yet answered gets.
     pub fn push(&self, b: Behavior) {
         lock(&self.shared.queue).push_back(b);

@@ -12,15 +12,9 @@ fn config(a: &FakeProvider, hooks: Value) -> Value {
     for (k, v) in hooks.as_object().unwrap() {
         h[k] = v.clone();
     }
-    json!({
-        "models": {"providers": {
-            "a": {"baseUrl": a.base_url(), "apiKey": "ka", "api": "openai-completions", "timeoutMs": 20000,
-                  "models": [{"id": "m1"}]},
-        }},
-        "agents": {"defaults": {"model": {"primary": "a/m1"}},
-                   "list": [{"id": "main", "default": true}, {"id": "ops"}]},
-        "hooks": h,
-    })
+    let mut c = a.one_provider_config();
+    c["hooks"] = h;
+    c
 }
 
 fn hook(g: &Gateway, route: &str, body: Value) -> Response {

@@ -11,15 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn config(a: &FakeProvider) -> Value {
-    json!({
-        "models": {"providers": {
-            "a": {"baseUrl": a.base_url(), "apiKey": "ka", "api": "openai-completions", "timeoutMs": 20000,
-                  "models": [{"id": "m1"}]},
-        }},
-        "agents": {"defaults": {"model": {"primary": "a/m1"}},
-                   "list": [{"id": "main", "default": true}, {"id": "ops"}]},
-        "hooks": {"enabled": true, "token": "hook-secret"},
-    })
+    let mut c = a.one_provider_config();
+    c["hooks"] = json!({"enabled": true, "token": "hook-secret"});
+    c
 }
 
 /// Every file under `dir`, recursively.

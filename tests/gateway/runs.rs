@@ -44,18 +44,7 @@ fn chat(ws: &mut Ws, key: &str, message: &str, idem: &str) -> (String, Vec<Value
     );
     assert_eq!(res["ok"], true, "{res}");
     let run_id = res["payload"]["runId"].as_str().unwrap().to_string();
-    let mut events = Vec::new();
-    ws.until(BOUND, |f| {
-        if f["type"] != "event" || f["payload"]["runId"] != run_id.as_str() {
-            return false;
-        }
-        events.push(f.clone());
-        f["event"] == "chat"
-            && matches!(
-                f["payload"]["state"].as_str(),
-                Some("final" | "error" | "aborted")
-            )
-    });
+    let events = ws.run_events(&run_id);
     (run_id, events)
 }
 

@@ -104,23 +104,6 @@ fn send(ws: &mut Ws) -> String {
     res["payload"]["runId"].as_str().unwrap().to_string()
 }
 
-/// The run's events up to its end (`final`, `error` or `aborted`); the end comes last.
-fn until_end(ws: &mut Ws, run_id: &str) -> Vec<Value> {
-    let mut events = Vec::new();
-    ws.until(BOUND, |f| {
-        if f["type"] != "event" || f["payload"]["runId"] != run_id {
-            return false;
-        }
-        events.push(f.clone());
-        f["event"] == "chat"
-            && matches!(
-                f["payload"]["state"].as_str(),
-                Some("final" | "error" | "aborted")
-            )
-    });
-    events
-}
-
 /// The tool events' `data.phase` and `data.data`.
 fn tool_events(events: &[Value]) -> Vec<(String, Value)> {
     events
@@ -139,7 +122,7 @@ fn call_tool(a: &FakeProvider, ws: &mut Ws, tool: &str, args: Value) -> (String,
     a.push(Behavior::tool_call(tool, args));
     a.push(Behavior::text(&["done"]));
     let run_id = send(ws);
-    let events = until_end(ws, &run_id);
+    let events = ws.run_events(&run_id);
     let end = &events.last().unwrap()["payload"];
     assert_eq!(end["state"], "final", "{events:#?}");
     let tools = tool_events(&events);
@@ -230,7 +213,7 @@ fn an_aborted_tool_leaves_no_process_and_no_thread() {
         mark.wait_tree();
         let res = ctl.call("chat.abort", json!({"runId": run_id}));
         assert_eq!(res["payload"]["aborted"], true, "{res}");
-        let events = until_end(&mut ws, &run_id);
+        let events = ws.run_events(&run_id);
         assert_eq!(events.last().unwrap()["payload"]["state"], "aborted");
         mark.wait_none();
     }
