@@ -14,6 +14,8 @@
 //! (*) `gateway.limits.headerTimeoutMs`, default 10 s, measured from the head's first byte
 //! (and, for a new connection, from the accept: one that sends nothing is closed silently).
 //!
+//! `Content-Length` is digits only, given once.
+//!
 //! A connection closed by keel with input possibly unread (an error answer, `Connection:
 //! close`) is closed gracefully: the answer is written, the write side shut, and input read
 //! and dropped until the peer closes or [`LINGER`] passes — closing a socket with unread
@@ -131,14 +133,20 @@ fn parse_head(buf: &[u8]) -> Parsed {
     };
     let mut seen_length = false;
     for hd in req.headers.iter() {
+        // Only optional whitespace (SP, HTAB) surrounds a value (RFC 9110 §5.5); `str::trim`
+        // would also take Unicode spaces, and "2\u{a0}" would pass for a length of 2.
         let value = match std::str::from_utf8(hd.value) {
-            Ok(v) => v.trim(),
+            Ok(v) => v.trim_matches([' ', '\t']),
             Err(_) => return Parsed::Reject(400, "header value is not UTF-8"),
         };
         let name = hd.name;
         if name.eq_ignore_ascii_case("content-length") {
-            match value.parse::<usize>() {
-                Ok(n) if !seen_length || n == h.content_length => h.content_length = n,
+            // One Content-Length, of digits only. RFC 9110 §8.6 lets a recipient accept a
+            // repeat of the same value ("2, 2", or two lines); keel refuses every repeat
+            // instead: no client it serves sends one, and a proxy in front that reads the
+            // field differently is how requests are smuggled.
+            match decimal(value) {
+                Some(n) if !seen_length => h.content_length = n,
                 _ => return Parsed::Reject(400, "invalid Content-Length"),
             }
             seen_length = true;
@@ -165,6 +173,15 @@ fn parse_head(buf: &[u8]) -> Parsed {
         }
     }
     Parsed::Request(h, len)
+}
+
+/// A number as RFC 9110 writes them (`1*DIGIT`): ASCII digits only — no sign, no space, not
+/// empty — and no overflow. `usize::from_str` alone takes a leading `+`.
+fn decimal(value: &str) -> Option<usize> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
 }
 
 /// What the input buffered so far holds.
@@ -1050,6 +1067,66 @@ mod tests {
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.resize(HEAD_MAX + 10, b'a');
         assert!(matches!(parse_head(&big), Parsed::Reject(431, _)));
+    }
+
+    fn head_with(lines: &str) -> Parsed {
+        parse_head(format!("POST /api/rpc/health HTTP/1.1\r\nHost: t\r\n{lines}\r\n").as_bytes())
+    }
+
+    /// RFC 9110 §8.6: `Content-Length = 1*DIGIT`. `usize::from_str` alone took `+2`, which a
+    /// proxy in front may read as no length at all: a way to smuggle a request behind it.
+    #[test]
+    fn content_length_is_digits_only_and_given_once() {
+        for bad in [
+            "Content-Length: +2\r\n",
+            "Content-Length: -0\r\n",
+            "Content-Length:  2 2\r\n",
+            "Content-Length: 0x2\r\n",
+            "Content-Length: 2a\r\n",
+            "Content-Length: \r\n",
+            "Content-Length: 2.0\r\n",
+            "Content-Length: 2\u{a0}\r\n",
+            "Content-Length: \u{3000}2\r\n",
+            "Content-Length: 18446744073709551616\r\n",
+            "Content-Length: 99999999999999999999999999\r\n",
+            "Content-Length: 2, 2\r\n",
+            "Content-Length: 2\r\nContent-Length: 2\r\n",
+            "Content-Length: 2\r\nContent-Length: 3\r\n",
+        ] {
+            assert!(
+                matches!(
+                    head_with(bad),
+                    Parsed::Reject(400, "invalid Content-Length")
+                ),
+                "{bad:?}"
+            );
+        }
+        for (good, n) in [
+            ("Content-Length: 2\r\n", 2),
+            ("Content-Length: 0\r\n", 0),
+            ("Content-Length: 007\r\n", 7),
+            ("Content-Length:\t12 \r\n", 12),
+            ("", 0),
+        ] {
+            let Parsed::Request(h, _) = head_with(good) else {
+                panic!("{good:?} is a valid length");
+            };
+            assert_eq!(h.content_length, n, "{good:?}");
+        }
+        // Through the reader: refused before any body is awaited.
+        let mut r = RequestReader::default();
+        r.feed(b"POST /api/rpc/health HTTP/1.1\r\nContent-Length: +2\r\n\r\n{}");
+        assert_eq!(
+            r.next(|_| 1 << 20),
+            Next::Malformed(400, "invalid Content-Length")
+        );
+        // Both framings at once stays refused.
+        let mut r = RequestReader::default();
+        r.feed(b"POST /api/rpc/health HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n{}");
+        assert!(matches!(
+            r.next(|_| 1 << 20),
+            Next::Refused(_, Refusal::Chunked)
+        ));
     }
 
     /// The reader's verdicts for `data` arriving in `pieces` (lengths; the rest last).

@@ -346,3 +346,65 @@ fn a_hook_body_larger_than_the_rpc_limit_is_read_whole() {
     let big = json!({"x": "y".repeat(8192)});
     assert_eq!(g.rpc("health", big).status, 413);
 }
+
+/// Reads what keel still sends on `s`: nothing, then EOF (not a reset, not the read timeout).
+#[track_caller]
+fn assert_ends(s: &mut TcpStream) {
+    let mut rest = Vec::new();
+    match std::io::Read::read_to_end(s, &mut rest) {
+        Ok(_) => assert!(
+            rest.is_empty(),
+            "more after the last answer: {:?}",
+            String::from_utf8_lossy(&rest)
+        ),
+        Err(e) => panic!("the connection did not end with EOF within {BOUND:?}: {e}"),
+    }
+}
+
+/// Sends `raw` on a new connection and reads the first answer, which must say `Connection:
+/// close`; then keel must end the connection.
+#[track_caller]
+fn closing_answer(addr: &str, raw: &[u8]) -> Response {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    s.write_all(raw).unwrap();
+    let r = read_response(&mut s).expect("an answer");
+    assert_eq!(
+        r.header("connection").as_deref(),
+        Some("close"),
+        "keel closes after this answer, so it must say so:\n{}",
+        r.head
+    );
+    assert_ends(&mut s);
+    r
+}
+
+/// `Content-Length` is digits only (RFC 9110 §8.6): a sign, a space inside, hex, trailing
+/// letters, an overflow or a list are refused with 400 and the connection closed — never
+/// read as some length a proxy in front may read differently.
+#[test]
+fn a_content_length_that_is_not_plain_digits_gets_400_and_close() {
+    let g = Gateway::start(Opts::default());
+    for value in [
+        "+2",
+        "-0",
+        " 2 2",
+        "0x2",
+        "2a",
+        "18446744073709551616",
+        "2, 2",
+    ] {
+        let raw = format!(
+            "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: {value}\r\n\r\n{{}}",
+            g.token
+        );
+        let r = closing_answer(&g.addr(), raw.as_bytes());
+        assert_eq!(r.status, 400, "Content-Length: {value:?}: {}", r.text());
+        assert!(r.text().contains("Content-Length"), "{}", r.text());
+    }
+    let r = g.http(&format!(
+        "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: 02\r\nConnection: close\r\n\r\n{{}}",
+        g.token
+    ));
+    assert_eq!(r.status, 200, "leading zeros are digits: {}", r.text());
+}
