@@ -5,15 +5,20 @@
 //! Connection lifecycle:
 //!
 //! ```text
-//! idle ──first byte──▶ head (10 s total*) ──▶ body (30 s) ──▶ handled ──▶ idle (keep-alive)
-//!   │                     │                                   │
-//!   └ 60 s: closed (a     └ 408 / 431 / 400: answered, closed └ waiting on a job: no reads
-//!     new connection:       (a body is refused from its head:   are parsed until it answers
-//!     10 s*)                401 / 413 before it is read)
+//! idle ──first byte──▶ head (10 s total*) ──admitted──▶ body (30 s) ──▶ handled ──▶ idle
+//!   │                     │                                              │   (keep-alive)
+//!   └ 60 s: closed (a     │                                              └ waiting on a job:
+//!     new connection:     │                                                no reads are
+//!     10 s*)              └ answered and closed: 408 / 431 / 400 (head),   parsed until it
+//!                           and a body refused from its head before it is  answers
+//!                           read: 401 / 429 / 413 / 404 / 411
 //! ```
 //! (*) `gateway.limits.headerTimeoutMs`, default 10 s, measured from the head's first byte
 //! (and, for a new connection, from the accept: one that sends nothing is closed silently).
 //!
+//! An answer says `Connection: close` exactly when keel means to close after it (one flag
+//! decides both: `HttpConn::respond`), so a pooled client never reuses a socket keel is
+//! closing.
 //! `Content-Length` is digits only, given once.
 //!
 //! A connection closed by keel with input possibly unread (an error answer, `Connection:
@@ -60,6 +65,11 @@ pub struct Upgrade {
     pub leftover: Vec<u8>,
 }
 
+/// One HTTP connection.
+///
+/// Whether the connection closes after an answer and what the answer's `Connection` header
+/// says come from one flag, `keep_alive`, read by `HttpConn::respond`: every path that
+/// closes after answering clears it before the answer is written.
 pub struct HttpConn {
     pub stream: TcpStream,
     input: RequestReader,
@@ -489,10 +499,12 @@ impl HttpConn {
             Next::PartialBody(head, total) => {
                 if self.phase != Phase::Body {
                     // Who may send this body is known from the head: a refused client's body
-                    // is never read.
+                    // is never read, so the refusal closes the connection (and says so).
+                    // Once the body is read, `keep_alive` is the request's own again.
+                    self.keep_alive = false;
+                    self.head_only = false;
                     if !self.admit_body(cx, &head) {
                         cx.shared.metrics.http_requests.inc();
-                        self.keep_alive = false;
                         self.close_after_write = true;
                         return false;
                     }
@@ -536,9 +548,7 @@ impl HttpConn {
                         ),
                     )
                 };
-                self.respond(cx, status, "application/json", &[], &error_body(code, &msg));
-                cx.shared.metrics.http_errors_4xx.inc();
-                self.close_after_write = true;
+                self.reject_with(cx, status, code, &msg);
                 return false;
             }
             Next::Request(head, body) => {
@@ -552,26 +562,20 @@ impl HttpConn {
         self.phase = Phase::Idle;
         self.deadline = cx.now + IDLE_TIMEOUT;
         self.route(cx, head, body);
-        if !self.keep_alive && self.phase != Phase::Waiting {
-            self.close_after_write = true;
-        }
         true
     }
 
     /// Answers and closes: the request cannot be read further.
     fn reject(&mut self, cx: &mut Cx<'_>, status: u16, msg: &str) {
+        self.reject_with(cx, status, Code::InvalidRequest, msg);
+    }
+
+    fn reject_with(&mut self, cx: &mut Cx<'_>, status: u16, code: Code, msg: &str) {
         cx.shared.metrics.http_errors_4xx.inc();
         self.keep_alive = false;
         self.head_only = false;
         self.input.clear();
-        self.respond(
-            cx,
-            status,
-            "application/json",
-            &[],
-            &error_body(Code::InvalidRequest, msg),
-        );
-        self.close_after_write = true;
+        self.respond(cx, status, "application/json", &[], &error_body(code, msg));
     }
 
     fn route(&mut self, cx: &mut Cx<'_>, head: Head, body: Vec<u8>) {
@@ -918,9 +922,6 @@ impl HttpConn {
         self.phase = Phase::Idle;
         self.deadline = cx.now + IDLE_TIMEOUT;
         self.respond_status(cx, status, retry_after_s, body);
-        if !self.keep_alive {
-            self.close_after_write = true;
-        }
     }
 
     fn upgrade_ws(&mut self, cx: &mut Cx<'_>, head: &Head) {
@@ -933,6 +934,7 @@ impl HttpConn {
                 Code::InvalidRequest,
                 "unsupported WebSocket version; use 13",
             );
+            self.keep_alive = false;
             self.respond(
                 cx,
                 426,
@@ -940,7 +942,6 @@ impl HttpConn {
                 &[("Sec-WebSocket-Version", "13".into())],
                 &body,
             );
-            self.close_after_write = true;
             return;
         }
         let Some(key) = head.ws_key.as_deref().filter(|k| !k.is_empty()) else {
@@ -948,6 +949,7 @@ impl HttpConn {
         };
         if cx.shared.phase() >= crate::runtime::Phase::Draining {
             let body = json!({"ok": false, "error": RpcError::draining().to_json()}).to_string();
+            self.keep_alive = false;
             self.respond(
                 cx,
                 503,
@@ -955,7 +957,6 @@ impl HttpConn {
                 &[("Retry-After", "5".into())],
                 body.as_bytes(),
             );
-            self.close_after_write = true;
             return;
         }
         let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -966,6 +967,8 @@ impl HttpConn {
         self.upgrade = true;
     }
 
+    /// Writes an answer. It says `Connection: close` exactly when the connection closes
+    /// after it: both follow `keep_alive`, which a path that closes clears beforehand.
     fn respond(
         &mut self,
         cx: &mut Cx<'_>,
@@ -975,6 +978,9 @@ impl HttpConn {
         body: &[u8],
     ) {
         let _ = cx;
+        if !self.keep_alive {
+            self.close_after_write = true;
+        }
         let mut head = format!(
             "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
             reason(status),

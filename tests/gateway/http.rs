@@ -116,6 +116,7 @@ fn a_head_that_does_not_arrive_in_time_gets_408() {
     let r = read_response(&mut s).unwrap();
     assert_eq!(r.status, 408);
     assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert_ends(&mut s);
 }
 
 #[test]
@@ -377,6 +378,112 @@ fn closing_answer(addr: &str, raw: &[u8]) -> Response {
     );
     assert_ends(&mut s);
     r
+}
+
+/// Every answer after which keel closes the connection says `Connection: close`, so that a
+/// client pooling connections does not send its next request into a closing socket: bodies
+/// refused from their head (unread), heads keel cannot read, refused upgrades.
+#[test]
+fn answers_after_which_keel_closes_say_connection_close() {
+    let g = Gateway::start(Opts::default().config(json!({
+        "hooks": {"enabled": true, "token": "hook-secret", "path": "/hooks"},
+    })));
+    let token = &g.token;
+    let cases: Vec<(u16, String)> = vec![
+        // A body where no route takes one, announced and not sent.
+        (
+            404,
+            "POST /nope HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n".into(),
+        ),
+        (
+            413,
+            format!(
+                "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",
+                2 << 20
+            ),
+        ),
+        // Refused at body admission (the body is not read).
+        (
+            401,
+            "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong\r\nContent-Length: 10\r\n\r\n".into(),
+        ),
+        (
+            401,
+            "POST /hooks/wake HTTP/1.1\r\nHost: t\r\nx-openclaw-token: wrong\r\nContent-Length: 10\r\n\r\n".into(),
+        ),
+        (
+            400,
+            "POST /hooks/wake?token=hook-secret HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n".into(),
+        ),
+        (
+            411,
+            "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+        ),
+        (
+            431,
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(17 << 10)
+            ),
+        ),
+        (400, "GARBAGE\x01 / HTTP/1.1\r\n\r\n".into()),
+        (
+            426,
+            "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n".into(),
+        ),
+    ];
+    for (status, raw) in &cases {
+        let r = closing_answer(&g.addr(), raw.as_bytes());
+        assert_eq!(r.status, *status, "{raw:.80?}: {}", r.text());
+    }
+    // Until the per-address limit trips, refusals at admission are 401; then 429. Both close.
+    let refused = "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong\r\nContent-Length: 10\r\n\r\n";
+    let mut limited = false;
+    for _ in 0..30 {
+        let r = closing_answer(&g.addr(), refused.as_bytes());
+        assert!(matches!(r.status, 401 | 429), "{}", r.status);
+        if r.status == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "the failure limit never tripped");
+    let r = closing_answer(
+        &g.addr(),
+        format!(
+            "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Length: 2\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_some());
+    // An answer that says keep-alive keeps the connection: the next request on it is served.
+    let mut s = TcpStream::connect(g.addr()).unwrap();
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let r = read_response(&mut s).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection").as_deref(), Some("keep-alive"));
+    }
+}
+
+/// A WebSocket upgrade refused because keel is draining says `Connection: close` too.
+#[test]
+fn an_upgrade_while_draining_gets_503_and_connection_close() {
+    let g = Gateway::start(Opts::hooks());
+    // A job that holds the drain open for the length of the test.
+    let _job = g.spawn_rpc("keel.test.busy", json!({"ms": 60_000, "sleep": true}));
+    g.wait_metric("keel_jobs_in_flight{pool=\"cpu\"}", 1.0);
+    g.signal("TERM");
+    eventually(BOUND, || (g.get("/readyz").status == 503).then_some(()));
+    let r = closing_answer(
+        &g.addr(),
+        b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "DRAINING");
 }
 
 /// `Content-Length` is digits only (RFC 9110 §8.6): a sign, a space inside, hex, trailing
