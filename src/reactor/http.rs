@@ -6,12 +6,12 @@
 //!
 //! ```text
 //! idle ──first byte──▶ head (10 s total*) ──admitted──▶ body (30 s) ──▶ handled ──▶ idle
-//!   │                     │                                              │   (keep-alive)
-//!   └ 60 s: closed (a     │                                              └ waiting on a job:
+//!   │                     │                  (100 Continue if            │   (keep-alive)
+//!   └ 60 s: closed (a     │                   the client expects it)     └ waiting on a job:
 //!     new connection:     │                                                no reads are
 //!     10 s*)              └ answered and closed: 408 / 431 / 400 (head),   parsed until it
 //!                           and a body refused from its head before it is  answers
-//!                           read: 401 / 429 / 413 / 404 / 411
+//!                           read: 401 / 429 / 413 / 404 / 411 / 417
 //! ```
 //! (*) `gateway.limits.headerTimeoutMs`, default 10 s, measured from the head's first byte
 //! (and, for a new connection, from the accept: one that sends nothing is closed silently).
@@ -19,7 +19,7 @@
 //! An answer says `Connection: close` exactly when keel means to close after it (one flag
 //! decides both: `HttpConn::respond`), so a pooled client never reuses a socket keel is
 //! closing.
-//! `Content-Length` is digits only, given once.
+//! `Content-Length` is digits only, given once; `Expect` takes only `100-continue` (HTTP/1.1).
 //!
 //! A connection closed by keel with input possibly unread (an error answer, `Connection:
 //! close`) is closed gracefully: the answer is written, the write side shut, and input read
@@ -104,6 +104,18 @@ pub struct Head {
     pub upgrade_ws: bool,
     pub ws_key: Option<String>,
     pub ws_version: Option<String>,
+    pub expect: Expect,
+}
+
+/// What the `Expect` header asks for. HTTP/1.0 requests have none: they predate it, and RFC
+/// 9110 §10.1.1 has a server ignore it there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Nothing,
+    /// `100-continue`: the client waits for a 100 before it sends the body.
+    Continue,
+    /// Anything else: answered 417.
+    Unsupported,
 }
 
 enum Parsed {
@@ -140,6 +152,7 @@ fn parse_head(buf: &[u8]) -> Parsed {
         upgrade_ws: false,
         ws_key: None,
         ws_version: None,
+        expect: Expect::Nothing,
     };
     let mut seen_length = false;
     for hd in req.headers.iter() {
@@ -160,6 +173,18 @@ fn parse_head(buf: &[u8]) -> Parsed {
                 _ => return Parsed::Reject(400, "invalid Content-Length"),
             }
             seen_length = true;
+        } else if name.eq_ignore_ascii_case("expect") {
+            // A list (RFC 9110 §10.1.1); empty elements count for nothing.
+            let tokens = value.split(',').map(|t| t.trim_matches([' ', '\t']));
+            for token in tokens.filter(|t| !t.is_empty()) {
+                h.expect = if token.eq_ignore_ascii_case("100-continue")
+                    && h.expect != Expect::Unsupported
+                {
+                    Expect::Continue
+                } else {
+                    Expect::Unsupported
+                };
+            }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             h.chunked = true;
         } else if name.eq_ignore_ascii_case("connection") {
@@ -181,6 +206,9 @@ fn parse_head(buf: &[u8]) -> Parsed {
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             h.ws_version = Some(value.to_string());
         }
+    }
+    if minor == 0 {
+        h.expect = Expect::Nothing;
     }
     Parsed::Request(h, len)
 }
@@ -218,6 +246,8 @@ pub enum Refusal {
     Chunked,
     /// `Content-Length` over the route's limit.
     TooLarge { limit: usize },
+    /// An `Expect` other than `100-continue`.
+    Expectation,
 }
 
 /// Request framing on one connection, without I/O: bytes go in as they are read (split
@@ -258,6 +288,9 @@ impl RequestReader {
             Parsed::Reject(status, msg) => return Next::Malformed(status, msg),
             Parsed::Request(h, len) => (h, len),
         };
+        if head.expect == Expect::Unsupported {
+            return Next::Refused(head, Refusal::Expectation);
+        }
         if head.chunked {
             return Next::Refused(head, Refusal::Chunked);
         }
@@ -277,6 +310,7 @@ impl RequestReader {
 
 fn reason(status: u16) -> &'static str {
     match status {
+        100 => "Continue",
         101 => "Switching Protocols",
         200 => "OK",
         400 => "Bad Request",
@@ -286,6 +320,7 @@ fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
+        417 => "Expectation Failed",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -511,11 +546,26 @@ impl HttpConn {
                     self.phase = Phase::Body;
                     self.deadline = cx.now + BODY_TIMEOUT;
                     self.body_end = total;
+                    // The client may be holding the body back until it hears the head is
+                    // taken (RFC 9110 §10.1.1); refusals above went out without a 100.
+                    if head.expect == Expect::Continue {
+                        self.wbuf
+                            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    }
                 }
                 return false;
             }
             Next::Malformed(status, msg) => {
                 self.reject(cx, status, msg);
+                return false;
+            }
+            Next::Refused(_, Refusal::Expectation) => {
+                cx.shared.metrics.http_requests.inc();
+                self.reject(
+                    cx,
+                    417,
+                    "the only expectation supported is Expect: 100-continue",
+                );
                 return false;
             }
             Next::Refused(_, Refusal::Chunked) => {
@@ -1133,6 +1183,58 @@ mod tests {
             r.next(|_| 1 << 20),
             Next::Refused(_, Refusal::Chunked)
         ));
+    }
+
+    #[test]
+    fn expect_takes_100_continue_only_and_only_in_http_1_1() {
+        for (lines, expect) in [
+            ("", Expect::Nothing),
+            ("Expect: 100-continue\r\n", Expect::Continue),
+            ("Expect: 100-Continue\r\n", Expect::Continue),
+            ("Expect: \r\n", Expect::Nothing),
+            ("Expect: something-else\r\n", Expect::Unsupported),
+            ("Expect: 100-continue, x\r\n", Expect::Unsupported),
+            ("Expect: x, 100-continue\r\n", Expect::Unsupported),
+            ("Expect: 100-continue\r\nExpect: x\r\n", Expect::Unsupported),
+            ("Expect: 100-continue=1\r\n", Expect::Unsupported),
+        ] {
+            let Parsed::Request(h, _) = head_with(lines) else {
+                panic!("{lines:?}");
+            };
+            assert_eq!(h.expect, expect, "{lines:?}");
+        }
+        for lines in ["Expect: 100-continue\r\n", "Expect: something-else\r\n"] {
+            let raw = format!("POST /api/rpc/health HTTP/1.0\r\n{lines}\r\n");
+            let Parsed::Request(h, _) = parse_head(raw.as_bytes()) else {
+                panic!("{raw:?}");
+            };
+            assert_eq!(h.expect, Expect::Nothing, "HTTP/1.0 ignores {lines:?}");
+        }
+        // The reader refuses an unsupported expectation from the head, body or not; a
+        // 100-continue head waits for its body like any other.
+        let mut r = RequestReader::default();
+        r.feed(b"GET /healthz HTTP/1.1\r\nExpect: something-else\r\n\r\n");
+        assert!(matches!(
+            r.next(|_| 0),
+            Next::Refused(_, Refusal::Expectation)
+        ));
+        let raw =
+            b"POST /api/rpc/health HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+        let mut r = RequestReader::default();
+        r.feed(raw);
+        let Next::PartialBody(h, total) = r.next(|_| 1 << 20) else {
+            panic!("the body is awaited");
+        };
+        assert_eq!((h.expect, total), (Expect::Continue, raw.len() + 2));
+        r.feed(b"{}");
+        assert!(matches!(r.next(|_| 1 << 20), Next::Request(_, ref b) if b == b"{}"));
+        // Over the limit: refused from the head (no 100 is ever due).
+        let mut r = RequestReader::default();
+        r.feed(raw);
+        assert_eq!(
+            r.next(|_| 1),
+            Next::Refused(h, Refusal::TooLarge { limit: 1 })
+        );
     }
 
     /// The reader's verdicts for `data` arriving in `pieces` (lengths; the rest last).

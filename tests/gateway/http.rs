@@ -428,6 +428,10 @@ fn answers_after_which_keel_closes_say_connection_close() {
         ),
         (400, "GARBAGE\x01 / HTTP/1.1\r\n\r\n".into()),
         (
+            417,
+            "GET /healthz HTTP/1.1\r\nHost: t\r\nExpect: something-else\r\n\r\n".into(),
+        ),
+        (
             426,
             "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n".into(),
         ),
@@ -514,4 +518,60 @@ fn a_content_length_that_is_not_plain_digits_gets_400_and_close() {
         g.token
     ));
     assert_eq!(r.status, 200, "leading zeros are digits: {}", r.text());
+}
+
+/// `Expect: 100-continue`: a client that holds its body back hears `100 Continue` once its
+/// head is admitted, and a refusal at once instead (no 100 before it); any other expectation
+/// gets 417. HTTP/1.0 requests have no expectations (RFC 9110 §10.1.1).
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let g = Gateway::start(Opts::default());
+    let mut s = TcpStream::connect(g.addr()).unwrap();
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    // Twice on one connection: each request gets its own 100.
+    for _ in 0..2 {
+        s.write_all(
+            format!(
+                "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+                g.token
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let interim = read_response(&mut s).expect("100 Continue before the body is sent");
+        assert_eq!(interim.head, "HTTP/1.1 100 Continue\r\n\r\n");
+        s.write_all(b"{}").unwrap();
+        let r = read_response(&mut s).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["payload"]["ok"], true);
+    }
+    // Refused from the head: the refusal comes first, and closes.
+    let r = closing_answer(
+        &g.addr(),
+        b"POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+    );
+    assert_eq!(r.status, 401, "{}", r.head);
+    let r = closing_answer(
+        &g.addr(),
+        format!(
+            "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            g.token,
+            2 << 20
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 413, "{}", r.head);
+    let r = closing_answer(
+        &g.addr(),
+        format!(
+            "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nExpect: something-else\r\nContent-Length: 2\r\n\r\n",
+            g.token
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 417, "{}", r.head);
+    assert_eq!(r.json()["error"]["code"], "INVALID_REQUEST");
+    // HTTP/1.0 ignores Expect, whatever it says.
+    let r = g.http("GET /healthz HTTP/1.0\r\nExpect: something-else\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.head);
 }
