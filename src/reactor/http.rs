@@ -26,13 +26,13 @@
 //! and dropped until the peer closes or [`LINGER`] passes — closing a socket with unread
 //! input would send a reset that can destroy the answer in flight.
 
+use super::ws::Socket;
 use super::{Cx, Outcome, hook_route, io_would_block};
 use crate::error::{Code, RpcError};
 use crate::jobs::ReplyTo;
 use crate::protocol::{self, methods};
 use mio::net::TcpStream;
 use serde_json::{Value, json};
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 /// Largest request head.
@@ -65,13 +65,13 @@ pub struct Upgrade {
     pub leftover: Vec<u8>,
 }
 
-/// One HTTP connection.
+/// One HTTP connection: over the reactor's socket, or (in the fuzz target) an in-memory one.
 ///
 /// Whether the connection closes after an answer and what the answer's `Connection` header
 /// says come from one flag, `keep_alive`, read by `HttpConn::respond`: every path that
 /// closes after answering clears it before the answer is written.
-pub struct HttpConn {
-    pub stream: TcpStream,
+pub struct HttpConn<S: Socket = TcpStream> {
+    pub stream: S,
     input: RequestReader,
     wbuf: Vec<u8>,
     wpos: usize,
@@ -339,9 +339,9 @@ fn error_body(code: Code, message: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-impl HttpConn {
+impl<S: Socket> HttpConn<S> {
     /// A new connection: its first head must arrive within `header_timeout`.
-    pub fn new(stream: TcpStream, now: Instant, header_timeout: Duration) -> HttpConn {
+    pub fn new(stream: S, now: Instant, header_timeout: Duration) -> HttpConn<S> {
         HttpConn {
             stream,
             input: RequestReader::default(),
@@ -361,7 +361,7 @@ impl HttpConn {
     }
 
     /// Takes the bytes that arrived after the upgrade request: the client's first frames.
-    pub fn into_upgrade(self) -> (TcpStream, Upgrade) {
+    pub fn into_upgrade(self) -> (S, Upgrade) {
         (
             self.stream,
             Upgrade {
@@ -429,9 +429,11 @@ impl HttpConn {
 
     /// Everything is written: shut the write side and drop input until the peer closes.
     fn linger(&mut self, now: Instant) -> Outcome {
-        if self.eof || self.stream.shutdown(std::net::Shutdown::Write).is_err() {
+        if self.eof {
             return Outcome::Close;
         }
+        // On a socket the peer has already reset, the read below fails and ends it.
+        self.stream.shutdown_write();
         self.lingering = true;
         self.input = RequestReader::default();
         self.deadline = now + LINGER;
@@ -744,7 +746,7 @@ impl HttpConn {
         if !self.hook_precheck(cx, head) {
             return;
         }
-        let fail = |this: &mut HttpConn, cx: &mut Cx<'_>, status: u16, code: Code, msg: &str| {
+        let fail = |this: &mut Self, cx: &mut Cx<'_>, status: u16, code: Code, msg: &str| {
             cx.shared.metrics.http_errors_4xx.inc();
             this.respond(cx, status, "application/json", &[], &error_body(code, msg));
         };
@@ -787,7 +789,7 @@ impl HttpConn {
         let Some(hooks) = cx.config().hooks.clone() else {
             return false;
         };
-        let fail = |this: &mut HttpConn, cx: &mut Cx<'_>, status: u16, code: Code, msg: &str| {
+        let fail = |this: &mut Self, cx: &mut Cx<'_>, status: u16, code: Code, msg: &str| {
             cx.shared.metrics.http_errors_4xx.inc();
             this.respond(cx, status, "application/json", &[], &error_body(code, msg));
             false
