@@ -33,7 +33,14 @@ reqs = {
     "no-route-body": "POST /nowhere HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
     "hook": 'POST /hooks/agent HTTP/1.1\r\nx-openclaw-token: hook-token\r\nContent-Length: 19\r\n\r\n{"message":"hello"}',
     "two-lengths": "POST /api/rpc/x HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+    "length-list": "POST /api/rpc/x HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\n{}",
+    "signed-length": f"POST /api/rpc/health HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: +2\r\n\r\n{{}}GET /healthz HTTP/1.1\r\n\r\n",
+    "expect-continue": f"POST /api/rpc/health HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n{{}}",
+    "expect-refused": "POST /api/rpc/health HTTP/1.1\r\nAuthorization: Bearer wrong\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n{}",
+    "expect-other": "GET /healthz HTTP/1.1\r\nExpect: something-else\r\n\r\n",
+    "upgrade-v8": "GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     "malformed": "GET /\x01 HTTP/1.1\r\n\r\n",
+    "forwarded": "POST /api/rpc/health HTTP/1.1\r\nAuthorization: Bearer wrong\r\nX-Forwarded-For: 198.51.100.1, [2001:db8::1], 127.0.0.1\r\nX-Forwarded-For: 203.0.113.5\r\nContent-Length: 2\r\n\r\n{}",
     "long-header": "GET / HTTP/1.1\r\nX-Long: " + "a" * 16400 + "\r\n\r\n",
 }
 for name, r in reqs.items():

@@ -4,6 +4,7 @@
 use keel::config::Config;
 use keel::jobs::{PoolReceivers, Pools};
 use keel::runtime::{Shared, SharedParts};
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -46,14 +47,15 @@ pub fn split(input: &[u8]) -> (Vec<&[u8]>, &[u8]) {
 
 /// An in-memory socket: each piece of input is returned by reads until used up, then one read
 /// says `WouldBlock` (the end of that readiness event), as a non-blocking socket would. When
-/// every piece is read: `WouldBlock` for ever, or EOF if `eof_at_end`. Writes are kept.
+/// every piece is read: `WouldBlock` for ever, or EOF if `eof_at_end`. Writes are kept; after
+/// `shutdown_write` they fail, as a real socket's do.
 #[derive(Debug, Default)]
 pub struct MemSocket {
     pieces: VecDeque<Vec<u8>>,
     pending_block: bool,
     pub eof_at_end: bool,
     pub written: Vec<u8>,
-    pub write_shut: bool,
+    pub write_shut: Cell<bool>,
 }
 
 impl MemSocket {
@@ -97,7 +99,7 @@ impl Read for MemSocket {
 
 impl Write for MemSocket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.write_shut {
+        if self.write_shut.get() {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
         self.written.extend_from_slice(buf);
@@ -110,7 +112,9 @@ impl Write for MemSocket {
 }
 
 impl keel::reactor::ws::Socket for MemSocket {
-    fn shutdown_write(&self) {}
+    fn shutdown_write(&self) {
+        self.write_shut.set(true);
+    }
 }
 
 /// The repository's small fixture state (two agents, transcripts, session stores).
@@ -131,11 +135,12 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The config the fuzzed gateway runs with: token auth, and hooks on (so the hook routes and
-/// their body limit are reachable).
+/// The config the fuzzed gateway runs with: token auth, hooks on (so the hook routes and
+/// their body limit are reachable), and the fuzz peer (127.0.0.1) a trusted proxy, so a head's
+/// `X-Forwarded-For` chain is read to find the client the limiter counts.
 pub fn config() -> Config {
     let text = format!(
-        r#"{{"gateway":{{"auth":{{"mode":"token","token":"{TOKEN}"}}}},"hooks":{{"enabled":true,"token":"hook-token","path":"/hooks"}}}}"#
+        r#"{{"gateway":{{"auth":{{"mode":"token","token":"{TOKEN}"}},"trustedProxies":["127.0.0.1"]}},"hooks":{{"enabled":true,"token":"hook-token","path":"/hooks"}}}}"#
     );
     let v = keel::config::parse(&text, None);
     assert!(v.problems.is_empty(), "fuzz config: {:?}", v.problems);

@@ -5,20 +5,28 @@
 //! Connection lifecycle:
 //!
 //! ```text
-//! idle ──first byte──▶ head (10 s total*) ──▶ body (30 s) ──▶ handled ──▶ idle (keep-alive)
-//!   │                     │                                   │
-//!   └ 60 s: closed (a     └ 408 / 431 / 400: answered, closed └ waiting on a job: no reads
-//!     new connection:       (a body is refused from its head:   are parsed until it answers
-//!     10 s*)                401 / 413 before it is read)
+//! idle ──first byte──▶ head (10 s total*) ──admitted──▶ body (30 s) ──▶ handled ──▶ idle
+//!   │                     │                  (100 Continue if            │   (keep-alive)
+//!   └ 60 s: closed (a     │                   the client expects it)     └ waiting on a job:
+//!     new connection:     │                                                no reads are
+//!     10 s*)              └ answered and closed: 408 / 431 / 400 (head),   parsed until it
+//!                           and a body refused from its head before it is  answers
+//!                           read: 401 / 429 / 413 / 404 / 411 / 417
 //! ```
 //! (*) `gateway.limits.headerTimeoutMs`, default 10 s, measured from the head's first byte
 //! (and, for a new connection, from the accept: one that sends nothing is closed silently).
+//!
+//! An answer says `Connection: close` exactly when keel means to close after it (one flag
+//! decides both: `HttpConn::respond`), so a pooled client never reuses a socket keel is
+//! closing.
+//! `Content-Length` is digits only, given once; `Expect` takes only `100-continue` (HTTP/1.1).
 //!
 //! A connection closed by keel with input possibly unread (an error answer, `Connection:
 //! close`) is closed gracefully: the answer is written, the write side shut, and input read
 //! and dropped until the peer closes or [`LINGER`] passes — closing a socket with unread
 //! input would send a reset that can destroy the answer in flight.
 
+use super::ws::Socket;
 use super::{Cx, Outcome, hook_route, io_would_block};
 use crate::auth::{Client, Forwarding, Scope};
 use crate::error::{Code, RpcError};
@@ -26,7 +34,6 @@ use crate::jobs::ReplyTo;
 use crate::protocol::{self, methods};
 use mio::net::TcpStream;
 use serde_json::{Value, json};
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 /// Largest request head.
@@ -61,8 +68,13 @@ pub struct Upgrade {
     pub client: Client,
 }
 
-pub struct HttpConn {
-    pub stream: TcpStream,
+/// One HTTP connection: over the reactor's socket, or (in the fuzz target) an in-memory one.
+///
+/// Whether the connection closes after an answer and what the answer's `Connection` header
+/// says come from one flag, `keep_alive`, read by `HttpConn::respond`: every path that
+/// closes after answering clears it before the answer is written.
+pub struct HttpConn<S: Socket = TcpStream> {
+    pub stream: S,
     input: RequestReader,
     wbuf: Vec<u8>,
     wpos: usize,
@@ -100,6 +112,18 @@ pub struct Head {
     /// `X-Forwarded-For` and whether any proxy header is there (`auth::client` decides
     /// whether to believe them).
     pub forwarding: Forwarding,
+    pub expect: Expect,
+}
+
+/// What the `Expect` header asks for. HTTP/1.0 requests have none: they predate it, and RFC
+/// 9110 §10.1.1 has a server ignore it there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Nothing,
+    /// `100-continue`: the client waits for a 100 before it sends the body.
+    Continue,
+    /// Anything else: answered 417.
+    Unsupported,
 }
 
 enum Parsed {
@@ -137,20 +161,39 @@ fn parse_head(buf: &[u8]) -> Parsed {
         ws_key: None,
         ws_version: None,
         forwarding: Forwarding::default(),
+        expect: Expect::Nothing,
     };
     let mut seen_length = false;
     for hd in req.headers.iter() {
+        // Only optional whitespace (SP, HTAB) surrounds a value (RFC 9110 §5.5); `str::trim`
+        // would also take Unicode spaces, and "2\u{a0}" would pass for a length of 2.
         let value = match std::str::from_utf8(hd.value) {
-            Ok(v) => v.trim(),
+            Ok(v) => v.trim_matches([' ', '\t']),
             Err(_) => return Parsed::Reject(400, "header value is not UTF-8"),
         };
         let name = hd.name;
         if name.eq_ignore_ascii_case("content-length") {
-            match value.parse::<usize>() {
-                Ok(n) if !seen_length || n == h.content_length => h.content_length = n,
+            // One Content-Length, of digits only. RFC 9110 §8.6 lets a recipient accept a
+            // repeat of the same value ("2, 2", or two lines); keel refuses every repeat
+            // instead: no client it serves sends one, and a proxy in front that reads the
+            // field differently is how requests are smuggled.
+            match decimal(value) {
+                Some(n) if !seen_length => h.content_length = n,
                 _ => return Parsed::Reject(400, "invalid Content-Length"),
             }
             seen_length = true;
+        } else if name.eq_ignore_ascii_case("expect") {
+            // A list (RFC 9110 §10.1.1); empty elements count for nothing.
+            let tokens = value.split(',').map(|t| t.trim_matches([' ', '\t']));
+            for token in tokens.filter(|t| !t.is_empty()) {
+                h.expect = if token.eq_ignore_ascii_case("100-continue")
+                    && h.expect != Expect::Unsupported
+                {
+                    Expect::Continue
+                } else {
+                    Expect::Unsupported
+                };
+            }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             h.chunked = true;
         } else if name.eq_ignore_ascii_case("connection") {
@@ -184,7 +227,19 @@ fn parse_head(buf: &[u8]) -> Parsed {
             h.forwarding.proxied = true;
         }
     }
+    if minor == 0 {
+        h.expect = Expect::Nothing;
+    }
     Parsed::Request(h, len)
+}
+
+/// A number as RFC 9110 writes them (`1*DIGIT`): ASCII digits only — no sign, no space, not
+/// empty — and no overflow. `usize::from_str` alone takes a leading `+`.
+fn decimal(value: &str) -> Option<usize> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
 }
 
 /// What the input buffered so far holds.
@@ -211,6 +266,8 @@ pub enum Refusal {
     Chunked,
     /// `Content-Length` over the route's limit.
     TooLarge { limit: usize },
+    /// An `Expect` other than `100-continue`.
+    Expectation,
 }
 
 /// Request framing on one connection, without I/O: bytes go in as they are read (split
@@ -251,6 +308,9 @@ impl RequestReader {
             Parsed::Reject(status, msg) => return Next::Malformed(status, msg),
             Parsed::Request(h, len) => (h, len),
         };
+        if head.expect == Expect::Unsupported {
+            return Next::Refused(head, Refusal::Expectation);
+        }
         if head.chunked {
             return Next::Refused(head, Refusal::Chunked);
         }
@@ -270,6 +330,7 @@ impl RequestReader {
 
 fn reason(status: u16) -> &'static str {
     match status {
+        100 => "Continue",
         101 => "Switching Protocols",
         200 => "OK",
         400 => "Bad Request",
@@ -279,6 +340,7 @@ fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
+        417 => "Expectation Failed",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -297,9 +359,9 @@ fn error_body(code: Code, message: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-impl HttpConn {
+impl<S: Socket> HttpConn<S> {
     /// A new connection: its first head must arrive within `header_timeout`.
-    pub fn new(stream: TcpStream, now: Instant, header_timeout: Duration) -> HttpConn {
+    pub fn new(stream: S, now: Instant, header_timeout: Duration) -> HttpConn<S> {
         HttpConn {
             stream,
             input: RequestReader::default(),
@@ -321,7 +383,7 @@ impl HttpConn {
 
     /// Takes the bytes that arrived after the upgrade request: the client's first frames.
     /// `peer` is the client when no upgrade was owed (the connection is being dropped).
-    pub fn into_upgrade(self, peer: std::net::SocketAddr) -> (TcpStream, Upgrade) {
+    pub fn into_upgrade(self, peer: std::net::SocketAddr) -> (S, Upgrade) {
         let client = self.upgrade_client.unwrap_or(Client {
             ip: peer.ip(),
             local: false,
@@ -395,9 +457,11 @@ impl HttpConn {
 
     /// Everything is written: shut the write side and drop input until the peer closes.
     fn linger(&mut self, now: Instant) -> Outcome {
-        if self.eof || self.stream.shutdown(std::net::Shutdown::Write).is_err() {
+        if self.eof {
             return Outcome::Close;
         }
+        // On a socket the peer has already reset, the read below fails and ends it.
+        self.stream.shutdown_write();
         self.lingering = true;
         self.input = RequestReader::default();
         self.deadline = now + LINGER;
@@ -500,21 +564,38 @@ impl HttpConn {
             Next::PartialBody(head, total) => {
                 if self.phase != Phase::Body {
                     // Who may send this body is known from the head: a refused client's body
-                    // is never read.
+                    // is never read, so the refusal closes the connection (and says so).
+                    // Once the body is read, `keep_alive` is the request's own again.
+                    self.keep_alive = false;
+                    self.head_only = false;
                     if !self.admit_body(cx, &head) {
                         cx.shared.metrics.http_requests.inc();
-                        self.keep_alive = false;
                         self.close_after_write = true;
                         return false;
                     }
                     self.phase = Phase::Body;
                     self.deadline = cx.now + BODY_TIMEOUT;
                     self.body_end = total;
+                    // The client may be holding the body back until it hears the head is
+                    // taken (RFC 9110 §10.1.1); refusals above went out without a 100.
+                    if head.expect == Expect::Continue {
+                        self.wbuf
+                            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    }
                 }
                 return false;
             }
             Next::Malformed(status, msg) => {
                 self.reject(cx, status, msg);
+                return false;
+            }
+            Next::Refused(_, Refusal::Expectation) => {
+                cx.shared.metrics.http_requests.inc();
+                self.reject(
+                    cx,
+                    417,
+                    "the only expectation supported is Expect: 100-continue",
+                );
                 return false;
             }
             Next::Refused(_, Refusal::Chunked) => {
@@ -547,9 +628,7 @@ impl HttpConn {
                         ),
                     )
                 };
-                self.respond(cx, status, "application/json", &[], &error_body(code, &msg));
-                cx.shared.metrics.http_errors_4xx.inc();
-                self.close_after_write = true;
+                self.reject_with(cx, status, code, &msg);
                 return false;
             }
             Next::Request(head, body) => {
@@ -563,26 +642,20 @@ impl HttpConn {
         self.phase = Phase::Idle;
         self.deadline = cx.now + IDLE_TIMEOUT;
         self.route(cx, head, body);
-        if !self.keep_alive && self.phase != Phase::Waiting {
-            self.close_after_write = true;
-        }
         true
     }
 
     /// Answers and closes: the request cannot be read further.
     fn reject(&mut self, cx: &mut Cx<'_>, status: u16, msg: &str) {
+        self.reject_with(cx, status, Code::InvalidRequest, msg);
+    }
+
+    fn reject_with(&mut self, cx: &mut Cx<'_>, status: u16, code: Code, msg: &str) {
         cx.shared.metrics.http_errors_4xx.inc();
         self.keep_alive = false;
         self.head_only = false;
         self.input.clear();
-        self.respond(
-            cx,
-            status,
-            "application/json",
-            &[],
-            &error_body(Code::InvalidRequest, msg),
-        );
-        self.close_after_write = true;
+        self.respond(cx, status, "application/json", &[], &error_body(code, msg));
     }
 
     fn route(&mut self, cx: &mut Cx<'_>, head: Head, body: Vec<u8>) {
@@ -701,7 +774,7 @@ impl HttpConn {
         if !self.hook_precheck(cx, head) {
             return;
         }
-        let fail = |this: &mut HttpConn, cx: &mut Cx<'_>, status: u16, code: Code, msg: &str| {
+        let fail = |this: &mut Self, cx: &mut Cx<'_>, status: u16, code: Code, msg: &str| {
             cx.shared.metrics.http_errors_4xx.inc();
             this.respond(cx, status, "application/json", &[], &error_body(code, msg));
         };
@@ -745,7 +818,7 @@ impl HttpConn {
         let Some(hooks) = cx.config().hooks.clone() else {
             return false;
         };
-        let fail = |this: &mut HttpConn, cx: &mut Cx<'_>, status: u16, code: Code, msg: &str| {
+        let fail = |this: &mut Self, cx: &mut Cx<'_>, status: u16, code: Code, msg: &str| {
             cx.shared.metrics.http_errors_4xx.inc();
             this.respond(cx, status, "application/json", &[], &error_body(code, msg));
             false
@@ -932,9 +1005,6 @@ impl HttpConn {
         self.phase = Phase::Idle;
         self.deadline = cx.now + IDLE_TIMEOUT;
         self.respond_status(cx, status, retry_after_s, body);
-        if !self.keep_alive {
-            self.close_after_write = true;
-        }
     }
 
     fn upgrade_ws(&mut self, cx: &mut Cx<'_>, head: &Head) {
@@ -947,6 +1017,7 @@ impl HttpConn {
                 Code::InvalidRequest,
                 "unsupported WebSocket version; use 13",
             );
+            self.keep_alive = false;
             self.respond(
                 cx,
                 426,
@@ -954,7 +1025,6 @@ impl HttpConn {
                 &[("Sec-WebSocket-Version", "13".into())],
                 &body,
             );
-            self.close_after_write = true;
             return;
         }
         let Some(key) = head.ws_key.as_deref().filter(|k| !k.is_empty()) else {
@@ -962,6 +1032,7 @@ impl HttpConn {
         };
         if cx.shared.phase() >= crate::runtime::Phase::Draining {
             let body = json!({"ok": false, "error": RpcError::draining().to_json()}).to_string();
+            self.keep_alive = false;
             self.respond(
                 cx,
                 503,
@@ -969,7 +1040,6 @@ impl HttpConn {
                 &[("Retry-After", "5".into())],
                 body.as_bytes(),
             );
-            self.close_after_write = true;
             return;
         }
         self.upgrade_client = Some(cx.client(&head.forwarding));
@@ -981,6 +1051,8 @@ impl HttpConn {
         self.upgrade = true;
     }
 
+    /// Writes an answer. It says `Connection: close` exactly when the connection closes
+    /// after it: both follow `keep_alive`, which a path that closes clears beforehand.
     fn respond(
         &mut self,
         cx: &mut Cx<'_>,
@@ -990,6 +1062,9 @@ impl HttpConn {
         body: &[u8],
     ) {
         let _ = cx;
+        if !self.keep_alive {
+            self.close_after_write = true;
+        }
         let mut head = format!(
             "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
             reason(status),
@@ -1082,6 +1157,118 @@ mod tests {
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.resize(HEAD_MAX + 10, b'a');
         assert!(matches!(parse_head(&big), Parsed::Reject(431, _)));
+    }
+
+    fn head_with(lines: &str) -> Parsed {
+        parse_head(format!("POST /api/rpc/health HTTP/1.1\r\nHost: t\r\n{lines}\r\n").as_bytes())
+    }
+
+    /// RFC 9110 §8.6: `Content-Length = 1*DIGIT`. `usize::from_str` alone took `+2`, which a
+    /// proxy in front may read as no length at all: a way to smuggle a request behind it.
+    #[test]
+    fn content_length_is_digits_only_and_given_once() {
+        for bad in [
+            "Content-Length: +2\r\n",
+            "Content-Length: -0\r\n",
+            "Content-Length:  2 2\r\n",
+            "Content-Length: 0x2\r\n",
+            "Content-Length: 2a\r\n",
+            "Content-Length: \r\n",
+            "Content-Length: 2.0\r\n",
+            "Content-Length: 2\u{a0}\r\n",
+            "Content-Length: \u{3000}2\r\n",
+            "Content-Length: 18446744073709551616\r\n",
+            "Content-Length: 99999999999999999999999999\r\n",
+            "Content-Length: 2, 2\r\n",
+            "Content-Length: 2\r\nContent-Length: 2\r\n",
+            "Content-Length: 2\r\nContent-Length: 3\r\n",
+        ] {
+            assert!(
+                matches!(
+                    head_with(bad),
+                    Parsed::Reject(400, "invalid Content-Length")
+                ),
+                "{bad:?}"
+            );
+        }
+        for (good, n) in [
+            ("Content-Length: 2\r\n", 2),
+            ("Content-Length: 0\r\n", 0),
+            ("Content-Length: 007\r\n", 7),
+            ("Content-Length:\t12 \r\n", 12),
+            ("", 0),
+        ] {
+            let Parsed::Request(h, _) = head_with(good) else {
+                panic!("{good:?} is a valid length");
+            };
+            assert_eq!(h.content_length, n, "{good:?}");
+        }
+        // Through the reader: refused before any body is awaited.
+        let mut r = RequestReader::default();
+        r.feed(b"POST /api/rpc/health HTTP/1.1\r\nContent-Length: +2\r\n\r\n{}");
+        assert_eq!(
+            r.next(|_| 1 << 20),
+            Next::Malformed(400, "invalid Content-Length")
+        );
+        // Both framings at once stays refused.
+        let mut r = RequestReader::default();
+        r.feed(b"POST /api/rpc/health HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n{}");
+        assert!(matches!(
+            r.next(|_| 1 << 20),
+            Next::Refused(_, Refusal::Chunked)
+        ));
+    }
+
+    #[test]
+    fn expect_takes_100_continue_only_and_only_in_http_1_1() {
+        for (lines, expect) in [
+            ("", Expect::Nothing),
+            ("Expect: 100-continue\r\n", Expect::Continue),
+            ("Expect: 100-Continue\r\n", Expect::Continue),
+            ("Expect: \r\n", Expect::Nothing),
+            ("Expect: something-else\r\n", Expect::Unsupported),
+            ("Expect: 100-continue, x\r\n", Expect::Unsupported),
+            ("Expect: x, 100-continue\r\n", Expect::Unsupported),
+            ("Expect: 100-continue\r\nExpect: x\r\n", Expect::Unsupported),
+            ("Expect: 100-continue=1\r\n", Expect::Unsupported),
+        ] {
+            let Parsed::Request(h, _) = head_with(lines) else {
+                panic!("{lines:?}");
+            };
+            assert_eq!(h.expect, expect, "{lines:?}");
+        }
+        for lines in ["Expect: 100-continue\r\n", "Expect: something-else\r\n"] {
+            let raw = format!("POST /api/rpc/health HTTP/1.0\r\n{lines}\r\n");
+            let Parsed::Request(h, _) = parse_head(raw.as_bytes()) else {
+                panic!("{raw:?}");
+            };
+            assert_eq!(h.expect, Expect::Nothing, "HTTP/1.0 ignores {lines:?}");
+        }
+        // The reader refuses an unsupported expectation from the head, body or not; a
+        // 100-continue head waits for its body like any other.
+        let mut r = RequestReader::default();
+        r.feed(b"GET /healthz HTTP/1.1\r\nExpect: something-else\r\n\r\n");
+        assert!(matches!(
+            r.next(|_| 0),
+            Next::Refused(_, Refusal::Expectation)
+        ));
+        let raw =
+            b"POST /api/rpc/health HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+        let mut r = RequestReader::default();
+        r.feed(raw);
+        let Next::PartialBody(h, total) = r.next(|_| 1 << 20) else {
+            panic!("the body is awaited");
+        };
+        assert_eq!((h.expect, total), (Expect::Continue, raw.len() + 2));
+        r.feed(b"{}");
+        assert!(matches!(r.next(|_| 1 << 20), Next::Request(_, ref b) if b == b"{}"));
+        // Over the limit: refused from the head (no 100 is ever due).
+        let mut r = RequestReader::default();
+        r.feed(raw);
+        assert_eq!(
+            r.next(|_| 1),
+            Next::Refused(h, Refusal::TooLarge { limit: 1 })
+        );
     }
 
     /// The reader's verdicts for `data` arriving in `pieces` (lengths; the rest last).

@@ -55,10 +55,10 @@ enum Phase {
     Closing,
 }
 
-/// What a WebSocket connection runs over: the reactor's socket, or (in the fuzz targets) an
-/// in-memory stream that hands out input in arbitrary pieces.
+/// What a connection (HTTP or WebSocket) runs over: the reactor's socket, or (in the fuzz
+/// targets) an in-memory stream that hands out input in arbitrary pieces.
 pub trait Socket: Read + Write {
-    /// Shuts the write side (after a close frame, so the peer sees EOF).
+    /// Shuts the write side (after a close frame or a closing answer, so the peer sees EOF).
     fn shutdown_write(&self);
 }
 

@@ -116,6 +116,7 @@ fn a_head_that_does_not_arrive_in_time_gets_408() {
     let r = read_response(&mut s).unwrap();
     assert_eq!(r.status, 408);
     assert_eq!(r.header("connection").as_deref(), Some("close"));
+    assert_ends(&mut s);
 }
 
 #[test]
@@ -351,4 +352,227 @@ fn a_hook_body_larger_than_the_rpc_limit_is_read_whole() {
     // The RPC limit still holds for RPC.
     let big = json!({"x": "y".repeat(8192)});
     assert_eq!(g.rpc("health", big).status, 413);
+}
+
+/// Reads what keel still sends on `s`: nothing, then EOF (not a reset, not the read timeout).
+#[track_caller]
+fn assert_ends(s: &mut TcpStream) {
+    let mut rest = Vec::new();
+    match std::io::Read::read_to_end(s, &mut rest) {
+        Ok(_) => assert!(
+            rest.is_empty(),
+            "more after the last answer: {:?}",
+            String::from_utf8_lossy(&rest)
+        ),
+        Err(e) => panic!("the connection did not end with EOF within {BOUND:?}: {e}"),
+    }
+}
+
+/// Sends `raw` on a new connection and reads the first answer, which must say `Connection:
+/// close`; then keel must end the connection.
+#[track_caller]
+fn closing_answer(addr: &str, raw: &[u8]) -> Response {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    s.write_all(raw).unwrap();
+    let r = read_response(&mut s).expect("an answer");
+    assert_eq!(
+        r.header("connection").as_deref(),
+        Some("close"),
+        "keel closes after this answer, so it must say so:\n{}",
+        r.head
+    );
+    assert_ends(&mut s);
+    r
+}
+
+/// Every answer after which keel closes the connection says `Connection: close`, so that a
+/// client pooling connections does not send its next request into a closing socket: bodies
+/// refused from their head (unread), heads keel cannot read, refused upgrades.
+#[test]
+fn answers_after_which_keel_closes_say_connection_close() {
+    // Loopback is exempt from the failure limit by default; the 429 below needs it counted.
+    let g = Gateway::start(Opts::default().config(json!({
+        "gateway": {"auth": {"rateLimit": {"exemptLoopback": false}}},
+        "hooks": {"enabled": true, "token": "hook-secret", "path": "/hooks"},
+    })));
+    let token = &g.token;
+    let cases: Vec<(u16, String)> = vec![
+        // A body where no route takes one, announced and not sent.
+        (
+            404,
+            "POST /nope HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n".into(),
+        ),
+        (
+            413,
+            format!(
+                "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",
+                2 << 20
+            ),
+        ),
+        // Refused at body admission (the body is not read).
+        (
+            401,
+            "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong\r\nContent-Length: 10\r\n\r\n".into(),
+        ),
+        (
+            401,
+            "POST /hooks/wake HTTP/1.1\r\nHost: t\r\nx-openclaw-token: wrong\r\nContent-Length: 10\r\n\r\n".into(),
+        ),
+        (
+            400,
+            "POST /hooks/wake?token=hook-secret HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n".into(),
+        ),
+        (
+            411,
+            "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+        ),
+        (
+            431,
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(17 << 10)
+            ),
+        ),
+        (400, "GARBAGE\x01 / HTTP/1.1\r\n\r\n".into()),
+        (
+            417,
+            "GET /healthz HTTP/1.1\r\nHost: t\r\nExpect: something-else\r\n\r\n".into(),
+        ),
+        (
+            426,
+            "GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n".into(),
+        ),
+    ];
+    for (status, raw) in &cases {
+        let r = closing_answer(&g.addr(), raw.as_bytes());
+        assert_eq!(r.status, *status, "{raw:.80?}: {}", r.text());
+    }
+    // Until the per-address limit trips, wrong tokens refused at admission get 401; then 429
+    // with a Retry-After. Both close.
+    let refused = "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong\r\nContent-Length: 10\r\n\r\n";
+    let mut limited = None;
+    for _ in 0..30 {
+        let r = closing_answer(&g.addr(), refused.as_bytes());
+        assert!(matches!(r.status, 401 | 429), "{}", r.status);
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+    }
+    let limited = limited.expect("the failure limit never tripped");
+    assert!(limited.header("retry-after").is_some());
+    // An answer that says keep-alive keeps the connection: the next request on it is served.
+    let mut s = TcpStream::connect(g.addr()).unwrap();
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let r = read_response(&mut s).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection").as_deref(), Some("keep-alive"));
+    }
+}
+
+/// A WebSocket upgrade refused because keel is draining says `Connection: close` too.
+#[test]
+fn an_upgrade_while_draining_gets_503_and_connection_close() {
+    let g = Gateway::start(Opts::hooks());
+    // A job that holds the drain open for the length of the test.
+    let _job = g.spawn_rpc("keel.test.busy", json!({"ms": 60_000, "sleep": true}));
+    g.wait_metric("keel_jobs_in_flight{pool=\"cpu\"}", 1.0);
+    g.signal("TERM");
+    eventually(BOUND, || (g.get("/readyz").status == 503).then_some(()));
+    let r = closing_answer(
+        &g.addr(),
+        b"GET / HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "DRAINING");
+}
+
+/// `Content-Length` is digits only (RFC 9110 §8.6): a sign, a space inside, hex, trailing
+/// letters, an overflow or a list are refused with 400 and the connection closed — never
+/// read as some length a proxy in front may read differently.
+#[test]
+fn a_content_length_that_is_not_plain_digits_gets_400_and_close() {
+    let g = Gateway::start(Opts::default());
+    for value in [
+        "+2",
+        "-0",
+        " 2 2",
+        "0x2",
+        "2a",
+        "18446744073709551616",
+        "2, 2",
+    ] {
+        let raw = format!(
+            "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: {value}\r\n\r\n{{}}",
+            g.token
+        );
+        let r = closing_answer(&g.addr(), raw.as_bytes());
+        assert_eq!(r.status, 400, "Content-Length: {value:?}: {}", r.text());
+        assert!(r.text().contains("Content-Length"), "{}", r.text());
+    }
+    let r = g.http(&format!(
+        "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: 02\r\nConnection: close\r\n\r\n{{}}",
+        g.token
+    ));
+    assert_eq!(r.status, 200, "leading zeros are digits: {}", r.text());
+}
+
+/// `Expect: 100-continue`: a client that holds its body back hears `100 Continue` once its
+/// head is admitted, and a refusal at once instead (no 100 before it); any other expectation
+/// gets 417. HTTP/1.0 requests have no expectations (RFC 9110 §10.1.1).
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let g = Gateway::start(Opts::default());
+    let mut s = TcpStream::connect(g.addr()).unwrap();
+    s.set_read_timeout(Some(BOUND)).unwrap();
+    // Twice on one connection: each request gets its own 100.
+    for _ in 0..2 {
+        s.write_all(
+            format!(
+                "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+                g.token
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let interim = read_response(&mut s).expect("100 Continue before the body is sent");
+        assert_eq!(interim.head, "HTTP/1.1 100 Continue\r\n\r\n");
+        s.write_all(b"{}").unwrap();
+        let r = read_response(&mut s).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["payload"]["ok"], true);
+    }
+    // Refused from the head: the refusal comes first, and closes.
+    let r = closing_answer(
+        &g.addr(),
+        b"POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+    );
+    assert_eq!(r.status, 401, "{}", r.head);
+    let r = closing_answer(
+        &g.addr(),
+        format!(
+            "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            g.token,
+            2 << 20
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 413, "{}", r.head);
+    let r = closing_answer(
+        &g.addr(),
+        format!(
+            "POST /api/rpc/health HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nExpect: something-else\r\nContent-Length: 2\r\n\r\n",
+            g.token
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 417, "{}", r.head);
+    assert_eq!(r.json()["error"]["code"], "INVALID_REQUEST");
+    // HTTP/1.0 ignores Expect, whatever it says.
+    let r = g.http("GET /healthz HTTP/1.0\r\nExpect: something-else\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.head);
 }
