@@ -4,7 +4,9 @@
 //!
 //! A [`Store`] is one scope (`send`, `runs`): an in-memory [`Window`] — key → (first_ms, first
 //! answer) — and its append-only log, `<state>/idempotency/<scope>.jsonl`, one JSON object a
-//! line: `{"k": key, "t": first_ms, "r": answer}`.
+//! line: `{"k": key, "t": first_ms, "r": answer}`. Answers are held as their JSON text, not as
+//! a `Value` tree (a tenth of the memory for `send`'s small objects), and parsed again only for
+//! a repeat.
 //!
 //! Invariants:
 //! - Lookups ([`Store::get`]) read memory only, so the reactor may make them. The memory lock is
@@ -31,7 +33,7 @@
 //! tests never sleep.
 
 use crate::state;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -91,7 +93,8 @@ fn live(first_ms: u64, now_ms: u64, window_ms: u64) -> bool {
 struct Slot {
     seq: u64,
     first_ms: u64,
-    answer: Arc<Value>,
+    /// The answer's JSON text.
+    answer: Arc<str>,
     /// The size of its log line.
     bytes: usize,
 }
@@ -120,20 +123,20 @@ impl Window {
         self.bytes
     }
 
-    /// The first answer for `key`, if it is inside the window at `now_ms`.
-    pub fn get(&self, key: &str, now_ms: u64, window_ms: u64) -> Option<Arc<Value>> {
+    /// The first answer (its JSON text) for `key`, if it is inside the window at `now_ms`.
+    pub fn get(&self, key: &str, now_ms: u64, window_ms: u64) -> Option<Arc<str>> {
         let slot = self.slots.get(key)?;
         live(slot.first_ms, now_ms, window_ms).then(|| slot.answer.clone())
     }
 
-    /// Remembers `answer` as `key`'s first answer at `first_ms` (its log line being `bytes`
-    /// long) unless the key has a live one or the entry is too big; then drops, oldest first,
+    /// Remembers `answer` (JSON text) as `key`'s first answer at `first_ms` (its log line being
+    /// `bytes` long) unless the key has a live one or the entry is too big; then drops, oldest first,
     /// what has expired and what is over the limits. Returns whether it was inserted.
     pub fn insert(
         &mut self,
         key: &str,
         first_ms: u64,
-        answer: Arc<Value>,
+        answer: Arc<str>,
         bytes: usize,
         now_ms: u64,
         limits: &Limits,
@@ -191,7 +194,7 @@ impl Window {
     }
 
     /// Every entry, oldest first: (key, first_ms, answer).
-    fn snapshot(&self) -> Vec<(Arc<str>, u64, Arc<Value>)> {
+    fn snapshot(&self) -> Vec<(Arc<str>, u64, Arc<str>)> {
         self.order
             .values()
             .filter_map(|k| {
@@ -202,13 +205,6 @@ impl Window {
     }
 }
 
-#[derive(Serialize)]
-struct LineOut<'a> {
-    k: &'a str,
-    t: u64,
-    r: &'a Value,
-}
-
 #[derive(Deserialize)]
 struct LineIn {
     k: String,
@@ -216,16 +212,11 @@ struct LineIn {
     r: Value,
 }
 
-/// One log line, newline included.
-fn encode(key: &str, first_ms: u64, answer: &Value) -> io::Result<Vec<u8>> {
-    let mut line = serde_json::to_vec(&LineOut {
-        k: key,
-        t: first_ms,
-        r: answer,
-    })
-    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    line.push(b'\n');
-    Ok(line)
+/// One log line, newline included; `answer` is JSON text.
+fn encode(key: &str, first_ms: u64, answer: &str) -> io::Result<Vec<u8>> {
+    let key =
+        serde_json::to_string(key).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(format!("{{\"k\":{key},\"t\":{first_ms},\"r\":{answer}}}\n").into_bytes())
 }
 
 fn decode(line: &[u8]) -> Option<LineIn> {
@@ -332,10 +323,14 @@ fn read_log(path: &Path, now_ms: u64, limits: &Limits) -> (Window, Loaded, bool)
             report.expired += 1;
             continue;
         }
-        // Counted as keel writes the line (another program's may be spelled differently), so
-        // a rewritten log holds what was counted.
-        let bytes = encode(&line.k, line.t, &line.r).map_or(usize::MAX, |l| l.len());
-        window.insert(&line.k, line.t, Arc::new(line.r), bytes, now_ms, limits);
+        // Held and counted as keel writes it (another program's line may be spelled
+        // differently), so a rewritten log holds what was counted.
+        let Ok(answer) = serde_json::to_string(&line.r) else {
+            report.skipped += 1;
+            continue;
+        };
+        let bytes = encode(&line.k, line.t, &answer).map_or(usize::MAX, |l| l.len());
+        window.insert(&line.k, line.t, Arc::from(answer), bytes, now_ms, limits);
     }
     report.keys = window.len();
     (window, report, torn)
@@ -391,7 +386,7 @@ pub enum Lookup {
     Loading,
     Miss,
     /// The first answer, inside the window.
-    Hit(Arc<Value>),
+    Hit(Value),
 }
 
 /// An entry inserted in memory whose line is still to be appended ([`Store::append`]).
@@ -447,18 +442,23 @@ impl Store {
         report
     }
 
-    /// The first answer for `key` if it is inside the window (memory only).
+    /// The first answer for `key` if it is inside the window (memory only; the answer is
+    /// parsed after the lock is released).
     pub fn get(&self, key: &str, now_ms: u64, window_ms: u64) -> Lookup {
-        let mem = lock(&self.mem);
-        let Some(w) = mem.as_ref() else {
-            return Lookup::Loading;
+        let text = match lock(&self.mem).as_ref() {
+            None => return Lookup::Loading,
+            Some(w) => w.get(key, now_ms, window_ms),
         };
-        match w.get(key, now_ms, window_ms) {
-            Some(answer) => {
+        let Some(text) = text else {
+            return Lookup::Miss;
+        };
+        match serde_json::from_str(&text) {
+            Ok(answer) => {
                 self.stats.repeats.fetch_add(1, Ordering::Relaxed);
                 Lookup::Hit(answer)
             }
-            None => Lookup::Miss,
+            // Unreachable: the text was written by serde_json from a Value.
+            Err(_) => Lookup::Miss,
         }
     }
 
@@ -469,11 +469,14 @@ impl Store {
         &self,
         key: &str,
         now_ms: u64,
-        answer: Value,
+        answer: &Value,
         limits: &Limits,
     ) -> Option<Pending> {
-        let line = match encode(key, now_ms, &answer) {
-            Ok(l) => l,
+        let encoded = serde_json::to_string(answer)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            .and_then(|text| Ok((encode(key, now_ms, &text)?, text)));
+        let (line, text) = match encoded {
+            Ok(x) => x,
             Err(e) => {
                 log::warn!("idempotency: cannot encode the answer for a key: {e}");
                 return None;
@@ -481,7 +484,7 @@ impl Store {
         };
         let mut mem = lock(&self.mem);
         let w = mem.as_mut()?;
-        let inserted = w.insert(key, now_ms, Arc::new(answer), line.len(), now_ms, limits);
+        let inserted = w.insert(key, now_ms, Arc::from(text), line.len(), now_ms, limits);
         self.publish(w);
         inserted.then_some(Pending(line))
     }
@@ -512,7 +515,7 @@ impl Store {
     }
 
     /// [`Store::insert`] then [`Store::append`].
-    pub fn remember(&self, key: &str, now_ms: u64, answer: Value, limits: &Limits) {
+    pub fn remember(&self, key: &str, now_ms: u64, answer: &Value, limits: &Limits) {
         if let Some(p) = self.insert(key, now_ms, answer, limits) {
             self.append(p);
         }
@@ -582,7 +585,7 @@ fn append_line(log: &mut Log, path: &Path, line: &[u8]) -> io::Result<()> {
 }
 
 /// Replaces the log with `entries`, atomically.
-fn rewrite(path: &Path, entries: &[(Arc<str>, u64, Arc<Value>)]) -> io::Result<()> {
+fn rewrite(path: &Path, entries: &[(Arc<str>, u64, Arc<str>)]) -> io::Result<()> {
     state::write_atomic_with(path, |f| {
         let mut w = io::BufWriter::new(f);
         for (k, t, r) in entries {
@@ -660,7 +663,7 @@ mod tests {
 
     fn hit(s: &Store, key: &str, now: u64) -> Option<Value> {
         match s.get(key, now, limits().window_ms) {
-            Lookup::Hit(v) => Some(Value::clone(&v)),
+            Lookup::Hit(v) => Some(v),
             Lookup::Miss => None,
             Lookup::Loading => panic!("not open"),
         }
@@ -680,21 +683,24 @@ mod tests {
         let l = limits();
         let unopened = Store::default();
         assert_eq!(unopened.get("k", T0, l.window_ms), Lookup::Loading);
-        assert!(unopened.insert("k", T0, json!(1), &l).is_none());
+        assert!(unopened.insert("k", T0, &json!(1), &l).is_none());
 
         let (s, loaded) = opened(tmp.path(), T0, &l);
         assert_eq!(loaded, Loaded::default(), "no file yet");
         assert_eq!(hit(&s, "k", T0), None);
-        s.remember("k", T0, json!({"id": "first"}), &l);
+        s.remember("k", T0, &json!({"id": "first"}), &l);
         // A second answer for a live key changes nothing, in memory or on disk.
-        assert!(s.insert("k", T0 + 1, json!({"id": "second"}), &l).is_none());
+        assert!(
+            s.insert("k", T0 + 1, &json!({"id": "second"}), &l)
+                .is_none()
+        );
         assert_eq!(
             hit(&s, "k", T0 + 10 * MIN - 1),
             Some(json!({"id": "first"}))
         );
         assert_eq!(hit(&s, "k", T0 + 10 * MIN), None, "the window is over");
         // After the window the key is new again.
-        s.remember("k", T0 + 10 * MIN, json!({"id": "third"}), &l);
+        s.remember("k", T0 + 10 * MIN, &json!({"id": "third"}), &l);
         assert_eq!(hit(&s, "k", T0 + 10 * MIN), Some(json!({"id": "third"})));
         assert_eq!(s.stats.repeats.load(Ordering::Relaxed), 2);
         assert_eq!(s.stats.keys.load(Ordering::Relaxed), 1);
@@ -706,9 +712,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let l = limits();
         let (s, _) = opened(tmp.path(), T0, &l);
-        s.remember("old", T0, json!("a"), &l);
-        s.remember("mid", T0 + 5 * MIN, json!("b"), &l);
-        s.remember("new", T0 + 9 * MIN, json!({"x": [1, 2]}), &l);
+        s.remember("old", T0, &json!("a"), &l);
+        s.remember("mid", T0 + 5 * MIN, &json!("b"), &l);
+        s.remember("new", T0 + 9 * MIN, &json!({"x": [1, 2]}), &l);
         drop(s);
 
         // Nothing expired: the log is left as it is.
@@ -752,7 +758,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let l = limits();
         let (s, _) = opened(tmp.path(), T0, &l);
-        s.remember("k", T0, json!(1), &l);
+        s.remember("k", T0, &json!(1), &l);
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(path(tmp.path())).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -767,7 +773,7 @@ mod tests {
         };
         let (s, _) = opened(tmp.path(), T0, &l);
         for i in 0..5 {
-            s.remember(&format!("k{i}"), T0 + i, json!(i), &l);
+            s.remember(&format!("k{i}"), T0 + i, &json!(i), &l);
         }
         let now = T0 + 5;
         let kept: Vec<bool> = (0..5)
@@ -797,19 +803,19 @@ mod tests {
         let text = |n: usize| json!("x".repeat(n));
         // Each line is ~ 300 bytes: the fourth pushes the first out.
         for i in 0..4 {
-            s.remember(&format!("k{i}"), T0, text(280), &l);
+            s.remember(&format!("k{i}"), T0, &text(280), &l);
         }
         assert_eq!(hit(&s, "k0", T0), None);
         assert!(hit(&s, "k3", T0).is_some());
         let held = s.stats.bytes.load(Ordering::Relaxed);
         assert!(held <= 1000 && held > 600, "{held}");
         assert!(
-            s.insert("big", T0, text(1000), &l).is_none(),
+            s.insert("big", T0, &text(1000), &l).is_none(),
             "over max_bytes"
         );
         let roomy = limits();
         assert!(
-            s.insert("huge", T0, text(MAX_ENTRY_BYTES), &roomy)
+            s.insert("huge", T0, &text(MAX_ENTRY_BYTES), &roomy)
                 .is_none(),
             "over MAX_ENTRY_BYTES"
         );
@@ -860,7 +866,7 @@ mod tests {
         assert!(hit(&s, "c", T0 + 1).is_some() && hit(&s, "d", T0 + 1).is_some());
         assert_eq!(hit(&s, "long", T0 + 1), None);
         // The rewritten log holds exactly the good entries, and appends after them.
-        s.remember("e", T0 + 2, json!(5), &l);
+        s.remember("e", T0 + 2, &json!(5), &l);
         drop(s);
         let (s, loaded) = opened(tmp.path(), T0 + 3, &l);
         assert_eq!(
@@ -893,15 +899,15 @@ mod tests {
             torn: true,
             ..Log::default()
         };
-        let line = encode("whole", T0, &json!(1)).unwrap();
+        let line = encode("whole", T0, "1").unwrap();
         append_line(&mut log, &p, &line).unwrap();
-        append_line(&mut log, &p, &encode("next", T0, &json!(2)).unwrap()).unwrap();
+        append_line(&mut log, &p, &encode("next", T0, "2").unwrap()).unwrap();
         assert_eq!(
             fs::read_to_string(&p).unwrap(),
             format!(
                 "{{\"k\":\"half\n{}{}",
                 String::from_utf8(line).unwrap(),
-                String::from_utf8(encode("next", T0, &json!(2)).unwrap()).unwrap()
+                String::from_utf8(encode("next", T0, "2").unwrap()).unwrap()
             )
         );
         assert!(!log.torn);
@@ -917,7 +923,7 @@ mod tests {
         let (s, _) = opened(tmp.path(), T0, &l);
         let mut most = 0;
         for i in 0..500u64 {
-            s.remember(&format!("k{i}"), T0 + i, json!(i), &l);
+            s.remember(&format!("k{i}"), T0 + i, &json!(i), &l);
             most = most.max(lines(tmp.path()).len());
         }
         assert!(most <= 2 * 10 + COMPACT_SLACK + 1, "{most} lines at most");
@@ -936,9 +942,9 @@ mod tests {
         };
         let (s, _) = opened(tmp.path(), T0, &l);
         // "x" is in memory; its append comes after other threads compacted the log.
-        let pending = s.insert("x", T0, json!("first"), &l).unwrap();
+        let pending = s.insert("x", T0, &json!("first"), &l).unwrap();
         for i in 0..100u64 {
-            s.remember(&format!("k{i}"), T0 + 1 + i, json!(i), &l);
+            s.remember(&format!("k{i}"), T0 + 1 + i, &json!(i), &l);
         }
         // Evicted from memory since (count cap): written anyway, and harmless.
         s.append(pending);
@@ -951,11 +957,11 @@ mod tests {
         let w = l.window_ms;
         let (s, _) = opened(tmp.path(), T0, &l);
         for i in 0..70u64 {
-            s.remember(&format!("k{i}"), T0, json!(i), &l);
+            s.remember(&format!("k{i}"), T0, &json!(i), &l);
         }
-        let pending = s.insert("x", T0 + w - 1, json!("first"), &l).unwrap();
+        let pending = s.insert("x", T0 + w - 1, &json!("first"), &l).unwrap();
         // The k* have expired: 71 lines for 2 live keys (x, y) compacts.
-        s.remember("y", T0 + w, json!("y"), &l);
+        s.remember("y", T0 + w, &json!("y"), &l);
         assert_eq!(lines(tmp.path()).len(), 2, "{:?}", lines(tmp.path()));
         s.append(pending);
         let on_disk = lines(tmp.path());
@@ -977,8 +983,8 @@ mod tests {
         fs::create_dir_all(path(tmp.path())).unwrap();
         let (s, loaded) = opened(tmp.path(), T0, &l);
         assert!(loaded.error.is_some(), "{loaded:?}");
-        s.remember("k", T0, json!(1), &l);
-        s.remember("k2", T0, json!(2), &l);
+        s.remember("k", T0, &json!(1), &l);
+        s.remember("k2", T0, &json!(2), &l);
         assert_eq!(hit(&s, "k", T0), Some(json!(1)));
         assert_eq!(s.stats.write_errors.load(Ordering::Relaxed), 2);
     }

@@ -390,7 +390,7 @@ pub fn finish(shared: &Shared, run: &Run, status: Status, text: &str, error: Opt
     let pending = if remembers_key(run) {
         let r = run.remembered_result(status, text, error.as_deref(), ended_ms);
         let keys = &shared.runs.run_keys;
-        keys.insert(&run.idempotency_key, ended_ms, r, &limits)
+        keys.insert(&run.idempotency_key, ended_ms, &r, &limits)
     } else {
         None
     };

@@ -176,7 +176,7 @@ impl Delivery {
     ) -> Result<Value, RpcError> {
         let limits = shared.config().idempotency.send_limits();
         if let Lookup::Hit(first) = self.sent_keys.get(key, clock::wall_ms(), limits.window_ms) {
-            return Ok(Value::clone(&first));
+            return Ok(first);
         }
         let payload = self.payload(shared, &route, text, json!({}))?;
         let (answer, pending) = {
@@ -186,11 +186,11 @@ impl Delivery {
             // Again under the queue's lock, which orders sends: one with the same key may have
             // been queued (and remembered) since the look above.
             if let Lookup::Hit(first) = self.sent_keys.get(key, now, limits.window_ms) {
-                return Ok(Value::clone(&first));
+                return Ok(first);
             }
             let e = q.enqueue(route, payload, key, now).map_err(not_queued)?;
             let answer = json!({"messageId": e.id, "id": e.id, "status": e.state.as_str(), "channel": e.route.channel, "to": e.route.to});
-            let pending = self.sent_keys.insert(key, now, answer.clone(), &limits);
+            let pending = self.sent_keys.insert(key, now, &answer, &limits);
             (answer, pending)
         };
         // The line is written after the queue's lock is released; the key is already found
