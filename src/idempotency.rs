@@ -5,8 +5,8 @@
 //! A [`Store`] is one scope (`send`, `runs`): an in-memory [`Window`] — key → (first_ms, first
 //! answer) — and its append-only log, `<state>/idempotency/<scope>.jsonl`, one JSON object a
 //! line: `{"k": key, "t": first_ms, "r": answer}`. Answers are held as their JSON text, not as
-//! a `Value` tree (a tenth of the memory for `send`'s small objects), and parsed again only for
-//! a repeat.
+//! a `Value` tree (about a third of the memory for `send`'s small objects), and parsed again
+//! only for a repeat.
 //!
 //! Invariants:
 //! - Lookups ([`Store::get`]) read memory only, so the reactor may make them. The memory lock is
