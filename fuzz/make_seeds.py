@@ -207,3 +207,18 @@ put("queue_file", "failed", json.dumps(entry, indent=2) + "\n")
 put("queue_file", "pending-min", json.dumps({"id": "a", "route": {"channel": "feishu", "to": "ou_1"}, "payload": {}, "createdMs": 1, "state": "pending"}))
 put("queue_file", "future-fields", json.dumps({**entry, "state": "sending", "retriedMs": 5, "priority": 3, "route": {**entry["route"], "replyTo": "m1"}}))
 put("queue_file", "unknown-state", json.dumps({**entry, "state": "exploded"}))
+
+# --- idempotency logs, as keel appends them (and as a crash or another program leaves them)
+line = lambda k, t, r: json.dumps({"k": k, "t": t, "r": r}, separators=(",", ":")) + "\n"
+T = 1763000000000
+send = {"messageId": "0f8fad5b-d9cb-469f-a165-70867728950e", "id": "0f8fad5b-d9cb-469f-a165-70867728950e",
+        "status": "pending", "channel": "telegram", "to": "42"}
+run = {"runId": "r-1", "status": "ok", "sessionKey": "agent:main:main", "agentId": "main", "startedAt": T,
+       "endedAt": T + 900, "summary": "hi", "result": {"payloads": [{"text": "hi"}], "meta": {"model": "m"}},
+       "error": None}
+put("idempotency_log", "send", line("greet-1", T, send) + line("greet-2", T + 1000, send))
+put("idempotency_log", "runs", line("c1", T, run) + line("a1", T + 5, {**run, "status": "error", "error": "boom"}))
+put("idempotency_log", "torn", line("c1", T, run) + line("c2", T, run)[:40])
+put("idempotency_log", "duplicate-and-expired", line("k", T, 1) + line("k", T + 1, 2) + line("old", T - 3600000, 3))
+put("idempotency_log", "garbage", "not json\n\n[1,2]\n" + line("", T, 1) + line("k" * 300, T, 1) + line("ok", T, None))
+put("idempotency_log", "many", "".join(line(f"k{i}", T + i, "x" * 300) for i in range(20)))

@@ -86,6 +86,41 @@ pub struct Limits {
     pub header_timeout: Duration,
 }
 
+/// How long and how many idempotency keys are remembered (`gateway.idempotency`), so that a
+/// retried `send`, `agent` or `chat.send` gets its first answer instead of a second message or
+/// run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idempotency {
+    pub window: Duration,
+    /// Keys of `send`, at most.
+    pub send_keys: usize,
+    /// Keys of finished runs (`agent`, `chat.send`, hooks), at most.
+    pub run_keys: usize,
+}
+
+impl Idempotency {
+    /// Bytes of `send` answers kept, at most (~400 bytes each).
+    pub const SEND_BYTES: usize = 4 << 20;
+    /// Bytes of run results kept, at most (each one's text is cut at 16 KiB).
+    pub const RUN_BYTES: usize = 4 << 20;
+
+    pub fn send_limits(&self) -> crate::idempotency::Limits {
+        crate::idempotency::Limits {
+            window_ms: self.window.as_millis() as u64,
+            max_keys: self.send_keys,
+            max_bytes: Idempotency::SEND_BYTES,
+        }
+    }
+
+    pub fn run_limits(&self) -> crate::idempotency::Limits {
+        crate::idempotency::Limits {
+            window_ms: self.window.as_millis() as u64,
+            max_keys: self.run_keys,
+            max_bytes: Idempotency::RUN_BYTES,
+        }
+    }
+}
+
 /// A model's price in USD per million tokens (`models.providers.<p>.models[].cost`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ModelPrice {
@@ -180,6 +215,7 @@ pub struct Config {
     pub queues: QueueCaps,
     pub pressure: PressureConfig,
     pub limits: Limits,
+    pub idempotency: Idempotency,
     pub prices: Prices,
     /// Hooks ingress, when enabled and valid.
     pub hooks: Option<Hooks>,
@@ -232,6 +268,11 @@ impl Default for Config {
                 rpc_body_bytes: 1 << 20,
                 max_inflight_per_conn: 64,
                 header_timeout: Duration::from_secs(10),
+            },
+            idempotency: Idempotency {
+                window: Duration::from_secs(600),
+                send_keys: 10_000,
+                run_keys: 1_000,
             },
             prices: Prices::new(),
             hooks: None,
@@ -481,6 +522,7 @@ impl Validator {
             "pressure",
             "limits",
             "trustedProxies",
+            "idempotency",
         ];
         self.warn_keys(g, "gateway", KNOWN, GATEWAY_UNSUPPORTED);
 
@@ -568,6 +610,7 @@ impl Validator {
         }
         self.pressure(g);
         self.limits(g);
+        self.idempotency(g);
         if let Some(t) = g.get("trustedProxies") {
             self.trusted_proxies(t);
         }
@@ -766,6 +809,30 @@ impl Validator {
             lim.header_timeout = Duration::from_millis(n as u64);
         }
         self.config.limits = lim;
+    }
+
+    fn idempotency(&mut self, g: &Map<String, Value>) {
+        const KEYS: &[&str] = &["windowMs", "sendKeys", "runKeys"];
+        let Some(m) = self.section(g, "gateway.idempotency", "idempotency", KEYS) else {
+            return;
+        };
+        let mut idem = self.config.idempotency;
+        if let Some(n) = self.count(
+            &m,
+            "gateway.idempotency.windowMs",
+            "windowMs",
+            1_000,
+            86_400_000,
+        ) {
+            idem.window = Duration::from_millis(n as u64);
+        }
+        if let Some(n) = self.count(&m, "gateway.idempotency.sendKeys", "sendKeys", 1, 100_000) {
+            idem.send_keys = n;
+        }
+        if let Some(n) = self.count(&m, "gateway.idempotency.runKeys", "runKeys", 1, 100_000) {
+            idem.run_keys = n;
+        }
+        self.config.idempotency = idem;
     }
 
     /// An optional object under `g[key]`; a non-object disables it.
@@ -1354,6 +1421,46 @@ mod tests {
         let v = parse(r#"{"gateway":{"workers":{"nice":25}}}"#, None);
         assert_eq!(v.config.worker_nice, 10, "out of range keeps the default");
         assert_eq!(v.config.disabled[0].feature, "gateway.workers.nice");
+    }
+
+    #[test]
+    fn idempotency_settings() {
+        let d = Config::default().idempotency;
+        assert_eq!(
+            (d.window, d.send_keys, d.run_keys),
+            (Duration::from_secs(600), 10_000, 1_000)
+        );
+        let v = parse(
+            r#"{"gateway":{"idempotency":{"windowMs":1500,"sendKeys":50,"runKeys":7}}}"#,
+            None,
+        );
+        assert_clean(&v);
+        let i = v.config.idempotency;
+        assert_eq!(
+            (i.window, i.send_keys, i.run_keys),
+            (Duration::from_millis(1500), 50, 7)
+        );
+        assert_eq!(i.send_limits().window_ms, 1500);
+        assert_eq!(i.run_limits().max_keys, 7);
+        // A bad value keeps its default and disables only itself; an unknown key warns.
+        let v = parse(
+            r#"{"gateway":{"idempotency":{"windowMs":10,"runKeys":5,"ttl":1}}}"#,
+            None,
+        );
+        assert!(!v.is_fatal());
+        assert_eq!(v.config.idempotency.window, d.window);
+        assert_eq!(v.config.idempotency.run_keys, 5);
+        assert_eq!(v.config.disabled[0].feature, "gateway.idempotency.windowMs");
+        assert!(
+            v.warnings
+                .iter()
+                .any(|w| w.starts_with("gateway.idempotency.ttl: unknown key")),
+            "{:?}",
+            v.warnings
+        );
+        let v = parse(r#"{"gateway":{"idempotency":600}}"#, None);
+        assert_eq!(v.config.disabled[0].feature, "gateway.idempotency");
+        assert_eq!(v.config.idempotency, d);
     }
 
     #[test]

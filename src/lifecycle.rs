@@ -212,7 +212,9 @@ fn run(
         .notifier
         .notify(&format!("READY=1\nSTATUS=serving on {local}"));
     shared.set_phase(Phase::Serving);
-    // Serving first, indexing after: the index loads and builds in the background.
+    // Serving first, indexing after: the index loads and builds in the background, and so do
+    // the idempotency keys of runs and sends (each refuses new work until its keys are in).
+    crate::agent::runs::start_keys(&shared);
     crate::sessions::Sessions::start(&shared);
     crate::delivery::service::Delivery::start(&shared);
     log::info!(

@@ -643,6 +643,13 @@ impl Shared {
         );
         self.sessions.render_metrics(&mut out);
         self.delivery.render_metrics(&mut out);
+        crate::idempotency::render_metrics(
+            &mut out,
+            &[
+                ("send", &self.delivery.sent_keys),
+                ("runs", &self.runs.run_keys),
+            ],
+        );
         family(
             &mut out,
             "keel_config_disabled_features",

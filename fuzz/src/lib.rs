@@ -183,6 +183,8 @@ pub fn shared() -> &'static Arc<Shared> {
             test_hooks: false,
         }));
         shared.set_phase(keel::runtime::Phase::Serving);
+        // As the boot job does: new runs start once the idempotency keys are loaded.
+        keel::agent::runs::open_keys(&shared);
         shared
     })
 }

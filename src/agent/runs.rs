@@ -5,6 +5,14 @@
 //! the socket that started it: its record stays here (finished runs for an hour), so a client
 //! that reconnects can `agent.wait` on it or read its session's history.
 //!
+//! Idempotency keys: a key finds its run while the record is here (`by_idem`); a client's key
+//! is also remembered with the run's final result when it finishes, for
+//! `gateway.idempotency.windowMs` and across restarts (`<state>/idempotency/runs.jsonl`), so a
+//! repeat after the record was pruned, or after a restart, gets the first run's answer and
+//! nothing runs again. `start` runs on the reactor: it looks keys up in memory only; the line
+//! is written by `finish`, on the run's worker. Until the boot job has loaded the keys, new
+//! runs are refused with a retryable `UNAVAILABLE`.
+//!
 //! Fan-out: the connection that started a run and every `agent.wait`er get all its events,
 //! never dropped (a client too slow for them is closed 1008 by the reactor). Session
 //! subscribers get `session.tool` mirrors marked drop-if-slow; while pressure is elevated the
@@ -14,6 +22,7 @@ use super::failover::Cooldowns;
 use super::transcript::Origin;
 use crate::clock;
 use crate::error::{Code, RpcError};
+use crate::idempotency::{self, Lookup};
 use crate::ids::SessionKey;
 use crate::jobs::{CancelReason, Fanout, JobSpec, Lane, PoolKind, ReplyTo, Work};
 use crate::protocol::methods::Caller;
@@ -37,6 +46,10 @@ const PRUNE_EVERY: Duration = Duration::from_secs(1);
 /// `agent.wait` without `timeoutMs`.
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 const MAX_WAIT: Duration = Duration::from_secs(600);
+/// A remembered result keeps this much of the run's text (the transcript has all of it) and
+/// of its error, so that the keys' file and memory stay small.
+const REMEMBERED_TEXT: usize = 16 << 10;
+const REMEMBERED_ERROR: usize = 4 << 10;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -60,6 +73,18 @@ impl Status {
             Status::Aborted => "aborted",
             Status::Timeout => "timeout",
         }
+    }
+
+    fn parse(s: &str) -> Option<Status> {
+        [
+            Status::Running,
+            Status::Ok,
+            Status::Error,
+            Status::Aborted,
+            Status::Timeout,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
     }
 }
 
@@ -127,16 +152,43 @@ impl Run {
     /// The final answer (`agent`'s second `res`, `agent.wait`).
     pub fn result(&self) -> Value {
         let i = lock(&self.inner);
+        self.result_json(i.status, &i.text, i.error.as_deref(), i.ended_ms, &i.meta)
+    }
+
+    /// The final result as remembered for a repeated key, once the run has ended with these:
+    /// [`Run::result`], its text and error cut short (with a marker; the summary is the
+    /// same). Built before the run is marked ended, so a pruned record always has it.
+    fn remembered_result(
+        &self,
+        status: Status,
+        text: &str,
+        error: Option<&str>,
+        ended_ms: u64,
+    ) -> Value {
+        let meta = lock(&self.inner).meta.clone();
+        let text = idempotency::clip(text, REMEMBERED_TEXT);
+        let error = error.map(|e| idempotency::clip(e, REMEMBERED_ERROR));
+        self.result_json(status, &text, error.as_deref(), Some(ended_ms), &meta)
+    }
+
+    fn result_json(
+        &self,
+        status: Status,
+        text: &str,
+        error: Option<&str>,
+        ended_ms: Option<u64>,
+        meta: &Value,
+    ) -> Value {
         json!({
             "runId": self.id,
-            "status": i.status.as_str(),
+            "status": status.as_str(),
             "sessionKey": self.request.session.key,
             "agentId": self.request.session.agent,
             "startedAt": self.created_ms,
-            "endedAt": i.ended_ms,
-            "summary": i.text.chars().take(200).collect::<String>(),
-            "result": {"payloads": [{"text": i.text}], "meta": i.meta},
-            "error": i.error,
+            "endedAt": ended_ms,
+            "summary": text.chars().take(200).collect::<String>(),
+            "result": {"payloads": [{"text": text}], "meta": meta},
+            "error": error,
         })
     }
 
@@ -149,6 +201,41 @@ impl Run {
     pub fn set_meta(&self, meta: Value) {
         lock(&self.inner).meta = meta;
     }
+
+    /// A finished run rebuilt from its remembered result (`result` gives that result back), to
+    /// answer a repeated key the way a live run's record would. `None` if it is not one.
+    fn remembered(idem: &str, r: &Value) -> Option<Run> {
+        let status = Status::parse(r["status"].as_str()?).filter(|s| *s != Status::Running)?;
+        let text = r["result"]["payloads"][0]["text"].as_str().unwrap_or("");
+        // The log may have been written by another program: its ids are checked like any.
+        let agent = crate::ids::AgentId::normalize(r["agentId"].as_str()?).ok()?;
+        let session = SessionKey::parse(r["sessionKey"].as_str()?, &agent).ok()?;
+        Some(Run {
+            id: r["runId"].as_str()?.to_string(),
+            idempotency_key: idem.to_string(),
+            request: Request {
+                message: String::new(),
+                session,
+                origin: Origin::default(),
+                parent: None,
+                depth: 0,
+                deliver: false,
+            },
+            created_ms: r["startedAt"].as_u64().unwrap_or(0),
+            inner: Mutex::new(Inner {
+                status,
+                text: text.to_string(),
+                error: r["error"].as_str().map(str::to_string),
+                ended_ms: r["endedAt"].as_u64(),
+                ended: Some(Instant::now()),
+                job: None,
+                listeners: Vec::new(),
+                waiters: Vec::new(),
+                seq: 0,
+                meta: r["result"]["meta"].clone(),
+            }),
+        })
+    }
 }
 
 /// Every run, idempotency keys, session subscriptions, and provider cooldowns.
@@ -160,6 +247,8 @@ pub struct Runs {
     pub cooldowns: Mutex<Cooldowns>,
     session_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     last_prune: Mutex<Option<Instant>>,
+    /// Clients' keys of finished runs and their final results, kept for the idempotency window.
+    pub run_keys: idempotency::Store,
 }
 
 impl Runs {
@@ -294,20 +383,69 @@ pub fn mirror_tool(shared: &Shared, run: &Run, phase: &str, data: &Value) {
     });
 }
 
-/// Ends a run: records the outcome and answers every waiter.
+/// Ends a run: remembers a client's key with the result, records the outcome, and answers
+/// every waiter.
 pub fn finish(shared: &Shared, run: &Run, status: Status, text: &str, error: Option<String>) {
+    let ended_ms = clock::wall_ms();
+    // In memory before the run is marked ended (only ended runs are pruned), so a repeat finds
+    // the live record or the remembered result, never neither.
+    let limits = shared.config().idempotency.run_limits();
+    let pending = if remembers_key(run) {
+        let r = run.remembered_result(status, text, error.as_deref(), ended_ms);
+        let keys = &shared.runs.run_keys;
+        keys.insert(&run.idempotency_key, ended_ms, &r, &limits)
+    } else {
+        None
+    };
     let waiters = {
         let mut i = lock(&run.inner);
         i.status = status;
         i.text = text.to_string();
         i.error = error;
-        i.ended_ms = Some(clock::wall_ms());
+        i.ended_ms = Some(ended_ms);
         i.ended = Some(Instant::now());
         std::mem::take(&mut i.waiters)
     };
+    if let Some(p) = pending {
+        shared.runs.run_keys.append(p);
+    }
     let result = run.result();
     for w in waiters {
         send_reply(shared, &w.reply, &Ok(result.clone().into()));
+    }
+}
+
+/// A client's key (not a sub-agent's, not an empty one) is remembered when its run ends.
+fn remembers_key(run: &Run) -> bool {
+    !run.idempotency_key.is_empty() && run.request.parent.is_none()
+}
+
+/// Loads the remembered keys of finished runs (`<state>/idempotency/runs.jsonl`); until then,
+/// new runs are refused (retryable).
+pub fn open_keys(shared: &Shared) {
+    let path = shared.state_dir.join("idempotency").join("runs.jsonl");
+    let limits = shared.config().idempotency.run_limits();
+    let loaded = shared.runs.run_keys.open(&path, clock::wall_ms(), &limits);
+    idempotency::log_loaded("runs", &path, &loaded);
+}
+
+/// Boot: [`open_keys`] on a worker (in place if it cannot be queued).
+pub fn start_keys(shared: &Arc<Shared>) {
+    let sh = shared.clone();
+    let work: Work = Box::new(move |_ctx| {
+        open_keys(&sh);
+        Ok(Value::Null.into())
+    });
+    let spec = JobSpec {
+        kind: "runs.keys.open".into(),
+        pool: PoolKind::Io,
+        lane: Lane::Control,
+        timeout: Duration::from_secs(60),
+        stall_limit: None,
+    };
+    if let Err(e) = shared.submit(spec, ReplyTo::Internal, work) {
+        log::warn!("runs: cannot queue loading the idempotency keys ({e}); loading them now");
+        open_keys(shared);
     }
 }
 
@@ -322,7 +460,8 @@ fn origin_of(p: &Value) -> Result<Origin, RpcError> {
     })
 }
 
-/// Registers and queues a run (or finds the one this idempotency key already started).
+/// Registers and queues a run, or finds the one this idempotency key already started: its live
+/// record, or the run rebuilt from its remembered result. An empty key is never deduplicated.
 /// Returns the run and whether it is new.
 pub fn start(
     shared: &Arc<Shared>,
@@ -331,7 +470,13 @@ pub fn start(
     reply: ReplyTo,
     listener: Option<(usize, u64)>,
 ) -> Result<(Arc<Run>, bool), RpcError> {
-    if let Some(id) = lock(&shared.runs.by_idem).get(idem).cloned()
+    if request.parent.is_none()
+        && let Some(why) = idempotency::key_problem(idem)
+    {
+        return Err(RpcError::invalid(why));
+    }
+    if !idem.is_empty()
+        && let Some(id) = lock(&shared.runs.by_idem).get(idem).cloned()
         && let Some(run) = shared.runs.get(&id)
     {
         if let Some(l) = listener {
@@ -341,6 +486,24 @@ pub fn start(
             }
         }
         return Ok((run, false));
+    }
+    // A run that finished within the window, whose record is gone (pruned, or a restart).
+    if !idem.is_empty() {
+        let window_ms = shared.config().idempotency.run_limits().window_ms;
+        match shared.runs.run_keys.get(idem, clock::wall_ms(), window_ms) {
+            Lookup::Hit(first) => match Run::remembered(idem, &first) {
+                Some(run) => return Ok((Arc::new(run), false)),
+                None => log::warn!("runs: a remembered result is not a finished run; ignored"),
+            },
+            Lookup::Loading => {
+                return Err(RpcError::unavailable(
+                    "keel is starting: new agent runs wait until its idempotency keys are \
+                     loaded; retry",
+                    1_000,
+                ));
+            }
+            Lookup::Miss => {}
+        }
     }
     // Memory past the critical threshold: a new run (a transcript, a provider stream, its
     // events) would only add to it. Everything already running continues.
@@ -384,7 +547,9 @@ pub fn start(
     let job = shared.submit(spec, reply, work)?;
     lock(&run.inner).job = Some(job);
     lock(&shared.runs.runs).insert(run.id.clone(), run.clone());
-    lock(&shared.runs.by_idem).insert(idem.to_string(), run.id.clone());
+    if !idem.is_empty() {
+        lock(&shared.runs.by_idem).insert(idem.to_string(), run.id.clone());
+    }
     Ok((run, true))
 }
 
@@ -590,7 +755,8 @@ pub fn hook(shared: &Arc<Shared>, route: &str, p: &Value) -> Result<Value, RpcEr
             policy.allowed_session_key_prefixes.join(", ")
         )));
     }
-    let idem = string(p, "idempotencyKey")?.unwrap_or_else(|| clock::Rng::from_os().uuid());
+    // Without a key a hook is never deduplicated.
+    let idem = string(p, "idempotencyKey")?.unwrap_or_default();
     let mut request = Request::top(message, session, origin_of(p)?);
     request.deliver = p.get("deliver").and_then(Value::as_bool).unwrap_or(true);
     let (run, _) = start(shared, &idem, request, ReplyTo::Internal, None)?;
@@ -708,5 +874,35 @@ mod tests {
             "room for the run being started"
         );
         assert_eq!(lock(&runs.by_idem).len(), MAX_RUNS - 1);
+    }
+
+    #[test]
+    fn a_remembered_result_rebuilds_the_run_that_gives_it_back() {
+        let runs = Runs::default();
+        finished(&runs, 1, Instant::now());
+        let run = lock(&runs.runs).values().next().unwrap().clone();
+        lock(&run.inner).meta = json!({"model": "m", "usage": {"input": 3}});
+        let ended = lock(&run.inner).ended_ms.unwrap();
+        // Nothing to cut: exactly what the live record answers.
+        let stored = run.remembered_result(Status::Ok, "", None, ended);
+        assert_eq!(stored, run.result());
+
+        let text = "é".repeat(REMEMBERED_TEXT); // twice the cap, in bytes
+        let error = "x".repeat(REMEMBERED_ERROR + 1);
+        let stored = run.remembered_result(Status::Error, &text, Some(&error), ended);
+        let kept = stored["result"]["payloads"][0]["text"].as_str().unwrap();
+        assert!(kept.len() < REMEMBERED_TEXT + 100, "{}", kept.len());
+        assert!(kept.ends_with(" bytes kept]"), "the cut is marked");
+        assert!(stored["error"].as_str().unwrap().len() < REMEMBERED_ERROR + 100);
+        assert_eq!(stored["summary"], "é".repeat(200), "from the whole text");
+        let again = Run::remembered(&run.idempotency_key, &stored).unwrap();
+        assert_eq!(again.result(), stored);
+        assert_eq!(again.status(), Status::Error);
+        // Not a finished run: not rebuilt.
+        let mut running = stored.clone();
+        running["status"] = json!("running");
+        assert!(Run::remembered("k", &running).is_none());
+        assert!(Run::remembered("k", &json!({"status": "ok"})).is_none());
+        assert!(Run::remembered("k", &json!("ok")).is_none());
     }
 }

@@ -7,11 +7,18 @@
 //! and recording the outcome after, until nothing of the channel is due or its time budget is
 //! spent. A drain stops starting new sends; an entry in flight at the hard deadline stays
 //! `sending` on disk and is `unknown_after_send` at the next boot.
+//!
+//! `send` remembers each idempotency key with its answer for `gateway.idempotency.windowMs`
+//! (`<state>/idempotency/send.jsonl`, loaded by the same boot job, before the queue is
+//! installed): a repeat inside the window gets the first answer and queues nothing, even after
+//! the entry was sent and removed, or after a restart. The queue's own check (a key whose
+//! entry is still queued) stays, for an entry that outlives the window while it retries.
 
 use super::channels::{self, ChannelConfig};
 use super::queue::{Entry, ErrorClass, Queue, RetryPolicy, Route, State};
 use crate::clock::{self, Rng};
 use crate::error::{Code, RpcError};
+use crate::idempotency::{self, Lookup};
 use crate::jobs::{JobCtx, JobSpec, Lane, PoolKind, ReplyTo, Work};
 use crate::metrics::Counter;
 use crate::net::Limits;
@@ -58,6 +65,8 @@ pub struct Delivery {
     dispatching: Mutex<BTreeSet<String>>,
     policy: RetryPolicy,
     pub stats: DeliveryStats,
+    /// `send`'s idempotency keys and first answers.
+    pub sent_keys: idempotency::Store,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -73,6 +82,11 @@ impl Delivery {
     pub fn start(shared: &Arc<Shared>) {
         let sh = shared.clone();
         let work: Work = Box::new(move |_ctx: &JobCtx| {
+            // Before the queue is installed: a send is only served once its key can be found.
+            let keys = sh.state_dir.join("idempotency").join("send.jsonl");
+            let limits = sh.config().idempotency.send_limits();
+            let loaded = sh.delivery.sent_keys.open(&keys, clock::wall_ms(), &limits);
+            idempotency::log_loaded("send", &keys, &loaded);
             let dir = sh.state_dir.join("delivery");
             match Queue::open(&dir) {
                 Ok(mut q) => {
@@ -138,6 +152,64 @@ impl Delivery {
         idempotency_key: &str,
         extra: Value,
     ) -> Result<Entry, RpcError> {
+        let payload = self.payload(shared, &route, text, extra)?;
+        let entry = {
+            let mut q = self.queue()?;
+            let q = q.as_mut().ok_or_else(|| internal("queue vanished"))?;
+            q.enqueue(route, payload, idempotency_key, clock::wall_ms())
+                .map_err(not_queued)?
+        };
+        // Dispatch starts now rather than at the watchdog's next tick.
+        Delivery::tick(shared);
+        Ok(entry)
+    }
+
+    /// `send`: the first answer for `key` if it was given within the window (nothing is
+    /// queued then); otherwise [`Delivery::enqueue`], and the answer is remembered once the
+    /// entry is on disk (a failed enqueue stays retryable).
+    pub fn send(
+        &self,
+        shared: &Arc<Shared>,
+        route: Route,
+        text: &str,
+        key: &str,
+    ) -> Result<Value, RpcError> {
+        let limits = shared.config().idempotency.send_limits();
+        if let Lookup::Hit(first) = self.sent_keys.get(key, clock::wall_ms(), limits.window_ms) {
+            return Ok(first);
+        }
+        let payload = self.payload(shared, &route, text, json!({}))?;
+        let (answer, pending) = {
+            let mut q = self.queue()?;
+            let q = q.as_mut().ok_or_else(|| internal("queue vanished"))?;
+            let now = clock::wall_ms();
+            // Again under the queue's lock, which orders sends: one with the same key may have
+            // been queued (and remembered) since the look above.
+            if let Lookup::Hit(first) = self.sent_keys.get(key, now, limits.window_ms) {
+                return Ok(first);
+            }
+            let e = q.enqueue(route, payload, key, now).map_err(not_queued)?;
+            let answer = json!({"messageId": e.id, "id": e.id, "status": e.state.as_str(), "channel": e.route.channel, "to": e.route.to});
+            let pending = self.sent_keys.insert(key, now, &answer, &limits);
+            (answer, pending)
+        };
+        // The line is written after the queue's lock is released; the key is already found
+        // in memory.
+        if let Some(p) = pending {
+            self.sent_keys.append(p);
+        }
+        Delivery::tick(shared);
+        Ok(answer)
+    }
+
+    /// The route checked against its channel, and the message as the queue stores it.
+    fn payload(
+        &self,
+        shared: &Shared,
+        route: &Route,
+        text: &str,
+        extra: Value,
+    ) -> Result<Value, RpcError> {
         let cfg = shared.config();
         if !cfg.channels.0.contains_key(&route.channel) {
             self.stats.refused.inc();
@@ -157,19 +229,7 @@ impl Delivery {
         if let (Value::Object(p), Value::Object(x)) = (&mut payload, extra) {
             p.extend(x);
         }
-        let entry = {
-            let mut q = self.queue()?;
-            let q = q.as_mut().ok_or_else(|| internal("queue vanished"))?;
-            q.enqueue(route, payload, idempotency_key, clock::wall_ms())
-                .map_err(|e| RpcError {
-                    retryable: Some(true),
-                    retry_after_ms: Some(5000),
-                    ..RpcError::new(Code::Unavailable, e.to_string())
-                })?
-        };
-        // Dispatch starts now rather than at the watchdog's next tick.
-        Delivery::tick(shared);
-        Ok(entry)
+        Ok(payload)
     }
 
     pub fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<Entry>, RpcError> {
@@ -305,6 +365,15 @@ impl Delivery {
     }
 }
 
+/// The message could not be written: retryable.
+fn not_queued(e: super::queue::EnqueueError) -> RpcError {
+    RpcError {
+        retryable: Some(true),
+        retry_after_ms: Some(5000),
+        ..RpcError::new(Code::Unavailable, e.to_string())
+    }
+}
+
 fn entry_json(e: &Entry) -> Value {
     serde_json::to_value(e).unwrap_or(Value::Null)
 }
@@ -322,10 +391,10 @@ pub fn call(shared: &Arc<Shared>, method: &str, p: &Value) -> Result<Value, RpcE
             };
             let message = required(p, "message")?;
             let key = required(p, "idempotencyKey")?;
-            let e = svc.enqueue(shared, route, &message, &key, json!({}))?;
-            Ok(
-                json!({"messageId": e.id, "id": e.id, "status": e.state.as_str(), "channel": e.route.channel, "to": e.route.to}),
-            )
+            if let Some(why) = idempotency::key_problem(&key) {
+                return Err(RpcError::invalid(why));
+            }
+            svc.send(shared, route, &message, &key)
         }
         "delivery.list" => {
             let state = match string(p, "state")? {

@@ -209,9 +209,14 @@ impl Gateway {
         // The delivery queue opens on a worker at boot; its log line says it is there.
         g.wait_log("delivery queue", BOUND)
             .unwrap_or_else(|| panic!("no delivery queue line:\n{}", g.log_text()));
+        // So are the idempotency keys of runs; new runs wait for them.
+        g.wait_log("idempotency keys (runs)", BOUND)
+            .unwrap_or_else(|| panic!("no runs keys line:\n{}", g.log_text()));
         if opts.state_from.is_none() {
-            // Boot work (loading the usage index) is over before a test counts jobs.
-            g.wait_log("usage index up to date", BOUND)
+            // Boot work (loading the usage index) is over before a test counts jobs. A state
+            // a previous process left transcripts in (a restart) is built rather than found
+            // up to date.
+            g.wait_log_any(&["usage index up to date", "usage index built"], BOUND)
                 .unwrap_or_else(|| panic!("no index line:\n{}", g.log_text()));
             if !g.token.is_empty() {
                 g.wait_metric("keel_jobs_in_flight{pool=\"cpu\"}", 0.0);
@@ -234,11 +239,20 @@ impl Gateway {
 
     /// Waits for a log line containing `needle`; returns it.
     pub fn wait_log(&self, needle: &str, bound: Duration) -> Option<String> {
+        self.wait_log_any(&[needle], bound)
+    }
+
+    /// Waits for a log line containing any of `needles`; returns the first such line.
+    pub fn wait_log_any(&self, needles: &[&str], bound: Duration) -> Option<String> {
         let deadline = Instant::now() + bound;
         let (m, cv) = &*self.log;
         let mut buf = m.lock().unwrap();
         loop {
-            if let Some(l) = buf.lines.iter().find(|l| l.contains(needle)) {
+            if let Some(l) = buf
+                .lines
+                .iter()
+                .find(|l| needles.iter().any(|n| l.contains(n)))
+            {
                 return Some(l.clone());
             }
             let now = Instant::now();

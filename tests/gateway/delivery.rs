@@ -520,3 +520,106 @@ fn a_hanging_channel_holds_up_only_itself() {
     assert_eq!(sending.len(), 1, "{l}");
     assert_eq!(sending[0]["route"]["channel"], "feishu", "{l}");
 }
+
+/// `send` over HTTP: (status, payload or error).
+fn send(g: &Gateway, key: &str, message: &str) -> (u16, Value) {
+    let r = g.rpc(
+        "send",
+        json!({"channel": "openclaw-weixin", "to": "a@im.wechat", "message": message, "idempotencyKey": key}),
+    );
+    let body = r.json();
+    let v = if r.status == 200 {
+        body["payload"].clone()
+    } else {
+        body["error"].clone()
+    };
+    (r.status, v)
+}
+
+#[test]
+fn a_repeated_send_gets_its_first_answer_after_delivery_and_after_a_restart() {
+    let (wx, fs) = (FakeChannel::start(WX_OK), FakeChannel::start(FEISHU_OK));
+    let opts = Opts::default().config(json!({"channels": channels(&wx, &fs)}));
+    let g = Gateway::start(opts.clone());
+    let (status, first) = send(&g, "once", "hello");
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["status"], "pending", "{first}");
+    assert_eq!(first["channel"], "openclaw-weixin");
+    // Delivered, and its queue entry gone: only the remembered key can stop a second send.
+    eventually(BOUND, || (wx.received().len() == 1).then_some(()));
+    wait_idle(&g);
+    // The client lost the answer and retries, with another body even: the first answer.
+    assert_eq!(send(&g, "once", "hello again"), (200, first.clone()));
+    let l = wait_idle(&g);
+    assert_eq!(
+        l["entries"].as_array().unwrap().len(),
+        0,
+        "nothing queued: {l}"
+    );
+    assert_eq!(
+        g.metric("keel_idempotency_repeats_total{scope=\"send\"}"),
+        Some(1.0)
+    );
+
+    // Killed (the key was appended without fsync; a kill keeps it) and started again.
+    g.signal("KILL");
+    let g = g.restart(opts);
+    assert_eq!(send(&g, "once", "hello"), (200, first.clone()));
+    let line = g.wait_log("idempotency keys (send)", BOUND).unwrap();
+    assert!(line.contains(": 1 loaded"), "{line}");
+    // A different key is a new message; it goes out after anything queued before it on the
+    // channel, so once it has arrived no second copy of the first can be on its way.
+    let (status, other) = send(&g, "twice", "second message");
+    assert_eq!(status, 200, "{other}");
+    assert_ne!(other["id"], first["id"]);
+    eventually(BOUND, || (wx.received().len() == 2).then_some(()));
+    let texts: Vec<Value> = wx
+        .received()
+        .iter()
+        .map(|(_, b)| b["text"].clone())
+        .collect();
+    assert_eq!(texts, [json!("hello"), json!("second message")]);
+
+    // A key longer than 256 characters is refused, naming the field; nothing is queued.
+    let (status, err) = send(&g, &"k".repeat(257), "x");
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["code"], "INVALID_REQUEST");
+    assert!(
+        err["message"].as_str().unwrap().contains("idempotencyKey"),
+        "{err}"
+    );
+    let (status, ok) = send(&g, &"k".repeat(256), "x");
+    assert_eq!(status, 200, "{ok}");
+}
+
+#[test]
+fn a_send_key_is_forgotten_when_its_window_ends() {
+    let (wx, fs) = (FakeChannel::start(WX_OK), FakeChannel::start(FEISHU_OK));
+    const WINDOW: Duration = Duration::from_millis(2000);
+    let g = Gateway::start(Opts::default().config(json!({
+        "channels": channels(&wx, &fs),
+        "gateway": {"idempotency": {"windowMs": WINDOW.as_millis() as u64}},
+    })));
+    let t0 = Instant::now();
+    let (status, first) = send(&g, "short", "one");
+    assert_eq!(status, 200, "{first}");
+    // Delivered and gone from the queue: only the window can answer a repeat.
+    eventually(BOUND, || (wx.received().len() == 1).then_some(()));
+    wait_idle(&g);
+    let repeat = send(&g, "short", "one");
+    // keel stamped the key after t0: a repeat answered before t0 + WINDOW was looked up
+    // inside the window (on a machine too loaded for that, this step proves nothing).
+    if t0.elapsed() < WINDOW {
+        assert_eq!(repeat, (200, first.clone()), "a repeat inside the window");
+    }
+    // Every repeat gets the first answer until the window ends; then the key is new again.
+    let second = eventually(BOUND, || {
+        let (status, answer) = send(&g, "short", "two");
+        assert_eq!(status, 200, "{answer}");
+        (answer != first).then_some(answer)
+    });
+    assert_ne!(second["id"], first["id"]);
+    eventually(BOUND, || (wx.received().len() == 2).then_some(()));
+    wait_idle(&g);
+    assert_eq!(wx.received().len(), 2, "{:?}", wx.received());
+}

@@ -724,3 +724,114 @@ fn a_run_waiting_for_its_session_can_be_aborted() {
         "the aborted run never called the model"
     );
 }
+
+#[test]
+fn a_finished_runs_key_gets_its_first_answer_after_a_restart_and_nothing_runs_again() {
+    let (a, b) = providers();
+    for text in ["chat answer", "agent answer", "hook answer"] {
+        a.push(stream(text));
+    }
+    let opts = Opts::default().config(hooks_config(&a, &b));
+    let g = Gateway::start(opts.clone());
+    let mut ws = g.ws();
+
+    let (chat_run, events) = chat(&mut ws, "agent:main:main", "first", "c1");
+    assert_eq!(final_state(&events)["state"], "final");
+    let id = ws.send_req(
+        "agent",
+        json!({"message": "second", "idempotencyKey": "a1"}),
+    );
+    let accepted = ws.res(&id);
+    assert_eq!(accepted["payload"]["status"], "accepted", "{accepted}");
+    let agent_final = ws.res(&id)["payload"].clone();
+    assert_eq!(agent_final["status"], "ok", "{agent_final}");
+    assert_eq!(agent_final["result"]["payloads"][0]["text"], "agent answer");
+    let r = post(
+        &g,
+        "/hooks/agent",
+        "Authorization: Bearer hook-secret\r\n",
+        r#"{"message":"third","idempotencyKey":"h1"}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let hook_run = r.json()["runId"].as_str().unwrap().to_string();
+    let wait = ws.call("agent.wait", json!({"runId": hook_run, "timeoutMs": 10000}));
+    assert_eq!(wait["payload"]["status"], "ok", "{wait}");
+    assert_eq!(a.requests().len(), 3);
+
+    // A clean stop lets each run's worker finish writing its key.
+    drop(ws);
+    g.signal("TERM");
+    let g = g.restart(opts);
+    let mut ws = g.ws();
+
+    let again = ws.call(
+        "chat.send",
+        json!({"sessionKey": "agent:main:main", "message": "first", "idempotencyKey": "c1"}),
+    );
+    assert_eq!(again["payload"]["runId"], chat_run.as_str(), "{again}");
+    assert_eq!(again["payload"]["status"], "ok", "{again}");
+    // `agent`: accepted, then over WebSocket the first run's final result, as it was sent.
+    let id = ws.send_req(
+        "agent",
+        json!({"message": "second", "idempotencyKey": "a1"}),
+    );
+    let accepted = ws.res(&id);
+    assert_eq!(accepted["payload"]["status"], "accepted", "{accepted}");
+    assert_eq!(accepted["payload"]["runId"], agent_final["runId"]);
+    assert_eq!(ws.res(&id)["payload"], agent_final);
+    let r = post(
+        &g,
+        "/hooks/agent",
+        "Authorization: Bearer hook-secret\r\n",
+        r#"{"message":"third","idempotencyKey":"h1"}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["runId"], hook_run.as_str());
+
+    // A new key runs; once its answer is back, no repeat can still be on its way to the
+    // provider (a run starts its call before it answers anything).
+    a.push(stream("a new run"));
+    let (fresh, events) = chat(&mut ws, "agent:main:main", "new", "c2");
+    assert_ne!(fresh, chat_run);
+    assert_eq!(
+        final_state(&events)["message"]["content"][0]["text"],
+        "a new run"
+    );
+    assert_eq!(
+        a.requests().len(),
+        4,
+        "only the new key called the provider"
+    );
+    assert_eq!(
+        g.metric("keel_idempotency_repeats_total{scope=\"runs\"}"),
+        Some(3.0)
+    );
+    let line = g.wait_log("idempotency keys (runs)", BOUND).unwrap();
+    assert!(line.contains(": 3 loaded"), "{line}");
+
+    // A key longer than 256 characters is refused, naming the field; nothing runs.
+    let long = "k".repeat(257);
+    let res = ws.call(
+        "chat.send",
+        json!({"sessionKey": "agent:main:main", "message": "hi", "idempotencyKey": long}),
+    );
+    assert_eq!(res["error"]["code"], "INVALID_REQUEST", "{res}");
+    assert!(
+        res["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("idempotencyKey"),
+        "{res}"
+    );
+    let res = ws.call("agent", json!({"message": "hi", "idempotencyKey": long}));
+    assert_eq!(res["error"]["code"], "INVALID_REQUEST", "{res}");
+    let r = post(
+        &g,
+        "/hooks/agent",
+        "Authorization: Bearer hook-secret\r\n",
+        &json!({"message": "hi", "idempotencyKey": long}).to_string(),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    assert_eq!(a.requests().len(), 4, "nothing ran");
+}
