@@ -21,7 +21,7 @@
 //!
 //! The limiters are owned by the reactor thread, so they need no lock; their size is bounded.
 
-use crate::config::{Auth, AuthMode};
+use crate::config::{Auth, AuthLimits, AuthMode, RateLimit};
 use ipnet::IpNet;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -30,38 +30,8 @@ use std::time::{Duration, Instant};
 /// Peers tracked at once per bucket; past this the oldest-failing peer is forgotten.
 const MAX_PEERS: usize = 10_000;
 
-/// A limiter's thresholds: `max_attempts` failures within `window` lock the client out for
-/// `lockout`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub max_attempts: usize,
-    pub window: Duration,
-    pub lockout: Duration,
-}
-
-/// `gateway.auth.rateLimit`: OpenClaw's keys and defaults (10 failures a minute, then five
-/// minutes out; loopback exempt).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    pub gateway: Limits,
-    pub exempt_loopback: bool,
-}
-
-impl Default for RateLimit {
-    fn default() -> RateLimit {
-        RateLimit {
-            gateway: Limits {
-                max_attempts: 10,
-                window: Duration::from_secs(60),
-                lockout: Duration::from_secs(300),
-            },
-            exempt_loopback: true,
-        }
-    }
-}
-
 /// The hooks token's limits, fixed as OpenClaw's are: 20 failures a minute, then a minute out.
-pub const HOOK_LIMITS: Limits = Limits {
+pub const HOOK_LIMITS: AuthLimits = AuthLimits {
     max_attempts: 20,
     window: Duration::from_secs(60),
     lockout: Duration::from_secs(60),
@@ -252,7 +222,7 @@ impl FailureLimiter {
     }
 
     /// Counts a failure; reaching the limit starts the lockout.
-    pub fn record_failure(&mut self, ip: IpAddr, now: Instant, limits: &Limits) {
+    pub fn record_failure(&mut self, ip: IpAddr, now: Instant, limits: &AuthLimits) {
         if self.peers.len() >= MAX_PEERS && !self.peers.contains_key(&ip) {
             self.prune(now, limits.window);
             if self.peers.len() >= MAX_PEERS {

@@ -49,6 +49,36 @@ impl fmt::Debug for Auth {
     }
 }
 
+/// A failed-authentication limiter's thresholds: `max_attempts` failures within `window` lock
+/// the client out for `lockout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthLimits {
+    pub max_attempts: usize,
+    pub window: Duration,
+    pub lockout: Duration,
+}
+
+/// `gateway.auth.rateLimit`: OpenClaw's keys and defaults (10 failures a minute, then five
+/// minutes out; loopback exempt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub gateway: AuthLimits,
+    pub exempt_loopback: bool,
+}
+
+impl Default for RateLimit {
+    fn default() -> RateLimit {
+        RateLimit {
+            gateway: AuthLimits {
+                max_attempts: 10,
+                window: Duration::from_secs(60),
+                lockout: Duration::from_secs(300),
+            },
+            exempt_loopback: true,
+        }
+    }
+}
+
 /// Capacity of each lane's queue, per pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueCaps {
@@ -200,7 +230,7 @@ pub struct Config {
     pub bind: IpAddr,
     pub auth: Auth,
     /// `gateway.auth.rateLimit`: the failed-authentication limiter.
-    pub rate_limit: crate::auth::RateLimit,
+    pub rate_limit: RateLimit,
     /// `gateway.trustedProxies`: proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub drain_timeout: Duration,
@@ -238,7 +268,7 @@ impl Default for Config {
                 token: None,
                 password: None,
             },
-            rate_limit: crate::auth::RateLimit::default(),
+            rate_limit: RateLimit::default(),
             trusted_proxies: Vec::new(),
             drain_timeout: Duration::from_millis(30_000),
             drain_grace: Duration::from_millis(5_000),
@@ -1389,7 +1419,7 @@ mod tests {
         // Defaults: OpenClaw's.
         let d = parse("{}", None).config;
         assert!(d.trusted_proxies.is_empty());
-        assert_eq!(d.rate_limit, crate::auth::RateLimit::default());
+        assert_eq!(d.rate_limit, RateLimit::default());
         // A bad proxy entry trusts none, and says which.
         let v = parse(
             r#"{"gateway":{"trustedProxies":["10.0.0.1","proxy.lan"]}}"#,
@@ -1402,7 +1432,7 @@ mod tests {
             r#"{"gateway":{"auth":{"rateLimit":{"exemptLoopback":"no","maxAttempts":0}}}}"#,
             None,
         );
-        assert_eq!(v.config.rate_limit, crate::auth::RateLimit::default());
+        assert_eq!(v.config.rate_limit, RateLimit::default());
         assert_eq!(v.problems.len(), 2, "{:?}", v.problems);
     }
 

@@ -18,6 +18,7 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod net;
+pub mod procgroup;
 pub mod protocol;
 pub mod reactor;
 pub mod runtime;

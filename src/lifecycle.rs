@@ -223,7 +223,7 @@ fn run(
     );
     let ran = reactor.run();
     // Jobs are over by now, and with them their tools; this catches any that are not.
-    let tools = crate::agent::tools::kill_all();
+    let tools = crate::procgroup::kill_all();
     if tools > 0 {
         log::warn!("killed the process groups of {tools} running tool(s)");
     }

@@ -476,7 +476,7 @@ impl Watchdog {
                 .notify("STATUS=drain grace expired; exiting with work aborted");
             // A tool's process group would outlive the exit (its token may never have fired,
             // or its worker is wedged).
-            let tools = crate::agent::tools::kill_all();
+            let tools = crate::procgroup::kill_all();
             if tools > 0 {
                 log::warn!("killed the process groups of {tools} running tool(s)");
             }

@@ -16,8 +16,8 @@
 //! - no thread outlives the call: output is read on the calling worker, from non-blocking
 //!   pipes polled in the loop that waits for the leader, and once the group is dead what is
 //!   left in the pipes is read for a short bound, then they are dropped;
-//! - no process outlives keel: groups still running are listed in a registry (`LIVE`) that
-//!   keel's exit paths empty with [`kill_all`].
+//! - no process outlives keel: groups still running are in `procgroup`'s registry, which
+//!   keel's exit paths empty with `procgroup::kill_all`.
 //!
 //! A process that leaves the group on purpose (`setsid`, `setpgid`) is beyond all this.
 
@@ -27,16 +27,14 @@ use super::settings::{AgentSettings, CommandTool};
 use crate::clock;
 use crate::ids::{AgentId, SessionKey};
 use crate::jobs::{JobCtx, ReplyTo};
+use crate::procgroup;
 use crate::runtime::Shared;
 use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
+use rustix::process::{Pid, WaitId, WaitIdOptions};
 use serde_json::{Value, json};
-use std::collections::BTreeSet;
 use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -199,13 +197,6 @@ fn expand(arg: &str, args: &Value, allow_options: bool) -> Result<String, Option
     Ok(out)
 }
 
-/// Process groups of the tools running now, by id (the leader's pid). A leader leaves this
-/// set before it is reaped, so each id here still names that tool's group. The lock is held
-/// for a spawn and an insert, a removal, or [`kill_all`]'s signals — never across a wait.
-static LIVE: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
-/// Set once keel is on its way out: no tool starts after [`kill_all`].
-static CLOSING: AtomicBool = AtomicBool::new(false);
-
 /// The wait loop looks at the leader at least this often (output wakes it sooner).
 const TICK: Duration = Duration::from_millis(10);
 /// Once the group is dead, what it wrote is read from the pipes for at most this long: a
@@ -216,42 +207,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn kill_group(pgid: i32) {
-    // -1 would be every process keel may signal; a child's pid is never 0 or 1 anyway.
-    if pgid > 1
-        && let Some(p) = Pid::from_raw(pgid)
-    {
-        let _ = rustix::process::kill_process_group(p, Signal::KILL);
-    }
-}
-
-/// Kills the process group of every tool still running and lets no new one start; returns
-/// how many groups it signalled. For keel's exit paths (the watchdog's hard exit, the end of
-/// `serve`): it never waits long on a worker — if the registry stays locked (a spawn stuck
-/// in exec) it gives up after 100 ms and says so.
-pub fn kill_all() -> usize {
-    CLOSING.store(true, Ordering::SeqCst);
-    let until = Instant::now() + Duration::from_millis(100);
-    let live = loop {
-        match LIVE.try_lock() {
-            Ok(l) => break l,
-            Err(TryLockError::Poisoned(p)) => break p.into_inner(),
-            Err(TryLockError::WouldBlock) if Instant::now() < until => {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(TryLockError::WouldBlock) => {
-                log::warn!("tools: the registry stayed locked; running tools may outlive keel");
-                return 0;
-            }
-        }
-    };
-    for &pgid in live.iter() {
-        kill_group(pgid);
-    }
-    live.len()
-}
-
-/// A tool's process: the leader of its own group, registered in [`LIVE`] until reaped.
+/// A tool's process: the leader of its own group, registered in `procgroup` until reaped.
 /// Lifecycle: started → (exited | timed out | cancelled) → group killed → leader reaped.
 /// Dropping it unfinished (an early return, a panic) still kills the group and reaps.
 struct Leader {
@@ -268,23 +224,9 @@ impl Leader {
         cmd.args(&argv[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        // Spawned under the registry's lock, so that keel's exit either sees the group or
-        // stops it from being made: nothing can start between the two.
-        let mut live = lock(&LIVE);
-        if CLOSING.load(Ordering::SeqCst) {
-            return Err(format!("cannot start {}: keel is shutting down", argv[0]));
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
-        let Some(pid) = i32::try_from(child.id()).ok().filter(|p| *p > 1) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("cannot start {}: unexpected pid", argv[0]));
-        };
-        live.insert(pid);
+            .stderr(Stdio::piped());
+        let (child, pid) =
+            procgroup::spawn(&mut cmd).map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
         Ok(Leader {
             child,
             pid,
@@ -313,8 +255,8 @@ impl Leader {
         if !*unreaped {
             return None;
         }
-        kill_group(self.pid);
-        lock(&LIVE).remove(&self.pid);
+        procgroup::kill(self.pid);
+        procgroup::forget(self.pid);
         let status = self.child.wait().ok();
         *unreaped = false;
         status
@@ -422,7 +364,7 @@ fn command(tool: &CommandTool, args: &Value, ctx: &JobCtx) -> Result<String, Str
             Err(TryLockError::WouldBlock) => return,
         };
         if *unreaped {
-            kill_group(pid);
+            procgroup::kill(pid);
         }
     });
     let max = tool.max_output;
