@@ -222,8 +222,12 @@ fn parse_head(buf: &[u8]) -> Parsed {
             }
             xff.push_str(value);
         }
-        let lower = name.to_ascii_lowercase();
-        if lower == "forwarded" || lower == "x-real-ip" || lower.starts_with("x-forwarded-") {
+        if name.eq_ignore_ascii_case("forwarded")
+            || name.eq_ignore_ascii_case("x-real-ip")
+            || name
+                .get(..12)
+                .is_some_and(|p| p.eq_ignore_ascii_case("x-forwarded-"))
+        {
             h.forwarding.proxied = true;
         }
     }
@@ -1126,6 +1130,35 @@ impl<S: Socket> HttpConn<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarding_headers_are_collected_for_auth_to_judge() {
+        let head = |raw: &str| match parse_head(raw.as_bytes()) {
+            Parsed::Request(h, _) => h.forwarding,
+            _ => panic!("a complete head: {raw:?}"),
+        };
+        let f = head(
+            "GET / HTTP/1.1\r\nX-Forwarded-For: 198.51.100.1, 10.0.0.2\r\nx-forwarded-for: 203.0.113.5\r\n\r\n",
+        );
+        assert_eq!(
+            f.x_forwarded_for.as_deref(),
+            Some("198.51.100.1, 10.0.0.2,203.0.113.5"),
+            "repeated headers are one list, in order"
+        );
+        assert!(f.proxied);
+        for proxy_header in [
+            "Forwarded: for=1.2.3.4",
+            "X-Real-IP: 1.2.3.4",
+            "X-Forwarded-Proto: https",
+        ] {
+            let f = head(&format!("GET / HTTP/1.1\r\n{proxy_header}\r\n\r\n"));
+            assert!(f.proxied && f.x_forwarded_for.is_none(), "{proxy_header}");
+        }
+        assert_eq!(
+            head("GET / HTTP/1.1\r\nX-Forwarded: x\r\n\r\n"),
+            Forwarding::default()
+        );
+    }
 
     #[test]
     fn heads() {
