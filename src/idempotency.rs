@@ -33,6 +33,7 @@
 //! tests never sleep.
 
 use crate::state;
+use crate::sync::lock;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -42,7 +43,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// The longest `idempotencyKey` accepted, in characters (OpenClaw's own limit for hook replay
 /// keys): a client cannot grow keel's memory with huge keys.
@@ -52,10 +53,6 @@ pub const MAX_KEY_CHARS: usize = 256;
 pub const MAX_ENTRY_BYTES: usize = 64 << 10;
 /// An append compacts the log once it holds more than twice the live lines plus this many.
 const COMPACT_SLACK: usize = 64;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Why `key` cannot be an idempotency key (too long), as an `INVALID_REQUEST` message.
 pub fn key_problem(key: &str) -> Option<String> {

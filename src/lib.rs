@@ -25,6 +25,7 @@ pub mod runtime;
 pub mod sdnotify;
 pub mod sessions;
 pub mod state;
+pub mod sync;
 pub mod watchdog;
 
 /// The version keel reports to clients, in `--version`, `hello-ok` and `/metrics`.

@@ -10,6 +10,7 @@
 //! across a wait; `kill_all`, which the watchdog's hard exit calls, only tries it for a short
 //! bound.
 
+use crate::sync::lock;
 use rustix::process::{Pid, Signal};
 use std::collections::BTreeSet;
 use std::io;
@@ -27,7 +28,7 @@ static CLOSING: AtomicBool = AtomicBool::new(false);
 /// child and the group's id (its pid).
 pub fn spawn(cmd: &mut Command) -> io::Result<(Child, i32)> {
     cmd.process_group(0);
-    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut live = lock(&LIVE);
     if CLOSING.load(Ordering::SeqCst) {
         return Err(io::Error::other("keel is shutting down"));
     }
@@ -53,7 +54,7 @@ pub fn kill(pgid: i32) {
 
 /// Takes the group out of the registry: call it before reaping its leader.
 pub fn forget(pgid: i32) {
-    LIVE.lock().unwrap_or_else(|e| e.into_inner()).remove(&pgid);
+    lock(&LIVE).remove(&pgid);
 }
 
 /// Kills every registered group and lets no new one start; returns how many it signalled.

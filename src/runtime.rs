@@ -13,6 +13,7 @@ use crate::jobs::{
 };
 use crate::metrics::{Metrics, family};
 use crate::sdnotify::Notifier;
+use crate::sync::lock;
 use crate::watchdog::Level;
 use crossbeam_channel::Sender;
 use serde_json::{Value, json};
@@ -21,7 +22,7 @@ use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// `starting → serving → draining → stopped`.
@@ -69,10 +70,6 @@ pub struct PressureView {
     /// Reactor lag over the watchdog's window.
     pub lag_p99: Option<Duration>,
     pub lag_max: Duration,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub struct Shared {

@@ -31,6 +31,7 @@ use crate::protocol::params::{
 };
 use crate::protocol::{self, Payload};
 use crate::runtime::Shared;
+use crate::sync::lock;
 use crate::watchdog::Level;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -50,10 +51,6 @@ const MAX_WAIT: Duration = Duration::from_secs(600);
 /// of its error, so that the keys' file and memory stay small.
 const REMEMBERED_TEXT: usize = 16 << 10;
 const REMEMBERED_ERROR: usize = 4 << 10;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {

@@ -29,6 +29,7 @@ use crate::ids::{AgentId, SessionKey};
 use crate::jobs::{JobCtx, ReplyTo};
 use crate::procgroup;
 use crate::runtime::Shared;
+use crate::sync::lock;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, WaitId, WaitIdOptions};
 use serde_json::{Value, json};
@@ -202,10 +203,6 @@ const TICK: Duration = Duration::from_millis(10);
 /// Once the group is dead, what it wrote is read from the pipes for at most this long: a
 /// process that left the group (`setsid`) may hold them open.
 const AFTER_KILL: Duration = Duration::from_millis(500);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A tool's process: the leader of its own group, registered in `procgroup` until reaped.
 /// Lifecycle: started → (exited | timed out | cancelled) → group killed → leader reaped.

@@ -6,6 +6,7 @@
 
 use crate::clock;
 use crate::ids::{self, AgentId, SessionKey};
+use crate::sync::lock;
 use serde_json::{Map, Value, json};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -109,7 +110,7 @@ fn update_store(
     create: Option<Value>,
     update: impl FnOnce(&mut Map<String, Value>),
 ) -> io::Result<Value> {
-    let _guard = STORE_WRITES.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = lock(&STORE_WRITES);
     let mut store = read_store(path)?;
     if !store.contains_key(key) {
         match create {

@@ -32,6 +32,7 @@ use super::queue::{ErrorClass, Route};
 use crate::clock;
 use crate::jobs::CancelToken;
 use crate::net::{self, Limits, NetError, Request, Url};
+use crate::sync::lock;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -1098,10 +1099,6 @@ fn feishu(call: &Call, route: &Route, text: &str, key: &str) -> Result<Sent, Sen
             _ => SendError::permanent(msg),
         });
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The tenant token to use and whether it was fetched (and so may be refreshed).

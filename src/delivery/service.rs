@@ -24,6 +24,7 @@ use crate::metrics::Counter;
 use crate::net::Limits;
 use crate::protocol::params::{address, required, required_address, string};
 use crate::runtime::{Phase, Shared};
+use crate::sync::lock;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -67,10 +68,6 @@ pub struct Delivery {
     pub stats: DeliveryStats,
     /// `send`'s idempotency keys and first answers.
     pub sent_keys: idempotency::Store,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn internal(e: impl std::fmt::Display) -> RpcError {

@@ -20,6 +20,7 @@ pub use pool::{PoolHandle, PoolReceivers, Pools, QueueStats};
 
 use crate::clock;
 use crate::error::{Code, RpcError};
+use crate::sync::lock;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -132,7 +133,7 @@ impl CancelToken {
         {
             return false;
         }
-        let hooks = std::mem::take(&mut *self.0.hooks.lock().unwrap_or_else(|e| e.into_inner()));
+        let hooks = std::mem::take(&mut *lock(&self.0.hooks));
         for hook in hooks {
             hook();
         }
@@ -149,7 +150,7 @@ impl CancelToken {
 
     /// Runs `hook` when the token fires (at once if it already has).
     pub fn on_cancel(&self, hook: impl FnOnce() + Send + 'static) {
-        let mut hooks = self.0.hooks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut hooks = lock(&self.0.hooks);
         if self.is_cancelled() {
             drop(hooks);
             hook();
@@ -428,7 +429,7 @@ pub struct JobTable {
 
 impl JobTable {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<JobInfo>>> {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.jobs)
     }
 
     pub fn insert(&self, info: Arc<JobInfo>) {

@@ -11,6 +11,7 @@ use crate::agent::runs;
 use crate::error::RpcError;
 use crate::jobs::{JobCtx, JobSpec, Lane, PoolKind, Work};
 use crate::runtime::Shared;
+use crate::sync::lock;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -439,7 +440,7 @@ fn test_ballast(
             out["ticksHeld"] = json!(t2 - t1);
             out["ticksSpan"] = json!(t3 - t0);
         } else {
-            let mut held = BALLAST.lock().unwrap_or_else(|e| e.into_inner());
+            let mut held = lock(&BALLAST);
             let total = |h: &Vec<Vec<u8>>| h.iter().map(|c| c.len() as u64 >> 20).sum::<u64>();
             while total(&held) > mib {
                 held.pop();

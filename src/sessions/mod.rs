@@ -25,6 +25,7 @@ use crate::jobs::{JobCtx, JobInfo, JobSpec, Lane, PoolKind, ReplyTo, Work};
 use crate::metrics::Counter;
 use crate::protocol::Payload;
 use crate::runtime::Shared;
+use crate::sync::{lock, read, write};
 use index::{Index, ParseError, Task};
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
@@ -122,10 +123,6 @@ fn background(
     shared.submit(spec, ReplyTo::Internal, work)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Sessions {
     pub fn new(state_dir: &Path, test_hooks: bool) -> Sessions {
         let hook = |name: &str| {
@@ -155,12 +152,12 @@ impl Sessions {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
-        self.index.read().unwrap_or_else(|e| e.into_inner())
+        read(&self.index)
     }
 
     /// Changes the index and publishes its counts.
     fn modify<R>(&self, change: impl FnOnce(&mut Index) -> R) -> R {
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut index = write(&self.index);
         let r = change(&mut index);
         let (files, msgs, usage, malformed) = index.counts();
         for (slot, v) in

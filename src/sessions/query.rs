@@ -8,6 +8,7 @@ use super::transcript::{UsageRec, kind};
 use crate::config::{ModelPrice, Prices};
 use crate::error::RpcError;
 use crate::protocol::Payload;
+use crate::sync::lock;
 use serde::Serialize;
 use serde::ser::SerializeStruct;
 use serde_json::{Map, Value, json};
@@ -511,7 +512,7 @@ pub fn prewarm(
     let tool_space = index.tables.strings.len();
     let (lo, hi) = range.bounds();
     let key = Some((lo, hi, range.offset_ms, prices_version));
-    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = lock(cache);
     if c.key != key {
         c.key = key;
         c.files.clear();
@@ -575,9 +576,7 @@ fn group<'a>(
     let prices = prices_by_model(cx.index, cx.prices);
     let mut at: HashMap<(u32, u32), usize> = HashMap::new();
     let mut out: Vec<Session<'a>> = Vec::new();
-    let mut cache = cx
-        .files
-        .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut cache = cx.files.map(|m| lock(m));
     if let Some(c) = cache.as_deref_mut() {
         let (lo, hi) = range.bounds();
         let key = Some((lo, hi, range.offset_ms, cx.prices_version));

@@ -4,6 +4,7 @@
 //! `/metrics` and the log, and is never fatal. Unknown fields of every entry are kept, so a
 //! rewrite ([`StoreSnapshot::to_json`]) loses nothing another program wrote.
 
+use crate::sync::lock;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -190,7 +191,7 @@ impl Stores {
             let meta = std::fs::metadata(&path).ok();
             let now_ident = meta.as_ref().map(ident);
             let stale = {
-                let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                let cache = lock(&self.cache);
                 cache.get(agent).is_none_or(|c| c.ident != now_ident)
             };
             if stale {
@@ -202,7 +203,7 @@ impl Stores {
                     Err(e) => Err(format!("cannot read: {e}")),
                 };
                 view.reloaded += 1;
-                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                let mut cache = lock(&self.cache);
                 let c = cache.entry(agent.clone()).or_default();
                 c.ident = now_ident;
                 match loaded {
@@ -219,7 +220,7 @@ impl Stores {
                     }
                 }
             }
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let cache = lock(&self.cache);
             if let Some(c) = cache.get(agent) {
                 if let Some(s) = &c.snapshot {
                     view.snapshots.push(s.clone());
@@ -234,7 +235,7 @@ impl Stores {
 
     /// Stores whose last read failed: (agent, error).
     pub fn errors(&self) -> Vec<(String, String)> {
-        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = lock(&self.cache);
         let mut v: Vec<_> = cache
             .iter()
             .filter_map(|(a, c)| c.error.as_ref().map(|e| (a.clone(), e.clone())))
