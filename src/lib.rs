@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod cancel;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -18,6 +19,9 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod net;
+pub mod payload;
+pub mod pressure;
+pub mod procfs;
 pub mod procgroup;
 pub mod protocol;
 pub mod reactor;

@@ -4,17 +4,18 @@
 //! Locks here are held for a copy or an insert, never across work, so the reactor can take
 //! them without waiting on a worker.
 
+use crate::cancel::CancelReason;
 use crate::clock;
 use crate::config::{Config, Overrides};
 use crate::error::{Code, RpcError};
 use crate::jobs::{
-    CancelReason, Completion, Fanout, Job, JobCtx, JobInfo, JobSpec, JobTable, Lane, Outbound,
-    PoolKind, Pools, ReplyTo, Work, cancel_error,
+    Job, JobCtx, JobInfo, JobSpec, JobTable, Lane, PoolKind, Pools, Work, cancel_error,
 };
 use crate::metrics::{Metrics, family};
+use crate::pressure::{Level, PressureCell, PressureView};
+use crate::protocol::reply::{Completion, Fanout, Outbound, ReplyTo};
 use crate::sdnotify::Notifier;
 use crate::sync::lock;
-use crate::watchdog::Level;
 use crossbeam_channel::Sender;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
@@ -58,20 +59,6 @@ pub struct Drain {
     pub aborted: usize,
 }
 
-/// The pressure level as the watchdog last published it.
-#[derive(Debug, Clone)]
-pub struct PressureView {
-    pub level: Level,
-    pub since_wall_ms: u64,
-    pub reasons: Vec<String>,
-    /// Why resident memory is at the critical threshold (held for the sample streak), if it
-    /// is: new agent runs are refused then.
-    pub memory_critical: Option<String>,
-    /// Reactor lag over the watchdog's window.
-    pub lag_p99: Option<Duration>,
-    pub lag_max: Duration,
-}
-
 pub struct Shared {
     pub started: Instant,
     pub started_wall_ms: u64,
@@ -81,7 +68,7 @@ pub struct Shared {
     phase: AtomicU8,
     drain: Mutex<Option<Drain>>,
     pub metrics: Metrics,
-    pressure: Mutex<PressureView>,
+    pressure: PressureCell,
     pub jobs: JobTable,
     pub pools: Pools,
     /// Session stores and the usage index.
@@ -122,7 +109,7 @@ impl Shared {
         let now = Instant::now();
         let metrics = Metrics::default();
         // Sampled once here so the first /metrics is not a zero before the watchdog's tick.
-        metrics.rss_bytes.set(crate::watchdog::rss_bytes());
+        metrics.rss_bytes.set(crate::procfs::rss_bytes());
         Shared {
             started: now,
             started_wall_ms: clock::wall_ms(),
@@ -132,14 +119,7 @@ impl Shared {
             phase: AtomicU8::new(Phase::Starting as u8),
             drain: Mutex::new(None),
             metrics,
-            pressure: Mutex::new(PressureView {
-                level: Level::Normal,
-                since_wall_ms: clock::wall_ms(),
-                reasons: Vec::new(),
-                memory_critical: None,
-                lag_p99: None,
-                lag_max: Duration::ZERO,
-            }),
+            pressure: PressureCell::new(clock::wall_ms()),
             jobs: JobTable::default(),
             pools: p.pools,
             sessions: crate::sessions::Sessions::new(&p.state_dir, p.test_hooks),
@@ -298,11 +278,11 @@ impl Shared {
     // ---- pressure --------------------------------------------------------------------------
 
     pub fn pressure(&self) -> PressureView {
-        lock(&self.pressure).clone()
+        self.pressure.get()
     }
 
     pub fn set_pressure(&self, v: PressureView) {
-        *lock(&self.pressure) = v;
+        self.pressure.set(v);
     }
 
     // ---- jobs ------------------------------------------------------------------------------
@@ -435,11 +415,11 @@ impl Shared {
     }
 
     /// Sends the job's one reply to the reactor.
-    pub fn deliver(&self, info: &JobInfo, outcome: &crate::protocol::Outcome) {
+    pub fn deliver(&self, info: &JobInfo, outcome: &crate::payload::Outcome) {
         if !info.claim_reply() {
             return;
         }
-        match crate::protocol::encode_reply(&info.reply, outcome) {
+        match crate::protocol::reply::encode_reply(&info.reply, outcome) {
             Some(c) => self.push(c),
             None => {
                 match outcome {
@@ -744,8 +724,8 @@ impl Shared {
                 "lagHistogram": {"boundsUs": crate::metrics::LAG_BOUNDS_US, "counts": lag},
             },
             "rssBytes": self.metrics.rss_bytes.get(),
-            "fds": std::fs::read_dir("/proc/self/fd").map(|d| d.count()).ok(),
-            "threads": crate::watchdog::thread_count(),
+            "fds": crate::procfs::fd_count(),
+            "threads": crate::procfs::thread_count(),
             "connections": {
                 "http": self.metrics.conns_http.get(),
                 "wsHandshake": self.metrics.conns_ws_handshake.get(),

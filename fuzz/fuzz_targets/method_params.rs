@@ -8,16 +8,19 @@
 //! nothing is never accepted.
 #![no_main]
 
-use keel::jobs::{JobCtx, JobInfo, ReplyTo};
+use keel::jobs::{JobCtx, JobInfo};
+
+use keel::protocol::reply::ReplyTo;
 use keel::protocol::methods::{self, Call, Caller};
-use keel::protocol::{self, Payload};
+use keel::protocol::self;
+use keel::payload::Payload;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use std::path::{Component, Path};
 use std::sync::Arc;
 use std::time::Instant;
 
-fn check(method: &str, outcome: &protocol::Outcome) {
+fn check(method: &str, outcome: &keel::payload::Outcome) {
     match outcome {
         Ok(Payload::Raw(text)) => {
             if let Err(e) = serde_json::from_str::<Value>(text) {

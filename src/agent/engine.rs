@@ -13,7 +13,7 @@ use crate::clock;
 use crate::error::{Code, RpcError};
 use crate::jobs::JobCtx;
 use crate::net::{Limits, Url};
-use crate::protocol::Outcome;
+use crate::payload::Outcome;
 use crate::runtime::Shared;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -322,7 +322,7 @@ fn call_chain(
 
 /// Runs one run to its end. Always finishes the run record, whatever happens.
 pub fn execute(shared: &Arc<Shared>, run: &Arc<Run>, ctx: &JobCtx) -> Outcome {
-    use crate::jobs::CancelReason;
+    use crate::cancel::CancelReason;
     let outcome = execute_inner(shared, run, ctx);
     let status = match (&outcome, ctx.token().reason()) {
         (Ok(_), _) => Status::Ok,

@@ -15,7 +15,7 @@
 //!   [`FailureKind`]; failover decides on the kind alone. Only a bounded prefix (64 KiB) of an
 //!   error body is read, and only a short message from it is kept.
 
-use crate::jobs::CancelToken;
+use crate::cancel::CancelToken;
 use crate::net::sse::{SseEvent, SseParser};
 use crate::net::{self, Limits, NetError, Request, Url};
 use serde_json::{Map, Value, json};

@@ -20,19 +20,21 @@
 
 use super::failover::Cooldowns;
 use super::transcript::Origin;
+use crate::cancel::CancelReason;
 use crate::clock;
 use crate::error::{Code, RpcError};
 use crate::idempotency::{self, Lookup};
 use crate::ids::SessionKey;
-use crate::jobs::{CancelReason, Fanout, JobSpec, Lane, PoolKind, ReplyTo, Work};
+use crate::jobs::{JobSpec, Lane, PoolKind, Work};
+use crate::payload::Payload;
+use crate::pressure::Level;
 use crate::protocol::methods::Caller;
 use crate::protocol::params::{
     address, agent_id, required, required_session_key, session_key, string,
 };
-use crate::protocol::{self, Payload};
+use crate::protocol::reply::{Fanout, ReplyTo};
 use crate::runtime::Shared;
 use crate::sync::lock;
-use crate::watchdog::Level;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -336,8 +338,8 @@ pub fn cooldowns(shared: &Shared) -> MutexGuard<'_, Cooldowns> {
     lock(&shared.runs.cooldowns)
 }
 
-fn send_reply(shared: &Shared, reply: &ReplyTo, outcome: &crate::protocol::Outcome) {
-    if let Some(c) = protocol::encode_reply(reply, outcome) {
+fn send_reply(shared: &Shared, reply: &ReplyTo, outcome: &crate::payload::Outcome) {
+    if let Some(c) = crate::protocol::reply::encode_reply(reply, outcome) {
         shared.push(c);
     }
 }

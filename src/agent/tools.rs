@@ -26,8 +26,9 @@ use super::runs::{self, Request, Run};
 use super::settings::{AgentSettings, CommandTool};
 use crate::clock;
 use crate::ids::{AgentId, SessionKey};
-use crate::jobs::{JobCtx, ReplyTo};
+use crate::jobs::JobCtx;
 use crate::procgroup;
+use crate::protocol::reply::ReplyTo;
 use crate::runtime::Shared;
 use crate::sync::lock;
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -438,7 +439,9 @@ fn command(tool: &CommandTool, args: &Value, ctx: &JobCtx) -> Result<String, Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::{CancelReason, JobInfo, JobSpec, Lane, PoolKind, ReplyTo};
+    use crate::cancel::CancelReason;
+    use crate::jobs::{JobInfo, JobSpec, Lane, PoolKind};
+    use crate::protocol::reply::ReplyTo;
 
     #[test]
     fn arguments_are_substituted_not_interpreted() {

@@ -29,8 +29,8 @@
 //!   At most [`DISCORD_MAX_PARTS`] messages are sent; the rest is cut with a visible note.
 
 use super::queue::{ErrorClass, Route};
+use crate::cancel::CancelToken;
 use crate::clock;
-use crate::jobs::CancelToken;
 use crate::net::{self, Limits, NetError, Request, Url};
 use crate::sync::lock;
 use serde_json::{Map, Value, json};
@@ -1284,7 +1284,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::CancelReason;
+    use crate::cancel::CancelReason;
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::sync::atomic::{AtomicBool, Ordering};

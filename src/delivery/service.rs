@@ -19,10 +19,11 @@ use super::queue::{Entry, ErrorClass, Queue, RetryPolicy, Route, State};
 use crate::clock::{self, Rng};
 use crate::error::{Code, RpcError};
 use crate::idempotency::{self, Lookup};
-use crate::jobs::{JobCtx, JobSpec, Lane, PoolKind, ReplyTo, Work};
+use crate::jobs::{JobCtx, JobSpec, Lane, PoolKind, Work};
 use crate::metrics::Counter;
 use crate::net::Limits;
 use crate::protocol::params::{address, required, required_address, string};
+use crate::protocol::reply::ReplyTo;
 use crate::runtime::{Phase, Shared};
 use crate::sync::lock;
 use serde_json::{Value, json};
@@ -426,7 +427,7 @@ fn dispatch(
     shared: &Arc<Shared>,
     channel_name: &str,
     ctx: &JobCtx,
-) -> (crate::protocol::Outcome, bool) {
+) -> (crate::payload::Outcome, bool) {
     let svc = &shared.delivery;
     let mut rng = Rng::from_os();
     let started = Instant::now();

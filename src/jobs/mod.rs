@@ -18,12 +18,14 @@ mod pool;
 
 pub use pool::{PoolHandle, PoolReceivers, Pools, QueueStats};
 
+use crate::cancel::{CancelReason, CancelToken};
 use crate::clock;
 use crate::error::{Code, RpcError};
+use crate::protocol::reply::ReplyTo;
 use crate::sync::lock;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,151 +75,6 @@ impl PoolKind {
             _ => None,
         }
     }
-}
-
-/// Why a token fired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CancelReason {
-    Deadline = 1,
-    Stalled = 2,
-    Drain = 3,
-    Client = 4,
-}
-
-impl CancelReason {
-    fn from_u8(v: u8) -> Option<CancelReason> {
-        match v {
-            1 => Some(CancelReason::Deadline),
-            2 => Some(CancelReason::Stalled),
-            3 => Some(CancelReason::Drain),
-            4 => Some(CancelReason::Client),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CancelReason::Deadline => "deadline",
-            CancelReason::Stalled => "stalled",
-            CancelReason::Drain => "drain",
-            CancelReason::Client => "client",
-        }
-    }
-}
-
-type CancelHook = Box<dyn FnOnce() + Send>;
-
-/// A cancel token. Cancelling is idempotent; the first reason sticks. Outbound calls register a
-/// hook (shutting their socket) so a cancel unblocks a read at once.
-#[derive(Clone, Default)]
-pub struct CancelToken(Arc<TokenInner>);
-
-#[derive(Default)]
-struct TokenInner {
-    reason: AtomicU8,
-    hooks: Mutex<Vec<CancelHook>>,
-}
-
-impl CancelToken {
-    pub fn new() -> CancelToken {
-        CancelToken::default()
-    }
-
-    /// Fires the token; returns true if this call was the one that fired it.
-    pub fn cancel(&self, reason: CancelReason) -> bool {
-        if self
-            .0
-            .reason
-            .compare_exchange(0, reason as u8, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            return false;
-        }
-        let hooks = std::mem::take(&mut *lock(&self.0.hooks));
-        for hook in hooks {
-            hook();
-        }
-        true
-    }
-
-    pub fn reason(&self) -> Option<CancelReason> {
-        CancelReason::from_u8(self.0.reason.load(Ordering::SeqCst))
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.reason().is_some()
-    }
-
-    /// Runs `hook` when the token fires (at once if it already has).
-    pub fn on_cancel(&self, hook: impl FnOnce() + Send + 'static) {
-        let mut hooks = lock(&self.0.hooks);
-        if self.is_cancelled() {
-            drop(hooks);
-            hook();
-        } else {
-            hooks.push(Box::new(hook));
-        }
-    }
-}
-
-impl std::fmt::Debug for CancelToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CancelToken({:?})", self.reason())
-    }
-}
-
-/// Where a job's result goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplyTo {
-    /// A WebSocket request: connection slot, its generation, and the request id.
-    Ws {
-        conn: usize,
-        generation: u64,
-        id: String,
-    },
-    /// An HTTP request (`POST /api/rpc/<method>`) waiting on its connection.
-    Http { conn: usize, generation: u64 },
-    /// Internal work; the result is only logged.
-    Internal,
-}
-
-/// A finished reply, already serialized on the worker, for the reactor to write.
-#[derive(Debug)]
-pub struct Completion {
-    pub conn: usize,
-    pub generation: u64,
-    pub body: CompletionBody,
-}
-
-/// One event for several WebSocket connections (no request behind it). The payload (JSON
-/// text) is serialized once and shared; the reactor wraps it in each connection's envelope
-/// with that connection's next `seq`. `drop_if_slow` events are skipped, leaving a gap in
-/// `seq`, for a client that has unread data queued.
-#[derive(Debug)]
-pub struct Fanout {
-    pub targets: Vec<(usize, u64)>,
-    pub name: Arc<str>,
-    pub payload: Arc<str>,
-    pub drop_if_slow: bool,
-}
-
-/// What workers hand the reactor.
-#[derive(Debug)]
-pub enum Outbound {
-    Reply(Completion),
-    Event(Fanout),
-}
-
-#[derive(Debug)]
-pub enum CompletionBody {
-    /// One text frame.
-    WsText(String),
-    /// An HTTP response body (JSON) with its status.
-    Http {
-        status: u16,
-        retry_after_s: Option<u64>,
-        body: Vec<u8>,
-    },
 }
 
 /// What the reactor (or a test) asks for.
@@ -413,7 +270,7 @@ pub fn cancel_error(info: &JobInfo, reason: CancelReason) -> RpcError {
 }
 
 /// The body of a job.
-pub type Work = Box<dyn FnOnce(&JobCtx) -> crate::protocol::Outcome + Send>;
+pub type Work = Box<dyn FnOnce(&JobCtx) -> crate::payload::Outcome + Send>;
 
 pub struct Job {
     pub info: Arc<JobInfo>,

@@ -198,7 +198,8 @@ fn next_job(rx: &[Receiver<Job>; 3], defer: &AtomicBool) -> Option<Job> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::{JobInfo, JobSpec, ReplyTo};
+    use crate::jobs::{JobInfo, JobSpec};
+    use crate::protocol::reply::ReplyTo;
     use std::time::{Duration, Instant};
 
     fn job(id: u64, lane: Lane) -> Job {

@@ -19,7 +19,7 @@
 
 pub mod sse;
 
-use crate::jobs::CancelToken;
+use crate::cancel::CancelToken;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Ipv6Addr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
@@ -1037,7 +1037,7 @@ impl Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::CancelReason;
+    use crate::cancel::CancelReason;
     use std::net::TcpListener;
     use std::thread;
 

@@ -450,7 +450,7 @@ fn test_ballast(
                 held.push(fill_ballast(missing, ctx)?);
             }
         }
-        out["rssBytes"] = json!(crate::watchdog::rss_bytes());
+        out["rssBytes"] = json!(crate::procfs::rss_bytes());
         Ok(out.into())
     });
     Ok((spec, work))

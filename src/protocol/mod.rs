@@ -8,52 +8,12 @@
 pub mod handshake;
 pub mod methods;
 pub mod params;
+pub mod reply;
+
+use crate::payload::{Outcome, Payload};
 
 use crate::error::RpcError;
-use crate::jobs::{Completion, CompletionBody, ReplyTo};
 use serde_json::{Map, Value, json};
-
-/// A method's result: a JSON value, or JSON text already serialized (big answers are written
-/// straight from their data on a worker, without building a `Value` tree first).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Payload {
-    Json(Value),
-    /// Valid JSON text.
-    Raw(String),
-}
-
-impl From<Value> for Payload {
-    fn from(v: Value) -> Payload {
-        Payload::Json(v)
-    }
-}
-
-impl Payload {
-    fn write(&self, out: &mut String) {
-        match self {
-            Payload::Json(v) => out.push_str(&v.to_string()),
-            Payload::Raw(s) => out.push_str(s),
-        }
-    }
-
-    fn len_hint(&self) -> usize {
-        match self {
-            Payload::Json(_) => 256,
-            Payload::Raw(s) => s.len(),
-        }
-    }
-
-    /// The payload as a `Value` (parses raw text; for tests and small answers).
-    pub fn to_value(&self) -> Value {
-        match self {
-            Payload::Json(v) => v.clone(),
-            Payload::Raw(s) => serde_json::from_str(s).unwrap_or(Value::Null),
-        }
-    }
-}
-
-/// What a method produces.
-pub type Outcome = Result<Payload, RpcError>;
 
 /// A `req` frame from a client.
 #[derive(Debug, Clone, PartialEq)]
@@ -176,37 +136,6 @@ pub fn http_body(outcome: &Outcome) -> (u16, Option<u64>, Vec<u8>) {
                 .to_string()
                 .into_bytes(),
         ),
-    }
-}
-
-/// Serializes a job's outcome for where it goes (on the worker, not the reactor).
-pub fn encode_reply(reply: &ReplyTo, outcome: &Outcome) -> Option<Completion> {
-    match reply {
-        ReplyTo::Ws {
-            conn,
-            generation,
-            id,
-        } => Some(Completion {
-            conn: *conn,
-            generation: *generation,
-            body: CompletionBody::WsText(match outcome {
-                Ok(p) => res_ok_payload(id, p),
-                Err(e) => res_err(id, e),
-            }),
-        }),
-        ReplyTo::Http { conn, generation } => {
-            let (status, retry_after_s, body) = http_body(outcome);
-            Some(Completion {
-                conn: *conn,
-                generation: *generation,
-                body: CompletionBody::Http {
-                    status,
-                    retry_after_s,
-                    body,
-                },
-            })
-        }
-        ReplyTo::Internal => None,
     }
 }
 

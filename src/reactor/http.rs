@@ -30,7 +30,7 @@ use super::ws::Socket;
 use super::{Cx, Outcome, hook_route, io_would_block};
 use crate::auth::{Client, Forwarding, Scope};
 use crate::error::{Code, RpcError};
-use crate::jobs::ReplyTo;
+use crate::protocol::reply::ReplyTo;
 use crate::protocol::{self, methods};
 use mio::net::TcpStream;
 use serde_json::{Value, json};
@@ -692,7 +692,7 @@ impl<S: Socket> HttpConn<S> {
                             "uptimeMs": uptime,
                             "pressure": pressure,
                             "eventLoop": {
-                                "degraded": p.level != crate::watchdog::Level::Normal,
+                                "degraded": p.level != crate::pressure::Level::Normal,
                                 "reasons": p.reasons,
                                 "delayP99Ms": p.lag_p99.map(|d| d.as_secs_f64() * 1000.0),
                                 "delayMaxMs": p.lag_max.as_secs_f64() * 1000.0,
@@ -968,7 +968,7 @@ impl<S: Socket> HttpConn<S> {
     }
 
     fn rpc_answer(&mut self, cx: &mut Cx<'_>, outcome: &Result<Value, RpcError>) {
-        let outcome = outcome.clone().map(protocol::Payload::Json);
+        let outcome = outcome.clone().map(crate::payload::Payload::Json);
         let (status, retry, body) = protocol::http_body(&outcome);
         self.respond_status(cx, status, retry, &body);
     }

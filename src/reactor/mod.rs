@@ -29,7 +29,7 @@ use crate::auth::{self, Client, Forwarding, Limiters, Presented, Scope};
 use crate::clock::Rng;
 use crate::config::Config;
 use crate::error::RpcError;
-use crate::jobs::{Completion, CompletionBody, Outbound};
+use crate::protocol::reply::{Completion, CompletionBody, Outbound};
 use crate::runtime::{Phase, Shared};
 use crossbeam_channel::Receiver;
 use http::HttpConn;
@@ -273,7 +273,7 @@ pub struct Reactor {
     last_emfile: Option<Instant>,
     more_completions: bool,
     /// An event whose fan-out a round's budget cut short.
-    carry: Option<crate::jobs::Fanout>,
+    carry: Option<crate::protocol::reply::Fanout>,
     last_sweep: Instant,
     announced_drain: bool,
     stop_by: Option<Instant>,

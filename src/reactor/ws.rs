@@ -25,8 +25,8 @@
 use super::{Cx, Outcome, io_would_block};
 use crate::auth::{Client, Presented};
 use crate::error::RpcError;
-use crate::jobs::ReplyTo;
 use crate::protocol::handshake::{self, Hello, PRE_AUTH_MAX_FRAME};
+use crate::protocol::reply::ReplyTo;
 use crate::protocol::{self, methods};
 use mio::net::TcpStream;
 use serde_json::{Value, json};

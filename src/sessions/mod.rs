@@ -21,9 +21,10 @@ pub mod transcript;
 pub mod watch;
 
 use crate::error::{Code, RpcError};
-use crate::jobs::{JobCtx, JobInfo, JobSpec, Lane, PoolKind, ReplyTo, Work};
+use crate::jobs::{JobCtx, JobInfo, JobSpec, Lane, PoolKind, Work};
 use crate::metrics::Counter;
-use crate::protocol::Payload;
+use crate::payload::Payload;
+use crate::protocol::reply::ReplyTo;
 use crate::runtime::Shared;
 use crate::sync::{lock, read, write};
 use index::{Index, ParseError, Task};
@@ -482,7 +483,7 @@ impl Sessions {
                 Ok(Some(bytes))
             }
             Err(ParseError::Cancelled) => Err(ctx.check().err().unwrap_or_else(|| {
-                crate::jobs::cancel_error(ctx.info, crate::jobs::CancelReason::Drain)
+                crate::jobs::cancel_error(ctx.info, crate::cancel::CancelReason::Drain)
             })),
             Err(ParseError::Io(e)) => {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -501,7 +502,7 @@ impl Sessions {
         method: &str,
         params: &Value,
         ctx: &JobCtx,
-    ) -> crate::protocol::Outcome {
+    ) -> crate::payload::Outcome {
         let key = format!("{method} {params}");
         let Some(lead) = self.flights.join(&key, ctx.info, shared) else {
             self.stats.shared.inc();
@@ -562,7 +563,7 @@ impl Sessions {
             cache,
             // Under pressure the per-file results are neither kept nor used (see
             // `shrink_caches`): a query computes what it needs and lets it go.
-            files: (shared.pressure().level < crate::watchdog::Level::Elevated)
+            files: (shared.pressure().level < crate::pressure::Level::Elevated)
                 .then_some(&self.files),
             prices_version: Arc::as_ptr(&cfg) as usize,
         };
@@ -704,7 +705,7 @@ impl BuildTicket {
     }
 
     /// Parses pending files for about [`BUILD_SLICE`], then re-queues itself.
-    fn run(self, ctx: &JobCtx) -> crate::protocol::Outcome {
+    fn run(self, ctx: &JobCtx) -> crate::payload::Outcome {
         let svc = &self.shared.sessions;
         let t0 = Instant::now();
         loop {
@@ -805,7 +806,7 @@ impl Flights {
         })
     }
 
-    fn finish(&self, key: &str, shared: &Shared, outcome: &crate::protocol::Outcome) {
+    fn finish(&self, key: &str, shared: &Shared, outcome: &crate::payload::Outcome) {
         let followers = lock(&self.map).remove(key).unwrap_or_default();
         for f in followers {
             shared.deliver(&f, outcome);
@@ -815,7 +816,7 @@ impl Flights {
 
 impl Lead<'_> {
     /// Hands the outcome to every follower.
-    fn finish(mut self, outcome: &crate::protocol::Outcome) {
+    fn finish(mut self, outcome: &crate::payload::Outcome) {
         self.done = true;
         self.flights.finish(&self.key, &self.shared, outcome);
     }

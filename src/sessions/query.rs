@@ -7,7 +7,7 @@ use super::time::{self, DAY_MS};
 use super::transcript::{UsageRec, kind};
 use crate::config::{ModelPrice, Prices};
 use crate::error::RpcError;
-use crate::protocol::Payload;
+use crate::payload::Payload;
 use crate::sync::lock;
 use serde::Serialize;
 use serde::ser::SerializeStruct;

@@ -689,7 +689,7 @@ mod tests {
     use keel::agent::provider::{
         self, ChatMessage, FailureKind, ModelEvent, ProviderError, ToolCall, ToolSpec, Turn, Usage,
     };
-    use keel::jobs::{CancelReason, CancelToken};
+    use keel::cancel::{CancelReason, CancelToken};
     use keel::net::{Limits, NetError, Url};
     use std::sync::mpsc;
 
