@@ -974,7 +974,7 @@ fn http_date_secs(v: &str) -> Option<u64> {
     if hms.next().is_some() || h > 23 || m > 59 || s > 60 {
         return None;
     }
-    let days = crate::sessions::time::days_from_civil(year, month, day);
+    let days = crate::clock::days_from_civil(year, month, day);
     u64::try_from(days)
         .ok()
         .map(|d| d * 86_400 + h * 3600 + m * 60 + s)
@@ -1768,7 +1768,7 @@ mod tests {
             Some(784111777)
         );
         let later = crate::clock::wall_ms() / 1000 + 120;
-        let (y, m, d) = crate::sessions::time::civil_from_days((later / 86_400) as i64);
+        let (y, m, d) = crate::clock::civil_from_days((later / 86_400) as i64);
         let months = [
             "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
         ];
