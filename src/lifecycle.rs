@@ -13,8 +13,9 @@
 use crate::clock;
 use crate::config::{self, Config, EX_CONFIG, Overrides, Validated};
 use crate::jobs::Pools;
+use crate::phase::Phase;
 use crate::reactor::{Reactor, WAKER};
-use crate::runtime::{Phase, Shared, SharedParts};
+use crate::runtime::{Shared, SharedParts};
 use crate::sdnotify::Notifier;
 use crate::state;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
@@ -186,7 +187,7 @@ fn run(
     }
     let runner = shared.clone();
     let started = receivers
-        .spawn(nice, Arc::new(move |job| runner.run_job(job)))
+        .spawn(nice, Arc::new(move |job| runner.jobs.run_job(job)))
         .and_then(|()| crate::watchdog::spawn(shared.clone()))
         .and_then(|()| spawn_signal_thread(signals, shared.clone()));
     if let Err(e) = started {

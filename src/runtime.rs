@@ -1,94 +1,56 @@
-//! The state every thread shares: configuration, lifecycle phase, drain, pressure, the job
-//! table, the pools' queues and the metrics. Also where a job is admitted, run and answered.
+//! The gateway as one value: the handles every thread shares (configuration, lifecycle,
+//! pressure, heartbeat, metrics, the job system and the reply path), the services, and the
+//! views clients see (`health`, `status`, `/metrics`, the dump). Each handle lives in its own
+//! module; `Shared` holds them and, for now, forwards to them, so callers move to the narrow
+//! handle one at a time.
 //!
 //! Locks here are held for a copy or an insert, never across work, so the reactor can take
 //! them without waiting on a worker.
 
 use crate::cancel::CancelReason;
 use crate::clock;
+use crate::config::live::ConfigCell;
 use crate::config::{Config, Overrides};
-use crate::error::{Code, RpcError};
-use crate::jobs::{
-    Job, JobCtx, JobInfo, JobSpec, JobTable, Lane, PoolKind, Pools, Work, cancel_error,
-};
+use crate::error::RpcError;
+use crate::heartbeat::Heartbeat;
+use crate::jobs::outbox::Outbox;
+use crate::jobs::system::JobSystem;
+use crate::jobs::{JobInfo, JobSpec, Lane, PoolKind, Pools, Work};
 use crate::metrics::{Metrics, family};
+use crate::phase::{Drain, LifecycleCell, Phase};
 use crate::pressure::{Level, PressureCell, PressureView};
 use crate::protocol::reply::{Completion, Fanout, Outbound, ReplyTo};
 use crate::sdnotify::Notifier;
-use crate::sync::lock;
 use crossbeam_channel::Sender;
 use serde_json::{Value, json};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-
-/// `starting → serving → draining → stopped`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
-    Starting = 0,
-    Serving = 1,
-    Draining = 2,
-    Stopped = 3,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Starting => "starting",
-            Phase::Serving => "serving",
-            Phase::Draining => "draining",
-            Phase::Stopped => "stopped",
-        }
-    }
-}
-
-/// The drain in progress.
-#[derive(Debug, Clone, Copy)]
-pub struct Drain {
-    pub begun: Instant,
-    /// When every token is cancelled.
-    pub deadline: Instant,
-    /// When the process exits whatever still runs.
-    pub hard_deadline: Instant,
-    pub cancelled: bool,
-    /// Jobs that were still in flight when the tokens were cancelled.
-    pub aborted: usize,
-}
 
 pub struct Shared {
     pub started: Instant,
     pub started_wall_ms: u64,
     pub state_dir: PathBuf,
     pub overrides: Overrides,
-    config: Mutex<Arc<Config>>,
-    phase: AtomicU8,
-    drain: Mutex<Option<Drain>>,
-    pub metrics: Metrics,
-    pressure: PressureCell,
-    pub jobs: JobTable,
-    pub pools: Pools,
+    pub config_cell: Arc<ConfigCell>,
+    pub lifecycle: Arc<LifecycleCell>,
+    pub pressure_cell: Arc<PressureCell>,
+    pub heartbeat: Arc<Heartbeat>,
+    pub metrics: Arc<Metrics>,
+    /// The job table, the pools and the reply path.
+    pub jobs: Arc<JobSystem>,
+    pub outbox: Arc<Outbox>,
     /// Session stores and the usage index.
     pub sessions: crate::sessions::Sessions,
     /// Agent runs, session subscriptions and provider cooldowns.
     pub runs: crate::agent::runs::Runs,
     /// The durable outbound queue and its dispatch.
     pub delivery: crate::delivery::service::Delivery,
-    next_job_id: AtomicU64,
-    completions: Sender<Outbound>,
-    waker: Arc<mio::Waker>,
     pub notifier: Notifier,
     /// Hidden `keel.test.*` methods are served only when `KEEL_TEST_HOOKS=1` at boot.
     pub test_hooks: bool,
-    /// Monotonic ms (+1) since the reactor began its current iteration; 0 while it waits in poll.
-    reactor_busy_since: AtomicU64,
-    /// Monotonic ms of the reactor's last iteration.
-    reactor_heartbeat: AtomicU64,
-    /// A wake-up is on its way to the reactor (see `send_outbound`).
-    wake_pending: std::sync::atomic::AtomicBool,
     /// The address actually bound (the config may say port 0).
     listen: OnceLock<SocketAddr>,
 }
@@ -107,42 +69,48 @@ pub struct SharedParts {
 impl Shared {
     pub fn new(p: SharedParts) -> Shared {
         let now = Instant::now();
-        let metrics = Metrics::default();
+        let metrics = Arc::new(Metrics::default());
         // Sampled once here so the first /metrics is not a zero before the watchdog's tick.
         metrics.rss_bytes.set(crate::procfs::rss_bytes());
+        let config_cell = Arc::new(ConfigCell::new(p.config));
+        let lifecycle = Arc::new(LifecycleCell::default());
+        let pressure_cell = Arc::new(PressureCell::new(clock::wall_ms()));
+        let outbox = Arc::new(Outbox::new(p.completions, p.waker));
+        let jobs = Arc::new(JobSystem::new(
+            p.pools,
+            outbox.clone(),
+            lifecycle.clone(),
+            pressure_cell.clone(),
+            config_cell.clone(),
+            metrics.clone(),
+        ));
         Shared {
             started: now,
             started_wall_ms: clock::wall_ms(),
             state_dir: p.state_dir.clone(),
             overrides: p.overrides,
-            config: Mutex::new(Arc::new(p.config)),
-            phase: AtomicU8::new(Phase::Starting as u8),
-            drain: Mutex::new(None),
+            config_cell,
+            lifecycle,
+            pressure_cell,
+            heartbeat: Arc::new(Heartbeat::new(now)),
             metrics,
-            pressure: PressureCell::new(clock::wall_ms()),
-            jobs: JobTable::default(),
-            pools: p.pools,
+            jobs,
+            outbox,
             sessions: crate::sessions::Sessions::new(&p.state_dir, p.test_hooks),
             runs: crate::agent::runs::Runs::default(),
             delivery: crate::delivery::service::Delivery::default(),
-            next_job_id: AtomicU64::new(1),
-            completions: p.completions,
-            wake_pending: std::sync::atomic::AtomicBool::new(false),
-            waker: p.waker,
             notifier: p.notifier,
             test_hooks: p.test_hooks,
-            reactor_busy_since: AtomicU64::new(0),
-            reactor_heartbeat: AtomicU64::new(clock::mono_ms(now)),
             listen: OnceLock::new(),
         }
     }
 
     pub fn config(&self) -> Arc<Config> {
-        lock(&self.config).clone()
+        self.config_cell.get()
     }
 
     pub fn set_config(&self, c: Config) {
-        *lock(&self.config) = Arc::new(c);
+        self.config_cell.set(c);
     }
 
     pub fn set_listen_addr(&self, addr: SocketAddr) {
@@ -162,276 +130,97 @@ impl Shared {
     }
 
     pub fn wake(&self) {
-        if let Err(e) = self.waker.wake() {
-            log::error!("cannot wake the reactor: {e}");
-        }
+        self.outbox.wake();
     }
 
     // ---- lifecycle -------------------------------------------------------------------------
 
     pub fn phase(&self) -> Phase {
-        match self.phase.load(Ordering::Acquire) {
-            0 => Phase::Starting,
-            1 => Phase::Serving,
-            2 => Phase::Draining,
-            _ => Phase::Stopped,
-        }
+        self.lifecycle.phase()
     }
 
     pub fn set_phase(&self, p: Phase) {
-        self.phase.store(p as u8, Ordering::Release);
+        self.lifecycle.set_phase(p);
     }
 
     pub fn drain(&self) -> Option<Drain> {
-        *lock(&self.drain)
+        self.lifecycle.drain()
     }
 
     /// Starts the drain; false if one is already under way.
     pub fn begin_drain(&self, now: Instant) -> bool {
-        let mut d = lock(&self.drain);
-        if d.is_some() {
-            return false;
-        }
-        let cfg = self.config();
-        let deadline = now + cfg.drain_timeout;
-        *d = Some(Drain {
-            begun: now,
-            deadline,
-            hard_deadline: deadline + cfg.drain_grace,
-            cancelled: false,
-            aborted: 0,
-        });
-        drop(d);
-        self.set_phase(Phase::Draining);
-        // Background work is maintenance whose progress is already saved (index builds): it
-        // stops now instead of holding the drain open. Client work keeps its deadline.
-        for job in self.jobs.snapshot() {
-            if job.lane == Lane::Background && self.cancel_job(&job, CancelReason::Drain) {
-                log::info!("drain: cancelled background job {} ({})", job.id, job.kind);
-            }
-        }
-        self.wake();
-        true
+        self.jobs.begin_drain(now)
     }
 
     /// A second signal: skip to the cancel step now (the grace still applies).
     pub fn hurry_drain(&self, now: Instant) {
-        let grace = self.config().drain_grace;
-        if let Some(d) = lock(&self.drain).as_mut()
-            && d.deadline > now
-        {
-            d.deadline = now;
-            d.hard_deadline = now + grace;
-        }
+        self.jobs.hurry_drain(now);
     }
 
     /// The cancel step: fire every job's token. Returns the jobs that were still in flight.
     pub fn cancel_all(&self) -> Vec<Arc<JobInfo>> {
-        let jobs = self.jobs.snapshot();
-        if let Some(d) = lock(&self.drain).as_mut() {
-            d.cancelled = true;
-            d.aborted = jobs.len();
-        }
-        for j in &jobs {
-            self.cancel_job(j, CancelReason::Drain);
-        }
-        jobs
+        self.jobs.cancel_all()
     }
 
     /// 0 after a clean drain, 1 when work had to be aborted.
     pub fn exit_code(&self) -> i32 {
-        match self.drain() {
-            Some(d) if d.aborted > 0 => 1,
-            _ => 0,
-        }
+        self.lifecycle.exit_code()
     }
 
     // ---- reactor heartbeat -----------------------------------------------------------------
 
     pub fn reactor_busy(&self, now: Instant) {
-        self.reactor_busy_since
-            .store(clock::mono_ms(now) + 1, Ordering::Release);
-        self.reactor_heartbeat
-            .store(clock::mono_ms(now), Ordering::Release);
+        self.heartbeat.busy(now);
     }
 
     pub fn reactor_idle(&self, now: Instant) {
-        self.reactor_busy_since.store(0, Ordering::Release);
-        self.reactor_heartbeat
-            .store(clock::mono_ms(now), Ordering::Release);
+        self.heartbeat.idle(now);
     }
 
     /// How long the reactor has been inside its current iteration (zero while it waits).
     pub fn reactor_stuck_for(&self, now: Instant) -> Duration {
-        match self.reactor_busy_since.load(Ordering::Acquire) {
-            0 => Duration::ZERO,
-            ms => now.saturating_duration_since(clock::from_mono_ms(ms - 1)),
-        }
+        self.heartbeat.stuck_for(now)
     }
 
     pub fn reactor_heartbeat_age(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(clock::from_mono_ms(
-            self.reactor_heartbeat.load(Ordering::Acquire),
-        ))
+        self.heartbeat.age(now)
     }
 
     // ---- pressure --------------------------------------------------------------------------
 
     pub fn pressure(&self) -> PressureView {
-        self.pressure.get()
+        self.pressure_cell.get()
     }
 
     pub fn set_pressure(&self, v: PressureView) {
-        self.pressure.set(v);
+        self.pressure_cell.set(v);
     }
 
     // ---- jobs ------------------------------------------------------------------------------
 
-    /// Admits a job without ever blocking: refused at once when draining, when the lane is
-    /// full, or (background work) under critical pressure.
+    /// Admits a job without ever blocking (`JobSystem::submit`).
     pub fn submit(&self, spec: JobSpec, reply: ReplyTo, work: Work) -> Result<u64, RpcError> {
-        if self.phase() >= Phase::Draining {
-            self.metrics.rejected_draining.inc();
-            return Err(RpcError::draining());
-        }
-        if spec.lane == Lane::Background && self.pressure().level == Level::Critical {
-            self.metrics.rejected_pressure.inc();
-            return Err(RpcError::unavailable(
-                "background work is shed while the gateway is under critical pressure",
-                5_000,
-            ));
-        }
-        let id = self.next_job_id.fetch_add(1, Ordering::Relaxed);
-        let info = Arc::new(JobInfo::new(id, &spec, reply, Instant::now()));
-        self.jobs.insert(info.clone());
-        let pool = self.pools.get(spec.pool);
-        match pool.try_submit(Job { info, work }) {
-            Ok(()) => Ok(id),
-            Err(_job) => {
-                self.jobs.remove(id);
-                self.metrics.rejected_queue_full.inc();
-                Err(RpcError::unavailable(
-                    format!(
-                        "the {} pool's {} queue is full ({} jobs waiting); retry shortly",
-                        spec.pool.as_str(),
-                        spec.lane.as_str(),
-                        pool.capacity(spec.lane)
-                    ),
-                    1_000,
-                ))
-            }
-        }
+        self.jobs.submit(spec, reply, work)
     }
 
-    /// Fires a job's token for `reason` and answers its client at once (if not yet answered).
-    /// Counted once, by the call that fired the token.
+    /// Fires a job's token and answers its client at once (`JobSystem::cancel_job`).
     pub fn cancel_job(&self, info: &JobInfo, reason: CancelReason) -> bool {
-        if !info.token.cancel(reason) {
-            return false;
-        }
-        match reason {
-            CancelReason::Deadline | CancelReason::Stalled => {
-                self.metrics.jobs_deadline_exceeded.inc()
-            }
-            CancelReason::Drain | CancelReason::Client => self.metrics.jobs_cancelled.inc(),
-        }
-        self.deliver(info, &Err(cancel_error(info, reason)));
-        true
-    }
-
-    /// Runs one job on the calling worker thread. Never panics: the job's panic is caught.
-    pub fn run_job(&self, job: Job) {
-        let Job { info, work } = job;
-        let now = Instant::now();
-        if info.token.is_cancelled() {
-            // Cancelled while queued; its client has been answered. The work is dropped here,
-            // before the job leaves the table, so whatever it owned is released first.
-            drop(work);
-            self.metrics.jobs_dropped_expired.inc();
-        } else if now >= info.deadline {
-            drop(work);
-            self.metrics.jobs_dropped_expired.inc();
-            self.cancel_job(&info, CancelReason::Deadline);
-        } else {
-            info.mark_started(now);
-            let result = catch_unwind(AssertUnwindSafe(|| work(&JobCtx { info: &info })));
-            let outcome = match result {
-                Ok(r) => r,
-                Err(panic) => {
-                    self.metrics.jobs_panicked.inc();
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    log::error!("job {} ({}) panicked: {what}", info.id, info.kind);
-                    Err(RpcError::new(
-                        Code::Internal,
-                        format!(
-                            "{} failed: internal error (job {} panicked)",
-                            info.kind, info.id
-                        ),
-                    ))
-                }
-            };
-            match &outcome {
-                Ok(_) => self.metrics.jobs_ok.inc(),
-                Err(_) if info.token.is_cancelled() => {}
-                Err(_) => self.metrics.jobs_failed.inc(),
-            }
-            if !info.reply_deferred() {
-                self.deliver(&info, &outcome);
-            }
-        }
-        // Removed only after the reply is in the channel: an empty table with an empty channel
-        // means every answer has reached the reactor.
-        self.jobs.remove(info.id);
-        self.wake();
+        self.jobs.cancel_job(info, reason)
     }
 
     /// Hands a completion (a reply, an event) to the reactor.
     pub fn push(&self, c: Completion) {
-        self.send_outbound(Outbound::Reply(c));
+        self.outbox.push(c);
     }
 
     /// Hands an event for several connections to the reactor.
     pub fn fanout(&self, f: Fanout) {
-        if !f.targets.is_empty() {
-            self.send_outbound(Outbound::Event(f));
-        }
-    }
-
-    /// Queues for the reactor and wakes it — once: while a wake-up is pending, more items
-    /// ride along (a run streaming to 100 listeners must not mean a wake-up per event).
-    fn send_outbound(&self, o: Outbound) {
-        if self.completions.send(o).is_ok() && !self.wake_pending.swap(true, Ordering::AcqRel) {
-            self.wake();
-        }
+        self.outbox.fanout(f);
     }
 
     /// The reactor is about to drain the queue: the next item must wake it again.
     pub fn clear_wake_pending(&self) {
-        self.wake_pending.store(false, Ordering::Release);
-    }
-
-    /// Sends the job's one reply to the reactor.
-    pub fn deliver(&self, info: &JobInfo, outcome: &crate::payload::Outcome) {
-        if !info.claim_reply() {
-            return;
-        }
-        match crate::protocol::reply::encode_reply(&info.reply, outcome) {
-            Some(c) => self.push(c),
-            None => {
-                match outcome {
-                    // A drain stopping maintenance is the plan, not a failure.
-                    Err(e) if e.code == Code::Cancelled => {
-                        log::debug!("internal job {} ({}) stopped: {e}", info.id, info.kind)
-                    }
-                    Err(e) => log::warn!("internal job {} ({}) failed: {e}", info.id, info.kind),
-                    Ok(_) => {}
-                }
-            }
-        }
+        self.outbox.clear_wake_pending();
     }
 
     // ---- what clients see ------------------------------------------------------------------
@@ -441,7 +230,7 @@ impl Shared {
     fn queues_json(&self) -> Value {
         let mut out = serde_json::Map::new();
         for (pi, kind) in [PoolKind::Cpu, PoolKind::Io].into_iter().enumerate() {
-            let pool = self.pools.get(kind);
+            let pool = self.jobs.pools.get(kind);
             let mut lanes = serde_json::Map::new();
             for q in pool.queues() {
                 let oldest = self.metrics.oldest_queued_ms[pi][q.lane as usize].get();
@@ -560,7 +349,7 @@ impl Shared {
         );
         let _ = writeln!(out, "# TYPE keel_queue_depth gauge");
         for kind in [PoolKind::Cpu, PoolKind::Io] {
-            for q in self.pools.get(kind).queues() {
+            for q in self.jobs.pools.get(kind).queues() {
                 let _ = writeln!(
                     out,
                     "keel_queue_depth{{pool=\"{}\",lane=\"{}\"}} {}",
@@ -593,7 +382,7 @@ impl Shared {
                 out,
                 "keel_jobs_in_flight{{pool=\"{}\"}} {}",
                 kind.as_str(),
-                self.pools.get(kind).busy()
+                self.jobs.pools.get(kind).busy()
             );
         }
         let p = self.pressure();

@@ -16,8 +16,9 @@ use crate::clock;
 use crate::config::PressureConfig;
 use crate::jobs::{JobInfo, Lane, PoolKind};
 use crate::metrics::{LAG_BUCKETS, quantile};
+use crate::phase::Phase;
 use crate::pressure::{Level, PressureView};
-use crate::runtime::{Phase, Shared};
+use crate::runtime::Shared;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -395,8 +396,8 @@ impl Watchdog {
             sh.notifier.notify(&format!("STATUS={msg}"));
         }
         let level = self.pressure.level();
-        if sh.pools.deferring_background() != (level >= Level::Elevated) {
-            sh.pools.defer_background(level >= Level::Elevated);
+        if sh.jobs.pools.deferring_background() != (level >= Level::Elevated) {
+            sh.jobs.pools.defer_background(level >= Level::Elevated);
         }
         sh.set_pressure(PressureView {
             level: self.pressure.level(),

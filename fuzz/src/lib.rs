@@ -182,7 +182,7 @@ pub fn shared() -> &'static Arc<Shared> {
             notifier: keel::sdnotify::Notifier::new(None, None, None),
             test_hooks: false,
         }));
-        shared.set_phase(keel::runtime::Phase::Serving);
+        shared.set_phase(keel::phase::Phase::Serving);
         // As the boot job does: new runs start once the idempotency keys are loaded.
         keel::agent::runs::open_keys(&shared);
         shared

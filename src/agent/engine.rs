@@ -6,10 +6,10 @@
 use super::failover;
 use super::provider::{self, ChatMessage, ModelEvent, ProviderError, Role, ToolCall};
 use super::runs::{self, Run, Status};
-use super::settings::{DEFAULT_MAX_TOKENS, ModelRef};
 use super::tools;
 use super::transcript::SessionFile;
 use crate::clock;
+use crate::config::agents::{DEFAULT_MAX_TOKENS, ModelRef};
 use crate::error::{Code, RpcError};
 use crate::jobs::JobCtx;
 use crate::net::{Limits, Url};

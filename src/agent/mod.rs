@@ -6,6 +6,5 @@ pub mod engine;
 pub mod failover;
 pub mod provider;
 pub mod runs;
-pub mod settings;
 pub mod tools;
 pub mod transcript;

@@ -23,8 +23,8 @@
 
 use super::provider::{ToolCall, ToolSpec};
 use super::runs::{self, Request, Run};
-use super::settings::{AgentSettings, CommandTool};
 use crate::clock;
+use crate::config::agents::{AgentSettings, CommandTool};
 use crate::ids::{AgentId, SessionKey};
 use crate::jobs::JobCtx;
 use crate::procgroup;

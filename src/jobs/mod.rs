@@ -14,7 +14,9 @@
 //! Exactly one reply per job: whoever flips [`JobInfo::replied`] first (the worker with the
 //! result, or the watchdog with a deadline/cancel error) sends it.
 
+pub mod outbox;
 mod pool;
+pub mod system;
 
 pub use pool::{PoolHandle, PoolReceivers, Pools, QueueStats};
 

@@ -1034,7 +1034,7 @@ impl<S: Socket> HttpConn<S> {
         let Some(key) = head.ws_key.as_deref().filter(|k| !k.is_empty()) else {
             return self.reject(cx, 400, "missing Sec-WebSocket-Key");
         };
-        if cx.shared.phase() >= crate::runtime::Phase::Draining {
+        if cx.shared.phase() >= crate::phase::Phase::Draining {
             let body = json!({"ok": false, "error": RpcError::draining().to_json()}).to_string();
             self.keep_alive = false;
             self.respond(

@@ -498,7 +498,7 @@ impl<S: Socket> WsConn<S> {
         if let Err(e) = cx.authenticate(&client, presented) {
             return self.fail_handshake(cx, &req.id, &e, CloseCode::Policy, "unauthorized");
         }
-        if cx.shared.phase() >= crate::runtime::Phase::Draining {
+        if cx.shared.phase() >= crate::phase::Phase::Draining {
             return self.fail_handshake(
                 cx,
                 &req.id,

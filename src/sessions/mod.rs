@@ -809,7 +809,7 @@ impl Flights {
     fn finish(&self, key: &str, shared: &Shared, outcome: &crate::payload::Outcome) {
         let followers = lock(&self.map).remove(key).unwrap_or_default();
         for f in followers {
-            shared.deliver(&f, outcome);
+            shared.jobs.deliver(&f, outcome);
         }
     }
 }

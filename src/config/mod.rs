@@ -10,6 +10,9 @@
 //!
 //! `keel check`, boot and SIGHUP all go through [`parse`], so they agree on every verdict.
 
+pub mod agents;
+pub mod live;
+
 use crate::ids::AgentId;
 use serde_json::{Map, Value};
 use std::fmt;
@@ -250,7 +253,7 @@ pub struct Config {
     /// Hooks ingress, when enabled and valid.
     pub hooks: Option<Hooks>,
     /// Providers, model chains and tools for agent runs.
-    pub agents: crate::agent::settings::AgentSettings,
+    pub agents: agents::AgentSettings,
     /// Chat channels replies are delivered to.
     pub channels: crate::delivery::service::Channels,
     pub disabled: Vec<Disabled>,
@@ -307,8 +310,8 @@ impl Default for Config {
             prices: Prices::new(),
             hooks: None,
             channels: crate::delivery::service::Channels::default(),
-            agents: crate::agent::settings::AgentSettings {
-                run_timeout: crate::agent::settings::DEFAULT_RUN_TIMEOUT,
+            agents: agents::AgentSettings {
+                run_timeout: agents::DEFAULT_RUN_TIMEOUT,
                 ..Default::default()
             },
             disabled: Vec::new(),
@@ -530,7 +533,7 @@ impl Validator {
                 self.disable(&path, msg);
             }
         }
-        let (agents, issues) = crate::agent::settings::parse(root);
+        let (agents, issues) = agents::parse(root);
         self.config.agents = agents;
         for (path, msg) in issues {
             self.disable(&path, msg);
