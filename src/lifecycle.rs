@@ -217,7 +217,7 @@ fn run(
     // the idempotency keys of runs and sends (each refuses new work until its keys are in).
     crate::agent::runs::start_keys(&shared);
     crate::sessions::Sessions::start(&shared);
-    crate::delivery::service::Delivery::start(&shared);
+    shared.delivery.start();
     log::info!(
         "keel {} listening on {local} ({cpu} cpu workers, {io} io workers, nice {nice})",
         crate::VERSION

@@ -14,6 +14,7 @@ use crate::config::{Config, Overrides};
 use crate::error::RpcError;
 use crate::heartbeat::Heartbeat;
 use crate::jobs::outbox::Outbox;
+use crate::jobs::periodic::Periodic;
 use crate::jobs::system::JobSystem;
 use crate::jobs::{JobInfo, JobSpec, Lane, PoolKind, Pools, Work};
 use crate::metrics::{Metrics, family};
@@ -47,7 +48,7 @@ pub struct Shared {
     /// Agent runs, session subscriptions and provider cooldowns.
     pub runs: crate::agent::runs::Runs,
     /// The durable outbound queue and its dispatch.
-    pub delivery: crate::delivery::service::Delivery,
+    pub delivery: Arc<crate::delivery::service::Delivery>,
     pub notifier: Notifier,
     /// Hidden `keel.test.*` methods are served only when `KEEL_TEST_HOOKS=1` at boot.
     pub test_hooks: bool,
@@ -84,6 +85,15 @@ impl Shared {
             config_cell.clone(),
             metrics.clone(),
         ));
+        let delivery = Arc::new(crate::delivery::service::Delivery::new(
+            crate::delivery::service::Handles {
+                jobs: jobs.clone(),
+                config: config_cell.clone(),
+                lifecycle: lifecycle.clone(),
+                state_dir: p.state_dir.clone(),
+                test_hooks: p.test_hooks,
+            },
+        ));
         Shared {
             started: now,
             started_wall_ms: clock::wall_ms(),
@@ -98,7 +108,7 @@ impl Shared {
             outbox,
             sessions: crate::sessions::Sessions::new(&p.state_dir, p.test_hooks),
             runs: crate::agent::runs::Runs::default(),
-            delivery: crate::delivery::service::Delivery::default(),
+            delivery,
             notifier: p.notifier,
             test_hooks: p.test_hooks,
             listen: OnceLock::new(),
@@ -221,6 +231,21 @@ impl Shared {
     /// The reactor is about to drain the queue: the next item must wake it again.
     pub fn clear_wake_pending(&self) {
         self.outbox.clear_wake_pending();
+    }
+
+    /// The services' periodic work, for the watchdog.
+    pub fn periodic(self: &Arc<Self>) -> Vec<Box<dyn Periodic>> {
+        vec![
+            Box::new(self.delivery.clone()),
+            Box::new(RunsPeriodic {
+                shared: self.clone(),
+                queued: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            }),
+            Box::new(SessionsPeriodic {
+                shared: self.clone(),
+                last: std::sync::atomic::AtomicU8::new(Level::Normal as u8),
+            }),
+        ]
     }
 
     // ---- what clients see ------------------------------------------------------------------
@@ -528,5 +553,89 @@ impl Shared {
                 "disabled": self.config().readiness_reasons(),
             },
         })
+    }
+}
+
+/// Periodic work of a job submitted from the watchdog's tick: a small control-lane job.
+/// False if it was not queued (the next tick tries again).
+fn submit_periodic(shared: &Shared, kind: &str, work: Work) -> bool {
+    let spec = JobSpec {
+        kind: kind.into(),
+        pool: PoolKind::Cpu,
+        lane: Lane::Control,
+        timeout: Duration::from_secs(30),
+        stall_limit: None,
+    };
+    match shared.jobs.submit(spec, ReplyTo::Internal, work) {
+        Ok(_) => true,
+        Err(e) => {
+            log::debug!("{kind}: not queued ({e}); next tick");
+            false
+        }
+    }
+}
+
+/// `agent.wait` timeouts: the tick compares one atomic; a job answers the waiters.
+struct RunsPeriodic {
+    shared: Arc<Shared>,
+    /// A job is queued or running: the tick submits no other.
+    queued: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Periodic for RunsPeriodic {
+    fn name(&self) -> &'static str {
+        "runs"
+    }
+
+    fn tick(&self, now: Instant, _level: Level) {
+        use std::sync::atomic::Ordering;
+        if !self.shared.runs.waiter_due(now) || self.queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (sh, queued) = (self.shared.clone(), self.queued.clone());
+        let submitted = submit_periodic(
+            &self.shared,
+            "agent.wait.expire",
+            Box::new(move |_ctx| {
+                queued.store(false, Ordering::Release);
+                sh.runs.expire_waiters(&sh, Instant::now());
+                Ok(Value::Null.into())
+            }),
+        );
+        if !submitted {
+            self.queued.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Cached usage results are dropped when pressure rises from normal (by a job: a query may
+/// hold the cache).
+struct SessionsPeriodic {
+    shared: Arc<Shared>,
+    last: std::sync::atomic::AtomicU8,
+}
+
+impl Periodic for SessionsPeriodic {
+    fn name(&self) -> &'static str {
+        "sessions"
+    }
+
+    fn tick(&self, _now: Instant, level: Level) {
+        let before = self
+            .last
+            .swap(level as u8, std::sync::atomic::Ordering::AcqRel);
+        if before != Level::Normal as u8 || level == Level::Normal {
+            return;
+        }
+        let sh = self.shared.clone();
+        submit_periodic(
+            &self.shared,
+            "sessions.shrink",
+            Box::new(move |_ctx| {
+                let n = sh.sessions.shrink_caches();
+                log::info!("pressure: dropped cached usage results of {n} file(s)");
+                Ok(Value::Null.into())
+            }),
+        );
     }
 }

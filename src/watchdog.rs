@@ -14,6 +14,7 @@
 use crate::cancel::CancelReason;
 use crate::clock;
 use crate::config::PressureConfig;
+use crate::jobs::periodic::Periodic;
 use crate::jobs::{JobInfo, Lane, PoolKind};
 use crate::metrics::{LAG_BUCKETS, quantile};
 use crate::phase::Phase;
@@ -301,6 +302,8 @@ pub fn spawn(shared: Arc<Shared>) -> std::io::Result<()> {
 
 struct Watchdog {
     shared: Arc<Shared>,
+    /// The services' periodic work, called after the watchdog's own duties each tick.
+    periodic: Vec<Box<dyn Periodic>>,
     pressure: Pressure,
     lag: LagWindow,
     last_systemd_ping: Option<Instant>,
@@ -311,6 +314,7 @@ impl Watchdog {
     fn new(shared: Arc<Shared>) -> Watchdog {
         let cfg = shared.config().pressure;
         Watchdog {
+            periodic: shared.periodic(),
             shared,
             pressure: Pressure::new(cfg),
             lag: LagWindow::default(),
@@ -328,6 +332,8 @@ impl Watchdog {
     }
 
     fn tick(&mut self, now: Instant) {
+        // First, and never behind anything a worker holds: the drain deadlines and the exit.
+        self.drain(now);
         let sh = &self.shared;
         let m = &sh.metrics;
         let (lag_p99, lag_max) = self.lag.push(now, m.lag.counts(), m.lag.take_recent_max());
@@ -386,10 +392,6 @@ impl Watchdog {
             );
             if t.to > t.from {
                 log::warn!("{msg}");
-                if t.from == Level::Normal {
-                    let n = sh.sessions.shrink_caches();
-                    log::info!("pressure: dropped cached usage results of {n} file(s)");
-                }
             } else {
                 log::info!("{msg}");
             }
@@ -415,9 +417,9 @@ impl Watchdog {
             lag_max,
         });
 
-        sh.runs.expire_waiters(sh, now);
-        crate::delivery::service::Delivery::tick(sh);
-        self.drain(now);
+        for p in &self.periodic {
+            p.tick(now, level);
+        }
         self.systemd(now);
     }
 

@@ -399,7 +399,7 @@ fn deliver(shared: &Arc<Shared>, run: &Run, text: &str) {
     let extra = json!({"runId": run.id, "sessionKey": req.session.key, "parentRunId": req.parent});
     match shared
         .delivery
-        .enqueue(shared, route, text, &format!("run:{}", run.id), extra)
+        .enqueue(route, text, &format!("run:{}", run.id), extra)
     {
         Ok(e) => log::info!(
             "run {}: reply queued for {}:{} ({})",

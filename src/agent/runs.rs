@@ -248,6 +248,9 @@ pub struct Runs {
     last_prune: Mutex<Option<Instant>>,
     /// Clients' keys of finished runs and their final results, kept for the idempotency window.
     pub run_keys: idempotency::Store,
+    /// The earliest `agent.wait` deadline (monotonic ms; `u64::MAX` or 0 before the first):
+    /// what the watchdog's tick compares with its clock, without a lock.
+    next_wait_deadline: std::sync::atomic::AtomicU64,
 }
 
 impl Runs {
@@ -314,15 +317,44 @@ impl Runs {
         subs.retain(|_, v| !v.is_empty());
     }
 
-    /// Answers `agent.wait`ers whose time is up (called by the watchdog).
+    /// Registers a waiter's deadline for the watchdog to see (see `waiter_due`).
+    fn add_waiter(&self, run: &Run, w: Waiter) {
+        self.note_deadline(w.deadline);
+        lock(&run.inner).waiters.push(w);
+    }
+
+    fn note_deadline(&self, deadline: Instant) {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        let v = clock::mono_ms(deadline).max(1);
+        // 0 (the default) means none yet, like `u64::MAX`.
+        let _ = self
+            .next_wait_deadline
+            .fetch_update(AcqRel, Acquire, |d| Some(if d == 0 { v } else { d.min(v) }));
+    }
+
+    /// Whether an `agent.wait`er's time may be up: one atomic, for the watchdog's tick.
+    pub fn waiter_due(&self, now: Instant) -> bool {
+        let d = self
+            .next_wait_deadline
+            .load(std::sync::atomic::Ordering::Acquire);
+        d != 0 && d <= clock::mono_ms(now)
+    }
+
+    /// Answers `agent.wait`ers whose time is up (a job the watchdog's tick submits).
     pub fn expire_waiters(&self, shared: &Shared, now: Instant) {
+        // Taken before the scan: a waiter added meanwhile lowers it again, so none is missed.
+        self.next_wait_deadline
+            .store(u64::MAX, std::sync::atomic::Ordering::Release);
         let runs: Vec<Arc<Run>> = lock(&self.runs).values().cloned().collect();
         for r in runs {
             let expired: Vec<Waiter> = {
                 let mut i = lock(&r.inner);
-                let (gone, keep) = std::mem::take(&mut i.waiters)
+                let (gone, keep): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut i.waiters)
                     .into_iter()
                     .partition(|w| w.deadline <= now);
+                for w in &keep {
+                    self.note_deadline(w.deadline);
+                }
                 i.waiters = keep;
                 gone
             };
@@ -609,10 +641,13 @@ pub fn agent(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, 
         // The same request again after it ended: the final answer follows at once.
         send_reply(shared, &reply, &Ok(run.result().into()));
     } else if !new {
-        lock(&run.inner).waiters.push(Waiter {
-            reply,
-            deadline: Instant::now() + MAX_WAIT,
-        });
+        shared.runs.add_waiter(
+            &run,
+            Waiter {
+                reply,
+                deadline: Instant::now() + MAX_WAIT,
+            },
+        );
     }
     Ok(json!({"runId": run.id, "status": "accepted", "acceptedAt": clock::wall_ms()}))
 }
@@ -666,10 +701,9 @@ pub fn agent_wait(
             ));
         }
     };
-    i.waiters.push(Waiter {
-        reply,
-        deadline: Instant::now() + timeout,
-    });
+    let deadline = Instant::now() + timeout;
+    shared.runs.note_deadline(deadline);
+    i.waiters.push(Waiter { reply, deadline });
     Ok(None)
 }
 

@@ -77,6 +77,20 @@ impl Route {
     }
 }
 
+/// The queue at a glance (see [`Queue::summary`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub counts: BTreeMap<State, usize>,
+    pub unknown_after_send: Vec<String>,
+    /// Wall ms when the earliest pending entry is due; `None` with nothing pending.
+    pub next_due_ms: Option<u64>,
+}
+
+impl Summary {
+    /// Ids of `unknown_after_send` entries listed in a summary.
+    pub const UNKNOWN_SHOWN: usize = 100;
+}
+
 /// Where an entry is in its life.
 ///
 /// ```text
@@ -306,6 +320,7 @@ pub struct Queue {
     entries: BTreeMap<String, Entry>,
     keep_sent: bool,
     fail_writes: bool,
+    write_delay: std::time::Duration,
     ids: Rng,
     recovery: Recovery,
 }
@@ -321,6 +336,7 @@ impl Queue {
             entries: BTreeMap::new(),
             keep_sent: false,
             fail_writes: false,
+            write_delay: std::time::Duration::ZERO,
             ids: Rng::from_os(),
             recovery: Recovery::default(),
         };
@@ -347,6 +363,12 @@ impl Queue {
     /// of the atomic write runs, so a test sees exactly what a user with a full disk would.
     pub fn set_fail_writes(&mut self, fail: bool) {
         self.fail_writes = fail;
+    }
+
+    /// Test seam: every entry write takes this much longer, as on a stalled disk. The caller
+    /// holds the queue (and whatever lock guards it) all that time, as with a real stall.
+    pub fn set_write_delay(&mut self, delay: std::time::Duration) {
+        self.write_delay = delay;
     }
 
     /// (Re)loads the directory into memory, settling what an interrupted process left:
@@ -688,6 +710,38 @@ impl Queue {
         self.entries.get(id)
     }
 
+    /// What readers that must not take the queue's lock are shown (one pass over the entries):
+    /// counts by state, the first [`Summary::UNKNOWN_SHOWN`] ids in `unknown_after_send`, and
+    /// when the earliest pending entry comes due.
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary {
+            counts: State::ALL.into_iter().map(|st| (st, 0)).collect(),
+            unknown_after_send: Vec::new(),
+            next_due_ms: None,
+        };
+        let mut unknown: Vec<&Entry> = Vec::new();
+        for e in self.entries.values() {
+            *s.counts.entry(e.state).or_default() += 1;
+            match e.state {
+                State::Pending => {
+                    s.next_due_ms = Some(
+                        s.next_due_ms
+                            .map_or(e.next_attempt_ms, |d: u64| d.min(e.next_attempt_ms)),
+                    )
+                }
+                State::UnknownAfterSend => unknown.push(e),
+                _ => {}
+            }
+        }
+        unknown.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        s.unknown_after_send = unknown
+            .into_iter()
+            .take(Summary::UNKNOWN_SHOWN)
+            .map(|e| e.id.clone())
+            .collect();
+        s
+    }
+
     /// `<dir>/<id>.json`, through the one checked constructor: an id that came from outside
     /// (`delivery.retry {id}`) or from a file name can never name a path outside the queue.
     fn entry_path(&self, id: &str) -> io::Result<PathBuf> {
@@ -722,6 +776,9 @@ impl Queue {
     fn write_entry(&self, entry: &Entry) -> io::Result<()> {
         let bytes = encode_entry(entry)?;
         let path = self.entry_path(&entry.id)?;
+        if !self.write_delay.is_zero() {
+            std::thread::sleep(self.write_delay);
+        }
         if self.fail_writes {
             return state::write_atomic_with(&path, |f| {
                 f.write_all(&bytes[..bytes.len() / 2])?;

@@ -8,6 +8,12 @@
 //! spent. A drain stops starting new sends; an entry in flight at the hard deadline stays
 //! `sending` on disk and is `unknown_after_send` at the next boot.
 //!
+//! Threads: the queue's lock is held across `fsync` by workers, so the reactor (`/metrics`)
+//! and the watchdog (the tick, before its drain check) never take it. After every change the
+//! holder publishes a [`Summary`] (counts, `unknown_after_send`, when the next entry is due):
+//! readers that must not wait read that, and the watchdog's [`Periodic::tick`] compares the
+//! due time with its clock and, when something is due, submits the job that looks at the queue.
+//!
 //! `send` remembers each idempotency key with its answer for `gateway.idempotency.windowMs`
 //! (`<state>/idempotency/send.jsonl`, loaded by the same boot job, before the queue is
 //! installed): a repeat inside the window gets the first answer and queues nothing, even after
@@ -15,20 +21,25 @@
 //! entry is still queued) stays, for an entry that outlives the window while it retries.
 
 use super::channels::{self, ChannelConfig};
-use super::queue::{Entry, ErrorClass, Queue, RetryPolicy, Route, State};
+use super::queue::{Entry, ErrorClass, Queue, RetryPolicy, Route, State, Summary};
 use crate::clock::{self, Rng};
+use crate::config::live::ConfigCell;
 use crate::error::{Code, RpcError};
 use crate::idempotency::{self, Lookup};
+use crate::jobs::periodic::Periodic;
+use crate::jobs::system::JobSystem;
 use crate::jobs::{JobCtx, JobSpec, Lane, PoolKind, Work};
 use crate::metrics::Counter;
 use crate::net::Limits;
-use crate::phase::Phase;
+use crate::phase::{LifecycleCell, Phase};
+use crate::pressure::Level;
 use crate::protocol::params::{address, required, required_address, string};
 use crate::protocol::reply::ReplyTo;
-use crate::runtime::Shared;
 use crate::sync::lock;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -61,15 +72,31 @@ pub struct DeliveryStats {
     pub refused: Counter,
 }
 
-#[derive(Default)]
+/// What the delivery service needs of the gateway, and nothing more.
+pub struct Handles {
+    pub jobs: Arc<JobSystem>,
+    pub config: Arc<ConfigCell>,
+    pub lifecycle: Arc<LifecycleCell>,
+    pub state_dir: PathBuf,
+    /// Test hooks (`KEEL_TEST_DELIVERY_*`) are honoured only with `KEEL_TEST_HOOKS=1`.
+    pub test_hooks: bool,
+}
+
 pub struct Delivery {
     queue: Mutex<Option<Queue>>,
+    /// The last [`Summary`] of the queue; its lock is held for a pointer swap or copy only.
+    summary: Mutex<Arc<Summary>>,
+    /// Wall ms when the earliest pending entry is due (`u64::MAX`: none, or not open yet).
+    next_due_ms: AtomicU64,
+    /// A job that schedules dispatch is queued or running.
+    scheduling: AtomicBool,
     /// Channels with a dispatch job queued or running.
     dispatching: Mutex<BTreeSet<String>>,
     policy: RetryPolicy,
     pub stats: DeliveryStats,
     /// `send`'s idempotency keys and first answers.
     pub sent_keys: idempotency::Store,
+    h: Handles,
 }
 
 fn internal(e: impl std::fmt::Display) -> RpcError {
@@ -77,27 +104,51 @@ fn internal(e: impl std::fmt::Display) -> RpcError {
 }
 
 impl Delivery {
+    pub fn new(h: Handles) -> Delivery {
+        Delivery {
+            queue: Mutex::new(None),
+            summary: Mutex::new(Arc::new(Summary::default())),
+            next_due_ms: AtomicU64::new(u64::MAX),
+            scheduling: AtomicBool::new(false),
+            dispatching: Mutex::new(BTreeSet::new()),
+            policy: RetryPolicy::default(),
+            stats: DeliveryStats::default(),
+            sent_keys: idempotency::Store::default(),
+            h,
+        }
+    }
+
     /// Boot: open (and recover) the queue on a worker.
-    pub fn start(shared: &Arc<Shared>) {
-        let sh = shared.clone();
+    pub fn start(self: &Arc<Self>) {
+        let svc = self.clone();
         let work: Work = Box::new(move |_ctx: &JobCtx| {
             // Before the queue is installed: a send is only served once its key can be found.
-            let keys = sh.state_dir.join("idempotency").join("send.jsonl");
-            let limits = sh.config().idempotency.send_limits();
-            let loaded = sh.delivery.sent_keys.open(&keys, clock::wall_ms(), &limits);
+            let keys = svc.h.state_dir.join("idempotency").join("send.jsonl");
+            let limits = svc.h.config.get().idempotency.send_limits();
+            let loaded = svc.sent_keys.open(&keys, clock::wall_ms(), &limits);
             idempotency::log_loaded("send", &keys, &loaded);
-            let dir = sh.state_dir.join("delivery");
+            let dir = svc.h.state_dir.join("delivery");
             match Queue::open(&dir) {
                 Ok(mut q) => {
-                    // Test hook: every write fails as on a full disk.
-                    if sh.test_hooks
-                        && std::env::var("KEEL_TEST_DELIVERY_FULL_DISK").as_deref() == Ok("1")
-                    {
-                        q.set_fail_writes(true);
+                    // Test hooks: every write fails as on a full disk, or stalls.
+                    if svc.h.test_hooks {
+                        if std::env::var("KEEL_TEST_DELIVERY_FULL_DISK").as_deref() == Ok("1") {
+                            q.set_fail_writes(true);
+                        }
+                        if let Some(ms) = std::env::var("KEEL_TEST_DELIVERY_WRITE_STALL_MS")
+                            .ok()
+                            .and_then(|v| v.parse::<u64>().ok())
+                        {
+                            q.set_write_delay(Duration::from_millis(ms));
+                        }
                     }
                     let r = q.recovery().clone();
                     // Installed before it is logged: the line tells tests and operators sends work.
-                    *lock(&sh.delivery.queue) = Some(q);
+                    {
+                        let mut slot = lock(&svc.queue);
+                        svc.publish(&q);
+                        *slot = Some(q);
+                    }
                     log::info!(
                         "delivery queue {}: {} pending resumed, {} unknown after send{}, {} corrupt, {} temp files removed",
                         dir.display(),
@@ -126,9 +177,32 @@ impl Delivery {
             timeout: Duration::from_secs(60),
             stall_limit: None,
         };
-        if let Err(e) = shared.submit(spec, ReplyTo::Internal, work) {
+        if let Err(e) = self.h.jobs.submit(spec, ReplyTo::Internal, work) {
             log::error!("delivery: cannot schedule opening the queue: {e}");
         }
+    }
+
+    /// Publishes what readers that must not wait are shown; called by whoever just changed
+    /// the queue, under its lock.
+    fn publish(&self, q: &Queue) {
+        let s = q.summary();
+        self.next_due_ms
+            .store(s.next_due_ms.unwrap_or(u64::MAX), Ordering::Release);
+        *lock(&self.summary) = Arc::new(s);
+    }
+
+    /// The last published summary (never the queue's lock).
+    pub fn summary(&self) -> Arc<Summary> {
+        lock(&self.summary).clone()
+    }
+
+    /// Runs `f` on the open queue, then publishes its summary.
+    fn with_queue<R>(&self, f: impl FnOnce(&mut Queue) -> R) -> Result<R, RpcError> {
+        let mut guard = self.queue()?;
+        let q = guard.as_mut().ok_or_else(|| internal("queue vanished"))?;
+        let r = f(q);
+        self.publish(q);
+        Ok(r)
     }
 
     fn queue(&self) -> Result<MutexGuard<'_, Option<Queue>>, RpcError> {
@@ -144,72 +218,58 @@ impl Delivery {
 
     /// Validates the route against its channel and queues the message durably.
     pub fn enqueue(
-        &self,
-        shared: &Arc<Shared>,
+        self: &Arc<Self>,
         route: Route,
         text: &str,
         idempotency_key: &str,
         extra: Value,
     ) -> Result<Entry, RpcError> {
-        let payload = self.payload(shared, &route, text, extra)?;
-        let entry = {
-            let mut q = self.queue()?;
-            let q = q.as_mut().ok_or_else(|| internal("queue vanished"))?;
-            q.enqueue(route, payload, idempotency_key, clock::wall_ms())
-                .map_err(not_queued)?
-        };
+        let payload = self.payload(&route, text, extra)?;
+        let entry = self
+            .with_queue(|q| q.enqueue(route, payload, idempotency_key, clock::wall_ms()))?
+            .map_err(not_queued)?;
         // Dispatch starts now rather than at the watchdog's next tick.
-        Delivery::tick(shared);
+        self.schedule();
         Ok(entry)
     }
 
     /// `send`: the first answer for `key` if it was given within the window (nothing is
     /// queued then); otherwise [`Delivery::enqueue`], and the answer is remembered once the
     /// entry is on disk (a failed enqueue stays retryable).
-    pub fn send(
-        &self,
-        shared: &Arc<Shared>,
-        route: Route,
-        text: &str,
-        key: &str,
-    ) -> Result<Value, RpcError> {
-        let limits = shared.config().idempotency.send_limits();
+    pub fn send(self: &Arc<Self>, route: Route, text: &str, key: &str) -> Result<Value, RpcError> {
+        let limits = self.h.config.get().idempotency.send_limits();
         if let Lookup::Hit(first) = self.sent_keys.get(key, clock::wall_ms(), limits.window_ms) {
             return Ok(first);
         }
-        let payload = self.payload(shared, &route, text, json!({}))?;
-        let (answer, pending) = {
-            let mut q = self.queue()?;
-            let q = q.as_mut().ok_or_else(|| internal("queue vanished"))?;
+        let payload = self.payload(&route, text, json!({}))?;
+        let first = self.with_queue(|q| {
             let now = clock::wall_ms();
             // Again under the queue's lock, which orders sends: one with the same key may have
             // been queued (and remembered) since the look above.
             if let Lookup::Hit(first) = self.sent_keys.get(key, now, limits.window_ms) {
-                return Ok(first);
+                return Ok(Err(first));
             }
             let e = q.enqueue(route, payload, key, now).map_err(not_queued)?;
             let answer = json!({"messageId": e.id, "id": e.id, "status": e.state.as_str(), "channel": e.route.channel, "to": e.route.to});
             let pending = self.sent_keys.insert(key, now, &answer, &limits);
-            (answer, pending)
+            Ok(Ok((answer, pending)))
+        })??;
+        let (answer, pending) = match first {
+            Err(repeat) => return Ok(repeat),
+            Ok(new) => new,
         };
         // The line is written after the queue's lock is released; the key is already found
         // in memory.
         if let Some(p) = pending {
             self.sent_keys.append(p);
         }
-        Delivery::tick(shared);
+        self.schedule();
         Ok(answer)
     }
 
     /// The route checked against its channel, and the message as the queue stores it.
-    fn payload(
-        &self,
-        shared: &Shared,
-        route: &Route,
-        text: &str,
-        extra: Value,
-    ) -> Result<Value, RpcError> {
-        let cfg = shared.config();
+    fn payload(&self, route: &Route, text: &str, extra: Value) -> Result<Value, RpcError> {
+        let cfg = self.h.config.get();
         if !cfg.channels.0.contains_key(&route.channel) {
             self.stats.refused.inc();
             return Err(RpcError::new(
@@ -236,57 +296,48 @@ impl Delivery {
         Ok(q.as_ref().map(|q| q.list(state, limit)).unwrap_or_default())
     }
 
-    pub fn retry(&self, shared: &Arc<Shared>, id: &str) -> Result<Entry, RpcError> {
-        let entry = {
-            let mut q = self.queue()?;
-            q.as_mut()
-                .ok_or_else(|| internal("queue vanished"))?
-                .retry(id, clock::wall_ms())
-                .map_err(|e| RpcError::new(Code::NotFound, e.to_string()))?
-        };
-        Delivery::tick(shared);
+    pub fn retry(self: &Arc<Self>, id: &str) -> Result<Entry, RpcError> {
+        let entry = self
+            .with_queue(|q| q.retry(id, clock::wall_ms()))?
+            .map_err(|e| RpcError::new(Code::NotFound, e.to_string()))?;
+        self.schedule();
         Ok(entry)
     }
 
     pub fn drop_entry(&self, id: &str) -> Result<Entry, RpcError> {
-        let mut q = self.queue()?;
-        q.as_mut()
-            .ok_or_else(|| internal("queue vanished"))?
-            .drop_entry(id)
+        self.with_queue(|q| q.drop_entry(id))?
             .map_err(|e| RpcError::new(Code::NotFound, e.to_string()))
     }
 
-    /// Entries by state (empty until the queue is open).
+    /// Entries by state, as last published (empty until the queue is open).
     pub fn counts(&self) -> BTreeMap<State, usize> {
-        lock(&self.queue)
-            .as_ref()
-            .map(Queue::counts)
-            .unwrap_or_default()
+        self.summary().counts.clone()
     }
 
     /// Queues a dispatch job for each channel that has something due and no job yet. Called
-    /// by the watchdog every tick, after an enqueue or retry, and by a job that made progress.
-    pub fn tick(shared: &Arc<Shared>) {
-        let svc = &shared.delivery;
-        if shared.phase() != Phase::Serving {
+    /// after an enqueue or retry, by a dispatch job that made progress, and by the job the
+    /// watchdog's tick submits when the published due time has come. Takes the queue's lock:
+    /// never on the reactor or the watchdog.
+    pub fn schedule(self: &Arc<Self>) {
+        if self.h.lifecycle.phase() != Phase::Serving {
             return;
         }
-        let due = match lock(&svc.queue).as_ref() {
+        let due = match lock(&self.queue).as_ref() {
             Some(q) => q.due_channels(clock::wall_ms()),
             None => return,
         };
         for channel in due {
-            if !lock(&svc.dispatching).insert(channel.clone()) {
+            if !lock(&self.dispatching).insert(channel.clone()) {
                 continue;
             }
-            let sh = shared.clone();
+            let svc = self.clone();
             let ch = channel.clone();
             let work: Work = Box::new(move |ctx: &JobCtx| {
-                let (r, progress) = dispatch(&sh, &ch, ctx);
-                lock(&sh.delivery.dispatching).remove(&ch);
+                let (r, progress) = svc.dispatch(&ch, ctx);
+                lock(&svc.dispatching).remove(&ch);
                 // Something may have been enqueued while the job was finishing.
                 if progress {
-                    Delivery::tick(&sh);
+                    svc.schedule();
                 }
                 r
             });
@@ -297,9 +348,9 @@ impl Delivery {
                 timeout: RUN_BUDGET + SEND_TIMEOUT + Duration::from_secs(10),
                 stall_limit: Some(SEND_TIMEOUT + Duration::from_secs(5)),
             };
-            if let Err(e) = shared.submit(spec, ReplyTo::Internal, work) {
+            if let Err(e) = self.h.jobs.submit(spec, ReplyTo::Internal, work) {
                 log::debug!("delivery {channel}: dispatch not queued ({e}); next tick");
-                lock(&svc.dispatching).remove(&channel);
+                lock(&self.dispatching).remove(&channel);
             }
         }
     }
@@ -345,22 +396,48 @@ impl Delivery {
         );
     }
 
+    /// For `status` and the dump, from the published summary (never the queue's lock).
     pub fn status_json(&self) -> Value {
-        let counts: serde_json::Map<String, Value> = self
-            .counts()
-            .into_iter()
+        let summary = self.summary();
+        let counts: serde_json::Map<String, Value> = summary
+            .counts
+            .iter()
             .map(|(s, n)| (s.as_str().to_string(), json!(n)))
             .collect();
-        let unknown: Vec<String> = lock(&self.queue)
-            .as_ref()
-            .map(|q| {
-                q.list(Some(State::UnknownAfterSend), 100)
-                    .into_iter()
-                    .map(|e| e.id)
-                    .collect()
-            })
-            .unwrap_or_default();
-        json!({"queue": counts, "unknownAfterSend": unknown, "sent": self.stats.sent.get(), "deadLetters": self.stats.dead_letters.get()})
+        json!({"queue": counts, "unknownAfterSend": summary.unknown_after_send, "sent": self.stats.sent.get(), "deadLetters": self.stats.dead_letters.get()})
+    }
+}
+
+impl Periodic for Arc<Delivery> {
+    fn name(&self) -> &'static str {
+        "delivery"
+    }
+
+    /// Retries that come due: compared with the published due time, and looked at by a job.
+    fn tick(&self, _now: Instant, _level: Level) {
+        if self.h.lifecycle.phase() != Phase::Serving
+            || clock::wall_ms() < self.next_due_ms.load(Ordering::Acquire)
+            || self.scheduling.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let svc = self.clone();
+        let work: Work = Box::new(move |_ctx: &JobCtx| {
+            svc.scheduling.store(false, Ordering::Release);
+            svc.schedule();
+            Ok(Value::Null.into())
+        });
+        let spec = JobSpec {
+            kind: "delivery.schedule".into(),
+            pool: PoolKind::Io,
+            lane: Lane::Control,
+            timeout: Duration::from_secs(30),
+            stall_limit: None,
+        };
+        if let Err(e) = self.h.jobs.submit(spec, ReplyTo::Internal, work) {
+            self.scheduling.store(false, Ordering::Release);
+            log::debug!("delivery: scheduling not queued ({e}); next tick");
+        }
     }
 }
 
@@ -379,8 +456,7 @@ fn entry_json(e: &Entry) -> Value {
 
 /// The delivery methods: `send`, `delivery.list`, `delivery.retry`, `delivery.drop` (jobs:
 /// they write to the disk).
-pub fn call(shared: &Arc<Shared>, method: &str, p: &Value) -> Result<Value, RpcError> {
-    let svc = &shared.delivery;
+pub fn call(svc: &Arc<Delivery>, method: &str, p: &Value) -> Result<Value, RpcError> {
     match method {
         "send" => {
             let route = Route {
@@ -393,7 +469,7 @@ pub fn call(shared: &Arc<Shared>, method: &str, p: &Value) -> Result<Value, RpcE
             if let Some(why) = idempotency::key_problem(&key) {
                 return Err(RpcError::invalid(why));
             }
-            svc.send(shared, route, &message, &key)
+            svc.send(route, &message, &key)
         }
         "delivery.list" => {
             let state = match string(p, "state")? {
@@ -415,140 +491,134 @@ pub fn call(shared: &Arc<Shared>, method: &str, p: &Value) -> Result<Value, RpcE
                 .collect();
             Ok(json!({"entries": entries, "counts": counts}))
         }
-        "delivery.retry" => Ok(entry_json(&svc.retry(shared, &required(p, "id")?)?)),
+        "delivery.retry" => Ok(entry_json(&svc.retry(&required(p, "id")?)?)),
         "delivery.drop" => Ok(entry_json(&svc.drop_entry(&required(p, "id")?)?)),
         other => Err(RpcError::unknown_method(other)),
     }
 }
 
-/// Sends what is due on one channel, one entry at a time, until nothing is due, the budget,
-/// the drain or the token ends it. Also says whether any entry left `pending` (a queue that
-/// cannot be written makes none, and must not be retried in a tight loop).
-fn dispatch(
-    shared: &Arc<Shared>,
-    channel_name: &str,
-    ctx: &JobCtx,
-) -> (crate::payload::Outcome, bool) {
-    let svc = &shared.delivery;
-    let mut rng = Rng::from_os();
-    let started = Instant::now();
-    let mut progress = false;
-    'batches: loop {
-        let due = lock(&svc.queue)
-            .as_ref()
-            .map(|q| q.due_on(Some(channel_name), clock::wall_ms(), BATCH))
-            .unwrap_or_default();
-        if due.is_empty() {
-            break;
-        }
-        let mut batch_progress = false;
-        for entry in due {
-            if ctx.token().is_cancelled()
-                || shared.phase() != Phase::Serving
-                || started.elapsed() >= RUN_BUDGET
-            {
-                break 'batches;
+impl Delivery {
+    /// Sends what is due on one channel, one entry at a time, until nothing is due, the budget,
+    /// the drain or the token ends it. Also says whether any entry left `pending` (a queue that
+    /// cannot be written makes none, and must not be retried in a tight loop).
+    fn dispatch(&self, channel_name: &str, ctx: &JobCtx) -> (crate::payload::Outcome, bool) {
+        let mut rng = Rng::from_os();
+        let started = Instant::now();
+        let mut progress = false;
+        'batches: loop {
+            let due = lock(&self.queue)
+                .as_ref()
+                .map(|q| q.due_on(Some(channel_name), clock::wall_ms(), BATCH))
+                .unwrap_or_default();
+            if due.is_empty() {
+                break;
             }
-            // Each send is bounded by its own limits; the stall limit applies per send.
-            ctx.info.stamp(Instant::now());
-            let cfg = shared.config();
-            let Some(channel) = cfg.channels.0.get(channel_name).cloned() else {
-                record(
-                    shared,
-                    &entry.id,
-                    Err(channels::SendError {
-                        class: ErrorClass::Permanent,
-                        message: format!("channel {channel_name} is not configured"),
-                        retry_after: None,
-                    }),
-                    &mut rng,
-                );
-                batch_progress = true;
-                continue;
-            };
-            // On disk as `sending` before the channel is called.
-            let begun = lock(&svc.queue)
-                .as_mut()
-                .map(|q| q.begin_send(&entry.id, clock::wall_ms()));
-            match begun {
-                Some(Ok(_)) => batch_progress = true,
-                Some(Err(e)) => {
-                    log::warn!("delivery {}: cannot start: {e}", entry.id);
-                    continue;
+            let mut batch_progress = false;
+            for entry in due {
+                if ctx.token().is_cancelled()
+                    || self.h.lifecycle.phase() != Phase::Serving
+                    || started.elapsed() >= RUN_BUDGET
+                {
+                    break 'batches;
                 }
-                None => break 'batches,
+                // Each send is bounded by its own limits; the stall limit applies per send.
+                ctx.info.stamp(Instant::now());
+                let cfg = self.h.config.get();
+                let Some(channel) = cfg.channels.0.get(channel_name).cloned() else {
+                    self.record(
+                        &entry.id,
+                        Err(channels::SendError {
+                            class: ErrorClass::Permanent,
+                            message: format!("channel {channel_name} is not configured"),
+                            retry_after: None,
+                        }),
+                        &mut rng,
+                    );
+                    batch_progress = true;
+                    continue;
+                };
+                // On disk as `sending` before the channel is called.
+                match self.with_queue(|q| q.begin_send(&entry.id, clock::wall_ms())) {
+                    Ok(Ok(_)) => batch_progress = true,
+                    Ok(Err(e)) => {
+                        log::warn!("delivery {}: cannot start: {e}", entry.id);
+                        continue;
+                    }
+                    Err(_) => break 'batches,
+                }
+                let text = entry
+                    .payload
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let limits = Limits {
+                    connect_timeout: Duration::from_secs(10),
+                    deadline: (Instant::now() + SEND_TIMEOUT).min(ctx.deadline()),
+                    stall: SEND_STALL,
+                };
+                let result = channels::send(
+                    &channel,
+                    &entry.route,
+                    text,
+                    &entry.idempotency_key,
+                    &limits,
+                    ctx.token(),
+                );
+                self.record(&entry.id, result.map(|_| ()), &mut rng);
             }
-            let text = entry
-                .payload
-                .get("text")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let limits = Limits {
-                connect_timeout: Duration::from_secs(10),
-                deadline: (Instant::now() + SEND_TIMEOUT).min(ctx.deadline()),
-                stall: SEND_STALL,
-            };
-            let result = channels::send(
-                &channel,
-                &entry.route,
-                text,
-                &entry.idempotency_key,
-                &limits,
-                ctx.token(),
-            );
-            record(shared, &entry.id, result.map(|_| ()), &mut rng);
+            if !batch_progress {
+                break;
+            }
+            progress = true;
         }
-        if !batch_progress {
-            break;
-        }
-        progress = true;
+        (Ok(Value::Null.into()), progress)
     }
-    (Ok(Value::Null.into()), progress)
-}
 
-fn record(shared: &Shared, id: &str, result: Result<(), channels::SendError>, rng: &mut Rng) {
-    let svc = &shared.delivery;
-    let mut q = lock(&svc.queue);
-    let Some(q) = q.as_mut() else { return };
-    let now = clock::wall_ms();
-    match result {
-        Ok(()) => {
-            svc.stats.sent.inc();
-            if let Err(e) = q.sent(id, now) {
-                log::warn!("delivery {id}: sent, but cannot record it: {e}");
+    fn record(&self, id: &str, result: Result<(), channels::SendError>, rng: &mut Rng) {
+        let svc = self;
+        let mut guard = lock(&self.queue);
+        let Some(q) = guard.as_mut() else { return };
+        let now = clock::wall_ms();
+        match result {
+            Ok(()) => {
+                svc.stats.sent.inc();
+                if let Err(e) = q.sent(id, now) {
+                    log::warn!("delivery {id}: sent, but cannot record it: {e}");
+                }
             }
+            Err(e) => match q.failed(
+                id,
+                &e.message,
+                e.class,
+                e.retry_after,
+                now,
+                &svc.policy,
+                rng,
+            ) {
+                Ok(entry) if entry.state == State::Failed => {
+                    svc.stats.dead_letters.inc();
+                    log::warn!(
+                        "delivery {id} to {}:{} is a dead letter: {}",
+                        entry.route.channel,
+                        entry.route.to,
+                        entry.last_error.unwrap_or_default()
+                    );
+                }
+                Ok(entry) => {
+                    svc.stats.failed_transient.inc();
+                    log::info!(
+                        "delivery {id}: {} (attempt {}, retry in {} s)",
+                        e.message,
+                        entry.attempts,
+                        entry.next_attempt_ms.saturating_sub(now) / 1000
+                    );
+                }
+                Err(err) => log::warn!(
+                    "delivery {id}: cannot record the failure ({}): {err}",
+                    e.message
+                ),
+            },
         }
-        Err(e) => match q.failed(
-            id,
-            &e.message,
-            e.class,
-            e.retry_after,
-            now,
-            &svc.policy,
-            rng,
-        ) {
-            Ok(entry) if entry.state == State::Failed => {
-                svc.stats.dead_letters.inc();
-                log::warn!(
-                    "delivery {id} to {}:{} is a dead letter: {}",
-                    entry.route.channel,
-                    entry.route.to,
-                    entry.last_error.unwrap_or_default()
-                );
-            }
-            Ok(entry) => {
-                svc.stats.failed_transient.inc();
-                log::info!(
-                    "delivery {id}: {} (attempt {}, retry in {} s)",
-                    e.message,
-                    entry.attempts,
-                    entry.next_attempt_ms.saturating_sub(now) / 1000
-                );
-            }
-            Err(err) => log::warn!(
-                "delivery {id}: cannot record the failure ({}): {err}",
-                e.message
-            ),
-        },
+        self.publish(q);
     }
 }

@@ -15,6 +15,7 @@
 //! result, or the watchdog with a deadline/cancel error) sends it.
 
 pub mod outbox;
+pub mod periodic;
 mod pool;
 pub mod system;
 

@@ -201,7 +201,7 @@ fn delivery_job(
         },
         Box::new(move |ctx: &JobCtx| {
             ctx.check()?;
-            crate::delivery::service::call(&sh, method, &params).map(Into::into)
+            crate::delivery::service::call(&sh.delivery, method, &params).map(Into::into)
         }),
     ))
 }
