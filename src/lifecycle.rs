@@ -216,7 +216,7 @@ fn run(
     // Serving first, indexing after: the index loads and builds in the background, and so do
     // the idempotency keys of runs and sends (each refuses new work until its keys are in).
     crate::agent::runs::start_keys(&shared);
-    crate::sessions::Sessions::start(&shared);
+    shared.sessions.start();
     shared.delivery.start();
     log::info!(
         "keel {} listening on {local} ({cpu} cpu workers, {io} io workers, nice {nice})",

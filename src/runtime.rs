@@ -44,7 +44,7 @@ pub struct Shared {
     pub jobs: Arc<JobSystem>,
     pub outbox: Arc<Outbox>,
     /// Session stores and the usage index.
-    pub sessions: crate::sessions::Sessions,
+    pub sessions: Arc<crate::sessions::Sessions>,
     /// Agent runs, session subscriptions and provider cooldowns.
     pub runs: crate::agent::runs::Runs,
     /// The durable outbound queue and its dispatch.
@@ -94,6 +94,13 @@ impl Shared {
                 test_hooks: p.test_hooks,
             },
         ));
+        let sessions = Arc::new(crate::sessions::Sessions::new(crate::sessions::Handles {
+            jobs: jobs.clone(),
+            config: config_cell.clone(),
+            pressure: pressure_cell.clone(),
+            state_dir: p.state_dir.clone(),
+            test_hooks: p.test_hooks,
+        }));
         Shared {
             started: now,
             started_wall_ms: clock::wall_ms(),
@@ -106,7 +113,7 @@ impl Shared {
             metrics,
             jobs,
             outbox,
-            sessions: crate::sessions::Sessions::new(&p.state_dir, p.test_hooks),
+            sessions,
             runs: crate::agent::runs::Runs::default(),
             delivery,
             notifier: p.notifier,
@@ -241,10 +248,7 @@ impl Shared {
                 shared: self.clone(),
                 queued: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             }),
-            Box::new(SessionsPeriodic {
-                shared: self.clone(),
-                last: std::sync::atomic::AtomicU8::new(Level::Normal as u8),
-            }),
+            Box::new(self.sessions.clone()),
         ]
     }
 
@@ -605,37 +609,5 @@ impl Periodic for RunsPeriodic {
         if !submitted {
             self.queued.store(false, Ordering::Release);
         }
-    }
-}
-
-/// Cached usage results are dropped when pressure rises from normal (by a job: a query may
-/// hold the cache).
-struct SessionsPeriodic {
-    shared: Arc<Shared>,
-    last: std::sync::atomic::AtomicU8,
-}
-
-impl Periodic for SessionsPeriodic {
-    fn name(&self) -> &'static str {
-        "sessions"
-    }
-
-    fn tick(&self, _now: Instant, level: Level) {
-        let before = self
-            .last
-            .swap(level as u8, std::sync::atomic::Ordering::AcqRel);
-        if before != Level::Normal as u8 || level == Level::Normal {
-            return;
-        }
-        let sh = self.shared.clone();
-        submit_periodic(
-            &self.shared,
-            "sessions.shrink",
-            Box::new(move |_ctx| {
-                let n = sh.sessions.shrink_caches();
-                log::info!("pressure: dropped cached usage results of {n} file(s)");
-                Ok(Value::Null.into())
-            }),
-        );
     }
 }

@@ -284,7 +284,7 @@ fn usage_job(
             timeout: crate::sessions::QUERY_DEADLINE,
             stall_limit: None,
         },
-        Box::new(move |ctx: &JobCtx| sh.sessions.run(&sh, method, &params, ctx)),
+        Box::new(move |ctx: &JobCtx| sh.sessions.run(method, &params, ctx)),
     ))
 }
 

@@ -20,17 +20,20 @@ pub mod time;
 pub mod transcript;
 pub mod watch;
 
+use crate::config::live::ConfigCell;
 use crate::error::{Code, RpcError};
+use crate::jobs::periodic::Periodic;
+use crate::jobs::system::JobSystem;
 use crate::jobs::{JobCtx, JobInfo, JobSpec, Lane, PoolKind, Work};
 use crate::metrics::Counter;
 use crate::payload::Payload;
+use crate::pressure::PressureCell;
 use crate::protocol::reply::ReplyTo;
-use crate::runtime::Shared;
 use crate::sync::{lock, read, write};
 use index::{Index, ParseError, Task};
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -73,9 +76,23 @@ pub struct UsageStats {
     pub malformed_lines: Counter,
 }
 
+/// What the sessions service needs of the gateway, and nothing more.
+pub struct Handles {
+    pub jobs: Arc<JobSystem>,
+    pub config: Arc<ConfigCell>,
+    pub pressure: Arc<PressureCell>,
+    pub state_dir: PathBuf,
+    /// Test hooks (`KEEL_TEST_*_DELAY_MS`) are honoured only with `KEEL_TEST_HOOKS=1`.
+    pub test_hooks: bool,
+}
+
 /// The sessions and usage service, one per gateway.
 pub struct Sessions {
+    h: Handles,
     state_dir: PathBuf,
+    /// `build.running`, published for `/metrics` (answered on the reactor, which must not wait
+    /// for the build lock a worker may hold while it takes the index lock).
+    building: AtomicBool,
     pub stores: store::Stores,
     index: RwLock<Index>,
     /// The index's (files, messages, usage records, malformed lines), published by every
@@ -101,6 +118,8 @@ pub struct Sessions {
     /// Test hook (`KEEL_TEST_INDEX_DELAY_MS`, honoured only with `KEEL_TEST_HOOKS=1`): each
     /// file a build reads takes at least this long, so tests can query during a build.
     test_delay: Option<Duration>,
+    /// The pressure level at the last watchdog tick (see the `Periodic` impl).
+    last_level: std::sync::atomic::AtomicU8,
     /// Test hook (`KEEL_TEST_QUERY_DELAY_MS`, only with `KEEL_TEST_HOOKS=1`): a computation
     /// takes at least this long, so tests can make identical calls overlap.
     test_query_delay: Option<Duration>,
@@ -108,7 +127,7 @@ pub struct Sessions {
 
 /// Queues internal maintenance work on the cpu pool's background lane.
 fn background(
-    shared: &Shared,
+    jobs: &JobSystem,
     kind: &str,
     timeout: Duration,
     stall_limit: Option<Duration>,
@@ -121,11 +140,13 @@ fn background(
         timeout,
         stall_limit,
     };
-    shared.submit(spec, ReplyTo::Internal, work)
+    jobs.submit(spec, ReplyTo::Internal, work)
 }
 
 impl Sessions {
-    pub fn new(state_dir: &Path, test_hooks: bool) -> Sessions {
+    pub fn new(h: Handles) -> Sessions {
+        let test_hooks = h.test_hooks;
+        let state_dir = h.state_dir.clone();
         let hook = |name: &str| {
             test_hooks
                 .then(|| std::env::var(name).ok()?.parse().ok())
@@ -135,7 +156,10 @@ impl Sessions {
         Sessions {
             test_delay: hook("KEEL_TEST_INDEX_DELAY_MS"),
             test_query_delay: hook("KEEL_TEST_QUERY_DELAY_MS"),
-            state_dir: state_dir.to_path_buf(),
+            state_dir,
+            h,
+            building: AtomicBool::new(false),
+            last_level: std::sync::atomic::AtomicU8::new(crate::pressure::Level::Normal as u8),
             stores: store::Stores::default(),
             index: RwLock::new(Index::default()),
             counts: Default::default(),
@@ -228,10 +252,9 @@ impl Sessions {
     }
 
     /// Boot: load the saved index (on a worker), then bring it up to date in the background.
-    pub fn start(shared: &Arc<Shared>) {
-        let sh = shared.clone();
+    pub fn start(self: &Arc<Self>) {
+        let svc = self.clone();
         let work: Work = Box::new(move |ctx: &JobCtx| {
-            let svc = &sh.sessions;
             let t0 = Instant::now();
             match Index::load(&svc.state_dir) {
                 Ok(Some(idx)) => {
@@ -249,18 +272,24 @@ impl Sessions {
             }
             svc.loaded.store(true, Ordering::Release);
             ctx.check()?;
-            Sessions::start_build(&sh, None);
+            svc.start_build(None);
             Ok(Value::Null.into())
         });
-        if let Err(e) = background(shared, "usage.load", Duration::from_secs(60), None, work) {
+        if let Err(e) = background(
+            &self.h.jobs,
+            "usage.load",
+            Duration::from_secs(60),
+            None,
+            work,
+        ) {
             log::warn!("usage index: cannot schedule the load: {e}");
         }
     }
 
     /// Starts a build for `tasks` (or for whatever a fresh scan finds) unless one is running.
     /// Returns true if a build is running afterwards.
-    fn start_build(shared: &Arc<Shared>, tasks: Option<(Vec<Task>, Vec<PathBuf>)>) -> bool {
-        let svc = &shared.sessions;
+    fn start_build(self: &Arc<Self>, tasks: Option<(Vec<Task>, Vec<PathBuf>)>) -> bool {
+        let svc = self;
         let (tasks, gone) = match tasks {
             Some(t) => t,
             None => svc.changed(true),
@@ -274,12 +303,13 @@ impl Sessions {
             if tasks.is_empty() {
                 if !svc.complete_once.swap(true, Ordering::AcqRel) {
                     log::info!("usage index up to date: {} files", svc.read().files.len());
-                    svc.prewarm(shared);
+                    svc.prewarm();
                 }
                 drop(b);
-                svc.save_if_due(shared, true);
+                svc.save_if_due(true);
                 return false;
             }
+            svc.building.store(true, Ordering::Release);
             *b = Build {
                 running: true,
                 files_total: tasks.len(),
@@ -289,19 +319,19 @@ impl Sessions {
             };
         }
         svc.stats.builds.inc();
-        let workers = shared.config().cpu_workers.max(1);
+        let workers = self.h.config.get().cpu_workers.max(1);
         for _ in 0..workers {
-            Sessions::spawn_build_job(shared);
+            self.spawn_build_job();
         }
         true
     }
 
-    fn spawn_build_job(shared: &Arc<Shared>) {
-        let ticket = BuildTicket::new(shared);
+    fn spawn_build_job(self: &Arc<Self>) {
+        let ticket = BuildTicket::new(self);
         let work: Work = Box::new(move |ctx: &JobCtx| ticket.run(ctx));
         // Refused (queue full, draining): the work is dropped, and its ticket with it.
         if let Err(e) = background(
-            shared,
+            &self.h.jobs,
             "usage.build",
             Duration::from_secs(120),
             Some(Duration::from_secs(30)),
@@ -312,7 +342,7 @@ impl Sessions {
     }
 
     /// A build job has ended; the last one finishes (or abandons) the build.
-    fn build_job_done(&self, shared: &Arc<Shared>, cancelled: bool) {
+    fn build_job_done(self: &Arc<Self>, cancelled: bool) {
         let mut b = lock(&self.build);
         b.jobs = b.jobs.saturating_sub(1);
         if cancelled && !b.cancelled {
@@ -323,6 +353,7 @@ impl Sessions {
             return;
         }
         b.running = false;
+        self.building.store(false, Ordering::Release);
         let took = b.started.map_or(Duration::ZERO, |s| s.elapsed());
         let (done, total, bytes, was_cancelled) =
             (b.files_done, b.files_total, b.bytes, b.cancelled);
@@ -347,8 +378,8 @@ impl Sessions {
             bytes as f64 / 1e6,
             took.as_millis()
         );
-        self.prewarm(shared);
-        self.save_if_due(shared, true);
+        self.prewarm();
+        self.save_if_due(true);
     }
 
     /// Drops the per-file results kept for the last range (pressure went up). Returns how
@@ -362,12 +393,11 @@ impl Sessions {
 
     /// Computes the per-file results for the default range (the last 30 days, UTC) in the
     /// background, so the dashboard's first call after a build is already warm.
-    fn prewarm(&self, shared: &Arc<Shared>) {
-        let sh = shared.clone();
+    fn prewarm(self: &Arc<Self>) {
+        let svc = self.clone();
         let work: Work = Box::new(move |ctx: &JobCtx| {
             ctx.check()?;
-            let svc = &sh.sessions;
-            let cfg = sh.config();
+            let cfg = svc.h.config.get();
             let range = query::parse_range(&Value::Null, crate::clock::wall_ms() as i64, 30)?;
             let index = svc.read();
             query::prewarm(
@@ -379,11 +409,17 @@ impl Sessions {
             );
             Ok(Value::Null.into())
         });
-        let _ = background(shared, "usage.prewarm", Duration::from_secs(30), None, work);
+        let _ = background(
+            &self.h.jobs,
+            "usage.prewarm",
+            Duration::from_secs(30),
+            None,
+            work,
+        );
     }
 
     /// Saves the index if it changed (now, or when [`SAVE_EVERY`] has passed).
-    fn save_if_due(&self, shared: &Arc<Shared>, force: bool) {
+    fn save_if_due(self: &Arc<Self>, force: bool) {
         let due = {
             let last = lock(&self.last_save);
             force || last.is_none_or(|t| t.elapsed() >= SAVE_EVERY)
@@ -397,15 +433,15 @@ impl Sessions {
             return;
         }
         /// Clears `saving` when the job ends, or is dropped without running.
-        struct Saving(Arc<Shared>);
+        struct Saving(Arc<Sessions>);
         impl Drop for Saving {
             fn drop(&mut self) {
-                self.0.sessions.saving.store(false, Ordering::Release);
+                self.0.saving.store(false, Ordering::Release);
             }
         }
-        let saving = Saving(shared.clone());
+        let saving = Saving(self.clone());
         let work: Work = Box::new(move |_ctx: &JobCtx| {
-            let svc = &saving.0.sessions;
+            let svc = &saving.0;
             let t0 = Instant::now();
             let saved = svc.read().save(&svc.state_dir);
             match saved {
@@ -426,14 +462,22 @@ impl Sessions {
             }
             Ok(Value::Null.into())
         });
-        if background(shared, "usage.save", Duration::from_secs(60), None, work).is_err() {
+        if background(
+            &self.h.jobs,
+            "usage.save",
+            Duration::from_secs(60),
+            None,
+            work,
+        )
+        .is_err()
+        {
             self.dirty.store(true, Ordering::Release);
         }
     }
 
     /// Brings the index up to date for a query without ever waiting on a build. Returns the
     /// files and bytes this call read itself.
-    fn freshen(&self, shared: &Arc<Shared>, ctx: &JobCtx) -> Result<(u64, u64), RpcError> {
+    fn freshen(self: &Arc<Self>, ctx: &JobCtx) -> Result<(u64, u64), RpcError> {
         // Until the saved index is loaded (and while a build runs) the answer is what is there.
         if !self.loaded.load(Ordering::Acquire) || lock(&self.build).running {
             return Ok((0, 0));
@@ -443,7 +487,7 @@ impl Sessions {
         if bytes > INLINE_BYTES
             || (!self.complete_once.load(Ordering::Acquire) && !tasks.is_empty())
         {
-            Sessions::start_build(shared, Some((tasks, gone)));
+            self.start_build(Some((tasks, gone)));
             return Ok((0, 0));
         }
         self.forget(&gone);
@@ -457,7 +501,7 @@ impl Sessions {
         self.stats.files_read.add(files);
         self.stats.bytes_parsed.add(read);
         if files > 0 {
-            self.save_if_due(shared, false);
+            self.save_if_due(false);
         }
         Ok((files, read))
     }
@@ -497,14 +541,13 @@ impl Sessions {
     /// Runs a usage method: fresh stores, a fresh-enough index, one computation shared by
     /// identical concurrent calls, and one log line saying what it cost.
     pub fn run(
-        &self,
-        shared: &Arc<Shared>,
+        self: &Arc<Self>,
         method: &str,
         params: &Value,
         ctx: &JobCtx,
     ) -> crate::payload::Outcome {
         let key = format!("{method} {params}");
-        let Some(lead) = self.flights.join(&key, ctx.info, shared) else {
+        let Some(lead) = self.flights.join(&key, ctx.info, &self.h.jobs) else {
             self.stats.shared.inc();
             return Ok(Value::Null.into());
         };
@@ -512,7 +555,7 @@ impl Sessions {
         if let Some(d) = self.test_query_delay {
             std::thread::sleep(d);
         }
-        let outcome = self.compute(shared, method, params, ctx);
+        let outcome = self.compute(method, params, ctx);
         let outcome = outcome.map(|(v, line)| {
             log::info!("{method}: {line}, {} ms", t0.elapsed().as_millis());
             v
@@ -526,8 +569,7 @@ impl Sessions {
     }
 
     fn compute(
-        &self,
-        shared: &Arc<Shared>,
+        self: &Arc<Self>,
         method: &str,
         params: &Value,
         ctx: &JobCtx,
@@ -546,14 +588,14 @@ impl Sessions {
             return Ok((v.into(), line));
         }
         let t_refresh = Instant::now();
-        let (files, bytes) = self.freshen(shared, ctx)?;
+        let (files, bytes) = self.freshen(ctx)?;
         let refresh_ms = t_refresh.elapsed().as_secs_f64() * 1000.0;
         ctx.check()?;
         let cache = self.cache_status();
         if cache.status != "fresh" {
             self.stats.queries_partial.inc();
         }
-        let cfg = shared.config();
+        let cfg = self.h.config.get();
         let index = self.read();
         let cx = query::Ctx {
             index: &index,
@@ -563,7 +605,7 @@ impl Sessions {
             cache,
             // Under pressure the per-file results are neither kept nor used (see
             // `shrink_caches`): a query computes what it needs and lets it go.
-            files: (shared.pressure().level < crate::pressure::Level::Elevated)
+            files: (self.h.pressure.level() < crate::pressure::Level::Elevated)
                 .then_some(&self.files),
             prices_version: Arc::as_ptr(&cfg) as usize,
         };
@@ -658,7 +700,7 @@ impl Sessions {
             "keel_usage_index_building",
             "gauge",
             "1 while an index build runs.",
-            u8::from(lock(&self.build).running),
+            u8::from(self.building.load(Ordering::Acquire)),
         );
         family(
             out,
@@ -681,32 +723,64 @@ impl Sessions {
     }
 }
 
+/// Cached usage results are dropped when pressure rises from normal — by a job, since a query
+/// may hold the cache.
+impl Periodic for Arc<Sessions> {
+    fn name(&self) -> &'static str {
+        "sessions"
+    }
+
+    fn tick(&self, _now: Instant, level: crate::pressure::Level) {
+        use crate::pressure::Level;
+        let before = self.last_level.swap(level as u8, Ordering::AcqRel);
+        if before != Level::Normal as u8 || level == Level::Normal {
+            return;
+        }
+        let svc = self.clone();
+        let work: Work = Box::new(move |_ctx: &JobCtx| {
+            let n = svc.shrink_caches();
+            log::info!("pressure: dropped cached usage results of {n} file(s)");
+            Ok(Value::Null.into())
+        });
+        let spec = JobSpec {
+            kind: "usage.shrink".into(),
+            pool: PoolKind::Cpu,
+            lane: Lane::Control,
+            timeout: Duration::from_secs(30),
+            stall_limit: None,
+        };
+        if let Err(e) = self.h.jobs.submit(spec, ReplyTo::Internal, work) {
+            log::debug!("usage: dropping cached results not queued: {e}");
+        }
+    }
+}
+
 /// One build job's share of the build. Every way a job can end — it runs out of files, it is
 /// cancelled, it panics, or it is dropped unrun (refused at admission, or its deadline passed
 /// in the queue) — ends in exactly one [`Sessions::build_job_done`], so a build can never be
 /// left marked running with no job to finish it.
 struct BuildTicket {
-    shared: Arc<Shared>,
+    svc: Arc<Sessions>,
     done: bool,
 }
 
 impl BuildTicket {
-    fn new(shared: &Arc<Shared>) -> BuildTicket {
-        lock(&shared.sessions.build).jobs += 1;
+    fn new(svc: &Arc<Sessions>) -> BuildTicket {
+        lock(&svc.build).jobs += 1;
         BuildTicket {
-            shared: shared.clone(),
+            svc: svc.clone(),
             done: false,
         }
     }
 
     fn finish(mut self, cancelled: bool) {
         self.done = true;
-        self.shared.sessions.build_job_done(&self.shared, cancelled);
+        self.svc.build_job_done(cancelled);
     }
 
     /// Parses pending files for about [`BUILD_SLICE`], then re-queues itself.
     fn run(self, ctx: &JobCtx) -> crate::payload::Outcome {
-        let svc = &self.shared.sessions;
+        let svc = &self.svc;
         let t0 = Instant::now();
         loop {
             if let Err(e) = ctx.check() {
@@ -738,7 +812,7 @@ impl BuildTicket {
             if t0.elapsed() >= BUILD_SLICE && !lock(&svc.build).pending.is_empty() {
                 // Give the worker back: control and interactive work go first. The next job
                 // takes its ticket before this one returns its own.
-                Sessions::spawn_build_job(&self.shared);
+                svc.spawn_build_job();
                 self.finish(false);
                 return Ok(Value::Null.into());
             }
@@ -749,7 +823,7 @@ impl BuildTicket {
 impl Drop for BuildTicket {
     fn drop(&mut self) {
         if !self.done {
-            self.shared.sessions.build_job_done(&self.shared, true);
+            self.svc.build_job_done(true);
         }
     }
 }
@@ -766,7 +840,7 @@ pub struct Flights {
 pub struct Lead<'a> {
     flights: &'a Flights,
     key: String,
-    shared: Arc<Shared>,
+    jobs: Arc<JobSystem>,
     done: bool,
 }
 
@@ -777,7 +851,7 @@ impl Drop for Lead<'_> {
                 Code::Internal,
                 "the shared computation failed",
             ));
-            self.flights.finish(&self.key, &self.shared, &err);
+            self.flights.finish(&self.key, &self.jobs, &err);
         }
     }
 }
@@ -789,7 +863,7 @@ impl Flights {
         &'a self,
         key: &str,
         me: &Arc<JobInfo>,
-        shared: &Arc<Shared>,
+        jobs: &Arc<JobSystem>,
     ) -> Option<Lead<'a>> {
         let mut map = lock(&self.map);
         if let Some(followers) = map.get_mut(key) {
@@ -801,15 +875,15 @@ impl Flights {
         Some(Lead {
             flights: self,
             key: key.to_string(),
-            shared: shared.clone(),
+            jobs: jobs.clone(),
             done: false,
         })
     }
 
-    fn finish(&self, key: &str, shared: &Shared, outcome: &crate::payload::Outcome) {
+    fn finish(&self, key: &str, jobs: &JobSystem, outcome: &crate::payload::Outcome) {
         let followers = lock(&self.map).remove(key).unwrap_or_default();
         for f in followers {
-            shared.jobs.deliver(&f, outcome);
+            jobs.deliver(&f, outcome);
         }
     }
 }
@@ -818,6 +892,6 @@ impl Lead<'_> {
     /// Hands the outcome to every follower.
     fn finish(mut self, outcome: &crate::payload::Outcome) {
         self.done = true;
-        self.flights.finish(&self.key, &self.shared, outcome);
+        self.flights.finish(&self.key, &self.jobs, outcome);
     }
 }
