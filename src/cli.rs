@@ -462,7 +462,7 @@ fn usage_inner(args: &Args, env: Env<'_>) -> Result<String, String> {
         .map_err(|e| format!("cannot read transcripts in {}: {e}", dir.display()))?;
     let stores = Stores::default().refresh(dir);
     let cache = query::CacheStatus {
-        status: "fresh",
+        status: query::IndexState::Fresh,
         files_indexed: index.files.len(),
         files_total: index.files.len(),
     };

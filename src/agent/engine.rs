@@ -3,7 +3,7 @@
 //! transcript — failed, retried and silent ones too — with usage and cost, so the usage index
 //! counts them.
 
-use super::failover;
+use super::failover::{self, Reason};
 use super::provider::{self, ChatMessage, ModelEvent, ProviderError, Role, ToolCall};
 use super::runs::{self, Run, Status};
 use super::tools;
@@ -40,8 +40,33 @@ struct Answer {
 
 /// Why a whole chain failed: each candidate with its reason.
 struct ChainError {
-    reason: &'static str,
+    /// What ended the walk early: a failure no other candidate can fix, our own cancel, or no
+    /// model configured at all. `None` when every candidate failed or was skipped.
+    reason: Option<Reason>,
     message: String,
+}
+
+impl ChainError {
+    /// The code the client gets. Every reason is named, so that a new one needs a decision.
+    fn code(&self) -> Code {
+        match self.reason {
+            Some(Reason::Cancelled) => Code::Cancelled,
+            Some(Reason::ConfigError) => Code::ConfigError,
+            Some(
+                Reason::Auth
+                | Reason::AuthPermanent
+                | Reason::Billing
+                | Reason::RateLimit
+                | Reason::Overloaded
+                | Reason::ServerError
+                | Reason::Timeout
+                | Reason::ModelNotFound
+                | Reason::ContextOverflow
+                | Reason::Format,
+            )
+            | None => Code::Unavailable,
+        }
+    }
 }
 
 fn text_content(text: &str) -> Value {
@@ -105,16 +130,17 @@ fn usage_json(shared: &Shared, c: &ModelRef, u: &provider::Usage) -> Value {
     v
 }
 
-/// `failover` reason name of a provider failure, from the provider's own classification
-/// ([`ProviderError::kind`], which the failover tests check), and a 429's `Retry-After`.
-fn reason(e: &ProviderError) -> (&'static str, Option<Duration>) {
-    if let ProviderError::Net(crate::net::NetError::Cancelled) = e {
-        return ("cancelled", None);
+/// The failover reason of a failed call, and a 429's `Retry-After`. When the run's token has
+/// fired (`cancelled`), the cancel is what cut the call, whatever error that surfaced as;
+/// otherwise the provider's own classification decides ([`ProviderError::kind`], which the
+/// failover tests check).
+fn reason(e: &ProviderError, cancelled: bool) -> (Reason, Option<Duration>) {
+    if cancelled {
+        return (Reason::Cancelled, None);
     }
     match e.kind() {
-        provider::FailureKind::RateLimit { retry_after } => ("rate_limit", retry_after),
-        provider::FailureKind::Other => ("server_error", None),
-        kind => (kind.as_str(), None),
+        provider::FailureKind::RateLimit { retry_after } => (Reason::RateLimit, retry_after),
+        kind => (Reason::of(kind), None),
     }
 }
 
@@ -145,7 +171,7 @@ fn call_chain(
     let chain = cfg.agents.chain(&run.request.session.agent).candidates();
     if chain.is_empty() {
         return Err(ChainError {
-            reason: "config_error",
+            reason: Some(Reason::ConfigError),
             message: format!(
                 "no model is configured for agent {:?} (agents.defaults.model)",
                 run.request.session.agent
@@ -158,7 +184,7 @@ fn call_chain(
             break;
         }
         let now = Instant::now();
-        if let Some((why, until)) = runs::cooldowns(shared).cooling(&c.provider, &c.model, now) {
+        if let Some((why, until)) = runs::cooldowns(shared).cooling(c, now) {
             failures.push(format!(
                 "{c}: cooling down after {why} ({} s left)",
                 until.saturating_duration_since(now).as_secs()
@@ -167,13 +193,14 @@ fn call_chain(
         }
         let Some(p) = cfg.agents.providers.get(&c.provider) else {
             failures.push(format!(
-                "{c}: config_error: provider {:?} is not configured",
+                "{c}: {}: provider {:?} is not configured",
+                Reason::ConfigError,
                 c.provider
             ));
             continue;
         };
         let (Some(api), Ok(base)) = (provider::Api::parse(&p.api), Url::parse(&p.base_url)) else {
-            failures.push(format!("{c}: config_error: bad api or baseUrl"));
+            failures.push(format!("{c}: {}: bad api or baseUrl", Reason::ConfigError));
             continue;
         };
         let deadline = (now + p.timeout).min(ctx.deadline());
@@ -259,21 +286,16 @@ fn call_chain(
                         ModelEvent::Done { stop_reason } => answer.stop_reason = stop_reason,
                     }
                 }
-                runs::cooldowns(shared).record_success(&c.provider, &c.model);
+                runs::cooldowns(shared).record_success(c);
                 return Ok(answer);
             }
             Err(e) => {
-                let (why, retry_after) = reason(&e);
-                if why == "cancelled" || ctx.token().is_cancelled() {
+                let (why, retry_after) = reason(&e, ctx.token().is_cancelled());
+                if why == Reason::Cancelled {
                     break;
                 }
-                let cooldown = runs::cooldowns(shared).record_failure(
-                    &c.provider,
-                    &c.model,
-                    why,
-                    retry_after,
-                    Instant::now(),
-                );
+                let cooldown =
+                    runs::cooldowns(shared).record_failure(c, why, retry_after, Instant::now());
                 let message = e.to_string();
                 log::warn!(
                     "run {}: {c} failed after {} ms: {why}: {message}{}",
@@ -294,14 +316,14 @@ fn call_chain(
                     run,
                     "agent",
                     json!({"stream": "error", "ts": clock::wall_ms(), "data": {
-                        "provider": c.provider, "model": c.model, "reason": why, "message": message,
+                        "provider": c.provider, "model": c.model, "reason": why.as_str(), "message": message,
                         "failover": failover::fails_over(why), "cooldownSeconds": cooldown.map(|d| d.as_secs()),
                     }}),
                 );
                 failures.push(format!("{c}: {why}: {message}"));
                 if !failover::fails_over(why) {
                     return Err(ChainError {
-                        reason: why,
+                        reason: Some(why),
                         message: failures.join("; "),
                     });
                 }
@@ -310,12 +332,12 @@ fn call_chain(
     }
     if ctx.token().is_cancelled() {
         return Err(ChainError {
-            reason: "cancelled",
+            reason: Some(Reason::Cancelled),
             message: "the run was cancelled".into(),
         });
     }
     Err(ChainError {
-        reason: "all_failed",
+        reason: None,
         message: format!("every model failed: {}", failures.join("; ")),
     })
 }
@@ -475,14 +497,8 @@ fn execute_inner(
             tools: &tool_specs,
             text_so_far: &full_text,
         };
-        let answer = call_chain(shared, run, ctx, &mut session, &prompt).map_err(|e| {
-            let code = match e.reason {
-                "cancelled" => Code::Cancelled,
-                "config_error" => Code::ConfigError,
-                _ => Code::Unavailable,
-            };
-            RpcError::new(code, e.message)
-        })?;
+        let answer = call_chain(shared, run, ctx, &mut session, &prompt)
+            .map_err(|e| RpcError::new(e.code(), e.message))?;
         let c = &answer.candidate;
         session
             .append(json!({
@@ -551,4 +567,60 @@ fn assistant_content(a: &Answer) -> Value {
         );
     }
     Value::Array(blocks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::NetError;
+
+    #[test]
+    fn a_cancelled_run_is_cancelled_whatever_the_call_failed_with() {
+        let rate_limited = ProviderError::Http {
+            status: 429,
+            kind: provider::FailureKind::RateLimit {
+                retry_after: Some(Duration::from_secs(7)),
+            },
+            message: String::new(),
+        };
+        let net = ProviderError::Net;
+        // (error, the run's token has fired, reason)
+        let cases = [
+            (net(NetError::Cancelled), true, Reason::Cancelled),
+            (net(NetError::Reset), true, Reason::Cancelled),
+            (rate_limited.clone(), true, Reason::Cancelled),
+            (net(NetError::Reset), false, Reason::ServerError),
+            (net(NetError::TooLarge), false, Reason::ServerError),
+            (net(NetError::Stalled), false, Reason::Timeout),
+            (rate_limited.clone(), false, Reason::RateLimit),
+        ];
+        for (e, cancelled, want) in &cases {
+            assert_eq!(reason(e, *cancelled).0, *want, "{e}");
+        }
+        assert_eq!(
+            reason(&rate_limited, false).1,
+            Some(Duration::from_secs(7)),
+            "a 429's Retry-After is kept"
+        );
+    }
+
+    #[test]
+    fn a_chain_error_maps_to_the_code_clients_see() {
+        let code = |reason| {
+            ChainError {
+                reason,
+                message: String::new(),
+            }
+            .code()
+        };
+        for r in Reason::ALL {
+            let want = match r {
+                Reason::Cancelled => Code::Cancelled,
+                Reason::ConfigError => Code::ConfigError,
+                _ => Code::Unavailable,
+            };
+            assert_eq!(code(Some(r)), want, "{r}");
+        }
+        assert_eq!(code(None), Code::Unavailable, "every candidate failed");
+    }
 }

@@ -12,8 +12,10 @@
 //!   one `Done`; nothing is emitted after `Done`. A stream that ends without the provider's end
 //!   marker is an error, never a silent short answer.
 //! - [`classify_status`] is the single place that turns an HTTP failure into a
-//!   [`FailureKind`]; failover decides on the kind alone. Only a bounded prefix (64 KiB) of an
-//!   error body is read, and only a short message from it is kept.
+//!   [`FailureKind`]; failover decides on the kind alone (as a
+//!   [`Reason`](crate::agent::failover::Reason)), apart from our own cancel, which the run's
+//!   token tells. Only a bounded prefix (64 KiB) of an error body is read, and only a short
+//!   message from it is kept.
 
 use crate::cancel::CancelToken;
 use crate::net::sse::{SseEvent, SseParser};
@@ -171,25 +173,21 @@ pub enum FailureKind {
     Format,
     /// Keel's configuration is wrong (base URL, TLS): no retry will help.
     ConfigError,
-    /// Anything else, including our own cancellation (not a failover reason).
+    /// Anything else: a status with no rule here, an answer too large to read, a transfer cut
+    /// by our own cancel. Failover ([`Reason::of`](crate::agent::failover::Reason::of)) counts
+    /// it as a server error; a cancel is told apart before that, from the run's token, which
+    /// is what cut the transfer.
     Other,
 }
 
 impl FailureKind {
+    /// The kind's name in messages: failover's name for it
+    /// ([`Reason::as_str`](crate::agent::failover::Reason::as_str), what clients see as
+    /// `reason`), except for `other`, which failover counts as `server_error`.
     pub fn as_str(self) -> &'static str {
         match self {
-            FailureKind::Auth => "auth",
-            FailureKind::AuthPermanent => "auth_permanent",
-            FailureKind::Billing => "billing",
-            FailureKind::RateLimit { .. } => "rate_limit",
-            FailureKind::Overloaded => "overloaded",
-            FailureKind::ServerError => "server_error",
-            FailureKind::Timeout => "timeout",
-            FailureKind::ModelNotFound => "model_not_found",
-            FailureKind::ContextOverflow => "context_overflow",
-            FailureKind::Format => "format",
-            FailureKind::ConfigError => "config_error",
             FailureKind::Other => "other",
+            kind => crate::agent::failover::Reason::of(kind).as_str(),
         }
     }
 }
@@ -981,8 +979,8 @@ fn http_date_secs(v: &str) -> Option<u64> {
 }
 
 /// Transport failures as failover sees them: our limits are timeouts, a broken connection is
-/// the server's trouble, a TLS or URL problem is configuration, and our own cancel is no
-/// reason to try elsewhere.
+/// the server's trouble, a TLS or URL problem is configuration. Our own cancel is `Other`
+/// here: whether a run was cancelled is the run's token to say, not the transfer's.
 pub fn classify_net(e: &NetError) -> FailureKind {
     match e {
         NetError::Stalled | NetError::Deadline | NetError::ConnectTimeout => FailureKind::Timeout,

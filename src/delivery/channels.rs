@@ -3,8 +3,9 @@
 //!
 //! Configured under OpenClaw's `channels.<channel>` keys ([`parse_channels`]); every channel
 //! takes a `baseUrl` override so self-hosted relays (and the loopback fakes of the tests) can
-//! stand in for the real API. Supported: `telegram`, `slack`, `discord`, `feishu`,
-//! `openclaw-weixin` and `webhook`.
+//! stand in for the real API. Supported ([`Kind`]): `telegram`, `slack`, `discord`, `feishu`,
+//! `openclaw-weixin` and `webhook`. A channel's [`Credentials`] have one shape per kind, and
+//! their variant is the kind a send dispatches on.
 //!
 //! Invariants:
 //! - One [`send`] is one attempt: it never retries on its own (the queue does, with backoff),
@@ -16,9 +17,9 @@
 //!   transient: delivery is at least once, so a possible duplicate beats a lost message.
 //! - At most [`ANSWER_LIMIT`] bytes of any answer are read, and only a short message
 //!   ([`MESSAGE_LIMIT`]) from it is kept.
-//! - Credentials never appear in `Debug` output or error messages: [`ChannelConfig`]'s `Debug`
-//!   redacts them, and every [`SendError`] message is scrubbed of the configured secrets (the
-//!   Telegram token travels in the URL path, which no `NetError` echoes).
+//! - Credentials never appear in `Debug` output or error messages: [`Credentials`]' `Debug`
+//!   names only their keys, and every [`SendError`] message is scrubbed of the configured
+//!   secrets (the Telegram token travels in the URL path, which no `NetError` echoes).
 //! - The idempotency key goes wherever the channel can deduplicate on it: Feishu's `uuid`,
 //!   Discord's `nonce` (with `enforce_nonce`), the weixin relay's and the webhook's
 //!   `idempotencyKey`. Telegram and Slack have no such field, so a retry after a lost answer
@@ -66,18 +67,30 @@ const FEISHU_RATE_LIMITED: &[i64] = &[99991400, 230020];
 /// its life, when that is shorter).
 const FEISHU_TOKEN_MARGIN: Duration = Duration::from_secs(300);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+/// A kind of channel keel can send to; [`CHANNELS`] names them in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
     Telegram,
     Slack,
     Discord,
     Feishu,
+    /// `openclaw-weixin`: OpenClaw's WeChat relay.
     Weixin,
     Webhook,
 }
 
 impl Kind {
-    fn parse(s: &str) -> Option<Kind> {
+    pub const ALL: [Kind; 6] = [
+        Kind::Telegram,
+        Kind::Slack,
+        Kind::Discord,
+        Kind::Feishu,
+        Kind::Weixin,
+        Kind::Webhook,
+    ];
+
+    /// The kind a config key or route names, if keel supports it.
+    pub fn parse(s: &str) -> Option<Kind> {
         match s {
             "telegram" => Some(Kind::Telegram),
             "slack" => Some(Kind::Slack),
@@ -89,7 +102,8 @@ impl Kind {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    /// The name OpenClaw's config and routes use.
+    pub fn as_str(self) -> &'static str {
         match self {
             Kind::Telegram => "telegram",
             Kind::Slack => "slack",
@@ -111,8 +125,8 @@ impl Kind {
         }
     }
 
-    /// The config keys that hold credentials (resolved, kept in [`ChannelConfig::credentials`]
-    /// and redacted everywhere).
+    /// The config keys that hold credentials (resolved into [`Credentials`] and redacted
+    /// everywhere).
     fn credential_keys(self) -> &'static [&'static str] {
         match self {
             Kind::Telegram | Kind::Slack => &["botToken"],
@@ -123,16 +137,130 @@ impl Kind {
     }
 }
 
+/// A channel's resolved credentials, in the shape its kind needs; the variant is the kind.
+/// Never printed: `Debug` shows only which config keys are set.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// `botToken`.
+    Telegram {
+        bot_token: String,
+    },
+    /// `botToken`.
+    Slack {
+        bot_token: String,
+    },
+    /// `token`, the bot token, with or without its `Bot ` prefix.
+    Discord {
+        token: String,
+    },
+    Feishu(FeishuAuth),
+    /// `token`, the relay's.
+    Weixin {
+        token: String,
+    },
+    /// `secret`, which signs each body; unsigned without one.
+    Webhook {
+        secret: Option<String>,
+    },
+}
+
+/// How keel gets a Feishu tenant token.
+#[derive(Clone, PartialEq, Eq)]
+pub enum FeishuAuth {
+    /// `tenantAccessToken`: used as is, never refreshed.
+    Tenant(String),
+    /// `appId` and `appSecret`: a tenant token is fetched with them and cached.
+    App { app_id: String, app_secret: String },
+}
+
+impl Credentials {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Credentials::Telegram { .. } => Kind::Telegram,
+            Credentials::Slack { .. } => Kind::Slack,
+            Credentials::Discord { .. } => Kind::Discord,
+            Credentials::Feishu(_) => Kind::Feishu,
+            Credentials::Weixin { .. } => Kind::Weixin,
+            Credentials::Webhook { .. } => Kind::Webhook,
+        }
+    }
+
+    /// Builds a kind's credentials from the values resolved for its config keys; `None` when a
+    /// required one is missing (reported as an issue by then).
+    fn from_resolved(kind: Kind, mut resolved: BTreeMap<&str, String>) -> Option<Credentials> {
+        let mut take = |key| resolved.remove(key);
+        Some(match kind {
+            Kind::Telegram => Credentials::Telegram {
+                bot_token: take("botToken")?,
+            },
+            Kind::Slack => Credentials::Slack {
+                bot_token: take("botToken")?,
+            },
+            Kind::Discord => Credentials::Discord {
+                token: take("token")?,
+            },
+            Kind::Feishu => Credentials::Feishu(match take("tenantAccessToken") {
+                Some(token) => FeishuAuth::Tenant(token),
+                None => FeishuAuth::App {
+                    app_id: take("appId")?,
+                    app_secret: take("appSecret")?,
+                },
+            }),
+            Kind::Weixin => Credentials::Weixin {
+                token: take("token")?,
+            },
+            Kind::Webhook => Credentials::Webhook {
+                secret: take("secret"),
+            },
+        })
+    }
+
+    /// Each credential with its config key.
+    fn entries(&self) -> Vec<(&'static str, &str)> {
+        match self {
+            Credentials::Telegram { bot_token } | Credentials::Slack { bot_token } => {
+                vec![("botToken", bot_token)]
+            }
+            Credentials::Discord { token } | Credentials::Weixin { token } => {
+                vec![("token", token)]
+            }
+            Credentials::Feishu(FeishuAuth::Tenant(token)) => vec![("tenantAccessToken", token)],
+            Credentials::Feishu(FeishuAuth::App { app_id, app_secret }) => {
+                vec![("appId", app_id), ("appSecret", app_secret)]
+            }
+            Credentials::Webhook { secret } => secret.iter().map(|s| ("secret", &**s)).collect(),
+        }
+    }
+
+    /// The config key of a required credential that is empty. A parsed config never has one
+    /// (an empty value counts as missing there); one built by hand may.
+    fn empty(&self) -> Option<&'static str> {
+        match self {
+            Credentials::Webhook { .. } => None,
+            _ => self
+                .entries()
+                .into_iter()
+                .find_map(|(key, v)| v.is_empty().then_some(key)),
+        }
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.entries().into_iter().map(|(k, _)| (k, "<redacted>")))
+            .finish()
+    }
+}
+
 /// One configured channel.
 #[derive(Clone)]
 pub struct ChannelConfig {
-    /// The channel's name, one of [`CHANNELS`].
-    pub channel: String,
     /// The API's base URL without a trailing `/` (for `webhook`, the URL posted to).
     pub base_url: String,
-    /// Resolved credentials by their config key (`botToken`, `token`, `appId`, `appSecret`,
-    /// `tenantAccessToken`, `secret`), always strings. Never printed.
-    pub credentials: Map<String, Value>,
+    /// What the channel authenticates with; its variant is the channel's [`Kind`] (kept only
+    /// there, so the two cannot disagree). Never printed.
+    pub credentials: Credentials,
     /// Feishu's tenant token fetched from `appId`/`appSecret`, shared by clones so that every
     /// worker reuses it until shortly before it expires.
     feishu_token: Arc<Mutex<Option<CachedToken>>>,
@@ -146,24 +274,16 @@ struct CachedToken {
 
 impl ChannelConfig {
     /// A config built by hand (tests, other config sources); `base_url` is used as given.
-    pub fn new(
-        channel: impl Into<String>,
-        base_url: impl Into<String>,
-        credentials: Map<String, Value>,
-    ) -> ChannelConfig {
+    pub fn new(base_url: impl Into<String>, credentials: Credentials) -> ChannelConfig {
         ChannelConfig {
-            channel: channel.into(),
             base_url: base_url.into(),
             credentials,
             feishu_token: Arc::default(),
         }
     }
 
-    fn secret(&self, key: &str) -> Option<&str> {
-        self.credentials
-            .get(key)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
+    pub fn kind(&self) -> Kind {
+        self.credentials.kind()
     }
 
     /// Replaces every configured secret in `msg`, so nothing an API echoes back leaks one.
@@ -172,7 +292,7 @@ impl ChannelConfig {
         let mut msg = msg;
         // A webhook's URL path is as secret as its credentials (see the Debug impl): the
         // whole path, and each long segment of it on its own.
-        let path = (self.channel == "webhook")
+        let path = (self.kind() == Kind::Webhook)
             .then(|| Url::parse(&self.base_url).ok())
             .flatten()
             .map(|u| u.path_and_query().to_string())
@@ -184,7 +304,7 @@ impl ChannelConfig {
                 .collect::<Vec<_>>()
         });
         let url_parts: Vec<String> = path.iter().cloned().chain(segments).collect();
-        let secrets = self.credentials.values().filter_map(Value::as_str);
+        let secrets = self.credentials.entries().into_iter().map(|(_, v)| v);
         let url_parts = url_parts.iter().map(String::as_str);
         for s in secrets.chain(fetched.as_deref()).chain(url_parts) {
             if s.len() >= 4 && msg.contains(s) {
@@ -197,14 +317,9 @@ impl ChannelConfig {
 
 impl fmt::Debug for ChannelConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let credentials: BTreeMap<&str, &str> = self
-            .credentials
-            .keys()
-            .map(|k| (k.as_str(), "<redacted>"))
-            .collect();
         // A webhook URL often carries its own secret in the path (as Slack's and Discord's
         // incoming webhooks do), so only its origin is shown.
-        let base_url = if self.channel == "webhook" {
+        let base_url = if self.kind() == Kind::Webhook {
             match Url::parse(&self.base_url) {
                 Ok(u) if u.path_and_query() != "/" => {
                     format!("{}://{}/<redacted>", u.scheme().as_str(), u.authority())
@@ -216,9 +331,9 @@ impl fmt::Debug for ChannelConfig {
             self.base_url.clone()
         };
         f.debug_struct("ChannelConfig")
-            .field("channel", &self.channel)
+            .field("channel", &self.kind().as_str())
             .field("base_url", &base_url)
-            .field("credentials", &credentials)
+            .field("credentials", &self.credentials)
             .finish_non_exhaustive()
     }
 }
@@ -315,20 +430,20 @@ fn parse_one(
             None
         }
     };
-    let mut credentials = Map::new();
+    let mut resolved = BTreeMap::new();
     for key in kind.credential_keys() {
         let at = format!("{path}.{key}");
         match c.get(*key) {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) => {
                 if let Some(v) = resolve_secret(s, &at, issues) {
-                    credentials.insert(key.to_string(), Value::String(v));
+                    resolved.insert(*key, v);
                 }
             }
             Some(_) => issues.push((at, "expected a string".to_string())),
         }
     }
-    let has = |k: &str| credentials.contains_key(k);
+    let has = |k: &str| resolved.contains_key(k);
     let missing: Vec<&str> = match kind {
         Kind::Telegram | Kind::Slack if !has("botToken") => vec!["botToken"],
         Kind::Discord | Kind::Weixin if !has("token") => vec!["token"],
@@ -353,7 +468,7 @@ fn parse_one(
         }
     }
     if kind == Kind::Telegram
-        && let Some(t) = credentials.get("botToken").and_then(Value::as_str)
+        && let Some(t) = resolved.get("botToken")
         && !t
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-'))
@@ -369,7 +484,8 @@ fn parse_one(
     if issues.len() > before {
         return None;
     }
-    Some(ChannelConfig::new(kind.as_str(), base_url?, credentials))
+    let creds = Credentials::from_resolved(kind, resolved)?;
+    Some(ChannelConfig::new(base_url?, creds))
 }
 
 /// Checks a configured URL: it must parse, and plain http carries a bearer token only to this
@@ -581,13 +697,8 @@ pub fn send(
     limits: &Limits,
     cancel: &CancelToken,
 ) -> Result<Sent, SendError> {
-    let Some(kind) = Kind::parse(&cfg.channel) else {
-        return Err(SendError::permanent(format!(
-            "channel {:?} is not supported",
-            shown(&cfg.channel)
-        )));
-    };
-    if route.channel != cfg.channel {
+    let kind = cfg.kind();
+    if route.channel != kind.as_str() {
         return Err(SendError::permanent(format!(
             "channel {}: the route is for channel {:?}",
             kind.as_str(),
@@ -597,19 +708,29 @@ pub fn send(
     if let Some(why) = address_problem(kind, &route.to) {
         return Err(SendError::permanent(why));
     }
+    if let Some(key) = cfg.credentials.empty() {
+        return Err(SendError::permanent(format!(
+            "channel {}: no {key} is configured",
+            kind.as_str()
+        )));
+    }
     let call = Call {
         cfg,
         kind,
         limits,
         cancel,
     };
-    let result = match kind {
-        Kind::Telegram => telegram(&call, route, text),
-        Kind::Slack => slack(&call, route, text),
-        Kind::Discord => discord(&call, route, text, idempotency_key),
-        Kind::Feishu => feishu(&call, route, text, idempotency_key),
-        Kind::Weixin => weixin(&call, route, text, idempotency_key),
-        Kind::Webhook => webhook(&call, route, text, idempotency_key),
+    let key = idempotency_key;
+    let result = match &cfg.credentials {
+        Credentials::Telegram { bot_token } => telegram(&call, bot_token, route, text),
+        Credentials::Slack { bot_token } => slack(&call, bot_token, route, text),
+        Credentials::Discord { token } => discord(&call, token, route, text, key),
+        Credentials::Feishu(auth) => feishu(&call, auth, route, text, key),
+        Credentials::Weixin { token } => weixin(&call, token, route, text, key),
+        Credentials::Webhook { secret } => {
+            let secret = secret.as_deref().filter(|s| !s.is_empty());
+            webhook(&call, secret, route, text, key)
+        }
     };
     result.map_err(|e| SendError {
         message: cfg.scrub(e.message),
@@ -780,11 +901,7 @@ fn segment(s: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Telegram: POST {base}/bot{token}/sendMessage
 
-fn telegram(call: &Call, route: &Route, text: &str) -> Result<Sent, SendError> {
-    let token = call
-        .cfg
-        .secret("botToken")
-        .ok_or_else(|| missing(call, "botToken"))?;
+fn telegram(call: &Call, token: &str, route: &Route, text: &str) -> Result<Sent, SendError> {
     let chat_id = match route.to.parse::<i64>() {
         Ok(n) => json!(n),
         Err(_) => json!(route.to),
@@ -835,21 +952,10 @@ fn telegram(call: &Call, route: &Route, text: &str) -> Result<Sent, SendError> {
     }
 }
 
-fn missing(call: &Call, key: &str) -> SendError {
-    SendError::permanent(format!(
-        "channel {}: no {key} is configured",
-        call.kind.as_str()
-    ))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Slack: POST {base}/chat.postMessage
 
-fn slack(call: &Call, route: &Route, text: &str) -> Result<Sent, SendError> {
-    let token = call
-        .cfg
-        .secret("botToken")
-        .ok_or_else(|| missing(call, "botToken"))?;
+fn slack(call: &Call, token: &str, route: &Route, text: &str) -> Result<Sent, SendError> {
     let mut body = json!({"channel": route.to, "text": text});
     if let Some(ts) = &route.thread_id {
         body["thread_ts"] = json!(ts);
@@ -894,11 +1000,13 @@ fn slack(call: &Call, route: &Route, text: &str) -> Result<Sent, SendError> {
 // ---------------------------------------------------------------------------------------------
 // Discord: POST {base}/channels/{id}/messages
 
-fn discord(call: &Call, route: &Route, text: &str, key: &str) -> Result<Sent, SendError> {
-    let token = call
-        .cfg
-        .secret("token")
-        .ok_or_else(|| missing(call, "token"))?;
+fn discord(
+    call: &Call,
+    token: &str,
+    route: &Route,
+    text: &str,
+    key: &str,
+) -> Result<Sent, SendError> {
     let token = token.strip_prefix("Bot ").unwrap_or(token);
     // A Discord thread is a channel of its own: a reply in a thread goes to the thread's id.
     let target = match &route.thread_id {
@@ -1034,7 +1142,13 @@ fn split_units(text: &str, max: usize) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // Feishu: POST {base}/open-apis/im/v1/messages?receive_id_type=...
 
-fn feishu(call: &Call, route: &Route, text: &str, key: &str) -> Result<Sent, SendError> {
+fn feishu(
+    call: &Call,
+    auth: &FeishuAuth,
+    route: &Route,
+    text: &str,
+    key: &str,
+) -> Result<Sent, SendError> {
     let id_type = feishu_id_type(&route.to).unwrap_or("open_id");
     let url = call.base()?.join(&format!(
         "/open-apis/im/v1/messages?receive_id_type={id_type}"
@@ -1054,7 +1168,7 @@ fn feishu(call: &Call, route: &Route, text: &str, key: &str) -> Result<Sent, Sen
     }
     let mut refreshed = false;
     loop {
-        let (token, fetched) = feishu_token(call)?;
+        let (token, fetched) = feishu_token(call, auth)?;
         let req = call
             .post_json(url.clone(), &body)
             .header("Authorization", &format!("Bearer {token}"));
@@ -1102,24 +1216,17 @@ fn feishu(call: &Call, route: &Route, text: &str, key: &str) -> Result<Sent, Sen
 }
 
 /// The tenant token to use and whether it was fetched (and so may be refreshed).
-fn feishu_token(call: &Call) -> Result<(String, bool), SendError> {
-    if let Some(t) = call.cfg.secret("tenantAccessToken") {
-        return Ok((t.to_string(), false));
-    }
+fn feishu_token(call: &Call, auth: &FeishuAuth) -> Result<(String, bool), SendError> {
+    let (app_id, app_secret) = match auth {
+        FeishuAuth::Tenant(t) => return Ok((t.clone(), false)),
+        FeishuAuth::App { app_id, app_secret } => (app_id, app_secret),
+    };
     let now = Instant::now();
     if let Some(c) = lock(&call.cfg.feishu_token).as_ref()
         && now < c.refresh_at
     {
         return Ok((c.token.clone(), true));
     }
-    let app_id = call
-        .cfg
-        .secret("appId")
-        .ok_or_else(|| missing(call, "appId"))?;
-    let app_secret = call
-        .cfg
-        .secret("appSecret")
-        .ok_or_else(|| missing(call, "appSecret"))?;
     // Not held across the fetch: two workers that both find the token stale both fetch, which
     // Feishu allows (the previous token stays valid meanwhile).
     let url = call
@@ -1165,11 +1272,13 @@ fn feishu_token(call: &Call) -> Result<(String, bool), SendError> {
 // ---------------------------------------------------------------------------------------------
 // openclaw-weixin: POST {base}/send
 
-fn weixin(call: &Call, route: &Route, text: &str, key: &str) -> Result<Sent, SendError> {
-    let token = call
-        .cfg
-        .secret("token")
-        .ok_or_else(|| missing(call, "token"))?;
+fn weixin(
+    call: &Call,
+    token: &str,
+    route: &Route,
+    text: &str,
+    key: &str,
+) -> Result<Sent, SendError> {
     let body = json!({"to": route.to, "text": text, "idempotencyKey": key});
     let req = call
         .post_json(call.base()?.join("/send"), &body)
@@ -1204,7 +1313,13 @@ pub fn webhook_signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
     format!("sha256={}", hex(&mac))
 }
 
-fn webhook(call: &Call, route: &Route, text: &str, key: &str) -> Result<Sent, SendError> {
+fn webhook(
+    call: &Call,
+    secret: Option<&str>,
+    route: &Route,
+    text: &str,
+    key: &str,
+) -> Result<Sent, SendError> {
     let ts_ms = clock::wall_ms();
     let mut body = json!({
         "channel": "webhook",
@@ -1223,7 +1338,7 @@ fn webhook(call: &Call, route: &Route, text: &str, key: &str) -> Result<Sent, Se
     let mut req = call
         .post_json(call.base()?, &body)
         .header("X-Keel-Timestamp", &timestamp);
-    if let Some(secret) = call.cfg.secret("secret") {
+    if let Some(secret) = secret {
         let sig = webhook_signature(secret, &timestamp, &req.body);
         req = req.header("X-Keel-Signature", &sig);
     }
@@ -1473,13 +1588,6 @@ mod tests {
         }
     }
 
-    fn creds(pairs: &[(&str, &str)]) -> Map<String, Value> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), json!(v)))
-            .collect()
-    }
-
     fn limits() -> Limits {
         Limits::from_now(
             Duration::from_secs(5),
@@ -1659,6 +1767,88 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_is_named_once() {
+        assert_eq!(Kind::ALL.map(Kind::as_str), CHANNELS);
+        for kind in Kind::ALL {
+            assert_eq!(Kind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(Kind::parse("weixin"), None, "only as OpenClaw names it");
+    }
+
+    #[test]
+    fn parsed_credentials_take_their_kind_s_shape() {
+        let (cfgs, issues) = parse_channels(&json!({
+            "telegram": {"botToken": "1:a"},
+            "slack": {"botToken": "xoxb-1"},
+            "discord": {"token": "Bot d"},
+            "feishu": {"appId": "cli_1", "appSecret": "sec", "tenantAccessToken": "t-1"},
+            "openclaw-weixin": {"token": "w", "baseUrl": "https://relay.example"},
+            "webhook": {"url": "https://hooks.example/h"},
+        }));
+        assert!(issues.is_empty(), "{issues:?}");
+        let s = |v: &str| v.to_string();
+        let want = [
+            ("discord", Credentials::Discord { token: s("Bot d") }),
+            ("feishu", Credentials::Feishu(FeishuAuth::Tenant(s("t-1")))),
+            ("openclaw-weixin", Credentials::Weixin { token: s("w") }),
+            (
+                "slack",
+                Credentials::Slack {
+                    bot_token: s("xoxb-1"),
+                },
+            ),
+            (
+                "telegram",
+                Credentials::Telegram {
+                    bot_token: s("1:a"),
+                },
+            ),
+            ("webhook", Credentials::Webhook { secret: None }),
+        ];
+        assert_eq!(cfgs.len(), want.len());
+        for (name, creds) in want {
+            assert_eq!(cfgs[name].credentials, creds, "{name}");
+            assert_eq!(cfgs[name].kind().as_str(), name);
+        }
+        let (cfgs, _) = parse_channels(&json!({
+            "feishu": {"appId": "cli_1", "appSecret": "sec"},
+            "webhook": {"url": "https://hooks.example/h", "secret": "whsec"},
+        }));
+        assert_eq!(
+            cfgs["feishu"].credentials,
+            Credentials::Feishu(FeishuAuth::App {
+                app_id: s("cli_1"),
+                app_secret: s("sec")
+            })
+        );
+        assert_eq!(
+            cfgs["webhook"].credentials,
+            Credentials::Webhook {
+                secret: Some(s("whsec"))
+            }
+        );
+        assert_eq!(
+            format!("{:?}", cfgs["feishu"].credentials),
+            r#"{"appId": "<redacted>", "appSecret": "<redacted>"}"#
+        );
+    }
+
+    #[test]
+    fn a_hand_built_config_with_an_empty_token_is_refused() {
+        let cfg = ChannelConfig::new(
+            "http://127.0.0.1:9",
+            Credentials::Telegram {
+                bot_token: String::new(),
+            },
+        );
+        let r = run(&cfg, Route::new("telegram", "42"), "hi", "k");
+        assert_eq!(
+            assert_class(&r, ErrorClass::Permanent).message,
+            "channel telegram: no botToken is configured"
+        );
+    }
+
+    #[test]
     fn secrets_stay_out_of_debug_and_errors() {
         let (cfgs, _) = parse_channels(&json!({
             "telegram": {"botToken": "123:SEKRET_tg"},
@@ -1679,9 +1869,10 @@ mod tests {
             )
         });
         let cfg = ChannelConfig::new(
-            "telegram",
             fake.url(),
-            creds(&[("botToken", "123:SEKRET_tg")]),
+            Credentials::Telegram {
+                bot_token: "123:SEKRET_tg".into(),
+            },
         );
         let r = run(&cfg, Route::new("telegram", "42"), "hi", "k");
         let e = assert_class(&r, ErrorClass::Permanent);
@@ -1714,7 +1905,12 @@ mod tests {
                 ),
             }
         });
-        let cfg = ChannelConfig::new("telegram", fake.url(), creds(&[("botToken", "123:abc")]));
+        let cfg = ChannelConfig::new(
+            fake.url(),
+            Credentials::Telegram {
+                bot_token: "123:abc".into(),
+            },
+        );
         let mut route = Route::new("telegram", "42");
         route.thread_id = Some("9".into());
         let sent = run(&cfg, route, "hello", "k1").unwrap();
@@ -1789,9 +1985,10 @@ mod tests {
             },
         });
         let cfg = ChannelConfig::new(
-            "slack",
             format!("{}/api", fake.url()),
-            creds(&[("botToken", "xoxb-1")]),
+            Credentials::Slack {
+                bot_token: "xoxb-1".into(),
+            },
         );
         let mut route = Route::new("slack", "C00000001");
         route.thread_id = Some("1699999999.000200".into());
@@ -1858,7 +2055,12 @@ mod tests {
                 )
             }
         });
-        let cfg = ChannelConfig::new("discord", fake.url(), creds(&[("token", "Bot tok.en")]));
+        let cfg = ChannelConfig::new(
+            fake.url(),
+            Credentials::Discord {
+                token: "Bot tok.en".into(),
+            },
+        );
         let sent = run(
             &cfg,
             Route::new("discord", "123456789012345678"),
@@ -1992,9 +2194,8 @@ mod tests {
             _ => reply(500, json!({"code": 1, "msg": "internal"})),
         });
         let cfg = ChannelConfig::new(
-            "feishu",
             fake.url(),
-            creds(&[("tenantAccessToken", "t-static")]),
+            Credentials::Feishu(FeishuAuth::Tenant("t-static".into())),
         );
         let sent = run(
             &cfg,
@@ -2081,9 +2282,11 @@ mod tests {
             }
         });
         let cfg = ChannelConfig::new(
-            "feishu",
             fake.url(),
-            creds(&[("appId", "cli_1"), ("appSecret", "sec")]),
+            Credentials::Feishu(FeishuAuth::App {
+                app_id: "cli_1".into(),
+                app_secret: "sec".into(),
+            }),
         );
         let a = run(&cfg, Route::new("feishu", "ou_0000000001"), "x", "k").unwrap();
         let b = run(
@@ -2107,9 +2310,11 @@ mod tests {
         assert_eq!(fetches.load(Ordering::SeqCst), 2);
 
         let wrong = ChannelConfig::new(
-            "feishu",
             fake.url(),
-            creds(&[("appId", "cli_1"), ("appSecret", "nope")]),
+            Credentials::Feishu(FeishuAuth::App {
+                app_id: "cli_1".into(),
+                app_secret: "nope".into(),
+            }),
         );
         let r = run(&wrong, Route::new("feishu", "ou_0000000001"), "x", "k");
         let e = assert_class(&r, ErrorClass::Permanent);
@@ -2122,9 +2327,11 @@ mod tests {
     #[test]
     fn feishu_token_expiry_is_honoured() {
         let cfg = ChannelConfig::new(
-            "feishu",
             "http://127.0.0.1:9",
-            creds(&[("appId", "a"), ("appSecret", "b")]),
+            Credentials::Feishu(FeishuAuth::App {
+                app_id: "a".into(),
+                app_secret: "b".into(),
+            }),
         );
         *lock(&cfg.feishu_token) = Some(CachedToken {
             token: "t-old".into(),
@@ -2168,9 +2375,10 @@ mod tests {
             _ => reply(500, json!({"error": "relay down"})),
         });
         let cfg = ChannelConfig::new(
-            "openclaw-weixin",
             format!("{}/relay/", fake.url()).trim_end_matches('/'),
-            creds(&[("token", "wx-t")]),
+            Credentials::Weixin {
+                token: "wx-t".into(),
+            },
         );
         let sent = run(
             &cfg,
@@ -2230,9 +2438,10 @@ mod tests {
             _ => reply(503, json!({})),
         });
         let cfg = ChannelConfig::new(
-            "webhook",
             format!("{}/hook?x=1", fake.url()),
-            creds(&[("secret", "whsec")]),
+            Credentials::Webhook {
+                secret: Some("whsec".into()),
+            },
         );
         let mut route = Route::new("webhook", "ok");
         route.account_id = Some("acct".into());
@@ -2291,7 +2500,7 @@ mod tests {
         );
 
         // No secret: no signature.
-        let unsigned = ChannelConfig::new("webhook", fake.url(), Map::new());
+        let unsigned = ChannelConfig::new(fake.url(), Credentials::Webhook { secret: None });
         let _ = fake.count();
         run(&unsigned, Route::new("webhook", "ok"), "x", "").unwrap();
         let seen = fake.next();
@@ -2305,7 +2514,7 @@ mod tests {
     fn transport_failures_are_transient() {
         // A server that never answers: the stall limit ends the call.
         let fake = Fake::start(|_| Reply::Silent);
-        let cfg = ChannelConfig::new("openclaw-weixin", fake.url(), creds(&[("token", "t")]));
+        let cfg = ChannelConfig::new(fake.url(), Credentials::Weixin { token: "t".into() });
         let quick = Limits::from_now(
             Duration::from_secs(5),
             Duration::from_secs(2),
@@ -2357,9 +2566,10 @@ mod tests {
             .unwrap()
             .port();
         let refused = ChannelConfig::new(
-            "telegram",
             format!("http://127.0.0.1:{port}"),
-            creds(&[("botToken", "1:a")]),
+            Credentials::Telegram {
+                bot_token: "1:a".into(),
+            },
         );
         assert_class(
             &run(&refused, Route::new("telegram", "1"), "x", "k"),
@@ -2370,7 +2580,7 @@ mod tests {
         // returns at once rather than at the 2 s stall limit. A fake of its own, so the
         // request it reports is this one.
         let waiting = Fake::start(|_| Reply::Silent);
-        let cfg = ChannelConfig::new("openclaw-weixin", waiting.url(), creds(&[("token", "t")]));
+        let cfg = ChannelConfig::new(waiting.url(), Credentials::Weixin { token: "t".into() });
         let token = CancelToken::new();
         let t2 = token.clone();
         let canceller = thread::spawn(move || {

@@ -31,6 +31,7 @@ use crate::pressure::PressureCell;
 use crate::protocol::reply::ReplyTo;
 use crate::sync::{lock, read, write};
 use index::{Index, ParseError, Task};
+use query::IndexState;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -212,11 +213,11 @@ impl Sessions {
             0
         };
         let status = if !self.complete_once.load(Ordering::Acquire) {
-            "partial"
+            IndexState::Partial
         } else if b.running {
-            "refreshing"
+            IndexState::Refreshing
         } else {
-            "fresh"
+            IndexState::Fresh
         };
         query::CacheStatus {
             status,
@@ -592,8 +593,9 @@ impl Sessions {
         let refresh_ms = t_refresh.elapsed().as_secs_f64() * 1000.0;
         ctx.check()?;
         let cache = self.cache_status();
-        if cache.status != "fresh" {
-            self.stats.queries_partial.inc();
+        match cache.status {
+            IndexState::Fresh => {}
+            IndexState::Partial | IndexState::Refreshing => self.stats.queries_partial.inc(),
         }
         let cfg = self.h.config.get();
         let index = self.read();
@@ -622,10 +624,10 @@ impl Sessions {
             index.files.len(),
             bytes as f64 / 1e6,
             match cache.status {
-                "fresh" if files == 0 => "from the index (fresh)",
-                "fresh" => "after an incremental refresh (fresh)",
-                "refreshing" => "while a refresh runs (refreshing)",
-                _ => "partially: the index is still building (partial)",
+                IndexState::Fresh if files == 0 => "from the index (fresh)",
+                IndexState::Fresh => "after an incremental refresh (fresh)",
+                IndexState::Refreshing => "while a refresh runs (refreshing)",
+                IndexState::Partial => "partially: the index is still building (partial)",
             }
         );
         Ok((payload, line))
@@ -716,7 +718,7 @@ impl Sessions {
         let (files, msgs, usage, malformed) = self.index_counts();
         let cache = self.cache_status();
         serde_json::json!({
-            "index": {"status": cache.status, "files": files, "messages": msgs, "usageRecords": usage, "malformedLines": malformed},
+            "index": {"status": cache.status.as_str(), "files": files, "messages": msgs, "usageRecords": usage, "malformedLines": malformed},
             "storeErrors": self.stores.errors().iter().map(|(a, e)| serde_json::json!({"agentId": a, "error": e})).collect::<Vec<_>>(),
             "queries": self.stats.queries.get(),
         })
@@ -893,5 +895,37 @@ impl Lead<'_> {
     fn finish(mut self, outcome: &crate::payload::Outcome) {
         self.done = true;
         self.flights.finish(&self.key, &self.jobs, outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_state_follows_builds_and_answers_name_it() {
+        let s = Sessions::new(Path::new("state"), false);
+        let state = |s: &Sessions| {
+            let c = s.cache_status();
+            assert_eq!(c.to_json()["status"], c.status.as_str());
+            assert_eq!(s.status_json()["index"]["status"], c.status.as_str());
+            (c.status, c.status.as_str(), c.files_total)
+        };
+        assert_eq!(state(&s), (IndexState::Partial, "partial", 0));
+        {
+            let mut b = lock(&s.build);
+            b.running = true;
+            b.files_total = 3;
+            b.files_done = 1;
+        }
+        assert_eq!(
+            state(&s),
+            (IndexState::Partial, "partial", 2),
+            "still partial until a build has covered every file once"
+        );
+        s.complete_once.store(true, Ordering::Release);
+        assert_eq!(state(&s), (IndexState::Refreshing, "refreshing", 2));
+        lock(&s.build).running = false;
+        assert_eq!(state(&s), (IndexState::Fresh, "fresh", 0));
     }
 }

@@ -247,10 +247,35 @@ fn parse_offset(o: &str) -> Result<i64, RpcError> {
     })
 }
 
+/// How far the usage index is from what is on disk, as an answer reports it.
+///
+/// Lifecycle: `Partial` from boot until a build has covered every file once; from then on
+/// `Refreshing` while a build runs and `Fresh` otherwise. It never goes back to `Partial`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexState {
+    /// Some files have never been indexed: totals may be short.
+    Partial,
+    /// Every file was indexed once; a build is catching up with what changed since.
+    Refreshing,
+    /// No build runs: the answer covers everything the query's own refresh saw.
+    Fresh,
+}
+
+impl IndexState {
+    /// The name in answers (`cacheStatus.status`, `status`'s `index.status`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndexState::Partial => "partial",
+            IndexState::Refreshing => "refreshing",
+            IndexState::Fresh => "fresh",
+        }
+    }
+}
+
 /// What every usage answer reports about the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheStatus {
-    pub status: &'static str,
+    pub status: IndexState,
     pub files_indexed: usize,
     pub files_total: usize,
 }
@@ -258,7 +283,7 @@ pub struct CacheStatus {
 impl CacheStatus {
     pub fn to_json(self) -> Value {
         json!({
-            "status": self.status,
+            "status": self.status.as_str(),
             "filesIndexed": self.files_indexed,
             "filesTotal": self.files_total,
             "cachedFiles": self.files_indexed,
