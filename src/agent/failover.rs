@@ -13,7 +13,7 @@
 //! and so does our own cancel, which is nobody's failure.
 
 use super::provider::FailureKind;
-use super::settings::ModelRef;
+use crate::config::agents::ModelRef;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};

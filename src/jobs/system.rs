@@ -225,3 +225,47 @@ impl JobSystem {
         jobs
     }
 }
+
+/// A job system for a service's unit tests, with no threads: jobs stay queued (the receivers
+/// are kept so the queues stay connected) and replies collect in `outbound`.
+#[cfg(test)]
+pub struct Detached {
+    pub jobs: Arc<JobSystem>,
+    pub config: Arc<ConfigCell>,
+    pub lifecycle: Arc<LifecycleCell>,
+    pub pressure: Arc<PressureCell>,
+    pub outbound: crossbeam_channel::Receiver<crate::protocol::reply::Outbound>,
+    _receivers: super::PoolReceivers,
+    _poll: mio::Poll,
+}
+
+#[cfg(test)]
+impl Detached {
+    pub fn new(config: crate::config::Config) -> Detached {
+        let poll = mio::Poll::new().expect("a poll for the waker");
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(1)).expect("waker"));
+        let (tx, outbound) = crossbeam_channel::unbounded();
+        let (pools, receivers) = Pools::new(1, 1, config.queues);
+        let config = Arc::new(ConfigCell::new(config));
+        let lifecycle = Arc::new(LifecycleCell::default());
+        lifecycle.set_phase(Phase::Serving);
+        let pressure = Arc::new(PressureCell::new(0));
+        let jobs = Arc::new(JobSystem::new(
+            pools,
+            Arc::new(Outbox::new(tx, waker)),
+            lifecycle.clone(),
+            pressure.clone(),
+            config.clone(),
+            Arc::new(Metrics::default()),
+        ));
+        Detached {
+            jobs,
+            config,
+            lifecycle,
+            pressure,
+            outbound,
+            _receivers: receivers,
+            _poll: poll,
+        }
+    }
+}

@@ -904,7 +904,14 @@ mod tests {
 
     #[test]
     fn the_index_state_follows_builds_and_answers_name_it() {
-        let s = Sessions::new(Path::new("state"), false);
+        let d = crate::jobs::system::Detached::new(crate::config::Config::default());
+        let s = Sessions::new(Handles {
+            jobs: d.jobs.clone(),
+            config: d.config.clone(),
+            pressure: d.pressure.clone(),
+            state_dir: PathBuf::from("state"),
+            test_hooks: false,
+        });
         let state = |s: &Sessions| {
             let c = s.cache_status();
             assert_eq!(c.to_json()["status"], c.status.as_str());
