@@ -32,6 +32,7 @@ pub mod sdnotify;
 pub mod sessions;
 pub mod state;
 pub mod sync;
+pub mod url;
 pub mod watchdog;
 
 /// The version keel reports to clients, in `--version`, `hello-ok` and `/metrics`.

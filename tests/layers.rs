@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("state", 0),
     ("sdnotify", 0),
     ("ids", 0),
+    ("url", 0),
     ("idempotency", 0),
     // Configuration types and validation; authentication against them.
     ("config", 1),
@@ -62,9 +63,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("agent::runs", "runtime"),
     ("agent::runs", "protocol::methods"),
     ("agent::tools", "runtime"),
-    // Channel configuration still lives with the delivery service; it moves under config.
-    ("config", "delivery::service"),
-    ("config", "delivery::channels"),
 ];
 
 fn layer_of(module: &str) -> Option<(&'static str, u32)> {

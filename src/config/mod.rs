@@ -11,6 +11,7 @@
 //! `keel check`, boot and SIGHUP all go through [`parse`], so they agree on every verdict.
 
 pub mod agents;
+pub mod channels;
 pub mod live;
 
 use crate::ids::AgentId;
@@ -255,7 +256,7 @@ pub struct Config {
     /// Providers, model chains and tools for agent runs.
     pub agents: agents::AgentSettings,
     /// Chat channels replies are delivered to.
-    pub channels: crate::delivery::service::Channels,
+    pub channels: channels::Channels,
     pub disabled: Vec<Disabled>,
 }
 
@@ -309,7 +310,7 @@ impl Default for Config {
             },
             prices: Prices::new(),
             hooks: None,
-            channels: crate::delivery::service::Channels::default(),
+            channels: channels::Channels::default(),
             agents: agents::AgentSettings {
                 run_timeout: agents::DEFAULT_RUN_TIMEOUT,
                 ..Default::default()
@@ -527,8 +528,8 @@ impl Validator {
             }
         }
         if let Some(c) = root.get("channels") {
-            let (channels, issues) = crate::delivery::channels::parse_channels(c);
-            self.config.channels = crate::delivery::service::Channels(channels);
+            let (channels, issues) = channels::parse_channels(c);
+            self.config.channels = channels::Channels(channels);
             for (path, msg) in issues {
                 self.disable(&path, msg);
             }

@@ -20,7 +20,7 @@
 //! the entry was sent and removed, or after a restart. The queue's own check (a key whose
 //! entry is still queued) stays, for an entry that outlives the window while it retries.
 
-use super::channels::{self, ChannelConfig};
+use super::channels;
 use super::queue::{Entry, ErrorClass, Queue, RetryPolicy, Route, State, Summary};
 use crate::clock::{self, Rng};
 use crate::config::live::ConfigCell;
@@ -50,19 +50,6 @@ const RUN_BUDGET: Duration = Duration::from_secs(10);
 /// One send's time limits.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const SEND_STALL: Duration = Duration::from_secs(15);
-
-/// Configured channels, compared by what they are (for config reloads).
-#[derive(Clone, Default, Debug)]
-pub struct Channels(pub BTreeMap<String, ChannelConfig>);
-
-impl PartialEq for Channels {
-    fn eq(&self, other: &Channels) -> bool {
-        self.0.len() == other.0.len()
-            && self.0.iter().zip(&other.0).all(|((a, x), (b, y))| {
-                a == b && x.base_url == y.base_url && x.credentials == y.credentials
-            })
-    }
-}
 
 #[derive(Default)]
 pub struct DeliveryStats {
