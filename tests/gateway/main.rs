@@ -13,6 +13,9 @@ mod paths;
 mod pressure;
 mod runs;
 mod security;
+// The harness shared with the benches; `common` is the tests' side of it.
+#[path = "../../testkit/mod.rs"]
+mod testkit;
 mod tools;
 mod usage;
 mod ws;
