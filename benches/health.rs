@@ -34,6 +34,9 @@ use tungstenite::{Message, client::IntoClientRequest};
 
 #[path = "support/mod.rs"]
 mod support;
+// The harness shared with the tests; `support` is the benches' side of it.
+#[path = "../testkit/mod.rs"]
+mod testkit;
 use support::*;
 
 /// Each probe must be answered within this.
