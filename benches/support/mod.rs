@@ -5,8 +5,8 @@
 // Each bench compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
-pub use crate::testkit::http::{HttpError, Response, remaining};
-use crate::testkit::http::{io_error, read_response_ahead};
+pub use crate::testkit::http::{HttpError, Response};
+use crate::testkit::http::{io_error, read_response_ahead, remaining};
 use crate::testkit::log;
 pub use crate::testkit::log::Log;
 use crate::testkit::serve::{self, LogTo};
