@@ -4,6 +4,7 @@ mod common;
 mod config;
 mod delivery;
 mod fake_provider;
+mod harness;
 mod hooks;
 mod hostile;
 mod http;
