@@ -75,11 +75,15 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
-use tungstenite::Message;
 
 #[path = "support/mod.rs"]
 mod support;
+// The harness shared with the tests; `support` is the benches' side of it.
+#[path = "../testkit/mod.rs"]
+mod testkit;
 use support::*;
+use testkit::procfs;
+use testkit::ws::Msg;
 
 // Its `tests` module is for the test harness: its imports go unused here.
 #[path = "../tests/gateway/fake_provider.rs"]
@@ -296,12 +300,7 @@ fn metric(keel: &Keel, series: &str) -> Result<f64, String> {
     if reply.status != 200 {
         return Err(format!("GET /metrics: HTTP {}", reply.status));
     }
-    let text = String::from_utf8_lossy(&reply.body);
-    text.lines()
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse::<f64>().ok())?
-        })
+    testkit::metrics::metric(&String::from_utf8_lossy(&reply.body), series)
         .ok_or_else(|| format!("no {series} in /metrics"))
 }
 
@@ -410,7 +409,7 @@ fn drive_run(ws: &mut Ws, key: &str, idem: &str) -> Result<RunSeen, String> {
     )?;
     // Events that arrive before the ack are kept and matched once the run id is known.
     let mut early: Vec<(Instant, String)> = Vec::new();
-    let res = ws.res(&id, deadline, |at, t| early.push((at, t.to_string())))?;
+    let res = ws.wait_res(&id, deadline, |at, t| early.push((at, t.to_string())))?;
     if res["ok"] != true {
         return Err(format!("chat.send refused: {res}"));
     }
@@ -868,7 +867,7 @@ impl Listener {
         // finds nothing costs tungstenite a buffer fill.
         if !self.maybe_buffered {
             let mut byte = [0u8; 1];
-            if let Err(e) = self.ws.ws.get_ref().peek(&mut byte)
+            if let Err(e) = self.ws.sock.get_ref().peek(&mut byte)
                 && e.kind() == ErrorKind::WouldBlock
             {
                 return (false, false);
@@ -880,12 +879,12 @@ impl Listener {
             if self.done() {
                 return (progress, false);
             }
-            match self.ws.ws.read() {
-                Ok(Message::Text(t)) => {
+            match self.ws.read_msg() {
+                Ok(Some(Msg::Text(t))) => {
                     progress = true;
                     self.on_text(Instant::now(), t.as_str(), run_id);
                 }
-                Ok(Message::Close(f)) => {
+                Ok(Some(Msg::Close(f))) => {
                     progress = true;
                     let code = f.as_ref().map(|f| u16::from(f.code));
                     self.slow_consumer =
@@ -895,12 +894,12 @@ impl Listener {
                         f.map(|f| (u16::from(f.code), f.reason.to_string()))
                     ));
                 }
-                Ok(_) => progress = true,
+                Ok(None) => {
+                    self.maybe_buffered = false;
+                    return (progress, false);
+                }
                 Err(e) => {
-                    match ws_error(&e) {
-                        Some(msg) => self.closed = Some(format!("WebSocket read: {msg}")),
-                        None => self.maybe_buffered = false,
-                    }
+                    self.closed = Some(format!("WebSocket read: {e}"));
                     return (progress, false);
                 }
             }
@@ -928,7 +927,7 @@ fn read_listeners(
         }
     }
     for l in ls.iter_mut() {
-        if let Err(e) = l.ws.ws.get_ref().set_nonblocking(true) {
+        if let Err(e) = l.ws.sock.get_ref().set_nonblocking(true) {
             l.error = Some(format!("set_nonblocking: {e}"));
         }
     }
@@ -1117,7 +1116,7 @@ fn fan_out(
     let mut early: Vec<(Instant, String)> = Vec::new();
     let res = sender
         .ws
-        .res(&id, deadline, |at, t| early.push((at, t.to_string())))?;
+        .wait_res(&id, deadline, |at, t| early.push((at, t.to_string())))?;
     let run_id = res["payload"]["runId"]
         .as_str()
         .ok_or_else(|| format!("chat.send: {res}"))?
@@ -1428,7 +1427,7 @@ fn run(o: &Opts) -> Result<i32, String> {
 
     eprintln!("== failover ==");
     let failover = failover_phase(o, &keel, &a, &b, &mut wrong)?;
-    let keel_ms = failed_after(&read_log(&keel.log));
+    let keel_ms = failed_after(&keel.log.text());
 
     let baseline = if o.baseline {
         eprintln!("== fan-out baseline: the sender alone ==");
@@ -1438,7 +1437,7 @@ fn run(o: &Opts) -> Result<i32, String> {
     };
     eprintln!("== fan-out: {} listeners ==", o.clients);
     let fan = fan_out(o, &keel, &a, o.clients, "agent:fan:fanout")?;
-    let rss = proc_status(pid, "VmHWM").ok();
+    let rss = procfs::status(pid, "VmHWM").ok();
 
     eprintln!("== stopping keel (SIGTERM) ==");
     let (status, took, killed) = stop_keel(&mut keel, STOP_TIMEOUT);

@@ -43,6 +43,9 @@ use std::time::{Duration, Instant};
 
 #[path = "support/mod.rs"]
 mod support;
+// The harness shared with the tests; `support` is the benches' side of it.
+#[path = "../testkit/mod.rs"]
+mod testkit;
 use support::*;
 
 /// keel must log `listening on` (and then `delivery queue`) within this.

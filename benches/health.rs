@@ -21,19 +21,21 @@
 //! or the load was not established (fewer clients held than asked, no busy job completed),
 //! since the figures would then not mean what they claim.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
-use tungstenite::protocol::WebSocket;
-use tungstenite::{Message, client::IntoClientRequest};
+use tungstenite::Message;
 
 #[path = "support/mod.rs"]
 mod support;
+// The harness shared with the tests; `support` is the benches' side of it.
+#[path = "../testkit/mod.rs"]
+mod testkit;
 use support::*;
 
 /// Each probe must be answered within this.
@@ -44,8 +46,6 @@ const BUSY_BODY: &str = r#"{"ms":500,"pool":"cpu"}"#;
 const BUSY_JOB_MS: u64 = 500;
 /// Back-off after a 503 (queue full) or any other failed submission.
 const BUSY_BACKOFF: Duration = Duration::from_millis(50);
-/// Connect, upgrade, challenge and `hello-ok` of one WebSocket client.
-const WS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WS_THREADS: usize = 4;
 /// How often each WebSocket thread reads (and drops) what its sockets received.
 const WS_POLL: Duration = Duration::from_millis(100);
@@ -188,98 +188,13 @@ struct WsReport {
     errors: Vec<String>,
 }
 
-type Ws = WebSocket<TcpStream>;
-
-fn ws_read_until(
-    ws: &mut Ws,
-    deadline: Instant,
-    what: &str,
-    mut accept: impl FnMut(&Value) -> Result<bool, String>,
-) -> Result<(), String> {
-    loop {
-        if Instant::now() >= deadline {
-            return Err(format!("timed out waiting for {what}"));
-        }
-        let left = remaining(deadline).map_err(|_| format!("timed out waiting for {what}"))?;
-        ws.get_mut()
-            .set_read_timeout(Some(left))
-            .map_err(|e| format!("set_read_timeout: {e}"))?;
-        match ws.read() {
-            Ok(Message::Text(t)) => {
-                let v: Value = serde_json::from_str(t.as_str())
-                    .map_err(|e| format!("frame is not JSON while waiting for {what}: {e}"))?;
-                if accept(&v)? {
-                    return Ok(());
-                }
-            }
-            Ok(Message::Close(frame)) => {
-                return Err(format!(
-                    "server closed the socket while waiting for {what}: {frame:?}"
-                ));
-            }
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-            {
-                return Err(format!("timed out waiting for {what}"));
-            }
-            Err(e) => return Err(format!("while waiting for {what}: {e}")),
-        }
-    }
-}
-
 /// Connects one client and takes it through the handshake; the socket is left non-blocking.
 fn ws_connect(addr: SocketAddr, token: &str) -> Result<(Ws, Duration), String> {
     let t0 = Instant::now();
-    let deadline = t0 + WS_HANDSHAKE_TIMEOUT;
-    let stream = TcpStream::connect_timeout(&addr, WS_HANDSHAKE_TIMEOUT)
-        .map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| format!("set_nodelay: {e}"))?;
-    stream
-        .set_read_timeout(Some(WS_HANDSHAKE_TIMEOUT))
-        .map_err(|e| format!("set_read_timeout: {e}"))?;
-    stream
-        .set_write_timeout(Some(WS_HANDSHAKE_TIMEOUT))
-        .map_err(|e| format!("set_write_timeout: {e}"))?;
-    let request = format!("ws://{addr}/")
-        .into_client_request()
-        .map_err(|e| format!("bad URL: {e}"))?;
-    // `tungstenite::client` is `tungstenite::connect` on a socket we opened ourselves, so
-    // that the upgrade is bounded by the timeouts set above.
-    let (mut ws, _response) =
-        tungstenite::client(request, stream).map_err(|e| format!("upgrade: {e}"))?;
-    ws_read_until(&mut ws, deadline, "connect.challenge", |v| {
-        Ok(v["type"] == "event" && v["event"] == "connect.challenge")
-    })?;
-    let connect = json!({
-        "type": "req",
-        "id": "1",
-        "method": "connect",
-        "params": {
-            "minProtocol": 3,
-            "maxProtocol": 4,
-            "client": {"id": "bench", "version": "0", "platform": "linux", "mode": "cli"},
-            "auth": {"token": token},
-            "role": "operator",
-            "scopes": ["operator.read"],
-        },
-    });
-    ws.send(Message::text(connect.to_string()))
-        .map_err(|e| format!("sending connect: {e}"))?;
-    ws_read_until(&mut ws, deadline, "the connect response", |v| {
-        if v["type"] != "res" || v["id"] != "1" {
-            return Ok(false);
-        }
-        if v["ok"] == true && v["payload"]["type"] == "hello-ok" {
-            Ok(true)
-        } else {
-            Err(format!("connect refused: {}", v["error"]))
-        }
-    })?;
+    let ws = Ws::connect(addr, token)?;
     let elapsed = t0.elapsed();
-    ws.get_mut()
+    ws.sock
+        .get_ref()
         .set_nonblocking(true)
         .map_err(|e| format!("set_nonblocking: {e}"))?;
     Ok((ws, elapsed))
@@ -288,7 +203,7 @@ fn ws_connect(addr: SocketAddr, token: &str) -> Result<(Ws, Duration), String> {
 /// Reads and drops what arrived. Err when the client is finished.
 fn ws_drain(ws: &mut Ws, frames: &mut u64) -> Result<(), String> {
     loop {
-        match ws.read() {
+        match ws.sock.read() {
             Ok(Message::Close(frame)) => return Err(format!("server closed: {frame:?}")),
             Ok(_) => *frames += 1,
             Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
@@ -365,8 +280,8 @@ fn ws_holder(
     report.held_at_end = socks.len();
     for mut ws in socks {
         // Best effort: the socket is non-blocking, so this never waits.
-        let _ = ws.close(None);
-        let _ = ws.flush();
+        let _ = ws.sock.close(None);
+        let _ = ws.sock.flush();
     }
     report
 }
@@ -528,7 +443,7 @@ fn run(o: &Opts) -> Result<i32, String> {
     drop(ready_tx);
     for _ in 0..ws_thread_count {
         let left = setup_deadline.saturating_duration_since(Instant::now())
-            + Duration::from_secs(WS_HANDSHAKE_TIMEOUT.as_secs() + 1);
+            + Duration::from_secs(WS_TIMEOUT.as_secs() + 1);
         if ready_rx.recv_timeout(left).is_err() {
             break;
         }

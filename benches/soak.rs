@@ -42,7 +42,11 @@ use std::time::{Duration, Instant};
 
 #[path = "support/mod.rs"]
 mod support;
+// The harness shared with the tests; `support` is the benches' side of it.
+#[path = "../testkit/mod.rs"]
+mod testkit;
 use support::*;
+use testkit::procfs;
 
 // Its `tests` module is for the test harness: its imports go unused here.
 #[path = "../tests/gateway/fake_provider.rs"]
@@ -316,8 +320,8 @@ fn send(http: &mut Http, token: &str, i: u64, t: &Tally) -> Result<(), String> {
 /// Leaves: with a close frame, or (one in four) by dropping the socket.
 fn leave(mut ws: Ws, i: u64) {
     if i % 4 != 3 {
-        let _ = ws.ws.close(None);
-        let _ = ws.ws.flush();
+        let _ = ws.sock.close(None);
+        let _ = ws.sock.flush();
     }
 }
 
@@ -328,7 +332,7 @@ fn agent_run(addr: std::net::SocketAddr, token: &str, i: u64) -> Result<(), Stri
                         "message": format!("soak run {i}"), "idempotencyKey": format!("soak-run-{i}")});
     let id = ws.send("chat.send", &params)?;
     let mut early = Vec::new();
-    let res = ws.res(&id, deadline, |_, text| early.push(text.to_string()))?;
+    let res = ws.wait_res(&id, deadline, |_, text| early.push(text.to_string()))?;
     let run_id = res["payload"]["runId"]
         .as_str()
         .ok_or_else(|| format!("chat.send answered {res}"))?
@@ -370,7 +374,7 @@ fn ws_visit(addr: std::net::SocketAddr, token: &str, i: u64) -> Result<(), Strin
     let deadline = Instant::now() + WS_TIMEOUT;
     let mut ws = Ws::connect(addr, token)?;
     let id = ws.send("status", &json!({}))?;
-    let res = ws.res(&id, deadline, |_, _| {})?;
+    let res = ws.wait_res(&id, deadline, |_, _| {})?;
     if res["ok"] != true {
         return Err(format!("status answered {res}"));
     }
@@ -435,9 +439,8 @@ fn metric_sum(text: &str, series: &str, only: Option<&str>) -> f64 {
 
 fn take_sample(keel: &Keel, http: &mut Http, t: &Tally, t_s: f64) -> Result<Sample, String> {
     let pid = keel.child.id();
-    let fds = fs::read_dir(format!("/proc/{pid}/fd"))
-        .map_err(|e| format!("cannot read keel's descriptors: {e}"))?
-        .count() as f64;
+    let fds =
+        procfs::fd_count(pid).map_err(|e| format!("cannot read keel's descriptors: {e}"))? as f64;
     let reply = http
         .request("GET", "/metrics", Some(&keel.token), b"", RPC_TIMEOUT)
         .map_err(|e| format!("GET /metrics: {e}"))?;
@@ -448,9 +451,9 @@ fn take_sample(keel: &Keel, http: &mut Http, t: &Tally, t_s: f64) -> Result<Samp
     let probes = sorted(&std::mem::take(&mut *lock_ignoring_poison(&t.probes)));
     Ok(Sample {
         t_s,
-        rss_mib: proc_status(pid, "VmRSS")? as f64 / 1024.0,
+        rss_mib: procfs::status(pid, "VmRSS")? as f64 / 1024.0,
         fds,
-        threads: proc_status(pid, "Threads")? as f64,
+        threads: procfs::status(pid, "Threads")? as f64,
         queued: metric_sum(&m, "keel_queue_depth", None),
         in_flight: metric_sum(&m, "keel_jobs_in_flight", None),
         connections: metric_sum(&m, "keel_connections", None),

@@ -44,7 +44,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[path = "support/mod.rs"]
 mod support;
+// The harness shared with the tests; `support` is the benches' side of it.
+#[path = "../testkit/mod.rs"]
+mod testkit;
 use support::*;
+use testkit::{procfs, serve, wait};
 
 /// keel must log `listening on` within this.
 const PORT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -267,9 +271,17 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+/// keel's log, which the script sends to `--log`.
+fn keel_log(o: &Opts) -> Log {
+    Log::File {
+        path: o.log.clone(),
+        poll: LOG_POLL,
+    }
+}
+
 /// Waits for `listening on 127.0.0.1:PORT` in the log.
 fn wait_for_port(o: &Opts) -> Result<u16, String> {
-    wait_listening(&o.log, PORT_TIMEOUT, LOG_POLL, || {
+    wait_listening(&keel_log(o), PORT_TIMEOUT, || {
         (!alive(o.pid)).then(|| format!("keel (pid {}) exited", o.pid))
     })
 }
@@ -309,7 +321,7 @@ fn parse_build_lines(log: &str) -> Vec<BuildLine> {
 
 /// `VmHWM` and `VmRSS` of `pid`, in KiB.
 fn memory_kib(pid: u32) -> Result<(u64, u64), String> {
-    Ok((proc_status(pid, "VmHWM")?, proc_status(pid, "VmRSS")?))
+    Ok((procfs::status(pid, "VmHWM")?, procfs::status(pid, "VmRSS")?))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -518,7 +530,7 @@ fn run(o: &Opts) -> Result<i32, String> {
         return Err("the probe thread did not finish in time (or panicked)".into());
     };
 
-    let log = read_log(&o.log);
+    let log = keel_log(o).text();
     if log.contains("usage index loaded:") {
         return Err(
             "keel loaded a saved usage index: this was not a cold build (delete usage-index.bin)"
@@ -664,7 +676,7 @@ fn run(o: &Opts) -> Result<i32, String> {
 
     // ---- 4. peak RSS ------------------------------------------------------------------------
     let (hwm_kib, rss_kib) = memory_kib(o.pid)?;
-    let log = read_log(&o.log);
+    let log = keel_log(o).text();
     let build_lines = parse_build_lines(&log).len();
     let cancelled = log.matches("usage index build cancelled").count();
 
@@ -910,17 +922,17 @@ struct Fresh {
 /// an answer is fresh. Returns the token too.
 fn wait_fresh(o: &Opts, addr: SocketAddr, t_port: Instant) -> Result<(String, Fresh), String> {
     let deadline = t_port + FRESH_TIMEOUT;
-    let token_file = o.state_dir.join("gateway.token");
-    let token = loop {
-        // Written before keel listens; a short wait covers a slow write.
-        match fs::read_to_string(&token_file) {
-            Ok(t) if !t.trim().is_empty() => break t.trim().to_string(),
-            _ if Instant::now() >= t_port + Duration::from_secs(5) => {
-                return Err(format!("no token in {}", token_file.display()));
-            }
-            _ => thread::sleep(LOG_POLL),
-        }
-    };
+    let log = keel_log(o);
+    // Written before keel listens; a short wait covers a slow write.
+    let token = wait::poll(t_port + Duration::from_secs(5), LOG_POLL, || {
+        Some(serve::read_token(&o.state_dir)).filter(|t| !t.is_empty())
+    })
+    .ok_or_else(|| {
+        format!(
+            "no token in {}",
+            o.state_dir.join("gateway.token").display()
+        )
+    })?;
     let mut http = Http::new(addr);
     let mut polls = 0u64;
     let mut not_fresh = 0u64;
@@ -929,12 +941,12 @@ fn wait_fresh(o: &Opts, addr: SocketAddr, t_port: Instant) -> Result<(String, Fr
     let mut built_seen = false;
     loop {
         if !built_seen {
-            let log = read_log(&o.log);
-            built_seen = log.contains(BUILD_LINE);
-            if log.contains("usage index build cancelled") {
+            let text = log.text();
+            built_seen = text.contains(BUILD_LINE);
+            if text.contains("usage index build cancelled") {
                 return Err(format!(
                     "keel cancelled the usage index build; its log:\n{}",
-                    log_tail(&log)
+                    log_tail(&text)
                 ));
             }
         }
@@ -961,7 +973,7 @@ fn wait_fresh(o: &Opts, addr: SocketAddr, t_port: Instant) -> Result<(String, Fr
             return Err(format!(
                 "keel (pid {}) exited during the build; its log:\n{}",
                 o.pid,
-                log_tail(&read_log(&o.log))
+                log_tail(&log.text())
             ));
         }
         if Instant::now() >= deadline {

@@ -1,114 +1,34 @@
-//! Shared by the benchmarks (`benches/{health,usage,agent,delivery,soak}.rs`): a minimal keep-alive
-//! HTTP/1.1 client with a deadline on every exchange, a WebSocket client, a webhook receiver,
-//! percentile helpers, keel's log, and
-//! starting and stopping a keel of a bench's own.
+//! The benches' side of the harness (`testkit/` is what they share with the tests): a minimal
+//! keep-alive HTTP/1.1 client with a deadline on every exchange, the benches' WebSocket
+//! handshake, a webhook receiver, percentile helpers, the command line, and starting and
+//! stopping a keel of a bench's own.
 // Each bench compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub use crate::testkit::http::{HttpError, Response};
+use crate::testkit::http::{io_error, read_response_ahead, remaining};
+use crate::testkit::log;
+pub use crate::testkit::log::Log;
+use crate::testkit::serve::{self, LogTo};
+pub use crate::testkit::ws::Ws;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 use tungstenite::protocol::WebSocketConfig;
-use tungstenite::{Message, WebSocket};
-
-pub struct Reply {
-    pub status: u16,
-    pub body: Vec<u8>,
-}
 
 /// One keep-alive connection, reopened after any error or a `Connection: close`.
 pub struct Http {
     pub addr: SocketAddr,
     pub stream: Option<TcpStream>,
     pub buf: Vec<u8>,
-}
-
-pub const HEAD_MAX: usize = 64 << 10;
-pub const BODY_MAX: usize = 64 << 20;
-
-pub fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n")
-}
-
-/// Status, Content-Length and whether the server will close, from a response head.
-pub fn parse_response_head(head: &[u8]) -> Result<(u16, usize, bool), String> {
-    let text = std::str::from_utf8(head).map_err(|_| "response head is not UTF-8".to_string())?;
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let mut parts = status_line.split_whitespace();
-    let version = parts.next().unwrap_or("");
-    let status = parts
-        .next()
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|_| version.starts_with("HTTP/1."))
-        .ok_or_else(|| format!("malformed status line {status_line:?}"))?;
-    let mut length = None;
-    let mut close = version == "HTTP/1.0";
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(format!("malformed header line {line:?}"));
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = Some(
-                value
-                    .parse::<usize>()
-                    .map_err(|_| format!("invalid Content-Length {value:?}"))?,
-            );
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err("chunked responses are not supported by this client".into());
-        } else if name.eq_ignore_ascii_case("connection") {
-            close = value
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("close"));
-        }
-    }
-    let length = length.ok_or("response has no Content-Length")?;
-    if length > BODY_MAX {
-        return Err(format!("response body of {length} bytes is too large"));
-    }
-    Ok((status, length, close))
-}
-
-#[derive(Debug)]
-pub enum HttpError {
-    Timeout,
-    Io(String),
-}
-
-impl std::fmt::Display for HttpError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HttpError::Timeout => f.write_str("timed out"),
-            HttpError::Io(e) => f.write_str(e),
-        }
-    }
-}
-
-pub fn io_error(what: &str, e: &std::io::Error) -> HttpError {
-    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
-        HttpError::Timeout
-    } else {
-        HttpError::Io(format!("{what}: {e}"))
-    }
-}
-
-/// What is left of `deadline`, or a timeout. Never zero (a zero socket timeout is an error).
-pub fn remaining(deadline: Instant) -> Result<Duration, HttpError> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left < Duration::from_micros(100) {
-        Err(HttpError::Timeout)
-    } else {
-        Ok(left)
-    }
 }
 
 impl Http {
@@ -128,7 +48,7 @@ impl Http {
         token: Option<&str>,
         body: &[u8],
         timeout: Duration,
-    ) -> Result<Reply, HttpError> {
+    ) -> Result<Response, HttpError> {
         let deadline = Instant::now() + timeout;
         match self.exchange(method, path, token, body, deadline) {
             Ok((reply, close)) => {
@@ -151,7 +71,7 @@ impl Http {
         token: Option<&str>,
         body: &[u8],
         deadline: Instant,
-    ) -> Result<(Reply, bool), HttpError> {
+    ) -> Result<(Response, bool), HttpError> {
         if self.stream.is_none() {
             let s = TcpStream::connect_timeout(&self.addr, remaining(deadline)?)
                 .map_err(|e| io_error("connect", &e))?;
@@ -180,43 +100,7 @@ impl Http {
             .set_write_timeout(Some(remaining(deadline)?))
             .map_err(|e| io_error("set_write_timeout", &e))?;
         stream.write_all(&wire).map_err(|e| io_error("write", &e))?;
-
-        let mut chunk = vec![0u8; 64 << 10];
-        let mut read_more = |stream: &mut TcpStream, buf: &mut Vec<u8>| -> Result<(), HttpError> {
-            stream
-                .set_read_timeout(Some(remaining(deadline)?))
-                .map_err(|e| io_error("set_read_timeout", &e))?;
-            loop {
-                match stream.read(&mut chunk) {
-                    Ok(0) => return Err(HttpError::Io("connection closed by the server".into())),
-                    Ok(n) => {
-                        buf.extend_from_slice(&chunk[..n]);
-                        return Ok(());
-                    }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return Err(io_error("read", &e)),
-                }
-            }
-        };
-        let head_end = loop {
-            if let Some(i) = find_head_end(&self.buf) {
-                break i;
-            }
-            if self.buf.len() > HEAD_MAX {
-                return Err(HttpError::Io("response head larger than 64 KiB".into()));
-            }
-            read_more(stream, &mut self.buf)?;
-        };
-        let (status, length, close) =
-            parse_response_head(&self.buf[..head_end]).map_err(HttpError::Io)?;
-        let total = head_end + 4 + length;
-        self.buf.reserve(total.saturating_sub(self.buf.len()));
-        while self.buf.len() < total {
-            read_more(stream, &mut self.buf)?;
-        }
-        let body = self.buf[head_end + 4..total].to_vec();
-        self.buf.drain(..total);
-        Ok((Reply { status, body }, close))
+        read_response_ahead(stream, &mut self.buf, deadline)
     }
 }
 
@@ -251,17 +135,6 @@ pub fn rpc(
             body_snippet(&r.body)
         )
     })
-}
-
-/// A figure of `/proc/<pid>/status` (`VmRSS`, `VmHWM`: the peak, in KiB; `Threads`).
-pub fn proc_status(pid: u32, field: &str) -> Result<u64, String> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 pub fn body_snippet(body: &[u8]) -> String {
@@ -378,62 +251,21 @@ pub fn bench_main<O>(
 // ---------------------------------------------------------------------------------------------
 // keel's log.
 
-pub fn read_log(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
+/// The end of keel's log that a bench's error shows.
 pub fn log_tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
+    log::tail(log, 15)
 }
 
-/// The port of `listening on 127.0.0.1:PORT`, once the whole line is in the log.
-pub fn listening_port(log: &str) -> Option<u16> {
-    const NEEDLE: &str = "listening on 127.0.0.1:";
-    let i = log.find(NEEDLE)?;
-    let digits: String = log[i + NEEDLE.len()..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    // A line still being written may end in the middle of the port.
-    if !log[i + NEEDLE.len() + digits.len()..].starts_with(' ') {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-/// Waits for `listening on 127.0.0.1:PORT` in the log at `path`, polling every `poll`.
-/// `exited` says how keel ended (e.g. "keel exited (signal 9)") once it has: then there is no
-/// point in waiting on.
+/// Waits for `listening on 127.0.0.1:PORT` in `log` and returns the port. `exited` says how
+/// keel ended (e.g. "keel exited (signal 9)") once it has: then there is no point in waiting
+/// on.
 pub fn wait_listening(
-    path: &Path,
+    log: &Log,
     timeout: Duration,
-    poll: Duration,
-    mut exited: impl FnMut() -> Option<String>,
+    exited: impl FnMut() -> Option<String>,
 ) -> Result<u16, String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let log = read_log(path);
-        if let Some(port) = listening_port(&log) {
-            return Ok(port);
-        }
-        if let Some(how) = exited() {
-            return Err(format!(
-                "{how} before it was listening; its log:\n{}",
-                log_tail(&log)
-            ));
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "keel did not log 'listening on 127.0.0.1:PORT' within {} s; its log:\n{}",
-                timeout.as_secs(),
-                log_tail(&log)
-            ));
-        }
-        thread::sleep(poll);
-    }
+    serve::wait_listening(log, timeout, exited)
+        .map_err(|e| format!("{e}; its log:\n{}", log_tail(&log.text())))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -442,7 +274,8 @@ pub fn wait_listening(
 /// keel, killed (SIGKILL) when dropped if it still runs: an error path never leaves it behind.
 pub struct Keel {
     pub child: Child,
-    pub log: PathBuf,
+    /// `server.log`, where the scripts look.
+    pub log: Log,
     pub pid_file: PathBuf,
     pub addr: SocketAddr,
     pub token: String,
@@ -478,46 +311,21 @@ pub struct Launch<'a> {
 /// bench's config is then not what keel runs.
 pub fn start_keel(l: &Launch) -> Result<Keel, String> {
     let state = l.work.join("state");
-    fs::create_dir_all(&state).map_err(|e| format!("cannot create {}: {e}", state.display()))?;
-    let config_text = serde_json::to_vec_pretty(l.config).map_err(|e| e.to_string())?;
-    fs::write(state.join("keel.json"), config_text)
-        .map_err(|e| format!("cannot write keel.json: {e}"))?;
-    let log = l.work.join("server.log");
-    let log_file =
-        fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-    let mut cmd = Command::new(l.exe);
-    cmd.arg("serve")
-        .arg("--port")
-        .arg("0")
-        .arg("--state-dir")
-        .arg(&state);
-    // The caller's settings must not leak in: this run uses its own port, token and config.
-    for k in [
-        "KEEL_CONFIG",
-        "KEEL_GATEWAY_TOKEN",
-        "KEEL_BIND",
-        "KEEL_PORT",
-        "KEEL_STATE_DIR",
-        "KEEL_TEST_HOOKS",
-        "KEEL_HANDSHAKE_TIMEOUT_MS",
-        "OPENCLAW_HANDSHAKE_TIMEOUT_MS",
-        "NOTIFY_SOCKET",
-        "WATCHDOG_USEC",
-    ]
-    .iter()
-    .chain(l.also_unset)
-    {
+    serve::write_config(&state, l.config)?;
+    let mut cmd = serve::serve_command(Command::new(l.exe), &state);
+    for k in l.also_unset {
         cmd.env_remove(k);
     }
     if std::env::var_os("KEEL_LOG").is_none() {
         cmd.env("KEEL_LOG", "info");
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log_file));
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", l.exe.display()))?;
+    let (child, log) = serve::spawn(
+        &mut cmd,
+        LogTo::File {
+            path: &l.work.join("server.log"),
+            poll: Duration::from_millis(5),
+        },
+    )?;
     // The scripts' cleanup kills this pid should the bench die and leave keel behind.
     let pid_file = l.work.join("keel.pid");
     let mut keel = Keel {
@@ -531,42 +339,29 @@ pub fn start_keel(l: &Launch) -> Result<Keel, String> {
         .map_err(|e| format!("cannot write the pid file: {e}"))?;
 
     let deadline = Instant::now() + l.timeout;
-    let port = wait_listening(
-        &keel.log,
-        l.timeout,
-        Duration::from_millis(5),
-        || match keel.child.try_wait() {
-            Ok(Some(status)) => Some(format!("keel exited ({status})")),
-            _ => None,
-        },
-    )?;
+    let port = wait_listening(&keel.log, l.timeout, || match keel.child.try_wait() {
+        Ok(Some(status)) => Some(format!("keel exited ({status})")),
+        _ => None,
+    })?;
     keel.addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let token_file = state.join("gateway.token");
-    keel.token = fs::read_to_string(&token_file)
-        .map(|t| t.trim().to_string())
-        .unwrap_or_default();
+    keel.token = serve::read_token(&state);
     if keel.token.is_empty() {
-        return Err(format!("no token in {}", token_file.display()));
+        return Err(format!(
+            "no token in {}",
+            state.join("gateway.token").display()
+        ));
     }
-    loop {
-        let text = read_log(&keel.log);
-        if text.contains(l.ready) {
-            break;
-        }
-        if Instant::now() >= deadline {
-            if !l.ready_required {
-                break;
-            }
-            return Err(format!(
-                "keel did not log '{}' within {} s; its log:\n{}",
-                l.ready,
-                l.timeout.as_secs(),
-                log_tail(&text)
-            ));
-        }
-        thread::sleep(Duration::from_millis(5));
+    if keel.log.wait_any(&[l.ready], deadline, || false).is_none() && l.ready_required {
+        return Err(format!(
+            "keel did not log '{}' within {} s; its log:\n{}",
+            l.ready,
+            l.timeout.as_secs(),
+            log_tail(&keel.log.text())
+        ));
     }
-    let issues: Vec<String> = read_log(&keel.log)
+    let issues: Vec<String> = keel
+        .log
+        .text()
         .lines()
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
         .map(String::from)
@@ -634,7 +429,8 @@ pub fn number(name: &str, value: &str) -> Result<u64, String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A WebSocket client: blocking with short read slices, or polled (non-blocking) for fan-out.
+// The benches' WebSocket client: blocking with short read slices, or polled (non-blocking) for
+// fan-out.
 
 /// Every WebSocket handshake, request write and `res` wait.
 pub const WS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -643,24 +439,9 @@ pub const READ_SLICE: Duration = Duration::from_millis(20);
 /// Each client's read buffer (see [`Ws::connect`]).
 pub const READ_BUFFER: usize = 16 << 10;
 
-pub struct Ws {
-    pub ws: WebSocket<TcpStream>,
-    pub next_id: u64,
-}
-
-pub fn ws_error(e: &tungstenite::Error) -> Option<String> {
-    match e {
-        tungstenite::Error::Io(io)
-            if matches!(io.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
-        {
-            None
-        }
-        other => Some(other.to_string()),
-    }
-}
-
 impl Ws {
-    /// Opens a connection and passes the `connect` handshake.
+    /// Opens a connection and passes the `connect` handshake as client `bench`; every read
+    /// then waits [`READ_SLICE`] at most.
     pub fn connect(addr: SocketAddr, token: &str) -> Result<Ws, String> {
         let deadline = Instant::now() + WS_TIMEOUT;
         let stream = TcpStream::connect_timeout(&addr, WS_TIMEOUT)
@@ -676,102 +457,24 @@ impl Ws {
         // nothing too): the default 128 KiB made this client's memset the busiest thing on
         // the machine during fan-out.
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-        let (ws, _) =
-            tungstenite::client::client_with_config(format!("ws://{addr}/"), stream, Some(config))
-                .map_err(|e| format!("WebSocket upgrade: {e}"))?;
-        ws.get_ref()
+        let mut ws = Ws::upgrade(stream, &addr.to_string(), &[], Some(config), deadline)?;
+        ws.sock
+            .get_ref()
             .set_read_timeout(Some(READ_SLICE))
             .map_err(|e| e.to_string())?;
-        let mut ws = Ws { ws, next_id: 1 };
-        let challenge = loop {
-            match ws.read(deadline)? {
-                Some((_, text)) => break text,
-                None if Instant::now() >= deadline => {
-                    return Err("no connect.challenge in time".into());
-                }
-                None => {}
-            }
-        };
-        let v: Value = serde_json::from_str(&challenge).map_err(|e| e.to_string())?;
-        if v["event"] != "connect.challenge" {
-            return Err(format!("expected connect.challenge, got {challenge}"));
+        if ws.challenge["event"] != "connect.challenge" {
+            return Err(format!("expected connect.challenge, got {}", ws.challenge));
         }
         let params = json!({
             "minProtocol": 3, "maxProtocol": 4,
             "client": {"id": "bench", "version": "0", "platform": "linux", "mode": "cli"},
             "auth": {"token": token},
         });
-        let id = ws.send("connect", &params)?;
-        let res = ws.res(&id, deadline, |_, _| {})?;
+        let res = ws.hello(&params, deadline)?;
         if res["ok"] != true {
             return Err(format!("connect refused: {res}"));
         }
         Ok(ws)
-    }
-
-    pub fn send_text(&mut self, text: String) -> Result<(), String> {
-        self.ws
-            .send(Message::text(text))
-            .map_err(|e| format!("WebSocket send: {e}"))
-    }
-
-    /// Sends a request; returns its id.
-    pub fn send(&mut self, method: &str, params: &Value) -> Result<String, String> {
-        let id = format!("{}", self.next_id);
-        self.next_id += 1;
-        self.send_text(
-            json!({"type": "req", "id": id, "method": method, "params": params}).to_string(),
-        )?;
-        Ok(id)
-    }
-
-    /// The next text frame with the time it was read, or None after one read slice without
-    /// one (or when `deadline` has passed). A close or an error is an error.
-    pub fn read(&mut self, deadline: Instant) -> Result<Option<(Instant, String)>, String> {
-        loop {
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            match self.ws.read() {
-                Ok(Message::Text(t)) => return Ok(Some((Instant::now(), t.as_str().to_owned()))),
-                Ok(Message::Close(f)) => {
-                    return Err(format!(
-                        "keel closed the WebSocket ({:?})",
-                        f.map(|f| (u16::from(f.code), f.reason.to_string()))
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) => match ws_error(&e) {
-                    None => return Ok(None),
-                    Some(msg) => return Err(format!("WebSocket read: {msg}")),
-                },
-            }
-        }
-    }
-
-    /// Reads until the `res` for `id`; every other frame goes to `other`.
-    pub fn res(
-        &mut self,
-        id: &str,
-        deadline: Instant,
-        mut other: impl FnMut(Instant, &str),
-    ) -> Result<Value, String> {
-        loop {
-            match self.read(deadline)? {
-                Some((at, text)) => {
-                    let v: Value = serde_json::from_str(&text)
-                        .map_err(|e| format!("a frame is not JSON ({e}): {text}"))?;
-                    if v["type"] == "res" && v["id"] == id {
-                        return Ok(v);
-                    }
-                    other(at, &text);
-                }
-                None if Instant::now() >= deadline => {
-                    return Err(format!("no answer to request {id} in time"));
-                }
-                None => {}
-            }
-        }
     }
 }
 

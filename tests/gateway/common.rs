@@ -1,16 +1,23 @@
-//! The test harness: starts the real `keel` binary on 127.0.0.1:0 with its own state
-//! directory, captures its log, and speaks HTTP and WebSocket to it as a client would.
-//! Every wait is bounded; a test that would hang fails instead.
+//! The tests' side of the harness: starts the real `keel` binary on 127.0.0.1:0 with its own
+//! state directory, captures its log, and speaks HTTP and WebSocket to it as a client would.
+//! The machinery is the one the benchmarks use too (`testkit/`); this adds what only the tests
+//! want: options, fixtures, the CLI runner, and helpers that assert (`#[track_caller]`) instead
+//! of returning errors. Every wait is bounded; a test that would hang fails instead.
 
+pub use crate::testkit::http::{Response, read_response};
+use crate::testkit::log::Log;
+pub use crate::testkit::metrics::metric;
+use crate::testkit::ws::Msg;
+pub use crate::testkit::ws::Ws;
+use crate::testkit::{procfs, serve, wait};
 use serde_json::{Value, json};
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 
 pub const BOUND: Duration = Duration::from_secs(20);
 
@@ -84,18 +91,12 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[derive(Default)]
-struct LogBuf {
-    lines: Vec<String>,
-    closed: bool,
-}
-
 pub struct Gateway {
     child: Child,
     pub port: u16,
     pub token: String,
     pub dir: tempfile::TempDir,
-    log: Arc<(Mutex<LogBuf>, Condvar)>,
+    log: Log,
 }
 
 impl Gateway {
@@ -123,12 +124,7 @@ impl Gateway {
             copy_dir(from, &state);
         }
         if let Some(c) = &opts.config {
-            std::fs::create_dir_all(&state).unwrap();
-            std::fs::write(
-                state.join("keel.json"),
-                serde_json::to_vec_pretty(c).unwrap(),
-            )
-            .unwrap();
+            serve::write_config(&state, c).unwrap();
         }
         // A shell sets the mask and limit asked for, then execs keel: the pid stays keel's, so
         // signals and `pid()` still reach keel itself.
@@ -139,7 +135,7 @@ impl Gateway {
         if let Some(n) = opts.nofile {
             prelude.push_str(&format!("ulimit -n {n} && "));
         }
-        let mut cmd = if prelude.is_empty() {
+        let program = if prelude.is_empty() {
             Command::new(env!("CARGO_BIN_EXE_keel"))
         } else {
             let mut c = Command::new("sh");
@@ -148,17 +144,8 @@ impl Gateway {
                 .arg(env!("CARGO_BIN_EXE_keel"));
             c
         };
-        cmd.arg("serve")
-            .arg("--port")
-            .arg("0")
-            .arg("--state-dir")
-            .arg(&state);
+        let mut cmd = serve::serve_command(program, &state);
         cmd.args(&opts.args);
-        cmd.env_remove("KEEL_GATEWAY_TOKEN")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC");
-        cmd.env_remove("KEEL_HANDSHAKE_TIMEOUT_MS")
-            .env_remove("OPENCLAW_HANDSHAKE_TIMEOUT_MS");
         cmd.env("KEEL_LOG", "info");
         if opts.test_hooks {
             cmd.env("KEEL_TEST_HOOKS", "1");
@@ -166,46 +153,22 @@ impl Gateway {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn keel");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new((Mutex::new(LogBuf::default()), Condvar::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if std::env::var_os("KEEL_TEST_ECHO").is_some() {
-                    eprintln!("keel| {line}");
-                }
-                sink.0.lock().unwrap().lines.push(line);
-                sink.1.notify_all();
-            }
-            sink.0.lock().unwrap().closed = true;
-            sink.1.notify_all();
+        let (mut child, log) = serve::spawn(&mut cmd, serve::LogTo::Pipe).expect("spawn keel");
+        let listening = serve::wait_listening(&log, BOUND, || {
+            let status = child.try_wait().ok().flatten()?;
+            Some(format!("keel exited ({status})"))
         });
         let mut g = Gateway {
             child,
             port: 0,
-            token: String::new(),
+            token: serve::read_token(&state),
             dir,
             log,
         };
-        let line = g
-            .wait_log("listening on", BOUND)
-            .unwrap_or_else(|| panic!("keel did not start:\n{}", g.log_text()));
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap();
-        g.port = addr.rsplit(':').next().unwrap().parse().unwrap();
-        g.token = std::fs::read_to_string(g.state().join("gateway.token"))
-            .map(|t| t.trim().to_string())
-            .unwrap_or_default();
+        g.port = match listening {
+            Ok(port) => port,
+            Err(e) => panic!("keel did not start ({e}):\n{}", g.log_text()),
+        };
         // The delivery queue opens on a worker at boot; its log line says it is there.
         g.wait_log("delivery queue", BOUND)
             .unwrap_or_else(|| panic!("no delivery queue line:\n{}", g.log_text()));
@@ -244,27 +207,11 @@ impl Gateway {
 
     /// Waits for a log line containing any of `needles`; returns the first such line.
     pub fn wait_log_any(&self, needles: &[&str], bound: Duration) -> Option<String> {
-        let deadline = Instant::now() + bound;
-        let (m, cv) = &*self.log;
-        let mut buf = m.lock().unwrap();
-        loop {
-            if let Some(l) = buf
-                .lines
-                .iter()
-                .find(|l| needles.iter().any(|n| l.contains(n)))
-            {
-                return Some(l.clone());
-            }
-            let now = Instant::now();
-            if buf.closed || now >= deadline {
-                return None;
-            }
-            buf = cv.wait_timeout(buf, deadline - now).unwrap().0;
-        }
+        self.log.wait_any(needles, Instant::now() + bound, || false)
     }
 
     pub fn log_text(&self) -> String {
-        self.log.0.lock().unwrap().lines.join("\n")
+        self.log.text()
     }
 
     pub fn signal(&self, sig: &str) {
@@ -344,13 +291,7 @@ impl Drop for Gateway {
     }
 }
 
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub head: String,
-    pub body: Vec<u8>,
-}
-
+/// What the tests read of a response.
 impl Response {
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
@@ -407,45 +348,6 @@ pub fn rpc_with(addr: &str, token: &str, method: &str, params: &Value) -> Respon
     http_raw(addr, raw.as_bytes())
 }
 
-/// Reads one HTTP response with a Content-Length body.
-pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("eof after {:?}", String::from_utf8_lossy(&buf)),
-            ));
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let len = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse::<usize>().unwrap())
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body)?;
-    Ok(Response { status, head, body })
-}
-
-/// A blocking WebSocket client.
-pub struct Ws {
-    pub sock: WebSocket<TcpStream>,
-    pub challenge: Value,
-    next_id: u64,
-}
-
 /// What a read produced.
 #[derive(Debug)]
 pub enum Got {
@@ -453,38 +355,26 @@ pub enum Got {
     Closed(Option<u16>),
 }
 
+/// The tests' use of the WebSocket client: every read bounded by [`BOUND`], and a failure is a
+/// panic at the caller.
 impl Ws {
     #[track_caller]
     pub fn open(addr: &str) -> Ws {
-        Ws::upgrade(TcpStream::connect(addr).expect("connect"), addr, &[])
+        Ws::on(TcpStream::connect(addr).expect("connect"), addr, &[])
     }
 
     /// A WebSocket from the loopback address `from`, its upgrade request carrying `headers`.
     #[track_caller]
     pub fn open_from(from: std::net::Ipv4Addr, addr: &str, headers: &[(&str, &str)]) -> Ws {
-        Ws::upgrade(connect_from(from, addr), addr, headers)
+        Ws::on(connect_from(from, addr), addr, headers)
     }
 
     #[track_caller]
-    fn upgrade(stream: TcpStream, addr: &str, headers: &[(&str, &str)]) -> Ws {
-        use tungstenite::client::IntoClientRequest;
+    fn on(stream: TcpStream, addr: &str, headers: &[(&str, &str)]) -> Ws {
         stream.set_read_timeout(Some(BOUND)).unwrap();
-        let mut req = format!("ws://{addr}/").into_client_request().unwrap();
-        for (k, v) in headers {
-            req.headers_mut().insert(
-                tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        let (mut sock, _resp) = tungstenite::client(req, stream).expect("upgrade");
-        let challenge = match sock.read().expect("challenge") {
-            Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
-            other => panic!("expected the challenge, got {other:?}"),
-        };
-        Ws {
-            sock,
-            challenge,
-            next_id: 1,
+        match Ws::upgrade(stream, addr, headers, None, Instant::now() + BOUND) {
+            Ok(ws) => ws,
+            Err(e) => panic!("{e}"),
         }
     }
 
@@ -495,12 +385,7 @@ impl Ws {
     }
 
     pub fn send_req(&mut self, method: &str, params: Value) -> String {
-        let id = format!("{}:{method}", self.next_id);
-        self.next_id += 1;
-        self.send_text(
-            &json!({"type": "req", "id": id, "method": method, "params": params}).to_string(),
-        );
-        id
+        self.send(method, &params).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Sends `connect` and returns its `res`.
@@ -510,41 +395,33 @@ impl Ws {
             "client": {"id": "test", "version": "1", "platform": "linux", "mode": "cli"},
             "caps": [], "auth": auth, "role": "operator", "scopes": ["operator.read"],
         });
-        let id = self.send_req("connect", params);
-        self.res(&id)
+        self.hello(&params, Instant::now() + BOUND)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The next frame or the close code.
     #[track_caller]
     pub fn next(&mut self) -> Got {
-        self.try_next()
-            .unwrap_or_else(|| panic!("no frame within {BOUND:?}"))
+        match self.try_next() {
+            Some(got) => got,
+            None => panic!("no frame within {BOUND:?}"),
+        }
     }
 
     /// The next frame or the close code; None when the socket's read timeout passed first.
     fn try_next(&mut self) -> Option<Got> {
-        loop {
-            match self.sock.read() {
-                Ok(Message::Text(t)) => {
-                    return Some(Got::Frame(
-                        serde_json::from_str(t.as_str()).expect("frame is JSON"),
-                    ));
-                }
-                Ok(Message::Close(f)) => return Some(Got::Closed(f.map(|f| u16::from(f.code)))),
-                Ok(_) => {}
-                Err(tungstenite::Error::ConnectionClosed)
-                | Err(tungstenite::Error::AlreadyClosed) => return Some(Got::Closed(None)),
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return None;
-                }
-                Err(e) => {
-                    return Some(Got::Closed(Some(u16::MAX)).also(|| eprintln!("ws error: {e}")));
-                }
+        match self.read_msg() {
+            Ok(Some(Msg::Text(t))) => Some(Got::Frame(
+                serde_json::from_str(t.as_str()).expect("frame is JSON"),
+            )),
+            Ok(Some(Msg::Close(f))) => Some(Got::Closed(f.map(|f| u16::from(f.code)))),
+            Ok(None) => None,
+            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                Some(Got::Closed(None))
+            }
+            Err(e) => {
+                eprintln!("ws error: {e}");
+                Some(Got::Closed(Some(u16::MAX)))
             }
         }
     }
@@ -618,14 +495,6 @@ impl Ws {
     }
 }
 
-trait Also: Sized {
-    fn also(self, f: impl FnOnce()) -> Self {
-        f();
-        self
-    }
-}
-impl<T> Also for T {}
-
 /// Defined with the fake provider, which `benches/agent.rs` shares.
 pub use crate::fake_provider::within;
 
@@ -688,27 +557,11 @@ pub fn keel_cli<'a>(
 
 /// Polls `f` until it returns Some, within `bound`.
 #[track_caller]
-pub fn eventually<T>(bound: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + bound;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "condition not met within {bound:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+pub fn eventually<T>(bound: Duration, f: impl FnMut() -> Option<T>) -> T {
+    match wait::poll(Instant::now() + bound, Duration::from_millis(20), f) {
+        Some(v) => v,
+        None => panic!("condition not met within {bound:?}"),
     }
-}
-
-/// The value of a metric line such as `keel_jobs_in_flight{pool="cpu"}`.
-pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|rest| rest.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-    })
 }
 
 /// Files in a directory.
@@ -720,16 +573,14 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
 
 /// Open descriptors of a process.
 pub fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    procfs::fd_count(pid).unwrap_or(0)
 }
 
 /// A `/proc/<pid>/status` figure in KiB (`VmRSS`, `VmHWM`: the peak).
+#[track_caller]
 pub fn status_kb(pid: u32, key: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in status"))
+    match procfs::status(pid, key) {
+        Ok(v) => v,
+        Err(e) => panic!("{e}"),
+    }
 }

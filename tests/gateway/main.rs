@@ -4,6 +4,7 @@ mod common;
 mod config;
 mod delivery;
 mod fake_provider;
+mod harness;
 mod hooks;
 mod hostile;
 mod http;
@@ -13,6 +14,9 @@ mod paths;
 mod pressure;
 mod runs;
 mod security;
+// The harness shared with the benches; `common` is the tests' side of it.
+#[path = "../../testkit/mod.rs"]
+mod testkit;
 mod tools;
 mod usage;
 mod ws;
