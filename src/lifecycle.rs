@@ -215,7 +215,7 @@ fn run(
     shared.set_phase(Phase::Serving);
     // Serving first, indexing after: the index loads and builds in the background, and so do
     // the idempotency keys of runs and sends (each refuses new work until its keys are in).
-    crate::agent::runs::start_keys(&shared);
+    crate::agent::runs::start_keys(&shared.runs);
     shared.sessions.start();
     shared.delivery.start();
     log::info!(

@@ -46,7 +46,7 @@ pub struct Shared {
     /// Session stores and the usage index.
     pub sessions: Arc<crate::sessions::Sessions>,
     /// Agent runs, session subscriptions and provider cooldowns.
-    pub runs: crate::agent::runs::Runs,
+    pub runs: Arc<crate::agent::runs::Runs>,
     /// The durable outbound queue and its dispatch.
     pub delivery: Arc<crate::delivery::service::Delivery>,
     pub notifier: Notifier,
@@ -101,6 +101,15 @@ impl Shared {
             state_dir: p.state_dir.clone(),
             test_hooks: p.test_hooks,
         }));
+        let runs = Arc::new(crate::agent::runs::Runs::new(crate::agent::runs::Handles {
+            jobs: jobs.clone(),
+            outbox: outbox.clone(),
+            config: config_cell.clone(),
+            pressure: pressure_cell.clone(),
+            metrics: metrics.clone(),
+            delivery: delivery.clone(),
+            state_dir: p.state_dir.clone(),
+        }));
         Shared {
             started: now,
             started_wall_ms: clock::wall_ms(),
@@ -114,7 +123,7 @@ impl Shared {
             jobs,
             outbox,
             sessions,
-            runs: crate::agent::runs::Runs::default(),
+            runs,
             delivery,
             notifier: p.notifier,
             test_hooks: p.test_hooks,
@@ -602,7 +611,7 @@ impl Periodic for RunsPeriodic {
             "agent.wait.expire",
             Box::new(move |_ctx| {
                 queued.store(false, Ordering::Release);
-                sh.runs.expire_waiters(&sh, Instant::now());
+                sh.runs.expire_waiters(Instant::now());
                 Ok(Value::Null.into())
             }),
         );

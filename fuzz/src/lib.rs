@@ -184,7 +184,7 @@ pub fn shared() -> &'static Arc<Shared> {
         }));
         shared.set_phase(keel::phase::Phase::Serving);
         // As the boot job does: new runs start once the idempotency keys are loaded.
-        keel::agent::runs::open_keys(&shared);
+        keel::agent::runs::open_keys(&shared.runs);
         shared
     })
 }

@@ -5,7 +5,7 @@
 
 use super::failover::{self, Reason};
 use super::provider::{self, ChatMessage, ModelEvent, ProviderError, Role, ToolCall};
-use super::runs::{self, Run, Status};
+use super::runs::{self, Run, Runs, Status};
 use super::tools;
 use super::transcript::SessionFile;
 use crate::clock;
@@ -14,7 +14,6 @@ use crate::error::{Code, RpcError};
 use crate::jobs::JobCtx;
 use crate::net::{Limits, Url};
 use crate::payload::Outcome;
-use crate::runtime::Shared;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -106,8 +105,8 @@ fn history_messages(history: &[Value]) -> Vec<ChatMessage> {
 }
 
 /// Cost of a call from the configured price, in OpenClaw's shape; `None` without a price.
-fn cost(shared: &Shared, c: &ModelRef, u: &provider::Usage) -> Option<Value> {
-    let cfg = shared.config();
+fn cost(svc: &Runs, c: &ModelRef, u: &provider::Usage) -> Option<Value> {
+    let cfg = svc.h.config.get();
     let p = cfg.prices.get(&(c.provider.clone(), c.model.clone()))?;
     let part = |t: u64, per_m: f64| t as f64 * per_m / 1_000_000.0;
     let (i, o, r, w) = (
@@ -119,12 +118,12 @@ fn cost(shared: &Shared, c: &ModelRef, u: &provider::Usage) -> Option<Value> {
     Some(json!({"input": i, "output": o, "cacheRead": r, "cacheWrite": w, "total": i + o + r + w}))
 }
 
-fn usage_json(shared: &Shared, c: &ModelRef, u: &provider::Usage) -> Value {
+fn usage_json(svc: &Runs, c: &ModelRef, u: &provider::Usage) -> Value {
     let mut v = json!({
         "input": u.input, "output": u.output, "cacheRead": u.cache_read, "cacheWrite": u.cache_write,
         "totalTokens": u.input + u.output + u.cache_read + u.cache_write,
     });
-    if let Some(c) = cost(shared, c, u) {
+    if let Some(c) = cost(svc, c, u) {
         v["cost"] = c;
     }
     v
@@ -155,7 +154,7 @@ struct Prompt<'a> {
 
 /// Walks the candidates until one answers.
 fn call_chain(
-    shared: &Arc<Shared>,
+    svc: &Arc<Runs>,
     run: &Run,
     ctx: &JobCtx,
     session: &mut SessionFile,
@@ -167,7 +166,7 @@ fn call_chain(
         tools: tool_specs,
         text_so_far,
     } = *prompt;
-    let cfg = shared.config();
+    let cfg = svc.h.config.get();
     let chain = cfg.agents.chain(&run.request.session.agent).candidates();
     if chain.is_empty() {
         return Err(ChainError {
@@ -184,7 +183,7 @@ fn call_chain(
             break;
         }
         let now = Instant::now();
-        if let Some((why, until)) = runs::cooldowns(shared).cooling(c, now) {
+        if let Some((why, until)) = runs::cooldowns(svc).cooling(c, now) {
             failures.push(format!(
                 "{c}: cooling down after {why} ({} s left)",
                 until.saturating_duration_since(now).as_secs()
@@ -224,7 +223,7 @@ fn call_chain(
             if !pending.is_empty() {
                 let delta = std::mem::take(pending);
                 runs::emit(
-                    shared,
+                    svc,
                     run,
                     "agent",
                     json!({"stream": "assistant", "ts": clock::wall_ms(), "data": {"delta": delta}}),
@@ -244,7 +243,7 @@ fn call_chain(
                     last_delta = Instant::now();
                     let full = format!("{text_so_far}{text}");
                     runs::emit(
-                        shared,
+                        svc,
                         run,
                         "chat",
                         json!({"state": "delta", "message": {"role": "assistant", "content": text_content(&full), "timestamp": clock::wall_ms()}}),
@@ -286,7 +285,7 @@ fn call_chain(
                         ModelEvent::Done { stop_reason } => answer.stop_reason = stop_reason,
                     }
                 }
-                runs::cooldowns(shared).record_success(c);
+                runs::cooldowns(svc).record_success(c);
                 return Ok(answer);
             }
             Err(e) => {
@@ -295,7 +294,7 @@ fn call_chain(
                     break;
                 }
                 let cooldown =
-                    runs::cooldowns(shared).record_failure(c, why, retry_after, Instant::now());
+                    runs::cooldowns(svc).record_failure(c, why, retry_after, Instant::now());
                 let message = e.to_string();
                 log::warn!(
                     "run {}: {c} failed after {} ms: {why}: {message}{}",
@@ -312,7 +311,7 @@ fn call_chain(
                     "usage": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "totalTokens": 0},
                 }));
                 runs::emit(
-                    shared,
+                    svc,
                     run,
                     "agent",
                     json!({"stream": "error", "ts": clock::wall_ms(), "data": {
@@ -343,9 +342,9 @@ fn call_chain(
 }
 
 /// Runs one run to its end. Always finishes the run record, whatever happens.
-pub fn execute(shared: &Arc<Shared>, run: &Arc<Run>, ctx: &JobCtx) -> Outcome {
+pub fn execute(svc: &Arc<Runs>, run: &Arc<Run>, ctx: &JobCtx) -> Outcome {
     use crate::cancel::CancelReason;
-    let outcome = execute_inner(shared, run, ctx);
+    let outcome = execute_inner(svc, run, ctx);
     let status = match (&outcome, ctx.token().reason()) {
         (Ok(_), _) => Status::Ok,
         (Err(_), Some(CancelReason::Deadline | CancelReason::Stalled)) => Status::Timeout,
@@ -359,13 +358,13 @@ pub fn execute(shared: &Arc<Shared>, run: &Arc<Run>, ctx: &JobCtx) -> Outcome {
         }
         Err(e) => ("", Some(e.message.clone())),
     };
-    runs::finish(shared, run, status, text, error.clone());
+    runs::finish(svc, run, status, text, error.clone());
     if status == Status::Ok && run.request.deliver && !text.is_empty() {
-        deliver(shared, run, text);
+        deliver(svc, run, text);
     }
     // The lifecycle ends before the terminal chat event, which is what clients wait for.
     let end = json!({"stream": "lifecycle", "ts": clock::wall_ms(), "data": {"phase": "end", "status": status.as_str()}});
-    runs::emit(shared, run, "agent", end);
+    runs::emit(svc, run, "agent", end);
     let chat = match status {
         Status::Ok => {
             json!({"state": "final", "message": {"role": "assistant", "content": text_content(text), "timestamp": clock::wall_ms()}})
@@ -373,7 +372,7 @@ pub fn execute(shared: &Arc<Shared>, run: &Arc<Run>, ctx: &JobCtx) -> Outcome {
         Status::Aborted => json!({"state": "aborted", "errorMessage": error}),
         _ => json!({"state": "error", "errorMessage": error}),
     };
-    runs::emit(shared, run, "chat", chat);
+    runs::emit(svc, run, "chat", chat);
     match outcome {
         Ok(_) => Ok(run.result().into()),
         Err(e) => Err(e),
@@ -383,7 +382,7 @@ pub fn execute(shared: &Arc<Shared>, run: &Arc<Run>, ctx: &JobCtx) -> Outcome {
 /// Queues the reply for the requester's origin — the channel, address, account and thread
 /// the request came from, inherited by sub-agents through any depth — or, only when the
 /// origin has no channel, the agent's first bound channel.
-fn deliver(shared: &Arc<Shared>, run: &Run, text: &str) {
+fn deliver(svc: &Arc<Runs>, run: &Run, text: &str) {
     let req = &run.request;
     let route = match (&req.origin.channel, &req.origin.to) {
         (Some(channel), Some(to)) => crate::delivery::queue::Route {
@@ -399,7 +398,7 @@ fn deliver(shared: &Arc<Shared>, run: &Run, text: &str) {
             return;
         }
         (None, _) => {
-            let cfg = shared.config();
+            let cfg = svc.h.config.get();
             match cfg
                 .agents
                 .agent(&req.session.agent)
@@ -419,7 +418,8 @@ fn deliver(shared: &Arc<Shared>, run: &Run, text: &str) {
         }
     };
     let extra = json!({"runId": run.id, "sessionKey": req.session.key, "parentRunId": req.parent});
-    match shared
+    match svc
+        .h
         .delivery
         .enqueue(route, text, &format!("run:{}", run.id), extra)
     {
@@ -435,12 +435,12 @@ fn deliver(shared: &Arc<Shared>, run: &Run, text: &str) {
 }
 
 fn execute_inner(
-    shared: &Arc<Shared>,
+    svc: &Arc<Runs>,
     run: &Arc<Run>,
     ctx: &JobCtx,
 ) -> Result<(String, Value), RpcError> {
     let req = &run.request;
-    let lock = shared.runs.session_lock(&req.session.key);
+    let lock = svc.session_lock(&req.session.key);
     // One run per session at a time; a run waiting its turn still honours its deadline and
     // cancel (a drain, chat.abort), rather than holding its worker blind until the other ends.
     let _turn = loop {
@@ -455,7 +455,7 @@ fn execute_inner(
     };
     ctx.check()?;
     runs::emit(
-        shared,
+        svc,
         run,
         "agent",
         json!({"stream": "lifecycle", "ts": clock::wall_ms(), "data": {"phase": "start", "agentId": req.session.agent}}),
@@ -467,13 +467,12 @@ fn execute_inner(
         )
     };
     let (_, earlier) =
-        super::transcript::history(&shared.state_dir, &req.session, HISTORY).unwrap_or_default();
-    let mut session =
-        SessionFile::open(&shared.state_dir, &req.session, &req.origin).map_err(io)?;
+        super::transcript::history(&svc.h.state_dir, &req.session, HISTORY).unwrap_or_default();
+    let mut session = SessionFile::open(&svc.h.state_dir, &req.session, &req.origin).map_err(io)?;
     session
         .append(json!({"role": "user", "content": text_content(&req.message), "timestamp": clock::wall_ms()}))
         .map_err(io)?;
-    let cfg = shared.config();
+    let cfg = svc.h.config.get();
     let system = cfg
         .agents
         .agent(&req.session.agent)
@@ -497,7 +496,7 @@ fn execute_inner(
             tools: &tool_specs,
             text_so_far: &full_text,
         };
-        let answer = call_chain(shared, run, ctx, &mut session, &prompt)
+        let answer = call_chain(svc, run, ctx, &mut session, &prompt)
             .map_err(|e| RpcError::new(e.code(), e.message))?;
         let c = &answer.candidate;
         session
@@ -505,7 +504,7 @@ fn execute_inner(
                 "role": "assistant",
                 "content": assistant_content(&answer),
                 "provider": c.provider, "model": c.model, "timestamp": clock::wall_ms(),
-                "stopReason": answer.stop_reason, "usage": usage_json(shared, c, &answer.usage),
+                "stopReason": answer.stop_reason, "usage": usage_json(svc, c, &answer.usage),
             }))
             .map_err(io)?;
         totals.input += answer.usage.input;
@@ -525,7 +524,7 @@ fn execute_inner(
         });
         for call in &answer.tool_calls {
             ctx.check()?;
-            let result = tools::run(shared, run, ctx, call);
+            let result = tools::run(svc, run, ctx, call);
             let (text, is_error) = match &result {
                 Ok(t) => (t.clone(), false),
                 Err(e) => (e.clone(), true),

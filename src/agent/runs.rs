@@ -22,21 +22,27 @@ use super::failover::Cooldowns;
 use super::transcript::Origin;
 use crate::cancel::CancelReason;
 use crate::clock;
+use crate::config::live::ConfigCell;
+use crate::delivery::service::Delivery;
 use crate::error::{Code, RpcError};
 use crate::idempotency::{self, Lookup};
 use crate::ids::SessionKey;
+use crate::jobs::outbox::Outbox;
+use crate::jobs::system::JobSystem;
 use crate::jobs::{JobSpec, Lane, PoolKind, Work};
+use crate::metrics::Metrics;
 use crate::payload::Payload;
 use crate::pressure::Level;
+use crate::pressure::PressureCell;
 use crate::protocol::methods::Caller;
 use crate::protocol::params::{
     address, agent_id, required, required_session_key, session_key, string,
 };
 use crate::protocol::reply::{Fanout, ReplyTo};
-use crate::runtime::Shared;
 use crate::sync::lock;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -237,9 +243,22 @@ impl Run {
     }
 }
 
-/// Every run, idempotency keys, session subscriptions, and provider cooldowns.
-#[derive(Default)]
+/// What the agent service needs of the gateway, and nothing more.
+pub struct Handles {
+    pub jobs: Arc<JobSystem>,
+    pub outbox: Arc<Outbox>,
+    pub config: Arc<ConfigCell>,
+    pub pressure: Arc<PressureCell>,
+    pub metrics: Arc<Metrics>,
+    /// Replies go out through the delivery service.
+    pub delivery: Arc<Delivery>,
+    pub state_dir: PathBuf,
+}
+
+/// The agent service: every run, idempotency keys, session subscriptions, and provider
+/// cooldowns, with the handles runs need.
 pub struct Runs {
+    pub h: Handles,
     runs: Mutex<HashMap<String, Arc<Run>>>,
     by_idem: Mutex<HashMap<String, String>>,
     subs: Mutex<HashMap<String, Vec<(usize, u64)>>>,
@@ -254,6 +273,20 @@ pub struct Runs {
 }
 
 impl Runs {
+    pub fn new(h: Handles) -> Runs {
+        Runs {
+            h,
+            runs: Mutex::default(),
+            by_idem: Mutex::default(),
+            subs: Mutex::default(),
+            cooldowns: Mutex::default(),
+            session_locks: Mutex::default(),
+            last_prune: Mutex::default(),
+            run_keys: idempotency::Store::default(),
+            next_wait_deadline: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<Run>> {
         lock(&self.runs).get(id).cloned()
     }
@@ -341,7 +374,8 @@ impl Runs {
     }
 
     /// Answers `agent.wait`ers whose time is up (a job the watchdog's tick submits).
-    pub fn expire_waiters(&self, shared: &Shared, now: Instant) {
+    pub fn expire_waiters(&self, now: Instant) {
+        let svc = self;
         // Taken before the scan: a waiter added meanwhile lowers it again, so none is missed.
         self.next_wait_deadline
             .store(u64::MAX, std::sync::atomic::Ordering::Release);
@@ -359,30 +393,30 @@ impl Runs {
                 gone
             };
             for w in expired {
-                send_reply(shared, &w.reply, &Ok(json!({"runId": r.id, "status": "timeout", "runStatus": r.status().as_str()}).into()));
+                send_reply(svc, &w.reply, &Ok(json!({"runId": r.id, "status": "timeout", "runStatus": r.status().as_str()}).into()));
             }
         }
     }
 }
 
 /// The provider cooldowns.
-pub fn cooldowns(shared: &Shared) -> MutexGuard<'_, Cooldowns> {
-    lock(&shared.runs.cooldowns)
+pub fn cooldowns(svc: &Runs) -> MutexGuard<'_, Cooldowns> {
+    lock(&svc.cooldowns)
 }
 
-fn send_reply(shared: &Shared, reply: &ReplyTo, outcome: &crate::payload::Outcome) {
+fn send_reply(svc: &Runs, reply: &ReplyTo, outcome: &crate::payload::Outcome) {
     if let Some(c) = crate::protocol::reply::encode_reply(reply, outcome) {
-        shared.push(c);
+        svc.h.outbox.push(c);
     }
 }
 
 /// Sends `event` to every listener of the run (never dropped).
-pub fn emit(shared: &Shared, run: &Run, event: &str, mut payload: Value) {
+pub fn emit(svc: &Runs, run: &Run, event: &str, mut payload: Value) {
     payload["runId"] = json!(run.id);
     payload["sessionKey"] = json!(run.request.session.key);
     payload["seq"] = json!(run.next_seq());
     let targets = lock(&run.inner).listeners.clone();
-    shared.fanout(Fanout {
+    svc.h.outbox.fanout(Fanout {
         targets,
         name: Arc::from(event),
         payload: Arc::from(payload.to_string()),
@@ -392,13 +426,13 @@ pub fn emit(shared: &Shared, run: &Run, event: &str, mut payload: Value) {
 
 /// Mirrors a tool event to the session's subscribers: drop-if-slow, and while pressure is
 /// elevated only the terminal ones (`result`, `error`) go out.
-pub fn mirror_tool(shared: &Shared, run: &Run, phase: &str, data: &Value) {
+pub fn mirror_tool(svc: &Runs, run: &Run, phase: &str, data: &Value) {
     let terminal = matches!(phase, "result" | "error" | "end");
-    if !terminal && shared.pressure().level >= Level::Elevated {
-        shared.metrics.events_suppressed_pressure.inc();
+    if !terminal && svc.h.pressure.get().level >= Level::Elevated {
+        svc.h.metrics.events_suppressed_pressure.inc();
         return;
     }
-    let subs = lock(&shared.runs.subs)
+    let subs = lock(&svc.subs)
         .get(&run.request.session.key)
         .cloned()
         .unwrap_or_default();
@@ -406,7 +440,7 @@ pub fn mirror_tool(shared: &Shared, run: &Run, phase: &str, data: &Value) {
         return;
     }
     let payload = json!({"runId": run.id, "sessionKey": run.request.session.key, "phase": phase, "data": data, "ts": clock::wall_ms()});
-    shared.fanout(Fanout {
+    svc.h.outbox.fanout(Fanout {
         targets: subs,
         name: Arc::from("session.tool"),
         payload: Arc::from(payload.to_string()),
@@ -416,14 +450,14 @@ pub fn mirror_tool(shared: &Shared, run: &Run, phase: &str, data: &Value) {
 
 /// Ends a run: remembers a client's key with the result, records the outcome, and answers
 /// every waiter.
-pub fn finish(shared: &Shared, run: &Run, status: Status, text: &str, error: Option<String>) {
+pub fn finish(svc: &Runs, run: &Run, status: Status, text: &str, error: Option<String>) {
     let ended_ms = clock::wall_ms();
     // In memory before the run is marked ended (only ended runs are pruned), so a repeat finds
     // the live record or the remembered result, never neither.
-    let limits = shared.config().idempotency.run_limits();
+    let limits = svc.h.config.get().idempotency.run_limits();
     let pending = if remembers_key(run) {
         let r = run.remembered_result(status, text, error.as_deref(), ended_ms);
-        let keys = &shared.runs.run_keys;
+        let keys = &svc.run_keys;
         keys.insert(&run.idempotency_key, ended_ms, &r, &limits)
     } else {
         None
@@ -438,11 +472,11 @@ pub fn finish(shared: &Shared, run: &Run, status: Status, text: &str, error: Opt
         std::mem::take(&mut i.waiters)
     };
     if let Some(p) = pending {
-        shared.runs.run_keys.append(p);
+        svc.run_keys.append(p);
     }
     let result = run.result();
     for w in waiters {
-        send_reply(shared, &w.reply, &Ok(result.clone().into()));
+        send_reply(svc, &w.reply, &Ok(result.clone().into()));
     }
 }
 
@@ -453,16 +487,16 @@ fn remembers_key(run: &Run) -> bool {
 
 /// Loads the remembered keys of finished runs (`<state>/idempotency/runs.jsonl`); until then,
 /// new runs are refused (retryable).
-pub fn open_keys(shared: &Shared) {
-    let path = shared.state_dir.join("idempotency").join("runs.jsonl");
-    let limits = shared.config().idempotency.run_limits();
-    let loaded = shared.runs.run_keys.open(&path, clock::wall_ms(), &limits);
+pub fn open_keys(svc: &Runs) {
+    let path = svc.h.state_dir.join("idempotency").join("runs.jsonl");
+    let limits = svc.h.config.get().idempotency.run_limits();
+    let loaded = svc.run_keys.open(&path, clock::wall_ms(), &limits);
     idempotency::log_loaded("runs", &path, &loaded);
 }
 
 /// Boot: [`open_keys`] on a worker (in place if it cannot be queued).
-pub fn start_keys(shared: &Arc<Shared>) {
-    let sh = shared.clone();
+pub fn start_keys(svc: &Arc<Runs>) {
+    let sh = svc.clone();
     let work: Work = Box::new(move |_ctx| {
         open_keys(&sh);
         Ok(Value::Null.into())
@@ -474,9 +508,9 @@ pub fn start_keys(shared: &Arc<Shared>) {
         timeout: Duration::from_secs(60),
         stall_limit: None,
     };
-    if let Err(e) = shared.submit(spec, ReplyTo::Internal, work) {
+    if let Err(e) = svc.h.jobs.submit(spec, ReplyTo::Internal, work) {
         log::warn!("runs: cannot queue loading the idempotency keys ({e}); loading them now");
-        open_keys(shared);
+        open_keys(svc);
     }
 }
 
@@ -495,7 +529,7 @@ fn origin_of(p: &Value) -> Result<Origin, RpcError> {
 /// record, or the run rebuilt from its remembered result. An empty key is never deduplicated.
 /// Returns the run and whether it is new.
 pub fn start(
-    shared: &Arc<Shared>,
+    svc: &Arc<Runs>,
     idem: &str,
     request: Request,
     reply: ReplyTo,
@@ -507,8 +541,8 @@ pub fn start(
         return Err(RpcError::invalid(why));
     }
     if !idem.is_empty()
-        && let Some(id) = lock(&shared.runs.by_idem).get(idem).cloned()
-        && let Some(run) = shared.runs.get(&id)
+        && let Some(id) = lock(&svc.by_idem).get(idem).cloned()
+        && let Some(run) = svc.get(&id)
     {
         if let Some(l) = listener {
             let mut i = lock(&run.inner);
@@ -520,8 +554,8 @@ pub fn start(
     }
     // A run that finished within the window, whose record is gone (pruned, or a restart).
     if !idem.is_empty() {
-        let window_ms = shared.config().idempotency.run_limits().window_ms;
-        match shared.runs.run_keys.get(idem, clock::wall_ms(), window_ms) {
+        let window_ms = svc.h.config.get().idempotency.run_limits().window_ms;
+        match svc.run_keys.get(idem, clock::wall_ms(), window_ms) {
             Lookup::Hit(first) => match Run::remembered(idem, &first) {
                 Some(run) => return Ok((Arc::new(run), false)),
                 None => log::warn!("runs: a remembered result is not a finished run; ignored"),
@@ -538,15 +572,15 @@ pub fn start(
     }
     // Memory past the critical threshold: a new run (a transcript, a provider stream, its
     // events) would only add to it. Everything already running continues.
-    if let Some(why) = shared.pressure().memory_critical {
-        shared.metrics.rejected_pressure.inc();
+    if let Some(why) = svc.h.pressure.get().memory_critical {
+        svc.h.metrics.rejected_pressure.inc();
         return Err(RpcError::unavailable(
             format!("new agent runs are refused while memory is critical ({why}); retry later"),
             5_000,
         ));
     }
-    shared.runs.prune(Instant::now());
-    let cfg = shared.config();
+    svc.prune(Instant::now());
+    let cfg = svc.h.config.get();
     let run = Arc::new(Run {
         id: clock::Rng::from_os().uuid(),
         idempotency_key: idem.to_string(),
@@ -565,7 +599,7 @@ pub fn start(
             meta: json!({}),
         }),
     });
-    let sh = shared.clone();
+    let sh = svc.clone();
     let r = run.clone();
     let work: Work = Box::new(move |ctx| super::engine::execute(&sh, &r, ctx));
     let spec = JobSpec {
@@ -575,11 +609,11 @@ pub fn start(
         timeout: cfg.agents.run_timeout + Duration::from_secs(5),
         stall_limit: None,
     };
-    let job = shared.submit(spec, reply, work)?;
+    let job = svc.h.jobs.submit(spec, reply, work)?;
     lock(&run.inner).job = Some(job);
-    lock(&shared.runs.runs).insert(run.id.clone(), run.clone());
+    lock(&svc.runs).insert(run.id.clone(), run.clone());
     if !idem.is_empty() {
-        lock(&shared.runs.by_idem).insert(idem.to_string(), run.id.clone());
+        lock(&svc.by_idem).insert(idem.to_string(), run.id.clone());
     }
     Ok((run, true))
 }
@@ -595,29 +629,23 @@ fn listener_of(caller: &Caller) -> Option<(usize, u64)> {
 
 /// `chat.send {sessionKey, message, idempotencyKey, timeoutMs?}` → `{runId, status}`; the
 /// run's progress follows as `chat` and `agent` events.
-pub fn chat_send(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
-    let cfg = shared.config();
+pub fn chat_send(svc: &Arc<Runs>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
+    let cfg = svc.h.config.get();
     let session = required_session_key(p, "sessionKey", &cfg.agents.default_agent_id())?;
     let message = required(p, "message")?;
     let idem = required(p, "idempotencyKey")?;
     let request = Request::top(message, session, origin_of(p)?);
-    let (run, new) = start(
-        shared,
-        &idem,
-        request,
-        ReplyTo::Internal,
-        listener_of(caller),
-    )?;
+    let (run, new) = start(svc, &idem, request, ReplyTo::Internal, listener_of(caller))?;
     Ok(json!({"runId": run.id, "status": if new { "started" } else { run.status().as_str() }}))
 }
 
 /// `agent {message, idempotencyKey, agentId?, sessionKey?, channel?, to?, accountId?,
 /// threadId?, deliver?, timeout?}` → `{runId, status: "accepted"}` now, and (over WebSocket)
 /// a second `res` with the same id when the run ends.
-pub fn agent(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
+pub fn agent(svc: &Arc<Runs>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
     let message = required(p, "message")?;
     let idem = required(p, "idempotencyKey")?;
-    let cfg = shared.config();
+    let cfg = svc.h.config.get();
     // The session key's agent wins; a key that names none belongs to `agentId`.
     let agent = agent_id(p, "agentId")?.unwrap_or_else(|| cfg.agents.default_agent_id());
     let session =
@@ -636,12 +664,12 @@ pub fn agent(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, 
         },
         Caller::Http => ReplyTo::Internal,
     };
-    let (run, new) = start(shared, &idem, request, reply.clone(), listener_of(caller))?;
+    let (run, new) = start(svc, &idem, request, reply.clone(), listener_of(caller))?;
     if !new && run.status() != Status::Running {
         // The same request again after it ended: the final answer follows at once.
-        send_reply(shared, &reply, &Ok(run.result().into()));
+        send_reply(svc, &reply, &Ok(run.result().into()));
     } else if !new {
-        shared.runs.add_waiter(
+        svc.add_waiter(
             &run,
             Waiter {
                 reply,
@@ -654,13 +682,9 @@ pub fn agent(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, 
 
 /// `agent.wait {runId, timeoutMs?}`: the run's final result, or `status: "timeout"`.
 /// `None` means the answer is deferred until the run ends (or the wait times out).
-pub fn agent_wait(
-    shared: &Arc<Shared>,
-    p: &Value,
-    caller: &Caller,
-) -> Result<Option<Value>, RpcError> {
+pub fn agent_wait(svc: &Arc<Runs>, p: &Value, caller: &Caller) -> Result<Option<Value>, RpcError> {
     let id = required(p, "runId")?;
-    let run = shared.runs.get(&id).ok_or_else(|| {
+    let run = svc.get(&id).ok_or_else(|| {
         RpcError::new(
             Code::NotFound,
             format!("no run {id} (finished runs are kept for an hour)"),
@@ -702,21 +726,20 @@ pub fn agent_wait(
         }
     };
     let deadline = Instant::now() + timeout;
-    shared.runs.note_deadline(deadline);
+    svc.note_deadline(deadline);
     i.waiters.push(Waiter { reply, deadline });
     Ok(None)
 }
 
 /// `chat.abort {runId}`: cancels the run; its socket to the provider is shut at once.
-pub fn chat_abort(shared: &Arc<Shared>, p: &Value, _caller: &Caller) -> Result<Value, RpcError> {
+pub fn chat_abort(svc: &Arc<Runs>, p: &Value, _caller: &Caller) -> Result<Value, RpcError> {
     let id = required(p, "runId")?;
-    let run = shared
-        .runs
+    let run = svc
         .get(&id)
         .ok_or_else(|| RpcError::new(Code::NotFound, format!("no run {id}")))?;
     let job = lock(&run.inner).job;
-    let aborted = match job.and_then(|j| shared.jobs.get(j)) {
-        Some(info) => shared.cancel_job(&info, CancelReason::Client),
+    let aborted = match job.and_then(|j| svc.h.jobs.get(j)) {
+        Some(info) => svc.h.jobs.cancel_job(&info, CancelReason::Client),
         None => false,
     };
     Ok(json!({"ok": true, "runId": id, "aborted": aborted, "status": run.status().as_str()}))
@@ -732,8 +755,8 @@ pub fn chat_abort(shared: &Arc<Shared>, p: &Value, _caller: &Caller) -> Result<V
 /// `hooks.defaultSessionKey` or a fresh `hook:<uuid>`, a `/wake` its agent's main session;
 /// an explicit key must start with one of `hooks.allowedSessionKeyPrefixes`. The session is
 /// always stored under the selected agent (`agent:<agentId>:…`).
-pub fn hook(shared: &Arc<Shared>, route: &str, p: &Value) -> Result<Value, RpcError> {
-    let cfg = shared.config();
+pub fn hook(svc: &Arc<Runs>, route: &str, p: &Value) -> Result<Value, RpcError> {
+    let cfg = svc.h.config.get();
     let Some(policy) = cfg.hooks.as_ref() else {
         return Err(RpcError::new(Code::NotFound, "hooks are not enabled"));
     };
@@ -792,25 +815,20 @@ pub fn hook(shared: &Arc<Shared>, route: &str, p: &Value) -> Result<Value, RpcEr
     let idem = string(p, "idempotencyKey")?.unwrap_or_default();
     let mut request = Request::top(message, session, origin_of(p)?);
     request.deliver = p.get("deliver").and_then(Value::as_bool).unwrap_or(true);
-    let (run, _) = start(shared, &idem, request, ReplyTo::Internal, None)?;
+    let (run, _) = start(svc, &idem, request, ReplyTo::Internal, None)?;
     Ok(json!({"runId": run.id}))
 }
 
 /// `sessions.subscribe {sessionKey}` / `sessions.unsubscribe {sessionKey}` (WebSocket only).
-pub fn subscribe(
-    shared: &Arc<Shared>,
-    p: &Value,
-    caller: &Caller,
-    on: bool,
-) -> Result<Value, RpcError> {
-    let cfg = shared.config();
+pub fn subscribe(svc: &Arc<Runs>, p: &Value, caller: &Caller, on: bool) -> Result<Value, RpcError> {
+    let cfg = svc.h.config.get();
     let key = required_session_key(p, "sessionKey", &cfg.agents.default_agent_id())?.key;
     let Some(me) = listener_of(caller) else {
         return Err(RpcError::invalid(
             "sessions.subscribe needs a WebSocket connection",
         ));
     };
-    let mut subs = lock(&shared.runs.subs);
+    let mut subs = lock(&svc.subs);
     let list = subs.entry(key.clone()).or_default();
     list.retain(|c| *c != me);
     if on {
@@ -823,8 +841,8 @@ pub fn subscribe(
 }
 
 /// `chat.history {sessionKey, limit?}` (a cpu job: it reads the transcript).
-pub fn chat_history(shared: &Arc<Shared>, p: &Value) -> Result<Payload, RpcError> {
-    let cfg = shared.config();
+pub fn chat_history(svc: &Arc<Runs>, p: &Value) -> Result<Payload, RpcError> {
+    let cfg = svc.h.config.get();
     let session = required_session_key(p, "sessionKey", &cfg.agents.default_agent_id())?;
     let limit = p
         .get("limit")
@@ -832,7 +850,7 @@ pub fn chat_history(shared: &Arc<Shared>, p: &Value) -> Result<Payload, RpcError
         .unwrap_or(200)
         .min(1000) as usize;
     let (sid, messages) =
-        super::transcript::history(&shared.state_dir, &session, limit).map_err(|e| {
+        super::transcript::history(&svc.h.state_dir, &session, limit).map_err(|e| {
             RpcError::new(
                 Code::Internal,
                 format!("cannot read the history of {}: {e}", session.key),
@@ -845,6 +863,29 @@ pub fn chat_history(shared: &Arc<Shared>, p: &Value) -> Result<Payload, RpcError
 mod tests {
     use super::*;
     use crate::ids::AgentId;
+    use crate::jobs::system::Detached;
+
+    /// The agent service with no gateway around it (jobs stay queued).
+    fn test_runs() -> (Runs, Detached) {
+        let d = Detached::new(crate::config::Config::default());
+        let delivery = Arc::new(Delivery::new(crate::delivery::service::Handles {
+            jobs: d.jobs.clone(),
+            config: d.config.clone(),
+            lifecycle: d.lifecycle.clone(),
+            state_dir: PathBuf::from("state"),
+            test_hooks: false,
+        }));
+        let runs = Runs::new(Handles {
+            jobs: d.jobs.clone(),
+            outbox: d.jobs.outbox.clone(),
+            config: d.config.clone(),
+            pressure: d.pressure.clone(),
+            metrics: Arc::new(Metrics::default()),
+            delivery,
+            state_dir: PathBuf::from("state"),
+        });
+        (runs, d)
+    }
 
     fn finished(runs: &Runs, n: usize, ended: Instant) {
         let mut map = lock(&runs.runs);
@@ -880,7 +921,7 @@ mod tests {
 
     #[test]
     fn finished_runs_are_swept_at_most_every_second_below_the_cap() {
-        let runs = Runs::default();
+        let runs = test_runs().0;
         let t0 = Instant::now() + KEEP_FINISHED + Duration::from_secs(10);
         finished(&runs, 1200, Instant::now());
         runs.prune(t0);
@@ -895,7 +936,7 @@ mod tests {
 
     #[test]
     fn the_cap_holds_whenever_it_is_reached() {
-        let runs = Runs::default();
+        let runs = test_runs().0;
         let now = Instant::now();
         finished(&runs, MAX_RUNS / 2, now);
         runs.prune(now); // sweeps (nothing expired) and starts the 1 s spacing
@@ -911,7 +952,7 @@ mod tests {
 
     #[test]
     fn a_remembered_result_rebuilds_the_run_that_gives_it_back() {
-        let runs = Runs::default();
+        let runs = test_runs().0;
         finished(&runs, 1, Instant::now());
         let run = lock(&runs.runs).values().next().unwrap().clone();
         lock(&run.inner).meta = json!({"model": "m", "usage": {"input": 3}});

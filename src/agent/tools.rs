@@ -22,14 +22,13 @@
 //! A process that leaves the group on purpose (`setsid`, `setpgid`) is beyond all this.
 
 use super::provider::{ToolCall, ToolSpec};
-use super::runs::{self, Request, Run};
+use super::runs::{self, Request, Run, Runs};
 use crate::clock;
 use crate::config::agents::{AgentSettings, CommandTool};
 use crate::ids::{AgentId, SessionKey};
 use crate::jobs::JobCtx;
 use crate::procgroup;
 use crate::protocol::reply::ReplyTo;
-use crate::runtime::Shared;
 use crate::sync::lock;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::process::{Pid, WaitId, WaitIdOptions};
@@ -61,45 +60,48 @@ pub fn specs(settings: &AgentSettings) -> Vec<ToolSpec> {
     v
 }
 
-fn event(shared: &Shared, run: &Run, phase: &str, data: Value) {
+fn event(svc: &Runs, run: &Run, phase: &str, data: Value) {
     runs::emit(
-        shared,
+        svc,
         run,
         "agent",
         json!({"stream": "tool", "ts": clock::wall_ms(), "data": {"phase": phase, "data": data}}),
     );
-    runs::mirror_tool(shared, run, phase, &data);
+    runs::mirror_tool(svc, run, phase, &data);
 }
 
 /// Runs one tool call; `Err` is a message for the model (the run goes on).
-pub fn run(
-    shared: &Arc<Shared>,
-    run: &Run,
-    ctx: &JobCtx,
-    call: &ToolCall,
-) -> Result<String, String> {
+pub fn run(svc: &Arc<Runs>, run: &Run, ctx: &JobCtx, call: &ToolCall) -> Result<String, String> {
     event(
-        shared,
+        svc,
         run,
         "start",
         json!({"name": call.name, "toolCallId": call.id, "args": call.arguments}),
     );
     let result = match call.name.as_str() {
-        "sessions_spawn" => spawn(shared, run, call),
-        name => match shared.config().agents.tools.iter().find(|t| t.name == name) {
+        "sessions_spawn" => spawn(svc, run, call),
+        name => match svc
+            .h
+            .config
+            .get()
+            .agents
+            .tools
+            .iter()
+            .find(|t| t.name == name)
+        {
             Some(t) => command(t, &call.arguments, ctx),
             None => Err(format!("unknown tool {name:?}")),
         },
     };
     match &result {
         Ok(out) => event(
-            shared,
+            svc,
             run,
             "result",
             json!({"name": call.name, "toolCallId": call.id, "result": out}),
         ),
         Err(e) => event(
-            shared,
+            svc,
             run,
             "error",
             json!({"name": call.name, "toolCallId": call.id, "error": e}),
@@ -109,7 +111,7 @@ pub fn run(
 }
 
 /// `sessions_spawn {task, agentId?, label?}`: queues a child run with the parent's origin.
-fn spawn(shared: &Arc<Shared>, parent: &Run, call: &ToolCall) -> Result<String, String> {
+fn spawn(svc: &Arc<Runs>, parent: &Run, call: &ToolCall) -> Result<String, String> {
     let task = call
         .arguments
         .get("task")
@@ -142,7 +144,7 @@ fn spawn(shared: &Arc<Shared>, parent: &Run, call: &ToolCall) -> Result<String, 
         deliver: true,
     };
     let idem = format!("{}:spawn:{}", parent.id, call.id);
-    let (child, _) = runs::start(shared, &idem, request, ReplyTo::Internal, None)
+    let (child, _) = runs::start(svc, &idem, request, ReplyTo::Internal, None)
         .map_err(|e| format!("cannot start the sub-agent: {}", e.message))?;
     Ok(json!({"status": "accepted", "runId": child.id, "childSessionKey": child_key}).to_string())
 }

@@ -84,12 +84,12 @@ const METHODS: &[Method] = &[
     },
     Method {
         name: "chat.send",
-        handler: Handler::Inline(runs::chat_send),
+        handler: Handler::Inline(chat_send),
         hidden: false,
     },
     Method {
         name: "agent",
-        handler: Handler::Inline(runs::agent),
+        handler: Handler::Inline(agent),
         hidden: false,
     },
     Method {
@@ -99,7 +99,7 @@ const METHODS: &[Method] = &[
     },
     Method {
         name: "chat.abort",
-        handler: Handler::Inline(runs::chat_abort),
+        handler: Handler::Inline(chat_abort),
         hidden: false,
     },
     Method {
@@ -206,19 +206,31 @@ fn delivery_job(
     ))
 }
 
+fn chat_send(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
+    runs::chat_send(&shared.runs, p, caller)
+}
+
+fn agent(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
+    runs::agent(&shared.runs, p, caller)
+}
+
+fn chat_abort(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
+    runs::chat_abort(&shared.runs, p, caller)
+}
+
 fn agent_wait(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Call, RpcError> {
-    Ok(match runs::agent_wait(shared, p, caller)? {
+    Ok(match runs::agent_wait(&shared.runs, p, caller)? {
         Some(v) => Call::Inline(Ok(v)),
         None => Call::Deferred,
     })
 }
 
 fn subscribe(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
-    runs::subscribe(shared, p, caller, true)
+    runs::subscribe(&shared.runs, p, caller, true)
 }
 
 fn unsubscribe(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
-    runs::subscribe(shared, p, caller, false)
+    runs::subscribe(&shared.runs, p, caller, false)
 }
 
 fn chat_history(
@@ -238,7 +250,7 @@ fn chat_history(
         },
         Box::new(move |ctx: &JobCtx| {
             ctx.check()?;
-            runs::chat_history(&sh, &params)
+            runs::chat_history(&sh.runs, &params)
         }),
     ))
 }

@@ -803,7 +803,7 @@ impl<S: Socket> HttpConn<S> {
                 );
             }
         };
-        match crate::agent::runs::hook(cx.shared, route, &params) {
+        match crate::agent::runs::hook(&cx.shared.runs, route, &params) {
             Ok(v) => {
                 let body = json!({"ok": true, "runId": v["runId"]}).to_string();
                 self.respond(cx, 202, "application/json", &[], body.as_bytes());
