@@ -566,11 +566,11 @@ impl Reactor {
         let mut stream = match s.conn {
             Conn::Http(h) => h.into_upgrade(s.peer).0,
             Conn::Ws(w) => {
-                if w.inflight > 0 {
+                if w.inflight.get() > 0 {
                     log::debug!(
                         "WebSocket {} left with {} request(s) in flight; their jobs continue",
                         w.conn_id,
-                        w.inflight
+                        w.inflight.get()
                     );
                 }
                 (*w).into_stream()
