@@ -253,6 +253,9 @@ pub struct Reactor {
     poll: Poll,
     listener: Option<TcpListener>,
     shared: Arc<Shared>,
+    /// The config, read once per iteration (a reload takes effect on the next one) and handed
+    /// to every handler of that iteration.
+    config: Arc<Config>,
     completions: Receiver<Outbound>,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
@@ -310,6 +313,7 @@ impl Reactor {
             poll,
             listener: Some(listener),
             shared,
+            config: cfg,
             completions,
             slots: Vec::new(),
             free: Vec::new(),
@@ -355,6 +359,7 @@ impl Reactor {
             }
             let t0 = Instant::now();
             self.shared.reactor_busy(t0);
+            self.config = self.shared.config();
             // A poll that timed out tells how late the thread got the CPU back: scheduling
             // delay (a starved reactor) counts as lag as much as its own work does.
             let late = if events.is_empty() && !timeout.is_zero() {
@@ -396,7 +401,7 @@ impl Reactor {
     fn accept_all(&mut self, now: Instant) {
         self.accept_again = false;
         self.accept_paused_until = None;
-        let max = self.shared.config().limits.max_connections;
+        let max = self.config.limits.max_connections;
         let mut cap = max.min(self.fd_cap);
         let mut rechecked = false;
         for _ in 0..ACCEPT_BUDGET {
@@ -512,8 +517,8 @@ impl Reactor {
         }
         self.last_limit_check = now;
         let soft = fdlimit::soft();
-        let cfg = self.shared.config();
-        let cap = fdlimit::cap(soft, fdlimit::reserve(&cfg));
+        let cfg = &self.config;
+        let cap = fdlimit::cap(soft, fdlimit::reserve(cfg));
         let lowered = self
             .last_emfile
             .is_some_and(|t| now.saturating_duration_since(t) < LOWERED_FOR);
@@ -551,7 +556,7 @@ impl Reactor {
             conn: Conn::Http(HttpConn::new(
                 stream,
                 now,
-                self.shared.config().limits.header_timeout,
+                self.config.limits.header_timeout,
             )),
         });
         self.live += 1;
@@ -606,6 +611,7 @@ impl Reactor {
             let Reactor {
                 slots,
                 shared,
+                config,
                 rng,
                 limiters,
                 ..
@@ -616,7 +622,6 @@ impl Reactor {
             if generation.is_some_and(|g| g != s.generation) {
                 return;
             }
-            let config = shared.config();
             let mut cx = Cx {
                 shared,
                 now,
@@ -625,7 +630,7 @@ impl Reactor {
                 peer: s.peer,
                 rng,
                 limiters,
-                config: &config,
+                config,
             };
             let conn = &mut s.conn;
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn, &mut cx)));
@@ -661,7 +666,6 @@ impl Reactor {
             return;
         };
         let (stream, up) = h.into_upgrade(peer);
-        let config = self.shared.config();
         let mut cx = Cx {
             shared: &self.shared,
             now,
@@ -670,7 +674,7 @@ impl Reactor {
             peer,
             rng: &mut self.rng,
             limiters: &mut self.limiters,
-            config: &config,
+            config: &self.config,
         };
         let ws = WsConn::start(stream, up.leftover, up.client, &mut cx);
         self.slots[slot] = Some(Slot {
@@ -786,7 +790,7 @@ impl Reactor {
         m.conns_ws_handshake.set(handshaking);
         m.conns_ws_open.set(open);
         if self.slots.len() > 64 && self.live < self.slots.len() / 4 {
-            self.limiters.prune(now, &self.shared.config().rate_limit);
+            self.limiters.prune(now, &self.config.rate_limit);
         }
     }
 
@@ -797,7 +801,7 @@ impl Reactor {
         }
         if !self.announced_drain {
             self.announced_drain = true;
-            let drain_ms = self.shared.config().drain_timeout.as_millis() as u64;
+            let drain_ms = self.config.drain_timeout.as_millis() as u64;
             self.each_ws(now, |w, cx| w.announce_shutdown(cx, drain_ms));
         }
         if self.stop_by.is_none() && self.shared.jobs.is_empty() && self.completions.is_empty() {
