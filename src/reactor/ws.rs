@@ -8,7 +8,7 @@
 //!     ├─ valid connect ──▶ open (frames ≤ maxPayload; requests; tick every tickIntervalMs)
 //!     ├─ not a connect / bad params / wrong secret ──▶ error res, close 1008
 //!     └─ no common protocol ──▶ error res, close 1002
-//! open ── silent for a tick interval ──▶ ping; silent for two ──▶ close 1001 (dead peer)
+//! open ── silent for a tick interval ──▶ ping; still unanswered at the next tick ──▶ close 1001
 //! open ── shutdown ──▶ `shutdown` event … close 1012
 //! any ── close sent ──▶ closing (until the peer's close or 2 s) ──▶ dropped
 //! ```
@@ -20,7 +20,8 @@
 //! hold its connection until TCP gives up on a tick, which takes many minutes. Every message
 //! or control frame from the client counts as a sign of life; a client silent for a tick
 //! interval gets a ping with that tick (every WebSocket library answers it by itself), and one
-//! silent for two tick intervals (60 s by default) is closed 1001.
+//! that has not answered it by the next tick — silent for two tick intervals at least, 60 s by
+//! default — is closed 1001.
 
 use super::{Cx, Outcome, io_would_block};
 use crate::auth::{Client, Presented};
@@ -77,6 +78,8 @@ pub struct WsConn<S: Socket = TcpStream> {
     next_tick: Option<Instant>,
     /// When the client last sent a frame (a whole message or a control frame).
     last_heard: Instant,
+    /// When a ping went out that nothing has answered since (nothing heard from the client).
+    unanswered_ping: Option<Instant>,
     /// Requests that still owe this connection a reply (`maxInflightPerConnection`).
     pub inflight: InFlight,
     seq: u64,
@@ -122,6 +125,7 @@ impl<S: Socket> WsConn<S> {
             deadline: Some(cx.now + cfg.handshake_timeout),
             next_tick: None,
             last_heard: cx.now,
+            unanswered_ping: None,
             inflight: InFlight::default(),
             seq: 0,
             conn_id: cx.rng.uuid(),
@@ -319,6 +323,7 @@ impl<S: Socket> WsConn<S> {
             let read = self.ws.read();
             if read.is_ok() {
                 self.last_heard = cx.now;
+                self.unanswered_ping = None;
             }
             match read {
                 Ok(Message::Text(t)) => {
@@ -619,7 +624,15 @@ impl<S: Socket> WsConn<S> {
             let interval = cx.config().tick_interval;
             self.next_tick = Some(cx.now + interval);
             let silent = cx.now.saturating_duration_since(self.last_heard);
-            if silent >= 2 * interval {
+            // Closed when the ping of an earlier tick is still unanswered — two intervals of
+            // silence at least — rather than on two intervals of silence alone: a tick runs
+            // a little after its deadline, so a client that answered a ping just after its
+            // tick can be silent for a hair under an interval at the next tick (no ping) and
+            // for over two at the one after, and would be closed without a ping to answer.
+            if self
+                .unanswered_ping
+                .is_some_and(|p| cx.now.saturating_duration_since(p) >= interval)
+            {
                 cx.shared.metrics.ping_timeouts.inc();
                 log::info!(
                     "WebSocket {} ({}): nothing received for {} s, not even a pong; closing",
@@ -632,7 +645,8 @@ impl<S: Socket> WsConn<S> {
             }
             let payload = json!({"ts": crate::clock::wall_ms()});
             self.send_event(cx, "tick", &payload);
-            if silent >= interval {
+            if silent >= interval && self.unanswered_ping.is_none() {
+                self.unanswered_ping = Some(cx.now);
                 self.out.push_back(Frame::ping(Vec::new()));
                 self.pump();
             }
