@@ -598,6 +598,16 @@ impl<S: Socket> WsConn<S> {
         self.send(cx, text);
     }
 
+    /// When [`Self::on_timer`] next has something to do: the handshake deadline, then the
+    /// next tick once open, then the end of the close linger. The reactor arms the
+    /// connection's timer with it after every handler call.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::AwaitingConnect | Phase::Closing => self.deadline,
+            Phase::Open => self.next_tick,
+        }
+    }
+
     /// Timers: the handshake timeout, ticks, the close linger.
     pub fn on_timer(&mut self, cx: &mut Cx<'_>) -> Outcome {
         if let Some(d) = self.deadline
