@@ -9,7 +9,8 @@
 //! answer says `Connection: close` or `keep-alive`; one that says close is the last thing
 //! written and keel then shuts its side; keel never shuts its side after an answer that said
 //! keep-alive; a `100 Continue` comes once per request and never before a refusal from the
-//! head. `FUZZ_SHOW=1 fuzz/target/*/release/http_request FILE` prints what was written.
+//! head. Its timers act only at the deadline it reports, and never leave one due.
+//! `FUZZ_SHOW=1 fuzz/target/*/release/http_request FILE` prints what was written.
 #![no_main]
 
 use keel::auth::Limiters;
@@ -167,6 +168,34 @@ fn answers(mut out: &[u8]) -> Vec<Answer> {
     list
 }
 
+/// Runs the connection's timers at `at`, checked against the deadline it reports (which the
+/// reactor arms its timer with): a connection whose deadline is later, or that has none, is
+/// left alone; one that stays open reports a deadline after `at` (a deadline left due would
+/// come due again at once).
+fn timer_at(conn: &mut HttpConn<MemSocket>, cx: &mut Cx<'_>, at: Instant) -> Outcome {
+    let deadline = conn.next_deadline();
+    let written = conn.stream.written.len();
+    cx.now = at;
+    let out = conn.on_timer(cx);
+    if deadline.is_none_or(|d| d > at) {
+        assert_eq!(
+            out,
+            Outcome::Keep,
+            "a timer acted before the deadline {deadline:?}"
+        );
+        assert_eq!(
+            conn.stream.written.len(),
+            written,
+            "a timer wrote before its deadline"
+        );
+    }
+    if out != Outcome::Close {
+        let next = conn.next_deadline();
+        assert!(next.is_none_or(|d| d > at), "a deadline left due: {next:?}");
+    }
+    out
+}
+
 /// Drives an `HttpConn` over the pieces (the client closing its side after the last one if
 /// `eof`), then lets an hour pass (timeouts); returns what it wrote and whether keel shut
 /// its side.
@@ -209,8 +238,9 @@ fn converse(pieces: &[&[u8]], eof: bool) -> (Vec<u8>, bool) {
         keel_fuzz::drain_completions();
     }
     if !ended {
-        cx.now = now + Duration::from_secs(3600);
-        let _ = conn.on_timer(&mut cx);
+        // Nothing is due yet; an hour later, everything is.
+        let _ = timer_at(&mut conn, &mut cx, now);
+        let _ = timer_at(&mut conn, &mut cx, now + Duration::from_secs(3600));
     }
     keel_fuzz::drain_completions();
     let (socket, _) = conn.into_upgrade(peer);

@@ -29,9 +29,15 @@ fuzz_target!(|input: &[u8]| {
     let first = Store::default().open(&path, NOW, &limits);
     assert!(first.error.is_none(), "{first:?}");
     assert!(first.keys <= 8, "{first:?}");
-    assert!(first.keys + first.expired + first.skipped <= first.lines, "{first:?}");
+    assert!(
+        first.keys + first.expired + first.skipped <= first.lines,
+        "{first:?}"
+    );
     let again = Store::default().open(&path, NOW, &limits);
     assert_eq!(again.keys, first.keys, "{first:?} then {again:?}");
     assert_eq!(again.lines, first.keys, "{first:?} then {again:?}");
-    assert!(again.skipped == 0 && again.expired == 0 && !again.compacted, "{again:?}");
+    assert!(
+        again.skipped == 0 && again.expired == 0 && !again.compacted,
+        "{again:?}"
+    );
 });

@@ -10,10 +10,10 @@
 
 use keel::jobs::{JobCtx, JobInfo};
 
-use keel::protocol::reply::ReplyTo;
-use keel::protocol::methods::{self, Call, Caller};
-use keel::protocol::self;
 use keel::payload::Payload;
+use keel::protocol;
+use keel::protocol::methods::{self, Call, Caller};
+use keel::protocol::reply::ReplyTo;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use std::path::{Component, Path};
@@ -91,7 +91,10 @@ fuzz_target!(|input: &[u8]| {
         Caller::Http
     };
     let refuses_agent = unrepresentable_agent(&params)
-        && matches!(method, "agent" | "sessions.list" | "sessions.usage" | "usage.cost");
+        && matches!(
+            method,
+            "agent" | "sessions.list" | "sessions.usage" | "usage.cost"
+        );
     match methods::call(shared, method, &params, &caller) {
         Ok(Call::Inline(r)) => {
             if let Ok(v) = &r {

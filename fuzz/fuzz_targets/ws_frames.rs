@@ -2,7 +2,8 @@
 //! the reactor drives it) over an in-memory socket: the `connect` handshake (the seeds carry
 //! the fuzz gateway's token), then requests, binary frames, pings, fragments, closes and
 //! garbage, split across reads as the input chooses. Nothing may panic, the handler must
-//! finish with the input (no endless `Again`), and what it writes stays bounded.
+//! finish with the input (no endless `Again`), and what it writes stays bounded. Then its
+//! timers run at the deadlines it reports: never before, and never leaving one due.
 //! `FUZZ_SHOW=1 fuzz/target/*/release/ws_frames FILE` prints what the gateway answered.
 #![no_main]
 
@@ -42,6 +43,7 @@ fuzz_target!(|input: &[u8]| {
     let mut conn = WsConn::start(socket, leftover, client, &mut cx);
     let n_pieces = pieces.len();
     let (mut rounds, mut waits) = (0usize, 0usize);
+    let mut ended = false;
     loop {
         rounds += 1;
         // Each round reads at least a byte or ends: more rounds than bytes is a spin.
@@ -50,7 +52,10 @@ fuzz_target!(|input: &[u8]| {
             "the handler keeps asking to run again"
         );
         match conn.drive(&mut cx) {
-            Outcome::Close | Outcome::Upgrade => break,
+            Outcome::Close | Outcome::Upgrade => {
+                ended = true;
+                break;
+            }
             Outcome::Again => {}
             // The socket said WouldBlock: that happens once per piece, then for ever.
             Outcome::Keep => {
@@ -63,6 +68,35 @@ fuzz_target!(|input: &[u8]| {
         keel_fuzz::drain_completions();
     }
     keel_fuzz::drain_completions();
+    // The timers, checked against the deadline the connection reports (the reactor arms its
+    // timer with it): nothing happens before it, and a connection that stays open reports
+    // one after the time its timers ran (one left due would come due again at once).
+    // Every state has a deadline: the handshake's, the next tick, the end of the linger.
+    let mut at = now;
+    for _ in 0..if ended { 0 } else { 4 } {
+        let Some(deadline) = conn.next_deadline() else {
+            panic!("a WebSocket without a deadline");
+        };
+        cx.now = deadline.max(at) - std::time::Duration::from_millis(1);
+        if cx.now >= at {
+            assert_eq!(
+                conn.on_timer(&mut cx),
+                Outcome::Keep,
+                "acted before its deadline"
+            );
+        }
+        at = deadline.max(at);
+        cx.now = at;
+        if conn.on_timer(&mut cx) == Outcome::Close {
+            break;
+        }
+        let next = conn.next_deadline();
+        assert!(
+            next.is_some_and(|d| d > at),
+            "a deadline left due: {next:?}"
+        );
+        keel_fuzz::drain_completions();
+    }
     let socket = conn.into_stream();
     if std::env::var_os("FUZZ_SHOW").is_some() {
         eprintln!("{}", String::from_utf8_lossy(&socket.written));

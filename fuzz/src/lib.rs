@@ -147,7 +147,8 @@ pub fn config() -> Config {
     v.config
 }
 
-static COMPLETIONS: OnceLock<crossbeam_channel::Receiver<keel::protocol::reply::Outbound>> = OnceLock::new();
+static COMPLETIONS: OnceLock<crossbeam_channel::Receiver<keel::protocol::reply::Outbound>> =
+    OnceLock::new();
 
 /// Drops the replies and events handed to the (absent) reactor; returns how many.
 pub fn drain_completions() -> usize {

@@ -1088,6 +1088,23 @@ impl<S: Socket> HttpConn<S> {
         }
     }
 
+    /// When [`Self::on_timer`] next has something to do: the deadline it acts on in the
+    /// connection's present state, or `None` (nothing until the connection changes). The
+    /// reactor arms the connection's timer with it after every handler call, so it must name
+    /// exactly what `on_timer` checks: a deadline it would ignore would come due for nothing.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.lingering {
+            return Some(self.deadline);
+        }
+        let write = self.write_since.map(|since| since + WRITE_TIMEOUT);
+        // Head, body and idle timeouts wait while a job's reply or an answer is owed.
+        let read = (self.phase != Phase::Waiting && !self.has_output()).then_some(self.deadline);
+        match (write, read) {
+            (Some(w), Some(r)) => Some(w.min(r)),
+            (w, r) => w.or(r),
+        }
+    }
+
     /// Timers: idle, head, body and write timeouts.
     pub fn on_timer(&mut self, cx: &mut Cx<'_>) -> Outcome {
         if self.lingering {

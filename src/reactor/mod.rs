@@ -8,10 +8,19 @@
 //! per poll, accepts per wake-up, bytes and frames per connection; a connection that used up
 //! its budget is driven again on the next iteration (poll with a zero timeout), so one noisy
 //! client cannot starve the rest. Readiness is a hint: every read and write runs to
-//! `WouldBlock` or to its budget. The poll timeout is at most 50 ms; timers (handshake, head,
-//! idle, ticks, close linger) are swept every 25 ms. Each iteration stamps the heartbeat the
-//! watchdog reads and records its lag: its busy time, plus — when the poll timed out — how
-//! late the thread woke (time spent waiting for a CPU).
+//! `WouldBlock` or to its budget.
+//!
+//! The poll timeout is the nearest deadline — a connection's timer (handshake, head, body,
+//! idle, write, tick, close linger) or the end of an accept pause — and at most 50 ms.
+//! Deadlines are kept in a heap ([`timers`]): every connection reports its next deadline after
+//! each handler call, and an iteration runs the timer handler of only the connections whose
+//! deadline has come (at most [`TIMER_BUDGET`]); idle connections cost nothing per iteration.
+//! What is not a connection's timer runs on its own cadence: the connection gauges (counted as
+//! connections change) and pruning the failure limiter every 25 ms, re-reading the descriptor
+//! limit every second. The config is read once per iteration and handed to every handler.
+//! Each iteration stamps the heartbeat the watchdog reads — hence the 50 ms cap — and records
+//! its lag: its busy time, plus — when the poll timed out — how late the thread woke (time
+//! spent waiting for a CPU).
 //!
 //! Connections are capped at `maxConnections` and at what the descriptor limit allows
 //! ([`fdlimit`]). At the cap, a new connection takes the place of the oldest one that has not
@@ -23,6 +32,7 @@
 
 pub mod fdlimit;
 pub mod http;
+pub mod timers;
 pub mod ws;
 
 use crate::auth::{self, Client, Forwarding, Limiters, Presented, Scope};
@@ -41,6 +51,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use timers::{Timer, Timers};
 use tungstenite::protocol::frame::coding::CloseCode;
 use ws::WsConn;
 
@@ -48,8 +59,17 @@ pub const LISTENER: Token = Token(0);
 pub const WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
 
-const POLL_TIMEOUT: Duration = Duration::from_millis(50);
-const SWEEP_EVERY: Duration = Duration::from_millis(25);
+/// The longest poll: the heartbeat the watchdog reads is stamped once per iteration.
+const POLL_MAX: Duration = Duration::from_millis(50);
+/// How often the connection gauges are published, the failure limiter pruned and the
+/// descriptor limit considered (it is re-read every [`LIMIT_CHECK`]).
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(25);
+/// Connection timers run per iteration; more that are due wait for the next one (polled
+/// without waiting).
+const TIMER_BUDGET: usize = 1024;
+/// A deadline a connection's timer handler left due is looked at again after this, rather
+/// than at once and for ever (it would be a bug in the handler; this bounds what it costs).
+const TIMER_RETRY: Duration = Duration::from_millis(25);
 const ACCEPT_BUDGET: usize = 128;
 const COMPLETION_BUDGET: usize = 2048;
 /// Time spent handing out replies and events per iteration.
@@ -237,6 +257,35 @@ struct Slot {
     peer: SocketAddr,
     accepted: Instant,
     conn: Conn,
+    /// Its entry in the reactor's deadline heap.
+    timer: Timer,
+    /// What it is counted as in the connection gauges.
+    kind: Kind,
+}
+
+/// The connection gauges' kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Http = 0,
+    WsHandshake = 1,
+    Ws = 2,
+}
+
+impl Conn {
+    fn kind(&self) -> Kind {
+        match self {
+            Conn::Http(_) => Kind::Http,
+            Conn::Ws(w) if w.is_handshaking() => Kind::WsHandshake,
+            Conn::Ws(_) => Kind::Ws,
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        match self {
+            Conn::Http(h) => h.next_deadline(),
+            Conn::Ws(w) => w.next_deadline(),
+        }
+    }
 }
 
 impl Slot {
@@ -254,6 +303,9 @@ pub struct Reactor {
     poll: Poll,
     listener: Option<TcpListener>,
     shared: Arc<Shared>,
+    /// The config, read once per iteration (a reload takes effect on the next one) and handed
+    /// to every handler of that iteration.
+    config: Arc<Config>,
     completions: Receiver<Outbound>,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
@@ -275,7 +327,11 @@ pub struct Reactor {
     more_completions: bool,
     /// An event whose fan-out a round's budget cut short.
     carry: Option<crate::protocol::reply::Fanout>,
-    last_sweep: Instant,
+    /// Connection deadlines (see [`timers`]).
+    timers: Timers,
+    /// Connections open, by [`Kind`]: kept as they change, published by housekeeping.
+    conns: [usize; 3],
+    last_housekeeping: Instant,
     announced_drain: bool,
     stop_by: Option<Instant>,
 }
@@ -311,6 +367,7 @@ impl Reactor {
             poll,
             listener: Some(listener),
             shared,
+            config: cfg,
             completions,
             slots: Vec::new(),
             free: Vec::new(),
@@ -329,7 +386,9 @@ impl Reactor {
             last_emfile: None,
             more_completions: false,
             carry: None,
-            last_sweep: Instant::now(),
+            timers: Timers::default(),
+            conns: [0; 3],
+            last_housekeeping: Instant::now(),
             announced_drain: false,
             stop_by: None,
         })
@@ -342,10 +401,13 @@ impl Reactor {
             let now = Instant::now();
             let timeout = if !self.again.is_empty() || self.accept_again || self.more_completions {
                 Duration::ZERO
-            } else if let Some(until) = self.accept_paused_until {
-                until.saturating_duration_since(now).min(POLL_TIMEOUT)
             } else {
-                POLL_TIMEOUT
+                // The nearest deadline: a connection's timer, the end of an accept pause.
+                [self.timers.next(), self.accept_paused_until]
+                    .into_iter()
+                    .flatten()
+                    .fold(now + POLL_MAX, Instant::min)
+                    .saturating_duration_since(now)
             };
             self.shared.reactor_idle(now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -356,6 +418,7 @@ impl Reactor {
             }
             let t0 = Instant::now();
             self.shared.reactor_busy(t0);
+            self.config = self.shared.config();
             // A poll that timed out tells how late the thread got the CPU back: scheduling
             // delay (a starved reactor) counts as lag as much as its own work does.
             let late = if events.is_empty() && !timeout.is_zero() {
@@ -380,9 +443,10 @@ impl Reactor {
             if self.accept_again || self.accept_paused_until.is_some_and(|u| t0 >= u) {
                 self.accept_all(t0);
             }
-            if t0.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
-                self.last_sweep = t0;
-                self.sweep(t0);
+            self.expire_timers(t0);
+            if t0.saturating_duration_since(self.last_housekeeping) >= HOUSEKEEPING_EVERY {
+                self.last_housekeeping = t0;
+                self.housekeeping(t0);
                 self.check_limit(t0, false);
             }
             let done = self.lifecycle(t0);
@@ -397,7 +461,7 @@ impl Reactor {
     fn accept_all(&mut self, now: Instant) {
         self.accept_again = false;
         self.accept_paused_until = None;
-        let max = self.shared.config().limits.max_connections;
+        let max = self.config.limits.max_connections;
         let mut cap = max.min(self.fd_cap);
         let mut rechecked = false;
         for _ in 0..ACCEPT_BUDGET {
@@ -513,8 +577,8 @@ impl Reactor {
         }
         self.last_limit_check = now;
         let soft = fdlimit::soft();
-        let cfg = self.shared.config();
-        let cap = fdlimit::cap(soft, fdlimit::reserve(&cfg));
+        let cfg = &self.config;
+        let cap = fdlimit::cap(soft, fdlimit::reserve(cfg));
         let lowered = self
             .last_emfile
             .is_some_and(|t| now.saturating_duration_since(t) < LOWERED_FOR);
@@ -552,10 +616,14 @@ impl Reactor {
             conn: Conn::Http(HttpConn::new(
                 stream,
                 now,
-                self.shared.config().limits.header_timeout,
+                self.config.limits.header_timeout,
             )),
+            timer: Timer::default(),
+            kind: Kind::Http,
         });
+        self.conns[Kind::Http as usize] += 1;
         self.live += 1;
+        self.settle(slot);
         Ok(())
     }
 
@@ -563,15 +631,17 @@ impl Reactor {
         let Some(s) = self.slots.get_mut(slot).and_then(Option::take) else {
             return;
         };
+        // Its timer entry, if any, is stale from now on (the slot is empty or reused).
+        self.conns[s.kind as usize] -= 1;
         self.shared.runs.forget_conn(slot, s.generation);
         let mut stream = match s.conn {
             Conn::Http(h) => h.into_upgrade(s.peer).0,
             Conn::Ws(w) => {
-                if w.inflight > 0 {
+                if w.inflight.get() > 0 {
                     log::debug!(
                         "WebSocket {} left with {} request(s) in flight; their jobs continue",
                         w.conn_id,
-                        w.inflight
+                        w.inflight.get()
                     );
                 }
                 (*w).into_stream()
@@ -607,6 +677,7 @@ impl Reactor {
             let Reactor {
                 slots,
                 shared,
+                config,
                 rng,
                 limiters,
                 ..
@@ -617,7 +688,6 @@ impl Reactor {
             if generation.is_some_and(|g| g != s.generation) {
                 return;
             }
-            let config = shared.config();
             let mut cx = Cx {
                 shared,
                 now,
@@ -626,7 +696,7 @@ impl Reactor {
                 peer: s.peer,
                 rng,
                 limiters,
-                config: &config,
+                config,
             };
             let conn = &mut s.conn;
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn, &mut cx)));
@@ -644,10 +714,72 @@ impl Reactor {
 
     fn apply(&mut self, slot: usize, now: Instant, outcome: Outcome) {
         match outcome {
-            Outcome::Keep => {}
-            Outcome::Again => self.again.push(slot),
+            Outcome::Keep => self.settle(slot),
+            Outcome::Again => {
+                self.again.push(slot);
+                self.settle(slot);
+            }
             Outcome::Close => self.remove(slot),
             Outcome::Upgrade => self.upgrade(slot, now),
+        }
+    }
+
+    /// After a handler: counts the connection under its kind now, and arms its timer with
+    /// its next deadline.
+    fn settle(&mut self, slot: usize) {
+        let Some(Some(s)) = self.slots.get_mut(slot) else {
+            return;
+        };
+        let kind = s.conn.kind();
+        if kind != s.kind {
+            self.conns[s.kind as usize] -= 1;
+            self.conns[kind as usize] += 1;
+            s.kind = kind;
+        }
+        let want = s.conn.next_deadline();
+        self.timers.arm(&mut s.timer, want, slot, s.generation);
+    }
+
+    /// Runs the timers that are due: only the connections whose deadline has come, at most
+    /// [`TIMER_BUDGET`] of them. Stale entries (see [`timers`]) are dropped on the way.
+    fn expire_timers(&mut self, now: Instant) {
+        let mut fired = 0;
+        while fired < TIMER_BUDGET {
+            let Some(e) = self.timers.pop_due(now) else {
+                break;
+            };
+            let Some(Some(s)) = self.slots.get_mut(e.slot) else {
+                continue;
+            };
+            if s.generation != e.generation || !s.timer.fire(e.at) {
+                continue;
+            }
+            match s.conn.next_deadline() {
+                Some(d) if d <= now => {
+                    fired += 1;
+                    self.drive(e.slot, now, Why::Timer);
+                    // The handler acts on every deadline that has come; one it left due would
+                    // come out of the heap again at once.
+                    if let Some(Some(s)) = self.slots.get_mut(e.slot)
+                        && s.generation == e.generation
+                        && s.timer.armed().is_some_and(|t| t <= now)
+                    {
+                        self.timers
+                            .rearm(&mut s.timer, now + TIMER_RETRY, e.slot, e.generation);
+                    }
+                }
+                // Moved later since it was armed (or gone): wait for that.
+                want => self.timers.arm(&mut s.timer, want, e.slot, e.generation),
+            }
+        }
+        // Entries of closed connections, and superseded ones, wait for their deadline; when
+        // they outnumber the connections, drop them all at once.
+        if self.timers.len() > 2 * self.live + 64 {
+            let slots = &self.slots;
+            self.timers.retain(|e| {
+                matches!(slots.get(e.slot), Some(Some(s))
+                    if s.generation == e.generation && s.timer.armed() == Some(e.at))
+            });
         }
     }
 
@@ -657,12 +789,13 @@ impl Reactor {
             peer,
             accepted,
             conn: Conn::Http(h),
+            kind,
+            ..
         }) = self.slots.get_mut(slot).and_then(Option::take)
         else {
             return;
         };
         let (stream, up) = h.into_upgrade(peer);
-        let config = self.shared.config();
         let mut cx = Cx {
             shared: &self.shared,
             now,
@@ -671,15 +804,19 @@ impl Reactor {
             peer,
             rng: &mut self.rng,
             limiters: &mut self.limiters,
-            config: &config,
+            config: &self.config,
         };
         let ws = WsConn::start(stream, up.leftover, up.client, &mut cx);
+        // A fresh timer: the HTTP connection's entry is stale, the handshake deadline is armed.
         self.slots[slot] = Some(Slot {
             generation,
             peer,
             accepted,
             conn: Conn::Ws(Box::new(ws)),
+            timer: Timer::default(),
+            kind,
         });
+        self.settle(slot);
         // The upgrade request may have carried the first frames already.
         self.again.push(slot);
     }
@@ -768,27 +905,27 @@ impl Reactor {
         });
     }
 
-    /// Timers on every connection, and the connection gauges.
-    fn sweep(&mut self, now: Instant) {
-        let (mut http, mut handshaking, mut open) = (0, 0, 0);
-        for slot in 0..self.slots.len() {
-            if self.slots[slot].is_some() {
-                self.drive(slot, now, Why::Timer);
-            }
-            match self.slots[slot].as_ref().map(|s| &s.conn) {
-                Some(Conn::Http(_)) => http += 1,
-                Some(Conn::Ws(w)) if w.is_handshaking() => handshaking += 1,
-                Some(Conn::Ws(_)) => open += 1,
-                None => {}
-            }
-        }
+    /// What runs on its own cadence, not per connection: the connection gauges (kept as
+    /// connections change, published here) and the failure limiter's pruning.
+    fn housekeeping(&mut self, now: Instant) {
+        debug_assert_eq!(self.conns, self.count_conns(), "connection gauges drifted");
         let m = &self.shared.metrics;
-        m.conns_http.set(http);
-        m.conns_ws_handshake.set(handshaking);
-        m.conns_ws_open.set(open);
+        m.conns_http.set(self.conns[Kind::Http as usize] as _);
+        m.conns_ws_handshake
+            .set(self.conns[Kind::WsHandshake as usize] as _);
+        m.conns_ws_open.set(self.conns[Kind::Ws as usize] as _);
         if self.slots.len() > 64 && self.live < self.slots.len() / 4 {
-            self.limiters.prune(now, &self.shared.config().rate_limit);
+            self.limiters.prune(now, &self.config.rate_limit);
         }
+    }
+
+    /// The connections by kind, counted afresh (checks [`Reactor::conns`] in debug builds).
+    fn count_conns(&self) -> [usize; 3] {
+        let mut n = [0; 3];
+        for s in self.slots.iter().flatten() {
+            n[s.conn.kind() as usize] += 1;
+        }
+        n
     }
 
     /// Drain and stop. Returns true when the loop should exit.
@@ -798,7 +935,7 @@ impl Reactor {
         }
         if !self.announced_drain {
             self.announced_drain = true;
-            let drain_ms = self.shared.config().drain_timeout.as_millis() as u64;
+            let drain_ms = self.config.drain_timeout.as_millis() as u64;
             self.each_ws(now, |w, cx| w.announce_shutdown(cx, drain_ms));
         }
         if self.stop_by.is_none() && self.shared.jobs.is_empty() && self.completions.is_empty() {

@@ -8,7 +8,7 @@
 //!     ├─ valid connect ──▶ open (frames ≤ maxPayload; requests; tick every tickIntervalMs)
 //!     ├─ not a connect / bad params / wrong secret ──▶ error res, close 1008
 //!     └─ no common protocol ──▶ error res, close 1002
-//! open ── silent for a tick interval ──▶ ping; silent for two ──▶ close 1001 (dead peer)
+//! open ── silent for a tick interval ──▶ ping; still unanswered at the next tick ──▶ close 1001
 //! open ── shutdown ──▶ `shutdown` event … close 1012
 //! any ── close sent ──▶ closing (until the peer's close or 2 s) ──▶ dropped
 //! ```
@@ -20,7 +20,8 @@
 //! hold its connection until TCP gives up on a tick, which takes many minutes. Every message
 //! or control frame from the client counts as a sign of life; a client silent for a tick
 //! interval gets a ping with that tick (every WebSocket library answers it by itself), and one
-//! silent for two tick intervals (60 s by default) is closed 1001.
+//! that has not answered it by the next tick — silent for two tick intervals at least, 60 s by
+//! default — is closed 1001.
 
 use super::{Cx, Outcome, io_would_block};
 use crate::auth::{Client, Presented};
@@ -77,7 +78,10 @@ pub struct WsConn<S: Socket = TcpStream> {
     next_tick: Option<Instant>,
     /// When the client last sent a frame (a whole message or a control frame).
     last_heard: Instant,
-    pub inflight: usize,
+    /// When a ping went out that nothing has answered since (nothing heard from the client).
+    unanswered_ping: Option<Instant>,
+    /// Requests that still owe this connection a reply (`maxInflightPerConnection`).
+    pub inflight: InFlight,
     seq: u64,
     pub conn_id: String,
     announced_shutdown: bool,
@@ -121,7 +125,8 @@ impl<S: Socket> WsConn<S> {
             deadline: Some(cx.now + cfg.handshake_timeout),
             next_tick: None,
             last_heard: cx.now,
-            inflight: 0,
+            unanswered_ping: None,
+            inflight: InFlight::default(),
             seq: 0,
             conn_id: cx.rng.uuid(),
             announced_shutdown: false,
@@ -289,7 +294,7 @@ impl<S: Socket> WsConn<S> {
 
     /// A job's reply frame has arrived.
     pub fn complete(&mut self, cx: &mut Cx<'_>, text: String) {
-        self.inflight = self.inflight.saturating_sub(1);
+        self.inflight.release();
         self.send(cx, text);
     }
 
@@ -318,6 +323,7 @@ impl<S: Socket> WsConn<S> {
             let read = self.ws.read();
             if read.is_ok() {
                 self.last_heard = cx.now;
+                self.unanswered_ping = None;
             }
             match read {
                 Ok(Message::Text(t)) => {
@@ -546,7 +552,7 @@ impl<S: Socket> WsConn<S> {
             return self.send(cx, protocol::res_err(&req.id, &err));
         }
         let limit = cx.config().limits.max_inflight_per_conn;
-        if self.inflight >= limit {
+        if self.inflight.get() >= limit {
             let err = RpcError::unavailable(
                 format!("too many requests in flight on this connection (limit {limit})"),
                 1_000,
@@ -559,9 +565,14 @@ impl<S: Socket> WsConn<S> {
             id: req.id.clone(),
         };
         let outcome = match methods::call(cx.shared, &req.method, &req.params, &caller) {
-            Ok(methods::Call::Inline(r)) => r,
+            Ok(methods::Call::Inline(r)) => {
+                if answered_again(&req.method, &r) {
+                    self.inflight.take();
+                }
+                r
+            }
             Ok(methods::Call::Deferred) => {
-                self.inflight += 1;
+                self.inflight.take();
                 return;
             }
             Ok(methods::Call::Job(spec, work)) => {
@@ -572,7 +583,7 @@ impl<S: Socket> WsConn<S> {
                 };
                 match cx.shared.submit(spec, reply, work) {
                     Ok(_) => {
-                        self.inflight += 1;
+                        self.inflight.take();
                         return;
                     }
                     Err(e) => Err(e),
@@ -585,6 +596,16 @@ impl<S: Socket> WsConn<S> {
             Err(e) => protocol::res_err(&req.id, e),
         };
         self.send(cx, text);
+    }
+
+    /// When [`Self::on_timer`] next has something to do: the handshake deadline, then the
+    /// next tick once open, then the end of the close linger. The reactor arms the
+    /// connection's timer with it after every handler call.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::AwaitingConnect | Phase::Closing => self.deadline,
+            Phase::Open => self.next_tick,
+        }
     }
 
     /// Timers: the handshake timeout, ticks, the close linger.
@@ -613,7 +634,15 @@ impl<S: Socket> WsConn<S> {
             let interval = cx.config().tick_interval;
             self.next_tick = Some(cx.now + interval);
             let silent = cx.now.saturating_duration_since(self.last_heard);
-            if silent >= 2 * interval {
+            // Closed when the ping of an earlier tick is still unanswered — two intervals of
+            // silence at least — rather than on two intervals of silence alone: a tick runs
+            // a little after its deadline, so a client that answered a ping just after its
+            // tick can be silent for a hair under an interval at the next tick (no ping) and
+            // for over two at the one after, and would be closed without a ping to answer.
+            if self
+                .unanswered_ping
+                .is_some_and(|p| cx.now.saturating_duration_since(p) >= interval)
+            {
                 cx.shared.metrics.ping_timeouts.inc();
                 log::info!(
                     "WebSocket {} ({}): nothing received for {} s, not even a pong; closing",
@@ -626,13 +655,57 @@ impl<S: Socket> WsConn<S> {
             }
             let payload = json!({"ts": crate::clock::wall_ms()});
             self.send_event(cx, "tick", &payload);
-            if silent >= interval {
+            if silent >= interval && self.unanswered_ping.is_none() {
+                self.unanswered_ping = Some(cx.now);
                 self.out.push_back(Frame::ping(Vec::new()));
                 self.pump();
             }
         }
         self.flush(cx).then_keep()
     }
+}
+
+/// Requests on one connection that still owe it a reply, counted against
+/// `gateway.limits.maxInflightPerConnection`.
+///
+/// Every request that will get a reply later holds exactly one slot, from the moment it is
+/// accepted until its final `res` is handed to the connection ([`WsConn::complete`]): a job,
+/// a deferred answer (`agent.wait`), and an `agent` call, whose first `res` ("accepted") is
+/// answered inline and whose second, final one comes when the run ends. An `agent` run keeps
+/// its slot until that final `res`, because the limit exists to bound what one socket can
+/// have keel doing for it at once: a running run holds an io worker, a provider stream and
+/// a transcript, and a final answer is owed to the socket — releasing the slot at "accepted"
+/// would let one client start runs without bound. Answers given at once hold no slot.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct InFlight(usize);
+
+impl InFlight {
+    /// Requests holding a slot.
+    pub fn get(self) -> usize {
+        self.0
+    }
+
+    /// A request will be answered later: it holds a slot until then.
+    fn take(&mut self) {
+        self.0 += 1;
+    }
+
+    /// A final reply has arrived: its request gives its slot back. Every reply that reaches
+    /// a connection was counted when its request was taken, so this never goes below zero.
+    fn release(&mut self) {
+        debug_assert!(self.0 > 0, "a reply released a slot no request took");
+        self.0 = self.0.saturating_sub(1);
+    }
+}
+
+/// Whether a request answered inline (`Call::Inline`) gets a second `res` with the same id
+/// later: `agent`'s answer is only "accepted" (`runs::agent`), its final one follows through
+/// the completion channel when the run ends — also for a run started before, found by its
+/// idempotency key. An error is the only answer.
+fn answered_again(method: &str, answer: &Result<Value, RpcError>) -> bool {
+    /// Methods whose inline `Ok` is "accepted", with the final `res` to follow.
+    const ACCEPTED_THEN_FINAL: &[&str] = &["agent"];
+    answer.is_ok() && ACCEPTED_THEN_FINAL.contains(&method)
 }
 
 trait ThenKeep {
@@ -645,5 +718,50 @@ impl ThenKeep for Result<(), Outcome> {
             Ok(()) => Outcome::Keep,
             Err(o) => o,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `on_request` does with a request's slot: the counting of the limit, without a
+    /// gateway. `answer` is `Some` for an inline answer, `None` for a job or a deferred one.
+    fn accept(n: &mut InFlight, method: &str, answer: Option<Result<Value, RpcError>>) {
+        match answer {
+            Some(r) if !answered_again(method, &r) => {}
+            _ => n.take(),
+        }
+    }
+
+    #[test]
+    fn an_agent_call_holds_its_slot_until_the_final_res() {
+        let mut n = InFlight::default();
+        // "accepted" now, the final res when the run ends.
+        accept(&mut n, "agent", Some(Ok(json!({"status": "accepted"}))));
+        assert_eq!(n.get(), 1);
+        // A job and a deferred wait hold one each; inline answers hold none.
+        accept(&mut n, "status", None);
+        accept(&mut n, "agent.wait", None);
+        accept(&mut n, "health", Some(Ok(json!({}))));
+        accept(&mut n, "chat.send", Some(Ok(json!({"status": "started"}))));
+        assert_eq!(n.get(), 3);
+        // The run's final res releases the run's slot only: the other two still hold theirs.
+        n.release();
+        assert_eq!(n.get(), 2);
+        n.release();
+        n.release();
+        assert_eq!(n.get(), 0);
+    }
+
+    #[test]
+    fn a_refused_agent_call_has_no_second_res_and_holds_no_slot() {
+        let mut n = InFlight::default();
+        accept(
+            &mut n,
+            "agent",
+            Some(Err(RpcError::invalid("missing message"))),
+        );
+        assert_eq!(n.get(), 0);
     }
 }

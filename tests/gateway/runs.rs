@@ -835,3 +835,51 @@ fn a_finished_runs_key_gets_its_first_answer_after_a_restart_and_nothing_runs_ag
 
     assert_eq!(a.requests().len(), 4, "nothing ran");
 }
+
+/// Every request that will get a reply holds one `maxInflightPerConnection` slot until its
+/// final reply — an `agent` call until its second `res`, when the run ends — so runs still
+/// going cannot take a client past the limit, and the slots come back when they end.
+#[test]
+fn agent_runs_hold_their_in_flight_slot_until_the_final_res() {
+    let a = FakeProvider::start("openai-completions");
+    for _ in 0..4 {
+        a.push(Behavior::StallBeforeHead);
+    }
+    let mut cfg = a.one_provider_config();
+    cfg["gateway"] = json!({"limits": {"maxInflightPerConnection": 2}});
+    let g = Gateway::start(Opts::default().config(cfg));
+    let mut ws = g.ws();
+    // Returns the request's id and the run's. Each run has a session of its own (runs of one
+    // session take turns).
+    let start = |ws: &mut Ws, key: &str| {
+        let session = format!("agent:main:{key}");
+        let params = json!({"message": "hi", "idempotencyKey": key, "sessionKey": session});
+        let id = ws.send_req("agent", params);
+        let accepted = ws.res(&id);
+        assert_eq!(accepted["payload"]["status"], "accepted", "{accepted}");
+        let run = accepted["payload"]["runId"].as_str().unwrap().to_string();
+        (id, run)
+    };
+    let refused = |ws: &mut Ws, method: &str, params: Value| {
+        let res = ws.call(method, params);
+        assert_eq!(res["error"]["code"], "UNAVAILABLE", "{method}: {res}");
+        let msg = res["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("too many requests in flight"), "{msg}");
+    };
+    let runs = [start(&mut ws, "r1"), start(&mut ws, "r2")];
+    assert!(a.wait_requests(2, BOUND), "both runs reach the provider");
+    // Both slots are held by runs the provider stalls: nothing more is taken, of any kind.
+    refused(&mut ws, "health", json!({}));
+    let third = json!({"message": "hi", "idempotencyKey": "r3", "sessionKey": "agent:main:r3"});
+    refused(&mut ws, "agent", third);
+    // The runs end (aborted over HTTP); each final res gives its slot back.
+    for (id, run) in &runs {
+        let abort = g.rpc("chat.abort", json!({"runId": run})).json();
+        assert_eq!(abort["payload"]["aborted"], true, "{abort}");
+        let last = ws.res(id);
+        assert_ne!(last["payload"]["status"], "accepted", "{last}");
+    }
+    // Back to zero: exactly two runs fit again.
+    let _more = [start(&mut ws, "r4"), start(&mut ws, "r5")];
+    refused(&mut ws, "health", json!({}));
+}
