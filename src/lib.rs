@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod api;
 pub mod auth;
 pub mod cancel;
 pub mod cli;

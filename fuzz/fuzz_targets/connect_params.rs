@@ -54,7 +54,7 @@ fuzz_target!(|input: &[u8]| {
     let hello = handshake::hello_ok(&Hello {
         protocol: proto,
         conn_id: "c",
-        methods: keel::protocol::methods::public_names(),
+        methods: keel::api::public_names(),
         health: serde_json::json!({"ok": true}),
         uptime_ms: 1,
         role: &params.role,

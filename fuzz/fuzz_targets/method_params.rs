@@ -1,5 +1,5 @@
 //! Every method in the method table on arbitrary params, as the reactor dispatches them
-//! (`methods::call`), over WebSocket or HTTP; a method that becomes a job has its work run
+//! (`api::call`), over WebSocket or HTTP; a method that becomes a job has its work run
 //! here, on the fixture state, as a worker would. Input: a byte choosing the method, a byte
 //! choosing the caller, then the params as JSON text (anything else is passed as a string).
 //! Nothing may panic; a raw payload must be valid JSON; errors name a code and a message.
@@ -10,9 +10,9 @@
 
 use keel::jobs::{JobCtx, JobInfo};
 
+use keel::api::{self as methods, Call};
 use keel::payload::Payload;
 use keel::protocol;
-use keel::protocol::methods::{self, Call, Caller};
 use keel::protocol::reply::ReplyTo;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -82,13 +82,16 @@ fuzz_target!(|input: &[u8]| {
         Err(_) => Value::String(String::from_utf8_lossy(rest).into_owned()),
     };
     let caller = if how & 1 == 0 {
-        Caller::Ws {
+        ReplyTo::Ws {
             conn: 0,
             generation: 1,
             id: "1".into(),
         }
     } else {
-        Caller::Http
+        ReplyTo::Http {
+            conn: 0,
+            generation: 1,
+        }
     };
     let refuses_agent = unrepresentable_agent(&params)
         && matches!(

@@ -24,20 +24,15 @@ use crate::cancel::CancelReason;
 use crate::clock;
 use crate::config::live::ConfigCell;
 use crate::delivery::service::Delivery;
-use crate::error::{Code, RpcError};
+use crate::error::RpcError;
 use crate::idempotency::{self, Lookup};
 use crate::ids::SessionKey;
 use crate::jobs::outbox::Outbox;
 use crate::jobs::system::JobSystem;
 use crate::jobs::{JobSpec, Lane, PoolKind, Work};
 use crate::metrics::Metrics;
-use crate::payload::Payload;
 use crate::pressure::Level;
 use crate::pressure::PressureCell;
-use crate::protocol::methods::Caller;
-use crate::protocol::params::{
-    address, agent_id, required, required_session_key, session_key, string,
-};
 use crate::protocol::reply::{Fanout, ReplyTo};
 use crate::sync::lock;
 use serde_json::{Value, json};
@@ -53,8 +48,8 @@ const MAX_RUNS: usize = 2000;
 /// `start` (which sweeps) may run on the reactor.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
 /// `agent.wait` without `timeoutMs`.
-const DEFAULT_WAIT: Duration = Duration::from_secs(30);
-const MAX_WAIT: Duration = Duration::from_secs(600);
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
 /// A remembered result keeps this much of the run's text (the transcript has all of it) and
 /// of its error, so that the keys' file and memory stay small.
 const REMEMBERED_TEXT: usize = 16 << 10;
@@ -516,15 +511,6 @@ pub fn start_keys(svc: &Arc<Runs>) {
 
 // ---- methods -------------------------------------------------------------------------------
 
-fn origin_of(p: &Value) -> Result<Origin, RpcError> {
-    Ok(Origin {
-        channel: string(p, "channel")?,
-        to: address(p, "to")?,
-        account_id: address(p, "accountId")?,
-        thread_id: address(p, "threadId")?,
-    })
-}
-
 /// Registers and queues a run, or finds the one this idempotency key already started: its live
 /// record, or the run rebuilt from its remembered result. An empty key is never deduplicated.
 /// Returns the run and whether it is new.
@@ -618,245 +604,74 @@ pub fn start(
     Ok((run, true))
 }
 
-fn listener_of(caller: &Caller) -> Option<(usize, u64)> {
-    match caller {
-        Caller::Ws {
-            conn, generation, ..
-        } => Some((*conn, *generation)),
-        Caller::Http => None,
+impl Runs {
+    /// Answers `reply` (a waiter's, or a repeated `agent` call's) through the outbox.
+    pub fn reply(&self, reply: &ReplyTo, outcome: &crate::payload::Outcome) {
+        send_reply(self, reply, outcome);
     }
-}
 
-/// `chat.send {sessionKey, message, idempotencyKey, timeoutMs?}` → `{runId, status}`; the
-/// run's progress follows as `chat` and `agent` events.
-pub fn chat_send(svc: &Arc<Runs>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
-    let cfg = svc.h.config.get();
-    let session = required_session_key(p, "sessionKey", &cfg.agents.default_agent_id())?;
-    let message = required(p, "message")?;
-    let idem = required(p, "idempotencyKey")?;
-    let request = Request::top(message, session, origin_of(p)?);
-    let (run, new) = start(svc, &idem, request, ReplyTo::Internal, listener_of(caller))?;
-    Ok(json!({"runId": run.id, "status": if new { "started" } else { run.status().as_str() }}))
-}
-
-/// `agent {message, idempotencyKey, agentId?, sessionKey?, channel?, to?, accountId?,
-/// threadId?, deliver?, timeout?}` → `{runId, status: "accepted"}` now, and (over WebSocket)
-/// a second `res` with the same id when the run ends.
-pub fn agent(svc: &Arc<Runs>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
-    let message = required(p, "message")?;
-    let idem = required(p, "idempotencyKey")?;
-    let cfg = svc.h.config.get();
-    // The session key's agent wins; a key that names none belongs to `agentId`.
-    let agent = agent_id(p, "agentId")?.unwrap_or_else(|| cfg.agents.default_agent_id());
-    let session =
-        session_key(p, "sessionKey", &agent)?.unwrap_or_else(|| SessionKey::of(&agent, "main"));
-    let mut request = Request::top(message, session, origin_of(p)?);
-    request.deliver = p.get("deliver").and_then(Value::as_bool).unwrap_or(false);
-    let reply = match caller {
-        Caller::Ws {
-            conn,
-            generation,
-            id,
-        } => ReplyTo::Ws {
-            conn: *conn,
-            generation: *generation,
-            id: id.clone(),
-        },
-        Caller::Http => ReplyTo::Internal,
-    };
-    let (run, new) = start(svc, &idem, request, reply.clone(), listener_of(caller))?;
-    if !new && run.status() != Status::Running {
-        // The same request again after it ended: the final answer follows at once.
-        send_reply(svc, &reply, &Ok(run.result().into()));
-    } else if !new {
-        svc.add_waiter(
-            &run,
+    /// `agent`'s second `res` for a run that is still running: sent when it ends, or after
+    /// [`MAX_WAIT`].
+    pub fn answer_when_done(&self, run: &Run, reply: ReplyTo) {
+        self.add_waiter(
+            run,
             Waiter {
                 reply,
                 deadline: Instant::now() + MAX_WAIT,
             },
         );
     }
-    Ok(json!({"runId": run.id, "status": "accepted", "acceptedAt": clock::wall_ms()}))
-}
 
-/// `agent.wait {runId, timeoutMs?}`: the run's final result, or `status: "timeout"`.
-/// `None` means the answer is deferred until the run ends (or the wait times out).
-pub fn agent_wait(svc: &Arc<Runs>, p: &Value, caller: &Caller) -> Result<Option<Value>, RpcError> {
-    let id = required(p, "runId")?;
-    let run = svc.get(&id).ok_or_else(|| {
-        RpcError::new(
-            Code::NotFound,
-            format!("no run {id} (finished runs are kept for an hour)"),
-        )
-    })?;
-    let timeout = match p.get("timeoutMs").and_then(Value::as_u64) {
-        Some(ms) => Duration::from_millis(ms).min(MAX_WAIT),
-        None => DEFAULT_WAIT,
-    };
-    let mut i = lock(&run.inner);
-    if i.status != Status::Running {
-        drop(i);
-        return Ok(Some(run.result()));
-    }
-    if timeout.is_zero() {
-        return Ok(Some(
-            json!({"runId": run.id, "status": "timeout", "runStatus": "running"}),
-        ));
-    }
-    let reply = match caller {
-        Caller::Ws {
-            conn,
-            generation,
-            id,
-        } => {
-            if !i.listeners.contains(&(*conn, *generation)) {
-                i.listeners.push((*conn, *generation));
-            }
-            ReplyTo::Ws {
-                conn: *conn,
-                generation: *generation,
-                id: id.clone(),
-            }
+    /// `agent.wait`: the run's final result if it has ended or `timeout` is zero (`status:
+    /// "timeout"`); otherwise `None`, and `reply` is answered when it ends or the wait times
+    /// out. `listener` (a WebSocket) also gets the run's events meanwhile.
+    pub fn wait(
+        &self,
+        run: &Arc<Run>,
+        timeout: Duration,
+        listener: Option<(usize, u64)>,
+        reply: ReplyTo,
+    ) -> Option<Value> {
+        let mut i = lock(&run.inner);
+        if i.status != Status::Running {
+            drop(i);
+            return Some(run.result());
         }
-        Caller::Http => {
-            return Err(RpcError::invalid(
-                "agent.wait over HTTP needs timeoutMs: 0 (poll); use a WebSocket to wait",
-            ));
+        if timeout.is_zero() {
+            return Some(json!({"runId": run.id, "status": "timeout", "runStatus": "running"}));
         }
-    };
-    let deadline = Instant::now() + timeout;
-    svc.note_deadline(deadline);
-    i.waiters.push(Waiter { reply, deadline });
-    Ok(None)
-}
-
-/// `chat.abort {runId}`: cancels the run; its socket to the provider is shut at once.
-pub fn chat_abort(svc: &Arc<Runs>, p: &Value, _caller: &Caller) -> Result<Value, RpcError> {
-    let id = required(p, "runId")?;
-    let run = svc
-        .get(&id)
-        .ok_or_else(|| RpcError::new(Code::NotFound, format!("no run {id}")))?;
-    let job = lock(&run.inner).job;
-    let aborted = match job.and_then(|j| svc.h.jobs.get(j)) {
-        Some(info) => svc.h.jobs.cancel_job(&info, CancelReason::Client),
-        None => false,
-    };
-    Ok(json!({"ok": true, "runId": id, "aborted": aborted, "status": run.status().as_str()}))
-}
-
-/// A hook (`POST <hooks.path>/agent` or `/wake`): starts a run; the outcome is queryable with
-/// `agent.wait {runId}`.
-///
-/// A hook token is a webhook sender's secret, not the operator's, so what it may reach is the
-/// hook policy's (OpenClaw's keys and defaults, `config::Hooks`): the agent must be one this
-/// config knows and pass `hooks.allowedAgentIds`; a `sessionKey` in the request is refused
-/// unless `hooks.allowRequestSessionKey`; an `/agent` run without one gets
-/// `hooks.defaultSessionKey` or a fresh `hook:<uuid>`, a `/wake` its agent's main session;
-/// an explicit key must start with one of `hooks.allowedSessionKeyPrefixes`. The session is
-/// always stored under the selected agent (`agent:<agentId>:…`).
-pub fn hook(svc: &Arc<Runs>, route: &str, p: &Value) -> Result<Value, RpcError> {
-    let cfg = svc.h.config.get();
-    let Some(policy) = cfg.hooks.as_ref() else {
-        return Err(RpcError::new(Code::NotFound, "hooks are not enabled"));
-    };
-    if !matches!(route, "agent" | "wake") {
-        return Err(RpcError::new(
-            Code::NotFound,
-            format!("no hook {route:?}; hooks are agent and wake"),
-        ));
-    }
-    let agent = match agent_id(p, "agentId")? {
-        Some(a) if !cfg.agents.knows(&a) => {
-            return Err(RpcError::invalid(format!("unknown agentId \"{a}\"")));
+        if let Some(l) = listener
+            && !i.listeners.contains(&l)
+        {
+            i.listeners.push(l);
         }
-        Some(a) => a,
-        None => cfg.agents.default_agent_id(),
-    };
-    if !policy.agent_allowed(&agent) {
-        return Err(RpcError::invalid(
-            "agentId is not allowed by hooks.allowedAgentIds",
-        ));
+        let deadline = Instant::now() + timeout;
+        self.note_deadline(deadline);
+        i.waiters.push(Waiter { reply, deadline });
+        None
     }
-    let requested = string(p, "sessionKey")?;
-    if requested.is_some() && !policy.allow_request_session_key {
-        return Err(RpcError::invalid(
-            "sessionKey is disabled for hook requests; set hooks.allowRequestSessionKey=true \
-             to enable",
-        ));
-    }
-    let explicit = requested.is_some();
-    let (message, logical) = if route == "agent" {
-        let key = requested
-            .or_else(|| policy.default_session_key.clone())
-            .unwrap_or_else(|| format!("hook:{}", clock::Rng::from_os().uuid()));
-        (required(p, "message")?, key)
-    } else {
-        let key = requested.unwrap_or_else(|| format!("agent:{agent}:main"));
-        (required(p, "text")?, key)
-    };
-    let parsed = SessionKey::parse(&logical, &agent)
-        .map_err(|e| RpcError::invalid(format!("invalid params: sessionKey {e}")))?;
-    let session = parsed.scoped_to(&agent);
-    // The prefix is checked on the key as dispatched: an agent key re-scoped to the selected
-    // agent, any other as it came.
-    let dispatched = if parsed.key.starts_with("agent:") {
-        &session.key
-    } else {
-        &parsed.key
-    };
-    if (route == "agent" || explicit) && !policy.session_key_allowed(dispatched) {
-        return Err(RpcError::invalid(format!(
-            "sessionKey must start with one of: {}",
-            policy.allowed_session_key_prefixes.join(", ")
-        )));
-    }
-    // Without a key a hook is never deduplicated.
-    let idem = string(p, "idempotencyKey")?.unwrap_or_default();
-    let mut request = Request::top(message, session, origin_of(p)?);
-    request.deliver = p.get("deliver").and_then(Value::as_bool).unwrap_or(true);
-    let (run, _) = start(svc, &idem, request, ReplyTo::Internal, None)?;
-    Ok(json!({"runId": run.id}))
-}
 
-/// `sessions.subscribe {sessionKey}` / `sessions.unsubscribe {sessionKey}` (WebSocket only).
-pub fn subscribe(svc: &Arc<Runs>, p: &Value, caller: &Caller, on: bool) -> Result<Value, RpcError> {
-    let cfg = svc.h.config.get();
-    let key = required_session_key(p, "sessionKey", &cfg.agents.default_agent_id())?.key;
-    let Some(me) = listener_of(caller) else {
-        return Err(RpcError::invalid(
-            "sessions.subscribe needs a WebSocket connection",
-        ));
-    };
-    let mut subs = lock(&svc.subs);
-    let list = subs.entry(key.clone()).or_default();
-    list.retain(|c| *c != me);
-    if on {
-        list.push(me);
+    /// Cancels a run's job (its provider socket is shut at once); false if it was not running.
+    pub fn abort(&self, run: &Run) -> bool {
+        let job = lock(&run.inner).job;
+        match job.and_then(|j| self.h.jobs.get(j)) {
+            Some(info) => self.h.jobs.cancel_job(&info, CancelReason::Client),
+            None => false,
+        }
     }
-    if list.is_empty() {
-        subs.remove(&key);
-    }
-    Ok(json!({"ok": true, "sessionKey": key, "subscribed": on}))
-}
 
-/// `chat.history {sessionKey, limit?}` (a cpu job: it reads the transcript).
-pub fn chat_history(svc: &Arc<Runs>, p: &Value) -> Result<Payload, RpcError> {
-    let cfg = svc.h.config.get();
-    let session = required_session_key(p, "sessionKey", &cfg.agents.default_agent_id())?;
-    let limit = p
-        .get("limit")
-        .and_then(Value::as_u64)
-        .unwrap_or(200)
-        .min(1000) as usize;
-    let (sid, messages) =
-        super::transcript::history(&svc.h.state_dir, &session, limit).map_err(|e| {
-            RpcError::new(
-                Code::Internal,
-                format!("cannot read the history of {}: {e}", session.key),
-            )
-        })?;
-    Ok(json!({"sessionKey": session.key, "sessionId": sid, "messages": messages}).into())
+    /// Adds (`on`) or removes a connection's `session.tool` mirrors of a session.
+    pub fn subscribe(&self, key: &str, conn: (usize, u64), on: bool) {
+        let mut subs = lock(&self.subs);
+        let list = subs.entry(key.to_string()).or_default();
+        list.retain(|c| *c != conn);
+        if on {
+            list.push(conn);
+        }
+        if list.is_empty() {
+            subs.remove(key);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,11 @@
 //! The OpenClaw gateway protocol (v3/v4) as keel speaks it: frame envelopes, the `connect`
-//! handshake, and the method table.
+//! handshake, params and replies. The method table is the application's (`api`).
 //!
 //! Envelopes carry exactly the keys OpenClaw's client accepts — it rejects extra ones:
 //! `req {type,id,method,params?}`, `res {type,id,ok,payload?|error}`,
 //! `event {type,event,payload?,seq?}`.
 
 pub mod handshake;
-pub mod methods;
 pub mod params;
 pub mod reply;
 

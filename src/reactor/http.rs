@@ -28,10 +28,11 @@
 
 use super::ws::Socket;
 use super::{Cx, Outcome, hook_route, io_would_block};
+use crate::api;
 use crate::auth::{Client, Forwarding, Scope};
 use crate::error::{Code, RpcError};
+use crate::protocol;
 use crate::protocol::reply::ReplyTo;
-use crate::protocol::{self, methods};
 use mio::net::TcpStream;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -803,7 +804,7 @@ impl<S: Socket> HttpConn<S> {
                 );
             }
         };
-        match crate::agent::runs::hook(&cx.shared.runs, route, &params) {
+        match crate::api::agent::hook(&cx.shared.runs, route, &params) {
             Ok(v) => {
                 let body = json!({"ok": true, "runId": v["runId"]}).to_string();
                 self.respond(cx, 202, "application/json", &[], body.as_bytes());
@@ -943,26 +944,17 @@ impl<S: Socket> HttpConn<S> {
                 }
             }
         };
-        let outcome = match methods::call(cx.shared, method, &params, &methods::Caller::Http) {
-            Ok(methods::Call::Inline(r)) => r,
-            Ok(methods::Call::Deferred) => {
+        let reply = ReplyTo::Http {
+            conn: cx.slot,
+            generation: cx.generation,
+        };
+        let outcome = match api::dispatch(cx.shared, method, &params, &reply) {
+            api::Dispatched::Now(r) => r,
+            api::Dispatched::Accepted(v) => Ok(v),
+            api::Dispatched::Later => {
                 self.phase = Phase::Waiting;
                 return;
             }
-            Ok(methods::Call::Job(spec, work)) => {
-                let reply = ReplyTo::Http {
-                    conn: cx.slot,
-                    generation: cx.generation,
-                };
-                match cx.shared.submit(spec, reply, work) {
-                    Ok(_) => {
-                        self.phase = Phase::Waiting;
-                        return;
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
         };
         self.rpc_answer(cx, &outcome);
     }

@@ -24,11 +24,12 @@
 //! default — is closed 1001.
 
 use super::{Cx, Outcome, io_would_block};
+use crate::api;
 use crate::auth::{Client, Presented};
 use crate::error::RpcError;
+use crate::protocol;
 use crate::protocol::handshake::{self, Hello, PRE_AUTH_MAX_FRAME};
 use crate::protocol::reply::ReplyTo;
-use crate::protocol::{self, methods};
 use mio::net::TcpStream;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
@@ -518,7 +519,7 @@ impl<S: Socket> WsConn<S> {
         let hello = handshake::hello_ok(&Hello {
             protocol,
             conn_id: &self.conn_id,
-            methods: methods::public_names(),
+            methods: api::public_names(),
             health: cx.shared.health_json(),
             uptime_ms: cx.shared.uptime().as_millis() as u64,
             role: &params.role,
@@ -559,37 +560,20 @@ impl<S: Socket> WsConn<S> {
             );
             return self.send(cx, protocol::res_err(&req.id, &err));
         }
-        let caller = methods::Caller::Ws {
+        let reply = ReplyTo::Ws {
             conn: cx.slot,
             generation: cx.generation,
             id: req.id.clone(),
         };
-        let outcome = match methods::call(cx.shared, &req.method, &req.params, &caller) {
-            Ok(methods::Call::Inline(r)) => {
-                if answered_again(&req.method, &r) {
-                    self.inflight.take();
-                }
-                r
-            }
-            Ok(methods::Call::Deferred) => {
-                self.inflight.take();
-                return;
-            }
-            Ok(methods::Call::Job(spec, work)) => {
-                let reply = ReplyTo::Ws {
-                    conn: cx.slot,
-                    generation: cx.generation,
-                    id: req.id.clone(),
-                };
-                match cx.shared.submit(spec, reply, work) {
-                    Ok(_) => {
-                        self.inflight.take();
-                        return;
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            Err(e) => Err(e),
+        let dispatched = api::dispatch(cx.shared, &req.method, &req.params, &reply);
+        if holds_slot(&dispatched) {
+            self.inflight.take();
+        }
+        let outcome = match dispatched {
+            api::Dispatched::Now(r) => r,
+            // The final `res` comes later.
+            api::Dispatched::Accepted(v) => Ok(v),
+            api::Dispatched::Later => return,
         };
         let text = match &outcome {
             Ok(p) => protocol::res_ok(&req.id, p),
@@ -698,14 +682,12 @@ impl InFlight {
     }
 }
 
-/// Whether a request answered inline (`Call::Inline`) gets a second `res` with the same id
-/// later: `agent`'s answer is only "accepted" (`runs::agent`), its final one follows through
-/// the completion channel when the run ends — also for a run started before, found by its
-/// idempotency key. An error is the only answer.
-fn answered_again(method: &str, answer: &Result<Value, RpcError>) -> bool {
-    /// Methods whose inline `Ok` is "accepted", with the final `res` to follow.
-    const ACCEPTED_THEN_FINAL: &[&str] = &["agent"];
-    answer.is_ok() && ACCEPTED_THEN_FINAL.contains(&method)
+/// Whether a dispatched request holds an in-flight slot until a later reply: a job's or a
+/// deferred answer, and an "accepted" one (`agent`), whose final `res` follows when its run
+/// ends — also for a run started before, found by its idempotency key. An answer given now
+/// (an error included) is the only one.
+fn holds_slot(d: &api::Dispatched) -> bool {
+    matches!(d, api::Dispatched::Accepted(_) | api::Dispatched::Later)
 }
 
 trait ThenKeep {
@@ -726,25 +708,25 @@ mod tests {
     use super::*;
 
     /// What `on_request` does with a request's slot: the counting of the limit, without a
-    /// gateway. `answer` is `Some` for an inline answer, `None` for a job or a deferred one.
-    fn accept(n: &mut InFlight, method: &str, answer: Option<Result<Value, RpcError>>) {
-        match answer {
-            Some(r) if !answered_again(method, &r) => {}
-            _ => n.take(),
+    /// gateway.
+    fn accept(n: &mut InFlight, d: api::Dispatched) {
+        if holds_slot(&d) {
+            n.take();
         }
     }
 
     #[test]
     fn an_agent_call_holds_its_slot_until_the_final_res() {
+        use api::Dispatched::*;
         let mut n = InFlight::default();
         // "accepted" now, the final res when the run ends.
-        accept(&mut n, "agent", Some(Ok(json!({"status": "accepted"}))));
+        accept(&mut n, Accepted(json!({"status": "accepted"})));
         assert_eq!(n.get(), 1);
-        // A job and a deferred wait hold one each; inline answers hold none.
-        accept(&mut n, "status", None);
-        accept(&mut n, "agent.wait", None);
-        accept(&mut n, "health", Some(Ok(json!({}))));
-        accept(&mut n, "chat.send", Some(Ok(json!({"status": "started"}))));
+        // A job and a deferred wait hold one each; answers given now hold none.
+        accept(&mut n, Later);
+        accept(&mut n, Later);
+        accept(&mut n, Now(Ok(json!({}))));
+        accept(&mut n, Now(Ok(json!({"status": "started"}))));
         assert_eq!(n.get(), 3);
         // The run's final res releases the run's slot only: the other two still hold theirs.
         n.release();
@@ -759,8 +741,7 @@ mod tests {
         let mut n = InFlight::default();
         accept(
             &mut n,
-            "agent",
-            Some(Err(RpcError::invalid("missing message"))),
+            api::Dispatched::Now(Err(RpcError::invalid("missing message"))),
         );
         assert_eq!(n.get(), 0);
     }

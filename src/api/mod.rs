@@ -1,5 +1,7 @@
-//! The method table: name → how it runs (inline on the reactor, or as a job with a pool,
-//! lane and deadline). Only cheap, in-memory methods are inline; everything else is a job.
+//! The application layer: the method table — name → how it runs (inline on the reactor, or
+//! as a job with a pool, lane and deadline) — and the adapters that read a method's params,
+//! call a service and shape the answer. The only layer that knows both the wire and the
+//! services. Only cheap, in-memory methods are inline; everything else is a job.
 //!
 //! The hidden `keel.test.*` methods exist only when the gateway was started with
 //! `KEEL_TEST_HOOKS=1`; they still need the token. They let tests and the benchmark occupy
@@ -7,10 +9,13 @@
 //! process's resident memory (`keel.test.ballast`), so the watchdog, the queues, the drain and
 //! memory pressure can be proven against the real binary.
 
-use crate::agent::runs;
+pub mod agent;
+
 use crate::error::RpcError;
 use crate::jobs::{JobCtx, JobSpec, Lane, PoolKind, Work};
+use crate::protocol::reply::ReplyTo;
 use crate::runtime::Shared;
+use crate::sessions::QUERY_DEADLINE;
 use crate::sync::lock;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -26,125 +31,181 @@ pub enum Call {
     Deferred,
 }
 
-/// Who is calling: a WebSocket request (which can receive events and a later `res` with the
-/// same id), or an HTTP request (one answer only).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    Ws {
-        conn: usize,
-        generation: u64,
-        id: String,
-    },
-    Http,
+/// What the reactor does with a call ([`dispatch`]).
+#[derive(Debug)]
+pub enum Dispatched {
+    /// Answer now.
+    Now(Result<Value, RpcError>),
+    /// Answer now ("accepted"); a WebSocket caller gets a second `res` with the same id when
+    /// the work it started ends, so its in-flight slot stays taken until then.
+    Accepted(Value),
+    /// The answer comes later through the completion channel (a job, or a deferred wait).
+    Later,
 }
 
-type InlineFn = fn(&Arc<Shared>, &Value, &Caller) -> Result<Value, RpcError>;
-/// Builds a job; given the method name, so that one builder can serve several methods.
-type JobFn = fn(&Arc<Shared>, &'static str, &Value) -> Result<(JobSpec, Work), RpcError>;
-type CallFn = fn(&Arc<Shared>, &Value, &Caller) -> Result<Call, RpcError>;
+/// How a method runs: the table's "kind" column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Answered on the reactor, from memory.
+    Now,
+    /// Answered by a job.
+    Job(Spec),
+    /// Answered now ("accepted"), and again when the run it started ends: the run is a job on
+    /// the io pool's interactive lane with `agents.defaults.timeoutSeconds` (+5 s).
+    Accepted,
+    /// Answered later, when something else happens (a run ends, a wait times out).
+    Deferred,
+}
+
+/// Where a job runs and how long it may take from admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    pub pool: PoolKind,
+    pub lane: Lane,
+    pub deadline: Duration,
+}
+
+const fn job(pool: PoolKind, lane: Lane, deadline: Duration) -> Kind {
+    Kind::Job(Spec {
+        pool,
+        lane,
+        deadline,
+    })
+}
+
+type InlineFn = fn(&Arc<Shared>, &Value, &ReplyTo) -> Result<Value, RpcError>;
+/// Builds a job's work; given the method name, so that one builder can serve several methods.
+type WorkFn = fn(&Arc<Shared>, &'static str, &Value) -> Result<Work, RpcError>;
+type CallFn = fn(&Arc<Shared>, &Value, &ReplyTo) -> Result<Call, RpcError>;
 
 enum Handler {
+    /// Answers now (kinds `Now` and `Accepted`).
     Inline(InlineFn),
-    Job(JobFn),
-    /// Decides for itself (answer now, or later).
+    /// The work of a `Job`, run with the row's spec.
+    Work(WorkFn),
+    /// Decides for itself: answers now, later, or as a job with its own spec.
     Call(CallFn),
 }
 
+/// One row of the method table.
 struct Method {
     name: &'static str,
+    kind: Kind,
     handler: Handler,
+    /// Served only with `KEEL_TEST_HOOKS=1`, and not announced in `hello-ok`.
     hidden: bool,
 }
 
+/// The method table. A job's deadline runs from admission, queue wait included.
 const METHODS: &[Method] = &[
     Method {
         name: "health",
+        kind: Kind::Now,
         handler: Handler::Inline(health),
         hidden: false,
     },
     Method {
         name: "status",
-        handler: Handler::Job(status),
+        kind: job(PoolKind::Cpu, Lane::Control, Duration::from_secs(5)),
+        handler: Handler::Work(status),
         hidden: false,
     },
     Method {
         name: "sessions.list",
-        handler: Handler::Job(usage_job),
+        kind: job(PoolKind::Cpu, Lane::Interactive, QUERY_DEADLINE),
+        handler: Handler::Work(usage_work),
         hidden: false,
     },
     Method {
         name: "sessions.usage",
-        handler: Handler::Job(usage_job),
+        kind: job(PoolKind::Cpu, Lane::Interactive, QUERY_DEADLINE),
+        handler: Handler::Work(usage_work),
         hidden: false,
     },
     Method {
         name: "usage.cost",
-        handler: Handler::Job(usage_job),
+        kind: job(PoolKind::Cpu, Lane::Interactive, QUERY_DEADLINE),
+        handler: Handler::Work(usage_work),
         hidden: false,
     },
     Method {
+        // Answered at once ({runId, status}); the run follows as `chat` and `agent` events.
         name: "chat.send",
+        kind: Kind::Now,
         handler: Handler::Inline(chat_send),
         hidden: false,
     },
     Method {
         name: "agent",
+        kind: Kind::Accepted,
         handler: Handler::Inline(agent),
         hidden: false,
     },
     Method {
         name: "agent.wait",
+        kind: Kind::Deferred,
         handler: Handler::Call(agent_wait),
         hidden: false,
     },
     Method {
         name: "chat.abort",
+        kind: Kind::Now,
         handler: Handler::Inline(chat_abort),
         hidden: false,
     },
     Method {
         name: "chat.history",
-        handler: Handler::Job(chat_history),
+        kind: job(PoolKind::Cpu, Lane::Interactive, Duration::from_secs(5)),
+        handler: Handler::Work(chat_history),
         hidden: false,
     },
     Method {
         name: "sessions.subscribe",
+        kind: Kind::Now,
         handler: Handler::Inline(subscribe),
         hidden: false,
     },
     Method {
         name: "sessions.unsubscribe",
+        kind: Kind::Now,
         handler: Handler::Inline(unsubscribe),
         hidden: false,
     },
     Method {
         name: "send",
-        handler: Handler::Job(delivery_job),
+        kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(delivery_work),
         hidden: false,
     },
     Method {
         name: "delivery.list",
-        handler: Handler::Job(delivery_job),
+        kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(delivery_work),
         hidden: false,
     },
     Method {
         name: "delivery.retry",
-        handler: Handler::Job(delivery_job),
+        kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(delivery_work),
         hidden: false,
     },
     Method {
         name: "delivery.drop",
-        handler: Handler::Job(delivery_job),
+        kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(delivery_work),
         hidden: false,
     },
     Method {
+        // A test hook: its params may choose another pool, lane and deadline.
         name: "keel.test.busy",
-        handler: Handler::Job(test_busy),
+        kind: job(PoolKind::Cpu, Lane::Interactive, Duration::from_secs(60)),
+        handler: Handler::Call(test_busy),
         hidden: true,
     },
     Method {
         name: "keel.test.ballast",
-        handler: Handler::Job(test_ballast),
+        kind: job(PoolKind::Cpu, Lane::Control, Duration::from_secs(120)),
+        handler: Handler::Work(test_ballast),
         hidden: true,
     },
 ];
@@ -158,146 +219,140 @@ pub fn public_names() -> Vec<&'static str> {
         .collect()
 }
 
+fn find(shared: &Shared, method: &str) -> Result<&'static Method, RpcError> {
+    METHODS
+        .iter()
+        .find(|m| m.name == method && (!m.hidden || shared.test_hooks))
+        .ok_or_else(|| RpcError::unknown_method(method))
+}
+
 /// Resolves a call. Unknown methods (and hidden ones without test hooks) are
 /// `INVALID_REQUEST "unknown method: X"`.
 pub fn call(
     shared: &Arc<Shared>,
     method: &str,
     params: &Value,
-    caller: &Caller,
+    caller: &ReplyTo,
 ) -> Result<Call, RpcError> {
-    let m = METHODS
-        .iter()
-        .find(|m| m.name == method && (!m.hidden || shared.test_hooks))
-        .ok_or_else(|| RpcError::unknown_method(method))?;
+    let m = find(shared, method)?;
     if !params.is_object() {
         return Err(RpcError::invalid("invalid params: expected an object"));
     }
-    Ok(match &m.handler {
-        Handler::Inline(f) => Call::Inline(f(shared, params, caller)),
-        Handler::Call(f) => f(shared, params, caller)?,
-        Handler::Job(f) => {
-            let (spec, work) = f(shared, m.name, params)?;
+    Ok(match (&m.handler, m.kind) {
+        (Handler::Inline(f), _) => Call::Inline(f(shared, params, caller)),
+        (Handler::Call(f), _) => f(shared, params, caller)?,
+        (Handler::Work(f), Kind::Job(spec)) => {
+            let work = f(shared, m.name, params)?;
+            let spec = JobSpec {
+                kind: m.name.into(),
+                pool: spec.pool,
+                lane: spec.lane,
+                timeout: spec.deadline,
+                stall_limit: None,
+            };
             Call::Job(spec, work)
+        }
+        (Handler::Work(_), kind) => {
+            return Err(RpcError::new(
+                crate::error::Code::Internal,
+                format!("method {} is {kind:?} but has a job's handler", m.name),
+            ));
         }
     })
 }
 
-/// A delivery method: an io job (it writes the queue on disk).
-fn delivery_job(
+/// The one path from a request — WebSocket or `POST /api/rpc/<method>` — to its answer: runs
+/// the method, submits its job with `reply` as where the answer goes, and says what the reactor
+/// does now. Never blocks: admission refuses at once when a queue is full.
+pub fn dispatch(shared: &Arc<Shared>, method: &str, params: &Value, reply: &ReplyTo) -> Dispatched {
+    let accepted = find(shared, method).is_ok_and(|m| m.kind == Kind::Accepted);
+    match call(shared, method, params, reply) {
+        Ok(Call::Inline(Ok(v))) if accepted && matches!(reply, ReplyTo::Ws { .. }) => {
+            Dispatched::Accepted(v)
+        }
+        Ok(Call::Inline(r)) => Dispatched::Now(r),
+        Ok(Call::Deferred) => Dispatched::Later,
+        Ok(Call::Job(spec, work)) => match shared.submit(spec, reply.clone(), work) {
+            Ok(_) => Dispatched::Later,
+            Err(e) => Dispatched::Now(Err(e)),
+        },
+        Err(e) => Dispatched::Now(Err(e)),
+    }
+}
+
+/// A delivery method (a job: it writes the queue on disk).
+fn delivery_work(
     shared: &Arc<Shared>,
     method: &'static str,
     params: &Value,
-) -> Result<(JobSpec, Work), RpcError> {
+) -> Result<Work, RpcError> {
     let sh = shared.clone();
     let params = params.clone();
-    Ok((
-        JobSpec {
-            kind: method.into(),
-            pool: PoolKind::Io,
-            lane: Lane::Interactive,
-            timeout: Duration::from_secs(10),
-            stall_limit: None,
-        },
-        Box::new(move |ctx: &JobCtx| {
-            ctx.check()?;
-            crate::delivery::service::call(&sh.delivery, method, &params).map(Into::into)
-        }),
-    ))
+    Ok(Box::new(move |ctx: &JobCtx| {
+        ctx.check()?;
+        crate::delivery::service::call(&sh.delivery, method, &params).map(Into::into)
+    }))
 }
 
-fn chat_send(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
-    runs::chat_send(&shared.runs, p, caller)
+fn chat_send(shared: &Arc<Shared>, p: &Value, caller: &ReplyTo) -> Result<Value, RpcError> {
+    agent::chat_send(&shared.runs, p, caller)
 }
 
-fn agent(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
-    runs::agent(&shared.runs, p, caller)
+fn agent(shared: &Arc<Shared>, p: &Value, caller: &ReplyTo) -> Result<Value, RpcError> {
+    agent::agent(&shared.runs, p, caller)
 }
 
-fn chat_abort(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
-    runs::chat_abort(&shared.runs, p, caller)
+fn chat_abort(shared: &Arc<Shared>, p: &Value, caller: &ReplyTo) -> Result<Value, RpcError> {
+    agent::chat_abort(&shared.runs, p, caller)
 }
 
-fn agent_wait(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Call, RpcError> {
-    Ok(match runs::agent_wait(&shared.runs, p, caller)? {
+fn agent_wait(shared: &Arc<Shared>, p: &Value, caller: &ReplyTo) -> Result<Call, RpcError> {
+    Ok(match agent::agent_wait(&shared.runs, p, caller)? {
         Some(v) => Call::Inline(Ok(v)),
         None => Call::Deferred,
     })
 }
 
-fn subscribe(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
-    runs::subscribe(&shared.runs, p, caller, true)
+fn subscribe(shared: &Arc<Shared>, p: &Value, caller: &ReplyTo) -> Result<Value, RpcError> {
+    agent::subscribe(&shared.runs, p, caller, true)
 }
 
-fn unsubscribe(shared: &Arc<Shared>, p: &Value, caller: &Caller) -> Result<Value, RpcError> {
-    runs::subscribe(&shared.runs, p, caller, false)
+fn unsubscribe(shared: &Arc<Shared>, p: &Value, caller: &ReplyTo) -> Result<Value, RpcError> {
+    agent::subscribe(&shared.runs, p, caller, false)
 }
 
-fn chat_history(
-    shared: &Arc<Shared>,
-    _method: &str,
-    params: &Value,
-) -> Result<(JobSpec, Work), RpcError> {
+fn chat_history(shared: &Arc<Shared>, _method: &str, params: &Value) -> Result<Work, RpcError> {
     let sh = shared.clone();
     let params = params.clone();
-    Ok((
-        JobSpec {
-            kind: "chat.history".into(),
-            pool: PoolKind::Cpu,
-            lane: Lane::Interactive,
-            timeout: Duration::from_secs(5),
-            stall_limit: None,
-        },
-        Box::new(move |ctx: &JobCtx| {
-            ctx.check()?;
-            runs::chat_history(&sh.runs, &params)
-        }),
-    ))
+    Ok(Box::new(move |ctx: &JobCtx| {
+        ctx.check()?;
+        agent::chat_history(&sh.runs, &params)
+    }))
 }
 
-fn health(shared: &Arc<Shared>, _params: &Value, _caller: &Caller) -> Result<Value, RpcError> {
+fn health(shared: &Arc<Shared>, _params: &Value, _caller: &ReplyTo) -> Result<Value, RpcError> {
     Ok(shared.health_json())
 }
 
-fn status(
-    shared: &Arc<Shared>,
-    _method: &str,
-    _params: &Value,
-) -> Result<(JobSpec, Work), RpcError> {
+fn status(shared: &Arc<Shared>, _method: &str, _params: &Value) -> Result<Work, RpcError> {
     let sh = shared.clone();
-    Ok((
-        JobSpec {
-            kind: "status".into(),
-            pool: PoolKind::Cpu,
-            lane: Lane::Control,
-            timeout: Duration::from_secs(5),
-            stall_limit: None,
-        },
-        Box::new(move |ctx: &JobCtx| {
-            ctx.check()?;
-            Ok(sh.status_json().into())
-        }),
-    ))
+    Ok(Box::new(move |ctx: &JobCtx| {
+        ctx.check()?;
+        Ok(sh.status_json().into())
+    }))
 }
 
-/// A usage method: an interactive cpu job with the usage deadline.
-fn usage_job(
+/// A usage method (a job on the cpu pool: it reads the index and the stores).
+fn usage_work(
     shared: &Arc<Shared>,
     method: &'static str,
     params: &Value,
-) -> Result<(JobSpec, Work), RpcError> {
+) -> Result<Work, RpcError> {
     let sh = shared.clone();
     let params = params.clone();
-    Ok((
-        JobSpec {
-            kind: method.into(),
-            pool: PoolKind::Cpu,
-            lane: Lane::Interactive,
-            timeout: crate::sessions::QUERY_DEADLINE,
-            stall_limit: None,
-        },
-        Box::new(move |ctx: &JobCtx| sh.sessions.run(method, &params, ctx)),
-    ))
+    Ok(Box::new(move |ctx: &JobCtx| {
+        sh.sessions.run(method, &params, ctx)
+    }))
 }
 
 fn opt_u64(params: &Value, key: &str, default: u64, max: u64) -> Result<u64, RpcError> {
@@ -322,7 +377,7 @@ fn opt_bool(params: &Value, key: &str) -> Result<bool, RpcError> {
 /// `keel.test.busy {ms, pool?, lane?, timeoutMs?, stallMs?, ignoreCancel?, stall?, panic?,
 /// sleep?, replyBytes?}`: occupies a worker for `ms` (and answers with `replyBytes` of padding). `ignoreCancel` keeps going after the token fires;
 /// `stall` stops stamping progress; `sleep` sleeps instead of spinning the CPU.
-fn test_busy(_shared: &Arc<Shared>, _method: &str, p: &Value) -> Result<(JobSpec, Work), RpcError> {
+fn test_busy(_shared: &Arc<Shared>, p: &Value, _caller: &ReplyTo) -> Result<Call, RpcError> {
     let ms = opt_u64(p, "ms", 100, 3_600_000)?;
     let pool = match p.get("pool").and_then(Value::as_str) {
         None => PoolKind::Cpu,
@@ -387,7 +442,7 @@ fn test_busy(_shared: &Arc<Shared>, _method: &str, p: &Value) -> Result<(JobSpec
         })
         .into())
     });
-    Ok((spec, work))
+    Ok(Call::Job(spec, work))
 }
 
 /// The memory `keel.test.ballast` holds, in the chunks it was added in.
@@ -420,24 +475,13 @@ fn fill_ballast(mib: u64, ctx: &JobCtx) -> Result<Vec<u8>, RpcError> {
 /// many watchdog samples were taken while it was fully resident (`ticksHeld`) and from the
 /// first allocation to the release (`ticksSpan`), so a test can tell a spike the pressure
 /// logic must ignore from one it must not.
-fn test_ballast(
-    shared: &Arc<Shared>,
-    _method: &str,
-    p: &Value,
-) -> Result<(JobSpec, Work), RpcError> {
+fn test_ballast(shared: &Arc<Shared>, _method: &str, p: &Value) -> Result<Work, RpcError> {
     let mib = opt_u64(p, "mib", 0, BALLAST_MAX_MIB)?;
     let spike = match p.get("spikeMs") {
         None | Some(Value::Null) => None,
         Some(_) => Some(Duration::from_millis(opt_u64(p, "spikeMs", 0, 60_000)?)),
     };
     let sh = shared.clone();
-    let spec = JobSpec {
-        kind: "keel.test.ballast".into(),
-        pool: PoolKind::Cpu,
-        lane: Lane::Control,
-        timeout: Duration::from_secs(120),
-        stall_limit: None,
-    };
     let work: Work = Box::new(move |ctx: &JobCtx| {
         let ticks = || sh.metrics.watchdog_ticks.get();
         let mut out = json!({"mib": mib});
@@ -465,5 +509,5 @@ fn test_ballast(
         out["rssBytes"] = json!(crate::procfs::rss_bytes());
         Ok(out.into())
     });
-    Ok((spec, work))
+    Ok(work)
 }
