@@ -609,3 +609,86 @@ impl Delivery {
         self.publish(q);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::system::Detached;
+
+    /// The service on a detached job system (no workers), its queue opened in `dir`.
+    fn service(dir: &std::path::Path) -> (Arc<Delivery>, Detached) {
+        let cfg = crate::config::parse(
+            r#"{"channels": {"openclaw-weixin": {"baseUrl": "http://127.0.0.1:9", "token": "t"}}}"#,
+            None,
+        );
+        assert!(cfg.problems.is_empty(), "{:?}", cfg.problems);
+        let d = Detached::new(cfg.config);
+        let svc = Arc::new(Delivery::new(Handles {
+            jobs: d.jobs.clone(),
+            config: d.config.clone(),
+            lifecycle: d.lifecycle.clone(),
+            state_dir: dir.to_path_buf(),
+            test_hooks: false,
+        }));
+        let q = Queue::open(&dir.join("delivery")).unwrap();
+        svc.publish(&q);
+        *lock(&svc.queue) = Some(q);
+        (svc, d)
+    }
+
+    #[test]
+    fn every_change_publishes_what_readers_that_must_not_wait_see() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (svc, _d) = service(tmp.path());
+        assert_eq!(svc.counts()[&State::Pending], 0);
+        let e = svc
+            .enqueue(
+                Route::new("openclaw-weixin", "a@im.wechat"),
+                "hi",
+                "k1",
+                json!({}),
+            )
+            .unwrap();
+        let s = svc.summary();
+        assert_eq!(s.counts[&State::Pending], 1);
+        assert_eq!(s.next_due_ms, Some(e.next_attempt_ms));
+        assert_eq!(svc.status_json()["queue"]["pending"], 1);
+        svc.drop_entry(&e.id).unwrap();
+        assert_eq!(svc.counts()[&State::Pending], 0);
+        assert_eq!(svc.summary().next_due_ms, None);
+    }
+
+    /// The watchdog's tick reads the published due time and submits a job; it never takes
+    /// the queue's lock, which a worker may hold across a stalled fsync.
+    #[test]
+    fn the_tick_never_waits_for_the_queue() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (svc, d) = service(tmp.path());
+        svc.enqueue(
+            Route::new("openclaw-weixin", "a@im.wechat"),
+            "hi",
+            "k1",
+            json!({}),
+        )
+        .unwrap();
+        let before = d.jobs.len();
+        // A worker holds the queue (as across a stalled write) while the watchdog ticks.
+        let held = lock(&svc.queue);
+        let (done, ticked) = std::sync::mpsc::channel();
+        let ticker = {
+            let svc = svc.clone();
+            std::thread::spawn(move || {
+                svc.tick(Instant::now(), Level::Normal);
+                let _ = done.send(());
+            })
+        };
+        let waited = ticked.recv_timeout(Duration::from_secs(20));
+        drop(held);
+        assert!(waited.is_ok(), "the tick waited for the queue");
+        ticker.join().unwrap();
+        assert_eq!(d.jobs.len(), before + 1, "one scheduling job submitted");
+        // A second tick while that job is queued submits no other.
+        svc.tick(Instant::now(), Level::Normal);
+        assert_eq!(d.jobs.len(), before + 1);
+    }
+}
