@@ -479,28 +479,14 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 fn date_of_day(day: i64) -> String {
-    let (y, m, d) = civil(day);
+    let (y, m, d) = keel::clock::civil_from_days(day);
     format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// `2026-11-02T08:15:00.000Z`; with `sep = '-'` the archive stamp `2026-11-02T08-15-00.000Z`.
 fn push_iso(out: &mut String, ms: i64, sep: char) {
-    let (y, m, d) = civil(ms.div_euclid(DAY_MS));
+    let (y, m, d) = keel::clock::civil_from_days(ms.div_euclid(DAY_MS));
     let t = ms.rem_euclid(DAY_MS);
     let _ = write!(
         out,

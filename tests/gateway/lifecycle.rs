@@ -12,6 +12,21 @@ fn start_busy(g: &Gateway, params: Value) -> std::thread::JoinHandle<Response> {
     h
 }
 
+/// SIGTERM to a gateway configured with `drainTimeoutMs` and `drainGraceMs` of 1000: it must
+/// exit by drain + grace + 1 s. Returns its exit status and how long that took.
+#[track_caller]
+fn sigterm_with_drain_and_grace_of_1s(g: &mut Gateway) -> (std::process::ExitStatus, Duration) {
+    let t0 = Instant::now();
+    g.signal("TERM");
+    let status = g.wait_exit(BOUND).expect("exits");
+    let took = t0.elapsed();
+    assert!(
+        took <= Duration::from_millis(3000),
+        "exit took {took:?} (drain 1 s + grace 1 s + 1 s)"
+    );
+    (status, took)
+}
+
 #[test]
 fn sigterm_lets_an_in_flight_job_finish_and_exits_zero() {
     let mut g = Gateway::start(Opts::hooks());
@@ -53,14 +68,7 @@ fn sigterm_with_a_job_that_ignores_cancel_exits_by_deadline_plus_grace() {
         &g,
         json!({"ms": 60_000, "ignoreCancel": true, "sleep": true}),
     );
-    let t0 = Instant::now();
-    g.signal("TERM");
-    let status = g.wait_exit(BOUND).expect("exits");
-    let took = t0.elapsed();
-    assert!(
-        took <= Duration::from_millis(3000),
-        "exit took {took:?} (drain 1 s + grace 1 s + 1 s)"
-    );
+    let (status, took) = sigterm_with_drain_and_grace_of_1s(&mut g);
     assert!(
         took >= Duration::from_millis(1900),
         "exit came early: {took:?}"
@@ -230,14 +238,7 @@ fn a_stalled_delivery_store_holds_up_neither_the_reactor_nor_the_drain() {
     // machine; the bench measures the real figures).
     assert!(max < Duration::from_secs(1), "max {max:?}");
     assert!(median < Duration::from_millis(50), "median {median:?}");
-    let t0 = Instant::now();
-    g.signal("TERM");
-    let status = g.wait_exit(BOUND).expect("exits");
-    let took = t0.elapsed();
-    assert!(
-        took <= Duration::from_millis(3000),
-        "exit took {took:?} (drain 1 s + grace 1 s + 1 s)"
-    );
+    let (status, _) = sigterm_with_drain_and_grace_of_1s(&mut g);
     assert_ne!(status.code(), Some(0), "the stalled send was aborted");
     let r = send.join().unwrap();
     assert_ne!(r.status, 200, "{}", r.text());
