@@ -10,6 +10,7 @@
 //! memory pressure can be proven against the real binary.
 
 pub mod agent;
+pub mod delivery;
 
 use crate::error::RpcError;
 use crate::jobs::{JobCtx, JobSpec, Lane, PoolKind, Work};
@@ -290,7 +291,7 @@ fn delivery_work(
     let params = params.clone();
     Ok(Box::new(move |ctx: &JobCtx| {
         ctx.check()?;
-        crate::delivery::service::call(&sh.delivery, method, &params).map(Into::into)
+        delivery::call(&sh.delivery, method, &params).map(Into::into)
     }))
 }
 
