@@ -475,13 +475,27 @@ fn usage_inner(args: &Args, env: Env<'_>) -> Result<String, String> {
         files: None,
         prices_version: 0,
     };
-    let mut params = serde_json::json!({"days": days, "limit": 0});
-    match &args.agent {
-        Some(a) => params["agentId"] = a.as_str().into(),
-        None => params["agentScope"] = "all".into(),
-    }
-    let (cost, _) = query::usage_cost(&cx, &params).map_err(|e| e.message)?;
-    let (usage, _) = query::sessions_usage(&cx, &params).map_err(|e| e.message)?;
+    let agent = match args.agent.as_deref().filter(|a| !a.is_empty()) {
+        Some(a) => Some(crate::ids::AgentId::normalize(a).map_err(|e| format!("--agent: {e}"))?),
+        None => None,
+    };
+    let range = query::RangeSpec {
+        days: Some(days as i64),
+        ..query::RangeSpec::default()
+    };
+    let cost = query::CostQuery {
+        range,
+        agent: agent.clone(),
+    };
+    let usage = query::UsageQuery {
+        range,
+        key: None,
+        agent: agent.map(|a| a.as_str().to_string()),
+        limit: 0,
+        cursor: 0,
+    };
+    let (cost, _) = query::usage_cost(&cx, &cost).map_err(|e| e.message)?;
+    let (usage, _) = query::sessions_usage(&cx, &usage).map_err(|e| e.message)?;
     let (cost, usage) = (cost.to_value(), usage.to_value());
     if args.json {
         let out = serde_json::json!({"cost": cost, "usage": usage});

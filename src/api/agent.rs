@@ -6,22 +6,37 @@ use crate::agent::runs::{self, Request, Runs, Status};
 use crate::agent::transcript::Origin;
 use crate::clock;
 use crate::error::{Code, RpcError};
-use crate::ids::SessionKey;
-use crate::payload::Payload;
-use crate::protocol::params::{
-    address, agent_id, required, required_session_key, session_key, string,
-};
+use crate::ids::{AgentId, SessionKey};
+use crate::jobs::{JobCtx, Work};
+use crate::protocol::params::{self, parse, session_key};
 use crate::protocol::reply::ReplyTo;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Where a run's request came from (`chat.send`, `agent`, the hooks): where its reply is
+/// delivered and its sub-agents' completions go.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OriginParams {
+    #[serde(default, deserialize_with = "params::string")]
+    channel: Option<String>,
+    #[serde(default, deserialize_with = "params::address")]
+    to: Option<String>,
+    #[serde(default, deserialize_with = "params::address")]
+    account_id: Option<String>,
+    #[serde(default, deserialize_with = "params::address")]
+    thread_id: Option<String>,
+}
+
 fn origin_of(p: &Value) -> Result<Origin, RpcError> {
+    let o: OriginParams = parse(p)?;
     Ok(Origin {
-        channel: string(p, "channel")?,
-        to: address(p, "to")?,
-        account_id: address(p, "accountId")?,
-        thread_id: address(p, "threadId")?,
+        channel: o.channel,
+        to: o.to,
+        account_id: o.account_id,
+        thread_id: o.thread_id,
     })
 }
 
@@ -35,31 +50,64 @@ fn listener_of(caller: &ReplyTo) -> Option<(usize, u64)> {
     }
 }
 
-/// `chat.send {sessionKey, message, idempotencyKey, timeoutMs?}` → `{runId, status}`; the
-/// run's progress follows as `chat` and `agent` events.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChatSend {
+    #[serde(deserialize_with = "params::required")]
+    session_key: String,
+    #[serde(deserialize_with = "params::required")]
+    message: String,
+    #[serde(deserialize_with = "params::required")]
+    idempotency_key: String,
+}
+
+/// `chat.send {sessionKey, message, idempotencyKey, channel?, to?, accountId?, threadId?}` →
+/// `{runId, status}`; the run's progress follows as `chat` and `agent` events.
 pub fn chat_send(svc: &Arc<Runs>, p: &Value, caller: &ReplyTo) -> Result<Value, RpcError> {
+    let ChatSend {
+        session_key: key,
+        message,
+        idempotency_key: idem,
+    } = parse(p)?;
+    let origin = origin_of(p)?;
     let cfg = svc.h.config.get();
-    let session = required_session_key(p, "sessionKey", &cfg.agents.default_agent_id())?;
-    let message = required(p, "message")?;
-    let idem = required(p, "idempotencyKey")?;
-    let request = Request::top(message, session, origin_of(p)?);
+    let session = session_key("sessionKey", &key, &cfg.agents.default_agent_id())?;
+    let request = Request::top(message, session, origin);
     let (run, new) = runs::start(svc, &idem, request, ReplyTo::Internal, listener_of(caller))?;
     Ok(json!({"runId": run.id, "status": if new { "started" } else { run.status().as_str() }}))
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AgentParams {
+    #[serde(deserialize_with = "params::required")]
+    message: String,
+    #[serde(deserialize_with = "params::required")]
+    idempotency_key: String,
+    #[serde(default, deserialize_with = "params::agent_id")]
+    agent_id: Option<AgentId>,
+    #[serde(default, deserialize_with = "params::string")]
+    session_key: Option<String>,
+    #[serde(default, deserialize_with = "params::flag")]
+    deliver: Option<bool>,
+}
+
 /// `agent {message, idempotencyKey, agentId?, sessionKey?, channel?, to?, accountId?,
-/// threadId?, deliver?, timeout?}` → `{runId, status: "accepted"}` now, and (over WebSocket)
+/// threadId?, deliver?}` → `{runId, status: "accepted"}` now, and (over WebSocket)
 /// a second `res` with the same id when the run ends.
 pub fn agent(svc: &Arc<Runs>, p: &Value, caller: &ReplyTo) -> Result<Value, RpcError> {
-    let message = required(p, "message")?;
-    let idem = required(p, "idempotencyKey")?;
+    let a: AgentParams = parse(p)?;
+    let origin = origin_of(p)?;
     let cfg = svc.h.config.get();
     // The session key's agent wins; a key that names none belongs to `agentId`.
-    let agent = agent_id(p, "agentId")?.unwrap_or_else(|| cfg.agents.default_agent_id());
-    let session =
-        session_key(p, "sessionKey", &agent)?.unwrap_or_else(|| SessionKey::of(&agent, "main"));
-    let mut request = Request::top(message, session, origin_of(p)?);
-    request.deliver = p.get("deliver").and_then(Value::as_bool).unwrap_or(false);
+    let agent = a.agent_id.unwrap_or_else(|| cfg.agents.default_agent_id());
+    let session = match &a.session_key {
+        Some(k) => session_key("sessionKey", k, &agent)?,
+        None => SessionKey::of(&agent, "main"),
+    };
+    let idem = a.idempotency_key;
+    let mut request = Request::top(a.message, session, origin);
+    request.deliver = a.deliver.unwrap_or(false);
     // Over HTTP there is one answer only: the run's end is for agent.wait to fetch.
     let reply = match caller {
         ReplyTo::Ws { .. } => caller.clone(),
@@ -75,17 +123,31 @@ pub fn agent(svc: &Arc<Runs>, p: &Value, caller: &ReplyTo) -> Result<Value, RpcE
     Ok(json!({"runId": run.id, "status": "accepted", "acceptedAt": clock::wall_ms()}))
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AgentWait {
+    #[serde(deserialize_with = "params::required")]
+    run_id: String,
+    /// Clamped to [`runs::MAX_WAIT`] (ten minutes): a longer wait is answered `timeout` then,
+    /// and the client may wait again.
+    #[serde(default, deserialize_with = "params::count")]
+    timeout_ms: Option<u64>,
+}
+
 /// `agent.wait {runId, timeoutMs?}`: the run's final result, or `status: "timeout"`.
 /// `None` means the answer is deferred until the run ends (or the wait times out).
 pub fn agent_wait(svc: &Arc<Runs>, p: &Value, caller: &ReplyTo) -> Result<Option<Value>, RpcError> {
-    let id = required(p, "runId")?;
+    let AgentWait {
+        run_id: id,
+        timeout_ms,
+    } = parse(p)?;
     let run = svc.get(&id).ok_or_else(|| {
         RpcError::new(
             Code::NotFound,
             format!("no run {id} (finished runs are kept for an hour)"),
         )
     })?;
-    let timeout = match p.get("timeoutMs").and_then(Value::as_u64) {
+    let timeout = match timeout_ms {
         Some(ms) => Duration::from_millis(ms).min(runs::MAX_WAIT),
         None => runs::DEFAULT_WAIT,
     };
@@ -98,14 +160,41 @@ pub fn agent_wait(svc: &Arc<Runs>, p: &Value, caller: &ReplyTo) -> Result<Option
     Ok(svc.wait(&run, timeout, listener_of(caller), caller.clone()))
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunId {
+    #[serde(deserialize_with = "params::required")]
+    run_id: String,
+}
+
 /// `chat.abort {runId}`: cancels the run; its socket to the provider is shut at once.
 pub fn chat_abort(svc: &Arc<Runs>, p: &Value, _caller: &ReplyTo) -> Result<Value, RpcError> {
-    let id = required(p, "runId")?;
+    let RunId { run_id: id } = parse(p)?;
     let run = svc
         .get(&id)
         .ok_or_else(|| RpcError::new(Code::NotFound, format!("no run {id}")))?;
     let aborted = svc.abort(&run);
     Ok(json!({"ok": true, "runId": id, "aborted": aborted, "status": run.status().as_str()}))
+}
+
+/// A hook's body: `/agent` needs `message`, `/wake` needs `text` (and the origin's `channel`,
+/// `to`, `accountId`, `threadId`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Hook {
+    #[serde(default, deserialize_with = "params::string")]
+    message: Option<String>,
+    #[serde(default, deserialize_with = "params::string")]
+    text: Option<String>,
+    #[serde(default, deserialize_with = "params::agent_id")]
+    agent_id: Option<AgentId>,
+    #[serde(default, deserialize_with = "params::string")]
+    session_key: Option<String>,
+    #[serde(default, deserialize_with = "params::string")]
+    idempotency_key: Option<String>,
+    /// Hooks deliver their reply unless told not to.
+    #[serde(default, deserialize_with = "params::flag")]
+    deliver: Option<bool>,
 }
 
 /// A hook (`POST <hooks.path>/agent` or `/wake`): starts a run; the outcome is queryable with
@@ -129,7 +218,9 @@ pub fn hook(svc: &Arc<Runs>, route: &str, p: &Value) -> Result<Value, RpcError> 
             format!("no hook {route:?}; hooks are agent and wake"),
         ));
     }
-    let agent = match agent_id(p, "agentId")? {
+    let h: Hook = parse(p)?;
+    let origin = origin_of(p)?;
+    let agent = match h.agent_id {
         Some(a) if !cfg.agents.knows(&a) => {
             return Err(RpcError::invalid(format!("unknown agentId \"{a}\"")));
         }
@@ -141,7 +232,7 @@ pub fn hook(svc: &Arc<Runs>, route: &str, p: &Value) -> Result<Value, RpcError> 
             "agentId is not allowed by hooks.allowedAgentIds",
         ));
     }
-    let requested = string(p, "sessionKey")?;
+    let requested = h.session_key;
     if requested.is_some() && !policy.allow_request_session_key {
         return Err(RpcError::invalid(
             "sessionKey is disabled for hook requests; set hooks.allowRequestSessionKey=true \
@@ -153,13 +244,12 @@ pub fn hook(svc: &Arc<Runs>, route: &str, p: &Value) -> Result<Value, RpcError> 
         let key = requested
             .or_else(|| policy.default_session_key.clone())
             .unwrap_or_else(|| format!("hook:{}", clock::Rng::from_os().uuid()));
-        (required(p, "message")?, key)
+        (h.message.ok_or_else(|| params::missing("message"))?, key)
     } else {
         let key = requested.unwrap_or_else(|| format!("agent:{agent}:main"));
-        (required(p, "text")?, key)
+        (h.text.ok_or_else(|| params::missing("text"))?, key)
     };
-    let parsed = SessionKey::parse(&logical, &agent)
-        .map_err(|e| RpcError::invalid(format!("invalid params: sessionKey {e}")))?;
+    let parsed = session_key("sessionKey", &logical, &agent)?;
     let session = parsed.scoped_to(&agent);
     // The prefix is checked on the key as dispatched: an agent key re-scoped to the selected
     // agent, any other as it came.
@@ -175,11 +265,18 @@ pub fn hook(svc: &Arc<Runs>, route: &str, p: &Value) -> Result<Value, RpcError> 
         )));
     }
     // Without a key a hook is never deduplicated.
-    let idem = string(p, "idempotencyKey")?.unwrap_or_default();
-    let mut request = Request::top(message, session, origin_of(p)?);
-    request.deliver = p.get("deliver").and_then(Value::as_bool).unwrap_or(true);
+    let idem = h.idempotency_key.unwrap_or_default();
+    let mut request = Request::top(message, session, origin);
+    request.deliver = h.deliver.unwrap_or(true);
     let (run, _) = runs::start(svc, &idem, request, ReplyTo::Internal, None)?;
     Ok(json!({"runId": run.id}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionParam {
+    #[serde(deserialize_with = "params::required")]
+    session_key: String,
 }
 
 /// `sessions.subscribe {sessionKey}` / `sessions.unsubscribe {sessionKey}` (WebSocket only).
@@ -189,8 +286,9 @@ pub fn subscribe(
     caller: &ReplyTo,
     on: bool,
 ) -> Result<Value, RpcError> {
+    let SessionParam { session_key: raw } = parse(p)?;
     let cfg = svc.h.config.get();
-    let key = required_session_key(p, "sessionKey", &cfg.agents.default_agent_id())?.key;
+    let key = session_key("sessionKey", &raw, &cfg.agents.default_agent_id())?.key;
     let Some(me) = listener_of(caller) else {
         return Err(RpcError::invalid(
             "sessions.subscribe needs a WebSocket connection",
@@ -200,21 +298,43 @@ pub fn subscribe(
     Ok(json!({"ok": true, "sessionKey": key, "subscribed": on}))
 }
 
-/// `chat.history {sessionKey, limit?}` (a cpu job: it reads the transcript).
-pub fn chat_history(svc: &Arc<Runs>, p: &Value) -> Result<Payload, RpcError> {
+/// The most messages `chat.history` answers with.
+const HISTORY_MAX: u64 = 1000;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChatHistory {
+    #[serde(deserialize_with = "params::required")]
+    session_key: String,
+    /// 200 when not given; more than [`HISTORY_MAX`] is clamped to it (the newest messages).
+    #[serde(default, deserialize_with = "params::count")]
+    limit: Option<u64>,
+}
+
+/// `chat.history {sessionKey, limit?}`: its params are read when the call arrives, the
+/// transcript by the job (on the cpu pool).
+pub fn chat_history(svc: &Arc<Runs>, p: &Value) -> Result<Work, RpcError> {
+    let ChatHistory {
+        session_key: raw,
+        limit,
+    } = parse(p)?;
     let cfg = svc.h.config.get();
-    let session = required_session_key(p, "sessionKey", &cfg.agents.default_agent_id())?;
-    let limit = p
-        .get("limit")
-        .and_then(Value::as_u64)
-        .unwrap_or(200)
-        .min(1000) as usize;
-    let (sid, messages) = crate::agent::transcript::history(&svc.h.state_dir, &session, limit)
+    let session = session_key("sessionKey", &raw, &cfg.agents.default_agent_id())?;
+    let limit = limit.unwrap_or(200).min(HISTORY_MAX) as usize;
+    let svc = svc.clone();
+    Ok(Box::new(move |ctx: &JobCtx| {
+        ctx.check()?;
+        history(&svc, &session, limit).map(Into::into)
+    }))
+}
+
+fn history(svc: &Runs, session: &SessionKey, limit: usize) -> Result<Value, RpcError> {
+    let (sid, messages) = crate::agent::transcript::history(&svc.h.state_dir, session, limit)
         .map_err(|e| {
             RpcError::new(
                 Code::Internal,
                 format!("cannot read the history of {}: {e}", session.key),
             )
         })?;
-    Ok(json!({"sessionKey": session.key, "sessionId": sid, "messages": messages}).into())
+    Ok(json!({"sessionKey": session.key, "sessionId": sid, "messages": messages}))
 }

@@ -10,13 +10,17 @@
 //! memory pressure can be proven against the real binary.
 
 pub mod agent;
+pub mod delivery;
+pub mod sessions;
 
 use crate::error::RpcError;
 use crate::jobs::{JobCtx, JobSpec, Lane, PoolKind, Work};
+use crate::protocol::params::{self, parse};
 use crate::protocol::reply::ReplyTo;
 use crate::runtime::Shared;
 use crate::sessions::QUERY_DEADLINE;
 use crate::sync::lock;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -74,8 +78,8 @@ const fn job(pool: PoolKind, lane: Lane, deadline: Duration) -> Kind {
 }
 
 type InlineFn = fn(&Arc<Shared>, &Value, &ReplyTo) -> Result<Value, RpcError>;
-/// Builds a job's work; given the method name, so that one builder can serve several methods.
-type WorkFn = fn(&Arc<Shared>, &'static str, &Value) -> Result<Work, RpcError>;
+/// Reads the params and builds the job's work.
+type WorkFn = fn(&Arc<Shared>, &Value) -> Result<Work, RpcError>;
 type CallFn = fn(&Arc<Shared>, &Value, &ReplyTo) -> Result<Call, RpcError>;
 
 enum Handler {
@@ -113,19 +117,19 @@ const METHODS: &[Method] = &[
     Method {
         name: "sessions.list",
         kind: job(PoolKind::Cpu, Lane::Interactive, QUERY_DEADLINE),
-        handler: Handler::Work(usage_work),
+        handler: Handler::Work(sessions_list),
         hidden: false,
     },
     Method {
         name: "sessions.usage",
         kind: job(PoolKind::Cpu, Lane::Interactive, QUERY_DEADLINE),
-        handler: Handler::Work(usage_work),
+        handler: Handler::Work(sessions_usage),
         hidden: false,
     },
     Method {
         name: "usage.cost",
         kind: job(PoolKind::Cpu, Lane::Interactive, QUERY_DEADLINE),
-        handler: Handler::Work(usage_work),
+        handler: Handler::Work(usage_cost),
         hidden: false,
     },
     Method {
@@ -174,25 +178,25 @@ const METHODS: &[Method] = &[
     Method {
         name: "send",
         kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
-        handler: Handler::Work(delivery_work),
+        handler: Handler::Work(send),
         hidden: false,
     },
     Method {
         name: "delivery.list",
         kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
-        handler: Handler::Work(delivery_work),
+        handler: Handler::Work(delivery_list),
         hidden: false,
     },
     Method {
         name: "delivery.retry",
         kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
-        handler: Handler::Work(delivery_work),
+        handler: Handler::Work(delivery_retry),
         hidden: false,
     },
     Method {
         name: "delivery.drop",
         kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
-        handler: Handler::Work(delivery_work),
+        handler: Handler::Work(delivery_drop),
         hidden: false,
     },
     Method {
@@ -242,7 +246,7 @@ pub fn call(
         (Handler::Inline(f), _) => Call::Inline(f(shared, params, caller)),
         (Handler::Call(f), _) => f(shared, params, caller)?,
         (Handler::Work(f), Kind::Job(spec)) => {
-            let work = f(shared, m.name, params)?;
+            let work = f(shared, params)?;
             let spec = JobSpec {
                 kind: m.name.into(),
                 pool: spec.pool,
@@ -280,18 +284,32 @@ pub fn dispatch(shared: &Arc<Shared>, method: &str, params: &Value, reply: &Repl
     }
 }
 
-/// A delivery method (a job: it writes the queue on disk).
-fn delivery_work(
-    shared: &Arc<Shared>,
-    method: &'static str,
-    params: &Value,
-) -> Result<Work, RpcError> {
-    let sh = shared.clone();
-    let params = params.clone();
-    Ok(Box::new(move |ctx: &JobCtx| {
-        ctx.check()?;
-        crate::delivery::service::call(&sh.delivery, method, &params).map(Into::into)
-    }))
+fn send(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
+    delivery::send(&shared.delivery, p)
+}
+
+fn delivery_list(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
+    delivery::list(&shared.delivery, p)
+}
+
+fn delivery_retry(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
+    delivery::retry(&shared.delivery, p)
+}
+
+fn delivery_drop(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
+    delivery::drop_entry(&shared.delivery, p)
+}
+
+fn sessions_list(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
+    sessions::list(&shared.sessions, p)
+}
+
+fn sessions_usage(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
+    sessions::usage(&shared.sessions, p)
+}
+
+fn usage_cost(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
+    sessions::cost(&shared.sessions, p)
 }
 
 fn chat_send(shared: &Arc<Shared>, p: &Value, caller: &ReplyTo) -> Result<Value, RpcError> {
@@ -321,20 +339,15 @@ fn unsubscribe(shared: &Arc<Shared>, p: &Value, caller: &ReplyTo) -> Result<Valu
     agent::subscribe(&shared.runs, p, caller, false)
 }
 
-fn chat_history(shared: &Arc<Shared>, _method: &str, params: &Value) -> Result<Work, RpcError> {
-    let sh = shared.clone();
-    let params = params.clone();
-    Ok(Box::new(move |ctx: &JobCtx| {
-        ctx.check()?;
-        agent::chat_history(&sh.runs, &params)
-    }))
+fn chat_history(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
+    agent::chat_history(&shared.runs, p)
 }
 
 fn health(shared: &Arc<Shared>, _params: &Value, _caller: &ReplyTo) -> Result<Value, RpcError> {
     Ok(shared.health_json())
 }
 
-fn status(shared: &Arc<Shared>, _method: &str, _params: &Value) -> Result<Work, RpcError> {
+fn status(shared: &Arc<Shared>, _params: &Value) -> Result<Work, RpcError> {
     let sh = shared.clone();
     Ok(Box::new(move |ctx: &JobCtx| {
         ctx.check()?;
@@ -342,61 +355,63 @@ fn status(shared: &Arc<Shared>, _method: &str, _params: &Value) -> Result<Work, 
     }))
 }
 
-/// A usage method (a job on the cpu pool: it reads the index and the stores).
-fn usage_work(
-    shared: &Arc<Shared>,
-    method: &'static str,
-    params: &Value,
-) -> Result<Work, RpcError> {
-    let sh = shared.clone();
-    let params = params.clone();
-    Ok(Box::new(move |ctx: &JobCtx| {
-        sh.sessions.run(method, &params, ctx)
-    }))
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Busy {
+    /// 100 when not given.
+    #[serde(default, deserialize_with = "params::count_max::<3_600_000, _>")]
+    ms: Option<u64>,
+    /// `cpu` (the default) or `io`.
+    #[serde(default, deserialize_with = "params::string")]
+    pool: Option<String>,
+    /// `interactive` by default.
+    #[serde(default, deserialize_with = "params::string")]
+    lane: Option<String>,
+    /// `ms` + 60 s when not given.
+    #[serde(default, deserialize_with = "params::count_max::<7_200_000, _>")]
+    timeout_ms: Option<u64>,
+    #[serde(default, deserialize_with = "params::count_max::<7_200_000, _>")]
+    stall_ms: Option<u64>,
+    #[serde(default, deserialize_with = "params::flag")]
+    ignore_cancel: Option<bool>,
+    #[serde(default, deserialize_with = "params::flag")]
+    stall: Option<bool>,
+    #[serde(default, deserialize_with = "params::flag")]
+    panic: Option<bool>,
+    #[serde(default, deserialize_with = "params::flag")]
+    sleep: Option<bool>,
+    #[serde(default, deserialize_with = "params::count_max::<REPLY_BYTES_MAX, _>")]
+    reply_bytes: Option<u64>,
 }
 
-fn opt_u64(params: &Value, key: &str, default: u64, max: u64) -> Result<u64, RpcError> {
-    match params.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(v) => v.as_u64().filter(|n| *n <= max).ok_or_else(|| {
-            RpcError::invalid(format!("invalid params: {key} must be an integer <= {max}"))
-        }),
-    }
-}
-
-fn opt_bool(params: &Value, key: &str) -> Result<bool, RpcError> {
-    match params.get(key) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(RpcError::invalid(format!(
-            "invalid params: {key} must be a boolean"
-        ))),
-    }
-}
+/// The largest padding `keel.test.busy` answers with.
+const REPLY_BYTES_MAX: u64 = 256 << 20;
 
 /// `keel.test.busy {ms, pool?, lane?, timeoutMs?, stallMs?, ignoreCancel?, stall?, panic?,
-/// sleep?, replyBytes?}`: occupies a worker for `ms` (and answers with `replyBytes` of padding). `ignoreCancel` keeps going after the token fires;
-/// `stall` stops stamping progress; `sleep` sleeps instead of spinning the CPU.
+/// sleep?, replyBytes?}`: occupies a worker for `ms` (and answers with `replyBytes` of
+/// padding). `ignoreCancel` keeps going after the token fires; `stall` stops stamping
+/// progress; `sleep` sleeps instead of spinning the CPU.
 fn test_busy(_shared: &Arc<Shared>, p: &Value, _caller: &ReplyTo) -> Result<Call, RpcError> {
-    let ms = opt_u64(p, "ms", 100, 3_600_000)?;
-    let pool = match p.get("pool").and_then(Value::as_str) {
+    let b: Busy = parse(p)?;
+    let ms = b.ms.unwrap_or(100);
+    let pool = match b.pool.as_deref() {
         None => PoolKind::Cpu,
         Some(s) => PoolKind::parse(s)
             .ok_or_else(|| RpcError::invalid("invalid params: pool must be cpu or io"))?,
     };
-    let lane = match p.get("lane").and_then(Value::as_str) {
+    let lane = match b.lane.as_deref() {
         None => Lane::Interactive,
         Some(s) => {
             Lane::parse(s).ok_or_else(|| RpcError::invalid("invalid params: unknown lane"))?
         }
     };
-    let timeout = opt_u64(p, "timeoutMs", ms + 60_000, 7_200_000)?;
-    let stall = opt_u64(p, "stallMs", 0, 7_200_000)?;
-    let ignore_cancel = opt_bool(p, "ignoreCancel")?;
-    let stall_progress = opt_bool(p, "stall")?;
-    let panic = opt_bool(p, "panic")?;
-    let sleep = opt_bool(p, "sleep")?;
-    let reply_bytes = opt_u64(p, "replyBytes", 0, 256 << 20)? as usize;
+    let timeout = b.timeout_ms.unwrap_or(ms + 60_000);
+    let stall = b.stall_ms.unwrap_or(0);
+    let ignore_cancel = b.ignore_cancel.unwrap_or(false);
+    let stall_progress = b.stall.unwrap_or(false);
+    let panic = b.panic.unwrap_or(false);
+    let sleep = b.sleep.unwrap_or(false);
+    let reply_bytes = b.reply_bytes.unwrap_or(0) as usize;
     let spec = JobSpec {
         kind: "keel.test.busy".into(),
         pool,
@@ -468,6 +483,15 @@ fn fill_ballast(mib: u64, ctx: &JobCtx) -> Result<Vec<u8>, RpcError> {
     Ok(v)
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Ballast {
+    #[serde(default, deserialize_with = "params::count_max::<BALLAST_MAX_MIB, _>")]
+    mib: Option<u64>,
+    #[serde(default, deserialize_with = "params::count_max::<60_000, _>")]
+    spike_ms: Option<u64>,
+}
+
 /// `keel.test.ballast {mib, spikeMs?}`: holds `mib` MiB of written pages (0 releases it all).
 /// Growing adds a chunk and keeps what is held, so resident memory never dips on the way up;
 /// shrinking drops whole chunks, newest first, then tops up. With `spikeMs`, the memory is
@@ -475,12 +499,10 @@ fn fill_ballast(mib: u64, ctx: &JobCtx) -> Result<Vec<u8>, RpcError> {
 /// many watchdog samples were taken while it was fully resident (`ticksHeld`) and from the
 /// first allocation to the release (`ticksSpan`), so a test can tell a spike the pressure
 /// logic must ignore from one it must not.
-fn test_ballast(shared: &Arc<Shared>, _method: &str, p: &Value) -> Result<Work, RpcError> {
-    let mib = opt_u64(p, "mib", 0, BALLAST_MAX_MIB)?;
-    let spike = match p.get("spikeMs") {
-        None | Some(Value::Null) => None,
-        Some(_) => Some(Duration::from_millis(opt_u64(p, "spikeMs", 0, 60_000)?)),
-    };
+fn test_ballast(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
+    let b: Ballast = parse(p)?;
+    let mib = b.mib.unwrap_or(0);
+    let spike = b.spike_ms.map(Duration::from_millis);
     let sh = shared.clone();
     let work: Work = Box::new(move |ctx: &JobCtx| {
         let ticks = || sh.metrics.watchdog_ticks.get();

@@ -31,7 +31,7 @@ use crate::pressure::PressureCell;
 use crate::protocol::reply::ReplyTo;
 use crate::sync::{lock, read, write};
 use index::{Index, ParseError, Task};
-use query::IndexState;
+use query::{IndexState, Query};
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -399,7 +399,7 @@ impl Sessions {
         let work: Work = Box::new(move |ctx: &JobCtx| {
             ctx.check()?;
             let cfg = svc.h.config.get();
-            let range = query::parse_range(&Value::Null, crate::clock::wall_ms() as i64, 30)?;
+            let range = query::RangeSpec::default().resolve(crate::clock::wall_ms() as i64, 30)?;
             let index = svc.read();
             query::prewarm(
                 &index,
@@ -539,15 +539,12 @@ impl Sessions {
         }
     }
 
-    /// Runs a usage method: fresh stores, a fresh-enough index, one computation shared by
-    /// identical concurrent calls, and one log line saying what it cost.
-    pub fn run(
-        self: &Arc<Self>,
-        method: &str,
-        params: &Value,
-        ctx: &JobCtx,
-    ) -> crate::payload::Outcome {
-        let key = format!("{method} {params}");
+    /// Runs a usage query: fresh stores, a fresh-enough index, one computation shared by
+    /// identical concurrent queries, and one log line saying what it cost.
+    pub fn run(self: &Arc<Self>, query: &Query, ctx: &JobCtx) -> crate::payload::Outcome {
+        let method = query.method();
+        // Identical queries, not identical params: fields a method ignores do not matter.
+        let key = format!("{query:?}");
         let Some(lead) = self.flights.join(&key, ctx.info, &self.h.jobs) else {
             self.stats.shared.inc();
             return Ok(Value::Null.into());
@@ -556,7 +553,7 @@ impl Sessions {
         if let Some(d) = self.test_query_delay {
             std::thread::sleep(d);
         }
-        let outcome = self.compute(method, params, ctx);
+        let outcome = self.compute(query, ctx);
         let outcome = outcome.map(|(v, line)| {
             log::info!("{method}: {line}, {} ms", t0.elapsed().as_millis());
             v
@@ -571,23 +568,38 @@ impl Sessions {
 
     fn compute(
         self: &Arc<Self>,
-        method: &str,
-        params: &Value,
+        query: &Query,
         ctx: &JobCtx,
     ) -> Result<(Payload, String), RpcError> {
         ctx.check()?;
         let stores = self.stores.refresh(&self.state_dir);
         let now_ms = crate::clock::wall_ms() as i64;
-        if method == "sessions.list" {
-            let v = query::sessions_list(&stores, &self.state_dir, params, now_ms)?;
-            let line = format!(
-                "{} stores ({} reloaded), {} sessions",
-                stores.snapshots.len(),
-                stores.reloaded,
-                v["count"]
-            );
-            return Ok((v.into(), line));
+        match query {
+            Query::List(q) => {
+                let v = query::sessions_list(&stores, &self.state_dir, q, now_ms)?;
+                let line = format!(
+                    "{} stores ({} reloaded), {} sessions",
+                    stores.snapshots.len(),
+                    stores.reloaded,
+                    v["count"]
+                );
+                Ok((v.into(), line))
+            }
+            Query::Usage(q) => {
+                self.from_index(&stores, now_ms, ctx, |cx| query::sessions_usage(cx, q))
+            }
+            Query::Cost(q) => self.from_index(&stores, now_ms, ctx, |cx| query::usage_cost(cx, q)),
         }
+    }
+
+    /// Answers a query from the usage index, brought up to date first as far as that is cheap.
+    fn from_index(
+        self: &Arc<Self>,
+        stores: &store::StoresView,
+        now_ms: i64,
+        ctx: &JobCtx,
+        answer: impl FnOnce(&query::Ctx<'_>) -> Result<(Payload, query::Summary), RpcError>,
+    ) -> Result<(Payload, String), RpcError> {
         let t_refresh = Instant::now();
         let (files, bytes) = self.freshen(ctx)?;
         let refresh_ms = t_refresh.elapsed().as_secs_f64() * 1000.0;
@@ -601,7 +613,7 @@ impl Sessions {
         let index = self.read();
         let cx = query::Ctx {
             index: &index,
-            stores: &stores,
+            stores,
             prices: &cfg.prices,
             now_ms,
             cache,
@@ -611,10 +623,7 @@ impl Sessions {
                 .then_some(&self.files),
             prices_version: Arc::as_ptr(&cfg) as usize,
         };
-        let (payload, summary) = match method {
-            "sessions.usage" => query::sessions_usage(&cx, params)?,
-            _ => query::usage_cost(&cx, params)?,
-        };
+        let (payload, summary) = answer(&cx)?;
         let line = format!(
             "{} stores, {} sessions, {} files indexed, {files} files read ({:.2} MB parsed, refresh {refresh_ms:.1} ms), answered {}",
             stores.snapshots.len(),

@@ -7,6 +7,7 @@ use super::time::{self, DAY_MS};
 use super::transcript::{UsageRec, kind};
 use crate::config::{ModelPrice, Prices};
 use crate::error::RpcError;
+use crate::ids::AgentId;
 use crate::payload::Payload;
 use crate::sync::lock;
 use serde::Serialize;
@@ -150,101 +151,103 @@ impl Range {
     }
 }
 
-/// The `agentId` filter, normalized as agent ids are (`Main` finds `main`).
-fn agent_filter(p: &Value) -> Result<Option<String>, RpcError> {
-    Ok(crate::protocol::params::agent_id(p, "agentId")?.map(|a| a.as_str().to_string()))
+/// A query's day range as asked for, before it is resolved against the clock (what is not
+/// given defaults to the last days up to today). `api::sessions` builds it from the params.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RangeSpec {
+    /// `startDate`, as a day number.
+    pub start_day: Option<i64>,
+    /// `endDate`, as a day number.
+    pub end_day: Option<i64>,
+    /// `days`, at least 1: the length of the range when `startDate` is not given.
+    pub days: Option<i64>,
+    /// The offset of local days from UTC (`mode` and `utcOffset`).
+    pub offset_ms: i64,
 }
 
-fn opt_str<'a>(p: &'a Value, key: &str) -> Result<Option<&'a str>, RpcError> {
-    match p.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(RpcError::invalid(format!(
-            "invalid params: {key} must be a string"
-        ))),
-    }
-}
+/// The longest range a query covers, in days (about ten years).
+pub const MAX_DAYS: i64 = 3660;
 
-fn opt_u64(p: &Value, key: &str, max: u64) -> Result<Option<u64>, RpcError> {
-    match p.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_u64().or_else(|| {
-            v.as_f64()
-                .filter(|f| *f >= 0.0 && f.fract() == 0.0)
-                .map(|f| f as u64)
-        }) {
-            Some(n) if n <= max => Ok(Some(n)),
-            _ => Err(RpcError::invalid(format!(
-                "invalid params: {key} must be an integer in 0..={max}"
-            ))),
-        },
-    }
-}
-
-/// Resolves `startDate`, `endDate`, `days`, `mode` and `utcOffset` against `now_ms`. The default
-/// range is the last `default_days` days, today included.
-pub fn parse_range(p: &Value, now_ms: i64, default_days: i64) -> Result<Range, RpcError> {
-    let offset_ms = match opt_str(p, "mode")? {
-        None | Some("utc") | Some("gateway") => match opt_str(p, "utcOffset")? {
-            // An explicit offset without a mode is honoured too.
-            Some(o) if opt_str(p, "mode")?.is_none() => parse_offset(o)?,
-            _ => 0,
-        },
-        Some("specific") => {
-            let o = opt_str(p, "utcOffset")?.ok_or_else(|| {
-                RpcError::invalid(
-                    "invalid params: mode \"specific\" needs utcOffset (e.g. \"UTC+5:30\")",
-                )
-            })?;
-            parse_offset(o)?
+impl RangeSpec {
+    /// The range at `now_ms`: it ends on `endDate` (today by default) and starts on
+    /// `startDate`, or `days` (by default `default_days`) days before its end, that day
+    /// included.
+    pub fn resolve(&self, now_ms: i64, default_days: i64) -> Result<Range, RpcError> {
+        let today = time::day_of(now_ms, self.offset_ms);
+        let end_day = self.end_day.unwrap_or(today);
+        let start_day = self
+            .start_day
+            .unwrap_or_else(|| end_day - self.days.unwrap_or(default_days) + 1);
+        if start_day > end_day {
+            return Err(RpcError::invalid(
+                "invalid params: startDate is after endDate",
+            ));
         }
-        Some(m) => {
-            return Err(RpcError::invalid(format!(
-                "invalid params: mode must be utc, gateway or specific, got {m:?}"
-            )));
+        if end_day - start_day > MAX_DAYS {
+            return Err(RpcError::invalid(
+                "invalid params: the range is longer than ten years",
+            ));
         }
-    };
-    let today = time::day_of(now_ms, offset_ms);
-    let day = |key: &str| -> Result<Option<i64>, RpcError> {
-        match opt_str(p, key)? {
-            None => Ok(None),
-            Some(s) => time::parse_day(s).map(Some).ok_or_else(|| {
-                RpcError::invalid(format!(
-                    "invalid params: {key} must be a date YYYY-MM-DD, got {s:?}"
-                ))
-            }),
-        }
-    };
-    let days = opt_u64(p, "days", 3660)?.map(|d| d.max(1) as i64);
-    let end_day = day("endDate")?.unwrap_or(today);
-    let start_day = match day("startDate")? {
-        Some(d) => d,
-        None => end_day - days.unwrap_or(default_days) + 1,
-    };
-    if start_day > end_day {
-        return Err(RpcError::invalid(
-            "invalid params: startDate is after endDate",
-        ));
+        Ok(Range {
+            start_day,
+            end_day,
+            offset_ms: self.offset_ms,
+        })
     }
-    if end_day - start_day > 3660 {
-        return Err(RpcError::invalid(
-            "invalid params: the range is longer than ten years",
-        ));
-    }
-    Ok(Range {
-        start_day,
-        end_day,
-        offset_ms,
-    })
 }
 
-fn parse_offset(o: &str) -> Result<i64, RpcError> {
-    time::parse_utc_offset(o).ok_or_else(|| {
-        RpcError::invalid(format!(
-            "invalid params: utcOffset {o:?} is not like \"UTC+5:30\""
-        ))
-    })
+/// `sessions.list`: the most recently updated sessions first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    pub limit: usize,
+    /// Only sessions updated within this many minutes.
+    pub active_minutes: Option<u64>,
+    /// Only this agent's sessions.
+    pub agent: Option<AgentId>,
+    /// Only sessions whose key, label, display name or id contains this, in any case.
+    pub search: Option<String>,
+    /// Only sessions with exactly this label.
+    pub label: Option<String>,
+}
+
+/// `sessions.usage`: usage by session in a range, the most expensive first, a page at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub range: RangeSpec,
+    /// Only the session with this key (in the agent's store, if `agent` is given).
+    pub key: Option<String>,
+    /// Only this agent's sessions.
+    pub agent: Option<String>,
+    pub limit: usize,
+    /// Sessions of the page before this one (`nextCursor` of the previous answer).
+    pub cursor: usize,
+}
+
+/// `usage.cost`: usage by day in a range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CostQuery {
+    pub range: RangeSpec,
+    /// Only this agent's usage.
+    pub agent: Option<AgentId>,
+}
+
+/// A usage method with its params read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    List(ListQuery),
+    Usage(UsageQuery),
+    Cost(CostQuery),
+}
+
+impl Query {
+    /// The method's name, for the log.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Query::List(_) => "sessions.list",
+            Query::Usage(_) => "sessions.usage",
+            Query::Cost(_) => "usage.cost",
+        }
+    }
 }
 
 /// How far the usage index is from what is on disk, as an answer reports it.
@@ -857,27 +860,11 @@ fn to_payload<T: Serialize>(v: &T) -> Result<Payload, RpcError> {
 }
 
 /// `sessions.usage`.
-pub fn sessions_usage(cx: &Ctx<'_>, p: &Value) -> Result<(Payload, Summary), RpcError> {
-    let range = parse_range(p, cx.now_ms, 30)?;
-    let key = opt_str(p, "key")?;
-    let agent_id = agent_filter(p)?;
-    let scope = opt_str(p, "agentScope")?;
-    if scope.is_some_and(|s| s == "all") && (agent_id.is_some() || key.is_some()) {
-        return Err(RpcError::invalid(
-            "agentScope=all cannot be combined with key or agentId",
-        ));
-    }
-    let agent = agent_id.as_deref().or(scope.filter(|s| *s != "all"));
-    let limit = opt_u64(p, "limit", 10_000)?.unwrap_or(50) as usize;
-    let cursor = match opt_str(p, "cursor")? {
-        None => 0,
-        Some(c) => c.parse::<usize>().map_err(|_| {
-            RpcError::invalid(format!(
-                "invalid params: cursor {c:?} is not one this gateway gave"
-            ))
-        })?,
-    };
-    let session = match key {
+pub fn sessions_usage(cx: &Ctx<'_>, q: &UsageQuery) -> Result<(Payload, Summary), RpcError> {
+    let range = q.range.resolve(cx.now_ms, 30)?;
+    let agent = q.agent.as_deref();
+    let (limit, cursor) = (q.limit, q.cursor);
+    let session = match q.key.as_deref() {
         None => None,
         Some(k) => {
             let found = cx
@@ -1113,10 +1100,9 @@ struct CostAnswer<'a> {
 }
 
 /// `usage.cost`: one row per day of the range (days without usage included), and totals.
-pub fn usage_cost(cx: &Ctx<'_>, p: &Value) -> Result<(Payload, Summary), RpcError> {
-    let range = parse_range(p, cx.now_ms, 30)?;
-    let agent = agent_filter(p)?;
-    let agent = agent.as_deref();
+pub fn usage_cost(cx: &Ctx<'_>, q: &CostQuery) -> Result<(Payload, Summary), RpcError> {
+    let range = q.range.resolve(cx.now_ms, 30)?;
+    let agent = q.agent.as_ref().map(AgentId::as_str);
     let prices = prices_by_model(cx.index, cx.prices);
     let mut days = vec![Totals::default(); range.days() as usize];
     for f in cx.index.files.values() {
@@ -1162,15 +1148,14 @@ pub fn usage_cost(cx: &Ctx<'_>, p: &Value) -> Result<(Payload, Summary), RpcErro
 pub fn sessions_list(
     stores: &StoresView,
     state_dir: &std::path::Path,
-    p: &Value,
+    q: &ListQuery,
     now_ms: i64,
 ) -> Result<Value, RpcError> {
-    let limit = opt_u64(p, "limit", 100_000)?.unwrap_or(50) as usize;
-    let active = opt_u64(p, "activeMinutes", 10_000_000)?;
-    let agent = agent_filter(p)?;
-    let agent = agent.as_deref();
-    let search = opt_str(p, "search")?.map(str::to_lowercase);
-    let label = opt_str(p, "label")?;
+    let limit = q.limit;
+    let active = q.active_minutes;
+    let agent = q.agent.as_ref().map(AgentId::as_str);
+    let search = q.search.as_deref().map(str::to_lowercase);
+    let label = q.label.as_deref();
     let mut rows: Vec<(&str, &SessionEntry)> = Vec::new();
     for s in &stores.snapshots {
         if agent.is_some_and(|a| a != s.agent_id) {
@@ -1268,30 +1253,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranges() {
+    fn a_range_resolves_against_the_clock() {
         let now = time::parse_iso_ms("2026-11-21T23:30:00Z").unwrap();
-        let r = parse_range(&json!({}), now, 30).unwrap();
+        let r = RangeSpec::default().resolve(now, 30).unwrap();
         assert_eq!(
             (time::format_day(r.start_day), time::format_day(r.end_day)),
             ("2026-10-23".into(), "2026-11-21".into())
         );
-        let r = parse_range(
-            &json!({"mode": "specific", "utcOffset": "UTC+5:30", "days": 1}),
-            now,
-            30,
-        )
-        .unwrap();
-        assert_eq!(
-            time::format_day(r.end_day),
-            "2026-11-22",
-            "already tomorrow at +5:30"
-        );
-        assert!(r.contains(now));
-        let r = parse_range(
-            &json!({"startDate": "2026-11-01", "endDate": "2026-11-03"}),
-            now,
-            30,
-        )
+        let day = |s: &str| time::parse_day(s).unwrap();
+        let r = RangeSpec {
+            start_day: Some(day("2026-11-01")),
+            end_day: Some(day("2026-11-03")),
+            ..RangeSpec::default()
+        }
+        .resolve(now, 30)
         .unwrap();
         assert_eq!(r.days(), 3);
         assert!(r.contains(time::parse_iso_ms("2026-11-03T23:59:59Z").unwrap()));
@@ -1300,15 +1275,21 @@ mod tests {
             day_start_ms(r.start_day, 0),
             time::parse_iso_ms("2026-11-01").unwrap()
         );
-        for bad in [
-            json!({"startDate": "2026-11-05", "endDate": "2026-11-03"}),
-            json!({"startDate": "yesterday"}),
-            json!({"mode": "specific"}),
-            json!({"mode": "lunar"}),
-            json!({"days": -1}),
-        ] {
-            assert!(parse_range(&bad, now, 30).is_err(), "{bad}");
-        }
+        let after_today = RangeSpec {
+            start_day: Some(day("2026-11-25")),
+            ..RangeSpec::default()
+        };
+        let e = after_today.resolve(now, 30).unwrap_err();
+        assert_eq!(e.message, "invalid params: startDate is after endDate");
+        let too_long = RangeSpec {
+            start_day: Some(day("2010-01-01")),
+            ..RangeSpec::default()
+        };
+        let e = too_long.resolve(now, 30).unwrap_err();
+        assert_eq!(
+            e.message,
+            "invalid params: the range is longer than ten years"
+        );
     }
 
     #[test]

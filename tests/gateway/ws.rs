@@ -259,3 +259,188 @@ fn a_client_that_never_reads_is_closed_as_a_slow_consumer() {
     assert_eq!(ws.close_code(), Some(1008));
     assert_eq!(g.get("/healthz").status, 200);
 }
+
+/// Every method's params are typed: a param of the wrong type is `INVALID_REQUEST` naming the
+/// field, over WebSocket and HTTP alike — never silently taken as "not given" or as a default.
+/// Each case's other params are valid, so only the wrong type can refuse it.
+#[test]
+fn a_param_of_the_wrong_type_is_refused_naming_it_over_websocket_and_http() {
+    const HOOK_TOKEN: &str = "hook-token-wrong-types";
+    let g = Gateway::start(Opts::hooks().config(json!({
+        "hooks": {"enabled": true, "token": HOOK_TOKEN, "path": "/hooks"},
+    })));
+    let send = json!({"channel": "feishu", "to": "ou_x", "message": "hi", "idempotencyKey": "k"});
+    let with = |base: &Value, extra: Value| {
+        let mut p = base.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    };
+    let chat = json!({"sessionKey": "agent:main:main", "message": "hi", "idempotencyKey": "c1"});
+    let agent = json!({"message": "hi", "idempotencyKey": "a1"});
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("sessions.list", json!({"limit": "5"}), "limit"),
+        (
+            "sessions.list",
+            json!({"activeMinutes": true}),
+            "activeMinutes",
+        ),
+        ("sessions.list", json!({"agentId": 7}), "agentId"),
+        ("sessions.list", json!({"search": 5}), "search"),
+        ("sessions.list", json!({"label": ["x"]}), "label"),
+        ("sessions.usage", json!({"limit": "5"}), "limit"),
+        ("sessions.usage", json!({"days": "7"}), "days"),
+        ("sessions.usage", json!({"cursor": 10}), "cursor"),
+        ("sessions.usage", json!({"key": 1}), "key"),
+        ("sessions.usage", json!({"agentScope": true}), "agentScope"),
+        (
+            "sessions.usage",
+            json!({"startDate": 20260101}),
+            "startDate",
+        ),
+        ("sessions.usage", json!({"mode": 1}), "mode"),
+        ("usage.cost", json!({"days": "7"}), "days"),
+        ("usage.cost", json!({"endDate": {}}), "endDate"),
+        ("usage.cost", json!({"utcOffset": 5}), "utcOffset"),
+        ("usage.cost", json!({"agentId": false}), "agentId"),
+        ("chat.send", with(&chat, json!({"message": 5})), "message"),
+        (
+            "chat.send",
+            with(&chat, json!({"sessionKey": 5})),
+            "sessionKey",
+        ),
+        (
+            "chat.send",
+            with(&chat, json!({"idempotencyKey": 5})),
+            "idempotencyKey",
+        ),
+        ("chat.send", with(&chat, json!({"to": true})), "to"),
+        ("chat.send", with(&chat, json!({"channel": 5})), "channel"),
+        ("agent", with(&agent, json!({"deliver": "yes"})), "deliver"),
+        ("agent", with(&agent, json!({"agentId": 5})), "agentId"),
+        (
+            "agent",
+            with(&agent, json!({"sessionKey": []})),
+            "sessionKey",
+        ),
+        ("agent", with(&agent, json!({"threadId": {}})), "threadId"),
+        (
+            "agent",
+            with(&agent, json!({"accountId": true})),
+            "accountId",
+        ),
+        (
+            "agent.wait",
+            json!({"runId": "r", "timeoutMs": "5"}),
+            "timeoutMs",
+        ),
+        (
+            "agent.wait",
+            json!({"runId": "r", "timeoutMs": -1}),
+            "timeoutMs",
+        ),
+        ("agent.wait", json!({"runId": 5}), "runId"),
+        ("chat.abort", json!({"runId": 5}), "runId"),
+        (
+            "chat.history",
+            json!({"sessionKey": "agent:main:main", "limit": "5"}),
+            "limit",
+        ),
+        ("chat.history", json!({"sessionKey": 5}), "sessionKey"),
+        ("sessions.subscribe", json!({"sessionKey": 5}), "sessionKey"),
+        (
+            "sessions.unsubscribe",
+            json!({"sessionKey": []}),
+            "sessionKey",
+        ),
+        ("send", with(&send, json!({"to": true})), "to"),
+        ("send", with(&send, json!({"channel": 5})), "channel"),
+        ("send", with(&send, json!({"accountId": []})), "accountId"),
+        ("send", with(&send, json!({"threadId": {}})), "threadId"),
+        (
+            "send",
+            with(&send, json!({"idempotencyKey": 5})),
+            "idempotencyKey",
+        ),
+        ("delivery.list", json!({"limit": "5"}), "limit"),
+        ("delivery.list", json!({"state": 5}), "state"),
+        ("delivery.retry", json!({"id": 5}), "id"),
+        ("delivery.drop", json!({"id": true}), "id"),
+        // The hidden test methods (served here: the gateway runs with test hooks).
+        ("keel.test.busy", json!({"ms": 1, "pool": 5}), "pool"),
+        ("keel.test.busy", json!({"ms": "1"}), "ms"),
+        ("keel.test.busy", json!({"ms": 1, "sleep": "yes"}), "sleep"),
+        ("keel.test.ballast", json!({"mib": "1"}), "mib"),
+        (
+            "keel.test.ballast",
+            json!({"mib": 0, "spikeMs": "x"}),
+            "spikeMs",
+        ),
+    ];
+
+    // Every announced method with params has a case: a method added later must get one.
+    let mut ws = Ws::open(&g.addr());
+    let hello = ws.connect(json!({"token": g.token}), 3, 4);
+    assert_eq!(hello["ok"], true, "{hello}");
+    for m in hello["payload"]["features"]["methods"].as_array().unwrap() {
+        let m = m.as_str().unwrap();
+        assert!(
+            matches!(m, "health" | "status") || cases.iter().any(|(c, ..)| *c == m),
+            "no wrong-type case for {m}"
+        );
+    }
+
+    // All cases run, and every one that is not refused as it should be is listed at the end.
+    let mut wrong: Vec<String> = Vec::new();
+    for (method, params, field) in &cases {
+        let want = format!("invalid params: {field}");
+        let r = ws.call(method, params.clone());
+        let msg = r["error"]["message"].as_str().unwrap_or("");
+        if r["ok"] != false || r["error"]["code"] != "INVALID_REQUEST" || !msg.starts_with(&want) {
+            wrong.push(format!("ws {method} {params}: {r}"));
+        }
+        let h = g.rpc(method, params.clone());
+        let e = &h.json()["error"];
+        let msg = e["message"].as_str().unwrap_or("");
+        if h.status != 400 || e["code"] != "INVALID_REQUEST" || !msg.starts_with(&want) {
+            wrong.push(format!("http {method} {params}: {} {}", h.status, h.text()));
+        }
+    }
+    // Hooks read their body the same way.
+    for (route, body, field) in [
+        (
+            "agent",
+            json!({"message": "hi", "deliver": "yes"}),
+            "deliver",
+        ),
+        ("agent", json!({"message": "hi", "agentId": 5}), "agentId"),
+        ("wake", json!({"text": 5}), "text"),
+    ] {
+        let body = body.to_string();
+        let r = g.http(&format!(
+            "POST /hooks/{route} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {HOOK_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ));
+        let e = &r.json()["error"];
+        let msg = e["message"].as_str().unwrap_or("");
+        if r.status != 400 || !msg.starts_with(&format!("invalid params: {field}")) {
+            wrong.push(format!("hook {route} {body}: {} {}", r.status, r.text()));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} not refused naming the field:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+
+    // Params a method does not read are ignored, as OpenClaw's clients send some.
+    let r = ws.call(
+        "sessions.list",
+        json!({"limit": 1, "includeGlobal": true, "x": {}}),
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let r = g.rpc("delivery.list", json!({"limit": 1.0, "somethingNew": [1]}));
+    assert_ne!(r.status, 400, "{}", r.text());
+}
