@@ -214,29 +214,7 @@ fn converse(pieces: &[&[u8]], eof: bool) -> (Vec<u8>, bool) {
         now,
         config.limits.header_timeout,
     );
-    let (mut rounds, mut waits) = (0usize, 0usize);
-    let mut ended = false;
-    loop {
-        rounds += 1;
-        assert!(
-            rounds <= total_in + 64,
-            "the handler keeps asking to run again"
-        );
-        match conn.drive(&mut cx) {
-            Outcome::Close | Outcome::Upgrade => {
-                ended = true;
-                break;
-            }
-            Outcome::Again => {}
-            Outcome::Keep => {
-                waits += 1;
-                if waits > pieces.len() {
-                    break;
-                }
-            }
-        }
-        keel_fuzz::drain_completions();
-    }
+    let ended = keel_fuzz::drive_until_quiet(total_in, pieces.len(), || conn.drive(&mut cx));
     if !ended {
         // Nothing is due yet; an hour later, everything is.
         let _ = timer_at(&mut conn, &mut cx, now);

@@ -41,32 +41,7 @@ fuzz_target!(|input: &[u8]| {
         untrusted_forwarding: false,
     };
     let mut conn = WsConn::start(socket, leftover, client, &mut cx);
-    let n_pieces = pieces.len();
-    let (mut rounds, mut waits) = (0usize, 0usize);
-    let mut ended = false;
-    loop {
-        rounds += 1;
-        // Each round reads at least a byte or ends: more rounds than bytes is a spin.
-        assert!(
-            rounds <= total_in + 64,
-            "the handler keeps asking to run again"
-        );
-        match conn.drive(&mut cx) {
-            Outcome::Close | Outcome::Upgrade => {
-                ended = true;
-                break;
-            }
-            Outcome::Again => {}
-            // The socket said WouldBlock: that happens once per piece, then for ever.
-            Outcome::Keep => {
-                waits += 1;
-                if waits > n_pieces {
-                    break;
-                }
-            }
-        }
-        keel_fuzz::drain_completions();
-    }
+    let ended = keel_fuzz::drive_until_quiet(total_in, pieces.len(), || conn.drive(&mut cx));
     keel_fuzz::drain_completions();
     // The timers, checked against the deadline the connection reports (the reactor arms its
     // timer with it): nothing happens before it, and a connection that stays open reports

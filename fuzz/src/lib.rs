@@ -189,3 +189,37 @@ pub fn shared() -> &'static Arc<Shared> {
         shared
     })
 }
+
+/// Drives a connection handler (`step`, one `drive` call) over input that arrives in
+/// `pieces` pieces of `total_in` bytes in all, as the reactor would: again while it asks, once
+/// more per readiness event, until it closes (true) or has nothing left to read (false). More
+/// rounds than bytes is a spin and fails the run.
+pub fn drive_until_quiet(
+    total_in: usize,
+    pieces: usize,
+    mut step: impl FnMut() -> keel::reactor::Outcome,
+) -> bool {
+    use keel::reactor::Outcome;
+    let (mut rounds, mut waits) = (0usize, 0usize);
+    loop {
+        rounds += 1;
+        // Each round reads at least a byte or ends.
+        assert!(
+            rounds <= total_in + 64,
+            "the handler keeps asking to run again"
+        );
+        let outcome = step();
+        drain_completions();
+        match outcome {
+            Outcome::Close | Outcome::Upgrade => return true,
+            Outcome::Again => {}
+            // The socket said WouldBlock: that happens once per piece, then for ever.
+            Outcome::Keep => {
+                waits += 1;
+                if waits > pieces {
+                    return false;
+                }
+            }
+        }
+    }
+}
