@@ -20,7 +20,7 @@ use crate::jobs::{JobInfo, JobSpec, Lane, PoolKind, Pools, Work};
 use crate::metrics::{Metrics, family};
 use crate::phase::{Drain, LifecycleCell, Phase};
 use crate::pressure::{Level, PressureCell, PressureView};
-use crate::protocol::reply::{Completion, Fanout, Outbound, ReplyTo};
+use crate::protocol::reply::{Outbound, ReplyTo};
 use crate::sdnotify::Notifier;
 use crossbeam_channel::Sender;
 use serde_json::{Value, json};
@@ -155,10 +155,6 @@ impl Shared {
         self.started.elapsed()
     }
 
-    pub fn wake(&self) {
-        self.outbox.wake();
-    }
-
     // ---- lifecycle -------------------------------------------------------------------------
 
     pub fn phase(&self) -> Phase {
@@ -234,16 +230,6 @@ impl Shared {
         self.jobs.cancel_job(info, reason)
     }
 
-    /// Hands a completion (a reply, an event) to the reactor.
-    pub fn push(&self, c: Completion) {
-        self.outbox.push(c);
-    }
-
-    /// Hands an event for several connections to the reactor.
-    pub fn fanout(&self, f: Fanout) {
-        self.outbox.fanout(f);
-    }
-
     /// The reactor is about to drain the queue: the next item must wake it again.
     pub fn clear_wake_pending(&self) {
         self.outbox.clear_wake_pending();
@@ -253,10 +239,7 @@ impl Shared {
     pub fn periodic(self: &Arc<Self>) -> Vec<Box<dyn Periodic>> {
         vec![
             Box::new(self.delivery.clone()),
-            Box::new(RunsPeriodic {
-                shared: self.clone(),
-                queued: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            }),
+            Box::new(self.runs.clone()),
             Box::new(self.sessions.clone()),
         ]
     }
@@ -566,57 +549,5 @@ impl Shared {
                 "disabled": self.config().readiness_reasons(),
             },
         })
-    }
-}
-
-/// Periodic work of a job submitted from the watchdog's tick: a small control-lane job.
-/// False if it was not queued (the next tick tries again).
-fn submit_periodic(shared: &Shared, kind: &str, work: Work) -> bool {
-    let spec = JobSpec {
-        kind: kind.into(),
-        pool: PoolKind::Cpu,
-        lane: Lane::Control,
-        timeout: Duration::from_secs(30),
-        stall_limit: None,
-    };
-    match shared.jobs.submit(spec, ReplyTo::Internal, work) {
-        Ok(_) => true,
-        Err(e) => {
-            log::debug!("{kind}: not queued ({e}); next tick");
-            false
-        }
-    }
-}
-
-/// `agent.wait` timeouts: the tick compares one atomic; a job answers the waiters.
-struct RunsPeriodic {
-    shared: Arc<Shared>,
-    /// A job is queued or running: the tick submits no other.
-    queued: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Periodic for RunsPeriodic {
-    fn name(&self) -> &'static str {
-        "runs"
-    }
-
-    fn tick(&self, now: Instant, _level: Level) {
-        use std::sync::atomic::Ordering;
-        if !self.shared.runs.waiter_due(now) || self.queued.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let (sh, queued) = (self.shared.clone(), self.queued.clone());
-        let submitted = submit_periodic(
-            &self.shared,
-            "agent.wait.expire",
-            Box::new(move |_ctx| {
-                queued.store(false, Ordering::Release);
-                sh.runs.expire_waiters(Instant::now());
-                Ok(Value::Null.into())
-            }),
-        );
-        if !submitted {
-            self.queued.store(false, Ordering::Release);
-        }
     }
 }

@@ -28,6 +28,7 @@ use crate::error::RpcError;
 use crate::idempotency::{self, Lookup};
 use crate::ids::SessionKey;
 use crate::jobs::outbox::Outbox;
+use crate::jobs::periodic::Periodic;
 use crate::jobs::system::JobSystem;
 use crate::jobs::{JobSpec, Lane, PoolKind, Work};
 use crate::metrics::Metrics;
@@ -38,6 +39,7 @@ use crate::sync::lock;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -262,9 +264,11 @@ pub struct Runs {
     last_prune: Mutex<Option<Instant>>,
     /// Clients' keys of finished runs and their final results, kept for the idempotency window.
     pub run_keys: idempotency::Store,
-    /// The earliest `agent.wait` deadline (monotonic ms; `u64::MAX` or 0 before the first):
-    /// what the watchdog's tick compares with its clock, without a lock.
-    next_wait_deadline: std::sync::atomic::AtomicU64,
+    /// The earliest `agent.wait` deadline (monotonic ms; `u64::MAX`: none): what the
+    /// watchdog's tick compares with its clock, without a lock.
+    next_wait_deadline: AtomicU64,
+    /// A job expiring waiters is queued or running: the tick submits no other.
+    expiring: Arc<AtomicBool>,
 }
 
 impl Runs {
@@ -278,7 +282,8 @@ impl Runs {
             session_locks: Mutex::default(),
             last_prune: Mutex::default(),
             run_keys: idempotency::Store::default(),
-            next_wait_deadline: std::sync::atomic::AtomicU64::new(0),
+            next_wait_deadline: AtomicU64::new(u64::MAX),
+            expiring: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -352,28 +357,20 @@ impl Runs {
     }
 
     fn note_deadline(&self, deadline: Instant) {
-        use std::sync::atomic::Ordering::{AcqRel, Acquire};
-        let v = clock::mono_ms(deadline).max(1);
-        // 0 (the default) means none yet, like `u64::MAX`.
-        let _ = self
-            .next_wait_deadline
-            .fetch_update(AcqRel, Acquire, |d| Some(if d == 0 { v } else { d.min(v) }));
+        self.next_wait_deadline
+            .fetch_min(clock::mono_ms(deadline), Ordering::AcqRel);
     }
 
     /// Whether an `agent.wait`er's time may be up: one atomic, for the watchdog's tick.
     pub fn waiter_due(&self, now: Instant) -> bool {
-        let d = self
-            .next_wait_deadline
-            .load(std::sync::atomic::Ordering::Acquire);
-        d != 0 && d <= clock::mono_ms(now)
+        self.next_wait_deadline.load(Ordering::Acquire) <= clock::mono_ms(now)
     }
 
     /// Answers `agent.wait`ers whose time is up (a job the watchdog's tick submits).
     pub fn expire_waiters(&self, now: Instant) {
         let svc = self;
         // Taken before the scan: a waiter added meanwhile lowers it again, so none is missed.
-        self.next_wait_deadline
-            .store(u64::MAX, std::sync::atomic::Ordering::Release);
+        self.next_wait_deadline.store(u64::MAX, Ordering::Release);
         let runs: Vec<Arc<Run>> = lock(&self.runs).values().cloned().collect();
         for r in runs {
             let expired: Vec<Waiter> = {
@@ -670,6 +667,36 @@ impl Runs {
         }
         if list.is_empty() {
             subs.remove(key);
+        }
+    }
+}
+
+/// `agent.wait` timeouts: the tick compares one atomic; a job answers the waiters.
+impl Periodic for Arc<Runs> {
+    fn name(&self) -> &'static str {
+        "runs"
+    }
+
+    fn tick(&self, now: Instant, _level: crate::pressure::Level) {
+        if !self.waiter_due(now) || self.expiring.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let svc = self.clone();
+        let work: Work = Box::new(move |_ctx| {
+            svc.expiring.store(false, Ordering::Release);
+            svc.expire_waiters(Instant::now());
+            Ok(Value::Null.into())
+        });
+        let spec = JobSpec {
+            kind: "agent.wait.expire".into(),
+            pool: PoolKind::Cpu,
+            lane: Lane::Control,
+            timeout: Duration::from_secs(30),
+            stall_limit: None,
+        };
+        if let Err(e) = self.h.jobs.submit(spec, ReplyTo::Internal, work) {
+            self.expiring.store(false, Ordering::Release);
+            log::debug!("agent.wait expiry not queued ({e}); next tick");
         }
     }
 }

@@ -238,7 +238,15 @@ pub fn call(
     params: &Value,
     caller: &ReplyTo,
 ) -> Result<Call, RpcError> {
-    let m = find(shared, method)?;
+    run(shared, find(shared, method)?, params, caller)
+}
+
+fn run(
+    shared: &Arc<Shared>,
+    m: &'static Method,
+    params: &Value,
+    caller: &ReplyTo,
+) -> Result<Call, RpcError> {
     if !params.is_object() {
         return Err(RpcError::invalid("invalid params: expected an object"));
     }
@@ -269,8 +277,12 @@ pub fn call(
 /// the method, submits its job with `reply` as where the answer goes, and says what the reactor
 /// does now. Never blocks: admission refuses at once when a queue is full.
 pub fn dispatch(shared: &Arc<Shared>, method: &str, params: &Value, reply: &ReplyTo) -> Dispatched {
-    let accepted = find(shared, method).is_ok_and(|m| m.kind == Kind::Accepted);
-    match call(shared, method, params, reply) {
+    let m = match find(shared, method) {
+        Ok(m) => m,
+        Err(e) => return Dispatched::Now(Err(e)),
+    };
+    let accepted = m.kind == Kind::Accepted;
+    match run(shared, m, params, reply) {
         Ok(Call::Inline(Ok(v))) if accepted && matches!(reply, ReplyTo::Ws { .. }) => {
             Dispatched::Accepted(v)
         }
@@ -532,4 +544,27 @@ fn test_ballast(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
         Ok(out.into())
     });
     Ok(work)
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    /// The table is consistent: a job's handler sits in a `Job` row, an accepted method
+    /// answers inline, and no name is listed twice.
+    #[test]
+    fn every_row_agrees_with_its_handler() {
+        let mut names = std::collections::BTreeSet::new();
+        for m in METHODS {
+            assert!(names.insert(m.name), "{} is listed twice", m.name);
+            match (&m.handler, m.kind) {
+                (Handler::Work(_), Kind::Job(_)) => {}
+                (Handler::Work(_), k) => panic!("{}: a job's handler in a {k:?} row", m.name),
+                (Handler::Inline(_), Kind::Job(_)) => {
+                    panic!("{}: an inline handler in a Job row", m.name)
+                }
+                _ => {}
+            }
+        }
+    }
 }
