@@ -988,7 +988,7 @@ pub fn classify_net(e: &NetError) -> FailureKind {
             FailureKind::ServerError
         }
         NetError::Tls(_) | NetError::InvalidUrl(_) => FailureKind::ConfigError,
-        NetError::Cancelled | NetError::TooLarge => FailureKind::Other,
+        NetError::Cancelled | NetError::TooLarge | NetError::NotSent(_) => FailureKind::Other,
     }
 }
 

@@ -51,6 +51,8 @@ pub enum NetError {
     Protocol(String),
     TooLarge,
     Io(String),
+    /// The caller's `before_write` refused: nothing of the request was written.
+    NotSent(String),
 }
 
 impl fmt::Display for NetError {
@@ -75,6 +77,7 @@ impl fmt::Display for NetError {
             NetError::Protocol(m) => write!(f, "http protocol error: {m}"),
             NetError::TooLarge => write!(f, "the response body is larger than allowed"),
             NetError::Io(m) => write!(f, "i/o error with {m}"),
+            NetError::NotSent(m) => write!(f, "not sent: {m}"),
         }
     }
 }
@@ -239,6 +242,19 @@ impl Response {
 
 /// Sends `req` and reads the response head. The body is left for the [`Response`] to read.
 pub fn send(req: &Request, limits: &Limits, cancel: &CancelToken) -> Result<Response, NetError> {
+    send_with(req, limits, cancel, &mut || Ok(()))
+}
+
+/// As [`send`], calling `before_write` once the connection (and its TLS handshake) is up and
+/// just before the first byte of the request is written: up to then nothing of the request
+/// can have reached the server. An error from it ends the send unsent, as
+/// [`NetError::NotSent`].
+pub fn send_with(
+    req: &Request,
+    limits: &Limits,
+    cancel: &CancelToken,
+    before_write: &mut dyn FnMut() -> io::Result<()>,
+) -> Result<Response, NetError> {
     let head = request_head(req)?;
     let peer = format!("{}:{}", req.url.host(), req.url.port());
     let tcp = connect(&req.url, &peer, limits, cancel)?;
@@ -271,6 +287,10 @@ pub fn send(req: &Request, limits: &Limits, cancel: &CancelToken) -> Result<Resp
         last_progress: Instant::now(),
         peer,
     };
+    wire.handshake()?;
+    if let Err(e) = before_write() {
+        return Err(wire.fail(NetError::NotSent(e.to_string())));
+    }
     wire.write_all(&head)?;
     wire.write_all(&req.body)?;
     wire.flush()?;
@@ -589,6 +609,30 @@ impl Wire {
                     self.last_progress = Instant::now();
                     buf.extend_from_slice(&tmp[..n]);
                     return Ok(n);
+                }
+                Err(e) if Self::is_slice_timeout(&e) => {}
+                Err(e) => return Err(self.map_io(e)),
+            }
+        }
+    }
+
+    /// Completes a TLS handshake (a no-op on plain TCP), so that what is written next is the
+    /// request itself.
+    fn handshake(&mut self) -> Result<(), NetError> {
+        loop {
+            self.check()?;
+            let Conn::Tls(tls) = &mut self.conn else {
+                return Ok(());
+            };
+            if !tls.conn.is_handshaking() {
+                return Ok(());
+            }
+            let tls = &mut **tls;
+            match tls.conn.complete_io(&mut tls.sock) {
+                Ok((read, written)) => {
+                    if read + written > 0 {
+                        self.last_progress = Instant::now();
+                    }
                 }
                 Err(e) if Self::is_slice_timeout(&e) => {}
                 Err(e) => return Err(self.map_io(e)),
@@ -977,6 +1021,66 @@ mod tests {
         assert!(req.contains("\r\nContent-Length: 7\r\n"), "{req}");
         assert!(req.contains("\r\nConnection: close\r\n"), "{req}");
         assert!(req.ends_with("\r\n\r\n{\"a\":1}"), "{req}");
+    }
+
+    /// `before_write` runs once connected, before any request byte: refusing there leaves
+    /// the server with a connection and nothing on it.
+    #[test]
+    fn before_write_runs_just_before_the_first_byte_and_can_stop_the_request() {
+        let (url, got) = serve(|_| {});
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = calls.clone();
+        let r = bounded(Duration::from_secs(10), move || {
+            let mut refuse = || {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err(io::Error::other("disk full"))
+            };
+            send_with(
+                &post(url),
+                &limits(5000, 2000),
+                &CancelToken::new(),
+                &mut refuse,
+            )
+            .map(|r| r.status)
+        });
+        assert_eq!(r, Err(NetError::NotSent("disk full".into())));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(got.recv_timeout(Duration::from_secs(5)).unwrap(), b"");
+    }
+
+    /// Over TLS it runs after the handshake: a server that breaks off the handshake never
+    /// gets a request, and the hook is not called.
+    #[test]
+    fn before_write_waits_for_the_tls_handshake() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut hello = [0u8; 512];
+            let _ = s.read(&mut hello);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        });
+        let url = Url::parse(&format!("https://127.0.0.1:{port}/x")).unwrap();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = calls.clone();
+        let r = bounded(Duration::from_secs(10), move || {
+            let mut mark = || {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            };
+            send_with(
+                &post(url),
+                &limits(5000, 2000),
+                &CancelToken::new(),
+                &mut mark,
+            )
+            .map(|r| r.status)
+        });
+        assert!(
+            matches!(r, Err(NetError::Tls(_) | NetError::Reset)),
+            "{r:?}"
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     #[test]
