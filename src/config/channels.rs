@@ -78,6 +78,38 @@ impl Kind {
         }
     }
 
+    /// Whether the receiver drops a second copy of a message by the key keel sends with it
+    /// (the webhook's `idempotencyKey`, Discord's `nonce` with `enforce_nonce`, Feishu's
+    /// `uuid`), so that a message that may have left before a crash can be sent again safely.
+    /// Telegram, Slack and the WeChat relay have no such field.
+    pub fn dedupes(self) -> bool {
+        matches!(self, Kind::Webhook | Kind::Discord | Kind::Feishu)
+    }
+
+    /// The longest message the platform takes, in UTF-16 units; `None`: no limit keel knows.
+    pub fn max_text(self) -> Option<usize> {
+        match self {
+            Kind::Telegram => Some(4096),
+            Kind::Discord => Some(2000),
+            // Slack truncates past 40,000 characters.
+            Kind::Slack => Some(40_000),
+            // Feishu takes a request of up to 150 KB: room for any text escaped as JSON twice.
+            Kind::Feishu => Some(30_000),
+            Kind::Weixin | Kind::Webhook => None,
+        }
+    }
+
+    /// Where a long reply is split without `textChunkLimit`: the platform's limit, or for
+    /// Slack its recommended 4,000 characters per message, and 4,000 for the WeChat relay as
+    /// OpenClaw does. A webhook gets the whole text.
+    fn default_chunk(self) -> Option<usize> {
+        match self {
+            Kind::Slack | Kind::Feishu | Kind::Weixin => Some(4000),
+            Kind::Telegram | Kind::Discord => self.max_text(),
+            Kind::Webhook => None,
+        }
+    }
+
     /// The config keys that hold credentials (resolved into [`Credentials`] and redacted
     /// everywhere).
     fn credential_keys(self) -> &'static [&'static str] {
@@ -206,6 +238,27 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// What to do at boot with a message that was on its way when keel stopped: its request had
+/// started to reach the channel, and whether the channel took it is unknown
+/// (`channels.<channel>.delivery.onUnknown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnknown {
+    /// Keep it as `unknown_after_send` for an operator: never a duplicate, but not delivered
+    /// until someone looks.
+    Hold,
+    /// Send it again: never lost, but a channel that cannot drop the copy may show it twice.
+    Resend,
+}
+
+impl OnUnknown {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUnknown::Hold => "hold",
+            OnUnknown::Resend => "resend",
+        }
+    }
+}
+
 /// One configured channel.
 #[derive(Clone)]
 pub struct ChannelConfig {
@@ -214,6 +267,10 @@ pub struct ChannelConfig {
     /// What the channel authenticates with; its variant is the channel's [`Kind`] (kept only
     /// there, so the two cannot disagree). Never printed.
     pub credentials: Credentials,
+    /// `delivery.onUnknown`, when set; see [`ChannelConfig::on_unknown`].
+    pub on_unknown: Option<OnUnknown>,
+    /// `textChunkLimit`, when set; see [`ChannelConfig::text_limit`].
+    pub text_chunk_limit: Option<usize>,
     /// Feishu's tenant token fetched from `appId`/`appSecret`, shared by clones so that every
     /// worker reuses it until shortly before it expires.
     pub(crate) feishu_token: Arc<Mutex<Option<CachedToken>>>,
@@ -231,7 +288,30 @@ impl ChannelConfig {
         ChannelConfig {
             base_url: base_url.into(),
             credentials,
+            on_unknown: None,
+            text_chunk_limit: None,
             feishu_token: Arc::default(),
+        }
+    }
+
+    /// The policy for a message found mid-send at boot: as configured, else `resend` where
+    /// the channel deduplicates ([`Kind::dedupes`]) and `hold` where it cannot.
+    pub fn on_unknown(&self) -> OnUnknown {
+        self.on_unknown.unwrap_or(if self.kind().dedupes() {
+            OnUnknown::Resend
+        } else {
+            OnUnknown::Hold
+        })
+    }
+
+    /// The longest part a reply is split into, in UTF-16 units: `textChunkLimit` (never past
+    /// the platform's limit), else the kind's default; `None`: sent whole.
+    pub fn text_limit(&self) -> Option<usize> {
+        let kind = self.kind();
+        match (self.text_chunk_limit, kind.max_text()) {
+            (Some(n), Some(max)) => Some(n.min(max)),
+            (Some(n), None) => Some(n),
+            (None, _) => kind.default_chunk(),
         }
     }
 
@@ -307,6 +387,10 @@ impl fmt::Debug for ChannelConfig {
 ///   before it expires. `tenantAccessToken` wins when both are set.
 /// - `webhook`: `url` (required; plain http is allowed anywhere, as no credential travels:
 ///   the body is signed, not authenticated by a bearer token) and an optional `secret`.
+///
+/// And for every channel: `textChunkLimit` (where long replies are split, capped at the
+/// platform's limit: [`ChannelConfig::text_limit`]) and `delivery.onUnknown` (`"hold"` or
+/// `"resend"`: [`ChannelConfig::on_unknown`]).
 pub fn parse_channels(
     channels: &Value,
 ) -> (BTreeMap<String, ChannelConfig>, Vec<(String, String)>) {
@@ -432,13 +516,47 @@ fn parse_one(
                 .to_string(),
         ));
     }
+    let text_chunk_limit = match c.get("textChunkLimit") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64().filter(|&n| n >= 1) {
+            Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+            None => {
+                issues.push((
+                    format!("{path}.textChunkLimit"),
+                    "expected a whole number of characters, at least 1".to_string(),
+                ));
+                None
+            }
+        },
+    };
+    let on_unknown = match c.get("delivery").map(|d| (d, d.get("onUnknown"))) {
+        None | Some((Value::Null, _)) | Some((Value::Object(_), None | Some(Value::Null))) => None,
+        Some((Value::Object(_), Some(v))) => match v.as_str() {
+            Some("hold") => Some(OnUnknown::Hold),
+            Some("resend") => Some(OnUnknown::Resend),
+            _ => {
+                issues.push((
+                    format!("{path}.delivery.onUnknown"),
+                    format!("expected \"hold\" or \"resend\", got {v}"),
+                ));
+                None
+            }
+        },
+        Some(_) => {
+            issues.push((format!("{path}.delivery"), "expected an object".to_string()));
+            None
+        }
+    };
     // Any issue disables the channel: even an optional setting that is wrong (a webhook
     // secret that did not resolve) must not quietly change what is sent.
     if issues.len() > before {
         return None;
     }
     let creds = Credentials::from_resolved(kind, resolved)?;
-    Some(ChannelConfig::new(base_url?, creds))
+    let mut cfg = ChannelConfig::new(base_url?, creds);
+    cfg.on_unknown = on_unknown;
+    cfg.text_chunk_limit = text_chunk_limit;
+    Some(cfg)
 }
 
 /// Checks a configured URL: it must parse, and plain http carries a bearer token only to this

@@ -20,16 +20,20 @@
 //! - Credentials never appear in `Debug` output or error messages: [`Credentials`]' `Debug`
 //!   names only their keys, and every [`SendError`] message is scrubbed of the configured
 //!   secrets (the Telegram token travels in the URL path, which no `NetError` echoes).
-//! - The idempotency key goes wherever the channel can deduplicate on it: Feishu's `uuid`,
+//! - The key (the queue entry's [`channel_key`](super::queue::Entry::channel_key), the same on
+//!   every attempt) goes wherever the channel can deduplicate on it: Feishu's `uuid`,
 //!   Discord's `nonce` (with `enforce_nonce`), the weixin relay's and the webhook's
 //!   `idempotencyKey`. Telegram and Slack have no such field, so a retry after a lost answer
-//!   may post twice there.
-//! - Discord's 2000-character limit is met by splitting the text into several messages (at a
-//!   line break or a space when there is one), each with its own nonce derived from the key,
-//!   so a retry within Discord's nonce window does not repeat the parts that already went out.
-//!   At most [`DISCORD_MAX_PARTS`] messages are sent; the rest is cut with a visible note.
+//!   may post twice there ([`Kind::dedupes`]).
+//! - Only requests that carry the message call `on_wire` before their first byte (a Feishu
+//!   token fetch does not).
+//! - Replies are split when they are queued; a Discord text still over 2000 characters (an
+//!   entry an older version queued whole) is sent as several messages, each with its own nonce
+//!   derived from the key. At most [`DISCORD_MAX_PARTS`] messages are sent; the rest is cut
+//!   with a visible note.
 
 use super::queue::{ErrorClass, Route};
+use super::split;
 use crate::cancel::CancelToken;
 use crate::clock;
 use crate::net::{self, Limits, NetError, Request, Url};
@@ -114,7 +118,9 @@ impl std::error::Error for SendError {}
 
 /// Sends `text` to `route` over `cfg`'s channel: one attempt, classified. `limits` and
 /// `cancel` cover the whole send (Feishu's token fetch and every part of a split Discord
-/// message included).
+/// message included). `on_wire` is called just before the first byte of each request that
+/// carries the message is written (not before a token fetch); if it fails, that request is
+/// not written and the send fails transient.
 pub fn send(
     cfg: &ChannelConfig,
     route: &Route,
@@ -122,6 +128,7 @@ pub fn send(
     idempotency_key: &str,
     limits: &Limits,
     cancel: &CancelToken,
+    on_wire: &dyn Fn() -> std::io::Result<()>,
 ) -> Result<Sent, SendError> {
     let kind = cfg.kind();
     if route.channel != kind.as_str() {
@@ -145,6 +152,7 @@ pub fn send(
         kind,
         limits,
         cancel,
+        on_wire,
     };
     let key = idempotency_key;
     let result = match &cfg.credentials {
@@ -170,6 +178,7 @@ struct Call<'a> {
     kind: Kind,
     limits: &'a Limits,
     cancel: &'a CancelToken,
+    on_wire: &'a dyn Fn() -> std::io::Result<()>,
 }
 
 /// One HTTP answer, read up to [`ANSWER_LIMIT`].
@@ -259,10 +268,26 @@ impl Call<'_> {
             .body(body.to_string().into_bytes())
     }
 
+    /// Sends the request that carries the message, marking it on the wire first: see
+    /// [`send`].
+    fn deliver(&self, req: &Request) -> Result<Answer, SendError> {
+        self.exchange_with(req, &mut || (self.on_wire)())
+    }
+
+    /// Sends a request that does not carry the message (a token fetch).
+    fn exchange(&self, req: &Request) -> Result<Answer, SendError> {
+        self.exchange_with(req, &mut || Ok(()))
+    }
+
     /// Sends `req` and reads up to [`ANSWER_LIMIT`] of the answer; a transport failure is
     /// already classified.
-    fn exchange(&self, req: &Request) -> Result<Answer, SendError> {
-        let mut resp = net::send(req, self.limits, self.cancel).map_err(|e| self.transport(e))?;
+    fn exchange_with(
+        &self,
+        req: &Request,
+        before_write: &mut dyn FnMut() -> std::io::Result<()>,
+    ) -> Result<Answer, SendError> {
+        let mut resp = net::send_with(req, self.limits, self.cancel, before_write)
+            .map_err(|e| self.transport(e))?;
         let body = resp
             .read_up_to(ANSWER_LIMIT)
             .map_err(|e| self.transport(e))?;
@@ -345,7 +370,7 @@ fn telegram(call: &Call, token: &str, route: &Route, text: &str) -> Result<Sent,
     let url = call
         .base()?
         .join(&format!("/bot{}/sendMessage", segment(token)));
-    let a = call.exchange(&call.post_json(url, &body))?;
+    let a = call.deliver(&call.post_json(url, &body))?;
     if a.is_success() && a.field("/ok") == Some(&Value::Bool(true)) {
         return Ok(Sent {
             message_id: a.field("/result/message_id").and_then(id_text),
@@ -389,7 +414,7 @@ fn slack(call: &Call, token: &str, route: &Route, text: &str) -> Result<Sent, Se
     let req = call
         .post_json(call.base()?.join("/chat.postMessage"), &body)
         .header("Authorization", &format!("Bearer {token}"));
-    let a = call.exchange(&req)?;
+    let a = call.deliver(&req)?;
     let error = a.str_field("/error");
     if a.status == 429 {
         return Err(SendError::transient(format!(
@@ -461,9 +486,7 @@ fn discord(
         let req = call
             .post_json(url.clone(), &body)
             .header("Authorization", &format!("Bot {token}"));
-        let a = call
-            .exchange(&req)
-            .map_err(|e| partial(e, i, parts.len()))?;
+        let a = call.deliver(&req).map_err(|e| partial(e, i, parts.len()))?;
         if a.is_success() {
             if i == 0 {
                 first_id = a.str_field("/id").map(str::to_string);
@@ -501,68 +524,10 @@ fn partial(mut e: SendError, sent: usize, total: usize) -> SendError {
     e
 }
 
-/// Splits `text` into Discord-sized messages, breaking at a line break or else a space in the
-/// second half of each window, and cutting past [`DISCORD_MAX_PARTS`] with a note.
+/// Splits `text` into Discord-sized messages. Replies are split when they are queued, so this
+/// only matters for an entry an older version queued whole.
 fn discord_parts(text: &str) -> Vec<String> {
-    let mut parts = split_units(text, DISCORD_MAX_CHARS);
-    if parts.len() > DISCORD_MAX_PARTS {
-        parts.truncate(DISCORD_MAX_PARTS);
-        // Room for the note (its count has at most 10 digits more than the placeholder).
-        let room = DISCORD_MAX_CHARS - utf16_len(&cut_note(0)) - 10;
-        if let Some(last) = parts.last_mut() {
-            *last = split_units(last, room)
-                .into_iter()
-                .next()
-                .unwrap_or_default();
-        }
-        let kept: usize = parts.iter().map(|p| p.chars().count()).sum();
-        let note = cut_note(text.chars().count() - kept);
-        if let Some(last) = parts.last_mut() {
-            last.push_str(&note);
-        }
-    }
-    parts
-}
-
-fn cut_note(dropped: usize) -> String {
-    format!("\n[… {dropped} more characters cut by keel]")
-}
-
-fn utf16_len(s: &str) -> usize {
-    s.chars().map(char::len_utf16).sum()
-}
-
-fn split_units(text: &str, max: usize) -> Vec<String> {
-    let mut parts = Vec::new();
-    let mut rest = text;
-    while utf16_len(rest) > max {
-        let mut units = 0;
-        let mut cut = rest.len();
-        for (i, c) in rest.char_indices() {
-            if units + c.len_utf16() > max {
-                // Never an empty part, even for a limit below one character.
-                cut = if i == 0 { c.len_utf8() } else { i };
-                break;
-            }
-            units += c.len_utf16();
-        }
-        let window = &rest[..cut];
-        let after = |pred: fn(char) -> bool| {
-            window
-                .char_indices()
-                .rev()
-                .find(|&(_, c)| pred(c))
-                .map(|(i, c)| i + c.len_utf8())
-                .filter(|&i| i > cut / 2)
-        };
-        let brk = after(|c| c == '\n')
-            .or_else(|| after(char::is_whitespace))
-            .unwrap_or(cut);
-        parts.push(rest[..brk].to_string());
-        rest = &rest[brk..];
-    }
-    parts.push(rest.to_string());
-    parts
+    split::split(text, DISCORD_MAX_CHARS, DISCORD_MAX_PARTS)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -598,7 +563,7 @@ fn feishu(
         let req = call
             .post_json(url.clone(), &body)
             .header("Authorization", &format!("Bearer {token}"));
-        let a = call.exchange(&req)?;
+        let a = call.deliver(&req)?;
         let code = a.field("/code").and_then(Value::as_i64);
         if a.is_success() && code == Some(0) {
             return Ok(Sent {
@@ -709,7 +674,7 @@ fn weixin(
     let req = call
         .post_json(call.base()?.join("/send"), &body)
         .header("Authorization", &format!("Bearer {token}"));
-    let a = call.exchange(&req)?;
+    let a = call.deliver(&req)?;
     if a.is_success() {
         return Ok(Sent {
             message_id: ["/messageId", "/id", "/data/messageId"]
@@ -771,7 +736,7 @@ fn webhook(
     if !key.is_empty() {
         req = req.header("Idempotency-Key", key);
     }
-    let a = call.exchange(&req)?;
+    let a = call.deliver(&req)?;
     if a.is_success() {
         return Ok(Sent {
             message_id: ["/messageId", "/id"]
@@ -1039,7 +1004,7 @@ mod tests {
     ) -> Result<Sent, SendError> {
         let (cfg, text, key) = (cfg.clone(), text.to_string(), key.to_string());
         bounded(Duration::from_secs(10), move || {
-            send(&cfg, &route, &text, &key, &limits, &cancel)
+            send(&cfg, &route, &text, &key, &limits, &cancel, &|| Ok(()))
         })
     }
 
@@ -1124,6 +1089,53 @@ mod tests {
                 && err.contains("carrier-pigeon")
                 && err.contains("coo"),
             "{err}"
+        );
+    }
+
+    /// `textChunkLimit` and `delivery.onUnknown`: defaults by kind, a setting within the
+    /// platform's limit, and a wrong value disabling the channel with the key named.
+    #[test]
+    fn split_limits_and_the_unknown_policy_follow_the_kind_and_the_config() {
+        let (cfgs, issues) = parse_channels(&json!({
+            "telegram": {"botToken": "1:a"},
+            "discord": {"token": "t", "textChunkLimit": 5000, "delivery": {"onUnknown": "hold"}},
+            "feishu": {"tenantAccessToken": "t", "textChunkLimit": 1000},
+            "webhook": {"url": "http://127.0.0.1:9/h"},
+            "slack": {"botToken": "x", "delivery": {"onUnknown": "resend"}},
+        }));
+        assert!(issues.is_empty(), "{issues:?}");
+        let limit = |c: &str| cfgs[c].text_limit();
+        assert_eq!(
+            (
+                limit("telegram"),
+                limit("discord"),
+                limit("feishu"),
+                limit("webhook"),
+                limit("slack")
+            ),
+            (Some(4096), Some(2000), Some(1000), None, Some(4000))
+        );
+        let policy = |c: &str| cfgs[c].on_unknown();
+        assert_eq!(policy("telegram"), OnUnknown::Hold);
+        assert_eq!(policy("slack"), OnUnknown::Resend);
+        assert_eq!(policy("webhook"), OnUnknown::Resend);
+        assert_eq!(policy("discord"), OnUnknown::Hold, "as configured");
+        assert_eq!(policy("feishu"), OnUnknown::Resend);
+
+        let (cfgs, issues) = parse_channels(&json!({
+            "telegram": {"botToken": "1:a", "textChunkLimit": 0},
+            "slack": {"botToken": "x", "delivery": {"onUnknown": "maybe"}},
+            "discord": {"token": "t", "delivery": "hold"},
+        }));
+        assert!(cfgs.is_empty());
+        let paths: Vec<&str> = issues.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "channels.discord.delivery",
+                "channels.slack.delivery.onUnknown",
+                "channels.telegram.textChunkLimit"
+            ]
         );
     }
 
@@ -1548,50 +1560,6 @@ mod tests {
             &run(&cfg, Route::new("discord", "44444444444444444"), "x", "k"),
             ErrorClass::Transient,
         );
-    }
-
-    #[test]
-    fn discord_parts_respect_the_limit() {
-        assert_eq!(discord_parts("short"), ["short"]);
-        assert_eq!(discord_parts(""), [""]);
-        // No break point: a hard cut at exactly 2000 units, never inside a character.
-        let parts = discord_parts(&"é".repeat(4500));
-        assert_eq!(
-            parts.iter().map(|p| p.chars().count()).collect::<Vec<_>>(),
-            [2000, 2000, 500]
-        );
-        // Astral characters count two units each.
-        let parts = discord_parts(&"😀".repeat(1500));
-        assert_eq!(
-            parts.iter().map(|p| utf16_len(p)).collect::<Vec<_>>(),
-            [2000, 1000]
-        );
-        let words = "word ".repeat(1000);
-        let parts = discord_parts(&words);
-        assert!(parts.iter().all(|p| utf16_len(p) <= 2000));
-        assert!(parts[0].ends_with(' '));
-        assert_eq!(parts.concat(), words);
-        // Too long for ten messages: cut, with a note in the last one.
-        let parts = discord_parts(&"x".repeat(25_000));
-        assert_eq!(parts.len(), DISCORD_MAX_PARTS);
-        assert!(parts.iter().all(|p| utf16_len(p) <= DISCORD_MAX_CHARS));
-        // The count in the note is of exactly what was left out.
-        let check_cut = |text: &str| {
-            let parts = discord_parts(text);
-            assert_eq!(parts.len(), DISCORD_MAX_PARTS);
-            assert!(parts.iter().all(|p| utf16_len(p) <= DISCORD_MAX_CHARS));
-            let last = &parts[DISCORD_MAX_PARTS - 1];
-            let at = last.rfind("\n[… ").expect("a note");
-            let kept = format!("{}{}", parts[..DISCORD_MAX_PARTS - 1].concat(), &last[..at]);
-            assert!(text.starts_with(&kept));
-            assert!(kept.len() > 19_900, "{}", kept.len());
-            assert_eq!(
-                last[at..],
-                cut_note(text.chars().count() - kept.chars().count())
-            );
-        };
-        check_cut(&"x".repeat(25_000));
-        check_cut(&format!("{}\n{}", "y".repeat(19_990), "z".repeat(100)));
     }
 
     #[test]

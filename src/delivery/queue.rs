@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! <id>.json            one entry (0600), written only by `state::write_atomic`
+//! <id>.wire            "the request of attempt N started to reach the channel" (N as text),
+//!                      written without fsync just before the first request byte: see below
 //! <id>.json.corrupt    an entry that could not be parsed at open, moved aside for a human
 //! archive/<id>.json    a sent entry, when `keep_sent` is set (otherwise sent entries are removed)
 //! .<id>.json.tmp.<pid> a write in progress; one found at open is a crash's leftover and removed
@@ -16,9 +18,17 @@
 //!   the write succeeded, so the caller never acts (sends, reports success) on a state the disk
 //!   does not hold. If the write fails, memory and disk keep the previous state.
 //! - Reads (`due`, `list`, `get`, `counts`) come from the in-memory copy loaded at open.
-//! - The queue never sends anything twice on its own: an entry found in `sending` at open may or
-//!   may not have reached the channel, so it becomes `unknown_after_send` and waits for an
-//!   operator's [`Queue::retry`] or [`Queue::drop_entry`].
+//! - An entry found in `sending` at open is settled by what its wire mark says
+//!   ([`mark_on_wire`]). Without a mark for its last attempt, nothing of that request was
+//!   written, so it is `pending` again at once. With one, the request may or may not have
+//!   reached the channel, and the caller's [`OnUnknown`] for its route decides: `resend`
+//!   (the channel drops a copy by the key sent with it, or the operator prefers a rare
+//!   duplicate to a held reply) makes it `pending`; `hold` makes it `unknown_after_send`, for
+//!   an operator's [`Queue::retry`] or [`Queue::drop_entry`]. The mark is not fsync'd: it
+//!   survives a process kill (it is in the page cache), and a power loss that takes it makes
+//!   a message that may have left look unsent, so it is sent again.
+//! - The parts of a split reply ([`Part`]) leave in order: a part is due only when no earlier
+//!   part of its reply is still queued (pending, sending or held).
 //! - A damaged entry file is moved aside and reported, never fatal to the gateway.
 //! - One process owns a queue directory: open removes every temp file it finds.
 //!
@@ -26,6 +36,7 @@
 //! the clock and the random source are passed in, so tests never sleep.
 
 use crate::clock::{self, Rng};
+pub use crate::config::channels::OnUnknown;
 use crate::ids;
 use crate::state;
 use serde::{Deserialize, Serialize};
@@ -34,13 +45,25 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const ENTRY_SUFFIX: &str = ".json";
+const WIRE_SUFFIX: &str = ".wire";
 
 fn entry_path_in(dir: &Path, id: &str) -> io::Result<PathBuf> {
-    ids::file_in(dir, id, ENTRY_SUFFIX).map_err(|e| {
+    file_in(dir, id, ENTRY_SUFFIX)
+}
+
+fn mark_path_in(dir: &Path, id: &str) -> io::Result<PathBuf> {
+    file_in(dir, id, WIRE_SUFFIX)
+}
+
+/// `<dir>/<id><suffix>` through the one checked constructor: an id that came from outside
+/// (`delivery.retry {id}`) or from a file name can never name a path outside the queue.
+fn file_in(dir: &Path, id: &str, suffix: &str) -> io::Result<PathBuf> {
+    ids::file_in(dir, id, suffix).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("delivery: {id:?} is not a message id: it {e}"),
@@ -77,6 +100,17 @@ impl Route {
     }
 }
 
+/// One part of a reply split at the channel's length limit: each part is an entry of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Part {
+    /// 0-based.
+    pub index: u32,
+    pub count: u32,
+    /// The id of part 0: the reply the part belongs to.
+    pub first: String,
+}
+
 /// The queue at a glance (see [`Queue::summary`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
@@ -101,8 +135,11 @@ impl Summary {
 ///    │
 ///    └──retry (by hand)── failed, unknown_after_send
 ///
-/// sending, found at open ──▶ unknown_after_send: the send may or may not have happened, so it
-///                            is shown to the operator and NOT replayed on its own
+/// sending, found at open ──▶ pending: its request never started (no wire mark), or it did
+///                            and its route's policy is `resend`
+///                        ──▶ unknown_after_send: it did, and the policy is `hold`: the send
+///                            may or may not have happened, so it is shown to the operator
+///                            and NOT replayed on its own
 /// ```
 ///
 /// `drop_entry` removes an entry in any state.
@@ -203,12 +240,27 @@ pub struct Entry {
     /// retried old entry gets a fresh budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retried_ms: Option<u64>,
+    /// Set when the entry is one part of a longer reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
     /// Fields this version does not know, kept so that a newer version's survive a rewrite.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 impl Entry {
+    /// The key sent with the message for the receiver to drop a copy by: the caller's
+    /// idempotency key for a whole message that has one, else the entry's own id (a part of a
+    /// split reply must not share its key with the other parts). Stable across attempts and
+    /// restarts.
+    pub fn channel_key(&self) -> &str {
+        if self.part.is_none() && !self.idempotency_key.is_empty() {
+            &self.idempotency_key
+        } else {
+            &self.id
+        }
+    }
+
     fn age_ms(&self, now_ms: u64) -> u64 {
         now_ms.saturating_sub(self.retried_ms.unwrap_or(self.created_ms))
     }
@@ -273,8 +325,13 @@ impl RetryPolicy {
 pub struct Recovery {
     /// Pending entries loaded; they are sent when due.
     pub resumed: usize,
-    /// Entries found in `sending` (the previous process stopped mid-send), now
-    /// `unknown_after_send`.
+    /// Entries found in `sending` whose request never started (no wire mark): `pending` again.
+    pub requeued: Vec<String>,
+    /// Entries found in `sending` whose request had started, on a route whose policy is
+    /// `resend`: `pending` again.
+    pub resent: Vec<String>,
+    /// Entries found in `sending` whose request had started, on a route whose policy is
+    /// `hold`: now `unknown_after_send`.
     pub unknown_after_send: Vec<String>,
     /// Entry files that could not be loaded: where each is now (moved aside to
     /// `<id>.json.corrupt` when it did not parse; left in place when it could not be read).
@@ -326,10 +383,16 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Opens (creating it 0700 if needed) the queue in `dir` and recovers what a previous
-    /// process left: see [`Queue::recover`] and [`Queue::recovery`]. Only a directory that
-    /// cannot be created or listed is an error.
+    /// [`Queue::open_with`] holding every message that may have left.
     pub fn open(dir: &Path) -> io::Result<Queue> {
+        Queue::open_with(dir, &|_| OnUnknown::Hold)
+    }
+
+    /// Opens (creating it 0700 if needed) the queue in `dir` and recovers what a previous
+    /// process left, `on_unknown` deciding for each message that may have left: see
+    /// [`Queue::recover`] and [`Queue::recovery`]. Only a directory that cannot be created or
+    /// listed is an error.
+    pub fn open_with(dir: &Path, on_unknown: &dyn Fn(&Route) -> OnUnknown) -> io::Result<Queue> {
         state::ensure_dir(dir)?;
         let mut queue = Queue {
             dir: dir.to_path_buf(),
@@ -340,7 +403,7 @@ impl Queue {
             ids: Rng::from_os(),
             recovery: Recovery::default(),
         };
-        queue.recover(clock::wall_ms())?;
+        queue.recover(clock::wall_ms(), on_unknown)?;
         Ok(queue)
     }
 
@@ -372,14 +435,20 @@ impl Queue {
     }
 
     /// (Re)loads the directory into memory, settling what an interrupted process left:
-    /// removes temp files, moves unparseable entries aside, turns `sending` into
-    /// `unknown_after_send` (written to disk) and finishes removing (or archiving) `sent` ones.
-    /// Problems with single files are logged and reported, never fatal. `open` calls this; call
-    /// it again only while no send is in progress, as it treats every `sending` entry as
-    /// interrupted.
-    pub fn recover(&mut self, now_ms: u64) -> io::Result<Recovery> {
+    /// removes temp files and wire marks, moves unparseable entries aside, settles `sending`
+    /// entries (written to disk: see the module's invariants) and finishes removing (or
+    /// archiving) `sent` ones. Problems with single files are logged and reported, never
+    /// fatal. `open` calls this; call it again only while no send is in progress, as it treats
+    /// every `sending` entry as interrupted.
+    pub fn recover(
+        &mut self,
+        now_ms: u64,
+        on_unknown: &dyn Fn(&Route) -> OnUnknown,
+    ) -> io::Result<Recovery> {
         let mut rec = Recovery::default();
         let mut loaded = BTreeMap::new();
+        // id → (mark's path, the attempt it names; `None` if unreadable).
+        let mut marks: BTreeMap<String, (PathBuf, Option<u32>)> = BTreeMap::new();
         for item in fs::read_dir(&self.dir)? {
             let item = item?;
             let file_name = item.file_name();
@@ -395,6 +464,13 @@ impl Queue {
                         path.display()
                     ),
                 }
+                continue;
+            }
+            if let Some(id) = name.strip_suffix(WIRE_SUFFIX) {
+                let attempt = fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok());
+                marks.insert(id.to_string(), (path, attempt));
                 continue;
             }
             let Some(id) = name.strip_suffix(ENTRY_SUFFIX) else {
@@ -442,22 +518,41 @@ impl Queue {
             match entry.state {
                 State::Pending => rec.resumed += 1,
                 State::Sending => {
-                    entry.state = State::UnknownAfterSend;
+                    let on_wire = marks
+                        .get(&id)
+                        .is_some_and(|(_, attempt)| *attempt == Some(entry.attempts));
+                    let (state, why, list) = match on_wire.then(|| on_unknown(&entry.route)) {
+                        None => (
+                            State::Pending,
+                            "keel stopped before the request was sent; sending it now",
+                            &mut rec.requeued,
+                        ),
+                        Some(OnUnknown::Resend) => (
+                            State::Pending,
+                            "keel stopped after the request went out, before the channel \
+                             answered; sent again (delivery.onUnknown: resend)",
+                            &mut rec.resent,
+                        ),
+                        Some(OnUnknown::Hold) => (
+                            State::UnknownAfterSend,
+                            "keel stopped after the request went out, before the channel \
+                             answered: the message may or may not have been delivered \
+                             (delivery.onUnknown: hold)",
+                            &mut rec.unknown_after_send,
+                        ),
+                    };
+                    entry.state = state;
+                    entry.next_attempt_ms = now_ms;
                     entry.updated_ms = now_ms;
-                    entry.last_error = Some(
-                        "keel stopped during the send: the message may or may not have been \
-                         delivered"
-                            .to_string(),
-                    );
+                    entry.last_error = Some(why.to_string());
                     entry.last_error_class = None;
-                    // Memory holds the safe state even if the disk cannot: the entry is not
-                    // replayed either way, and the next open settles it again.
+                    list.push(id.clone());
+                    // Memory holds the settled state even if the disk cannot: the next open
+                    // settles the entry the same way, from the same mark.
                     if let Err(e) = self.write_entry(&entry) {
-                        log::warn!(
-                            "delivery: cannot record message {id} as unknown_after_send: {e}"
-                        );
+                        log::warn!("delivery: cannot record message {id} as {state}: {e}");
+                        marks.remove(&id);
                     }
-                    rec.unknown_after_send.push(id.clone());
                 }
                 State::Sent => {
                     if let Err(e) = self.finish_sent(&id) {
@@ -470,13 +565,11 @@ impl Queue {
             }
             self.entries.insert(id, entry);
         }
-        if !rec.unknown_after_send.is_empty() {
-            log::warn!(
-                "delivery: {} message(s) were being sent when keel stopped and may or may not \
-                 have been delivered; they are held as unknown_after_send for an operator: {}",
-                rec.unknown_after_send.len(),
-                rec.unknown_after_send.join(", ")
-            );
+        // Nothing is sending now: every mark is settled (or names an entry that is gone).
+        for (_, (path, _)) in marks {
+            if let Err(e) = fs::remove_file(&path) {
+                log::warn!("delivery: cannot remove {}: {e}", path.display());
+            }
         }
         self.recovery = rec.clone();
         Ok(rec)
@@ -492,46 +585,86 @@ impl Queue {
         idempotency_key: &str,
         now_ms: u64,
     ) -> Result<Entry, EnqueueError> {
-        if !idempotency_key.is_empty()
-            && let Some(existing) = self
+        let mut entries = self.enqueue_parts(route, vec![payload], idempotency_key, now_ms)?;
+        Ok(entries.swap_remove(0))
+    }
+
+    /// Queues a reply as one entry per payload, in order (the parts of a reply split at its
+    /// channel's limit; one payload is a whole message, with no [`Part`]). All or nothing: on
+    /// error none of the new entries remains on disk. A (non-empty) idempotency key still held
+    /// by a queued entry returns that reply's entries still queued instead, writing nothing.
+    /// `payloads` must not be empty.
+    pub fn enqueue_parts(
+        &mut self,
+        route: Route,
+        payloads: Vec<Value>,
+        idempotency_key: &str,
+        now_ms: u64,
+    ) -> Result<Vec<Entry>, EnqueueError> {
+        if !idempotency_key.is_empty() {
+            let mut held: Vec<&Entry> = self
                 .entries
                 .values()
-                .find(|e| e.idempotency_key == idempotency_key && e.state.holds_key())
-        {
-            return Ok(existing.clone());
-        }
-        let entry = Entry {
-            id: self.new_id(),
-            idempotency_key: idempotency_key.to_string(),
-            route,
-            payload,
-            created_ms: now_ms,
-            attempts: 0,
-            next_attempt_ms: now_ms,
-            state: State::Pending,
-            last_error: None,
-            last_error_class: None,
-            updated_ms: now_ms,
-            retried_ms: None,
-            extra: Map::new(),
-        };
-        let path = self
-            .entry_path(&entry.id)
-            .map_err(|source| EnqueueError::Io {
-                path: self.dir.clone(),
-                source,
-            })?;
-        if let Err(source) = self.write_entry(&entry) {
-            // The write fails after the rename only when the directory fsync does; the caller
-            // is told the message is not queued, so the file must not stay to be sent later.
-            if path.exists() {
-                let _ = fs::remove_file(&path);
-                let _ = sync_dir(&self.dir);
+                .filter(|e| e.idempotency_key == idempotency_key && e.state.holds_key())
+                .collect();
+            if !held.is_empty() {
+                held.sort_by_key(|e| e.part.as_ref().map_or(0, |p| p.index));
+                return Ok(held.into_iter().cloned().collect());
             }
-            return Err(EnqueueError::Io { path, source });
         }
-        self.entries.insert(entry.id.clone(), entry.clone());
-        Ok(entry)
+        let count = u32::try_from(payloads.len()).unwrap_or(u32::MAX);
+        let mut written: Vec<Entry> = Vec::with_capacity(payloads.len());
+        for (index, payload) in (0u32..).zip(payloads) {
+            let id = self.new_id();
+            let part = (count > 1).then(|| Part {
+                index,
+                count,
+                first: written.first().map_or_else(|| id.clone(), |e| e.id.clone()),
+            });
+            let entry = Entry {
+                id,
+                idempotency_key: idempotency_key.to_string(),
+                route: route.clone(),
+                payload,
+                created_ms: now_ms,
+                attempts: 0,
+                next_attempt_ms: now_ms,
+                state: State::Pending,
+                last_error: None,
+                last_error_class: None,
+                updated_ms: now_ms,
+                retried_ms: None,
+                part,
+                extra: Map::new(),
+            };
+            let path = self.entry_path(&entry.id);
+            let failure = match &path {
+                Ok(path) => self.write_entry(&entry).err().map(|e| {
+                    // The write fails after the rename only when the directory fsync does;
+                    // the caller is told the message is not queued, so the file must not
+                    // stay to be sent later.
+                    if path.exists() {
+                        let _ = fs::remove_file(path);
+                    }
+                    (path.clone(), e)
+                }),
+                Err(e) => Some((self.dir.clone(), io::Error::new(e.kind(), e.to_string()))),
+            };
+            if let Some((path, source)) = failure {
+                for e in &written {
+                    self.entries.remove(&e.id);
+                    if let Ok(p) = self.entry_path(&e.id) {
+                        let _ = fs::remove_file(p);
+                    }
+                }
+                let _ = sync_dir(&self.dir);
+                return Err(EnqueueError::Io { path, source });
+            }
+            // Known at once, so the next part's id cannot take this one's.
+            self.entries.insert(entry.id.clone(), entry.clone());
+            written.push(entry);
+        }
+        Ok(written)
     }
 
     /// Pending entries due by `now_ms`, the longest-waiting first, at most `limit`.
@@ -541,19 +674,38 @@ impl Queue {
 
     /// Channels with at least one entry due by `now_ms`.
     pub fn due_channels(&self, now_ms: u64) -> std::collections::BTreeSet<String> {
+        let waiting = self.waiting_parts();
         self.entries
             .values()
-            .filter(|e| e.state == State::Pending && e.next_attempt_ms <= now_ms)
+            .filter(|e| is_due(e, now_ms, &waiting))
             .map(|e| e.route.channel.clone())
             .collect()
     }
 
+    /// For each split reply with a part still queued, the lowest such part's index: the
+    /// only part of the reply that may be sent.
+    fn waiting_parts(&self) -> std::collections::HashMap<&str, u32> {
+        let mut lowest = std::collections::HashMap::new();
+        for e in self.entries.values() {
+            if let Some(p) = &e.part
+                && e.state.holds_key()
+            {
+                lowest
+                    .entry(p.first.as_str())
+                    .and_modify(|i: &mut u32| *i = (*i).min(p.index))
+                    .or_insert(p.index);
+            }
+        }
+        lowest
+    }
+
     /// As [`Queue::due`], only of one channel when `channel` is given.
     pub fn due_on(&self, channel: Option<&str>, now_ms: u64, limit: usize) -> Vec<Entry> {
+        let waiting = self.waiting_parts();
         let mut due: Vec<&Entry> = self
             .entries
             .values()
-            .filter(|e| e.state == State::Pending && e.next_attempt_ms <= now_ms)
+            .filter(|e| is_due(e, now_ms, &waiting))
             .filter(|e| channel.is_none_or(|c| e.route.channel == c))
             .collect();
         due.sort_by(|a, b| {
@@ -584,7 +736,10 @@ impl Queue {
             let mut entry = self.entries.get(id).ok_or_else(|| not_found(id))?.clone();
             expect_state(&entry, &[State::Sending])?;
             let removed = match self.entry_path(id).and_then(fs::remove_file) {
-                Ok(()) => sync_dir(&self.dir),
+                Ok(()) => {
+                    self.remove_mark(id);
+                    sync_dir(&self.dir)
+                }
                 Err(e) => Err(e),
             };
             if removed.is_ok() {
@@ -601,6 +756,7 @@ impl Queue {
             Ok(())
         })?;
         self.entries.remove(id);
+        self.remove_mark(id);
         if let Err(e) = self.finish_sent(id) {
             log::warn!(
                 "delivery: message {id} was sent, but its queue file could not be removed: {e}; \
@@ -626,7 +782,7 @@ impl Queue {
         policy: &RetryPolicy,
         rng: &mut Rng,
     ) -> io::Result<Entry> {
-        self.update(id, |e| {
+        let entry = self.update(id, |e| {
             expect_state(e, &[State::Sending])?;
             e.updated_ms = now_ms;
             e.last_error_class = Some(class.as_str().to_string());
@@ -653,7 +809,9 @@ impl Queue {
                 }
             }
             Ok(())
-        })
+        })?;
+        self.remove_mark(id);
+        Ok(entry)
     }
 
     /// By hand: a `failed` or `unknown_after_send` entry → `pending`, due now, with its attempts
@@ -681,6 +839,7 @@ impl Queue {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(with_path(e, "remove", &path)),
         }
+        self.remove_mark(id);
         sync_dir(&self.dir).map_err(|e| with_path(e, "sync", &self.dir))?;
         self.entries.remove(id).ok_or_else(|| not_found(id))
     }
@@ -720,10 +879,12 @@ impl Queue {
             next_due_ms: None,
         };
         let mut unknown: Vec<&Entry> = Vec::new();
+        let waiting = self.waiting_parts();
         for e in self.entries.values() {
             *s.counts.entry(e.state).or_default() += 1;
             match e.state {
-                State::Pending => {
+                // A part behind an earlier one comes due when that one leaves the queue.
+                State::Pending if is_due(e, u64::MAX, &waiting) => {
                     s.next_due_ms = Some(
                         s.next_due_ms
                             .map_or(e.next_attempt_ms, |d: u64| d.min(e.next_attempt_ms)),
@@ -746,6 +907,18 @@ impl Queue {
     /// (`delivery.retry {id}`) or from a file name can never name a path outside the queue.
     fn entry_path(&self, id: &str) -> io::Result<PathBuf> {
         entry_path_in(&self.dir, id)
+    }
+
+    /// Removes an entry's wire mark, if any. Not fsync'd: a mark that comes back after a power
+    /// loss names an attempt the entry has left, or an entry that is gone.
+    fn remove_mark(&self, id: &str) {
+        if let Ok(path) = mark_path_in(&self.dir, id) {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("delivery: cannot remove {}: {e}", path.display()),
+            }
+        }
     }
 
     fn new_id(&mut self) -> String {
@@ -808,6 +981,32 @@ impl Queue {
         }
         sync_dir(&self.dir)
     }
+}
+
+/// Pending, due by `now_ms`, and not behind an earlier part of its reply.
+fn is_due(e: &Entry, now_ms: u64, waiting: &std::collections::HashMap<&str, u32>) -> bool {
+    e.state == State::Pending
+        && e.next_attempt_ms <= now_ms
+        && e.part
+            .as_ref()
+            .is_none_or(|p| waiting.get(p.first.as_str()).is_none_or(|&i| i >= p.index))
+}
+
+/// Records, in the queue directory `dir`, that attempt `attempt` of entry `id` is about to
+/// write its first request byte: called by the sender once connected, just before the write,
+/// and without the queue's lock. Written without fsync (see the module's invariants); an error
+/// means the request must not be written.
+pub fn mark_on_wire(dir: &Path, id: &str, attempt: u32) -> io::Result<()> {
+    let path = mark_path_in(dir, id)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| with_path(e, "create", &path))?;
+    f.write_all(format!("{attempt}\n").as_bytes())
+        .map_err(|e| with_path(e, "write", &path))
 }
 
 enum Unreadable {
@@ -1066,7 +1265,8 @@ mod tests {
         let a = enqueue(&mut q, "a", T0);
         let b = enqueue(&mut q, "b", T0);
         q.begin_send(&a.id, T0 + 1).unwrap();
-        drop(q); // the process dies mid-send
+        mark_on_wire(tmp.path(), &a.id, 1).unwrap();
+        drop(q); // the process dies mid-send, its request on the wire
 
         let mut q = open(tmp.path());
         assert_eq!(q.recovery().unknown_after_send, vec![a.id.clone()]);
@@ -1524,6 +1724,10 @@ mod tests {
         q.begin_send(&dead.id, T0).unwrap();
         fail(&mut q, &dead.id, ErrorClass::Permanent, T0, &mut rng);
         q.begin_send(&in_flight.id, T0 + 1).unwrap();
+        // Its request had started to go out; `never_left`'s had not.
+        mark_on_wire(dir, &in_flight.id, 1).unwrap();
+        let never_left = enqueue(&mut q, "never-left", T0);
+        q.begin_send(&never_left.id, T0 + 1).unwrap();
         q.begin_send(&delivered.id, T0 + 1).unwrap();
         // The crash: `delivered` was recorded as sent but its file not yet removed, and a
         // rewrite of `waiting` was interrupted after its temp file got half its bytes.
@@ -1547,6 +1751,8 @@ mod tests {
             q.recovery(),
             &Recovery {
                 resumed: 1,
+                requeued: vec![never_left.id.clone()],
+                resent: vec![],
                 unknown_after_send: vec![in_flight.id.clone()],
                 corrupt: vec![],
                 temp_removed: 1,
@@ -1561,10 +1767,16 @@ mod tests {
         assert!(q.get(&delivered.id).is_none());
         assert_eq!(q.get(&dead.id).unwrap().state, State::Failed);
         assert_eq!(q.get(&in_flight.id).unwrap().state, State::UnknownAfterSend);
-        assert_eq!(q.due(u64::MAX, 10), vec![waiting.clone()]);
+        let mut due: Vec<String> = q.due(u64::MAX, 10).into_iter().map(|e| e.id).collect();
+        due.sort();
+        let mut expected_due = [waiting.id.clone(), never_left.id.clone()];
+        expected_due.sort();
+        assert_eq!(due, expected_due);
+        assert_eq!(q.get(&never_left.id).unwrap().attempts, 1);
         let mut expected = vec![
             format!("{}.json", waiting.id),
             format!("{}.json", in_flight.id),
+            format!("{}.json", never_left.id),
             format!("{}.json", dead.id),
         ];
         expected.sort();
@@ -1577,7 +1789,129 @@ mod tests {
                 counts[&State::Failed],
                 counts[&State::UnknownAfterSend]
             ),
-            (1, 1, 1)
+            (2, 1, 1)
         );
+    }
+
+    /// A message found mid-send whose request had started: the route's policy decides, and a
+    /// mark of an earlier attempt does not count.
+    #[test]
+    fn a_message_that_may_have_left_is_resent_or_held_by_its_route_s_policy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut q = open(dir);
+        let mut rng = Rng::new(5);
+        let started = |q: &mut Queue, channel: &str, key: &str| {
+            let e = q
+                .enqueue(Route::new(channel, "42"), json!({"text": key}), key, T0)
+                .unwrap();
+            q.begin_send(&e.id, T0).unwrap();
+            mark_on_wire(dir, &e.id, 1).unwrap();
+            e.id
+        };
+        let to_hook = started(&mut q, "webhook", "a");
+        let to_telegram = started(&mut q, "telegram", "b");
+        // Attempt 1 went out and failed; attempt 2 was cut off before its request.
+        let stale = started(&mut q, "telegram", "c");
+        fail(&mut q, &stale, ErrorClass::Transient, T0, &mut rng);
+        assert!(
+            !dir.join(format!("{stale}.wire")).exists(),
+            "cleared at the failure"
+        );
+        mark_on_wire(dir, &stale, 1).unwrap();
+        q.begin_send(&stale, u64::MAX / 2).unwrap();
+        drop(q);
+
+        let policy = |r: &Route| match r.channel.as_str() {
+            "webhook" => OnUnknown::Resend,
+            _ => OnUnknown::Hold,
+        };
+        let q = Queue::open_with(dir, &policy).unwrap();
+        let r = q.recovery();
+        assert_eq!(r.resent, std::slice::from_ref(&to_hook));
+        assert_eq!(r.unknown_after_send, std::slice::from_ref(&to_telegram));
+        assert_eq!(r.requeued, std::slice::from_ref(&stale));
+        assert_eq!(q.get(&to_hook).unwrap().state, State::Pending);
+        assert_eq!(q.get(&to_telegram).unwrap().state, State::UnknownAfterSend);
+        assert_eq!(q.get(&stale).unwrap().state, State::Pending);
+        // Settled on disk too, and no mark is left to mislead the next boot.
+        assert_eq!(on_disk(dir, &to_hook)["state"], "pending");
+        assert!(
+            names(dir).iter().all(|n| n.ends_with(".json")),
+            "{:?}",
+            names(dir)
+        );
+        drop(q);
+        let q = Queue::open_with(dir, &|_: &Route| OnUnknown::Resend).unwrap();
+        assert_eq!(q.recovery().unknown_after_send, Vec::<String>::new());
+        assert_eq!(q.get(&to_telegram).unwrap().state, State::UnknownAfterSend);
+    }
+
+    /// A reply split in parts: each part is an entry, all written or none, sent in order, a
+    /// part waiting while an earlier one is queued, held or retrying.
+    #[test]
+    fn the_parts_of_a_reply_leave_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut q = open(dir);
+        let mut rng = Rng::new(9);
+        let payloads = (0..3)
+            .map(|i| json!({"text": format!("part {i}")}))
+            .collect();
+        let parts = q.enqueue_parts(route(), payloads, "reply", T0).unwrap();
+        assert_eq!(parts.len(), 3);
+        for (i, p) in parts.iter().enumerate() {
+            let part = p.part.as_ref().unwrap();
+            assert_eq!(
+                (part.index as usize, part.count, &part.first),
+                (i, 3, &parts[0].id)
+            );
+            assert_eq!(p.channel_key(), p.id, "each part its own key");
+        }
+        let due =
+            |q: &Queue| -> Vec<String> { q.due(u64::MAX, 10).into_iter().map(|e| e.id).collect() };
+        assert_eq!(due(&q), [parts[0].id.clone()]);
+        assert_eq!(q.summary().next_due_ms, Some(T0));
+        // The same key again: the reply's queued entries, nothing new.
+        let again = q
+            .enqueue_parts(route(), vec![json!({"text": "x"})], "reply", T0)
+            .unwrap();
+        assert_eq!(again, parts);
+        // Part 0 fails and waits for its retry: part 1 waits too.
+        q.begin_send(&parts[0].id, T0).unwrap();
+        assert_eq!(due(&q), Vec::<String>::new());
+        let retrying = fail(&mut q, &parts[0].id, ErrorClass::Transient, T0, &mut rng);
+        assert_eq!(due(&q), [parts[0].id.clone()]);
+        assert_eq!(q.summary().next_due_ms, Some(retrying.next_attempt_ms));
+        q.begin_send(&parts[0].id, T0).unwrap();
+        q.sent(&parts[0].id, T0).unwrap();
+        assert_eq!(due(&q), [parts[1].id.clone()]);
+        // A crash after part 1: only part 2 is left, and it is due after a reopen.
+        q.begin_send(&parts[1].id, T0).unwrap();
+        q.sent(&parts[1].id, T0).unwrap();
+        drop(q);
+        let q = open(dir);
+        assert_eq!(due(&q), [parts[2].id.clone()]);
+        // A dead first part does not hold the rest forever.
+        let mut q = q;
+        let payloads = (0..2).map(|i| json!({"text": format!("p{i}")})).collect();
+        let more = q.enqueue_parts(route(), payloads, "", T0).unwrap();
+        q.begin_send(&more[0].id, T0).unwrap();
+        fail(&mut q, &more[0].id, ErrorClass::Permanent, T0, &mut rng);
+        assert!(due(&q).contains(&more[1].id));
+    }
+
+    #[test]
+    fn a_reply_whose_part_cannot_be_written_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut q = open(dir);
+        q.set_fail_writes(true);
+        let payloads = (0..3)
+            .map(|i| json!({"text": format!("part {i}")}))
+            .collect();
+        assert!(q.enqueue_parts(route(), payloads, "k", T0).is_err());
+        assert_eq!(q.list(None, 10), vec![]);
+        assert_eq!(names(dir), Vec::<String>::new());
     }
 }

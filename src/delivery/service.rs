@@ -5,8 +5,10 @@
 //! own channel. The job sends that channel's entries oldest first, one at a time (so a
 //! recipient sees them in order), marking each `sending` on disk before calling the channel
 //! and recording the outcome after, until nothing of the channel is due or its time budget is
-//! spent. A drain stops starting new sends; an entry in flight at the hard deadline stays
-//! `sending` on disk and is `unknown_after_send` at the next boot.
+//! spent. Just before the first byte of each request the entry's wire mark is written
+//! ([`queue::mark_on_wire`]), so the next boot knows whether it can have left. A drain stops
+//! starting new sends; an entry in flight at the hard deadline stays `sending` on disk and is
+//! settled at the next boot by its mark and its channel's `delivery.onUnknown`.
 //!
 //! Threads: the queue's lock is held across `fsync` by workers, so the reactor (`/metrics`)
 //! and the watchdog (the tick, before its drain check) never take it. After every change the
@@ -21,7 +23,8 @@
 //! entry is still queued) stays, for an entry that outlives the window while it retries.
 
 use super::channels;
-use super::queue::{Entry, ErrorClass, Queue, RetryPolicy, Route, State, Summary};
+use super::queue::{self, Entry, ErrorClass, OnUnknown, Queue, RetryPolicy, Route, State, Summary};
+use super::split;
 use crate::clock::{self, Rng};
 use crate::config::live::ConfigCell;
 use crate::error::{Code, RpcError};
@@ -42,6 +45,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// The most messages one reply is split into; the rest is cut with a note saying so.
+const MAX_PARTS: usize = 20;
 /// Entries taken from the queue at a time by a dispatch job.
 const BATCH: usize = 32;
 /// A dispatch job starts no new send after this long; the next tick continues its channel.
@@ -56,6 +61,11 @@ pub struct DeliveryStats {
     pub failed_transient: Counter,
     pub dead_letters: Counter,
     pub refused: Counter,
+    /// What the boot found mid-send: sent again as never sent, sent again after reaching the
+    /// wire, held.
+    pub recovered_requeued: Counter,
+    pub recovered_resent: Counter,
+    pub recovered_held: Counter,
 }
 
 /// What the delivery service needs of the gateway, and nothing more.
@@ -113,8 +123,17 @@ impl Delivery {
             let limits = svc.h.config.get().idempotency.send_limits();
             let loaded = svc.sent_keys.open(&keys, clock::wall_ms(), &limits);
             idempotency::log_loaded("send", &keys, &loaded);
-            let dir = svc.h.state_dir.join("delivery");
-            match Queue::open(&dir) {
+            let dir = svc.queue_dir();
+            // Decided per route from the config of the moment: a channel no longer configured
+            // holds its message.
+            let cfg = svc.h.config.get();
+            let on_unknown = |route: &Route| {
+                cfg.channels
+                    .0
+                    .get(&route.channel)
+                    .map_or(OnUnknown::Hold, |c| c.on_unknown())
+            };
+            match Queue::open_with(&dir, &on_unknown) {
                 Ok(mut q) => {
                     // Test hooks: every write fails as on a full disk, or stalls.
                     if svc.h.test_hooks {
@@ -129,25 +148,18 @@ impl Delivery {
                         }
                     }
                     let r = q.recovery().clone();
+                    svc.stats.recovered_requeued.add(r.requeued.len() as u64);
+                    svc.stats.recovered_resent.add(r.resent.len() as u64);
+                    svc.stats
+                        .recovered_held
+                        .add(r.unknown_after_send.len() as u64);
                     // Installed before it is logged: the line tells tests and operators sends work.
                     {
                         let mut slot = lock(&svc.queue);
                         svc.publish(&q);
                         *slot = Some(q);
                     }
-                    log::info!(
-                        "delivery queue {}: {} pending resumed, {} unknown after send{}, {} corrupt, {} temp files removed",
-                        dir.display(),
-                        r.resumed,
-                        r.unknown_after_send.len(),
-                        if r.unknown_after_send.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" ({})", r.unknown_after_send.join(", "))
-                        },
-                        r.corrupt.len(),
-                        r.temp_removed
-                    );
+                    log_recovery(&dir, &r);
                 }
                 Err(e) => log::error!(
                     "delivery queue {}: cannot open: {e}; sends are refused",
@@ -166,6 +178,10 @@ impl Delivery {
         if let Err(e) = self.h.jobs.submit(spec, ReplyTo::Internal, work) {
             log::error!("delivery: cannot schedule opening the queue: {e}");
         }
+    }
+
+    fn queue_dir(&self) -> PathBuf {
+        self.h.state_dir.join("delivery")
     }
 
     /// Publishes what readers that must not wait are shown; called by whoever just changed
@@ -202,7 +218,8 @@ impl Delivery {
         Ok(q)
     }
 
-    /// Validates the route against its channel and queues the message durably.
+    /// Validates the route against its channel and queues the message durably, split into
+    /// parts at the channel's length limit; returns the first part's entry.
     pub fn enqueue(
         self: &Arc<Self>,
         route: Route,
@@ -210,13 +227,13 @@ impl Delivery {
         idempotency_key: &str,
         extra: Value,
     ) -> Result<Entry, RpcError> {
-        let payload = self.payload(&route, text, extra)?;
-        let entry = self
-            .with_queue(|q| q.enqueue(route, payload, idempotency_key, clock::wall_ms()))?
+        let payloads = self.payloads(&route, text, extra)?;
+        let mut entries = self
+            .with_queue(|q| q.enqueue_parts(route, payloads, idempotency_key, clock::wall_ms()))?
             .map_err(not_queued)?;
         // Dispatch starts now rather than at the watchdog's next tick.
         self.schedule();
-        Ok(entry)
+        Ok(entries.swap_remove(0))
     }
 
     /// `send`: the first answer for `key` if it was given within the window (nothing is
@@ -227,7 +244,7 @@ impl Delivery {
         if let Lookup::Hit(first) = self.sent_keys.get(key, clock::wall_ms(), limits.window_ms) {
             return Ok(first);
         }
-        let payload = self.payload(&route, text, json!({}))?;
+        let payloads = self.payloads(&route, text, json!({}))?;
         let first = self.with_queue(|q| {
             let now = clock::wall_ms();
             // Again under the queue's lock, which orders sends: one with the same key may have
@@ -235,8 +252,14 @@ impl Delivery {
             if let Lookup::Hit(first) = self.sent_keys.get(key, now, limits.window_ms) {
                 return Ok(Err(first));
             }
-            let e = q.enqueue(route, payload, key, now).map_err(not_queued)?;
-            let answer = json!({"messageId": e.id, "id": e.id, "status": e.state.as_str(), "channel": e.route.channel, "to": e.route.to});
+            let parts = q
+                .enqueue_parts(route, payloads, key, now)
+                .map_err(not_queued)?;
+            let e = &parts[0];
+            let mut answer = json!({"messageId": e.id, "id": e.id, "status": e.state.as_str(), "channel": e.route.channel, "to": e.route.to});
+            if parts.len() > 1 {
+                answer["parts"] = json!(parts.iter().map(|p| p.id.as_str()).collect::<Vec<_>>());
+            }
             let pending = self.sent_keys.insert(key, now, &answer, &limits);
             Ok(Ok((answer, pending)))
         })??;
@@ -253,8 +276,9 @@ impl Delivery {
         Ok(answer)
     }
 
-    /// The route checked against its channel, and the message as the queue stores it.
-    fn payload(&self, route: &Route, text: &str, extra: Value) -> Result<Value, RpcError> {
+    /// The route checked against its channel, and the message as the queue stores it: one
+    /// payload per part of the text split at the channel's limit.
+    fn payloads(&self, route: &Route, text: &str, extra: Value) -> Result<Vec<Value>, RpcError> {
         let cfg = self.h.config.get();
         if !cfg.channels.0.contains_key(&route.channel) {
             self.stats.refused.inc();
@@ -270,11 +294,25 @@ impl Delivery {
             self.stats.refused.inc();
             return Err(RpcError::invalid(e));
         }
-        let mut payload = json!({"text": text});
-        if let (Value::Object(p), Value::Object(x)) = (&mut payload, extra) {
-            p.extend(x);
-        }
-        Ok(payload)
+        let limit = cfg
+            .channels
+            .0
+            .get(&route.channel)
+            .and_then(|c| c.text_limit());
+        let texts = match limit {
+            Some(limit) => split::split(text, limit, MAX_PARTS),
+            None => vec![text.to_string()],
+        };
+        Ok(texts
+            .into_iter()
+            .map(|text| {
+                let mut payload = json!({"text": text});
+                if let (Value::Object(p), Value::Object(x)) = (&mut payload, &extra) {
+                    p.extend(x.clone());
+                }
+                payload
+            })
+            .collect())
     }
 
     pub fn list(&self, state: Option<State>, limit: usize) -> Result<Vec<Entry>, RpcError> {
@@ -373,6 +411,29 @@ impl Delivery {
                 c.get()
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP keel_delivery_recovered_total Messages found mid-send at boot, by what was done: requeued (never sent), resent, held (unknown_after_send)."
+        );
+        let _ = writeln!(out, "# TYPE keel_delivery_recovered_total counter");
+        for (how, c) in [
+            ("requeued", &self.stats.recovered_requeued),
+            ("resent", &self.stats.recovered_resent),
+            ("held", &self.stats.recovered_held),
+        ] {
+            let _ = writeln!(
+                out,
+                "keel_delivery_recovered_total{{how=\"{how}\"}} {}",
+                c.get()
+            );
+        }
+        crate::metrics::family(
+            out,
+            "keel_delivery_held",
+            "gauge",
+            "Messages held as unknown_after_send until an operator retries or drops them.",
+            counts.get(&State::UnknownAfterSend).copied().unwrap_or(0) as u64,
+        );
         crate::metrics::family(
             out,
             "keel_delivery_refused_total",
@@ -390,7 +451,37 @@ impl Delivery {
             .iter()
             .map(|(s, n)| (s.as_str().to_string(), json!(n)))
             .collect();
-        json!({"queue": counts, "unknownAfterSend": summary.unknown_after_send, "sent": self.stats.sent.get(), "deadLetters": self.stats.dead_letters.get()})
+        let held = summary
+            .counts
+            .get(&State::UnknownAfterSend)
+            .copied()
+            .unwrap_or(0);
+        json!({
+            "queue": counts,
+            "held": held,
+            "unknownAfterSend": summary.unknown_after_send,
+            "sent": self.stats.sent.get(),
+            "deadLetters": self.stats.dead_letters.get(),
+            "recoveredAtBoot": {
+                "requeued": self.stats.recovered_requeued.get(),
+                "resent": self.stats.recovered_resent.get(),
+                "held": self.stats.recovered_held.get(),
+            },
+        })
+    }
+
+    /// What `/readyz` says while messages are held (not a failure: keel serves, but a person
+    /// has something to decide). From the published summary.
+    pub fn readiness_notes(&self) -> Vec<String> {
+        let summary = self.summary();
+        match summary.counts.get(&State::UnknownAfterSend).copied() {
+            Some(n) if n > 0 => vec![format!(
+                "delivery: {n} message(s) held as unknown_after_send (may or may not have been \
+                 delivered before a crash): delivery.list {{\"state\": \"unknown_after_send\"}}, \
+                 then delivery.retry or delivery.drop each"
+            )],
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -427,6 +518,45 @@ impl Periodic for Arc<Delivery> {
     }
 }
 
+/// The boot's line on what the queue held (tests and operators wait for it: sends work once it
+/// is out), and once, a warning naming each held message and what to do about it.
+fn log_recovery(dir: &std::path::Path, r: &queue::Recovery) {
+    let ids = |list: &[String]| {
+        const SHOWN: usize = 20;
+        match list.len() {
+            0 => String::new(),
+            n if n <= SHOWN => format!(" ({})", list.join(", ")),
+            n => format!(" ({}, … {} more)", list[..SHOWN].join(", "), n - SHOWN),
+        }
+    };
+    log::info!(
+        "delivery queue {}: {} pending resumed, {} requeued (never sent){}, {} resent{}, {} unknown after send{}, {} corrupt, {} temp files removed",
+        dir.display(),
+        r.resumed,
+        r.requeued.len(),
+        ids(&r.requeued),
+        r.resent.len(),
+        ids(&r.resent),
+        r.unknown_after_send.len(),
+        ids(&r.unknown_after_send),
+        r.corrupt.len(),
+        r.temp_removed
+    );
+    if !r.unknown_after_send.is_empty() {
+        log::warn!(
+            "delivery: {} message(s) had reached their channel's connection when keel stopped, \
+             and whether the channel took them is unknown; they are held as unknown_after_send \
+             (delivery.onUnknown: hold){}. See them with delivery.list {{\"state\": \
+             \"unknown_after_send\"}}, then delivery.retry {{\"id\"}} to send one again or \
+             delivery.drop {{\"id\"}} to discard it; channels.<channel>.delivery.onUnknown: \
+             \"resend\" sends such messages again by itself (a rare duplicate instead of a held \
+             reply)",
+            r.unknown_after_send.len(),
+            ids(&r.unknown_after_send)
+        );
+    }
+}
+
 /// The message could not be written: retryable.
 fn not_queued(e: super::queue::EnqueueError) -> RpcError {
     RpcError {
@@ -444,6 +574,7 @@ impl Delivery {
         let mut rng = Rng::from_os();
         let started = Instant::now();
         let mut progress = false;
+        let dir = self.queue_dir();
         'batches: loop {
             let due = lock(&self.queue)
                 .as_ref()
@@ -477,14 +608,17 @@ impl Delivery {
                     continue;
                 };
                 // On disk as `sending` before the channel is called.
-                match self.with_queue(|q| q.begin_send(&entry.id, clock::wall_ms())) {
-                    Ok(Ok(_)) => batch_progress = true,
+                let attempt = match self.with_queue(|q| q.begin_send(&entry.id, clock::wall_ms())) {
+                    Ok(Ok(started)) => {
+                        batch_progress = true;
+                        started.attempts
+                    }
                     Ok(Err(e)) => {
                         log::warn!("delivery {}: cannot start: {e}", entry.id);
                         continue;
                     }
                     Err(_) => break 'batches,
-                }
+                };
                 let text = entry
                     .payload
                     .get("text")
@@ -495,13 +629,17 @@ impl Delivery {
                     deadline: (Instant::now() + SEND_TIMEOUT).min(ctx.deadline()),
                     stall: SEND_STALL,
                 };
+                // This attempt is marked just before its first request byte: a boot that finds
+                // the entry `sending` knows whether it can have left.
+                let on_wire = || queue::mark_on_wire(&dir, &entry.id, attempt);
                 let result = channels::send(
                     &channel,
                     &entry.route,
                     text,
-                    &entry.idempotency_key,
+                    entry.channel_key(),
                     &limits,
                     ctx.token(),
+                    &on_wire,
                 );
                 self.record(&entry.id, result.map(|_| ()), &mut rng);
             }

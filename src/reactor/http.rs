@@ -679,7 +679,7 @@ impl<S: Socket> HttpConn<S> {
                 let p = cx.shared.pressure();
                 let uptime = cx.shared.uptime().as_millis() as u64;
                 let pressure = json!({"level": p.level.as_str(), "reasons": p.reasons});
-                let (status, body) = if failing.is_empty() {
+                let (status, mut body) = if failing.is_empty() {
                     (
                         200,
                         json!({"ready": true, "uptimeMs": uptime, "pressure": pressure}),
@@ -701,6 +701,11 @@ impl<S: Socket> HttpConn<S> {
                         }),
                     )
                 };
+                // Reasons to look, not failures: held deliveries.
+                let notes = cx.shared.delivery.readiness_notes();
+                if !notes.is_empty() {
+                    body["notes"] = json!(notes);
+                }
                 self.respond(
                     cx,
                     status,
