@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("sdnotify", 0),
     ("ids", 0),
     ("url", 0),
+    ("digest", 0),
     ("idempotency", 0),
     // Configuration types and validation; authentication against them.
     ("config", 1),

@@ -36,6 +36,7 @@ use super::queue::{ErrorClass, Route};
 use super::split;
 use crate::cancel::CancelToken;
 use crate::clock;
+use crate::digest::{hex, hmac_sha256, sha256};
 use crate::net::{self, Limits, NetError, Request, Url};
 use crate::sync::lock;
 use serde_json::{Value, json};
@@ -745,46 +746,6 @@ fn webhook(
         });
     }
     Err(call.by_status(&a, &error_detail(&a)))
-}
-
-// ---------------------------------------------------------------------------------------------
-// HMAC-SHA256 (RFC 2104) over the SHA-256 of rustls' ring provider: keel already ships it for
-// TLS, and it is tested there; only the HMAC construction is ours, checked against RFC 4231.
-
-fn sha256_provider() -> &'static dyn rustls::crypto::hash::Hash {
-    use rustls::SupportedCipherSuite;
-    match rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256 {
-        SupportedCipherSuite::Tls13(s) => s.common.hash_provider,
-        SupportedCipherSuite::Tls12(s) => s.common.hash_provider,
-    }
-}
-
-fn sha256(parts: &[&[u8]]) -> Vec<u8> {
-    let mut ctx = sha256_provider().start();
-    for p in parts {
-        ctx.update(p);
-    }
-    ctx.finish().as_ref().to_vec()
-}
-
-fn hmac_sha256(key: &[u8], message: &[&[u8]]) -> Vec<u8> {
-    const BLOCK: usize = 64;
-    let mut k = if key.len() > BLOCK {
-        sha256(&[key])
-    } else {
-        key.to_vec()
-    };
-    k.resize(BLOCK, 0);
-    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
-    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    let mut inner_parts: Vec<&[u8]> = vec![&ipad];
-    inner_parts.extend_from_slice(message);
-    let inner = sha256(&inner_parts);
-    sha256(&[&opad, &inner])
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -1996,30 +1957,5 @@ mod tests {
         assert_eq!(assert_class(&r, ErrorClass::Transient).message, "cancelled");
         let took = returned.saturating_duration_since(cancelled);
         assert!(took < Duration::from_millis(1500), "{took:?} after cancel");
-    }
-
-    #[test]
-    fn sha256_and_hmac_match_the_published_vectors() {
-        assert_eq!(
-            sha256_provider().algorithm(),
-            rustls::crypto::hash::HashAlgorithm::SHA256
-        );
-        assert_eq!(
-            hex(&sha256(&[b"abc"])),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        // RFC 4231 test cases 1, 2, 6 and 7 (short key, text key, keys longer than a block).
-        let cases: [(&[u8], &[u8], &str); 4] = [
-            (&[0x0b; 20], b"Hi There", "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
-            (b"Jefe", b"what do ya want for nothing?", "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
-            (&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First", "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"),
-            (&[0xaa; 131], b"This is a test using a larger than block-size key and a larger than block-size data. The key needs to be hashed before being used by the HMAC algorithm.", "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2"),
-        ];
-        for (key, data, want) in cases {
-            assert_eq!(hex(&hmac_sha256(key, &[data])), want);
-            // Split input gives the same MAC.
-            let (a, b) = data.split_at(data.len() / 2);
-            assert_eq!(hex(&hmac_sha256(key, &[a, b])), want);
-        }
     }
 }
