@@ -496,11 +496,8 @@ impl<S: Socket> WsConn<S> {
                 );
             }
         };
-        let presented = match (&params.token, &params.password) {
-            (Some(t), _) => Presented::Token(t),
-            (None, Some(p)) => Presented::Password(p),
-            (None, None) => Presented::Nothing,
-        };
+        let presented =
+            Presented::from_connect(params.token.as_deref(), params.password.as_deref());
         let client = self.client;
         if let Err(e) = cx.authenticate(&client, presented) {
             return self.fail_handshake(cx, &req.id, &e, CloseCode::Policy, "unauthorized");
