@@ -329,6 +329,27 @@ impl Config {
             .collect()
     }
 
+    /// Every secret this config holds, resolved (`${ENV}` references read): the gateway's
+    /// token and password, the hooks token, providers' API keys and channels' credentials.
+    /// What keel shows of itself (`config.get`, `logs.tail`) is scrubbed of these.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        out.extend(self.auth.token.iter().cloned());
+        out.extend(self.auth.password.iter().cloned());
+        out.extend(self.hooks.iter().map(|h| h.token.clone()));
+        out.extend(
+            self.agents
+                .providers
+                .values()
+                .filter_map(|p| p.api_key.clone()),
+        );
+        for c in self.channels.0.values() {
+            out.extend(c.credentials.values().into_iter().map(String::from));
+        }
+        out.retain(|s| !s.is_empty());
+        out
+    }
+
     /// The listen address.
     pub fn listen_addr(&self) -> std::net::SocketAddr {
         std::net::SocketAddr::new(self.bind, self.port)
