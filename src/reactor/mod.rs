@@ -865,7 +865,7 @@ impl Reactor {
                         work += 1;
                         self.on_slot(slot, Some(generation), now, |conn, cx| {
                             if let Conn::Ws(w) = conn {
-                                w.push_event(cx, &f.name, &f.payload, f.drop_if_slow);
+                                w.push_event(cx, f.name, &f.payload, f.drop_if_slow);
                             }
                             Outcome::Keep
                         });

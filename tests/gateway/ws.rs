@@ -47,7 +47,14 @@ fn challenge_then_hello_ok_with_exactly_the_required_keys() {
     );
     assert_eq!(
         keys(&h["snapshot"]),
-        ["health", "presence", "stateVersion", "uptimeMs"]
+        [
+            "authMode",
+            "health",
+            "presence",
+            "sessionDefaults",
+            "stateVersion",
+            "uptimeMs"
+        ]
     );
     assert_eq!(keys(&h["snapshot"]["stateVersion"]), ["health", "presence"]);
     assert_eq!(keys(&h["auth"]), ["role", "scopes"]);
