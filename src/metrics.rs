@@ -50,6 +50,11 @@ impl LagHistogram {
         Duration::from_micros(self.max_us.load(Ordering::Relaxed))
     }
 
+    /// The sum of every sample since start: the reactor's busy time.
+    pub fn sum(&self) -> Duration {
+        Duration::from_micros(self.sum_us.load(Ordering::Relaxed))
+    }
+
     fn render(&self, out: &mut String) {
         let name = "keel_reactor_lag_seconds";
         let _ = writeln!(
