@@ -181,9 +181,11 @@ pub fn agent_identity_get(
 /// none (`missing`). Never the key. keel has no sign-in flows, so no capabilities.
 pub fn models_auth_status(
     shared: &Arc<Shared>,
-    _p: &Value,
+    p: &Value,
     _caller: &ReplyTo,
 ) -> Result<Value, RpcError> {
+    // Every agent shares the providers: the agent is checked, not needed.
+    let _: IdentityParams = parse(p)?;
     let cfg = shared.config();
     let providers: Vec<Value> = cfg
         .agents
