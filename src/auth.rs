@@ -16,8 +16,11 @@
 //!   forwarding headers are ignored for attribution, and disqualify a loopback peer from the
 //!   exemption (a same-host proxy that is not configured would otherwise make every stranger
 //!   look local).
-//! - Missing credentials are not counted (they guess nothing); successful ones do not reset a
-//!   bucket (they need not: they pass anyway).
+//! - Missing credentials guess nothing: they are never counted and never answered 429, only
+//!   "a gateway token is required" — a browser that reloads without its secret and reconnects
+//!   in a loop must not lock itself (or everyone behind its proxy) out of the token it is
+//!   about to be given. An empty or blank secret is a missing one. Successful attempts do not
+//!   reset a bucket (they need not: they pass anyway).
 //!
 //! The limiters are owned by the reactor thread, so they need no lock; their size is bounded.
 
@@ -137,7 +140,26 @@ pub enum Presented<'a> {
     /// HTTP's `Authorization: Bearer`: one slot for whichever secret is configured (the
     /// password in password mode — `keel status` sends it that way).
     Bearer(&'a str),
+    /// `connect`'s `auth.token` and `auth.password` both: OpenClaw's dashboard copies the one
+    /// it has into both, so either matching its own configured secret passes.
+    Both {
+        token: &'a str,
+        password: &'a str,
+    },
     Nothing,
+}
+
+impl<'a> Presented<'a> {
+    /// What `connect`'s `auth` block presents; empty or blank values are not secrets.
+    pub fn from_connect(token: Option<&'a str>, password: Option<&'a str>) -> Presented<'a> {
+        let given = |s: Option<&'a str>| s.filter(|v| !v.trim().is_empty());
+        match (given(token), given(password)) {
+            (Some(token), Some(password)) => Presented::Both { token, password },
+            (Some(t), _) => Presented::Token(t),
+            (None, Some(p)) => Presented::Password(p),
+            (None, None) => Presented::Nothing,
+        }
+    }
 }
 
 /// Why authentication failed; the `details.code` OpenClaw clients understand.
@@ -145,15 +167,21 @@ pub enum Presented<'a> {
 pub enum Failure {
     TokenMismatch,
     PasswordMismatch,
+    /// No secret at all, in token mode.
     Missing,
+    /// No secret at all, in password mode.
+    PasswordMissing,
 }
 
 impl Failure {
+    /// OpenClaw's codes, which its clients act on (its dashboard shows its login form for the
+    /// `*_MISSING` ones).
     pub fn detail_code(self) -> &'static str {
         match self {
             Failure::TokenMismatch => "AUTH_TOKEN_MISMATCH",
             Failure::PasswordMismatch => "AUTH_PASSWORD_MISMATCH",
-            Failure::Missing => "AUTH_REQUIRED",
+            Failure::Missing => "AUTH_TOKEN_MISSING",
+            Failure::PasswordMissing => "AUTH_PASSWORD_MISSING",
         }
     }
 
@@ -164,7 +192,13 @@ impl Failure {
             }
             Failure::PasswordMismatch => "unauthorized: gateway password mismatch",
             Failure::Missing => "unauthorized: a gateway token is required",
+            Failure::PasswordMissing => "unauthorized: a gateway password is required",
         }
+    }
+
+    /// A secret was presented and was wrong: only these count toward the lockout.
+    pub fn guessed(self) -> bool {
+        matches!(self, Failure::TokenMismatch | Failure::PasswordMismatch)
     }
 }
 
@@ -179,11 +213,18 @@ pub fn verify(auth: &Auth, presented: Presented<'_>) -> Result<(), Failure> {
         Presented::Token(t) if matches(&auth.token, t) => Ok(()),
         Presented::Password(p) if matches(&auth.password, p) => Ok(()),
         Presented::Bearer(b) if matches(&auth.token, b) | matches(&auth.password, b) => Ok(()),
+        Presented::Both { token, password }
+            if matches(&auth.token, token) | matches(&auth.password, password) =>
+        {
+            Ok(())
+        }
+        Presented::Both { .. } if auth.mode == AuthMode::Password => Err(Failure::PasswordMismatch),
+        Presented::Both { .. } => Err(Failure::TokenMismatch),
         Presented::Bearer(_) if auth.mode == AuthMode::Password => Err(Failure::PasswordMismatch),
         Presented::Bearer(_) => Err(Failure::TokenMismatch),
         Presented::Token(_) => Err(Failure::TokenMismatch),
         Presented::Password(_) => Err(Failure::PasswordMismatch),
-        Presented::Nothing if auth.mode == AuthMode::Password => Err(Failure::PasswordMismatch),
+        Presented::Nothing if auth.mode == AuthMode::Password => Err(Failure::PasswordMissing),
         Presented::Nothing => Err(Failure::Missing),
     }
 }
@@ -378,6 +419,25 @@ mod tests {
             verify(&p, Presented::Token("")),
             Err(Failure::TokenMismatch)
         );
+        assert_eq!(
+            verify(&p, Presented::Nothing),
+            Err(Failure::PasswordMissing)
+        );
+        // The dashboard copies its secret into both fields; either one matching passes.
+        let both = |t, p| Presented::from_connect(Some(t), Some(p));
+        assert_eq!(verify(&a, both("t0k", "x")), Ok(()));
+        assert_eq!(verify(&p, both("x", "pw")), Ok(()));
+        assert_eq!(verify(&p, both("pw", "pw")), Ok(()));
+        assert_eq!(verify(&a, both("x", "t0k")), Err(Failure::TokenMismatch));
+        assert_eq!(verify(&p, both("x", "y")), Err(Failure::PasswordMismatch));
+        for blank in [Some(""), Some("  "), None] {
+            assert!(matches!(
+                Presented::from_connect(blank, blank),
+                Presented::Nothing
+            ));
+        }
+        assert!(!Failure::Missing.guessed() && !Failure::PasswordMissing.guessed());
+        assert!(Failure::TokenMismatch.guessed());
     }
 
     fn ip(s: &str) -> IpAddr {

@@ -182,12 +182,44 @@ impl Args {
     }
 }
 
+/// The logger: env_logger's lines on stderr as before, each record also kept in memory
+/// (`logring`) for `logs.tail`.
+struct Tee(env_logger::Logger);
+
+impl log::Log for Tee {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.0.matches(record) {
+            return;
+        }
+        self.0.log(record);
+        let module = record.module_path().unwrap_or("keel");
+        let ring = crate::logring::global();
+        let now = crate::clock::wall_ms();
+        match record.args().as_str() {
+            Some(s) => ring.push(now, record.level(), module, s),
+            None => ring.push(now, record.level(), module, &record.args().to_string()),
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
 fn init_logging() {
     let env = env_logger::Env::new().filter_or("KEEL_LOG", "info");
-    let _ = env_logger::Builder::from_env(env)
+    let logger = env_logger::Builder::from_env(env)
         .format_timestamp_millis()
         .format_target(false)
-        .try_init();
+        .build();
+    let max = logger.filter();
+    if log::set_boxed_logger(Box::new(Tee(logger))).is_ok() {
+        log::set_max_level(max);
+    }
 }
 
 /// Runs the command line; returns the exit code.

@@ -20,6 +20,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod jobs;
 pub mod lifecycle;
+pub mod logring;
 pub mod metrics;
 pub mod net;
 pub mod payload;

@@ -153,6 +153,7 @@ fn run(
         return 1;
     }
     cfg.source = path;
+    crate::logring::global().set_secrets(cfg.secrets());
     let poll = match mio::Poll::new() {
         Ok(p) => p,
         Err(e) => {
@@ -360,6 +361,10 @@ pub fn reload(shared: &Shared) {
     next.io_workers = running.io_workers;
     next.worker_nice = running.worker_nice;
     next.queues = running.queues;
+    // The new secrets and the old ones: lines about the change may name either.
+    let mut secrets = next.secrets();
+    secrets.extend(running.secrets());
+    crate::logring::global().set_secrets(secrets);
     shared.set_config(next);
     log::info!("SIGHUP: reloaded {}", path.display());
 }

@@ -50,6 +50,11 @@ impl LagHistogram {
         Duration::from_micros(self.max_us.load(Ordering::Relaxed))
     }
 
+    /// The sum of every sample since start: the reactor's busy time.
+    pub fn sum(&self) -> Duration {
+        Duration::from_micros(self.sum_us.load(Ordering::Relaxed))
+    }
+
     fn render(&self, out: &mut String) {
         let name = "keel_reactor_lag_seconds";
         let _ = writeln!(
@@ -144,6 +149,9 @@ pub struct Metrics {
     pub http_errors_4xx: Counter,
     pub ws_requests: Counter,
     pub auth_failures: Counter,
+    /// Gateway authentications refused for presenting no secret (not failures: nothing was
+    /// guessed, nothing counts toward a lockout).
+    pub auth_missing: Counter,
     pub auth_rate_limited: Counter,
     pub handshake_timeouts: Counter,
     /// Open WebSockets closed for sending nothing (not even a pong) for two tick intervals.
@@ -234,7 +242,7 @@ impl Metrics {
                 c.get()
             );
         }
-        let simple: [(&str, &str, &Counter); 13] = [
+        let simple: [(&str, &str, &Counter); 14] = [
             (
                 "keel_reactor_handler_panics_total",
                 "Connections dropped after a panic in their handler.",
@@ -267,8 +275,13 @@ impl Metrics {
             ),
             (
                 "keel_auth_failures_total",
-                "Failed authentications (HTTP and WebSocket).",
+                "Failed authentications: a wrong secret (HTTP and WebSocket), a missing hooks token.",
                 &self.auth_failures,
+            ),
+            (
+                "keel_auth_missing_total",
+                "Gateway authentications refused for presenting no secret (not counted toward a lockout).",
+                &self.auth_missing,
             ),
             (
                 "keel_auth_rate_limited_total",

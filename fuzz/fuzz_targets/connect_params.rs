@@ -62,6 +62,12 @@ fuzz_target!(|input: &[u8]| {
         max_payload: 1 << 20,
         max_buffered_bytes: 1 << 20,
         tick_interval_ms: 30_000,
+        auth_mode: "token",
+        session_defaults: handshake::SessionDefaults {
+            default_agent_id: "main",
+            scope: "per-sender",
+        },
+        control_ui_build_source: None,
     });
     let res: Value = serde_json::from_str(&protocol::res_ok(&req.id, &hello)).unwrap();
     assert_eq!(res["id"].as_str(), Some(req.id.as_str()));

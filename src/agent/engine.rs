@@ -14,6 +14,7 @@ use crate::error::{Code, RpcError};
 use crate::jobs::JobCtx;
 use crate::net::{Limits, Url};
 use crate::payload::Outcome;
+use crate::protocol::Event;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -225,7 +226,7 @@ fn call_chain(
                 runs::emit(
                     svc,
                     run,
-                    "agent",
+                    Event::Agent,
                     json!({"stream": "assistant", "ts": clock::wall_ms(), "data": {"delta": delta}}),
                 );
             }
@@ -245,7 +246,7 @@ fn call_chain(
                     runs::emit(
                         svc,
                         run,
-                        "chat",
+                        Event::Chat,
                         json!({"state": "delta", "message": {"role": "assistant", "content": text_content(&full), "timestamp": clock::wall_ms()}}),
                     );
                 }
@@ -313,7 +314,7 @@ fn call_chain(
                 runs::emit(
                     svc,
                     run,
-                    "agent",
+                    Event::Agent,
                     json!({"stream": "error", "ts": clock::wall_ms(), "data": {
                         "provider": c.provider, "model": c.model, "reason": why.as_str(), "message": message,
                         "failover": failover::fails_over(why), "cooldownSeconds": cooldown.map(|d| d.as_secs()),
@@ -359,12 +360,18 @@ pub fn execute(svc: &Arc<Runs>, run: &Arc<Run>, ctx: &JobCtx) -> Outcome {
         Err(e) => ("", Some(e.message.clone())),
     };
     runs::finish(svc, run, status, text, error.clone());
+    runs::session_changed(
+        svc,
+        run,
+        "end",
+        json!({"reason": "update", "status": status.as_str()}),
+    );
     if status == Status::Ok && run.request.deliver && !text.is_empty() {
         deliver(svc, run, text);
     }
     // The lifecycle ends before the terminal chat event, which is what clients wait for.
     let end = json!({"stream": "lifecycle", "ts": clock::wall_ms(), "data": {"phase": "end", "status": status.as_str()}});
-    runs::emit(svc, run, "agent", end);
+    runs::emit(svc, run, Event::Agent, end);
     let chat = match status {
         Status::Ok => {
             json!({"state": "final", "message": {"role": "assistant", "content": text_content(text), "timestamp": clock::wall_ms()}})
@@ -372,7 +379,7 @@ pub fn execute(svc: &Arc<Runs>, run: &Arc<Run>, ctx: &JobCtx) -> Outcome {
         Status::Aborted => json!({"state": "aborted", "errorMessage": error}),
         _ => json!({"state": "error", "errorMessage": error}),
     };
-    runs::emit(svc, run, "chat", chat);
+    runs::emit(svc, run, Event::Chat, chat);
     match outcome {
         Ok(_) => Ok(run.result().into()),
         Err(e) => Err(e),
@@ -457,7 +464,7 @@ fn execute_inner(
     runs::emit(
         svc,
         run,
-        "agent",
+        Event::Agent,
         json!({"stream": "lifecycle", "ts": clock::wall_ms(), "data": {"phase": "start", "agentId": req.session.agent}}),
     );
     let io = |e: std::io::Error| {
@@ -469,6 +476,11 @@ fn execute_inner(
     let (_, earlier) =
         super::transcript::history(&svc.h.state_dir, &req.session, HISTORY).unwrap_or_default();
     let mut session = SessionFile::open(&svc.h.state_dir, &req.session, &req.origin).map_err(io)?;
+    let mut changed = json!({"sessionId": session.session_id});
+    if session.created {
+        changed["reason"] = json!("create");
+    }
+    runs::session_changed(svc, run, "start", changed);
     session
         .append(json!({"role": "user", "content": text_content(&req.message), "timestamp": clock::wall_ms()}))
         .map_err(io)?;

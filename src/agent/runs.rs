@@ -34,6 +34,7 @@ use crate::jobs::{JobSpec, Lane, PoolKind, Work};
 use crate::metrics::Metrics;
 use crate::pressure::Level;
 use crate::pressure::PressureCell;
+use crate::protocol::Event;
 use crate::protocol::reply::{Fanout, ReplyTo};
 use crate::sync::lock;
 use serde_json::{Value, json};
@@ -259,6 +260,8 @@ pub struct Runs {
     runs: Mutex<HashMap<String, Arc<Run>>>,
     by_idem: Mutex<HashMap<String, String>>,
     subs: Mutex<HashMap<String, Vec<(usize, u64)>>>,
+    /// Connections subscribed to every session's `sessions.changed` (`sessions.subscribe {}`).
+    all_subs: Mutex<Vec<(usize, u64)>>,
     pub cooldowns: Mutex<Cooldowns>,
     session_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     last_prune: Mutex<Option<Instant>>,
@@ -278,6 +281,7 @@ impl Runs {
             runs: Mutex::default(),
             by_idem: Mutex::default(),
             subs: Mutex::default(),
+            all_subs: Mutex::default(),
             cooldowns: Mutex::default(),
             session_locks: Mutex::default(),
             last_prune: Mutex::default(),
@@ -348,6 +352,8 @@ impl Runs {
             v.retain(|c| *c != (conn, generation));
         }
         subs.retain(|_, v| !v.is_empty());
+        drop(subs);
+        lock(&self.all_subs).retain(|c| *c != (conn, generation));
     }
 
     /// Registers a waiter's deadline for the watchdog to see (see `waiter_due`).
@@ -403,14 +409,14 @@ fn send_reply(svc: &Runs, reply: &ReplyTo, outcome: &crate::payload::Outcome) {
 }
 
 /// Sends `event` to every listener of the run (never dropped).
-pub fn emit(svc: &Runs, run: &Run, event: &str, mut payload: Value) {
+pub fn emit(svc: &Runs, run: &Run, event: Event, mut payload: Value) {
     payload["runId"] = json!(run.id);
     payload["sessionKey"] = json!(run.request.session.key);
     payload["seq"] = json!(run.next_seq());
     let targets = lock(&run.inner).listeners.clone();
     svc.h.outbox.fanout(Fanout {
         targets,
-        name: Arc::from(event),
+        name: event,
         payload: Arc::from(payload.to_string()),
         drop_if_slow: false,
     });
@@ -434,7 +440,44 @@ pub fn mirror_tool(svc: &Runs, run: &Run, phase: &str, data: &Value) {
     let payload = json!({"runId": run.id, "sessionKey": run.request.session.key, "phase": phase, "data": data, "ts": clock::wall_ms()});
     svc.h.outbox.fanout(Fanout {
         targets: subs,
-        name: Arc::from("session.tool"),
+        name: Event::SessionTool,
+        payload: Arc::from(payload.to_string()),
+        drop_if_slow: true,
+    });
+}
+
+/// Tells `sessions.changed` subscribers — of every session, or of this run's — that its
+/// session changed: `phase` `start` (with `reason` `create` when the run made the session)
+/// and `end`. Drop-if-slow, as OpenClaw sends it: a client that misses one lists the sessions
+/// again on the next.
+pub fn session_changed(svc: &Runs, run: &Run, phase: &str, mut extra: Value) {
+    let mut targets = lock(&svc.all_subs).clone();
+    if let Some(key_subs) = lock(&svc.subs).get(&run.request.session.key) {
+        for c in key_subs {
+            if !targets.contains(c) {
+                targets.push(*c);
+            }
+        }
+    }
+    if targets.is_empty() {
+        return;
+    }
+    let now = clock::wall_ms();
+    let mut payload = json!({
+        "sessionKey": run.request.session.key,
+        "agentId": run.request.session.agent,
+        "phase": phase,
+        "runId": run.id,
+        "ts": now,
+        "updatedAt": now,
+        "hasActiveRun": phase == "start",
+    });
+    if let (Value::Object(p), Value::Object(e)) = (&mut payload, &mut extra) {
+        p.append(e);
+    }
+    svc.h.outbox.fanout(Fanout {
+        targets,
+        name: Event::SessionsChanged,
         payload: Arc::from(payload.to_string()),
         drop_if_slow: true,
     });
@@ -654,6 +697,15 @@ impl Runs {
         match job.and_then(|j| self.h.jobs.get(j)) {
             Some(info) => self.h.jobs.cancel_job(&info, CancelReason::Client),
             None => false,
+        }
+    }
+
+    /// Adds (`on`) or removes a connection's `sessions.changed` events of every session.
+    pub fn subscribe_all(&self, conn: (usize, u64), on: bool) {
+        let mut all = lock(&self.all_subs);
+        all.retain(|c| *c != conn);
+        if on {
+            all.push(conn);
         }
     }
 

@@ -28,6 +28,7 @@ use crate::config::agents::{AgentSettings, CommandTool};
 use crate::ids::{AgentId, SessionKey};
 use crate::jobs::JobCtx;
 use crate::procgroup;
+use crate::protocol::Event;
 use crate::protocol::reply::ReplyTo;
 use crate::sync::lock;
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -64,7 +65,7 @@ fn event(svc: &Runs, run: &Run, phase: &str, data: Value) {
     runs::emit(
         svc,
         run,
-        "agent",
+        Event::Agent,
         json!({"stream": "tool", "ts": clock::wall_ms(), "data": {"phase": phase, "data": data}}),
     );
     runs::mirror_tool(svc, run, phase, &data);

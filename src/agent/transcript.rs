@@ -26,6 +26,8 @@ pub struct SessionFile {
     pub transcript: PathBuf,
     store: PathBuf,
     last_id: Option<String>,
+    /// The store had no entry for the key: this run made the session.
+    pub created: bool,
 }
 
 /// `<state>/agents/<agentId>/sessions`: an [`AgentId`] is one checked path component.
@@ -186,6 +188,7 @@ impl SessionFile {
             .get(key)
             .filter(|e| e.get("sessionId").and_then(Value::as_str).is_some())
             .cloned();
+        let created = existing.is_none();
         let entry = match existing {
             Some(e) => e,
             None => update_store(&store, key, Some(fresh), |_| {})?,
@@ -213,6 +216,7 @@ impl SessionFile {
             transcript,
             store,
             last_id,
+            created,
         })
     }
 

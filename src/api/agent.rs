@@ -274,28 +274,41 @@ pub fn hook(svc: &Arc<Runs>, route: &str, p: &Value) -> Result<Value, RpcError> 
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct SessionParam {
-    #[serde(deserialize_with = "params::required")]
-    session_key: String,
+struct SubscribeParams {
+    #[serde(default, deserialize_with = "params::string")]
+    session_key: Option<String>,
 }
 
-/// `sessions.subscribe {sessionKey}` / `sessions.unsubscribe {sessionKey}` (WebSocket only).
+/// `sessions.subscribe {sessionKey?}` / `sessions.unsubscribe {sessionKey?}` (WebSocket only).
+/// With a key: that session's `session.tool` mirrors and `sessions.changed`. Without one
+/// (OpenClaw's dashboard, on every page): `sessions.changed` of every session.
 pub fn subscribe(
     svc: &Arc<Runs>,
     p: &Value,
     caller: &ReplyTo,
     on: bool,
 ) -> Result<Value, RpcError> {
-    let SessionParam { session_key: raw } = parse(p)?;
+    let SubscribeParams { session_key: raw } = parse(p)?;
     let cfg = svc.h.config.get();
-    let key = session_key("sessionKey", &raw, &cfg.agents.default_agent_id())?.key;
+    let key = raw
+        .map(|raw| session_key("sessionKey", &raw, &cfg.agents.default_agent_id()))
+        .transpose()?
+        .map(|k| k.key);
     let Some(me) = listener_of(caller) else {
         return Err(RpcError::invalid(
             "sessions.subscribe needs a WebSocket connection",
         ));
     };
-    svc.subscribe(&key, me, on);
-    Ok(json!({"ok": true, "sessionKey": key, "subscribed": on}))
+    match key {
+        Some(key) => {
+            svc.subscribe(&key, me, on);
+            Ok(json!({"ok": true, "sessionKey": key, "subscribed": on}))
+        }
+        None => {
+            svc.subscribe_all(me, on);
+            Ok(json!({"subscribed": on}))
+        }
+    }
 }
 
 /// The most messages `chat.history` answers with.

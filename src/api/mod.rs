@@ -12,6 +12,8 @@
 pub mod agent;
 pub mod delivery;
 pub mod sessions;
+pub mod system;
+pub mod ui;
 
 use crate::error::RpcError;
 use crate::jobs::{JobCtx, JobSpec, Lane, PoolKind, Work};
@@ -197,6 +199,226 @@ const METHODS: &[Method] = &[
         name: "delivery.drop",
         kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
         handler: Handler::Work(delivery_drop),
+        hidden: false,
+    },
+    // ---- Dashboard: the common and system methods every page calls (api::ui, api::system).
+    // What keel has, from its config and its own measurements; for what it has not
+    // (approvals, cron, boards, …), OpenClaw's empty answer of the same shape.
+    Method {
+        name: "agents.list",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::agents_list),
+        hidden: false,
+    },
+    Method {
+        name: "agent.identity.get",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::agent_identity_get),
+        hidden: false,
+    },
+    Method {
+        name: "models.authStatus",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::models_auth_status),
+        hidden: false,
+    },
+    Method {
+        name: "update.status",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::update_status),
+        hidden: false,
+    },
+    Method {
+        name: "last-heartbeat",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::last_heartbeat),
+        hidden: false,
+    },
+    Method {
+        name: "sessions.observer.visibility",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::observer_visibility),
+        hidden: false,
+    },
+    Method {
+        name: "sessions.viewers.set",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::viewers_set),
+        hidden: false,
+    },
+    Method {
+        name: "openclaw.setup.detect",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::setup_detect),
+        hidden: false,
+    },
+    Method {
+        name: "config.get",
+        kind: job(PoolKind::Cpu, Lane::Interactive, Duration::from_secs(5)),
+        handler: Handler::Work(system::config_get),
+        hidden: false,
+    },
+    Method {
+        name: "system.info",
+        kind: job(PoolKind::Cpu, Lane::Interactive, Duration::from_secs(5)),
+        handler: Handler::Work(system::system_info),
+        hidden: false,
+    },
+    Method {
+        name: "logs.tail",
+        kind: job(PoolKind::Cpu, Lane::Interactive, Duration::from_secs(5)),
+        handler: Handler::Work(system::logs_tail),
+        hidden: false,
+    },
+    Method {
+        name: "channels.status",
+        kind: job(PoolKind::Cpu, Lane::Interactive, Duration::from_secs(5)),
+        handler: Handler::Work(system::channels_status),
+        hidden: false,
+    },
+    // Empty answers: keel has none of these.
+    Method {
+        name: "exec.approval.list",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::exec_approval_list),
+        hidden: false,
+    },
+    Method {
+        name: "plugin.approval.list",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::plugin_approval_list),
+        hidden: false,
+    },
+    Method {
+        name: "openclaw.approval.list",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::openclaw_approval_list),
+        hidden: false,
+    },
+    Method {
+        name: "question.list",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::question_list),
+        hidden: false,
+    },
+    Method {
+        name: "node.list",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::node_list),
+        hidden: false,
+    },
+    Method {
+        name: "environments.list",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::environments_list),
+        hidden: false,
+    },
+    Method {
+        name: "cron.list",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::cron_list),
+        hidden: false,
+    },
+    Method {
+        name: "cron.status",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::cron_status),
+        hidden: false,
+    },
+    Method {
+        name: "cron.runs",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::cron_runs),
+        hidden: false,
+    },
+    Method {
+        name: "plugins.controlUi.list",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::plugins_control_ui_list),
+        hidden: false,
+    },
+    Method {
+        name: "sessions.groups.list",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::sessions_groups_list),
+        hidden: false,
+    },
+    Method {
+        name: "sessions.groups.defaults",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::sessions_groups_defaults),
+        hidden: false,
+    },
+    Method {
+        name: "mentions.list",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::mentions_list),
+        hidden: false,
+    },
+    Method {
+        name: "users.prefs.get",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::users_prefs_get),
+        hidden: false,
+    },
+    Method {
+        name: "sessions.catalog.list",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::sessions_catalog_list),
+        hidden: false,
+    },
+    Method {
+        name: "controlUi.sessionPullRequests.subscribe",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::pull_requests_subscribe),
+        hidden: false,
+    },
+    Method {
+        name: "board.get",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::board_get),
+        hidden: false,
+    },
+    Method {
+        name: "projects.list",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::projects_list),
+        hidden: false,
+    },
+    Method {
+        name: "talk.catalog",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::talk_catalog),
+        hidden: false,
+    },
+    Method {
+        name: "taskSuggestions.list",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::task_suggestions_list),
+        hidden: false,
+    },
+    Method {
+        name: "tasks.list",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::tasks_list),
+        hidden: false,
+    },
+    Method {
+        name: "sessions.branches.list",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::sessions_branches_list),
+        hidden: false,
+    },
+    Method {
+        name: "session.discussion.info",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::session_discussion_info),
+        hidden: false,
+    },
+    Method {
+        name: "sessions.companion.state",
+        kind: Kind::Now,
+        handler: Handler::Inline(ui::sessions_companion_state),
         hidden: false,
     },
     Method {
@@ -549,6 +771,14 @@ fn test_ballast(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
 #[cfg(test)]
 mod table_tests {
     use super::*;
+
+    #[test]
+    fn every_empty_answer_has_its_row() {
+        for m in ui::EMPTY_METHODS {
+            let row = METHODS.iter().find(|r| r.name == *m);
+            assert!(row.is_some_and(|r| !r.hidden), "{m} is not served");
+        }
+    }
 
     /// The table is consistent: a job's handler sits in a `Job` row, an accepted method
     /// answers inline, and no name is listed twice.

@@ -217,6 +217,11 @@ impl Credentials {
         }
     }
 
+    /// The secret values, for scrubbing them from what keel shows (config, logs).
+    pub fn values(&self) -> Vec<&str> {
+        self.entries().into_iter().map(|(_, v)| v).collect()
+    }
+
     /// The config key of a required credential that is empty. A parsed config never has one
     /// (an empty value counts as missing there); one built by hand may.
     pub(crate) fn empty(&self) -> Option<&'static str> {

@@ -227,9 +227,27 @@ pub struct Disabled {
     pub reason: String,
 }
 
+/// The config file's JSON as it was read, for `config.get`: secrets and all, so it is never
+/// printed — `Debug` shows only its top-level keys. Shared, never copied.
+#[derive(Clone, PartialEq, Default)]
+pub struct RawConfig(pub std::sync::Arc<Value>);
+
+impl fmt::Debug for RawConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<&str> = self
+            .0
+            .as_object()
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        f.debug_tuple("RawConfig").field(&keys).finish()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub source: Option<PathBuf>,
+    /// The file this config was read from, as JSON (`Null` without a file).
+    pub raw: RawConfig,
     pub port: u16,
     pub bind: IpAddr,
     pub auth: Auth,
@@ -265,6 +283,7 @@ impl Default for Config {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Config {
             source: None,
+            raw: RawConfig::default(),
             port: DEFAULT_PORT,
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             auth: Auth {
@@ -327,6 +346,27 @@ impl Config {
             .iter()
             .map(|d| format!("config: {} disabled: {}", d.feature, d.reason))
             .collect()
+    }
+
+    /// Every secret this config holds, resolved (`${ENV}` references read): the gateway's
+    /// token and password, the hooks token, providers' API keys and channels' credentials.
+    /// What keel shows of itself (`config.get`, `logs.tail`) is scrubbed of these.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        out.extend(self.auth.token.iter().cloned());
+        out.extend(self.auth.password.iter().cloned());
+        out.extend(self.hooks.iter().map(|h| h.token.clone()));
+        out.extend(
+            self.agents
+                .providers
+                .values()
+                .filter_map(|p| p.api_key.clone()),
+        );
+        for c in self.channels.0.values() {
+            out.extend(c.credentials.values().into_iter().map(String::from));
+        }
+        out.retain(|s| !s.is_empty());
+        out
     }
 
     /// The listen address.
@@ -445,7 +485,10 @@ pub fn parse(text: &str, source: Option<&Path>) -> Validated {
         problems: Vec::new(),
     };
     match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(root)) => v.root(&root),
+        Ok(Value::Object(root)) => {
+            v.root(&root);
+            v.config.raw = RawConfig(std::sync::Arc::new(Value::Object(root)));
+        }
         Ok(_) => v.fatal("<file>", "the config must be a JSON object".into()),
         Err(e) => v.fatal("<file>", format!("not valid JSON: {e}")),
     }
@@ -1276,7 +1319,13 @@ mod tests {
     fn empty_object_is_the_default() {
         let v = parse("{}", None);
         assert_clean(&v);
-        assert_eq!(v.config, Config::default());
+        // Only the file's own JSON differs: there was one, and it was empty.
+        assert_eq!(*v.config.raw.0, serde_json::json!({}));
+        let without_raw = Config {
+            raw: RawConfig::default(),
+            ..v.config
+        };
+        assert_eq!(without_raw, Config::default());
     }
 
     #[test]

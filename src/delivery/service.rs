@@ -78,8 +78,21 @@ pub struct Handles {
     pub test_hooks: bool,
 }
 
+/// What a channel's sends last did (since start), for `channels.status`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChannelActivity {
+    pub sent: u64,
+    pub failed: u64,
+    pub last_sent_ms: Option<u64>,
+    /// The last failure's message (credentials scrubbed, as every channel error is).
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<u64>,
+}
+
 pub struct Delivery {
     queue: Mutex<Option<Queue>>,
+    /// Per channel: what its sends last did. Held for an update or a copy.
+    activity: Mutex<BTreeMap<String, ChannelActivity>>,
     /// The last [`Summary`] of the queue; its lock is held for a pointer swap or copy only.
     summary: Mutex<Arc<Summary>>,
     /// Wall ms when the earliest pending entry is due (`u64::MAX`: none, or not open yet).
@@ -103,6 +116,7 @@ impl Delivery {
     pub fn new(h: Handles) -> Delivery {
         Delivery {
             queue: Mutex::new(None),
+            activity: Mutex::default(),
             summary: Mutex::new(Arc::new(Summary::default())),
             next_due_ms: AtomicU64::new(u64::MAX),
             scheduling: AtomicBool::new(false),
@@ -196,6 +210,16 @@ impl Delivery {
     /// The last published summary (never the queue's lock).
     pub fn summary(&self) -> Arc<Summary> {
         lock(&self.summary).clone()
+    }
+
+    /// Per channel, what its sends last did (channels that sent nothing yet are absent).
+    pub fn activity(&self) -> BTreeMap<String, ChannelActivity> {
+        lock(&self.activity).clone()
+    }
+
+    /// Whether a dispatch job of `channel` is queued or running.
+    pub fn dispatching(&self, channel: &str) -> bool {
+        lock(&self.dispatching).contains(channel)
     }
 
     /// Runs `f` on the open queue, then publishes its summary.
@@ -596,6 +620,7 @@ impl Delivery {
                 let cfg = self.h.config.get();
                 let Some(channel) = cfg.channels.0.get(channel_name).cloned() else {
                     self.record(
+                        channel_name,
                         &entry.id,
                         Err(channels::SendError {
                             class: ErrorClass::Permanent,
@@ -641,7 +666,7 @@ impl Delivery {
                     ctx.token(),
                     &on_wire,
                 );
-                self.record(&entry.id, result.map(|_| ()), &mut rng);
+                self.record(channel_name, &entry.id, result.map(|_| ()), &mut rng);
             }
             if !batch_progress {
                 break;
@@ -651,8 +676,30 @@ impl Delivery {
         (Ok(Value::Null.into()), progress)
     }
 
-    fn record(&self, id: &str, result: Result<(), channels::SendError>, rng: &mut Rng) {
+    fn record(
+        &self,
+        channel: &str,
+        id: &str,
+        result: Result<(), channels::SendError>,
+        rng: &mut Rng,
+    ) {
         let svc = self;
+        {
+            let now = clock::wall_ms();
+            let mut all = lock(&self.activity);
+            let a = all.entry(channel.to_string()).or_default();
+            match &result {
+                Ok(()) => {
+                    a.sent += 1;
+                    a.last_sent_ms = Some(now);
+                }
+                Err(e) => {
+                    a.failed += 1;
+                    a.last_error = Some(e.message.clone());
+                    a.last_error_ms = Some(now);
+                }
+            }
+        }
         let mut guard = lock(&self.queue);
         let Some(q) = guard.as_mut() else { return };
         let now = clock::wall_ms();

@@ -5,6 +5,7 @@
 //! secret (`AUTH_*`, close 1008). The `device` block is accepted and not verified: the gateway
 //! token is what protects the port (see the README).
 
+use super::Event;
 use crate::error::RpcError;
 use serde_json::{Value, json};
 
@@ -129,6 +130,31 @@ pub fn granted_scopes(p: &ConnectParams) -> Vec<String> {
     }
 }
 
+/// `snapshot.sessionDefaults`: which agent and session a client opens by default.
+pub struct SessionDefaults<'a> {
+    pub default_agent_id: &'a str,
+    /// OpenClaw's `session.scope`: keel keeps each sender's session apart (`per-sender`).
+    pub scope: &'a str,
+}
+
+/// The session key every agent's main session has (`agent:<id>:main`).
+pub const MAIN_KEY: &str = "main";
+
+/// OpenClaw's `session.scope`: keel keeps every sender's session apart (it has no `global`
+/// session that merges them).
+pub const SESSION_SCOPE: &str = "per-sender";
+
+/// `server.controlUiBuildSource`: `configured` when keel serves the dashboard from a
+/// configured directory (`gateway.controlUi.root`), as OpenClaw says then.
+pub fn control_ui_build_source(cfg: &crate::config::Config) -> Option<&'static str> {
+    cfg.raw
+        .0
+        .pointer("/gateway/controlUi/root")
+        .and_then(Value::as_str)
+        .is_some_and(|root| !root.trim().is_empty())
+        .then_some("configured")
+}
+
 /// Everything `hello-ok` reports besides the request itself.
 pub struct Hello<'a> {
     pub protocol: u64,
@@ -141,22 +167,44 @@ pub struct Hello<'a> {
     pub max_payload: usize,
     pub max_buffered_bytes: usize,
     pub tick_interval_ms: u64,
+    /// `token` or `password`: the secret the gateway is configured with. OpenClaw's dashboard
+    /// keeps the secret it connected with only when this names one.
+    pub auth_mode: &'static str,
+    pub session_defaults: SessionDefaults<'a>,
+    /// `configured` when keel serves the dashboard from a configured directory: the dashboard
+    /// then skips its version check (which would reload the page on every reconnect, as
+    /// keel's version is never OpenClaw's).
+    pub control_ui_build_source: Option<&'a str>,
 }
 
-/// Events keel may send.
-pub const EVENTS: [&str; 3] = ["connect.challenge", "tick", "shutdown"];
+/// The names of the events keel may send: every [`Event`].
+pub fn events() -> Vec<&'static str> {
+    Event::ALL.iter().map(|e| e.as_str()).collect()
+}
 
 pub fn hello_ok(h: &Hello<'_>) -> Value {
+    let mut server = json!({"version": crate::VERSION, "connId": h.conn_id});
+    if let Some(source) = h.control_ui_build_source {
+        server["controlUiBuildSource"] = json!(source);
+    }
+    let d = &h.session_defaults;
     json!({
         "type": "hello-ok",
         "protocol": h.protocol,
-        "server": {"version": crate::VERSION, "connId": h.conn_id},
-        "features": {"methods": h.methods, "events": EVENTS},
+        "server": server,
+        "features": {"methods": h.methods, "events": events()},
         "snapshot": {
             "presence": [],
             "health": h.health,
             "stateVersion": {"presence": 0, "health": 0},
             "uptimeMs": h.uptime_ms,
+            "authMode": h.auth_mode,
+            "sessionDefaults": {
+                "defaultAgentId": d.default_agent_id,
+                "mainKey": MAIN_KEY,
+                "mainSessionKey": format!("agent:{}:{MAIN_KEY}", d.default_agent_id),
+                "scope": d.scope,
+            },
         },
         "auth": {"role": h.role, "scopes": h.scopes},
         "policy": {
@@ -225,9 +273,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn hello_ok_has_exactly_the_required_keys() {
-        let h = hello_ok(&Hello {
+    fn hello(control_ui_build_source: Option<&str>) -> Value {
+        hello_ok(&Hello {
             protocol: 4,
             conn_id: "c",
             methods: vec!["health"],
@@ -238,7 +285,18 @@ mod tests {
             max_payload: 1,
             max_buffered_bytes: 2,
             tick_interval_ms: 30_000,
-        });
+            auth_mode: "token",
+            session_defaults: SessionDefaults {
+                default_agent_id: "ops",
+                scope: "per-sender",
+            },
+            control_ui_build_source,
+        })
+    }
+
+    #[test]
+    fn hello_ok_has_exactly_the_required_keys() {
+        let h = hello(None);
         let keys = |v: &Value| {
             let mut k: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
             k.sort();
@@ -252,12 +310,43 @@ mod tests {
         );
         assert_eq!(
             keys(&h["snapshot"]),
-            ["health", "presence", "stateVersion", "uptimeMs"]
+            [
+                "authMode",
+                "health",
+                "presence",
+                "sessionDefaults",
+                "stateVersion",
+                "uptimeMs"
+            ]
+        );
+        assert_eq!(h["snapshot"]["authMode"], "token");
+        assert_eq!(
+            h["snapshot"]["sessionDefaults"],
+            json!({"defaultAgentId": "ops", "mainKey": "main",
+                   "mainSessionKey": "agent:ops:main", "scope": "per-sender"})
+        );
+        assert_eq!(
+            h["features"]["events"],
+            json!([
+                "connect.challenge",
+                "tick",
+                "shutdown",
+                "agent",
+                "chat",
+                "session.tool",
+                "sessions.changed"
+            ])
         );
         assert_eq!(
             keys(&h["policy"]),
             ["maxBufferedBytes", "maxPayload", "tickIntervalMs"]
         );
         assert_eq!(keys(&h["server"]), ["connId", "version"]);
+    }
+
+    #[test]
+    fn a_served_dashboard_is_announced() {
+        let h = hello(Some("configured"));
+        assert_eq!(h["server"]["controlUiBuildSource"], "configured");
     }
 }

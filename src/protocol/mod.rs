@@ -106,11 +106,56 @@ pub fn res_err(id: &str, error: &RpcError) -> String {
     json!({"type": "res", "id": id, "ok": false, "error": error.to_json()}).to_string()
 }
 
+/// Every event keel sends. Emitters name events only through this type, so `hello-ok`'s
+/// `features.events` ([`Event::ALL`]) lists exactly what a client can receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// Before `connect`: the nonce a device signs.
+    ConnectChallenge,
+    /// Keep-alive, every `tickIntervalMs`.
+    Tick,
+    /// The gateway has begun draining.
+    Shutdown,
+    /// A run's progress: lifecycle, assistant text, tool calls, errors.
+    Agent,
+    /// A run's chat view: deltas and the final message.
+    Chat,
+    /// A session's tool calls, mirrored to its subscribers.
+    SessionTool,
+    /// A session was created or changed (runs starting and ending), for `sessions.subscribe`.
+    SessionsChanged,
+}
+
+impl Event {
+    pub const ALL: [Event; 7] = [
+        Event::ConnectChallenge,
+        Event::Tick,
+        Event::Shutdown,
+        Event::Agent,
+        Event::Chat,
+        Event::SessionTool,
+        Event::SessionsChanged,
+    ];
+
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::ConnectChallenge => "connect.challenge",
+            Event::Tick => "tick",
+            Event::Shutdown => "shutdown",
+            Event::Agent => "agent",
+            Event::Chat => "chat",
+            Event::SessionTool => "session.tool",
+            Event::SessionsChanged => "sessions.changed",
+        }
+    }
+}
+
 /// `{"type":"event","event":…,"payload":…,"seq"?:…}`
-pub fn event(name: &str, payload: &Value, seq: Option<u64>) -> String {
+pub fn event(name: Event, payload: &Value, seq: Option<u64>) -> String {
     let mut m = Map::new();
     m.insert("type".into(), json!("event"));
-    m.insert("event".into(), json!(name));
+    m.insert("event".into(), json!(name.as_str()));
     m.insert("payload".into(), payload.clone());
     if let Some(s) = seq {
         m.insert("seq".into(), json!(s));
@@ -175,11 +220,11 @@ mod tests {
             ["error", "id", "ok", "type"]
         );
         assert_eq!(
-            keys(&event("tick", &json!({"ts": 1}), None)),
+            keys(&event(Event::Tick, &json!({"ts": 1}), None)),
             ["event", "payload", "type"]
         );
         assert_eq!(
-            keys(&event("tick", &json!({}), Some(3))),
+            keys(&event(Event::Tick, &json!({}), Some(3))),
             ["event", "payload", "seq", "type"]
         );
     }

@@ -37,7 +37,7 @@ pub struct Completion {
 #[derive(Debug)]
 pub struct Fanout {
     pub targets: Vec<(usize, u64)>,
-    pub name: Arc<str>,
+    pub name: super::Event,
     pub payload: Arc<str>,
     pub drop_if_slow: bool,
 }

@@ -219,8 +219,20 @@ impl<'a> Cx<'a> {
         let Err(f) = auth::verify(&self.config.auth, presented) else {
             return Ok(());
         };
-        let counted = !matches!(presented, Presented::Nothing);
-        if let Some(wait) = self.auth_failure(Scope::Gateway, client, counted) {
+        if !f.guessed() {
+            // No secret: nothing was guessed, so nothing is counted, and the answer is always
+            // that one is required — never a lockout (a reconnecting browser that lost its
+            // token must be able to show its login form, and then log in).
+            self.shared.metrics.auth_missing.inc();
+            log::debug!(
+                "authentication refused from {}: no secret presented",
+                client.ip
+            );
+            return Err(
+                RpcError::invalid(f.message()).with_details(json!({"code": f.detail_code()}))
+            );
+        }
+        if let Some(wait) = self.auth_failure(Scope::Gateway, client, true) {
             let ms = wait.as_millis().max(1) as u64;
             log::info!(
                 "authentication refused from {} (rate limited): {}",
@@ -853,7 +865,7 @@ impl Reactor {
                         work += 1;
                         self.on_slot(slot, Some(generation), now, |conn, cx| {
                             if let Conn::Ws(w) = conn {
-                                w.push_event(cx, &f.name, &f.payload, f.drop_if_slow);
+                                w.push_event(cx, f.name, &f.payload, f.drop_if_slow);
                             }
                             Outcome::Keep
                         });

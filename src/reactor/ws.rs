@@ -27,9 +27,9 @@ use super::{Cx, Outcome, io_would_block};
 use crate::api;
 use crate::auth::{Client, Presented};
 use crate::error::RpcError;
-use crate::protocol;
-use crate::protocol::handshake::{self, Hello, PRE_AUTH_MAX_FRAME};
+use crate::protocol::handshake::{self, Hello, PRE_AUTH_MAX_FRAME, SessionDefaults};
 use crate::protocol::reply::ReplyTo;
+use crate::protocol::{self, Event};
 use mio::net::TcpStream;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
@@ -140,7 +140,7 @@ impl<S: Socket> WsConn<S> {
         };
         let nonce = cx.rng.uuid();
         let challenge = protocol::event(
-            "connect.challenge",
+            Event::ConnectChallenge,
             &json!({"nonce": nonce, "ts": crate::clock::wall_ms()}),
             None,
         );
@@ -268,7 +268,7 @@ impl<S: Socket> WsConn<S> {
     }
 
     /// Sends an event with this connection's next sequence number.
-    pub fn send_event(&mut self, cx: &mut Cx<'_>, name: &str, payload: &Value) {
+    pub fn send_event(&mut self, cx: &mut Cx<'_>, name: Event, payload: &Value) {
         if self.is_open() {
             let seq = self.next_seq();
             self.send(cx, protocol::event(name, payload, Some(seq)));
@@ -276,7 +276,7 @@ impl<S: Socket> WsConn<S> {
     }
 
     /// An event from a worker (a run's progress, a session mirror).
-    pub fn push_event(&mut self, cx: &mut Cx<'_>, name: &str, payload: &str, drop_if_slow: bool) {
+    pub fn push_event(&mut self, cx: &mut Cx<'_>, name: Event, payload: &str, drop_if_slow: bool) {
         if !self.is_open() {
             return;
         }
@@ -286,7 +286,7 @@ impl<S: Socket> WsConn<S> {
             cx.shared.metrics.events_dropped_slow.inc();
             return;
         }
-        let name = serde_json::Value::String(name.to_string());
+        let name = serde_json::Value::String(name.as_str().to_string());
         self.enqueue(
             cx,
             format!(r#"{{"type":"event","event":{name},"payload":{payload},"seq":{seq}}}"#),
@@ -309,7 +309,7 @@ impl<S: Socket> WsConn<S> {
             Phase::Open => {
                 let payload =
                     json!({"reason": "gateway draining for shutdown", "drainTimeoutMs": drain_ms});
-                self.send_event(cx, "shutdown", &payload);
+                self.send_event(cx, Event::Shutdown, &payload);
             }
             Phase::AwaitingConnect => self.close(cx, CloseCode::Restart, "gateway shutting down"),
             Phase::Closing => {}
@@ -496,11 +496,8 @@ impl<S: Socket> WsConn<S> {
                 );
             }
         };
-        let presented = match (&params.token, &params.password) {
-            (Some(t), _) => Presented::Token(t),
-            (None, Some(p)) => Presented::Password(p),
-            (None, None) => Presented::Nothing,
-        };
+        let presented =
+            Presented::from_connect(params.token.as_deref(), params.password.as_deref());
         let client = self.client;
         if let Err(e) = cx.authenticate(&client, presented) {
             return self.fail_handshake(cx, &req.id, &e, CloseCode::Policy, "unauthorized");
@@ -516,6 +513,7 @@ impl<S: Socket> WsConn<S> {
         }
         let cfg = cx.config();
         let scopes = handshake::granted_scopes(&params);
+        let default_agent = cfg.agents.default_agent_id();
         let hello = handshake::hello_ok(&Hello {
             protocol,
             conn_id: &self.conn_id,
@@ -527,6 +525,15 @@ impl<S: Socket> WsConn<S> {
             max_payload: cfg.limits.max_payload,
             max_buffered_bytes: cfg.limits.max_buffered_bytes,
             tick_interval_ms: cfg.tick_interval.as_millis() as u64,
+            auth_mode: match cfg.auth.mode {
+                crate::config::AuthMode::Token => "token",
+                crate::config::AuthMode::Password => "password",
+            },
+            session_defaults: SessionDefaults {
+                default_agent_id: default_agent.as_str(),
+                scope: handshake::SESSION_SCOPE,
+            },
+            control_ui_build_source: handshake::control_ui_build_source(&cfg),
         });
         let max = cfg.limits.max_payload;
         self.ws.set_config(|c| {
@@ -638,7 +645,7 @@ impl<S: Socket> WsConn<S> {
                 return self.flush(cx).then_keep();
             }
             let payload = json!({"ts": crate::clock::wall_ms()});
-            self.send_event(cx, "tick", &payload);
+            self.send_event(cx, Event::Tick, &payload);
             if silent >= interval && self.unanswered_ping.is_none() {
                 self.unanswered_ping = Some(cx.now);
                 self.out.push_back(Frame::ping(Vec::new()));

@@ -186,3 +186,66 @@ fn a_trusted_proxy_gives_each_client_its_own_bucket() {
         "X-Forwarded-For: 192.0.2.99\r\n",
     ));
 }
+
+#[test]
+fn connects_without_a_secret_never_count_toward_a_lockout() {
+    let g =
+        Gateway::start(Opts::default().config(config(json!({"exemptLoopback": false}), json!([]))));
+    let me = Ipv4Addr::new(127, 0, 8, 1);
+    // A dashboard that reloaded without its token reconnects again and again: three times
+    // the limit, with no secret, a blank one, or no auth block at all.
+    for i in 0..30 {
+        let mut ws = Ws::open_from(me, &g.addr(), &[]);
+        let auth = match i % 3 {
+            0 => json!({}),
+            1 => json!({"token": "", "password": "  "}),
+            _ => Value::Null,
+        };
+        let res = ws.connect(auth, 3, 4);
+        let e = &res["error"];
+        assert_eq!(
+            e["details"]["code"], "AUTH_TOKEN_MISSING",
+            "attempt {i}: {res}"
+        );
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("a gateway token is required"),
+            "{res}"
+        );
+        assert_eq!(ws.close_code(), Some(1008), "attempt {i}");
+    }
+    // HTTP without a bearer token is the same: 401, never 429.
+    for i in 0..15 {
+        let r = post(&g, me, "/api/rpc/health", "");
+        assert_eq!(r.status, 401, "attempt {i}: {}", r.text());
+    }
+    assert!(g.metric("keel_auth_missing_total").unwrap() >= 45.0);
+    assert_eq!(g.metric("keel_auth_rate_limited_total"), Some(0.0));
+    // None of that counted: the right token works, and a wrong one is a plain mismatch.
+    let c = ws_connect(&g, me, &g.token, &[]);
+    assert_eq!(c["ok"], true, "{c}");
+    // Wrong secrets still count: the tenth locks the address out…
+    for i in 0..10 {
+        let c = ws_connect(&g, me, "wrong", &[]);
+        assert_eq!(
+            c["error"]["details"]["code"], "AUTH_TOKEN_MISMATCH",
+            "wrong {i}: {c}"
+        );
+    }
+    let c = ws_connect(&g, me, "wrong", &[]);
+    assert_eq!(c["error"]["details"]["code"], "AUTH_RATE_LIMITED", "{c}");
+    // …while a connect without a secret is still told a token is required (the login form),
+    // and the right token still works.
+    let c = ws_connect_raw(&g, me, json!({}));
+    assert_eq!(c["error"]["details"]["code"], "AUTH_TOKEN_MISSING", "{c}");
+    let c = ws_connect(&g, me, &g.token, &[]);
+    assert_eq!(c["ok"], true, "{c}");
+}
+
+/// `connect` from `from` with this `auth` block.
+fn ws_connect_raw(g: &Gateway, from: Ipv4Addr, auth: Value) -> Value {
+    let mut ws = Ws::open_from(from, &g.addr(), &[]);
+    ws.connect(auth, 3, 4)
+}

@@ -47,7 +47,14 @@ fn challenge_then_hello_ok_with_exactly_the_required_keys() {
     );
     assert_eq!(
         keys(&h["snapshot"]),
-        ["health", "presence", "stateVersion", "uptimeMs"]
+        [
+            "authMode",
+            "health",
+            "presence",
+            "sessionDefaults",
+            "stateVersion",
+            "uptimeMs"
+        ]
     );
     assert_eq!(keys(&h["snapshot"]["stateVersion"]), ["health", "presence"]);
     assert_eq!(keys(&h["auth"]), ["role", "scopes"]);
@@ -279,7 +286,7 @@ fn a_param_of_the_wrong_type_is_refused_naming_it_over_websocket_and_http() {
     };
     let chat = json!({"sessionKey": "agent:main:main", "message": "hi", "idempotencyKey": "c1"});
     let agent = json!({"message": "hi", "idempotencyKey": "a1"});
-    let cases: Vec<(&str, Value, &str)> = vec![
+    let mut cases: Vec<(&str, Value, &str)> = vec![
         ("sessions.list", json!({"limit": "5"}), "limit"),
         (
             "sessions.list",
@@ -377,6 +384,75 @@ fn a_param_of_the_wrong_type_is_refused_naming_it_over_websocket_and_http() {
             json!({"mib": 0, "spikeMs": "x"}),
             "spikeMs",
         ),
+        // The dashboard's methods.
+        ("agent.identity.get", json!({"agentId": 5}), "agentId"),
+        (
+            "agent.identity.get",
+            json!({"sessionKey": []}),
+            "sessionKey",
+        ),
+        ("models.authStatus", json!({"agentId": true}), "agentId"),
+        ("openclaw.setup.detect", json!({"agentId": 5}), "agentId"),
+        (
+            "sessions.observer.visibility",
+            json!({"visible": "yes"}),
+            "visible",
+        ),
+        (
+            "sessions.viewers.set",
+            json!({"sessionKeys": "k"}),
+            "sessionKeys",
+        ),
+        (
+            "sessions.viewers.set",
+            json!({"sessionKeys": [5]}),
+            "sessionKeys",
+        ),
+        ("logs.tail", json!({"limit": "5"}), "limit"),
+        ("logs.tail", json!({"cursor": -1}), "cursor"),
+        ("logs.tail", json!({"maxBytes": 2_000_000}), "maxBytes"),
+        ("channels.status", json!({"probe": "yes"}), "probe"),
+        ("channels.status", json!({"channel": 5}), "channel"),
+    ];
+    // The dashboard's empty answers read the paging and session params they echo.
+    for m in [
+        "exec.approval.list",
+        "plugin.approval.list",
+        "openclaw.approval.list",
+        "question.list",
+        "node.list",
+        "environments.list",
+        "cron.list",
+        "cron.status",
+        "cron.runs",
+        "plugins.controlUi.list",
+        "sessions.groups.list",
+        "sessions.groups.defaults",
+        "mentions.list",
+        "users.prefs.get",
+        "sessions.catalog.list",
+        "controlUi.sessionPullRequests.subscribe",
+        "board.get",
+        "projects.list",
+        "talk.catalog",
+        "taskSuggestions.list",
+        "tasks.list",
+        "sessions.branches.list",
+        "session.discussion.info",
+        "sessions.companion.state",
+    ] {
+        cases.push((m, json!({"limit": "5"}), "limit"));
+        cases.push((m, json!({"sessionKey": 5}), "sessionKey"));
+    }
+    // Methods that read no params.
+    let paramless = [
+        "health",
+        "status",
+        "agents.list",
+        "config.get",
+        "update.status",
+        "last-heartbeat",
+        "system.info",
     ];
 
     // Every announced method with params has a case: a method added later must get one.
@@ -386,7 +462,7 @@ fn a_param_of_the_wrong_type_is_refused_naming_it_over_websocket_and_http() {
     for m in hello["payload"]["features"]["methods"].as_array().unwrap() {
         let m = m.as_str().unwrap();
         assert!(
-            matches!(m, "health" | "status") || cases.iter().any(|(c, ..)| *c == m),
+            paramless.contains(&m) || cases.iter().any(|(c, ..)| *c == m),
             "no wrong-type case for {m}"
         );
     }
