@@ -106,6 +106,7 @@ impl Shared {
         let ui = Arc::new(crate::ui::ControlUi::new(crate::ui::Handles {
             jobs: jobs.clone(),
             config: config_cell.clone(),
+            pressure: pressure_cell.clone(),
             state_dir: p.state_dir.clone(),
             test_hooks: p.test_hooks,
         }));

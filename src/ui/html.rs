@@ -297,9 +297,23 @@ Then open the URL <code>keel dashboard</code> prints.</p>
 {looked}</body></html>
 ",
         version = escape(h.version),
-        why = escape(h.why),
+        why = escape(&sentence(h.why)),
         install = escape(h.install),
     )
+}
+
+/// `why` as a sentence: a capital first letter and a full stop.
+fn sentence(why: &str) -> String {
+    let mut c = why.chars();
+    let mut out: String = c
+        .next()
+        .map(|f| f.to_uppercase().collect())
+        .unwrap_or_default();
+    out.push_str(c.as_str());
+    if !out.ends_with('.') {
+        out.push('.');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -386,7 +400,7 @@ mod tests {
             install: "scripts/install-dashboard.sh",
         });
         assert!(page.contains("not ready: config: x &lt;b&gt;"));
-        assert!(page.contains("no &lt;dashboard&gt;"));
+        assert!(page.contains("<p>No &lt;dashboard&gt;.</p>"));
         assert!(page.contains("<code>/a/&lt;b&gt;</code>"));
         assert!(page.contains("<pre>scripts/install-dashboard.sh</pre>"));
     }

@@ -28,13 +28,13 @@ use crate::jobs::periodic::Periodic;
 use crate::jobs::system::JobSystem;
 use crate::jobs::{JobCtx, JobInfo, JobSpec, Lane, PoolKind, Work};
 use crate::metrics::{Counter, Gauge};
-use crate::pressure::Level;
+use crate::pressure::{Level, PressureCell};
 use crate::protocol::reply::{Completion, CompletionBody, HttpAnswer, ReplyTo};
 use crate::sync::lock;
 use cache::Lru;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,7 @@ pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 pub struct Handles {
     pub jobs: Arc<JobSystem>,
     pub config: Arc<ConfigCell>,
+    pub pressure: Arc<PressureCell>,
     pub state_dir: PathBuf,
     pub test_hooks: bool,
 }
@@ -447,8 +448,10 @@ pub struct ControlUi {
     looking: AtomicBool,
     /// When the watchdog's tick next has the root looked at (monotonic ms).
     next_check_ms: AtomicU64,
-    /// The pressure level of the last tick: above normal, the cache is emptied and not filled.
-    level: AtomicU8,
+    /// Memory pressure at the last tick (a level above normal with resident memory among its
+    /// reasons): the cache is emptied and not filled. Pressure from lag or queues leaves it:
+    /// dropping it would only send more reads to the workers.
+    shrink: AtomicBool,
     /// `KEEL_TEST_UI_READ_DELAY_MS` (with `KEEL_TEST_HOOKS=1`): each file read waits first.
     read_delay: Option<Duration>,
     pub stats: UiStats,
@@ -472,7 +475,7 @@ impl ControlUi {
             serving: AtomicBool::new(false),
             looking: AtomicBool::new(false),
             next_check_ms: AtomicU64::new(0),
-            level: AtomicU8::new(Level::Normal as u8),
+            shrink: AtomicBool::new(false),
             read_delay,
             stats: UiStats::default(),
         }
@@ -489,10 +492,10 @@ impl ControlUi {
         lock(&self.root).clone()
     }
 
-    fn publish(&self, r: Root) {
+    fn publish(&self, r: Arc<Root>) {
         self.serving
-            .store(matches!(r, Root::Serving(_)), Ordering::Release);
-        *lock(&self.root) = Arc::new(r);
+            .store(matches!(*r, Root::Serving(_)), Ordering::Release);
+        *lock(&self.root) = r;
     }
 
     /// Looks for the root now (boot, SIGHUP): a job, logged when what is served changes.
@@ -538,7 +541,7 @@ impl ControlUi {
         let cfg = self.h.config.get();
         let ui = &cfg.control_ui;
         let current = self.root();
-        if self.level.load(Ordering::Acquire) != Level::Normal as u8
+        if self.shrink.load(Ordering::Acquire)
             && let Root::Serving(s) = &*current
         {
             let mut c = lock(&s.cache);
@@ -556,18 +559,24 @@ impl ControlUi {
         let same = match (&*current, &next) {
             (Root::Disabled, Root::Disabled) => true,
             (Root::Missing { why: a, .. }, Root::Missing { why: b, .. }) => a == b,
+            // The same version prepared the same way: keep it, and the files read from it.
             (Root::Serving(a), Root::Serving(b)) => {
-                !force && a.listing.root == b.listing.root && a.listing.stamp == b.listing.stamp
+                a.listing.root == b.listing.root
+                    && a.listing.stamp == b.listing.stamp
+                    && a.prepared_for == b.prepared_for
             }
             _ => false,
         };
         if same {
             return;
         }
+        let next = Arc::new(next);
+        self.stats.cache_bytes.set(0);
+        self.publish(next.clone());
         for p in problems {
             log::warn!("control UI: {p}");
         }
-        match &next {
+        match &*next {
             Root::Disabled => log::info!("control UI: disabled (gateway.controlUi.enabled)"),
             Root::Missing { why, looked } => {
                 let looked: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
@@ -586,8 +595,6 @@ impl ControlUi {
             ),
             Root::Starting => {}
         }
-        self.stats.cache_bytes.set(0);
-        self.publish(next);
     }
 
     /// The root the config and the disk give now, and what was wrong with the places that
@@ -763,7 +770,7 @@ impl ControlUi {
         match served.load(rel, encoding, document, &cfg) {
             Ok(p) => {
                 let answer = p.answer();
-                if self.level.load(Ordering::Acquire) == Level::Normal as u8 {
+                if !self.shrink.load(Ordering::Acquire) {
                     let bytes = p.body.len();
                     let mut c = lock(&served.cache);
                     c.insert((rel.to_string(), encoding), Arc::new(p), bytes);
@@ -875,9 +882,21 @@ impl Periodic for Arc<ControlUi> {
     }
 
     /// Every [`CHECK_EVERY`], a background job looks whether the root has a new version (or
-    /// appeared); the pressure level is noted for the cache.
+    /// appeared); memory pressure is noted for the cache, which the next look empties.
     fn tick(&self, now: Instant, level: Level) {
-        self.level.store(level as u8, Ordering::Release);
+        let memory = level != Level::Normal
+            && self
+                .h
+                .pressure
+                .get()
+                .reasons
+                .iter()
+                .any(|r| r.starts_with("rss "));
+        if memory && !self.shrink.swap(true, Ordering::AcqRel) {
+            self.next_check_ms.store(0, Ordering::Release);
+        } else if !memory {
+            self.shrink.store(false, Ordering::Release);
+        }
         let now_ms = crate::clock::mono_ms(now);
         if now_ms < self.next_check_ms.load(Ordering::Acquire) {
             return;
