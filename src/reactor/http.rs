@@ -900,13 +900,13 @@ impl<S: Socket> HttpConn<S> {
                 match got {
                     Ok(Reply::Now(answer)) => self.respond_answer(cx, &answer),
                     Ok(Reply::Later) => self.phase = Phase::Waiting,
-                    Ok(Reply::Help {
-                        status,
-                        why,
-                        looked,
-                    }) => {
-                        let answer = self.help_page(cx, head, status, &why, &looked);
+                    Ok(Reply::Help { why, looked }) => {
+                        let answer = self.help_page(cx, head, &why, &looked);
                         self.respond_answer(cx, &answer);
+                    }
+                    Ok(Reply::NotUi) => {
+                        let path = head.path.split('?').next().unwrap_or("/");
+                        self.no_route(cx, &head.method, path);
                     }
                     Err(e) => self.rpc_answer(cx, &Err(e)),
                 }
@@ -920,7 +920,6 @@ impl<S: Socket> HttpConn<S> {
         &mut self,
         cx: &mut Cx<'_>,
         head: &Head,
-        status: u16,
         why: &str,
         looked: &[std::path::PathBuf],
     ) -> HttpAnswer {
@@ -948,7 +947,7 @@ impl<S: Socket> HttpConn<S> {
             install: &install,
         });
         HttpAnswer {
-            status,
+            status: 200,
             headers: vec![
                 ("Content-Type", "text/html; charset=utf-8".into()),
                 ("Cache-Control", "no-store".into()),

@@ -421,13 +421,11 @@ pub enum Reply {
     Now(HttpAnswer),
     /// A worker reads the file and answers.
     Later,
-    /// No dashboard: the page saying how to install one (the reactor adds the health it
-    /// knows), with this status.
-    Help {
-        status: u16,
-        why: String,
-        looked: Vec<PathBuf>,
-    },
+    /// No dashboard, and `/` was asked for: the page saying how to install one (the reactor
+    /// adds the health it knows).
+    Help { why: String, looked: Vec<PathBuf> },
+    /// No dashboard: the gateway's own 404.
+    NotUi,
 }
 
 /// Counters for `/metrics`.
@@ -693,20 +691,14 @@ impl ControlUi {
                     "The dashboard is being looked for; retry in a moment.",
                 )));
             }
-            Root::Missing { why, looked } => {
-                let ext = path::extension(rel);
-                let page = rel == "index.html"
-                    || ext.is_none()
-                    || matches!(ext.as_deref(), Some("html" | "htm"));
-                if !page {
-                    return Ok(Reply::Now(plain(404, "Not Found")));
-                }
+            // Only `/` explains; every other path is the gateway's own 404, as before.
+            Root::Missing { why, looked } if rel == "index.html" => {
                 return Ok(Reply::Help {
-                    status: if rel == "index.html" { 200 } else { 404 },
                     why: why.clone(),
                     looked: looked.clone(),
                 });
             }
+            Root::Missing { .. } => return Ok(Reply::NotUi),
             Root::Serving(s) => s.clone(),
         };
         let (rel, encoding, document) = match served.pick(rel, accept, accept_encoding) {

@@ -20,8 +20,14 @@ pub const MAX_FILE_BYTES: u64 = 32 << 20;
 /// `dist/control-ui` under the npm global roots an install of OpenClaw uses — `npm root -g`
 /// is not run (it needs Node.js and may hang); its usual answers are listed instead:
 /// `$NPM_CONFIG_PREFIX/lib/node_modules`, `~/.npm-global/lib/node_modules`,
-/// `/usr/local/lib/node_modules`, `/usr/lib/node_modules`.
+/// `/usr/local/lib/node_modules`, `/usr/lib/node_modules`. `KEEL_CONTROL_UI_NPM=0` leaves
+/// the npm roots out (an OpenClaw installed globally for itself; the tests, which must not
+/// find the machine's).
 pub fn candidates(state_dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Vec<PathBuf> {
+    let mut out = vec![state_dir.join("control-ui")];
+    if env("KEEL_CONTROL_UI_NPM").as_deref() == Some("0") {
+        return out;
+    }
     let mut roots: Vec<PathBuf> = Vec::new();
     for var in ["NPM_CONFIG_PREFIX", "npm_config_prefix"] {
         if let Some(prefix) = env(var).filter(|p| p.starts_with('/')) {
@@ -33,7 +39,6 @@ pub fn candidates(state_dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Vec
     }
     roots.push("/usr/local/lib/node_modules".into());
     roots.push("/usr/lib/node_modules".into());
-    let mut out = vec![state_dir.join("control-ui")];
     for r in roots {
         let dir = r.join("openclaw/dist/control-ui");
         if !out.contains(&dir) {
@@ -261,6 +266,15 @@ mod tests {
                 "/usr/local/lib/node_modules/openclaw/dist/control-ui",
                 "/usr/lib/node_modules/openclaw/dist/control-ui",
             ]
+        );
+        let off = |k: &str| {
+            (k == "KEEL_CONTROL_UI_NPM")
+                .then(|| "0".to_string())
+                .or(env(k))
+        };
+        assert_eq!(
+            candidates(Path::new("/s"), &off),
+            [Path::new("/s/control-ui")]
         );
     }
 
