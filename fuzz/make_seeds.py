@@ -158,6 +158,16 @@ for i, name in enumerate(["main", "Ops_2", "/tmp/x", "../../../../etc/passwd", "
                           "x" * 70, "_" + "a" * 62 + "/b", "café", "0f5e9c1a-2b3c-4d5e-8f90-123456789abc.jsonl"]):
     put("ids", f"{i}", name)
 
+# --- ui_path: request paths as the dashboard sees them (first byte even: no base path)
+for i, target in enumerate(["/", "/chat/deep?x=1", "/assets/index-a1.js", "/chat/assets/a.css", "/__openclaw__/favicon.svg",
+                            "/control-ui-config.json", "/../etc/passwd", "/%2e%2e/%2e%2e/x", "/a%2fb", "/x%00.js", "/%zz",
+                            "/.env", "/caf%C3%A9", "//assets//x.js", "/api/rpc/x", "/share/card.png"]):
+    put("ui_path", f"{i}", bytes([0]) + target.encode())
+for i, target in enumerate(["/oc", "/oc?t=1", "/oc/", "/oc/assets/a.js", "/ocx", "/oc/__openclaw/control-ui-config.json"]):
+    put("ui_path", f"base-{i}", bytes([1]) + target.encode())
+put("ui_path", "document", bytes([0]) + b'<!doctype html><HTML data-openclaw-control-ui-build-id="b" lang="en"><script>a()</script>'
+    b'<script type="module" src="./assets/i.js"></script><link href="./favicon.svg"><SCRIPT\nasync>b()</Script></HTML>')
+
 # --- config
 configs = {
     "empty": {},

@@ -6,6 +6,7 @@
 //! keel serve  [--port N] [--bind ADDR] [--config FILE] [--state-dir DIR]
 //! keel check  [--config FILE] [--state-dir DIR]
 //! keel status [--port N] [--bind ADDR] [--config FILE] [--state-dir DIR] [--json]
+//! keel dashboard [--port N] [--bind ADDR] [--config FILE] [--state-dir DIR] [--json]
 //! keel --version | --help
 //! ```
 //! Environment: `KEEL_PORT`, `KEEL_BIND`, `KEEL_CONFIG`, `KEEL_STATE_DIR`,
@@ -32,6 +33,7 @@ Usage:
   keel check  [--config FILE] [--state-dir DIR]
   keel status [--port N] [--bind ADDR] [--config FILE] [--state-dir DIR] [--json]
   keel usage  [--days N] [--agent ID] [--state-dir DIR] [--config FILE] [--json]
+  keel dashboard [--port N] [--bind ADDR] [--config FILE] [--state-dir DIR] [--json]
   keel --version
 
 serve   run the gateway (no config file needed: 127.0.0.1:18789, state in ~/.keel,
@@ -39,6 +41,8 @@ serve   run the gateway (no config file needed: 127.0.0.1:18789, state in ~/.kee
 check   validate a config file with the same rules as boot; exit 1 listing every problem
 status  ask the running gateway for its status (token from the state directory)
 usage   spend per day and per model, read straight from the state directory (no server)
+dashboard  the URL of OpenClaw's dashboard on this gateway, the token in its fragment
+        (install the dashboard with scripts/install-dashboard.sh)
 
 Environment: KEEL_PORT, KEEL_BIND, KEEL_CONFIG, KEEL_STATE_DIR, KEEL_GATEWAY_TOKEN,
 KEEL_HANDSHAKE_TIMEOUT_MS, KEEL_LOG (default info).
@@ -50,6 +54,7 @@ pub enum Command {
     Check,
     Status,
     Usage,
+    Dashboard,
     Version,
     Help,
 }
@@ -108,11 +113,12 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
                     "check" => Command::Check,
                     "status" => Command::Status,
                     "usage" => Command::Usage,
+                    "dashboard" => Command::Dashboard,
                     "version" => Command::Version,
                     "help" => Command::Help,
                     other => {
                         return Err(lexopt::Error::from(format!(
-                            "unknown command {other:?} (try: serve, check, status)"
+                            "unknown command {other:?} (try: serve, check, status, dashboard)"
                         )));
                     }
                 });
@@ -254,6 +260,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::Check => check(&args, &process_env),
         Command::Status => status(&args, &process_env),
         Command::Usage => usage(&args, &process_env),
+        Command::Dashboard => dashboard(&args, &process_env),
     }
 }
 
@@ -330,16 +337,7 @@ fn status(args: &Args, env: Env<'_>) -> i32 {
 }
 
 fn status_inner(args: &Args, env: Env<'_>) -> Result<i32, String> {
-    let settings = args.serve_settings(env)?;
-    let path = lifecycle::config_path(settings.config.as_deref(), &settings.state_dir);
-    let v = match &path {
-        Some(p) => config::load_file(p),
-        None => config::embedded_default(),
-    };
-    let mut cfg = v.config;
-    let mut overrides = settings.overrides.clone();
-    overrides.fallback_token = state::read_token(&settings.state_dir).ok().flatten();
-    overrides.apply(&mut cfg);
+    let (cfg, state_dir) = client_config(args, env)?;
     let secret = cfg
         .auth
         .token
@@ -348,15 +346,10 @@ fn status_inner(args: &Args, env: Env<'_>) -> Result<i32, String> {
         .ok_or_else(|| {
             format!(
                 "no token: none configured and none in {}",
-                state::token_path(&settings.state_dir).display()
+                state::token_path(&state_dir).display()
             )
         })?;
-    let host = match cfg.bind {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    let addr = SocketAddr::new(host, cfg.port);
+    let addr = local_addr(&cfg);
     let (code, body) = http_post(addr, "/api/rpc/status", &secret, Duration::from_secs(10))
         .map_err(|e| format!("cannot reach the gateway at {addr}: {e}"))?;
     let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
@@ -373,6 +366,108 @@ fn status_inner(args: &Args, env: Env<'_>) -> Result<i32, String> {
     }
     print!("{}", summarize(addr, p));
     Ok(0)
+}
+
+/// The config `status` and `dashboard` talk to the gateway with: the file, the flags and the
+/// environment, and the token from the state directory when none is configured.
+fn client_config(args: &Args, env: Env<'_>) -> Result<(config::Config, PathBuf), String> {
+    let settings = args.serve_settings(env)?;
+    let path = lifecycle::config_path(settings.config.as_deref(), &settings.state_dir);
+    let v = match &path {
+        Some(p) => config::load_file(p),
+        None => config::embedded_default(),
+    };
+    let mut cfg = v.config;
+    let mut overrides = settings.overrides.clone();
+    overrides.fallback_token = state::read_token(&settings.state_dir).ok().flatten();
+    overrides.apply(&mut cfg);
+    Ok((cfg, settings.state_dir))
+}
+
+/// Where a client on this machine reaches the gateway: a wildcard bind is reached on
+/// loopback.
+fn local_addr(cfg: &config::Config) -> SocketAddr {
+    let host = match cfg.bind {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(host, cfg.port)
+}
+
+/// `keel dashboard`: the URL to open, as `openclaw dashboard --no-open` prints it for a
+/// token: `http://127.0.0.1:18789/#token=<token>` (the UI reads the token from the fragment,
+/// which never reaches a server or a log, and strips it).
+fn dashboard(args: &Args, env: Env<'_>) -> i32 {
+    match dashboard_text(args, env) {
+        Ok((out, notes)) => {
+            for n in notes {
+                eprintln!("keel dashboard: {n}");
+            }
+            println!("{out}");
+            0
+        }
+        Err(e) => {
+            eprintln!("keel dashboard: {e}");
+            1
+        }
+    }
+}
+
+/// What `keel dashboard` prints (a URL, or JSON with `--json`), and notes for stderr.
+pub fn dashboard_text(args: &Args, env: Env<'_>) -> Result<(String, Vec<String>), String> {
+    let (cfg, state_dir) = client_config(args, env)?;
+    let addr = local_addr(&cfg);
+    let base = &cfg.control_ui.base_path;
+    let http = format!("http://{addr}{base}/");
+    let ws = format!("ws://{addr}{base}");
+    let mut notes = Vec::new();
+    let token = match cfg.auth.mode {
+        config::AuthMode::Token => Some(cfg.auth.token.clone().ok_or_else(|| {
+            format!(
+                "no token: none configured and none in {}",
+                state::token_path(&state_dir).display()
+            )
+        })?),
+        config::AuthMode::Password => {
+            notes.push(
+                "password mode: enter the gateway password on the dashboard's login screen".into(),
+            );
+            None
+        }
+    };
+    if !cfg.control_ui.enabled {
+        notes.push("gateway.controlUi.enabled is false: the gateway serves no dashboard".into());
+    }
+    let url = match &token {
+        Some(t) => format!("{http}#token={}", fragment_encode(t)),
+        None => http.clone(),
+    };
+    if args.json {
+        let v = serde_json::json!({
+            "ok": true,
+            "url": url,
+            "httpUrl": http,
+            "wsUrl": ws,
+            "port": addr.port(),
+            "tokenIncluded": token.is_some(),
+        });
+        return Ok((v.to_string(), notes));
+    }
+    Ok((url, notes))
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn fragment_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The human summary `keel status` prints.
@@ -751,6 +846,37 @@ mod tests {
             .serve_settings(&env)
             .unwrap();
         assert_eq!(s.overrides.port, Some(5));
+    }
+
+    #[test]
+    fn the_dashboard_url_carries_the_token_in_its_fragment() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().to_str().unwrap().to_string();
+        std::fs::write(
+            dir.path().join("keel.json"),
+            r#"{"gateway":{"port":18999,"bind":"lan","auth":{"token":"a b/c+d"},
+                "controlUi":{"basePath":"/oc/"}}}"#,
+        )
+        .unwrap();
+        let a = args(&["dashboard", "--state-dir", &state]).unwrap();
+        assert_eq!(a.command, Command::Dashboard);
+        let (url, notes) = dashboard_text(&a, &no_env).unwrap();
+        assert_eq!(url, "http://127.0.0.1:18999/oc/#token=a%20b%2Fc%2Bd");
+        assert!(notes.is_empty(), "{notes:?}");
+        let a = args(&["dashboard", "--state-dir", &state, "--json", "--port", "7"]).unwrap();
+        let (json, _) = dashboard_text(&a, &no_env).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["httpUrl"], "http://127.0.0.1:7/oc/");
+        assert_eq!(v["wsUrl"], "ws://127.0.0.1:7/oc");
+        assert_eq!(v["tokenIncluded"], true);
+        // No token anywhere: said so, not a URL that cannot log in.
+        let empty = tempfile::tempdir().unwrap();
+        let a = args(&["dashboard", "--state-dir", empty.path().to_str().unwrap()]).unwrap();
+        assert!(
+            dashboard_text(&a, &no_env)
+                .unwrap_err()
+                .contains("no token")
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub mod sdnotify;
 pub mod sessions;
 pub mod state;
 pub mod sync;
+pub mod ui;
 pub mod url;
 pub mod watchdog;
 

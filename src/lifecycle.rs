@@ -219,6 +219,7 @@ fn run(
     crate::agent::runs::start_keys(&shared.runs);
     shared.sessions.start();
     shared.delivery.start();
+    shared.ui.start();
     log::info!(
         "keel {} listening on {local} ({cpu} cpu workers, {io} io workers, nice {nice})",
         crate::VERSION
@@ -261,7 +262,12 @@ fn spawn_signal_thread(mut signals: Signals, shared: Arc<Shared>) -> std::io::Re
                             log::error!("SIGUSR1: cannot write the diagnostic dump: {e}");
                         }
                     }
-                    SIGHUP => reload(&shared),
+                    SIGHUP => {
+                        reload(&shared);
+                        // The dashboard's root, base path or identity may have changed, or
+                        // one was installed since.
+                        shared.ui.rescan();
+                    }
                     _ => {}
                 }
             }

@@ -49,6 +49,8 @@ pub struct Shared {
     pub runs: Arc<crate::agent::runs::Runs>,
     /// The durable outbound queue and its dispatch.
     pub delivery: Arc<crate::delivery::service::Delivery>,
+    /// OpenClaw's dashboard: its files, from a root on disk (`ui`).
+    pub ui: Arc<crate::ui::ControlUi>,
     pub notifier: Notifier,
     /// Hidden `keel.test.*` methods are served only when `KEEL_TEST_HOOKS=1` at boot.
     pub test_hooks: bool,
@@ -101,6 +103,13 @@ impl Shared {
             state_dir: p.state_dir.clone(),
             test_hooks: p.test_hooks,
         }));
+        let ui = Arc::new(crate::ui::ControlUi::new(crate::ui::Handles {
+            jobs: jobs.clone(),
+            config: config_cell.clone(),
+            pressure: pressure_cell.clone(),
+            state_dir: p.state_dir.clone(),
+            test_hooks: p.test_hooks,
+        }));
         let runs = Arc::new(crate::agent::runs::Runs::new(crate::agent::runs::Handles {
             jobs: jobs.clone(),
             outbox: outbox.clone(),
@@ -125,6 +134,7 @@ impl Shared {
             sessions,
             runs,
             delivery,
+            ui,
             notifier: p.notifier,
             test_hooks: p.test_hooks,
             listen: OnceLock::new(),
@@ -241,6 +251,7 @@ impl Shared {
             Box::new(self.delivery.clone()),
             Box::new(self.runs.clone()),
             Box::new(self.sessions.clone()),
+            Box::new(self.ui.clone()),
         ]
     }
 
@@ -430,6 +441,7 @@ impl Shared {
         );
         self.sessions.render_metrics(&mut out);
         self.delivery.render_metrics(&mut out);
+        self.ui.render_metrics(&mut out);
         crate::idempotency::render_metrics(
             &mut out,
             &[
@@ -497,6 +509,7 @@ impl Shared {
             },
             "usage": self.sessions.status_json(),
             "delivery": self.delivery.status_json(),
+            "controlUi": self.ui.status_json(),
             "heartbeat": {"defaultAgentId": "main", "agents": []},
             "channelSummary": [],
             "queuedSystemEvents": [],

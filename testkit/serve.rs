@@ -35,6 +35,9 @@ pub fn serve_command(mut cmd: Command, state: &Path) -> Command {
     for k in CALLER_SETTINGS {
         cmd.env_remove(k);
     }
+    // A dashboard only from the run's own state directory or config, never the machine's
+    // global npm install of OpenClaw.
+    cmd.env("KEEL_CONTROL_UI_NPM", "0");
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
     cmd
 }

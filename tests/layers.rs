@@ -40,6 +40,7 @@ const LAYERS: &[(&str, u32)] = &[
     // Services.
     ("sessions", 5),
     ("delivery", 5),
+    ("ui", 5),
     ("agent", 6),
     // The application: the method table, the gateway value and its views.
     ("api", 7),

@@ -13,6 +13,7 @@
 pub mod agents;
 pub mod channels;
 pub mod live;
+pub mod ui;
 
 use crate::ids::AgentId;
 use serde_json::{Map, Value};
@@ -275,6 +276,8 @@ pub struct Config {
     pub agents: agents::AgentSettings,
     /// Chat channels replies are delivered to.
     pub channels: channels::Channels,
+    /// `gateway.controlUi`: the dashboard's files and bootstrap config.
+    pub control_ui: ui::ControlUi,
     pub disabled: Vec<Disabled>,
 }
 
@@ -334,6 +337,7 @@ impl Default for Config {
                 run_timeout: agents::DEFAULT_RUN_TIMEOUT,
                 ..Default::default()
             },
+            control_ui: ui::ControlUi::default(),
             disabled: Vec::new(),
         }
     }
@@ -465,7 +469,6 @@ const OPENCLAW_UNSUPPORTED: &[&str] = &[
 /// `gateway.*` keys OpenClaw has and keel does not act on.
 const GATEWAY_UNSUPPORTED: &[&str] = &[
     "mode",
-    "controlUi",
     "tailscale",
     "remote",
     "reload",
@@ -582,6 +585,18 @@ impl Validator {
         for (path, msg) in issues {
             self.disable(&path, msg);
         }
+        let config_dir = self.config.source.as_deref().and_then(Path::parent);
+        let (control_ui, issues, warnings) = ui::parse(
+            root.get("gateway").and_then(|g| g.get("controlUi")),
+            root,
+            &self.config.agents.default_agent_id(),
+            config_dir,
+        );
+        self.config.control_ui = control_ui;
+        self.warnings.extend(warnings);
+        for (path, msg) in issues {
+            self.disable(&path, msg);
+        }
     }
 
     fn gateway(&mut self, g: &Map<String, Value>) {
@@ -600,6 +615,7 @@ impl Validator {
             "limits",
             "trustedProxies",
             "idempotency",
+            "controlUi",
         ];
         self.warn_keys(g, "gateway", KNOWN, GATEWAY_UNSUPPORTED);
 

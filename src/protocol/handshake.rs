@@ -144,15 +144,12 @@ pub const MAIN_KEY: &str = "main";
 /// session that merges them).
 pub const SESSION_SCOPE: &str = "per-sender";
 
-/// `server.controlUiBuildSource`: `configured` when keel serves the dashboard from a
-/// configured directory (`gateway.controlUi.root`), as OpenClaw says then.
-pub fn control_ui_build_source(cfg: &crate::config::Config) -> Option<&'static str> {
-    cfg.raw
-        .0
-        .pointer("/gateway/controlUi/root")
-        .and_then(Value::as_str)
-        .is_some_and(|root| !root.trim().is_empty())
-        .then_some("configured")
+/// `server.controlUiBuildSource`: `configured` while keel serves the dashboard from a build on
+/// disk (`gateway.controlUi.root`, or one it found), as OpenClaw says for a configured root.
+/// The dashboard then skips its version check, which would otherwise reload the page on every
+/// reconnect (keel's version is never OpenClaw's).
+pub fn control_ui_build_source(serving_ui: bool) -> Option<&'static str> {
+    serving_ui.then_some("configured")
 }
 
 /// Everything `hello-ok` reports besides the request itself.

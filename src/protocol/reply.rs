@@ -59,6 +59,18 @@ pub enum CompletionBody {
         retry_after_s: Option<u64>,
         body: Vec<u8>,
     },
+    /// A whole HTTP answer with headers of its own (a file of the dashboard).
+    Answer(HttpAnswer),
+}
+
+/// A whole HTTP answer made off the reactor: status, headers (`Content-Type` among them;
+/// `Content-Length` and `Connection` are the reactor's to write) and a body that may be shared
+/// with a cache, so the reactor writes it out without a copy.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Arc<[u8]>,
 }
 
 /// Serializes a job's outcome for where it goes (on the worker, not the reactor).

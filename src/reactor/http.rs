@@ -32,9 +32,12 @@ use crate::api;
 use crate::auth::{Client, Forwarding, Scope};
 use crate::error::{Code, RpcError};
 use crate::protocol;
+use crate::protocol::reply::HttpAnswer;
 use crate::protocol::reply::ReplyTo;
 use mio::net::TcpStream;
 use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Largest request head.
@@ -77,8 +80,8 @@ pub struct Upgrade {
 pub struct HttpConn<S: Socket = TcpStream> {
     pub stream: S,
     input: RequestReader,
-    wbuf: Vec<u8>,
-    wpos: usize,
+    /// What is owed to the client, in order.
+    out: Output,
     phase: Phase,
     deadline: Instant,
     write_since: Option<Instant>,
@@ -114,6 +117,9 @@ pub struct Head {
     /// whether to believe them).
     pub forwarding: Forwarding,
     pub expect: Expect,
+    /// `Accept` and `Accept-Encoding`, for the dashboard's files.
+    pub accept: Option<String>,
+    pub accept_encoding: Option<String>,
 }
 
 /// What the `Expect` header asks for. HTTP/1.0 requests have none: they predate it, and RFC
@@ -129,7 +135,7 @@ pub enum Expect {
 
 enum Parsed {
     NeedMore,
-    Request(Head, usize),
+    Request(Box<Head>, usize),
     Reject(u16, &'static str),
 }
 
@@ -163,6 +169,8 @@ fn parse_head(buf: &[u8]) -> Parsed {
         ws_version: None,
         forwarding: Forwarding::default(),
         expect: Expect::Nothing,
+        accept: None,
+        accept_encoding: None,
     };
     let mut seen_length = false;
     for hd in req.headers.iter() {
@@ -215,6 +223,10 @@ fn parse_head(buf: &[u8]) -> Parsed {
             h.ws_key = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             h.ws_version = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("accept") {
+            list_header(&mut h.accept, value);
+        } else if name.eq_ignore_ascii_case("accept-encoding") {
+            list_header(&mut h.accept_encoding, value);
         }
         if name.eq_ignore_ascii_case("x-forwarded-for") {
             let xff = h.forwarding.x_forwarded_for.get_or_insert_with(String::new);
@@ -235,7 +247,18 @@ fn parse_head(buf: &[u8]) -> Parsed {
     if minor == 0 {
         h.expect = Expect::Nothing;
     }
-    Parsed::Request(h, len)
+    Parsed::Request(Box::new(h), len)
+}
+
+/// A list header given on several lines is one list (RFC 9110 §5.3).
+fn list_header(slot: &mut Option<String>, value: &str) {
+    match slot {
+        Some(v) => {
+            v.push_str(", ");
+            v.push_str(value);
+        }
+        None => *slot = Some(value.to_string()),
+    }
 }
 
 /// A number as RFC 9110 writes them (`1*DIGIT`): ASCII digits only — no sign, no space, not
@@ -311,7 +334,7 @@ impl RequestReader {
         let (head, head_len) = match parse_head(&self.buf) {
             Parsed::NeedMore => return Next::PartialHead,
             Parsed::Reject(status, msg) => return Next::Malformed(status, msg),
-            Parsed::Request(h, len) => (h, len),
+            Parsed::Request(h, len) => (*h, len),
         };
         if head.expect == Expect::Unsupported {
             return Next::Refused(head, Refusal::Expectation);
@@ -333,15 +356,84 @@ impl RequestReader {
     }
 }
 
+/// Bytes owed to a client, in order: owned bytes (heads, small bodies) and bodies shared with
+/// a cache, written from where they are — a file of megabytes is neither copied nor written
+/// in one go (the write budget per wake-up applies).
+#[derive(Debug, Default)]
+struct Output {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the first chunk already written.
+    pos: usize,
+}
+
+#[derive(Debug)]
+enum Chunk {
+    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(b) => b,
+        }
+    }
+}
+
+/// Shared bodies up to this size are copied next to their head (one write instead of two).
+const COPY_MAX: usize = 16 << 10;
+
+impl Output {
+    fn push(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        match self.chunks.back_mut() {
+            Some(Chunk::Owned(v)) => v.extend_from_slice(bytes),
+            _ => self.chunks.push_back(Chunk::Owned(bytes.to_vec())),
+        }
+    }
+
+    fn push_shared(&mut self, body: &Arc<[u8]>) {
+        if body.len() <= COPY_MAX {
+            self.push(body);
+        } else {
+            self.chunks.push_back(Chunk::Shared(body.clone()));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// What to write next.
+    fn front(&self) -> Option<&[u8]> {
+        self.chunks.front().map(|c| &c.bytes()[self.pos..])
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.pos += n;
+        if let Some(c) = self.chunks.front()
+            && self.pos >= c.bytes().len()
+        {
+            self.chunks.pop_front();
+            self.pos = 0;
+        }
+    }
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         101 => "Switching Protocols",
         200 => "OK",
+        302 => "Found",
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
         408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
@@ -370,8 +462,7 @@ impl<S: Socket> HttpConn<S> {
         HttpConn {
             stream,
             input: RequestReader::default(),
-            wbuf: Vec::new(),
-            wpos: 0,
+            out: Output::default(),
             phase: Phase::Idle,
             deadline: now + header_timeout,
             write_since: None,
@@ -420,7 +511,7 @@ impl<S: Socket> HttpConn<S> {
     }
 
     pub fn has_output(&self) -> bool {
-        self.wpos < self.wbuf.len()
+        !self.out.is_empty()
     }
 
     /// Reads, handles complete requests, writes. Called on readiness, after a completion, and
@@ -523,12 +614,15 @@ impl<S: Socket> HttpConn<S> {
 
     fn write_some(&mut self, now: Instant) -> Result<bool, ()> {
         let mut budget = WRITE_BUDGET;
-        while self.wpos < self.wbuf.len() && budget > 0 {
-            let end = self.wbuf.len().min(self.wpos + budget);
-            match self.stream.write(&self.wbuf[self.wpos..end]) {
+        while budget > 0 {
+            let Some(pending) = self.out.front() else {
+                break;
+            };
+            let end = pending.len().min(budget);
+            match self.stream.write(&pending[..end]) {
                 Ok(0) => return Err(()),
                 Ok(n) => {
-                    self.wpos += n;
+                    self.out.advance(n);
                     budget -= n;
                     self.write_since = Some(now);
                 }
@@ -537,9 +631,7 @@ impl<S: Socket> HttpConn<S> {
                 Err(_) => return Err(()),
             }
         }
-        if self.wpos >= self.wbuf.len() {
-            self.wbuf.clear();
-            self.wpos = 0;
+        if self.out.is_empty() {
             self.write_since = None;
             return Ok(false);
         }
@@ -584,8 +676,7 @@ impl<S: Socket> HttpConn<S> {
                     // The client may be holding the body back until it hears the head is
                     // taken (RFC 9110 §10.1.1); refusals above went out without a 100.
                     if head.expect == Expect::Continue {
-                        self.wbuf
-                            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        self.out.push(b"HTTP/1.1 100 Continue\r\n\r\n");
                     }
                 }
                 return false;
@@ -744,18 +835,163 @@ impl<S: Socket> HttpConn<S> {
                 self.method_not_allowed(cx, "GET, HEAD");
             }
             p if p.starts_with("/api/rpc/") => self.method_not_allowed(cx, "POST"),
-            _ => {
-                cx.shared.metrics.http_errors_4xx.inc();
-                let msg = format!("no route for {} {}", head.method, path);
+            _ if get && cx.config().control_ui.enabled => self.control_ui(cx, &head),
+            _ => self.no_route(cx, &head.method, &path),
+        }
+    }
+
+    fn no_route(&mut self, cx: &mut Cx<'_>, method: &str, path: &str) {
+        cx.shared.metrics.http_errors_4xx.inc();
+        let msg = format!("no route for {method} {path}");
+        self.respond(
+            cx,
+            404,
+            "application/json",
+            &[],
+            &error_body(Code::NotFound, &msg),
+        );
+    }
+
+    /// The dashboard's routes (`ui`): its files, the document for the UI's own routes, the
+    /// bootstrap config behind the token. Decided in memory; a file not in memory is read by
+    /// an io job whose answer completes this request.
+    fn control_ui(&mut self, cx: &mut Cx<'_>, head: &Head) {
+        use crate::ui::{self, Reply, path::Route};
+        let cfg = cx.config();
+        match ui::path::route(&head.path, &cfg.control_ui.base_path) {
+            Route::NotUi => {
+                let path = head.path.split('?').next().unwrap_or("/");
+                self.no_route(cx, &head.method, path);
+            }
+            Route::Redirect(location) => {
                 self.respond(
                     cx,
-                    404,
-                    "application/json",
-                    &[],
-                    &error_body(Code::NotFound, &msg),
+                    302,
+                    "text/plain; charset=utf-8",
+                    &[("Location", location)],
+                    b"",
                 );
             }
+            Route::BootstrapConfig => {
+                if self.authorize(cx, head) {
+                    self.respond_answer(cx, &ui::bootstrap_answer(&cfg));
+                }
+            }
+            Route::Refused(status, why) => {
+                log::debug!("dashboard path refused ({status}, {why})");
+                let text = if status == 400 {
+                    "Bad Request"
+                } else {
+                    "Not Found"
+                };
+                self.respond_answer(cx, &ui::plain(status, text));
+            }
+            Route::File(rel) => {
+                let reply = ReplyTo::Http {
+                    conn: cx.slot,
+                    generation: cx.generation,
+                };
+                let got = cx.shared.ui.get(
+                    &rel,
+                    head.accept.as_deref(),
+                    head.accept_encoding.as_deref(),
+                    &reply,
+                );
+                match got {
+                    Ok(Reply::Now(answer)) => self.respond_answer(cx, &answer),
+                    Ok(Reply::Later) => self.phase = Phase::Waiting,
+                    Ok(Reply::Help { why, looked }) => {
+                        let answer = self.help_page(cx, head, &why, &looked);
+                        self.respond_answer(cx, &answer);
+                    }
+                    Ok(Reply::NotUi) => {
+                        let path = head.path.split('?').next().unwrap_or("/");
+                        self.no_route(cx, &head.method, path);
+                    }
+                    Err(e) => self.rpc_answer(cx, &Err(e)),
+                }
+            }
         }
+    }
+
+    /// The page `/` shows without a dashboard: keel, its health, how to install one. Where
+    /// keel looked (paths of this machine) is shown to local clients only.
+    fn help_page(
+        &mut self,
+        cx: &mut Cx<'_>,
+        head: &Head,
+        why: &str,
+        looked: &[std::path::PathBuf],
+    ) -> HttpAnswer {
+        use crate::ui::html;
+        let local = cx.client(&head.forwarding).local;
+        let state = &cx.shared.state_dir;
+        let install = if !local {
+            "scripts/install-dashboard.sh [STATE_DIR]".to_string()
+        } else if crate::state::default_state_dir().as_ref() == Some(state) {
+            "scripts/install-dashboard.sh".to_string()
+        } else {
+            format!("scripts/install-dashboard.sh {}", state.display())
+        };
+        let looked: Vec<String> = if local {
+            looked.iter().map(|p| p.display().to_string()).collect()
+        } else {
+            Vec::new()
+        };
+        let not_ready = cx.shared.not_ready_reasons();
+        let page = html::help_page(&html::Help {
+            version: crate::VERSION,
+            not_ready: &not_ready,
+            why,
+            looked: &looked,
+            install: &install,
+        });
+        HttpAnswer {
+            status: 200,
+            headers: vec![
+                ("Content-Type", "text/html; charset=utf-8".into()),
+                ("Cache-Control", "no-store".into()),
+                ("Content-Security-Policy", html::HELP_CSP.into()),
+                ("X-Frame-Options", "DENY".into()),
+                ("X-Content-Type-Options", "nosniff".into()),
+                ("Referrer-Policy", "no-referrer".into()),
+            ],
+            body: Arc::from(page.into_bytes()),
+        }
+    }
+
+    /// Writes a whole answer (its own headers; the body shared, not copied when large).
+    fn respond_answer(&mut self, cx: &mut Cx<'_>, a: &HttpAnswer) {
+        if (400..500).contains(&a.status) {
+            cx.shared.metrics.http_errors_4xx.inc();
+        }
+        if !self.keep_alive {
+            self.close_after_write = true;
+        }
+        let mut head = format!("HTTP/1.1 {} {}\r\n", a.status, reason(a.status));
+        for (k, v) in &a.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {}\r\n", a.body.len()));
+        head.push_str(if self.keep_alive {
+            "Connection: keep-alive\r\n\r\n"
+        } else {
+            "Connection: close\r\n\r\n"
+        });
+        self.out.push(head.as_bytes());
+        if !self.head_only {
+            self.out.push_shared(&a.body);
+        }
+    }
+
+    /// A job's whole answer has arrived (a dashboard file).
+    pub fn complete_answer(&mut self, cx: &mut Cx<'_>, a: &HttpAnswer) {
+        if self.phase != Phase::Waiting {
+            return;
+        }
+        self.phase = Phase::Idle;
+        self.deadline = cx.now + IDLE_TIMEOUT;
+        self.respond_answer(cx, a);
     }
 
     /// Checks what can be checked from the head of a request whose body has yet to arrive:
@@ -1048,7 +1284,7 @@ impl<S: Socket> HttpConn<S> {
         let head = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
         );
-        self.wbuf.extend_from_slice(head.as_bytes());
+        self.out.push(head.as_bytes());
         self.upgrade = true;
     }
 
@@ -1079,9 +1315,9 @@ impl<S: Socket> HttpConn<S> {
         } else {
             "Connection: close\r\n\r\n"
         });
-        self.wbuf.extend_from_slice(head.as_bytes());
+        self.out.push(head.as_bytes());
         if !self.head_only {
-            self.wbuf.extend_from_slice(body);
+            self.out.push(body);
         }
     }
 

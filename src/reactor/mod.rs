@@ -908,6 +908,10 @@ impl Reactor {
                     h.complete(cx, status, retry_after_s, &body);
                     h.drive(cx)
                 }
+                (Conn::Http(h), CompletionBody::Answer(answer)) => {
+                    h.complete_answer(cx, &answer);
+                    h.drive(cx)
+                }
                 (Conn::Ws(w), CompletionBody::WsText(text)) => {
                     w.complete(cx, text);
                     w.flush(cx).err().unwrap_or(Outcome::Keep)

@@ -533,7 +533,7 @@ impl<S: Socket> WsConn<S> {
                 default_agent_id: default_agent.as_str(),
                 scope: handshake::SESSION_SCOPE,
             },
-            control_ui_build_source: handshake::control_ui_build_source(&cfg),
+            control_ui_build_source: handshake::control_ui_build_source(cx.shared.ui.serving_ui()),
         });
         let max = cfg.limits.max_payload;
         self.ws.set_config(|c| {

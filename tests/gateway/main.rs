@@ -19,6 +19,7 @@ mod security;
 mod testkit;
 mod tools;
 mod ui_methods;
+mod ui_static;
 mod usage;
 mod ws;
 mod ws_conformance;

@@ -466,12 +466,21 @@ fn logs_tail_serves_keels_own_log_and_polls_only_new_lines() {
 }
 
 #[test]
-fn a_configured_dashboard_root_switches_the_version_check_off() {
+fn a_served_dashboard_switches_the_version_check_off() {
     let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("index.html"),
+        "<!doctype html><html><body><openclaw-app></openclaw-app></body></html>",
+    )
+    .unwrap();
     let g = Gateway::start(Opts::default().config(json!({
         "gateway": {"controlUi": {"root": dir.path()}},
         "agents": {"list": [{"id": "ops", "default": true}]},
     })));
+    // The build is found by a worker after boot: served once `/` is the page.
+    eventually(BOUND, || {
+        g.get("/").text().contains("openclaw-app").then_some(())
+    });
     let mut ws = Ws::open(&g.addr());
     let hello = dashboard_connect(&mut ws, &g.token);
     assert_eq!(
