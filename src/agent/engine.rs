@@ -397,6 +397,11 @@ pub fn execute(svc: &Arc<Runs>, run: &Arc<Run>, ctx: &JobCtx) -> Outcome {
         Status::Ok => {
             json!({"state": "final", "message": {"role": "assistant", "content": text_content(text), "timestamp": clock::wall_ms()}})
         }
+        // Stopped by a client: what was asked for, not an error to show. Stopped by keel (a
+        // drain): says why.
+        Status::Aborted if ctx.token().reason() == Some(CancelReason::Client) => {
+            json!({"state": "aborted"})
+        }
         Status::Aborted => json!({"state": "aborted", "errorMessage": error}),
         _ => json!({"state": "error", "errorMessage": error}),
     };

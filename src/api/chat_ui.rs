@@ -170,6 +170,25 @@ fn defaults(cfg: &Config, agent: &AgentId) -> Value {
     })
 }
 
+/// `sessions.list` with its `defaults` (those of its `agentId`, else of the default agent),
+/// which the Chat page reads (`sessionsResult.defaults.modelSelectionTarget`): without them
+/// the page throws before it renders.
+pub fn with_defaults(svc: &Runs, p: &Value, work: Work) -> Work {
+    let cfg = svc.h.config.get();
+    let agent = p["agentId"]
+        .as_str()
+        .and_then(|a| AgentId::normalize(a).ok())
+        .unwrap_or_else(|| cfg.agents.default_agent_id());
+    let d = defaults(&cfg, &agent);
+    Box::new(move |ctx: &JobCtx| match work(ctx)? {
+        crate::payload::Payload::Json(mut v) if v.is_object() => {
+            v["defaults"] = d;
+            Ok(v.into())
+        }
+        other => Ok(other),
+    })
+}
+
 // ---- the session's row ---------------------------------------------------------------------
 
 /// OpenClaw's run status of a session (`running`, `done`, `failed`, `killed`, `timeout`).

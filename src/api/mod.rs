@@ -364,7 +364,8 @@ fn delivery_drop(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
 }
 
 fn sessions_list(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
-    sessions::list(&shared.sessions, p)
+    let work = sessions::list(&shared.sessions, p)?;
+    Ok(chat_ui::with_defaults(&shared.runs, p, work))
 }
 
 fn sessions_usage(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {

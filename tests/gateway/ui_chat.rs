@@ -119,6 +119,16 @@ fn the_chat_page_opens_a_fresh_session_sends_and_renders_the_streamed_reply() {
         json!({"session": null})
     );
 
+    // The page reads the defaults from its sessions list too (it throws without them).
+    let list = ok(
+        &mut ui,
+        "sessions.list",
+        json!({"includeGlobal": true, "includeUnknown": true, "configuredAgentsOnly": true,
+               "limit": 200, "includeDerivedTitles": true, "includeLastMessage": true}),
+    );
+    assert_eq!(list["defaults"], s["defaults"]);
+    assert_eq!(list["sessions"], json!([]));
+
     // What else the page asks for on open.
     let models = ok(
         &mut ui,
@@ -361,6 +371,8 @@ fn a_stop_from_the_page_ends_a_slow_reply_at_once() {
     });
     assert_eq!(end["payload"]["state"], "aborted", "{end}");
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    // Stopped as asked: not an error for the page to show.
+    assert!(end["payload"].get("errorMessage").is_none(), "{end}");
     let end = tab.until(BOUND, |f| {
         f["event"] == "chat" && f["payload"]["runId"] == run && f["payload"]["state"] != "delta"
     });
