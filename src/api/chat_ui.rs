@@ -66,9 +66,10 @@ fn connection_of(caller: &ReplyTo) -> Option<(usize, u64)> {
 }
 
 /// The session a call names: its key (`field` names the param) and, when given, an `agentId`
-/// that must be a configured agent and the key's own agent when the key names one (OpenClaw's
-/// rule); a key that names no agent belongs to `agentId`, else to the default agent. A key
-/// that does not exist yet is fine: it is a conversation with nothing in it.
+/// that must be a configured agent and the key's own agent when the key names one. A key that
+/// names no agent is, with `agentId`, that agent's `agent:<agentId>:<key>` (OpenClaw's store
+/// key for it), and without, the default agent's key as given. A key that does not exist yet
+/// is fine: it is a conversation with nothing in it.
 pub fn resolve(
     cfg: &Config,
     field: &str,
@@ -82,13 +83,14 @@ pub fn resolve(
             "invalid params: unknown agentId \"{a}\""
         )));
     }
-    let default = agent
-        .cloned()
-        .unwrap_or_else(|| cfg.agents.default_agent_id());
-    let key = session_key(field, raw, &default)?;
-    if let Some(a) = agent
-        && key.agent != *a
-    {
+    let key = session_key(field, raw, &cfg.agents.default_agent_id())?;
+    let Some(a) = agent else {
+        return Ok(key);
+    };
+    if !key.key.starts_with("agent:") {
+        return Ok(key.scoped_to(a));
+    }
+    if key.agent != *a {
         return Err(RpcError::invalid(format!(
             "invalid params: agentId \"{a}\" does not match the agent of {field} \"{}\"",
             key.key

@@ -655,6 +655,14 @@ fn keys_agents_and_params_the_page_may_not_use_are_refused_clearly() {
         let msg = refused(&mut ws, method, params.clone());
         assert!(msg.contains(needle), "{method} {params}: {msg}");
     }
+    // A key that names no agent, with the agent it is for, is that agent's key.
+    let s = ok(
+        &mut ws,
+        "chat.startup",
+        json!({"sessionKey": "global", "agentId": "ops"}),
+    );
+    assert_eq!(s["sessionKey"], "agent:ops:global");
+    assert_eq!(s["sessionInfo"]["agentId"], "ops");
     // A run of another session is not this session's to stop.
     a.push(Behavior::text(&["ok"]));
     let run = ok(
