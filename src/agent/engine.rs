@@ -153,13 +153,41 @@ struct Prompt<'a> {
     text_so_far: &'a str,
 }
 
-/// Walks the candidates until one answers.
+/// Appends a message to the session's transcript and tells the session's message subscribers.
+fn record(svc: &Runs, run: &Run, session: &mut SessionFile, message: Value) -> std::io::Result<()> {
+    let id = session.append(message.clone())?;
+    runs::session_message(svc, run, session, &id, message);
+    Ok(())
+}
+
+/// The `chat` delta for the answer so far (`full`): the whole text, and what was added since
+/// the last delta (`deltaText`) — or, when the text is not a continuation of what was sent (a
+/// fallback model started over), all of it with `replace: true`. `sent` is updated.
+fn chat_delta(full: &str, sent: &mut String) -> Value {
+    let mut d = json!({
+        "state": "delta",
+        "message": {"role": "assistant", "content": text_content(full), "timestamp": clock::wall_ms()},
+    });
+    match full.strip_prefix(sent.as_str()) {
+        Some(added) => d["deltaText"] = json!(added),
+        None => {
+            d["deltaText"] = json!(full);
+            d["replace"] = json!(true);
+        }
+    }
+    sent.clear();
+    sent.push_str(full);
+    d
+}
+
+/// Walks the candidates until one answers. `sent` is the text the last `chat` delta carried.
 fn call_chain(
     svc: &Arc<Runs>,
     run: &Run,
     ctx: &JobCtx,
     session: &mut SessionFile,
     prompt: &Prompt<'_>,
+    sent: &mut String,
 ) -> Result<Answer, ChainError> {
     let Prompt {
         system,
@@ -243,12 +271,7 @@ fn call_chain(
                 if last_delta.elapsed() >= DELTA_EVERY {
                     last_delta = Instant::now();
                     let full = format!("{text_so_far}{text}");
-                    runs::emit(
-                        svc,
-                        run,
-                        Event::Chat,
-                        json!({"state": "delta", "message": {"role": "assistant", "content": text_content(&full), "timestamp": clock::wall_ms()}}),
-                    );
+                    runs::emit(svc, run, Event::Chat, chat_delta(&full, sent));
                 }
             }
         };
@@ -306,11 +329,16 @@ fn call_chain(
                         .unwrap_or_default()
                 );
                 // Every call is recorded, the failed ones too.
-                let _ = session.append(json!({
-                    "role": "assistant", "content": text_content(&text), "provider": c.provider, "model": c.model,
-                    "timestamp": clock::wall_ms(), "stopReason": "error", "errorMessage": format!("{why}: {message}"),
-                    "usage": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "totalTokens": 0},
-                }));
+                let _ = record(
+                    svc,
+                    run,
+                    session,
+                    json!({
+                        "role": "assistant", "content": text_content(&text), "provider": c.provider, "model": c.model,
+                        "timestamp": clock::wall_ms(), "stopReason": "error", "errorMessage": format!("{why}: {message}"),
+                        "usage": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "totalTokens": 0},
+                    }),
+                );
                 runs::emit(
                     svc,
                     run,
@@ -375,6 +403,11 @@ pub fn execute(svc: &Arc<Runs>, run: &Arc<Run>, ctx: &JobCtx) -> Outcome {
     let chat = match status {
         Status::Ok => {
             json!({"state": "final", "message": {"role": "assistant", "content": text_content(text), "timestamp": clock::wall_ms()}})
+        }
+        // Stopped by a client: what was asked for, not an error to show. Stopped by keel (a
+        // drain): says why.
+        Status::Aborted if ctx.token().reason() == Some(CancelReason::Client) => {
+            json!({"state": "aborted"})
         }
         Status::Aborted => json!({"state": "aborted", "errorMessage": error}),
         _ => json!({"state": "error", "errorMessage": error}),
@@ -481,9 +514,13 @@ fn execute_inner(
         changed["reason"] = json!("create");
     }
     runs::session_changed(svc, run, "start", changed);
-    session
-        .append(json!({"role": "user", "content": text_content(&req.message), "timestamp": clock::wall_ms()}))
-        .map_err(io)?;
+    let mut user = json!({"role": "user", "content": text_content(&req.message), "timestamp": clock::wall_ms()});
+    // A client's key marks its message, so that a client that sent it (and may send it again
+    // after a reconnect) can find it in the history.
+    if !run.idempotency_key.is_empty() && req.parent.is_none() {
+        user["idempotencyKey"] = json!(run.idempotency_key);
+    }
+    record(svc, run, &mut session, user).map_err(io)?;
     let cfg = svc.h.config.get();
     let system = cfg
         .agents
@@ -498,6 +535,7 @@ fn execute_inner(
     });
     let tool_specs = tools::specs(&cfg.agents);
     let mut full_text = String::new();
+    let mut sent = String::new();
     let mut totals = provider::Usage::default();
     let mut last_model: Option<ModelRef> = None;
     for _round in 0..MAX_ROUNDS {
@@ -508,17 +546,21 @@ fn execute_inner(
             tools: &tool_specs,
             text_so_far: &full_text,
         };
-        let answer = call_chain(svc, run, ctx, &mut session, &prompt)
+        let answer = call_chain(svc, run, ctx, &mut session, &prompt, &mut sent)
             .map_err(|e| RpcError::new(e.code(), e.message))?;
         let c = &answer.candidate;
-        session
-            .append(json!({
+        record(
+            svc,
+            run,
+            &mut session,
+            json!({
                 "role": "assistant",
                 "content": assistant_content(&answer),
                 "provider": c.provider, "model": c.model, "timestamp": clock::wall_ms(),
                 "stopReason": answer.stop_reason, "usage": usage_json(svc, c, &answer.usage),
-            }))
-            .map_err(io)?;
+            }),
+        )
+        .map_err(io)?;
         totals.input += answer.usage.input;
         totals.output += answer.usage.output;
         totals.cache_read += answer.usage.cache_read;
@@ -541,9 +583,13 @@ fn execute_inner(
                 Ok(t) => (t.clone(), false),
                 Err(e) => (e.clone(), true),
             };
-            session
-                .append(json!({"role": "toolResult", "toolCallId": call.id, "toolName": call.name, "content": text_content(&text), "isError": is_error, "timestamp": clock::wall_ms()}))
-                .map_err(io)?;
+            record(
+                svc,
+                run,
+                &mut session,
+                json!({"role": "toolResult", "toolCallId": call.id, "toolName": call.name, "content": text_content(&text), "isError": is_error, "timestamp": clock::wall_ms()}),
+            )
+            .map_err(io)?;
             messages.push(ChatMessage {
                 role: Role::Tool,
                 text,
@@ -613,6 +659,30 @@ mod tests {
             Some(Duration::from_secs(7)),
             "a 429's Retry-After is kept"
         );
+    }
+
+    #[test]
+    fn chat_deltas_carry_what_was_added_or_replace_what_was_sent() {
+        let mut sent = String::new();
+        let d = chat_delta("Hel", &mut sent);
+        assert_eq!(
+            (d["deltaText"].as_str(), d.get("replace")),
+            (Some("Hel"), None)
+        );
+        assert_eq!(d["message"]["content"][0]["text"], "Hel");
+        let d = chat_delta("Hello", &mut sent);
+        assert_eq!(
+            (d["deltaText"].as_str(), d.get("replace")),
+            (Some("lo"), None)
+        );
+        assert_eq!(d["message"]["content"][0]["text"], "Hello");
+        // A fallback that starts over: the whole text, replacing.
+        let d = chat_delta("Hi", &mut sent);
+        assert_eq!(
+            (d["deltaText"].as_str(), d["replace"].as_bool()),
+            (Some("Hi"), Some(true))
+        );
+        assert_eq!(sent, "Hi");
     }
 
     #[test]

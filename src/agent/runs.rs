@@ -16,7 +16,11 @@
 //! Fan-out: the connection that started a run and every `agent.wait`er get all its events,
 //! never dropped (a client too slow for them is closed 1008 by the reactor). Session
 //! subscribers get `session.tool` mirrors marked drop-if-slow; while pressure is elevated the
-//! non-terminal ones (`start`, `update`) are not sent at all.
+//! non-terminal ones (`start`, `update`) are not sent at all. Session *message* subscribers
+//! (`sessions.messages.subscribe`, what the dashboard's chat page asks for) get a drop-if-slow
+//! copy of every `chat` and `agent` event of the session's runs (unless they already get it as
+//! a listener; non-terminal ones not under elevated pressure) and a `session.message` event
+//! for each message written to the session's transcript.
 
 use super::failover::Cooldowns;
 use super::transcript::Origin;
@@ -262,6 +266,8 @@ pub struct Runs {
     subs: Mutex<HashMap<String, Vec<(usize, u64)>>>,
     /// Connections subscribed to every session's `sessions.changed` (`sessions.subscribe {}`).
     all_subs: Mutex<Vec<(usize, u64)>>,
+    /// `sessions.messages.subscribe`: session key → connections watching its messages.
+    msg_subs: Mutex<HashMap<String, Vec<(usize, u64)>>>,
     pub cooldowns: Mutex<Cooldowns>,
     session_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     last_prune: Mutex<Option<Instant>>,
@@ -282,6 +288,7 @@ impl Runs {
             by_idem: Mutex::default(),
             subs: Mutex::default(),
             all_subs: Mutex::default(),
+            msg_subs: Mutex::default(),
             cooldowns: Mutex::default(),
             session_locks: Mutex::default(),
             last_prune: Mutex::default(),
@@ -347,13 +354,41 @@ impl Runs {
 
     /// Forgets a closed connection's subscriptions.
     pub fn forget_conn(&self, conn: usize, generation: u64) {
-        let mut subs = lock(&self.subs);
-        for v in subs.values_mut() {
-            v.retain(|c| *c != (conn, generation));
+        for registry in [&self.subs, &self.msg_subs] {
+            let mut subs = lock(registry);
+            for v in subs.values_mut() {
+                v.retain(|c| *c != (conn, generation));
+            }
+            subs.retain(|_, v| !v.is_empty());
         }
-        subs.retain(|_, v| !v.is_empty());
-        drop(subs);
         lock(&self.all_subs).retain(|c| *c != (conn, generation));
+    }
+
+    /// The runs of a session in the registry: those running (oldest first), and the newest
+    /// that has ended with its status. A scan of the registry (at most [`MAX_RUNS`]).
+    pub fn session_runs(&self, key: &str) -> SessionRuns {
+        let runs: Vec<Arc<Run>> = lock(&self.runs)
+            .values()
+            .filter(|r| r.request.session.key == key)
+            .cloned()
+            .collect();
+        let mut active: Vec<(u64, String)> = Vec::new();
+        let mut last: Option<(u64, String, Status)> = None;
+        for r in runs {
+            match r.status() {
+                Status::Running => active.push((r.created_ms, r.id.clone())),
+                st => {
+                    if last.as_ref().is_none_or(|(t, _, _)| r.created_ms >= *t) {
+                        last = Some((r.created_ms, r.id.clone(), st));
+                    }
+                }
+            }
+        }
+        active.sort();
+        SessionRuns {
+            active: active.into_iter().map(|(_, id)| id).collect(),
+            last: last.map(|(_, id, st)| (id, st)),
+        }
     }
 
     /// Registers a waiter's deadline for the watchdog to see (see `waiter_due`).
@@ -397,6 +432,15 @@ impl Runs {
     }
 }
 
+/// What the registry knows of one session's runs ([`Runs::session_runs`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionRuns {
+    /// Running (or waiting for the session), oldest first.
+    pub active: Vec<String>,
+    /// The newest run that has ended, and how.
+    pub last: Option<(String, Status)>,
+}
+
 /// The provider cooldowns.
 pub fn cooldowns(svc: &Runs) -> MutexGuard<'_, Cooldowns> {
     lock(&svc.cooldowns)
@@ -408,17 +452,89 @@ fn send_reply(svc: &Runs, reply: &ReplyTo, outcome: &crate::payload::Outcome) {
     }
 }
 
-/// Sends `event` to every listener of the run (never dropped).
+/// Sends `event` to every listener of the run (never dropped), and a copy to the session's
+/// message subscribers that are not listeners (drop-if-slow; a non-terminal one — a delta, a
+/// stream chunk — not at all while pressure is elevated).
 pub fn emit(svc: &Runs, run: &Run, event: Event, mut payload: Value) {
     payload["runId"] = json!(run.id);
     payload["sessionKey"] = json!(run.request.session.key);
+    payload["agentId"] = json!(run.request.session.agent);
     payload["seq"] = json!(run.next_seq());
+    let terminal = payload["state"].as_str().is_some_and(|s| s != "delta")
+        || matches!(payload["stream"].as_str(), Some("lifecycle" | "error"));
     let targets = lock(&run.inner).listeners.clone();
+    let watchers: Vec<(usize, u64)> = lock(&svc.msg_subs)
+        .get(&run.request.session.key)
+        .map(|w| w.iter().filter(|c| !targets.contains(c)).copied().collect())
+        .unwrap_or_default();
+    let name = event;
+    let payload: Arc<str> = Arc::from(payload.to_string());
+    if !watchers.is_empty() {
+        if !terminal && svc.h.pressure.get().level >= Level::Elevated {
+            svc.h.metrics.events_suppressed_pressure.inc();
+        } else {
+            svc.h.outbox.fanout(Fanout {
+                targets: watchers,
+                name,
+                payload: payload.clone(),
+                drop_if_slow: true,
+            });
+        }
+    }
     svc.h.outbox.fanout(Fanout {
         targets,
-        name: event,
-        payload: Arc::from(payload.to_string()),
+        name,
+        payload,
         drop_if_slow: false,
+    });
+}
+
+/// Tells the session's message subscribers (`sessions.messages.subscribe`) that a message was
+/// written to its transcript: a `session.message` event in OpenClaw's shape, with the
+/// message's transcript id and position (`seq`), drop-if-slow. Nothing is read or counted
+/// when nobody watches the session.
+pub fn session_message(
+    svc: &Runs,
+    run: &Run,
+    session: &mut super::transcript::SessionFile,
+    id: &str,
+    mut message: Value,
+) {
+    let key = &run.request.session.key;
+    let watchers = lock(&svc.msg_subs).get(key).cloned().unwrap_or_default();
+    if watchers.is_empty() {
+        return;
+    }
+    let seq = match session.message_count() {
+        Ok(n) => n,
+        Err(e) => {
+            log::warn!("run {}: cannot count the messages of {key}: {e}", run.id);
+            return;
+        }
+    };
+    let mut meta = json!({"id": id, "seq": seq});
+    if let Some(k) = message.get("idempotencyKey").cloned() {
+        meta["idempotencyKey"] = k;
+    }
+    message["__openclaw"] = meta;
+    let agent = &run.request.session.agent;
+    let active = svc.session_runs(key).active;
+    let now = clock::wall_ms();
+    let payload = json!({
+        "sessionKey": key, "agentId": agent, "message": message, "messageId": id,
+        "messageSeq": seq, "runId": run.id,
+        "sessionId": session.session_id, "updatedAt": now,
+        "hasActiveRun": !active.is_empty(), "activeRunIds": active,
+        "session": {
+            "key": key, "agentId": agent, "sessionId": session.session_id, "updatedAt": now,
+            "hasActiveRun": !active.is_empty(), "status": "running",
+        },
+    });
+    svc.h.outbox.fanout(Fanout {
+        targets: watchers,
+        name: Event::SessionMessage,
+        payload: Arc::from(payload.to_string()),
+        drop_if_slow: true,
     });
 }
 
@@ -707,6 +823,30 @@ impl Runs {
         if on {
             all.push(conn);
         }
+    }
+
+    /// Adds (`on`) or removes a connection's watch on a session's messages
+    /// (`sessions.messages.subscribe`): its runs' `chat` and `agent` events and its
+    /// `session.message` events.
+    pub fn subscribe_messages(&self, key: &str, conn: (usize, u64), on: bool) {
+        let mut subs = lock(&self.msg_subs);
+        let list = subs.entry(key.to_string()).or_default();
+        list.retain(|c| *c != conn);
+        if on {
+            list.push(conn);
+        }
+        if list.is_empty() {
+            subs.remove(key);
+        }
+    }
+
+    /// Cancels every running run of a session; returns their ids.
+    pub fn abort_session(&self, key: &str) -> Vec<String> {
+        let active = self.session_runs(key).active;
+        active
+            .into_iter()
+            .filter(|id| self.get(id).is_some_and(|r| self.abort(&r)))
+            .collect()
     }
 
     /// Adds (`on`) or removes a connection's `session.tool` mirrors of a session.

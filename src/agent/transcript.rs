@@ -28,6 +28,9 @@ pub struct SessionFile {
     last_id: Option<String>,
     /// The store had no entry for the key: this run made the session.
     pub created: bool,
+    /// Messages in the transcript, once counted ([`SessionFile::message_count`]); appends
+    /// keep it current.
+    count: Option<u64>,
 }
 
 /// `<state>/agents/<agentId>/sessions`: an [`AgentId`] is one checked path component.
@@ -201,7 +204,9 @@ impl SessionFile {
         let transcript = transcript_path(&dir, &session_id)?;
         let existed = transcript.exists();
         let mut last_id = None;
+        let mut count = None;
         if !existed {
+            count = Some(0);
             append_line(
                 &transcript,
                 &json!({"type": "session", "version": 3, "id": session_id, "timestamp": clock::iso8601(now), "cwd": state_dir}),
@@ -217,6 +222,7 @@ impl SessionFile {
             store,
             last_id,
             created,
+            count,
         })
     }
 
@@ -227,7 +233,26 @@ impl SessionFile {
         let line = json!({"type": "message", "id": id, "parentId": self.last_id, "timestamp": clock::iso8601(now), "message": message});
         append_line(&self.transcript, &line)?;
         self.last_id = Some(id.clone());
+        if let Some(n) = &mut self.count {
+            *n += 1;
+        }
         Ok(id)
+    }
+
+    /// How many messages the transcript holds (the last one appended is the last of them,
+    /// so this is its `seq`). Counted from the file the first time it is asked for — only
+    /// when someone watches the session — then kept current by [`SessionFile::append`].
+    pub fn message_count(&mut self) -> io::Result<u64> {
+        if let Some(n) = self.count {
+            return Ok(n);
+        }
+        let mut n = 0;
+        lines_backwards(&self.transcript, |l| {
+            n += u64::from(is_message_line(l));
+            true
+        })?;
+        self.count = Some(n);
+        Ok(n)
     }
 
     /// Updates the store entry after a run: time, model and token totals.
@@ -302,6 +327,180 @@ pub fn history(
     }
     out.reverse();
     Ok((Some(sid), out))
+}
+
+/// Whether a transcript line is a message (`{"type": "message", "message": {…}}`), read
+/// without building it: what [`history`] and [`page`] count as one.
+fn is_message_line(line: &str) -> bool {
+    serde_json::from_str::<LineHead<'_>>(line)
+        .is_ok_and(|h| h.kind.as_deref() == Some("message") && h.message.is_some_and(|m| m.0))
+}
+
+/// The two fields of a transcript line that say whether it is a message.
+#[derive(serde::Deserialize)]
+struct LineHead<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    message: Option<IsObject>,
+}
+
+/// Whether a value is a JSON object, read without keeping it.
+struct IsObject(bool);
+
+impl<'de> serde::Deserialize<'de> for IsObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<IsObject, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = IsObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<IsObject, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(IsObject(true))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<IsObject, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(IsObject(false))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<IsObject, E> {
+                Ok(IsObject(false))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<IsObject, E> {
+                Ok(IsObject(false))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<IsObject, E> {
+                Ok(IsObject(false))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<IsObject, E> {
+                Ok(IsObject(false))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<IsObject, E> {
+                Ok(IsObject(false))
+            }
+            fn visit_unit<E>(self) -> Result<IsObject, E> {
+                Ok(IsObject(false))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The raw store entry of a session (`sessions.json`), if it has one: read-only, for clients
+/// that show a session.
+pub fn session_entry(state_dir: &Path, key: &SessionKey) -> io::Result<Option<Map<String, Value>>> {
+    let store = sessions_dir(state_dir, &key.agent).join("sessions.json");
+    Ok(read_store(&store)?.remove(&key.key).and_then(|v| match v {
+        Value::Object(m) => Some(m),
+        _ => None,
+    }))
+}
+
+/// One message of a [`Page`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageMessage {
+    /// Its position among the transcript's messages, from 1 (the oldest).
+    pub seq: u64,
+    /// The line's `id`.
+    pub id: Option<String>,
+    /// The line's own `timestamp` (when it was written), in ms.
+    pub record_ms: Option<i64>,
+    pub message: Value,
+}
+
+/// A run of consecutive messages of a session's transcript.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Page {
+    /// `None`: the session has no store entry (nothing was ever said in it).
+    pub session_id: Option<String>,
+    /// Oldest first.
+    pub messages: Vec<PageMessage>,
+    /// Messages in the whole transcript.
+    pub total: u64,
+}
+
+/// How many lines [`page`] reads between two looks at `cancelled`.
+const CANCEL_EVERY: u32 = 256;
+
+/// The `limit` messages that come before the newest `skip` ones, oldest first, and how many
+/// messages the transcript holds. Reads backwards: lines of the page are parsed, the older
+/// ones only looked at to be counted. `cancelled` is asked every few hundred lines; when it
+/// says so the read stops with `ErrorKind::Interrupted`.
+pub fn page(
+    state_dir: &Path,
+    key: &SessionKey,
+    skip: u64,
+    limit: usize,
+    cancelled: &dyn Fn() -> bool,
+) -> io::Result<Page> {
+    let dir = sessions_dir(state_dir, &key.agent);
+    let Some(sid) = read_store(&dir.join("sessions.json"))?
+        .get(&key.key)
+        .and_then(|e| e["sessionId"].as_str().map(String::from))
+    else {
+        return Ok(Page::default());
+    };
+    let path = transcript_path(&dir, &sid)?;
+    // Counted from the newest: the n-th message met is the n-th from the end.
+    let mut from_end: u64 = 0;
+    let mut newest_first: Vec<(u64, Option<String>, Option<i64>, Value)> = Vec::new();
+    let mut lines: u32 = 0;
+    let mut stopped = false;
+    lines_backwards(&path, |l| {
+        lines += 1;
+        if lines.is_multiple_of(CANCEL_EVERY) && cancelled() {
+            stopped = true;
+            return false;
+        }
+        let in_page = from_end >= skip && newest_first.len() < limit;
+        if !in_page {
+            from_end += u64::from(is_message_line(l));
+            return true;
+        }
+        if let Ok(mut v) = serde_json::from_str::<Value>(l)
+            && v["type"] == "message"
+            && v["message"].is_object()
+        {
+            from_end += 1;
+            let id = v["id"].as_str().map(String::from);
+            let record_ms = match &v["timestamp"] {
+                Value::String(t) => crate::sessions::time::parse_iso_ms(t),
+                Value::Number(n) => n.as_i64(),
+                _ => None,
+            };
+            newest_first.push((from_end, id, record_ms, v["message"].take()));
+        }
+        true
+    })?;
+    if stopped {
+        return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+    }
+    let total = from_end;
+    let messages = newest_first
+        .into_iter()
+        .rev()
+        .map(|(n, id, record_ms, message)| PageMessage {
+            seq: total + 1 - n,
+            id,
+            record_ms,
+            message,
+        })
+        .collect();
+    Ok(Page {
+        session_id: Some(sid),
+        messages,
+        total,
+    })
 }
 
 #[cfg(test)]
@@ -439,6 +638,91 @@ mod tests {
         assert_eq!(texts, want);
         let again = SessionFile::open(d.path(), &key("k"), &Origin::default()).unwrap();
         assert!(again.last_id.is_some());
+    }
+
+    #[test]
+    fn a_page_is_numbered_from_the_oldest_message_and_skips_the_newest() {
+        let d = tempfile::tempdir().unwrap();
+        let never = || false;
+        // No store entry: nothing, not an error.
+        assert_eq!(
+            page(d.path(), &key("k"), 0, 10, &never).unwrap(),
+            Page::default()
+        );
+        let mut s = SessionFile::open(d.path(), &key("k"), &Origin::default()).unwrap();
+        assert_eq!(s.message_count().unwrap(), 0);
+        for i in 1..=7 {
+            s.append(
+                json!({"role": "user", "content": [{"type": "text", "text": format!("m{i}")}]}),
+            )
+            .unwrap();
+        }
+        // Lines that are not messages are neither shown nor counted.
+        append_line(
+            &s.transcript,
+            &json!({"type": "custom", "message": {"role": "x"}}),
+        )
+        .unwrap();
+        append_line(
+            &s.transcript,
+            &json!({"type": "message", "message": "not an object"}),
+        )
+        .unwrap();
+        assert_eq!(s.message_count().unwrap(), 7);
+        let text = |p: &Page| -> Vec<(u64, String)> {
+            p.messages
+                .iter()
+                .map(|m| {
+                    (
+                        m.seq,
+                        m.message["content"][0]["text"]
+                            .as_str()
+                            .unwrap()
+                            .to_string(),
+                    )
+                })
+                .collect()
+        };
+        let p = page(d.path(), &key("k"), 0, 3, &never).unwrap();
+        assert_eq!(p.total, 7);
+        assert_eq!(p.session_id.as_deref(), Some(s.session_id.as_str()));
+        assert_eq!(
+            text(&p),
+            [(5, "m5".into()), (6, "m6".into()), (7, "m7".into())]
+        );
+        assert!(p.messages[0].id.is_some() && p.messages[0].record_ms.is_some());
+        let p = page(d.path(), &key("k"), 3, 3, &never).unwrap();
+        assert_eq!(
+            text(&p),
+            [(2, "m2".into()), (3, "m3".into()), (4, "m4".into())]
+        );
+        let p = page(d.path(), &key("k"), 6, 3, &never).unwrap();
+        assert_eq!((text(&p), p.total), (vec![(1, "m1".into())], 7));
+        assert!(
+            page(d.path(), &key("k"), 9, 3, &never)
+                .unwrap()
+                .messages
+                .is_empty()
+        );
+        // A second writer's count starts from the file.
+        let mut again = SessionFile::open(d.path(), &key("k"), &Origin::default()).unwrap();
+        assert_eq!(again.message_count().unwrap(), 7);
+        again
+            .append(json!({"role": "user", "content": "m8"}))
+            .unwrap();
+        assert_eq!(again.message_count().unwrap(), 8);
+        assert_eq!(
+            page(d.path(), &key("k"), 0, 1, &never).unwrap().messages[0].seq,
+            8
+        );
+        // A read asked to stop stops.
+        for i in 0..600 {
+            again
+                .append(json!({"role": "user", "content": format!("n{i}")}))
+                .unwrap();
+        }
+        let e = page(d.path(), &key("k"), 0, 1, &|| true).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Interrupted);
     }
 
     #[test]

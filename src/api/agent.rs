@@ -1,5 +1,6 @@
-//! The agent methods as clients call them: `chat.send`, `agent`, `agent.wait`, `chat.abort`,
-//! `sessions.subscribe`/`unsubscribe`, `chat.history`, and the hooks. Each reads its params,
+//! The agent methods as clients call them: `chat.send`, `agent`, `agent.wait`,
+//! `sessions.subscribe`/`unsubscribe`, and the hooks (`chat.abort` and `chat.history` are
+//! answered in the shapes the dashboard reads, by `chat_ui`). Each reads its params,
 //! calls the agent service (`agent::runs`) and shapes the answer OpenClaw's clients expect.
 
 use crate::agent::runs::{self, Request, Runs, Status};
@@ -7,7 +8,6 @@ use crate::agent::transcript::Origin;
 use crate::clock;
 use crate::error::{Code, RpcError};
 use crate::ids::{AgentId, SessionKey};
-use crate::jobs::{JobCtx, Work};
 use crate::protocol::params::{self, parse, session_key};
 use crate::protocol::reply::ReplyTo;
 use serde::Deserialize;
@@ -59,19 +59,43 @@ struct ChatSend {
     message: String,
     #[serde(deserialize_with = "params::required")]
     idempotency_key: String,
+    #[serde(default, deserialize_with = "params::agent_id")]
+    agent_id: Option<AgentId>,
+    /// Only an empty list is accepted: keel's runs take text.
+    #[serde(default)]
+    attachments: Option<Value>,
 }
 
-/// `chat.send {sessionKey, message, idempotencyKey, channel?, to?, accountId?, threadId?}` →
-/// `{runId, status}`; the run's progress follows as `chat` and `agent` events.
+/// `chat.send {sessionKey, message, idempotencyKey, agentId?, channel?, to?, accountId?,
+/// threadId?}` → `{runId, status}`; the run's progress follows as `chat` and `agent` events.
+/// `agentId` must be a configured agent and the session key's own (the dashboard sends it).
+/// Attachments are refused: keel sends the model text only. Other params the dashboard sends
+/// (`deliver: false`, `sessionId`, `queueMode`, `expectedLeafEntryId`, …) are ignored.
 pub fn chat_send(svc: &Arc<Runs>, p: &Value, caller: &ReplyTo) -> Result<Value, RpcError> {
     let ChatSend {
         session_key: key,
         message,
         idempotency_key: idem,
+        agent_id,
+        attachments,
     } = parse(p)?;
+    match attachments {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) if a.is_empty() => {}
+        Some(Value::Array(_)) => {
+            return Err(RpcError::invalid(
+                "invalid params: attachments are not supported by keel; send the message as text",
+            ));
+        }
+        Some(_) => {
+            return Err(RpcError::invalid(
+                "invalid params: attachments must be an array",
+            ));
+        }
+    }
     let origin = origin_of(p)?;
     let cfg = svc.h.config.get();
-    let session = session_key("sessionKey", &key, &cfg.agents.default_agent_id())?;
+    let session = super::chat_ui::resolve(&cfg, "sessionKey", &key, agent_id.as_ref())?;
     let request = Request::top(message, session, origin);
     let (run, new) = runs::start(svc, &idem, request, ReplyTo::Internal, listener_of(caller))?;
     Ok(json!({"runId": run.id, "status": if new { "started" } else { run.status().as_str() }}))
@@ -99,10 +123,20 @@ pub fn agent(svc: &Arc<Runs>, p: &Value, caller: &ReplyTo) -> Result<Value, RpcE
     let a: AgentParams = parse(p)?;
     let origin = origin_of(p)?;
     let cfg = svc.h.config.get();
-    // The session key's agent wins; a key that names none belongs to `agentId`.
-    let agent = a.agent_id.unwrap_or_else(|| cfg.agents.default_agent_id());
+    // The session key's agent wins; a key that names none is, with `agentId`, that agent's
+    // `agent:<agentId>:<key>` (as chat.send takes it), and without, the default agent's.
+    let agent = a
+        .agent_id
+        .clone()
+        .unwrap_or_else(|| cfg.agents.default_agent_id());
     let session = match &a.session_key {
-        Some(k) => session_key("sessionKey", k, &agent)?,
+        Some(k) => {
+            let key = session_key("sessionKey", k, &agent)?;
+            match &a.agent_id {
+                Some(id) if !key.key.starts_with("agent:") => key.scoped_to(id),
+                _ => key,
+            }
+        }
         None => SessionKey::of(&agent, "main"),
     };
     let idem = a.idempotency_key;
@@ -158,23 +192,6 @@ pub fn agent_wait(svc: &Arc<Runs>, p: &Value, caller: &ReplyTo) -> Result<Option
         ));
     }
     Ok(svc.wait(&run, timeout, listener_of(caller), caller.clone()))
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RunId {
-    #[serde(deserialize_with = "params::required")]
-    run_id: String,
-}
-
-/// `chat.abort {runId}`: cancels the run; its socket to the provider is shut at once.
-pub fn chat_abort(svc: &Arc<Runs>, p: &Value, _caller: &ReplyTo) -> Result<Value, RpcError> {
-    let RunId { run_id: id } = parse(p)?;
-    let run = svc
-        .get(&id)
-        .ok_or_else(|| RpcError::new(Code::NotFound, format!("no run {id}")))?;
-    let aborted = svc.abort(&run);
-    Ok(json!({"ok": true, "runId": id, "aborted": aborted, "status": run.status().as_str()}))
 }
 
 /// A hook's body: `/agent` needs `message`, `/wake` needs `text` (and the origin's `channel`,
@@ -309,45 +326,4 @@ pub fn subscribe(
             Ok(json!({"subscribed": on}))
         }
     }
-}
-
-/// The most messages `chat.history` answers with.
-const HISTORY_MAX: u64 = 1000;
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ChatHistory {
-    #[serde(deserialize_with = "params::required")]
-    session_key: String,
-    /// 200 when not given; more than [`HISTORY_MAX`] is clamped to it (the newest messages).
-    #[serde(default, deserialize_with = "params::count")]
-    limit: Option<u64>,
-}
-
-/// `chat.history {sessionKey, limit?}`: its params are read when the call arrives, the
-/// transcript by the job (on the cpu pool).
-pub fn chat_history(svc: &Arc<Runs>, p: &Value) -> Result<Work, RpcError> {
-    let ChatHistory {
-        session_key: raw,
-        limit,
-    } = parse(p)?;
-    let cfg = svc.h.config.get();
-    let session = session_key("sessionKey", &raw, &cfg.agents.default_agent_id())?;
-    let limit = limit.unwrap_or(200).min(HISTORY_MAX) as usize;
-    let svc = svc.clone();
-    Ok(Box::new(move |ctx: &JobCtx| {
-        ctx.check()?;
-        history(&svc, &session, limit).map(Into::into)
-    }))
-}
-
-fn history(svc: &Runs, session: &SessionKey, limit: usize) -> Result<Value, RpcError> {
-    let (sid, messages) = crate::agent::transcript::history(&svc.h.state_dir, session, limit)
-        .map_err(|e| {
-            RpcError::new(
-                Code::Internal,
-                format!("cannot read the history of {}: {e}", session.key),
-            )
-        })?;
-    Ok(json!({"sessionKey": session.key, "sessionId": sid, "messages": messages}))
 }

@@ -10,6 +10,7 @@
 //! memory pressure can be proven against the real binary.
 
 pub mod agent;
+pub mod chat_ui;
 pub mod delivery;
 pub mod sessions;
 pub mod system;
@@ -421,6 +422,56 @@ const METHODS: &[Method] = &[
         handler: Handler::Inline(ui::sessions_companion_state),
         hidden: false,
     },
+    // ---- The dashboard's Chat page (`chat_ui`); `chat.history` and `chat.abort` above are
+    // answered there too.
+    Method {
+        name: "chat.startup",
+        kind: job(PoolKind::Cpu, Lane::Interactive, Duration::from_secs(5)),
+        handler: Handler::Work(chat_startup),
+        hidden: false,
+    },
+    Method {
+        name: "sessions.describe",
+        kind: job(PoolKind::Cpu, Lane::Interactive, Duration::from_secs(5)),
+        handler: Handler::Work(sessions_describe),
+        hidden: false,
+    },
+    Method {
+        name: "chat.metadata",
+        kind: Kind::Now,
+        handler: Handler::Inline(chat_metadata),
+        hidden: false,
+    },
+    Method {
+        name: "models.list",
+        kind: Kind::Now,
+        handler: Handler::Inline(models_list),
+        hidden: false,
+    },
+    Method {
+        name: "sessions.messages.subscribe",
+        kind: Kind::Now,
+        handler: Handler::Inline(messages_subscribe),
+        hidden: false,
+    },
+    Method {
+        name: "sessions.messages.unsubscribe",
+        kind: Kind::Now,
+        handler: Handler::Inline(messages_unsubscribe),
+        hidden: false,
+    },
+    Method {
+        name: "progressCard.get",
+        kind: Kind::Now,
+        handler: Handler::Inline(progress_card),
+        hidden: false,
+    },
+    Method {
+        name: "sessions.abort",
+        kind: Kind::Now,
+        handler: Handler::Inline(sessions_abort),
+        hidden: false,
+    },
     Method {
         // A test hook: its params may choose another pool, lane and deadline.
         name: "keel.test.busy",
@@ -535,7 +586,8 @@ fn delivery_drop(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
 }
 
 fn sessions_list(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
-    sessions::list(&shared.sessions, p)
+    let work = sessions::list(&shared.sessions, p)?;
+    Ok(chat_ui::with_defaults(&shared.runs, p, work))
 }
 
 fn sessions_usage(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
@@ -554,8 +606,8 @@ fn agent(shared: &Arc<Shared>, p: &Value, caller: &ReplyTo) -> Result<Value, Rpc
     agent::agent(&shared.runs, p, caller)
 }
 
-fn chat_abort(shared: &Arc<Shared>, p: &Value, caller: &ReplyTo) -> Result<Value, RpcError> {
-    agent::chat_abort(&shared.runs, p, caller)
+fn chat_abort(shared: &Arc<Shared>, p: &Value, _caller: &ReplyTo) -> Result<Value, RpcError> {
+    chat_ui::chat_abort(&shared.runs, p)
 }
 
 fn agent_wait(shared: &Arc<Shared>, p: &Value, caller: &ReplyTo) -> Result<Call, RpcError> {
@@ -574,7 +626,47 @@ fn unsubscribe(shared: &Arc<Shared>, p: &Value, caller: &ReplyTo) -> Result<Valu
 }
 
 fn chat_history(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
-    agent::chat_history(&shared.runs, p)
+    chat_ui::history(&shared.runs, p)
+}
+
+fn chat_startup(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
+    chat_ui::history(&shared.runs, p)
+}
+
+fn sessions_describe(shared: &Arc<Shared>, p: &Value) -> Result<Work, RpcError> {
+    chat_ui::describe(&shared.runs, p)
+}
+
+fn chat_metadata(shared: &Arc<Shared>, p: &Value, _caller: &ReplyTo) -> Result<Value, RpcError> {
+    chat_ui::metadata(&shared.runs, p)
+}
+
+fn models_list(shared: &Arc<Shared>, p: &Value, _caller: &ReplyTo) -> Result<Value, RpcError> {
+    chat_ui::models_list(&shared.runs, p)
+}
+
+fn messages_subscribe(
+    shared: &Arc<Shared>,
+    p: &Value,
+    caller: &ReplyTo,
+) -> Result<Value, RpcError> {
+    chat_ui::watch(&shared.runs, p, caller, true)
+}
+
+fn messages_unsubscribe(
+    shared: &Arc<Shared>,
+    p: &Value,
+    caller: &ReplyTo,
+) -> Result<Value, RpcError> {
+    chat_ui::watch(&shared.runs, p, caller, false)
+}
+
+fn progress_card(shared: &Arc<Shared>, p: &Value, _caller: &ReplyTo) -> Result<Value, RpcError> {
+    chat_ui::progress_card(&shared.runs, p)
+}
+
+fn sessions_abort(shared: &Arc<Shared>, p: &Value, _caller: &ReplyTo) -> Result<Value, RpcError> {
+    chat_ui::session_abort(&shared.runs, p)
 }
 
 fn health(shared: &Arc<Shared>, _params: &Value, _caller: &ReplyTo) -> Result<Value, RpcError> {

@@ -29,6 +29,18 @@ pub struct ProviderSettings {
     pub stall: Duration,
     /// Model id → max output tokens (when configured).
     pub max_tokens: BTreeMap<String, u32>,
+    /// `models[]` as listed, for the model lists clients show (`models.list`).
+    pub models: Vec<ModelInfo>,
+}
+
+/// One entry of `models.providers.<id>.models[]`: what a model picker shows of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    pub id: String,
+    pub name: Option<String>,
+    /// `contextWindow` (tokens).
+    pub context_window: Option<u64>,
+    pub reasoning: Option<bool>,
 }
 
 impl fmt::Debug for ProviderSettings {
@@ -310,6 +322,11 @@ fn providers(
                     .collect()
             })
             .unwrap_or_default();
+        let models = p
+            .get("models")
+            .and_then(Value::as_array)
+            .map(|ms| ms.iter().filter_map(model_info).collect())
+            .unwrap_or_default();
         out.insert(
             id.clone(),
             ProviderSettings {
@@ -330,10 +347,27 @@ fn providers(
                     issues,
                 ),
                 max_tokens,
+                models,
             },
         );
     }
     out
+}
+
+/// A `models[]` entry with a non-empty string `id`; other fields of the wrong type are left
+/// out (the model still runs: only `id` is needed to call it).
+fn model_info(m: &Value) -> Option<ModelInfo> {
+    let id = m.get("id")?.as_str().filter(|s| !s.is_empty())?;
+    Some(ModelInfo {
+        id: id.to_string(),
+        name: m
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(String::from),
+        context_window: m.get("contextWindow").and_then(Value::as_u64),
+        reasoning: m.get("reasoning").and_then(Value::as_bool),
+    })
 }
 
 /// Does `http://host[:port]/...` name this machine?
@@ -540,8 +574,10 @@ mod tests {
         let (s, issues) = parse_json(json!({
             "models": {"providers": {
                 "anthropic": {"baseUrl": "https://api.anthropic.com/", "apiKey": "sk-1", "api": "anthropic-messages",
-                              "models": [{"id": "claude", "maxTokens": 8192, "cost": {"input": 3}}]},
-                "local": {"baseUrl": "http://127.0.0.1:11434/v1", "timeoutMs": 5000, "stallMs": 1000, "models": [{"id": "llama"}]},
+                              "models": [{"id": "claude", "name": "Claude", "contextWindow": 200000, "reasoning": true,
+                                          "maxTokens": 8192, "cost": {"input": 3}}]},
+                "local": {"baseUrl": "http://127.0.0.1:11434/v1", "timeoutMs": 5000, "stallMs": 1000,
+                          "models": [{"id": "llama", "contextWindow": "big"}, {"name": "no id"}]},
             }},
             "agents": {
                 "defaults": {"model": {"primary": "anthropic/claude", "fallbacks": ["local/llama"]}, "timeoutSeconds": 60},
@@ -556,6 +592,25 @@ mod tests {
             ("https://api.anthropic.com", "anthropic-messages")
         );
         assert_eq!(a.max_tokens["claude"], 8192);
+        assert_eq!(
+            a.models,
+            [ModelInfo {
+                id: "claude".into(),
+                name: Some("Claude".into()),
+                context_window: Some(200_000),
+                reasoning: Some(true),
+            }]
+        );
+        // A field of the wrong type is left out; an entry without an id is not a model.
+        assert_eq!(
+            s.providers["local"].models,
+            [ModelInfo {
+                id: "llama".into(),
+                name: None,
+                context_window: None,
+                reasoning: None,
+            }]
+        );
         assert!(!format!("{a:?}").contains("sk-1"), "keys are redacted");
         assert_eq!(s.providers["local"].stall, Duration::from_secs(1));
         assert_eq!(s.run_timeout, Duration::from_secs(60));

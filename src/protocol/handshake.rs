@@ -331,7 +331,8 @@ mod tests {
                 "agent",
                 "chat",
                 "session.tool",
-                "sessions.changed"
+                "sessions.changed",
+                "session.message"
             ])
         );
         assert_eq!(

@@ -124,10 +124,12 @@ pub enum Event {
     SessionTool,
     /// A session was created or changed (runs starting and ending), for `sessions.subscribe`.
     SessionsChanged,
+    /// A message was written to a session's transcript, for `sessions.messages.subscribe`.
+    SessionMessage,
 }
 
 impl Event {
-    pub const ALL: [Event; 7] = [
+    pub const ALL: [Event; 8] = [
         Event::ConnectChallenge,
         Event::Tick,
         Event::Shutdown,
@@ -135,6 +137,7 @@ impl Event {
         Event::Chat,
         Event::SessionTool,
         Event::SessionsChanged,
+        Event::SessionMessage,
     ];
 
     /// The name on the wire.
@@ -147,6 +150,7 @@ impl Event {
             Event::Chat => "chat",
             Event::SessionTool => "session.tool",
             Event::SessionsChanged => "sessions.changed",
+            Event::SessionMessage => "session.message",
         }
     }
 }

@@ -18,6 +18,7 @@ mod security;
 #[path = "../../testkit/mod.rs"]
 mod testkit;
 mod tools;
+mod ui_chat;
 mod ui_methods;
 mod ui_static;
 mod usage;

@@ -883,3 +883,32 @@ fn agent_runs_hold_their_in_flight_slot_until_the_final_res() {
     let _more = [start(&mut ws, "r4"), start(&mut ws, "r5")];
     refused(&mut ws, "health", json!({}));
 }
+
+/// `agent {agentId, sessionKey}` with a key that names no agent runs in that agent's
+/// `agent:<agentId>:<key>`, as `chat.send` takes it (found by the method_params fuzz target:
+/// the run's key read back as the default agent's).
+#[test]
+fn an_agent_call_s_bare_key_belongs_to_its_agent_id() {
+    let a = FakeProvider::start("openai-completions");
+    let g = Gateway::start(Opts::default().config(a.one_provider_config()));
+    let r = g.rpc(
+        "agent",
+        json!({"message": "hi", "idempotencyKey": "bare", "agentId": "ops", "sessionKey": "notes"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let run = r.json()["payload"]["runId"].as_str().unwrap().to_string();
+    eventually(BOUND, || {
+        let done = g
+            .rpc("agent.wait", json!({"runId": run, "timeoutMs": 0}))
+            .json();
+        (done["payload"]["status"] == "ok").then_some(())
+    });
+    let list = g.rpc("sessions.list", json!({"agentId": "ops"})).json();
+    let keys: Vec<&str> = list["payload"]["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["key"].as_str().unwrap())
+        .collect();
+    assert!(keys.contains(&"agent:ops:notes"), "{keys:?}");
+}

@@ -565,6 +565,13 @@ fn sessions_subscribe_without_a_key_gets_sessions_changed_and_every_event_is_ann
         )["ok"],
         true
     );
+    assert_eq!(
+        one.call(
+            "sessions.messages.subscribe",
+            json!({"key": "agent:ops:work"})
+        )["ok"],
+        true
+    );
 
     // A run on another connection, in a session that does not exist yet.
     let mut runner = g.ws();
@@ -596,7 +603,9 @@ fn sessions_subscribe_without_a_key_gets_sessions_changed_and_every_event_is_ann
     collect_until(&mut one, &mut seen, |f| {
         f["event"] == "session.tool" && f["payload"]["phase"] == "result"
     });
+    // The run's messages reached `one` (watching them) before the run's end.
     collect_until(&mut one, &mut seen, changed("end", run_id.clone()));
+    assert!(seen.contains("session.message"), "{seen:?}");
 
     // The same session again: changed, not created.
     let res = runner.call(
@@ -655,6 +664,7 @@ fn sessions_subscribe_without_a_key_gets_sessions_changed_and_every_event_is_ann
         "chat",
         "session.tool",
         "sessions.changed",
+        "session.message",
     ]
     .map(String::from)
     .into();

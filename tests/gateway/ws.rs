@@ -374,6 +374,33 @@ fn a_param_of_the_wrong_type_is_refused_naming_it_over_websocket_and_http() {
         ("delivery.list", json!({"state": 5}), "state"),
         ("delivery.retry", json!({"id": 5}), "id"),
         ("delivery.drop", json!({"id": true}), "id"),
+        // The dashboard's Chat page.
+        (
+            "chat.startup",
+            json!({"sessionKey": "agent:main:main", "limit": "80"}),
+            "limit",
+        ),
+        ("chat.startup", json!({"sessionKey": true}), "sessionKey"),
+        ("sessions.describe", json!({"key": 5}), "key"),
+        ("chat.metadata", json!({"agentId": 5}), "agentId"),
+        ("models.list", json!({"sessionKey": []}), "sessionKey"),
+        (
+            "sessions.messages.subscribe",
+            json!({"key": "agent:main:main", "includeApprovals": "yes"}),
+            "includeApprovals",
+        ),
+        ("sessions.messages.unsubscribe", json!({"key": {}}), "key"),
+        ("progressCard.get", json!({"sessionKey": 1}), "sessionKey"),
+        (
+            "sessions.abort",
+            json!({"key": "agent:main:main", "runId": 7}),
+            "runId",
+        ),
+        (
+            "chat.history",
+            json!({"sessionKey": "agent:main:main", "maxBytes": -1}),
+            "maxBytes",
+        ),
         // The hidden test methods (served here: the gateway runs with test hooks).
         ("keel.test.busy", json!({"ms": 1, "pool": 5}), "pool"),
         ("keel.test.busy", json!({"ms": "1"}), "ms"),
