@@ -13,7 +13,9 @@
 //!   build for the rest and answers `partial`.
 //! - Identical concurrent queries share one computation ([`Flights`]).
 
+pub mod detail;
 pub mod index;
+pub mod json;
 pub mod query;
 pub mod store;
 pub mod time;
@@ -589,7 +591,41 @@ impl Sessions {
                 self.from_index(&stores, now_ms, ctx, |cx| query::sessions_usage(cx, q))
             }
             Query::Cost(q) => self.from_index(&stores, now_ms, ctx, |cx| query::usage_cost(cx, q)),
+            Query::Timeseries(r) => {
+                self.from_index(&stores, now_ms, ctx, |cx| detail::timeseries(cx, r))
+            }
+            Query::Logs(q) => self.logs(&stores, q, ctx),
         }
+    }
+
+    /// `sessions.usage.logs`: the session's transcripts are found in the index, and read
+    /// without holding its lock.
+    fn logs(
+        self: &Arc<Self>,
+        stores: &store::StoresView,
+        q: &query::LogsQuery,
+        ctx: &JobCtx,
+    ) -> Result<(Payload, String), RpcError> {
+        self.freshen(ctx)?;
+        let files = {
+            let index = self.read();
+            let (agent, sid) = detail::resolve(&index, stores, &q.session).ok_or_else(|| {
+                RpcError::invalid(format!("no session with key {:?}", q.session.key))
+            })?;
+            detail::files(&index, &agent, &sid)
+        };
+        let cfg = self.h.config.get();
+        let entries = detail::logs(&self.state_dir, &files, q.limit, &cfg.prices, || {
+            ctx.check().is_ok()
+        })
+        .map_err(|e| match e {
+            Some(e) => RpcError::new(Code::Internal, format!("cannot read a transcript: {e}")),
+            None => ctx.check().err().unwrap_or_else(|| {
+                crate::jobs::cancel_error(ctx.info, crate::cancel::CancelReason::Drain)
+            }),
+        })?;
+        let line = format!("{} files, {} messages", files.len(), entries.len());
+        Ok((detail::logs_payload(&entries)?, line))
     }
 
     /// Answers a query from the usage index, brought up to date first as far as that is cheap.
