@@ -19,5 +19,6 @@ mod security;
 mod testkit;
 mod tools;
 mod usage;
+mod usage_page;
 mod ws;
 mod ws_conformance;
