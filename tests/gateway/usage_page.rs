@@ -669,6 +669,62 @@ fn the_page_totals_equal_usage_cost_for_the_same_range_and_zone() {
     assert_eq!(none["totals"]["totalTokens"], 0);
 }
 
+/// The dashboard asks the same question on every visit: while nothing it counts changed, the
+/// answer kept from last time is given again; any append, or a store change, is seen at once.
+#[test]
+fn a_repeated_question_is_answered_again_until_something_changes() {
+    let e = expected();
+    let g = Gateway::start(Opts::default().fixture("small"));
+    let params = dashboard(
+        "2026-11-12",
+        "2026-11-19",
+        "Europe/Paris",
+        "UTC+1",
+        "family",
+    );
+    let first = fresh(&g, "sessions.usage", params.clone());
+    let again = ok(&g, "sessions.usage", params.clone());
+    assert_eq!(again, first);
+    assert!(
+        g.wait_log("answered again, nothing it counts changed", BOUND)
+            .is_some(),
+        "{}",
+        g.log_text()
+    );
+    // An append to any transcript: counted on the next call.
+    let dir = g.state().join("agents/main/sessions");
+    let mut live: Vec<PathBuf> = files(&dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    live.sort();
+    let ts = e["now"].as_i64().unwrap() - 60_000;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&live[0])
+        .unwrap();
+    use std::io::Write;
+    writeln!(f, "{}", reply(ts, 777)).unwrap();
+    drop(f);
+    let after = ok(&g, "sessions.usage", params.clone());
+    assert_eq!(
+        after["totals"]["totalTokens"].as_u64().unwrap(),
+        first["totals"]["totalTokens"].as_u64().unwrap() + 777
+    );
+    // A store relabelled by another program: the new label on the next call.
+    let store = dir.join("sessions.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&store).unwrap()).unwrap();
+    let key = v.as_object().unwrap().keys().next().unwrap().clone();
+    v[&key]["label"] = json!("Renamed by hand");
+    std::fs::write(&store, v.to_string()).unwrap();
+    let relabelled = ok(&g, "sessions.usage", params);
+    let row = rows(&relabelled)
+        .iter()
+        .find(|s| s["key"] == key.as_str())
+        .unwrap();
+    assert_eq!(row["label"], "Renamed by hand");
+}
+
 #[test]
 fn provider_quotas_are_an_honest_empty_list_and_the_methods_are_announced() {
     let g = Gateway::start(Opts::default());
