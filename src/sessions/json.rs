@@ -68,6 +68,32 @@ impl Json {
         }
     }
 
+    /// An amount of money to a tenth of a nano-dollar, as a plain decimal (`0.1396961750`
+    /// is written `0.139696175`): integer arithmetic, no float formatting. Amounts beyond
+    /// ±1e8 (nothing keel counts) go through [`Json::f64`].
+    pub fn money(&mut self, v: f64) {
+        const SCALE: f64 = 1e10;
+        if !(v.is_finite() && v.abs() < 1e8) {
+            return self.f64(v);
+        }
+        let n = (v.abs() * SCALE).round() as u64;
+        if v < 0.0 && n > 0 {
+            self.buf.push(b'-');
+        }
+        self.u64(n / SCALE as u64);
+        let mut frac = n % SCALE as u64;
+        if frac > 0 {
+            let mut digits = [b'0'; 10];
+            for d in digits.iter_mut().rev() {
+                *d = b'0' + (frac % 10) as u8;
+                frac /= 10;
+            }
+            let end = digits.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1);
+            self.buf.push(b'.');
+            self.buf.extend_from_slice(&digits[..end]);
+        }
+    }
+
     /// Anything else, through serde_json.
     pub fn serde<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), serde_json::Error> {
         serde_json::to_writer(&mut self.buf, v)
@@ -153,5 +179,25 @@ mod tests {
             }
         }
         assert_eq!(back.as_array().unwrap().len(), 22);
+    }
+
+    #[test]
+    fn money_is_written_to_a_tenth_of_a_nano_dollar() {
+        let cases = [
+            (0.0, "0"),
+            (2.1787264500000004, "2.17872645"),
+            (0.139696175, "0.139696175"),
+            (1e-7, "0.0000001"),
+            (0.00000000004, "0"),
+            (0.00000000006, "0.0000000001"),
+            (-3.25, "-3.25"),
+            (12345.5, "12345.5"),
+            (5e8, "500000000"),
+        ];
+        for (v, want) in cases {
+            let mut j = Json::with_capacity(0);
+            j.money(v);
+            assert_eq!(String::from_utf8(j.buf).unwrap(), want, "{v}");
+        }
     }
 }

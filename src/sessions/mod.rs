@@ -678,7 +678,7 @@ impl Sessions {
                     .map(|s| Arc::as_ptr(s) as usize)
                     .collect(),
                 config: Arc::as_ptr(&cfg) as usize,
-                text: String::new(),
+                text: Arc::from(""),
             });
         if let Some(from) = &from
             && let Some(kept) = lock(&self.answered).as_ref().filter(|a| a.same(from))
@@ -689,7 +689,7 @@ impl Sessions {
                 index.files.len(),
                 kept.text.len()
             );
-            return Ok((Payload::Raw(kept.text.clone()), line));
+            return Ok((Payload::Shared(kept.text.clone()), line));
         }
         let cx = query::Ctx {
             index: &index,
@@ -702,10 +702,12 @@ impl Sessions {
             files: normal.then_some(&self.files),
             prices_version: Arc::as_ptr(&cfg) as usize,
         };
-        let (payload, summary) = answer(&cx)?;
-        if let (Some(mut from), Payload::Raw(text)) = (from, &payload) {
-            from.text = text.clone();
+        let (mut payload, summary) = answer(&cx)?;
+        if let (Some(mut from), Payload::Raw(text)) = (from, &mut payload) {
+            let shared: Arc<str> = Arc::from(std::mem::take(text));
+            from.text = shared.clone();
             *lock(&self.answered) = Some(from);
+            payload = Payload::Shared(shared);
         }
         let line = format!(
             "{} stores, {} sessions, {} files indexed, {files} files read ({:.2} MB parsed, refresh {refresh_ms:.1} ms), answered {}",
@@ -933,7 +935,7 @@ struct Answered {
     generation: u64,
     stores: Vec<usize>,
     config: usize,
-    text: String,
+    text: Arc<str>,
 }
 
 impl Answered {

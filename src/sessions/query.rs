@@ -1358,15 +1358,15 @@ fn totals_fields(j: &mut Json, t: &Totals) {
     j.raw(b",\"totalTokens\":");
     j.u64(t.total_tokens);
     j.raw(b",\"totalCost\":");
-    j.f64(money(t.total_cost));
+    j.money(t.total_cost);
     j.raw(b",\"inputCost\":");
-    j.f64(money(t.input_cost));
+    j.money(t.input_cost);
     j.raw(b",\"outputCost\":");
-    j.f64(money(t.output_cost));
+    j.money(t.output_cost);
     j.raw(b",\"cacheReadCost\":");
-    j.f64(money(t.cache_read_cost));
+    j.money(t.cache_read_cost);
     j.raw(b",\"cacheWriteCost\":");
-    j.f64(money(t.cache_write_cost));
+    j.money(t.cache_write_cost);
     j.raw(b",\"missingCostEntries\":");
     j.u64(t.missing_cost_entries);
 }
@@ -1515,7 +1515,7 @@ impl Rows<'_> {
             j.raw(b",\"tokens\":");
             j.u64(d.totals.total_tokens);
             j.raw(b",\"cost\":");
-            j.f64(money(d.totals.total_cost));
+            j.money(d.totals.total_cost);
             j.raw(b",");
             totals_fields(j, &d.totals);
             j.raw(b"}");
@@ -1545,8 +1545,15 @@ impl Rows<'_> {
     /// hour, for its activity chart and its hour filter. Each entry is placed at the UTC
     /// quarter-hour of its first record, which the page maps back to that local hour (and
     /// weekday) in the zone it asked in. OpenClaw sends every UTC quarter-hour of every
-    /// session: at the incident's size, tens of megabytes.
+    /// session: at the incident's size, tens of megabytes. A session active within one local
+    /// hour gets none: the page's own placement (between its first and last activity) is
+    /// then exact.
     fn hours(&self, j: &mut Json, hours: &[HourAcc]) {
+        // All in one local hour: the page places a session without these lists between its
+        // first and last activity, which is then exact.
+        if hours.len() <= 1 {
+            return;
+        }
         let mut by_hour: [Option<HourAcc>; 24] = [None; 24];
         let mut by_cell: [Option<HourAcc>; 168] = [None; 168];
         for h in hours {
