@@ -13,8 +13,8 @@
 //!    polled every millisecond), and every 250 ms anyway, as a dashboard would. keel's own
 //!    figure is the `T` of its one line `usage index built: N files read (X MB) in T ms`; the
 //!    wall time runs from `--started-at` (when the script launched keel) to the fresh answer.
-//! 2. **warm**: `--calls` sequential calls each of `sessions.usage {"agentScope":"all",
-//!    "limit":1000}` (what OpenClaw's dashboard sends), `sessions.usage {"agentScope":"all"}` and
+//! 2. **warm**: after one call of its own, `--calls` sequential calls each of `sessions.usage
+//!    {"agentScope":"all", "limit":1000}`, `sessions.usage {"agentScope":"all"}` and
 //!    `usage.cost {}` over one keep-alive connection. `usage.cost`'s totals must equal the
 //!    generator's (`--figures`): tokens and `missingCostEntries` exactly, costs within 0.01.
 //!    Then the same for the Usage page's exact request ([`dashboard_body`]: `agentScope: "all"`,
@@ -28,8 +28,9 @@
 //!    1000 per line appended (and `totalTokens` by 1100, `totalCost` by 0.0045). Then the same
 //!    with the Usage page's request: each one is computed anew (the index changed).
 //! 4. **`/healthz` while the Usage page's request is called in a loop** for `--loop-secs`
-//!    (default 5), one call after another on one connection, an append before every other call
-//!    so that half of them are computed anew: probes at `--rate` per second as in 1.
+//!    (default 5), one call after another over a WebSocket (as the page calls it), an append
+//!    before every other call so that half of them are computed anew: probes at `--rate` per
+//!    second as in 1.
 //! 5. **peak RSS**: `VmHWM` of `/proc/<--pid>/status` at the end.
 //!
 //! ```text
@@ -216,25 +217,25 @@ fn rpc(http: &mut Http, token: &str, method: &str, body: &str) -> Result<Answer,
     })
 }
 
-/// Like [`rpc`], checking only the status and the envelope's start.
-fn rpc_unparsed(http: &mut Http, token: &str, method: &str, body: &str) -> Result<(), String> {
-    let reply = http
-        .request(
-            "POST",
-            &format!("/api/rpc/{method}"),
-            Some(token),
-            body.as_bytes(),
-            CALL_TIMEOUT,
-        )
-        .map_err(|e| format!("{method}: {e}"))?;
-    if reply.status != 200 || !reply.body.starts_with(b"{\"ok\":true") {
-        return Err(format!(
-            "{method}: HTTP {}: {}",
-            reply.status,
-            body_snippet(&reply.body)
-        ));
+/// One call over a WebSocket, checking only that its `res` says ok (other frames skipped).
+fn ws_unparsed(ws: &mut Ws, method: &str, params: &Value) -> Result<(), String> {
+    let id = ws.send(method, params)?;
+    let ok = format!("{{\"type\":\"res\",\"id\":\"{id}\",\"ok\":true");
+    let res = format!("{{\"type\":\"res\",\"id\":\"{id}\"");
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    loop {
+        match ws.read(deadline)? {
+            Some((_, text)) if text.starts_with(&ok) => return Ok(()),
+            Some((_, text)) if text.starts_with(&res) => {
+                return Err(format!("{method}: {}", body_snippet(text.as_bytes())));
+            }
+            Some(_) => {}
+            None if Instant::now() >= deadline => {
+                return Err(format!("{method}: no answer in time"));
+            }
+            None => {}
+        }
     }
-    Ok(())
 }
 
 fn cache_status(payload: &Value) -> &str {
@@ -610,6 +611,10 @@ fn run(o: &Opts) -> Result<i32, String> {
             bytes: 0,
         };
         let mut failed = 0;
+        // Warm: one call of its own first (its range's per-file results, and its answer).
+        if let Err(e) = rpc(&mut http, &token, method, body) {
+            wrong.push(e);
+        }
         for _ in 0..o.calls {
             let a = match rpc(&mut http, &token, method, body) {
                 Ok(a) => a,
@@ -774,6 +779,9 @@ fn run(o: &Opts) -> Result<i32, String> {
         let end = start + Duration::from_secs(o.loop_secs);
         let (mut calls, mut failed) = (0u64, 0u64);
         let mut n = 2 * o.appends;
+        // Over a WebSocket, as the page calls it.
+        let mut ws = Ws::connect(addr, &token)?;
+        let params: Value = serde_json::from_str(&dashboard).map_err(|e| e.to_string())?;
         while Instant::now() < end {
             if calls % 2 == 0 {
                 n += 1;
@@ -784,7 +792,7 @@ fn run(o: &Opts) -> Result<i32, String> {
             }
             // The answer is only checked for success: parsing megabytes of JSON here would
             // take the CPU the gateway's reactor and the prober share on a small machine.
-            match rpc_unparsed(&mut http, &token, "sessions.usage", &dashboard) {
+            match ws_unparsed(&mut ws, "sessions.usage", &params) {
                 Ok(()) => calls += 1,
                 Err(e) => {
                     failed += 1;

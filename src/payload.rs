@@ -14,7 +14,7 @@ pub enum Payload {
     Raw(String),
     /// Valid JSON text that is also kept elsewhere (an answer given again while nothing it
     /// counts changed): shared, not copied.
-    Shared(Arc<str>),
+    Shared(Arc<String>),
 }
 
 impl From<Value> for Payload {

@@ -678,7 +678,7 @@ impl Sessions {
                     .map(|s| Arc::as_ptr(s) as usize)
                     .collect(),
                 config: Arc::as_ptr(&cfg) as usize,
-                text: Arc::from(""),
+                text: Arc::default(),
             });
         if let Some(from) = &from
             && let Some(kept) = lock(&self.answered).as_ref().filter(|a| a.same(from))
@@ -704,7 +704,8 @@ impl Sessions {
         };
         let (mut payload, summary) = answer(&cx)?;
         if let (Some(mut from), Payload::Raw(text)) = (from, &mut payload) {
-            let shared: Arc<str> = Arc::from(std::mem::take(text));
+            // Moved, not copied: the text is megabytes.
+            let shared = Arc::new(std::mem::take(text));
             from.text = shared.clone();
             *lock(&self.answered) = Some(from);
             payload = Payload::Shared(shared);
@@ -935,7 +936,7 @@ struct Answered {
     generation: u64,
     stores: Vec<usize>,
     config: usize,
-    text: Arc<str>,
+    text: Arc<String>,
 }
 
 impl Answered {
