@@ -363,6 +363,15 @@ fn a_param_of_the_wrong_type_is_refused_naming_it_over_websocket_and_http() {
             with(&send, json!({"idempotencyKey": 5})),
             "idempotencyKey",
         ),
+        ("sessions.usage", json!({"timeZone": 5}), "timeZone"),
+        ("sessions.usage", json!({"groupBy": []}), "groupBy"),
+        ("sessions.usage", json!({"creatorKey": 5}), "creatorKey"),
+        ("sessions.usage.timeseries", json!({"key": 5}), "key"),
+        (
+            "sessions.usage.logs",
+            json!({"key": "agent:main:main", "limit": "5"}),
+            "limit",
+        ),
         ("delivery.list", json!({"limit": "5"}), "limit"),
         ("delivery.list", json!({"state": 5}), "state"),
         ("delivery.retry", json!({"id": 5}), "id"),
@@ -386,7 +395,8 @@ fn a_param_of_the_wrong_type_is_refused_naming_it_over_websocket_and_http() {
     for m in hello["payload"]["features"]["methods"].as_array().unwrap() {
         let m = m.as_str().unwrap();
         assert!(
-            matches!(m, "health" | "status") || cases.iter().any(|(c, ..)| *c == m),
+            matches!(m, "health" | "status" | "usage.status")
+                || cases.iter().any(|(c, ..)| *c == m),
             "no wrong-type case for {m}"
         );
     }
