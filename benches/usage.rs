@@ -13,19 +13,30 @@
 //!    polled every millisecond), and every 250 ms anyway, as a dashboard would. keel's own
 //!    figure is the `T` of its one line `usage index built: N files read (X MB) in T ms`; the
 //!    wall time runs from `--started-at` (when the script launched keel) to the fresh answer.
-//! 2. **warm**: `--calls` sequential calls each of `sessions.usage {"agentScope":"all",
-//!    "limit":1000}` (what OpenClaw's dashboard sends), `sessions.usage {"agentScope":"all"}` and
+//! 2. **warm**: after one call of its own, `--calls` sequential calls each of `sessions.usage
+//!    {"agentScope":"all", "limit":1000}`, `sessions.usage {"agentScope":"all"}` and
 //!    `usage.cost {}` over one keep-alive connection. `usage.cost`'s totals must equal the
 //!    generator's (`--figures`): tokens and `missingCostEntries` exactly, costs within 0.01.
+//!    Then the same for the Usage page's exact request ([`dashboard_body`]: `agentScope: "all"`,
+//!    `limit: 1000`, `groupBy: "family"`, `mode: "specific"`, `timeZone: "America/New_York"`
+//!    with its `utcOffset`, and `startDate`/`endDate` covering the data with a day to spare):
+//!    its size, and its totals, which must equal the generator's. Repeated, it is answered
+//!    again from the answer keel kept (nothing changed in between).
 //! 3. **after an append**: `--appends` times, one assistant message with usage (input 1000,
 //!    output 100, recorded cost 0.0045) is appended to `--append-file` (a live transcript), then
 //!    `usage.cost {}` is called at once and timed; its `totals.input` must have grown by exactly
-//!    1000 per line appended (and `totalTokens` by 1100, `totalCost` by 0.0045).
-//! 4. **peak RSS**: `VmHWM` of `/proc/<--pid>/status` at the end.
+//!    1000 per line appended (and `totalTokens` by 1100, `totalCost` by 0.0045). Then the same
+//!    with the Usage page's request: each one is computed anew (the index changed).
+//! 4. **`/healthz` while the Usage page's request is called in a loop** for `--loop-secs`
+//!    (default 5), one call after another over a WebSocket (as the page calls it), an append
+//!    before every other call so that half of them are computed anew: probes at `--rate` per
+//!    second as in 1.
+//! 5. **peak RSS**: `VmHWM` of `/proc/<--pid>/status` at the end.
 //!
 //! ```text
 //! usage --log FILE --state-dir DIR --figures FILE --pid PID [--started-at EPOCH_SECONDS]
 //!       [--page-cache cold|warm] [--append-file FILE] [--rate 500] [--calls 50] [--appends 20]
+//!       [--loop-secs 5]
 //! ```
 //! Exit status: 0 when it ran correctly (a missed latency or memory target is printed as MISS,
 //! not an error); 1 when an answer was wrong (totals that do not match, an RPC error, a failed
@@ -90,18 +101,20 @@ struct Opts {
     rate: u64,
     calls: usize,
     appends: usize,
+    loop_secs: u64,
 }
 
 fn usage() -> &'static str {
     "usage: usage --log FILE --state-dir DIR --figures FILE --pid PID [--started-at EPOCH_SECONDS] \
-     [--page-cache cold|warm] [--append-file FILE] [--rate N (500)] [--calls N (50)] [--appends N (20)]"
+     [--page-cache cold|warm] [--append-file FILE] [--rate N (500)] [--calls N (50)] [--appends N (20)] \
+     [--loop-secs N (5)]"
 }
 
 fn parse_opts() -> Result<Opts, String> {
     let (mut log, mut state_dir, mut figures, mut pid) = (None, None, None, None);
     let (mut started_at, mut append_file) = (None, None);
     let mut page_cache = "unknown".to_string();
-    let (mut rate, mut calls, mut appends) = (500u64, 50usize, 20usize);
+    let (mut rate, mut calls, mut appends, mut loop_secs) = (500u64, 50usize, 20usize, 5u64);
     for (name, value) in flags(
         &[
             "--log",
@@ -114,6 +127,7 @@ fn parse_opts() -> Result<Opts, String> {
             "--rate",
             "--calls",
             "--appends",
+            "--loop-secs",
         ],
         &[],
     )? {
@@ -136,6 +150,7 @@ fn parse_opts() -> Result<Opts, String> {
             "--append-file" => append_file = Some(PathBuf::from(value)),
             "--rate" => rate = number(&name, &value)?,
             "--calls" => calls = number(&name, &value)? as usize,
+            "--loop-secs" => loop_secs = number(&name, &value)?,
             _ => appends = number(&name, &value)? as usize,
         }
     }
@@ -156,6 +171,7 @@ fn parse_opts() -> Result<Opts, String> {
         rate,
         calls,
         appends,
+        loop_secs,
     })
 }
 
@@ -199,6 +215,27 @@ fn rpc(http: &mut Http, token: &str, method: &str, body: &str) -> Result<Answer,
         bytes: reply.body.len(),
         took,
     })
+}
+
+/// One call over a WebSocket, checking only that its `res` says ok (other frames skipped).
+fn ws_unparsed(ws: &mut Ws, method: &str, params: &Value) -> Result<(), String> {
+    let id = ws.send(method, params)?;
+    let ok = format!("{{\"type\":\"res\",\"id\":\"{id}\",\"ok\":true");
+    let res = format!("{{\"type\":\"res\",\"id\":\"{id}\"");
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    loop {
+        match ws.read(deadline)? {
+            Some((_, text)) if text.starts_with(&ok) => return Ok(()),
+            Some((_, text)) if text.starts_with(&res) => {
+                return Err(format!("{method}: {}", body_snippet(text.as_bytes())));
+            }
+            Some(_) => {}
+            None if Instant::now() >= deadline => {
+                return Err(format!("{method}: no answer in time"));
+            }
+            None => {}
+        }
+    }
 }
 
 fn cache_status(payload: &Value) -> &str {
@@ -547,7 +584,9 @@ fn run(o: &Opts) -> Result<i32, String> {
 
     // ---- 2. warm latency, and the totals ------------------------------------------------------
     let mut http = Http::new(addr);
-    let kinds: [(&'static str, &str, &str); 3] = [
+    let dashboard = dashboard_body(&figures)?;
+    let kinds: [(&'static str, &str, &str); 4] = [
+        (DASHBOARD_LABEL, "sessions.usage", &dashboard),
         (
             "sessions.usage {agentScope:all, limit:1000}",
             "sessions.usage",
@@ -560,6 +599,7 @@ fn run(o: &Opts) -> Result<i32, String> {
         ),
         ("usage.cost {}", "usage.cost", "{}"),
     ];
+    let mut dashboard_diff: Option<Vec<String>> = None;
     let mut warm = Vec::new();
     let mut not_fresh = 0u64;
     let mut cost_totals: Option<Value> = None;
@@ -571,6 +611,10 @@ fn run(o: &Opts) -> Result<i32, String> {
             bytes: 0,
         };
         let mut failed = 0;
+        // Warm: one call of its own first (its range's per-file results, and its answer).
+        if let Err(e) = rpc(&mut http, &token, method, body) {
+            wrong.push(e);
+        }
         for _ in 0..o.calls {
             let a = match rpc(&mut http, &token, method, body) {
                 Ok(a) => a,
@@ -594,6 +638,10 @@ fn run(o: &Opts) -> Result<i32, String> {
                 if lat.samples.len() == 1 {
                     sessions_returned.push((label, n));
                 }
+                if label == DASHBOARD_LABEL && dashboard_diff.is_none() {
+                    // Its days cover all the data: its totals are the generator's.
+                    dashboard_diff = Some(compare_totals(&a.payload["totals"], &want));
+                }
             } else {
                 let t = &a.payload["totals"];
                 match &cost_totals {
@@ -614,6 +662,12 @@ fn run(o: &Opts) -> Result<i32, String> {
     for d in &totals_diff {
         wrong.push(format!(
             "usage.cost totals differ from the generator's: {d}"
+        ));
+    }
+    let dashboard_diff = dashboard_diff.unwrap_or_else(|| vec!["no answer".into()]);
+    for d in &dashboard_diff {
+        wrong.push(format!(
+            "the Usage page's totals differ from the generator's: {d}"
         ));
     }
 
@@ -674,7 +728,93 @@ fn run(o: &Opts) -> Result<i32, String> {
         }
     }
 
-    // ---- 4. peak RSS ------------------------------------------------------------------------
+    // The Usage page's request after each append: computed anew every time.
+    let mut page_after = Latency {
+        label: "Usage page's request right after an append",
+        samples: Vec::with_capacity(o.appends),
+        bytes: 0,
+    };
+    let mut page_after_bad = 0usize;
+    if o.appends > 0 {
+        let base =
+            rpc(&mut http, &token, "sessions.usage", &dashboard)?.payload["totals"]["totalTokens"]
+                .as_u64()
+                .unwrap_or(0);
+        for n in 1..=o.appends {
+            append_line(&transcript, o.appends + n)?;
+            match rpc(&mut http, &token, "sessions.usage", &dashboard) {
+                Ok(a) => {
+                    page_after.samples.push(a.took);
+                    page_after.bytes = a.bytes;
+                    let got = a.payload["totals"]["totalTokens"].as_u64().unwrap_or(0);
+                    if got != base + APPEND_TOTAL_TOKENS * n as u64 {
+                        page_after_bad += 1;
+                        wrong.push(format!(
+                            "Usage page after append {n}: totalTokens {got}, want {}",
+                            base + APPEND_TOTAL_TOKENS * n as u64
+                        ));
+                    }
+                }
+                Err(e) => {
+                    page_after_bad += 1;
+                    wrong.push(e);
+                }
+            }
+        }
+    }
+
+    // ---- 4. /healthz while the Usage page's request runs in a loop ----------------------------
+    let looped = {
+        let stop = Arc::new(AtomicBool::new(false));
+        let start = Instant::now();
+        let prober = {
+            let stop = stop.clone();
+            let rate = o.rate;
+            let hard_end = start + Duration::from_secs(o.loop_secs) + CALL_TIMEOUT;
+            thread::Builder::new()
+                .name("probe".into())
+                .spawn(move || probe(addr, rate, start, stop, hard_end))
+                .map_err(|e| format!("cannot spawn the probe thread: {e}"))?
+        };
+        let end = start + Duration::from_secs(o.loop_secs);
+        let (mut calls, mut failed) = (0u64, 0u64);
+        let mut n = 2 * o.appends;
+        // Over a WebSocket, as the page calls it.
+        let mut ws = Ws::connect(addr, &token)?;
+        let params: Value = serde_json::from_str(&dashboard).map_err(|e| e.to_string())?;
+        while Instant::now() < end {
+            if calls % 2 == 0 {
+                n += 1;
+                if let Err(e) = append_line(&transcript, n) {
+                    wrong.push(e);
+                    break;
+                }
+            }
+            // The answer is only checked for success: parsing megabytes of JSON here would
+            // take the CPU the gateway's reactor and the prober share on a small machine.
+            match ws_unparsed(&mut ws, "sessions.usage", &params) {
+                Ok(()) => calls += 1,
+                Err(e) => {
+                    failed += 1;
+                    wrong.push(e);
+                    if failed >= 3 {
+                        break;
+                    }
+                }
+            }
+        }
+        stop.store(true, Ordering::Release);
+        let report = join_bounded(
+            vec![prober],
+            Instant::now() + PROBE_TIMEOUT + Duration::from_secs(2),
+        )
+        .0
+        .pop()
+        .ok_or("the probe thread did not finish in time (or panicked)")?;
+        (report, calls)
+    };
+
+    // ---- 5. peak RSS ------------------------------------------------------------------------
     let (hwm_kib, rss_kib) = memory_kib(o.pid)?;
     let log = keel_log(o).text();
     let build_lines = parse_build_lines(&log).len();
@@ -820,9 +960,36 @@ fn run(o: &Opts) -> Result<i32, String> {
             }
         );
     }
+    if o.appends > 0 {
+        println!("   {}", page_after.line());
+        println!(
+            "   totals grew by exactly the appended usage: {}",
+            if page_after_bad == 0 {
+                "OK".to_string()
+            } else {
+                format!("MISMATCH in {page_after_bad} of {}", o.appends)
+            }
+        );
+    }
+    let (l50, l99, lmax) = spread(&looped.0.all);
     println!();
     println!(
-        "5. memory: VmHWM {:.1} MiB (VmRSS now {:.1} MiB)",
+        "5. /healthz while the Usage page's request is called in a loop ({} calls in {} s, half of them after an append; {} /s open loop)",
+        looped.1, o.loop_secs, o.rate
+    );
+    println!(
+        "   probes: {}  errors: {}  p50: {:.3} ms  p99: {:.3} ms  max: {:.3} ms  (sent > 1 ms late: {}, max lateness {:.3} ms)",
+        looped.0.sent,
+        looped.0.errors,
+        ms(l50),
+        ms(l99),
+        ms(lmax),
+        looped.0.late,
+        ms(looped.0.max_lateness)
+    );
+    println!();
+    println!(
+        "6. memory: VmHWM {:.1} MiB (VmRSS now {:.1} MiB)",
         hwm_kib as f64 / 1024.0,
         rss_kib as f64 / 1024.0
     );
@@ -858,7 +1025,11 @@ fn run(o: &Opts) -> Result<i32, String> {
         format!("<= {TARGET_HEALTH_MAX_MS:.0} ms"),
         verdict(ms(hmax) <= TARGET_HEALTH_MAX_MS && probes.errors == 0),
     ));
-    for l in warm.iter().chain((o.appends > 0).then_some(&after)) {
+    for l in warm
+        .iter()
+        .chain((o.appends > 0).then_some(&after))
+        .chain((o.appends > 0).then_some(&page_after))
+    {
         let (p50, p99, _) = spread(&l.samples);
         rows.push((
             format!("{} p99 (median {:.3} ms)", l.label, ms(p50)),
@@ -868,10 +1039,29 @@ fn run(o: &Opts) -> Result<i32, String> {
         ));
     }
     rows.push((
+        format!(
+            "/healthz during the Usage page loop: p99 ({} probes, {} errors)",
+            looped.0.sent, looped.0.errors
+        ),
+        format!("{:.3} ms", ms(l99)),
+        format!("<= {TARGET_HEALTH_P99_MS:.0} ms"),
+        verdict(ms(l99) <= TARGET_HEALTH_P99_MS && looped.0.errors == 0),
+    ));
+    rows.push((
         "peak RSS (VmHWM)".into(),
         format!("{:.1} MiB", hwm_kib as f64 / 1024.0),
         format!("<= {TARGET_RSS_MIB:.0} MiB"),
         verdict(hwm_kib as f64 / 1024.0 <= TARGET_RSS_MIB),
+    ));
+    rows.push((
+        "Usage page's totals = generator's".into(),
+        String::new(),
+        String::new(),
+        if dashboard_diff.is_empty() {
+            "OK"
+        } else {
+            "MISMATCH"
+        },
     ));
     rows.push((
         "usage.cost totals = generator's".into(),
@@ -902,11 +1092,47 @@ fn run(o: &Opts) -> Result<i32, String> {
         misses,
         wrong.0.len() + probes.errors as usize
     );
-    Ok(if wrong.0.is_empty() && probes.errors == 0 {
-        0
-    } else {
-        1
+    Ok(
+        if wrong.0.is_empty() && probes.errors == 0 && looped.0.errors == 0 {
+            0
+        } else {
+            1
+        },
+    )
+}
+
+const DASHBOARD_LABEL: &str = "Usage page's request (sessions.usage)";
+
+/// Day number of `YYYY-MM-DD` (Howard Hinnant's days_from_civil).
+fn day_number(s: &str) -> Option<i64> {
+    let mut it = s.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, m, d) = (it.next()??, it.next()??, it.next()??);
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    Some(era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468)
+}
+
+/// The request OpenClaw's Usage page sends for its overview (`usage-*.js` in its Control UI):
+/// all agents, up to 1000 sessions grouped by family, local days of the browser's zone — here
+/// New York — over the generator's days with one to spare each side (New York's days start
+/// and end hours after UTC's).
+fn dashboard_body(figures: &Value) -> Result<String, String> {
+    let day = |k: &str| {
+        figures[k]
+            .as_str()
+            .and_then(day_number)
+            .ok_or_else(|| format!("the figures have no {k}"))
+    };
+    let date = |d: i64| iso_from_ms(d * 86_400_000)[..10].to_string();
+    let (start, end) = (date(day("startDate")? - 1), date(day("endDate")? + 1));
+    Ok(serde_json::json!({
+        "startDate": start, "endDate": end, "agentScope": "all", "mode": "specific",
+        "timeZone": "America/New_York", "utcOffset": "UTC-5", "groupBy": "family",
+        "limit": 1000, "includeContextWeight": false,
     })
+    .to_string())
 }
 
 /// The first fresh answer after the cold start.

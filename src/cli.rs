@@ -611,7 +611,7 @@ fn usage_inner(args: &Args, env: Env<'_>) -> Result<String, String> {
         ..query::RangeSpec::default()
     };
     let cost = query::CostQuery {
-        range,
+        range: range.clone(),
         agent: agent.clone(),
     };
     let usage = query::UsageQuery {
@@ -620,6 +620,8 @@ fn usage_inner(args: &Args, env: Env<'_>) -> Result<String, String> {
         agent: agent.map(|a| a.as_str().to_string()),
         limit: 0,
         cursor: 0,
+        grouping: query::Grouping::Instance,
+        creator: None,
     };
     let (cost, _) = query::usage_cost(&cx, &cost).map_err(|e| e.message)?;
     let (usage, _) = query::sessions_usage(&cx, &usage).map_err(|e| e.message)?;

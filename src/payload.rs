@@ -3,6 +3,7 @@
 
 use crate::error::RpcError;
 use serde_json::Value;
+use std::sync::Arc;
 
 /// A method's result: a JSON value, or JSON text already serialized (big answers are written
 /// straight from their data on a worker, without building a `Value` tree first).
@@ -11,6 +12,9 @@ pub enum Payload {
     Json(Value),
     /// Valid JSON text.
     Raw(String),
+    /// Valid JSON text that is also kept elsewhere (an answer given again while nothing it
+    /// counts changed): shared, not copied.
+    Shared(Arc<String>),
 }
 
 impl From<Value> for Payload {
@@ -25,6 +29,7 @@ impl Payload {
         match self {
             Payload::Json(v) => out.push_str(&v.to_string()),
             Payload::Raw(s) => out.push_str(s),
+            Payload::Shared(s) => out.push_str(s),
         }
     }
 
@@ -33,6 +38,7 @@ impl Payload {
         match self {
             Payload::Json(_) => 256,
             Payload::Raw(s) => s.len(),
+            Payload::Shared(s) => s.len(),
         }
     }
 
@@ -41,6 +47,7 @@ impl Payload {
         match self {
             Payload::Json(v) => v.clone(),
             Payload::Raw(s) => serde_json::from_str(s).unwrap_or(Value::Null),
+            Payload::Shared(s) => serde_json::from_str(s).unwrap_or(Value::Null),
         }
     }
 }

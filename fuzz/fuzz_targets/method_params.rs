@@ -27,6 +27,11 @@ fn check(method: &str, outcome: &keel::payload::Outcome) {
                 panic!("{method}: raw payload is not JSON ({e}): {text}");
             }
         }
+        Ok(Payload::Shared(text)) => {
+            if let Err(e) = serde_json::from_str::<Value>(text) {
+                panic!("{method}: shared payload is not JSON ({e}): {text}");
+            }
+        }
         Ok(Payload::Json(_)) => {}
         Err(e) => {
             assert!(

@@ -15,6 +15,7 @@ pub mod delivery;
 pub mod sessions;
 pub mod system;
 pub mod ui;
+pub mod usage;
 
 use crate::error::RpcError;
 use crate::jobs::{JobCtx, JobSpec, Lane, PoolKind, Work};
@@ -470,6 +471,26 @@ const METHODS: &[Method] = &[
         name: "sessions.abort",
         kind: Kind::Now,
         handler: Handler::Inline(sessions_abort),
+        hidden: false,
+    },
+    // ---- the Usage page (OpenClaw's dashboard): session detail and provider quotas ----
+    Method {
+        name: "sessions.usage.timeseries",
+        kind: job(PoolKind::Cpu, Lane::Interactive, QUERY_DEADLINE),
+        handler: Handler::Work(usage::timeseries),
+        hidden: false,
+    },
+    Method {
+        // Reads the session's transcripts: a longer deadline than the index's queries.
+        name: "sessions.usage.logs",
+        kind: job(PoolKind::Cpu, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(usage::logs),
+        hidden: false,
+    },
+    Method {
+        name: "usage.status",
+        kind: Kind::Now,
+        handler: Handler::Inline(usage::status),
         hidden: false,
     },
     Method {

@@ -7,7 +7,10 @@ use crate::error::RpcError;
 use crate::ids::AgentId;
 use crate::jobs::{JobCtx, Work};
 use crate::protocol::params::{self, parse};
-use crate::sessions::query::{CostQuery, ListQuery, MAX_DAYS, Query, RangeSpec, UsageQuery};
+use crate::sessions::query::{
+    CostQuery, Grouping, ListQuery, MAX_DAYS, Query, RangeSpec, UsageQuery,
+};
+use crate::sessions::time::Zone;
 use crate::sessions::{Sessions, time};
 use serde::Deserialize;
 use serde_json::Value;
@@ -32,32 +35,48 @@ struct RangeParams {
         deserialize_with = "params::count_max::<{ MAX_DAYS as u64 }, _>"
     )]
     days: Option<u64>,
-    /// `utc` (the default), `gateway` (also UTC) or `specific` (with `utcOffset`).
+    /// `utc` (the default), `gateway` (also UTC) or `specific` (with `timeZone` or
+    /// `utcOffset`).
     #[serde(default, deserialize_with = "params::string")]
     mode: Option<String>,
+    /// An IANA time zone (`America/New_York`): local days follow its daylight-saving changes.
+    /// Honoured without a mode too, and before `utcOffset`.
+    #[serde(default, deserialize_with = "params::string")]
+    time_zone: Option<String>,
     /// Like `UTC+5:30`; honoured without a mode too.
     #[serde(default, deserialize_with = "params::string")]
     utc_offset: Option<String>,
 }
 
-/// Reads `startDate`, `endDate`, `days`, `mode` and `utcOffset`; the range is resolved against
-/// the clock when the query runs.
+/// Reads `startDate`, `endDate`, `days`, `mode`, `timeZone` and `utcOffset`; the range is
+/// resolved against the clock when the query runs.
 fn range(p: &Value) -> Result<RangeSpec, RpcError> {
     let r: RangeParams = parse(p)?;
-    let offset_ms = match r.mode.as_deref() {
-        None => match &r.utc_offset {
-            Some(o) => offset(o)?,
-            None => 0,
-        },
-        Some("utc" | "gateway") => 0,
-        Some("specific") => {
-            let o = r.utc_offset.as_deref().ok_or_else(|| {
-                RpcError::invalid(
-                    "invalid params: mode \"specific\" needs utcOffset (e.g. \"UTC+5:30\")",
-                )
-            })?;
-            offset(o)?
+    // As OpenClaw: a time zone keel does not know falls back to the offset the dashboard sends
+    // with it, and is an error only without one.
+    let local = || -> Result<Option<Zone>, RpcError> {
+        let by_offset = r.utc_offset.as_deref().map(offset).transpose();
+        match r.time_zone.as_deref() {
+            Some(name) => match Zone::named(name) {
+                Some(z) => Ok(Some(z)),
+                None => match by_offset {
+                    Ok(Some(z)) => Ok(Some(z)),
+                    _ => Err(RpcError::invalid(format!(
+                        "invalid params: timeZone {name:?} is not an IANA time zone (e.g. \"Europe/Paris\")"
+                    ))),
+                },
+            },
+            None => by_offset,
         }
+    };
+    let zone = match r.mode.as_deref() {
+        None => local()?.unwrap_or_default(),
+        Some("utc" | "gateway") => Zone::default(),
+        Some("specific") => local()?.ok_or_else(|| {
+            RpcError::invalid(
+                "invalid params: mode \"specific\" needs timeZone (e.g. \"Europe/Paris\") or utcOffset (e.g. \"UTC+5:30\")",
+            )
+        })?,
         Some(m) => {
             return Err(RpcError::invalid(format!(
                 "invalid params: mode must be utc, gateway or specific, got {m:?}"
@@ -79,12 +98,12 @@ fn range(p: &Value) -> Result<RangeSpec, RpcError> {
         start_day: day("startDate", &r.start_date)?,
         end_day: day("endDate", &r.end_date)?,
         days: r.days.map(|d| d.max(1) as i64),
-        offset_ms,
+        zone,
     })
 }
 
-fn offset(o: &str) -> Result<i64, RpcError> {
-    time::parse_utc_offset(o).ok_or_else(|| {
+fn offset(o: &str) -> Result<Zone, RpcError> {
+    time::parse_utc_offset(o).map(Zone::Fixed).ok_or_else(|| {
         RpcError::invalid(format!(
             "invalid params: utcOffset {o:?} is not like \"UTC+5:30\""
         ))
@@ -136,10 +155,19 @@ struct Usage {
     /// The `nextCursor` of the page before.
     #[serde(default, deserialize_with = "params::string")]
     cursor: Option<String>,
+    /// `instance` (the default) or `family`.
+    #[serde(default, deserialize_with = "params::string")]
+    group_by: Option<String>,
+    /// True groups by family, as `groupBy: "family"` does.
+    #[serde(default, deserialize_with = "params::flag")]
+    include_historical: Option<bool>,
+    /// Only sessions of this creator (an `aggregates.byCreator[].key`).
+    #[serde(default, deserialize_with = "params::string")]
+    creator_key: Option<String>,
 }
 
-/// `sessions.usage {startDate?, endDate?, days?, mode?, utcOffset?, key?, agentId?,
-/// agentScope?, limit?, cursor?}`.
+/// `sessions.usage {startDate?, endDate?, days?, mode?, timeZone?, utcOffset?, key?, agentId?,
+/// agentScope?, limit?, cursor?, groupBy?, includeHistorical?, creatorKey?}`.
 pub fn usage(svc: &Arc<Sessions>, p: &Value) -> Result<Work, RpcError> {
     let range = range(p)?;
     let u: Usage = parse(p)?;
@@ -162,12 +190,23 @@ pub fn usage(svc: &Arc<Sessions>, p: &Value) -> Result<Work, RpcError> {
             ))
         })?,
     };
+    let grouping = match (u.group_by.as_deref(), u.include_historical) {
+        (Some("family"), _) | (_, Some(true)) => Grouping::Family,
+        (None | Some("instance"), _) => Grouping::Instance,
+        (Some(g), _) => {
+            return Err(RpcError::invalid(format!(
+                "invalid params: groupBy must be instance or family, got {g:?}"
+            )));
+        }
+    };
     let query = UsageQuery {
         range,
         key: u.key,
         agent,
         limit: u.limit.unwrap_or(50) as usize,
         cursor,
+        grouping,
+        creator: u.creator_key,
     };
     Ok(job(svc, Query::Usage(query)))
 }
@@ -179,7 +218,7 @@ struct Cost {
     agent_id: Option<AgentId>,
 }
 
-/// `usage.cost {startDate?, endDate?, days?, mode?, utcOffset?, agentId?}`.
+/// `usage.cost {startDate?, endDate?, days?, mode?, timeZone?, utcOffset?, agentId?}`.
 pub fn cost(svc: &Arc<Sessions>, p: &Value) -> Result<Work, RpcError> {
     let range = range(p)?;
     let c: Cost = parse(p)?;
@@ -234,7 +273,7 @@ mod tests {
             ),
             (
                 json!({"mode": "specific"}),
-                "invalid params: mode \"specific\" needs utcOffset (e.g. \"UTC+5:30\")",
+                "invalid params: mode \"specific\" needs timeZone (e.g. \"Europe/Paris\") or utcOffset (e.g. \"UTC+5:30\")",
             ),
             (
                 json!({"mode": "lunar"}),

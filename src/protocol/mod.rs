@@ -88,7 +88,7 @@ pub fn res_ok(id: &str, payload: &Value) -> String {
 pub fn res_ok_payload(id: &str, payload: &Payload) -> String {
     match payload {
         Payload::Json(v) => res_ok(id, v),
-        Payload::Raw(_) => {
+        Payload::Raw(_) | Payload::Shared(_) => {
             let id = Value::String(id.to_string()).to_string();
             let mut out = String::with_capacity(payload.len_hint() + id.len() + 40);
             out.push_str("{\"type\":\"res\",\"id\":");

@@ -13,7 +13,9 @@
 //!   build for the rest and answers `partial`.
 //! - Identical concurrent queries share one computation ([`Flights`]).
 
+pub mod detail;
 pub mod index;
+pub mod json;
 pub mod query;
 pub mod store;
 pub mod time;
@@ -116,6 +118,10 @@ pub struct Sessions {
     pub stats: UsageStats,
     /// Per-file results for the last range asked for (see [`query::FileAgg`]).
     files: Mutex<query::FileCache>,
+    /// Bumped by every change of the index (under its write lock).
+    generation: AtomicU64,
+    /// The last big answer and what it was computed from (see [`Answered`]).
+    answered: Mutex<Option<Answered>>,
     /// Test hook (`KEEL_TEST_INDEX_DELAY_MS`, honoured only with `KEEL_TEST_HOOKS=1`): each
     /// file a build reads takes at least this long, so tests can query during a build.
     test_delay: Option<Duration>,
@@ -174,6 +180,8 @@ impl Sessions {
             watcher: Mutex::new((None, None)),
             stats: UsageStats::default(),
             files: Mutex::new(query::FileCache::default()),
+            generation: AtomicU64::new(0),
+            answered: Mutex::new(None),
         }
     }
 
@@ -185,6 +193,7 @@ impl Sessions {
     fn modify<R>(&self, change: impl FnOnce(&mut Index) -> R) -> R {
         let mut index = write(&self.index);
         let r = change(&mut index);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let (files, msgs, usage, malformed) = index.counts();
         for (slot, v) in
             self.counts
@@ -386,6 +395,7 @@ impl Sessions {
     /// Drops the per-file results kept for the last range (pressure went up). Returns how
     /// many files' results were dropped.
     pub fn shrink_caches(&self) -> usize {
+        *lock(&self.answered) = None;
         let mut c = lock(&self.files);
         let n = c.files_kept();
         *c = query::FileCache::default();
@@ -586,18 +596,62 @@ impl Sessions {
                 Ok((v.into(), line))
             }
             Query::Usage(q) => {
-                self.from_index(&stores, now_ms, ctx, |cx| query::sessions_usage(cx, q))
+                // The same question about the same days, for the answer kept last time.
+                let range = q.range.resolve(now_ms, 30)?;
+                let again = format!("{q:?} {}..{}", range.start_day, range.end_day);
+                self.from_index(&stores, now_ms, ctx, Some(again), |cx| {
+                    query::sessions_usage(cx, q)
+                })
             }
-            Query::Cost(q) => self.from_index(&stores, now_ms, ctx, |cx| query::usage_cost(cx, q)),
+            Query::Cost(q) => {
+                self.from_index(&stores, now_ms, ctx, None, |cx| query::usage_cost(cx, q))
+            }
+            Query::Timeseries(r) => {
+                self.from_index(&stores, now_ms, ctx, None, |cx| detail::timeseries(cx, r))
+            }
+            Query::Logs(q) => self.logs(&stores, q, ctx),
         }
     }
 
+    /// `sessions.usage.logs`: the session's transcripts are found in the index, and read
+    /// without holding its lock.
+    fn logs(
+        self: &Arc<Self>,
+        stores: &store::StoresView,
+        q: &query::LogsQuery,
+        ctx: &JobCtx,
+    ) -> Result<(Payload, String), RpcError> {
+        self.freshen(ctx)?;
+        let files = {
+            let index = self.read();
+            let (agent, sid) = detail::resolve(&index, stores, &q.session).ok_or_else(|| {
+                RpcError::invalid(format!("no session with key {:?}", q.session.key))
+            })?;
+            detail::files(&index, &agent, &sid)
+        };
+        let cfg = self.h.config.get();
+        let entries = detail::logs(&self.state_dir, &files, q.limit, &cfg.prices, || {
+            ctx.check().is_ok()
+        })
+        .map_err(|e| match e {
+            Some(e) => RpcError::new(Code::Internal, format!("cannot read a transcript: {e}")),
+            None => ctx.check().err().unwrap_or_else(|| {
+                crate::jobs::cancel_error(ctx.info, crate::cancel::CancelReason::Drain)
+            }),
+        })?;
+        let line = format!("{} files, {} messages", files.len(), entries.len());
+        Ok((detail::logs_payload(&entries)?, line))
+    }
+
     /// Answers a query from the usage index, brought up to date first as far as that is cheap.
+    /// `again` names the question for [`Answered`]: its answer is kept, and given again while
+    /// nothing it was computed from changed.
     fn from_index(
         self: &Arc<Self>,
         stores: &store::StoresView,
         now_ms: i64,
         ctx: &JobCtx,
+        again: Option<String>,
         answer: impl FnOnce(&query::Ctx<'_>) -> Result<(Payload, query::Summary), RpcError>,
     ) -> Result<(Payload, String), RpcError> {
         let t_refresh = Instant::now();
@@ -611,6 +665,32 @@ impl Sessions {
         }
         let cfg = self.h.config.get();
         let index = self.read();
+        let normal = self.h.pressure.level() < crate::pressure::Level::Elevated;
+        // Kept only for a fresh index and normal pressure (under pressure, caches go).
+        let from = again
+            .filter(|_| normal && cache.status == IndexState::Fresh)
+            .map(|key| Answered {
+                key,
+                generation: self.generation.load(Ordering::Acquire),
+                stores: stores
+                    .snapshots
+                    .iter()
+                    .map(|s| Arc::as_ptr(s) as usize)
+                    .collect(),
+                config: Arc::as_ptr(&cfg) as usize,
+                text: Arc::default(),
+            });
+        if let Some(from) = &from
+            && let Some(kept) = lock(&self.answered).as_ref().filter(|a| a.same(from))
+        {
+            let line = format!(
+                "{} stores, {} files indexed, {files} files read: answered again, nothing it counts changed ({} bytes)",
+                stores.snapshots.len(),
+                index.files.len(),
+                kept.text.len()
+            );
+            return Ok((Payload::Shared(kept.text.clone()), line));
+        }
         let cx = query::Ctx {
             index: &index,
             stores,
@@ -619,11 +699,17 @@ impl Sessions {
             cache,
             // Under pressure the per-file results are neither kept nor used (see
             // `shrink_caches`): a query computes what it needs and lets it go.
-            files: (self.h.pressure.level() < crate::pressure::Level::Elevated)
-                .then_some(&self.files),
+            files: normal.then_some(&self.files),
             prices_version: Arc::as_ptr(&cfg) as usize,
         };
-        let (payload, summary) = answer(&cx)?;
+        let (mut payload, summary) = answer(&cx)?;
+        if let (Some(mut from), Payload::Raw(text)) = (from, &mut payload) {
+            // Moved, not copied: the text is megabytes.
+            let shared = Arc::new(std::mem::take(text));
+            from.text = shared.clone();
+            *lock(&self.answered) = Some(from);
+            payload = Payload::Shared(shared);
+        }
         let line = format!(
             "{} stores, {} sessions, {} files indexed, {files} files read ({:.2} MB parsed, refresh {refresh_ms:.1} ms), answered {}",
             stores.snapshots.len(),
@@ -836,6 +922,29 @@ impl Drop for BuildTicket {
         if !self.done {
             self.svc.build_job_done(true);
         }
+    }
+}
+
+/// The last `sessions.usage` answer and what it was computed from: the question (method,
+/// params as read, and the days they name today), the index's generation, the store
+/// snapshots and the config. While none of that changes, the same question gets the same
+/// text without computing it again — the dashboard asks it on every visit and refresh, and
+/// at the incident's size the answer is megabytes. Any change to the index (an append
+/// anywhere), a store or the config makes it stale; pressure drops it.
+struct Answered {
+    key: String,
+    generation: u64,
+    stores: Vec<usize>,
+    config: usize,
+    text: Arc<String>,
+}
+
+impl Answered {
+    fn same(&self, o: &Answered) -> bool {
+        self.key == o.key
+            && self.generation == o.generation
+            && self.stores == o.stores
+            && self.config == o.config
     }
 }
 

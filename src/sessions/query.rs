@@ -2,8 +2,9 @@
 //! usage index, in OpenClaw's shapes (see `docs/USAGE.md` for what is counted).
 
 use super::index::{FileIndex, Index};
+use super::json::Json;
 use super::store::{SessionEntry, StoresView};
-use super::time::{self, DAY_MS};
+use super::time::{self, DAY_MS, Zone};
 use super::transcript::{UsageRec, kind};
 use crate::config::{ModelPrice, Prices};
 use crate::error::RpcError;
@@ -16,8 +17,7 @@ use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 
 /// Tokens and cost, with the keys OpenClaw uses.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct Totals {
     pub input: u64,
     pub output: u64,
@@ -119,31 +119,93 @@ impl Messages {
     }
 }
 
-/// The day range of a query, in local days at `offset_ms`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The day range of a query, in local days of its zone, resolved against the clock: where each
+/// local day starts (in UTC milliseconds) and the zone's offsets across it, so that a record's
+/// day and hour are found without a time-zone lookup per record.
+#[derive(Debug, Clone)]
 pub struct Range {
     pub start_day: i64,
     pub end_day: i64,
-    pub offset_ms: i64,
+    pub zone: Zone,
+    /// Where each local day of the range starts, and where the range ends: `days() + 1`
+    /// instants, increasing.
+    starts: Vec<i64>,
+    /// `(from, offset)` across the range (see [`Zone::offsets`]).
+    offsets: Vec<(i64, i64)>,
 }
 
 impl Range {
+    /// Local days `start_day..=end_day` of `zone`.
+    pub fn new(start_day: i64, end_day: i64, zone: Zone) -> Result<Range, RpcError> {
+        let starts = (start_day..=end_day + 1)
+            .map(|d| zone.day_start(d))
+            .collect::<Option<Vec<i64>>>()
+            .filter(|s| s.windows(2).all(|w| w[0] < w[1]))
+            .ok_or_else(|| {
+                RpcError::invalid(
+                    "invalid params: a day of the range does not exist in the time zone",
+                )
+            })?;
+        let offsets = zone.offsets(starts[0], starts[starts.len() - 1]);
+        Ok(Range {
+            start_day,
+            end_day,
+            zone,
+            starts,
+            offsets,
+        })
+    }
+
     /// `[start, end)` in ms.
     pub fn bounds(&self) -> (i64, i64) {
-        (
-            self.start_day * DAY_MS - self.offset_ms,
-            (self.end_day + 1) * DAY_MS - self.offset_ms,
-        )
+        (self.starts[0], self.starts[self.starts.len() - 1])
     }
 
     pub fn contains(&self, ts: i64) -> bool {
-        // Compared in milliseconds: no division for the records outside the range.
-        ts >= self.start_day * DAY_MS - self.offset_ms
-            && ts < (self.end_day + 1) * DAY_MS - self.offset_ms
+        let (lo, hi) = self.bounds();
+        ts >= lo && ts < hi
     }
 
+    /// The zone's offset at `ts` (a time in the range).
+    pub fn offset_at(&self, ts: i64) -> i64 {
+        match self.offsets.as_slice() {
+            [(_, o)] => *o,
+            segs => segs[segs.partition_point(|s| s.0 <= ts).saturating_sub(1)].1,
+        }
+    }
+
+    /// The local day of `ts` (a time in the range), as an index from the range's first day.
+    pub fn day_index(&self, ts: i64) -> usize {
+        let day = time::day_of(ts, self.offset_at(ts)) - self.start_day;
+        let i = day.clamp(0, self.days() - 1) as usize;
+        // Where the zone's clock went back across midnight, the instants of a day are not
+        // contiguous; the day boundaries decide.
+        if ts >= self.starts[i] && ts < self.starts[i + 1] {
+            i
+        } else {
+            self.starts
+                .partition_point(|&s| s <= ts)
+                .clamp(1, self.starts.len() - 1)
+                - 1
+        }
+    }
+
+    /// The local day of `ts` (a time in the range).
     pub fn day(&self, ts: i64) -> i64 {
-        time::day_of(ts, self.offset_ms)
+        self.start_day + self.day_index(ts) as i64
+    }
+
+    /// `[start, end)` of local day `day` of the range, in ms.
+    pub fn day_window(&self, day: i64) -> (i64, i64) {
+        let i = (day - self.start_day).clamp(0, self.days() - 1) as usize;
+        (self.starts[i], self.starts[i + 1])
+    }
+
+    /// Where the local hour holding `ts` starts, in ms.
+    pub fn hour_start(&self, ts: i64) -> i64 {
+        let off = self.offset_at(ts);
+        let local = ts + off;
+        local - local.rem_euclid(time::HOUR_MS) - off
     }
 
     pub fn days(&self) -> i64 {
@@ -153,7 +215,7 @@ impl Range {
 
 /// A query's day range as asked for, before it is resolved against the clock (what is not
 /// given defaults to the last days up to today). `api::sessions` builds it from the params.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RangeSpec {
     /// `startDate`, as a day number.
     pub start_day: Option<i64>,
@@ -161,8 +223,8 @@ pub struct RangeSpec {
     pub end_day: Option<i64>,
     /// `days`, at least 1: the length of the range when `startDate` is not given.
     pub days: Option<i64>,
-    /// The offset of local days from UTC (`mode` and `utcOffset`).
-    pub offset_ms: i64,
+    /// Where local days are reckoned (`mode`, `timeZone`, `utcOffset`).
+    pub zone: Zone,
 }
 
 /// The longest range a query covers, in days (about ten years).
@@ -173,7 +235,7 @@ impl RangeSpec {
     /// `startDate`, or `days` (by default `default_days`) days before its end, that day
     /// included.
     pub fn resolve(&self, now_ms: i64, default_days: i64) -> Result<Range, RpcError> {
-        let today = time::day_of(now_ms, self.offset_ms);
+        let today = self.zone.day_of(now_ms);
         let end_day = self.end_day.unwrap_or(today);
         let start_day = self
             .start_day
@@ -188,11 +250,7 @@ impl RangeSpec {
                 "invalid params: the range is longer than ten years",
             ));
         }
-        Ok(Range {
-            start_day,
-            end_day,
-            offset_ms: self.offset_ms,
-        })
+        Range::new(start_day, end_day, self.zone.clone())
     }
 }
 
@@ -210,17 +268,37 @@ pub struct ListQuery {
     pub label: Option<String>,
 }
 
-/// `sessions.usage`: usage by session in a range, the most expensive first, a page at a time.
+/// How `sessions.usage` groups transcripts into rows (`groupBy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Grouping {
+    /// A row per session id: its live transcript and its archives.
+    #[default]
+    Instance,
+    /// A row per session key: also the earlier sessions its entry lists in
+    /// `usageFamilySessionIds` (those a reset replaced).
+    Family,
+}
+
+/// The one creator keel knows: it does not record who created a session, so every session is
+/// OpenClaw's "unknown" creator (shown as "Unattributed").
+pub const UNKNOWN_CREATOR: &str = r#"["unknown"]"#;
+
+/// `sessions.usage`: usage by session in a range, the most recently updated first, a page at
+/// a time, with aggregates over every matching session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageQuery {
     pub range: RangeSpec,
-    /// Only the session with this key (in the agent's store, if `agent` is given).
+    /// Only the session with this key (in the agent's store, if `agent` is given); a session
+    /// without an entry is `agent:<agentId>:<sessionId>`.
     pub key: Option<String>,
     /// Only this agent's sessions.
     pub agent: Option<String>,
     pub limit: usize,
     /// Sessions of the page before this one (`nextCursor` of the previous answer).
     pub cursor: usize,
+    pub grouping: Grouping,
+    /// Only sessions of this creator (`creatorKey`).
+    pub creator: Option<String>,
 }
 
 /// `usage.cost`: usage by day in a range.
@@ -231,12 +309,31 @@ pub struct CostQuery {
     pub agent: Option<AgentId>,
 }
 
+/// One session, as the Usage page's session detail names it: a key, and the agent and session
+/// id the page knows for it (both optional).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRef {
+    pub key: String,
+    pub agent: Option<String>,
+    pub session_id: Option<String>,
+}
+
+/// `sessions.usage.logs`: a session's last messages, for the session detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogsQuery {
+    pub session: SessionRef,
+    pub limit: usize,
+}
+
 /// A usage method with its params read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Query {
     List(ListQuery),
     Usage(UsageQuery),
     Cost(CostQuery),
+    /// `sessions.usage.timeseries`.
+    Timeseries(SessionRef),
+    Logs(LogsQuery),
 }
 
 impl Query {
@@ -246,6 +343,8 @@ impl Query {
             Query::List(_) => "sessions.list",
             Query::Usage(_) => "sessions.usage",
             Query::Cost(_) => "usage.cost",
+            Query::Timeseries(_) => "sessions.usage.timeseries",
+            Query::Logs(_) => "sessions.usage.logs",
         }
     }
 }
@@ -313,9 +412,21 @@ struct DayAcc {
     msgs: Messages,
 }
 
-/// One session's usage in the range. Days and models are small vectors; records arrive in
-/// time order, so the day window just used is almost always the one needed next (no division,
-/// no search). Session totals are summed from the days at the end.
+/// One local hour of one session: where it starts, its first record, its messages (and how
+/// many failed) and its tokens. The Usage page places activity by hour of day and weekday in
+/// the zone it asked in; a local hour is the finest grain it shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HourAcc {
+    start: i64,
+    first: i64,
+    msgs: u32,
+    errors: u32,
+    tokens: u64,
+}
+
+/// One session's usage in the range. Days, hours, models and tools are small vectors; records
+/// arrive in time order, so the day and hour just used are almost always the ones needed next
+/// (no division, no search). Session totals are summed from the days at the end.
 struct SessionAcc {
     totals: Totals,
     messages: Messages,
@@ -324,9 +435,13 @@ struct SessionAcc {
     /// (model id, messages with usage, totals).
     models: Vec<(u32, u64, Totals)>,
     days: Vec<DayAcc>,
+    hours: Vec<HourAcc>,
+    /// (tool name id, calls).
+    tools: Vec<(u32, u64)>,
     hot: usize,
     /// The hot day's window, in ms.
     hot_window: (i64, i64),
+    hot_hour: usize,
 }
 
 impl Default for SessionAcc {
@@ -338,9 +453,19 @@ impl Default for SessionAcc {
             last: i64::MIN,
             models: Vec::new(),
             days: Vec::new(),
+            hours: Vec::new(),
+            tools: Vec::new(),
             hot: 0,
             hot_window: (0, 0),
+            hot_hour: 0,
         }
+    }
+}
+
+fn count_tool(tools: &mut Vec<(u32, u64)>, name: u32, n: u64) {
+    match tools.iter_mut().find(|t| t.0 == name) {
+        Some(t) => t.1 += n,
+        None => tools.push((name, n)),
     }
 }
 
@@ -370,10 +495,35 @@ impl SessionAcc {
                     self.days.len() - 1
                 }
             };
-            let start = day * DAY_MS - range.offset_ms;
-            self.hot_window = (start, start + DAY_MS);
+            self.hot_window = range.day_window(day);
         }
         &mut self.days[self.hot]
+    }
+
+    fn hour(&mut self, ts: i64, range: &Range) -> &mut HourAcc {
+        let start = range.hour_start(ts);
+        if self
+            .hours
+            .get(self.hot_hour)
+            .is_none_or(|h| h.start != start)
+        {
+            self.hot_hour = match self.hours.iter().rposition(|h| h.start == start) {
+                Some(i) => i,
+                None => {
+                    self.hours.push(HourAcc {
+                        start,
+                        first: ts,
+                        msgs: 0,
+                        errors: 0,
+                        tokens: 0,
+                    });
+                    self.hours.len() - 1
+                }
+            };
+        }
+        let h = &mut self.hours[self.hot_hour];
+        h.first = h.first.min(ts);
+        h
     }
 
     fn model(&mut self, model: u32) -> &mut (u32, u64, Totals) {
@@ -388,13 +538,7 @@ impl SessionAcc {
     }
 
     /// Adds one file's records in range.
-    fn add_file(
-        &mut self,
-        f: &FileIndex,
-        range: &Range,
-        prices: &[Option<ModelPrice>],
-        tools: &mut [u64],
-    ) {
+    fn add_file(&mut self, f: &FileIndex, range: &Range, prices: &[Option<ModelPrice>]) {
         let (lo, hi) = range.bounds();
         if f.span.1 < lo || f.span.0 >= hi {
             return;
@@ -404,6 +548,9 @@ impl SessionAcc {
         for m in &f.msgs {
             if within(m.ts) {
                 self.day(m.ts, range).msgs.add_rec(m.kind, m.tool_calls);
+                let h = self.hour(m.ts, range);
+                h.msgs += 1;
+                h.errors += u32::from(m.kind & kind::ERROR != 0);
                 self.first = self.first.min(m.ts);
                 self.last = self.last.max(m.ts);
             }
@@ -412,6 +559,7 @@ impl SessionAcc {
             if within(u.ts) {
                 let price = prices.get(u.model as usize).and_then(Option::as_ref);
                 self.day(u.ts, range).totals.add_usage(u, price);
+                self.hour(u.ts, range).tokens += u.tokens[4];
                 let m = self.model(u.model);
                 m.1 += 1;
                 m.2.add_usage(u, price);
@@ -420,16 +568,14 @@ impl SessionAcc {
             }
         }
         for t in &f.tools {
-            if within(t.ts)
-                && let Some(c) = tools.get_mut(t.name as usize)
-            {
-                *c += 1;
+            if within(t.ts) {
+                count_tool(&mut self.tools, t.name, 1);
             }
         }
     }
 
     /// Adds a file's cached contribution.
-    fn add_agg(&mut self, a: &FileAgg, tools: &mut [u64]) {
+    fn add_agg(&mut self, a: &FileAgg) {
         for d in &a.days {
             let day = match self.days.iter().rposition(|x| x.day == d.day) {
                 Some(i) => &mut self.days[i],
@@ -444,6 +590,17 @@ impl SessionAcc {
             day.totals.add(&d.totals);
             day.msgs.add(&d.msgs);
         }
+        for h in &a.hours {
+            match self.hours.iter_mut().rfind(|x| x.start == h.start) {
+                Some(x) => {
+                    x.first = x.first.min(h.first);
+                    x.msgs += h.msgs;
+                    x.errors += h.errors;
+                    x.tokens += h.tokens;
+                }
+                None => self.hours.push(*h),
+            }
+        }
         for (m, count, t) in &a.models {
             let e = self.model(*m);
             e.1 += count;
@@ -451,16 +608,15 @@ impl SessionAcc {
         }
         self.first = self.first.min(a.first);
         self.last = self.last.max(a.last);
-        for (name, c) in &a.tools {
-            if let Some(slot) = tools.get_mut(*name as usize) {
-                *slot += c;
-            }
+        for &(name, c) in &a.tools {
+            count_tool(&mut self.tools, name, c);
         }
     }
 
-    /// Sorts the days and sums them into the session's totals.
+    /// Sorts the days and hours and sums the days into the session's totals.
     fn finish(&mut self) {
         self.days.sort_by_key(|d| d.day);
+        self.hours.sort_by_key(|h| h.start);
         for d in &self.days {
             self.totals.add(&d.totals);
             self.messages.add(&d.msgs);
@@ -471,21 +627,9 @@ impl SessionAcc {
 /// Which files a query looks at.
 struct Filter<'a> {
     agent: Option<&'a str>,
-    /// (agent, session id) of a requested key.
+    /// (agent, session id of the row) of a requested key.
     session: Option<(String, String)>,
-}
-
-impl Filter<'_> {
-    fn admits(&self, index: &Index, f: &FileIndex) -> bool {
-        let agent = index.tables.str(f.agent);
-        if self.agent.is_some_and(|a| a != agent) {
-            return false;
-        }
-        match &self.session {
-            Some((a, s)) => a == agent && **s == *f.session_id,
-            None => true,
-        }
-    }
+    grouping: Grouping,
 }
 
 /// Inputs shared by the usage methods.
@@ -508,16 +652,20 @@ pub struct Ctx<'a> {
 #[derive(Clone, Default)]
 pub struct FileAgg {
     days: Vec<DayAcc>,
+    hours: Vec<HourAcc>,
     models: Vec<(u32, u64, Totals)>,
     first: i64,
     last: i64,
     tools: Vec<(u32, u64)>,
 }
 
+/// What a range's per-file results are keyed by: its bounds, its zone, and the prices.
+type CacheKey = (i64, i64, Zone, usize);
+
 /// Results per file for one range (the last one asked for).
 #[derive(Default)]
 pub struct FileCache {
-    key: Option<(i64, i64, i64, usize)>,
+    key: Option<CacheKey>,
     files: HashMap<std::path::PathBuf, ((u64, u64), FileAgg)>,
 }
 
@@ -526,6 +674,11 @@ impl FileCache {
     pub fn files_kept(&self) -> usize {
         self.files.len()
     }
+}
+
+fn cache_key(range: &Range, prices_version: usize) -> Option<CacheKey> {
+    let (lo, hi) = range.bounds();
+    Some((lo, hi, range.zone.clone(), prices_version))
 }
 
 /// Fills `cache` for `range`, so the first query over it is as fast as the next ones.
@@ -537,9 +690,7 @@ pub fn prewarm(
     cache: &std::sync::Mutex<FileCache>,
 ) {
     let table = prices_by_model(index, prices);
-    let tool_space = index.tables.strings.len();
-    let (lo, hi) = range.bounds();
-    let key = Some((lo, hi, range.offset_ms, prices_version));
+    let key = cache_key(range, prices_version);
     let mut c = lock(cache);
     if c.key != key {
         c.key = key;
@@ -548,36 +699,25 @@ pub fn prewarm(
     for (rel, f) in &index.files {
         let version = (f.ident.ino, f.offset);
         if c.files.get(rel).is_none_or(|e| e.0 != version) {
-            c.files.insert(
-                rel.clone(),
-                (version, FileAgg::compute(f, range, &table, tool_space)),
-            );
+            c.files
+                .insert(rel.clone(), (version, FileAgg::compute(f, range, &table)));
         }
     }
 }
 
 impl FileAgg {
-    fn compute(
-        f: &FileIndex,
-        range: &Range,
-        prices: &[Option<ModelPrice>],
-        tool_space: usize,
-    ) -> FileAgg {
+    fn compute(f: &FileIndex, range: &Range, prices: &[Option<ModelPrice>]) -> FileAgg {
         let mut acc = SessionAcc::default();
-        let mut tools = vec![0u64; tool_space];
-        acc.add_file(f, range, prices, &mut tools);
+        acc.add_file(f, range, prices);
         acc.days.sort_by_key(|d| d.day);
+        acc.hours.sort_by_key(|h| h.start);
         FileAgg {
             days: acc.days,
+            hours: acc.hours,
             models: acc.models,
             first: acc.first,
             last: acc.last,
-            tools: tools
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| **c > 0)
-                .map(|(i, c)| (i as u32, *c))
-                .collect(),
+            tools: acc.tools,
         }
     }
 }
@@ -588,46 +728,99 @@ pub struct Summary {
     pub sessions: Option<usize>,
 }
 
+/// One row of `sessions.usage`: a session (or, grouped by family, a session key).
 struct Session<'a> {
     agent: &'a str,
+    /// The row's session id (for a family, its current one).
     session_id: &'a str,
     entry: Option<&'a SessionEntry>,
+    /// The newest modification time of the row's transcripts, in ms.
+    mtime: i64,
     acc: SessionAcc,
 }
 
-fn group<'a>(
-    cx: &'a Ctx<'a>,
-    filter: &Filter<'_>,
-    range: &Range,
-    tools: &mut [u64],
-) -> Vec<Session<'a>> {
+impl Session<'_> {
+    /// OpenClaw's rule: the entry's key, or `agent:<agentId>:<sessionId>` for a session that
+    /// has transcripts but no entry (a deleted one, an archive a reset left behind).
+    fn key(&self) -> std::borrow::Cow<'_, str> {
+        match self.entry {
+            Some(e) => std::borrow::Cow::Borrowed(e.key.as_str()),
+            None => std::borrow::Cow::Owned(format!("agent:{}:{}", self.agent, self.session_id)),
+        }
+    }
+
+    /// When the session was last updated: its entry's `updatedAt`, else when its newest
+    /// transcript was last written (OpenClaw's rule).
+    fn updated_at(&self) -> i64 {
+        self.entry.and_then(|e| e.updated_at).unwrap_or(self.mtime)
+    }
+}
+
+/// Entries that own earlier sessions (`usageFamilySessionIds`): (agent, earlier session id) →
+/// the entry, for session ids that are not themselves an entry's current session. Where two
+/// entries claim one, the most recently updated wins.
+fn family_owners(stores: &StoresView) -> HashMap<(&str, &str), &SessionEntry> {
+    let mut owners = HashMap::new();
+    for s in &stores.snapshots {
+        for e in s.entries.iter().filter(|e| !e.family_ids.is_empty()) {
+            for id in &e.family_ids {
+                if s.by_session_id(id).is_none() {
+                    owners
+                        .entry((s.agent_id.as_str(), id.as_str()))
+                        .or_insert(e);
+                }
+            }
+        }
+    }
+    owners
+}
+
+fn group<'a>(cx: &'a Ctx<'a>, filter: &Filter<'_>, range: &Range) -> Vec<Session<'a>> {
     let prices = prices_by_model(cx.index, cx.prices);
-    let mut at: HashMap<(u32, u32), usize> = HashMap::new();
+    let owners = match filter.grouping {
+        Grouping::Family => family_owners(cx.stores),
+        Grouping::Instance => HashMap::new(),
+    };
+    let mut at: HashMap<(u32, &'a str), usize> = HashMap::new();
     let mut out: Vec<Session<'a>> = Vec::new();
     let mut cache = cx.files.map(|m| lock(m));
     if let Some(c) = cache.as_deref_mut() {
-        let (lo, hi) = range.bounds();
-        let key = Some((lo, hi, range.offset_ms, cx.prices_version));
+        let key = cache_key(range, cx.prices_version);
         if c.key != key || c.files.len() > cx.index.files.len() + 256 {
             c.key = key;
             c.files.clear();
         }
     }
-    let tool_space = cx.index.tables.strings.len();
     for (rel, f) in &cx.index.files {
-        if !filter.admits(cx.index, f) {
+        let agent = cx.index.tables.str(f.agent);
+        if filter.agent.is_some_and(|a| a != agent) {
             continue;
         }
-        let i = *at.entry((f.agent, f.sid)).or_insert_with(|| {
-            let agent = cx.index.tables.str(f.agent);
+        // The row this file counts in, and that row's entry.
+        let sid: &'a str = &f.session_id;
+        let (row_sid, entry): (&'a str, _) = match cx.stores.entry(agent, sid) {
+            Some(e) => (sid, Some(e)),
+            None => match owners.get(&(agent, sid)) {
+                Some(e) => (e.session_id.as_str(), Some(*e)),
+                None => (sid, None),
+            },
+        };
+        if let Some((a, s)) = &filter.session
+            && (a != agent || s != row_sid)
+        {
+            continue;
+        }
+        let i = *at.entry((f.agent, row_sid)).or_insert_with(|| {
             out.push(Session {
                 agent,
-                session_id: &f.session_id,
-                entry: cx.stores.entry(agent, &f.session_id),
+                session_id: row_sid,
+                entry,
+                mtime: i64::MIN,
                 acc: SessionAcc::default(),
             });
             out.len() - 1
         });
+        out[i].mtime = out[i].mtime.max(f.ident.mtime_ns.div_euclid(1_000_000));
         match cache.as_deref_mut() {
             Some(c) => {
                 let version = (f.ident.ino, f.offset);
@@ -636,11 +829,11 @@ fn group<'a>(
                     .entry(rel.clone())
                     .or_insert_with(|| ((u64::MAX, 0), FileAgg::default()));
                 if slot.0 != version {
-                    *slot = (version, FileAgg::compute(f, range, &prices, tool_space));
+                    *slot = (version, FileAgg::compute(f, range, &prices));
                 }
-                out[i].acc.add_agg(&slot.1, tools);
+                out[i].acc.add_agg(&slot.1);
             }
-            None => out[i].acc.add_file(f, range, &prices, tools),
+            None => out[i].acc.add_file(f, range, &prices),
         }
     }
     out.retain(|s| s.acc.active());
@@ -664,6 +857,17 @@ fn by_cost(a: &Totals, b: &Totals) -> std::cmp::Ordering {
 
 // ---- the answer's shapes ------------------------------------------------------------------
 
+/// A cost as answers write it: to a tenth of a nano-dollar. Sums of many f64 costs carry
+/// noise in their last digits (`2.1787264500000004`); rounded, they print in half the
+/// characters, and the Usage page's answer holds tens of thousands of them.
+fn money(v: f64) -> f64 {
+    if v.is_finite() && v.abs() < 1e12 {
+        (v * 1e10).round() / 1e10
+    } else {
+        v
+    }
+}
+
 /// Types whose fields are written inline into another object (what `#[serde(flatten)]`
 /// does, without its slow map-based path: these answers hold tens of thousands of them).
 trait Inline {
@@ -679,12 +883,20 @@ impl Inline for Totals {
         s.serialize_field("cacheRead", &self.cache_read)?;
         s.serialize_field("cacheWrite", &self.cache_write)?;
         s.serialize_field("totalTokens", &self.total_tokens)?;
-        s.serialize_field("totalCost", &self.total_cost)?;
-        s.serialize_field("inputCost", &self.input_cost)?;
-        s.serialize_field("outputCost", &self.output_cost)?;
-        s.serialize_field("cacheReadCost", &self.cache_read_cost)?;
-        s.serialize_field("cacheWriteCost", &self.cache_write_cost)?;
+        s.serialize_field("totalCost", &money(self.total_cost))?;
+        s.serialize_field("inputCost", &money(self.input_cost))?;
+        s.serialize_field("outputCost", &money(self.output_cost))?;
+        s.serialize_field("cacheReadCost", &money(self.cache_read_cost))?;
+        s.serialize_field("cacheWriteCost", &money(self.cache_write_cost))?;
         s.serialize_field("missingCostEntries", &self.missing_cost_entries)
+    }
+}
+
+impl Serialize for Totals {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut s = ser.serialize_struct("Totals", Self::FIELDS)?;
+        self.write(&mut s)?;
+        s.end()
     }
 }
 
@@ -727,63 +939,6 @@ struct ModelUse<'a> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct DayCost<'a> {
-    date: &'a str,
-    tokens: u64,
-    cost: f64,
-}
-
-/// A session's `usage`: its totals inline, then the rest.
-struct RowUsage<'a> {
-    totals: &'a Totals,
-    first_activity: Option<i64>,
-    last_activity: Option<i64>,
-    duration_ms: Option<i64>,
-    message_counts: &'a Messages,
-    model_usage: Vec<ModelUse<'a>>,
-    daily_breakdown: Vec<DayCost<'a>>,
-    daily_message_counts: Vec<Dated<'a, Messages>>,
-}
-
-impl Serialize for RowUsage<'_> {
-    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        let mut s = ser.serialize_struct("RowUsage", Totals::FIELDS + 7)?;
-        self.totals.write(&mut s)?;
-        s.serialize_field("firstActivity", &self.first_activity)?;
-        s.serialize_field("lastActivity", &self.last_activity)?;
-        s.serialize_field("durationMs", &self.duration_ms)?;
-        s.serialize_field("messageCounts", self.message_counts)?;
-        s.serialize_field("modelUsage", &self.model_usage)?;
-        s.serialize_field("dailyBreakdown", &self.daily_breakdown)?;
-        s.serialize_field("dailyMessageCounts", &self.daily_message_counts)?;
-        s.end()
-    }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Row<'a> {
-    key: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    label: Option<&'a str>,
-    session_id: &'a str,
-    updated_at: Option<i64>,
-    agent_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    channel: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    chat_type: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    model: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    model_provider: Option<&'a str>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    deleted: bool,
-    usage: RowUsage<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
 struct Tool<'a> {
     name: &'a str,
     count: u64,
@@ -822,6 +977,30 @@ struct Day<'a> {
     errors: u64,
 }
 
+/// Sessions active on exactly these days, for the creators panel's day filter.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Activity<'a> {
+    dates: Vec<&'a str>,
+    session_count: usize,
+}
+
+/// A creator's usage (`aggregates.byCreator`); keel's one creator has no `actor`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Creator<'a> {
+    key: &'static str,
+    totals: Totals,
+    session_count: usize,
+    daily: Vec<Dated<'a, Totals>>,
+    session_activity: Vec<Activity<'a>>,
+}
+
+#[derive(Serialize)]
+struct CreatorOption {
+    key: &'static str,
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Aggregates<'a> {
@@ -832,22 +1011,9 @@ struct Aggregates<'a> {
     by_provider: Vec<ModelUse<'a>>,
     by_agent: Vec<Agent<'a>>,
     by_channel: Vec<Channel<'a>>,
+    by_creator: Vec<Creator<'a>>,
     daily: Vec<Day<'a>>,
     cost_daily: Vec<Dated<'a, Totals>>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct UsageAnswer<'a> {
-    updated_at: i64,
-    start_date: String,
-    end_date: String,
-    sessions: Vec<Row<'a>>,
-    totals: Totals,
-    aggregates: Aggregates<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next_cursor: Option<String>,
-    cache_status: Value,
 }
 
 fn to_payload<T: Serialize>(v: &T) -> Result<Payload, RpcError> {
@@ -859,6 +1025,59 @@ fn to_payload<T: Serialize>(v: &T) -> Result<Payload, RpcError> {
     })
 }
 
+/// The size of the last `sessions.usage` answer: the next one is written into a buffer that
+/// size (a tenth more), not one that doubles its way up through copies of megabytes.
+static LAST_USAGE_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The agent and session id a key names: an entry's key (in `agent`'s store if given), or
+/// `agent:<agentId>:<sessionId>` of a session that has transcripts and no entry.
+fn resolve_key(cx: &Ctx<'_>, agent: Option<&str>, key: &str) -> Option<(String, String)> {
+    let found = cx
+        .stores
+        .snapshots
+        .iter()
+        .filter(|s| agent.is_none_or(|a| a == s.agent_id))
+        .find_map(|s| {
+            s.entries
+                .iter()
+                .find(|e| e.key == key)
+                .map(|e| (s.agent_id.clone(), e.session_id.clone()))
+        });
+    if found.is_some() {
+        return found;
+    }
+    let (a, sid) = key.strip_prefix("agent:")?.split_once(':')?;
+    (agent.is_none_or(|x| x == a)
+        && cx
+            .index
+            .files
+            .values()
+            .any(|f| *f.session_id == *sid && cx.index.tables.str(f.agent) == a))
+    .then(|| (a.to_string(), sid.to_string()))
+}
+
+/// `YYYY-MM-DD` of the days a query's answer names, computed once.
+struct Dates {
+    first: i64,
+    text: Vec<String>,
+}
+
+impl Dates {
+    fn new(first: i64, last: i64) -> Dates {
+        Dates {
+            first,
+            text: (first..=last.max(first)).map(time::format_day).collect(),
+        }
+    }
+
+    fn get(&self, day: i64) -> &str {
+        usize::try_from(day - self.first)
+            .ok()
+            .and_then(|i| self.text.get(i))
+            .map_or("", String::as_str)
+    }
+}
+
 /// `sessions.usage`.
 pub fn sessions_usage(cx: &Ctx<'_>, q: &UsageQuery) -> Result<(Payload, Summary), RpcError> {
     let range = q.range.resolve(cx.now_ms, 30)?;
@@ -866,28 +1085,32 @@ pub fn sessions_usage(cx: &Ctx<'_>, q: &UsageQuery) -> Result<(Payload, Summary)
     let (limit, cursor) = (q.limit, q.cursor);
     let session = match q.key.as_deref() {
         None => None,
-        Some(k) => {
-            let found = cx
-                .stores
-                .snapshots
-                .iter()
-                .filter(|s| agent.is_none_or(|a| a == s.agent_id))
-                .find_map(|s| {
-                    s.entries
-                        .iter()
-                        .find(|e| e.key == k)
-                        .map(|e| (s.agent_id.clone(), e.session_id.clone()))
-                });
-            Some(found.ok_or_else(|| RpcError::invalid(format!("no session with key {k:?}")))?)
-        }
+        Some(k) => Some(
+            resolve_key(cx, agent, k)
+                .ok_or_else(|| RpcError::invalid(format!("no session with key {k:?}")))?,
+        ),
     };
-    let mut tool_counts = vec![0u64; cx.index.tables.strings.len()];
-    let mut sessions = group(cx, &Filter { agent, session }, &range, &mut tool_counts);
+    let filter = Filter {
+        agent,
+        session,
+        grouping: q.grouping,
+    };
+    let mut sessions = group(cx, &filter, &range);
+    let creator_options = if sessions.is_empty() {
+        Vec::new()
+    } else {
+        vec![CreatorOption {
+            key: UNKNOWN_CREATOR,
+        }]
+    };
+    if q.creator.as_deref().is_some_and(|c| c != UNKNOWN_CREATOR) {
+        sessions.clear();
+    }
     let index = cx.index;
-    let dates: Vec<String> = (range.start_day..=range.end_day)
-        .map(time::format_day)
-        .collect();
-    let date = |day: i64| dates[(day - range.start_day) as usize].as_str();
+    let dates = Dates::new(range.start_day, range.end_day);
+    let date = |day: i64| dates.get(day);
+    let (lo, hi) = range.bounds();
+    let utc_dates = Dates::new(time::day_of(lo, 0), time::day_of(hi - 1, 0));
 
     // Aggregates over every matching session.
     let mut totals = Totals::default();
@@ -895,7 +1118,9 @@ pub fn sessions_usage(cx: &Ctx<'_>, q: &UsageQuery) -> Result<(Payload, Summary)
     let mut by_model: Vec<(u64, Totals)> = vec![(0, Totals::default()); index.tables.models.len()];
     let mut by_agent: HashMap<&str, Totals> = HashMap::new();
     let mut by_channel: HashMap<&str, Totals> = HashMap::new();
+    let mut tool_counts = vec![0u64; index.tables.strings.len()];
     let mut daily = vec![DayAcc::default(); range.days() as usize];
+    let mut activity: HashMap<Vec<i64>, usize> = HashMap::new();
     for s in &sessions {
         totals.add(&s.acc.totals);
         messages.add(&s.acc.messages);
@@ -914,6 +1139,14 @@ pub fn sessions_usage(cx: &Ctx<'_>, q: &UsageQuery) -> Result<(Payload, Summary)
             e.totals.add(&d.totals);
             e.msgs.add(&d.msgs);
         }
+        for &(name, c) in &s.acc.tools {
+            if let Some(slot) = tool_counts.get_mut(name as usize) {
+                *slot += c;
+            }
+        }
+        *activity
+            .entry(s.acc.days.iter().map(|d| d.day).collect())
+            .or_default() += 1;
     }
     let mut by_provider: HashMap<&str, (u64, Totals)> = HashMap::new();
     let mut models: Vec<ModelUse> = Vec::new();
@@ -970,6 +1203,34 @@ pub fn sessions_usage(cx: &Ctx<'_>, q: &UsageQuery) -> Result<(Payload, Summary)
         .iter()
         .filter(|d| d.msgs.total > 0 || !d.totals.is_empty())
         .collect();
+    let cost_daily = || -> Vec<Dated<'_, Totals>> {
+        active
+            .iter()
+            .map(|d| Dated {
+                date: date(d.day),
+                inner: &d.totals,
+            })
+            .collect()
+    };
+    let by_creator = if sessions.is_empty() {
+        Vec::new()
+    } else {
+        let mut session_activity: Vec<(Vec<i64>, usize)> = activity.into_iter().collect();
+        session_activity.sort();
+        vec![Creator {
+            key: UNKNOWN_CREATOR,
+            totals,
+            session_count: sessions.len(),
+            daily: cost_daily(),
+            session_activity: session_activity
+                .into_iter()
+                .map(|(days, session_count)| Activity {
+                    dates: days.iter().map(|&d| date(d)).collect(),
+                    session_count,
+                })
+                .collect(),
+        }]
+    };
     let aggregates = Aggregates {
         session_count: sessions.len(),
         messages,
@@ -982,108 +1243,378 @@ pub fn sessions_usage(cx: &Ctx<'_>, q: &UsageQuery) -> Result<(Payload, Summary)
         by_provider: providers,
         by_agent: agents,
         by_channel: channels,
+        by_creator,
         daily: active
             .iter()
             .map(|d| Day {
                 date: date(d.day),
                 tokens: d.totals.total_tokens,
-                cost: d.totals.total_cost,
+                cost: money(d.totals.total_cost),
                 messages: d.msgs.total,
                 tool_calls: d.msgs.tool_calls,
                 errors: d.msgs.errors,
             })
             .collect(),
-        cost_daily: active
-            .iter()
-            .map(|d| Dated {
-                date: date(d.day),
-                inner: &d.totals,
-            })
-            .collect(),
+        cost_daily: cost_daily(),
     };
 
-    // The page of sessions, most expensive first.
-    sessions.sort_by(|a, b| {
-        by_cost(&a.acc.totals, &b.acc.totals)
-            .then_with(|| (a.agent, a.session_id).cmp(&(b.agent, b.session_id)))
+    // The page of sessions, the most recently updated first (OpenClaw's order: by `updatedAt`,
+    // then by when the transcripts were last written).
+    let mut order: Vec<(i64, i64, &str, &str, usize)> = sessions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.updated_at(), s.mtime, s.agent, s.session_id, i))
+        .collect();
+    order.sort_by(|a, b| {
+        (b.0, b.1)
+            .cmp(&(a.0, a.1))
+            .then_with(|| (a.2, a.3).cmp(&(b.2, b.3)))
     });
     let total = sessions.len();
-    let page: Vec<Row> = sessions
-        .iter()
-        .skip(cursor)
-        .take(limit)
-        .map(|s| row(index, s, &date))
-        .collect();
-    let next = cursor + page.len();
-    let answer = UsageAnswer {
-        updated_at: cx.now_ms,
-        start_date: time::format_day(range.start_day),
-        end_date: time::format_day(range.end_day),
-        sessions: page,
-        totals,
-        aggregates,
-        next_cursor: (next < total).then(|| next.to_string()),
-        cache_status: cx.cache.to_json(),
+    let owners = match q.grouping {
+        Grouping::Family => family_owners(cx.stores),
+        Grouping::Instance => HashMap::new(),
     };
+    let page = &order[cursor.min(total)..(cursor.saturating_add(limit)).min(total)];
+    let next = cursor + page.len();
+
+    // Written by hand (see `json`): the rows are nearly all of the answer.
+    let hint = LAST_USAGE_BYTES.load(std::sync::atomic::Ordering::Relaxed);
+    let mut j = Json::with_capacity(hint + hint / 10 + 4096);
+    j.raw(b"{\"updatedAt\":");
+    j.i64(cx.now_ms);
+    j.raw(b",\"startDate\":");
+    j.str(&time::format_day(range.start_day));
+    j.raw(b",\"endDate\":");
+    j.str(&time::format_day(range.end_day));
+    j.raw(b",\"sessions\":[");
+    let mut first = true;
+    let rows = Rows {
+        index,
+        grouping: q.grouping,
+        owners: &owners,
+        dates: &dates,
+        utc_dates: &utc_dates,
+        range: &range,
+    };
+    for o in page {
+        j.sep(&mut first);
+        rows.write(&mut j, &sessions[o.4]);
+    }
+    let serialized = (|| {
+        j.raw(b"],\"totals\":");
+        j.serde(&totals)?;
+        j.raw(b",\"aggregates\":");
+        j.serde(&aggregates)?;
+        j.raw(b",\"creatorOptions\":");
+        j.serde(&creator_options)?;
+        if next < total {
+            j.raw(b",\"nextCursor\":");
+            j.str(&next.to_string());
+        }
+        j.raw(b",\"cacheStatus\":");
+        j.serde(&cx.cache.to_json())?;
+        j.raw(b"}");
+        Ok::<(), serde_json::Error>(())
+    })();
+    let fail = |e: String| {
+        RpcError::new(
+            crate::error::Code::Internal,
+            format!("cannot serialize the answer: {e}"),
+        )
+    };
+    serialized.map_err(|e| fail(e.to_string()))?;
+    LAST_USAGE_BYTES.store(j.buf.len(), std::sync::atomic::Ordering::Relaxed);
+    let text = String::from_utf8(j.buf).map_err(|e| fail(e.to_string()))?;
     Ok((
-        to_payload(&answer)?,
+        Payload::Raw(text),
         Summary {
             sessions: Some(total),
         },
     ))
 }
 
-fn row<'a>(index: &'a Index, s: &'a Session<'a>, date: &impl Fn(i64) -> &'a str) -> Row<'a> {
-    let acc = &s.acc;
-    let e = s.entry;
-    Row {
-        key: e.map(|e| e.key.as_str()),
-        label: e.and_then(|e| e.label.as_deref()),
-        session_id: s.session_id,
-        updated_at: e.and_then(|e| e.updated_at).or(acc.activity().1),
-        agent_id: s.agent,
-        channel: e.and_then(|e| e.channel.as_deref()),
-        chat_type: e.and_then(|e| e.chat_type.as_deref()),
-        model: e.and_then(|e| e.model.as_deref()),
-        model_provider: e.and_then(|e| e.model_provider.as_deref()),
-        deleted: e.is_none(),
-        usage: RowUsage {
-            totals: &acc.totals,
-            first_activity: acc.activity().0,
-            last_activity: acc.activity().1,
-            duration_ms: acc.active().then(|| acc.last - acc.first),
-            message_counts: &acc.messages,
-            model_usage: acc
-                .models
-                .iter()
-                .map(|(m, count, totals)| {
-                    let (provider, model) = index.tables.model_names(*m);
-                    ModelUse {
-                        provider,
-                        model: Some(model),
-                        count: *count,
-                        totals: *totals,
+/// Writes the rows of `sessions.usage` (see [`super::json`]): everything the Usage page reads
+/// of a session, in OpenClaw's shapes, and nothing it does not read.
+struct Rows<'a> {
+    index: &'a Index,
+    grouping: Grouping,
+    owners: &'a HashMap<(&'a str, &'a str), &'a SessionEntry>,
+    dates: &'a Dates,
+    utc_dates: &'a Dates,
+    range: &'a Range,
+}
+
+/// The fields of [`Totals`], inline: `"input":…,…,"missingCostEntries":…`.
+fn totals_fields(j: &mut Json, t: &Totals) {
+    j.raw(b"\"input\":");
+    j.u64(t.input);
+    j.raw(b",\"output\":");
+    j.u64(t.output);
+    j.raw(b",\"cacheRead\":");
+    j.u64(t.cache_read);
+    j.raw(b",\"cacheWrite\":");
+    j.u64(t.cache_write);
+    j.raw(b",\"totalTokens\":");
+    j.u64(t.total_tokens);
+    j.raw(b",\"totalCost\":");
+    j.money(t.total_cost);
+    j.raw(b",\"inputCost\":");
+    j.money(t.input_cost);
+    j.raw(b",\"outputCost\":");
+    j.money(t.output_cost);
+    j.raw(b",\"cacheReadCost\":");
+    j.money(t.cache_read_cost);
+    j.raw(b",\"cacheWriteCost\":");
+    j.money(t.cache_write_cost);
+    j.raw(b",\"missingCostEntries\":");
+    j.u64(t.missing_cost_entries);
+}
+
+/// `"name":"value"` after a comma, if there is a value.
+fn opt_str(j: &mut Json, key: &[u8], v: Option<&str>) {
+    if let Some(v) = v {
+        j.raw(key);
+        j.str(v);
+    }
+}
+
+/// `"key":123` or `"key":null`.
+fn opt_i64(j: &mut Json, key: &[u8], v: Option<i64>) {
+    j.raw(key);
+    match v {
+        Some(v) => j.i64(v),
+        None => j.raw(b"null"),
+    }
+}
+
+impl Rows<'_> {
+    fn write(&self, j: &mut Json, s: &Session<'_>) {
+        let acc = &s.acc;
+        let e = s.entry;
+        j.raw(b"{\"key\":");
+        j.str(&s.key());
+        opt_str(
+            j,
+            b",\"label\":",
+            e.and_then(|e| e.label.as_deref().or(e.display_name.as_deref())),
+        );
+        j.raw(b",\"sessionId\":");
+        j.str(s.session_id);
+        j.raw(b",\"updatedAt\":");
+        j.i64(s.updated_at());
+        j.raw(b",\"agentId\":");
+        j.str(s.agent);
+        // Grouped by family, a key's row also counts the earlier sessions its entry owns: the
+        // page shows how many. (OpenClaw also sends `sessionFamilyKey`, `currentSessionId` and
+        // `historicalInstanceCount`, which the page does not read.)
+        match e.filter(|_| self.grouping == Grouping::Family) {
+            Some(e) => {
+                j.raw(b",\"scope\":\"family\",\"includedSessionIds\":[");
+                j.str(&e.session_id);
+                for id in &e.family_ids {
+                    let owned = self
+                        .owners
+                        .get(&(s.agent, id.as_str()))
+                        .is_some_and(|o| std::ptr::eq(*o, e));
+                    if owned {
+                        j.raw(b",");
+                        j.str(id);
                     }
-                })
-                .collect(),
-            daily_breakdown: acc
-                .days
+                }
+                j.raw(b"]");
+            }
+            None => j.raw(b",\"scope\":\"instance\""),
+        }
+        opt_str(j, b",\"channel\":", e.and_then(|e| e.channel.as_deref()));
+        opt_str(j, b",\"chatType\":", e.and_then(|e| e.chat_type.as_deref()));
+        opt_str(j, b",\"model\":", e.and_then(|e| e.model.as_deref()));
+        opt_str(
+            j,
+            b",\"modelProvider\":",
+            e.and_then(|e| e.model_provider.as_deref()),
+        );
+        if e.is_none() {
+            j.raw(b",\"deleted\":true");
+        }
+        j.raw(b",\"usage\":{");
+        totals_fields(j, &acc.totals);
+        let (first, last) = acc.activity();
+        opt_i64(j, b",\"firstActivity\":", first);
+        opt_i64(j, b",\"lastActivity\":", last);
+        opt_i64(
+            j,
+            b",\"durationMs\":",
+            acc.active().then(|| acc.last - acc.first),
+        );
+        j.raw(b",\"activityDates\":[");
+        let mut f = true;
+        for d in &acc.days {
+            j.sep(&mut f);
+            j.str(self.dates.get(d.day));
+        }
+        j.raw(b"],\"messageCounts\":{\"total\":");
+        let m = &acc.messages;
+        j.u64(m.total);
+        j.raw(b",\"user\":");
+        j.u64(m.user);
+        j.raw(b",\"assistant\":");
+        j.u64(m.assistant);
+        j.raw(b",\"toolCalls\":");
+        j.u64(m.tool_calls);
+        j.raw(b",\"toolResults\":");
+        j.u64(m.tool_results);
+        j.raw(b",\"errors\":");
+        j.u64(m.errors);
+        j.raw(b"}");
+        if !acc.tools.is_empty() {
+            let mut tools: Vec<(u64, &str)> = acc
+                .tools
                 .iter()
-                .map(|d| DayCost {
-                    date: date(d.day),
-                    tokens: d.totals.total_tokens,
-                    cost: d.totals.total_cost,
-                })
-                .collect(),
-            daily_message_counts: acc
-                .days
-                .iter()
-                .map(|d| Dated {
-                    date: date(d.day),
-                    inner: &d.msgs,
-                })
-                .collect(),
-        },
+                .map(|&(name, count)| (count, self.index.tables.str(name)))
+                .collect();
+            tools.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+            j.raw(b",\"toolUsage\":{\"totalCalls\":");
+            j.u64(tools.iter().map(|t| t.0).sum());
+            j.raw(b",\"uniqueTools\":");
+            j.u64(tools.len() as u64);
+            j.raw(b",\"tools\":[");
+            let mut f = true;
+            for (count, name) in tools {
+                j.sep(&mut f);
+                j.raw(b"{\"name\":");
+                j.str(name);
+                j.raw(b",\"count\":");
+                j.u64(count);
+                j.raw(b"}");
+            }
+            j.raw(b"]}");
+        }
+        j.raw(b",\"modelUsage\":[");
+        let mut f = true;
+        for (id, count, t) in &acc.models {
+            let (provider, model) = self.index.tables.model_names(*id);
+            j.sep(&mut f);
+            j.raw(b"{\"provider\":");
+            j.str(provider);
+            j.raw(b",\"model\":");
+            j.str(model);
+            j.raw(b",\"count\":");
+            j.u64(*count);
+            j.raw(b",\"totals\":{");
+            totals_fields(j, t);
+            j.raw(b"}}");
+        }
+        // A day's full totals: the page sums them into its daily charts when it filters.
+        j.raw(b"],\"dailyBreakdown\":[");
+        let mut f = true;
+        for d in &acc.days {
+            j.sep(&mut f);
+            j.raw(b"{\"date\":");
+            j.str(self.dates.get(d.day));
+            j.raw(b",\"tokens\":");
+            j.u64(d.totals.total_tokens);
+            j.raw(b",\"cost\":");
+            j.money(d.totals.total_cost);
+            j.raw(b",");
+            totals_fields(j, &d.totals);
+            j.raw(b"}");
+        }
+        // What the page reads of a day's messages.
+        j.raw(b"],\"dailyMessageCounts\":[");
+        let mut f = true;
+        for d in &acc.days {
+            j.sep(&mut f);
+            j.raw(b"{\"date\":");
+            j.str(self.dates.get(d.day));
+            j.raw(b",\"total\":");
+            j.u64(d.msgs.total);
+            j.raw(b",\"toolCalls\":");
+            j.u64(d.msgs.tool_calls);
+            j.raw(b",\"errors\":");
+            j.u64(d.msgs.errors);
+            j.raw(b"}");
+        }
+        j.raw(b"]");
+        self.hours(j, &acc.hours);
+        j.raw(b"}}");
+    }
+
+    /// The session's local hours merged to what the page reads of them: messages (and failed
+    /// ones) by local hour of day, for its error rate by hour; tokens by local weekday and
+    /// hour, for its activity chart and its hour filter. Each entry is placed at the UTC
+    /// quarter-hour of its first record, which the page maps back to that local hour (and
+    /// weekday) in the zone it asked in. OpenClaw sends every UTC quarter-hour of every
+    /// session: at the incident's size, tens of megabytes. A session active within one local
+    /// hour gets none: the page's own placement (between its first and last activity) is
+    /// then exact.
+    fn hours(&self, j: &mut Json, hours: &[HourAcc]) {
+        // All in one local hour: the page places a session without these lists between its
+        // first and last activity, which is then exact.
+        if hours.len() <= 1 {
+            return;
+        }
+        let mut by_hour: [Option<HourAcc>; 24] = [None; 24];
+        let mut by_cell: [Option<HourAcc>; 168] = [None; 168];
+        for h in hours {
+            let local = h.start + self.range.offset_at(h.start);
+            let hour = local.div_euclid(time::HOUR_MS).rem_euclid(24) as usize;
+            let weekday = local.div_euclid(DAY_MS).rem_euclid(7) as usize;
+            if h.msgs > 0 {
+                merge_hour(&mut by_hour[hour], h);
+            }
+            if h.tokens > 0 {
+                merge_hour(&mut by_cell[weekday * 24 + hour], h);
+            }
+        }
+        let place = |j: &mut Json, ts: i64| {
+            j.raw(b"{\"date\":");
+            j.str(self.utc_dates.get(ts.div_euclid(DAY_MS)));
+            j.raw(b",\"quarterIndex\":");
+            j.i64(ts.rem_euclid(DAY_MS) / 900_000);
+        };
+        let mut msgs: Vec<HourAcc> = by_hour.into_iter().flatten().collect();
+        if !msgs.is_empty() {
+            msgs.sort_by_key(|h| h.first);
+            j.raw(b",\"utcQuarterHourMessageCounts\":[");
+            let mut f = true;
+            for h in msgs {
+                j.sep(&mut f);
+                place(j, h.first);
+                j.raw(b",\"total\":");
+                j.u64(h.msgs.into());
+                j.raw(b",\"errors\":");
+                j.u64(h.errors.into());
+                j.raw(b"}");
+            }
+            j.raw(b"]");
+        }
+        let mut tokens: Vec<HourAcc> = by_cell.into_iter().flatten().collect();
+        if !tokens.is_empty() {
+            tokens.sort_by_key(|h| h.first);
+            j.raw(b",\"utcQuarterHourTokenUsage\":[");
+            let mut f = true;
+            for h in tokens {
+                j.sep(&mut f);
+                place(j, h.first);
+                j.raw(b",\"totalTokens\":");
+                j.u64(h.tokens);
+                j.raw(b"}");
+            }
+            j.raw(b"]");
+        }
+    }
+}
+
+fn merge_hour(slot: &mut Option<HourAcc>, h: &HourAcc) {
+    match slot {
+        Some(x) => {
+            x.first = x.first.min(h.first);
+            x.msgs += h.msgs;
+            x.errors += h.errors;
+            x.tokens += h.tokens;
+        }
+        None => *slot = Some(*h),
     }
 }
 
@@ -1114,10 +1645,16 @@ pub fn usage_cost(cx: &Ctx<'_>, q: &CostQuery) -> Result<(Payload, Summary), Rpc
             continue;
         }
         let inside = f.span.0 >= lo && f.span.1 < hi;
+        // Records are in time order: the day just used is almost always the next one's.
+        let mut hot = (0usize, i64::MAX, i64::MIN);
         for u in &f.usage {
             if inside || (u.ts >= lo && u.ts < hi) {
-                let i = ((u.ts - lo) / DAY_MS) as usize;
-                days[i].add_usage(u, prices.get(u.model as usize).and_then(Option::as_ref));
+                if u.ts < hot.1 || u.ts >= hot.2 {
+                    let i = range.day_index(u.ts);
+                    let (a, b) = range.day_window(range.start_day + i as i64);
+                    hot = (i, a, b);
+                }
+                days[hot.0].add_usage(u, prices.get(u.model as usize).and_then(Option::as_ref));
             }
         }
     }

@@ -27,6 +27,11 @@ pub struct SessionEntry {
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
     pub total_tokens: Option<u64>,
+    /// `usageFamilySessionIds`: earlier sessions of this key (replaced by resets) that count
+    /// with it when usage is grouped by family.
+    pub family_ids: Vec<String>,
+    /// `usageFamilyKey`: the family's name, if not the key.
+    pub family_key: Option<String>,
 }
 
 impl SessionEntry {
@@ -90,6 +95,18 @@ impl StoreSnapshot {
                     input_tokens: num("inputTokens"),
                     output_tokens: num("outputTokens"),
                     total_tokens: num("totalTokens"),
+                    family_ids: v
+                        .get("usageFamilySessionIds")
+                        .and_then(Value::as_array)
+                        .map(|ids| {
+                            ids.iter()
+                                .filter_map(Value::as_str)
+                                .filter(|s| !s.is_empty())
+                                .map(String::from)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    family_key: string(v, "usageFamilyKey"),
                 })
             })
             .collect();

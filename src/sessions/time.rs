@@ -1,11 +1,129 @@
 //! Calendar arithmetic for usage queries: days since the Unix epoch ↔ `YYYY-MM-DD`, fixed UTC
-//! offsets (`UTC+5:30`), and ISO-8601 timestamps. No time-zone database: OpenClaw's dashboard
-//! sends explicit offsets.
+//! offsets (`UTC+5:30`), IANA time zones (`America/New_York`, whose offset changes with
+//! daylight-saving time; from the database compiled into the binary), and ISO-8601
+//! timestamps.
 
 /// Milliseconds in a day.
 pub const DAY_MS: i64 = 86_400_000;
+/// Milliseconds in an hour.
+pub const HOUR_MS: i64 = 3_600_000;
 
 use crate::clock::{civil_from_days, days_from_civil};
+
+/// Where local days are reckoned: a fixed offset from UTC, or an IANA time zone.
+#[derive(Clone)]
+pub enum Zone {
+    /// Milliseconds east of UTC.
+    Fixed(i64),
+    Tz {
+        name: String,
+        tz: jiff::tz::TimeZone,
+    },
+}
+
+impl Default for Zone {
+    fn default() -> Zone {
+        Zone::Fixed(0)
+    }
+}
+
+impl PartialEq for Zone {
+    fn eq(&self, o: &Zone) -> bool {
+        match (self, o) {
+            (Zone::Fixed(a), Zone::Fixed(b)) => a == b,
+            (Zone::Tz { name: a, .. }, Zone::Tz { name: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Zone {}
+
+impl std::hash::Hash for Zone {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        match self {
+            Zone::Fixed(o) => o.hash(h),
+            Zone::Tz { name, .. } => name.hash(h),
+        }
+    }
+}
+
+impl std::fmt::Debug for Zone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Zone::Fixed(o) => write!(f, "Fixed({o})"),
+            Zone::Tz { name, .. } => write!(f, "Tz({name})"),
+        }
+    }
+}
+
+/// The longest time-zone name accepted (the longest in the database has 32 characters).
+const MAX_ZONE_NAME: usize = 64;
+
+impl Zone {
+    /// An IANA time zone by name (case as in the database, or any case), from the database
+    /// compiled into the binary: the host's files are never read, so a name cannot point
+    /// anywhere. `None` for a name the database does not have.
+    pub fn named(name: &str) -> Option<Zone> {
+        if name.is_empty() || name.len() > MAX_ZONE_NAME || !name.is_ascii() {
+            return None;
+        }
+        let tz = jiff::tz::TimeZone::get(name).ok()?;
+        let name = tz.iana_name().unwrap_or(name).to_string();
+        Some(Zone::Tz { name, tz })
+    }
+
+    /// The offset from UTC in force at `ts_ms`, in milliseconds east.
+    pub fn offset_at(&self, ts_ms: i64) -> i64 {
+        match self {
+            Zone::Fixed(o) => *o,
+            Zone::Tz { tz, .. } => jiff::Timestamp::from_millisecond(ts_ms)
+                .map_or(0, |t| i64::from(tz.to_offset(t).seconds()) * 1000),
+        }
+    }
+
+    /// The local day `ts_ms` falls on.
+    pub fn day_of(&self, ts_ms: i64) -> i64 {
+        day_of(ts_ms, self.offset_at(ts_ms))
+    }
+
+    /// The first instant of local day `day` (later than midnight where midnight is skipped by
+    /// a daylight-saving change); `None` outside the years the database covers.
+    pub fn day_start(&self, day: i64) -> Option<i64> {
+        match self {
+            Zone::Fixed(o) => Some(day * DAY_MS - o),
+            Zone::Tz { tz, .. } => {
+                let (y, m, d) = civil_from_days(day);
+                let date = jiff::civil::Date::new(
+                    i16::try_from(y).ok()?,
+                    i8::try_from(m).ok()?,
+                    i8::try_from(d).ok()?,
+                )
+                .ok()?;
+                let z = date.to_zoned(tz.clone()).ok()?.start_of_day().ok()?;
+                Some(z.timestamp().as_millisecond())
+            }
+        }
+    }
+
+    /// The zone's offsets across `[lo, hi)`: `(from, offset)`, the first from `i64::MIN`, one
+    /// more at each change.
+    pub fn offsets(&self, lo: i64, hi: i64) -> Vec<(i64, i64)> {
+        let mut out = vec![(i64::MIN, self.offset_at(lo))];
+        if let Zone::Tz { tz, .. } = self
+            && let Ok(from) = jiff::Timestamp::from_millisecond(lo)
+        {
+            for t in tz.following(from) {
+                let at = t.timestamp().as_millisecond();
+                if at >= hi {
+                    break;
+                }
+                out.push((at, i64::from(t.offset().seconds()) * 1000));
+            }
+        }
+        out
+    }
+}
 
 /// `YYYY-MM-DD` of a day number.
 pub fn format_day(days: i64) -> String {

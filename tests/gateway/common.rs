@@ -77,7 +77,8 @@ impl Opts {
     }
 }
 
-/// Copies a directory tree.
+/// Copies a directory tree, keeping the files' modification times (keel reads them: a
+/// session without an entry was last updated when its transcript was last written).
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -87,6 +88,9 @@ pub fn copy_dir(from: &Path, to: &Path) {
             copy_dir(&e.path(), &target);
         } else {
             std::fs::copy(e.path(), &target).unwrap();
+            let modified = e.metadata().unwrap().modified().unwrap();
+            let f = std::fs::File::options().write(true).open(&target).unwrap();
+            f.set_modified(modified).unwrap();
         }
     }
 }

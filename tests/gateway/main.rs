@@ -22,5 +22,6 @@ mod ui_chat;
 mod ui_methods;
 mod ui_static;
 mod usage;
+mod usage_page;
 mod ws;
 mod ws_conformance;

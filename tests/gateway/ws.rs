@@ -370,6 +370,15 @@ fn a_param_of_the_wrong_type_is_refused_naming_it_over_websocket_and_http() {
             with(&send, json!({"idempotencyKey": 5})),
             "idempotencyKey",
         ),
+        ("sessions.usage", json!({"timeZone": 5}), "timeZone"),
+        ("sessions.usage", json!({"groupBy": []}), "groupBy"),
+        ("sessions.usage", json!({"creatorKey": 5}), "creatorKey"),
+        ("sessions.usage.timeseries", json!({"key": 5}), "key"),
+        (
+            "sessions.usage.logs",
+            json!({"key": "agent:main:main", "limit": "5"}),
+            "limit",
+        ),
         ("delivery.list", json!({"limit": "5"}), "limit"),
         ("delivery.list", json!({"state": 5}), "state"),
         ("delivery.retry", json!({"id": 5}), "id"),
@@ -480,6 +489,7 @@ fn a_param_of_the_wrong_type_is_refused_naming_it_over_websocket_and_http() {
         "update.status",
         "last-heartbeat",
         "system.info",
+        "usage.status",
     ];
 
     // Every announced method with params has a case: a method added later must get one.
