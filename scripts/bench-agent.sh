@@ -39,7 +39,7 @@ bench_build --bin keel
 bench_workdir_own_keel
 
 echo "== running the bench (state in $work/state) ==" >&2
-bench_run 240 --keel "$PWD/target/release/keel" --work "$work" "$@"
+bench_run 240 --keel "$keel_bin" --work "$work" "$@"
 
 echo
 cat "$bench_out"

@@ -36,6 +36,6 @@ bench_build --bin keel
 bench_workdir_own_keel
 
 echo "== running the bench (state in $work/state) ==" >&2
-bench_run 300 --keel "$PWD/target/release/keel" --work "$work" "$@"
+bench_run 300 --keel "$keel_bin" --work "$work" "$@"
 
 bench_finish

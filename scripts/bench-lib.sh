@@ -16,11 +16,24 @@ bench_raise_nofile() {
     fi
 }
 
-# Builds keel (`cargo build --release "$@"`) and the bench, and sets bench_exe. The bench binary
-# is run directly (not through `cargo bench`), with keel's path.
+# Builds keel (`cargo build --release "$@"`) and the bench, and sets bench_exe and keel_bin.
+# The bench binary is run directly (not through `cargo bench`), with keel's path: keel_bin is
+# target/release/keel, or the binary KEEL_BIN names (e.g. the static one of
+# scripts/build-static.sh, to measure the file that gets deployed; keel-gen-state and the
+# bench still come from this build).
 bench_build() {
     echo "== building (release) ==" >&2
     cargo build --release "$@"
+    if [[ -n "${KEEL_BIN:-}" ]]; then
+        keel_bin="$(realpath -e "$KEEL_BIN" 2>/dev/null || true)"
+        if [[ -z "$keel_bin" || ! -x "$keel_bin" || -d "$keel_bin" ]]; then
+            echo "bench-$bench: KEEL_BIN=$KEEL_BIN is not an executable file" >&2
+            exit 1
+        fi
+    else
+        keel_bin="$PWD/target/release/keel"
+    fi
+    echo "== keel: $keel_bin ($("$keel_bin" --version)) ==" >&2
     # (The JSON lists every artifact, keel's binaries too: keep the bench target's line.)
     bench_exe="$(cargo bench --bench "$bench" --no-run --message-format=json |
         grep -F '"kind":["bench"]' | grep -F "\"name\":\"$bench\"" |
@@ -147,7 +160,7 @@ bench_start_server() {
     # The caller's KEEL_* settings must not leak in: this run uses its own port, token and config.
     env -u KEEL_CONFIG -u KEEL_GATEWAY_TOKEN -u KEEL_BIND -u KEEL_PORT -u KEEL_STATE_DIR \
         "$@" KEEL_LOG="${KEEL_LOG:-info}" \
-        target/release/keel serve --port 0 --state-dir "$state" 2>"$log" &
+        "$keel_bin" serve --port 0 --state-dir "$state" 2>"$log" &
     server_pid=$!
 }
 

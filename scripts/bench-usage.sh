@@ -3,9 +3,9 @@
 #
 # Builds the release binaries and the `usage` bench (benches/usage.rs), generates a state with
 # `keel-gen-state` (defaults: 9 agents × 184 sessions × 200 messages, ~237 MB) and its exact
-# figures, deletes any saved index (<state>/usage-index.bin), drops the page cache (root only;
-# otherwise the run says "page cache: warm"), starts `keel serve --port 0` on it and, right
-# after, the bench, which measures:
+# figures, deletes any saved index (<state>/usage-index.bin), drops the page cache (root only,
+# and not with --warm-cache; otherwise the run says "page cache: warm"), starts
+# `keel serve --port 0` on it and, right after, the bench, which measures:
 #
 #   1. the cold usage-index build: T of keel's log line `usage index built: … in T ms`, and the
 #      wall time from launching keel to the first `usage.cost` answer with
@@ -28,8 +28,10 @@
 # then stops keel with SIGTERM (SIGKILL after 40 s) and prints the figures and a summary with
 # PASS/MISS per target.
 #
-# Usage: scripts/bench-usage.sh [--keep DIR] [-- extra bench args, e.g. --rate 1000 --calls 100
-#                                                  --loop-secs 10]
+# Usage: scripts/bench-usage.sh [--keep DIR] [--warm-cache] [-- extra bench args, e.g. --rate 1000
+#                                 --calls 100 --loop-secs 10]
+#   --warm-cache leave the page cache as it is (a state read just before is in memory): the
+#                build then measures parsing rather than the disk, e.g. to compare builds.
 #   --keep DIR   generate the state in DIR/state (figures in DIR/figures.json) and reuse it on
 #                later runs (regenerated when older than 12 h: usage.cost {} covers 30 days up
 #                to today); the transcript the bench appends to is restored afterwards.
@@ -42,16 +44,21 @@ bench=usage
 source "$(dirname "$0")/bench-lib.sh"
 
 keep=""
+warm_cache=0
 extra=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --keep)
-        [[ $# -ge 2 && -n "$2" ]] || { echo "usage: $0 [--keep DIR] [-- bench args]" >&2; exit 2; }
+        [[ $# -ge 2 && -n "$2" ]] || { echo "usage: $0 [--keep DIR] [--warm-cache] [-- bench args]" >&2; exit 2; }
         keep="$2"
         shift 2
         ;;
     --keep=*)
         keep="${1#--keep=}"
+        shift
+        ;;
+    --warm-cache)
+        warm_cache=1
         shift
         ;;
     --)
@@ -64,7 +71,7 @@ while [[ $# -gt 0 ]]; do
         exit 0
         ;;
     *)
-        echo "usage: $0 [--keep DIR] [-- bench args]" >&2
+        echo "usage: $0 [--keep DIR] [--warm-cache] [-- bench args]" >&2
         exit 2
         ;;
     esac
@@ -144,7 +151,10 @@ append_size="$(stat -c %s "$append_file")"
 
 # ---- a cold start ---------------------------------------------------------------------------
 page_cache=warm
-if sync && { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
+if [[ "$warm_cache" -eq 1 ]]; then
+    # Read every file of the agents once, so that all of them are in the cache.
+    find "$state/agents" -type f -exec cat {} + >/dev/null
+elif sync && { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
     page_cache=cold
 else
     echo "bench-usage: cannot drop the page cache (not root?): the build reads a warm cache" >&2

@@ -54,7 +54,7 @@ if [[ -n "${SOAK_CSV:-}" ]]; then
 fi
 
 echo "== soaking for $seconds s (state in $work/state) ==" >&2
-bench_run $((seconds + 300)) --keel "$PWD/target/release/keel" \
+bench_run $((seconds + 300)) --keel "$keel_bin" \
     --gen "$PWD/target/release/keel-gen-state" --work "$work" --duration-s "$seconds" \
     "${extra[@]}" "$@"
 

@@ -21,6 +21,15 @@ use tungstenite::Message;
 
 pub const BOUND: Duration = Duration::from_secs(20);
 
+/// The keel binary the tests run: the one cargo built for them, or the one `KEEL_BIN` names
+/// (e.g. the static binary of `scripts/build-static.sh`, which `.ci/run` checks this way).
+pub fn keel_exe() -> PathBuf {
+    match std::env::var_os("KEEL_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_keel")),
+    }
+}
+
 /// Options for one gateway process.
 #[derive(Default, Clone)]
 pub struct Opts {
@@ -140,12 +149,12 @@ impl Gateway {
             prelude.push_str(&format!("ulimit -n {n} && "));
         }
         let program = if prelude.is_empty() {
-            Command::new(env!("CARGO_BIN_EXE_keel"))
+            Command::new(keel_exe())
         } else {
             let mut c = Command::new("sh");
             c.arg("-c")
                 .arg(format!("{prelude}exec \"$0\" \"$@\""))
-                .arg(env!("CARGO_BIN_EXE_keel"));
+                .arg(keel_exe());
             c
         };
         let mut cmd = serve::serve_command(program, &state);
@@ -510,7 +519,7 @@ pub fn keel_cli<'a>(
     args: impl IntoIterator<Item = impl AsRef<OsStr>>,
     env: impl IntoIterator<Item = (&'a str, impl AsRef<OsStr>)>,
 ) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+    let mut cmd = Command::new(keel_exe());
     cmd.args(args)
         .env_remove("KEEL_CONFIG")
         .env_remove("KEEL_STATE_DIR");

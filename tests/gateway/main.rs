@@ -1,5 +1,6 @@
 //! Integration tests against the real `keel` binary on 127.0.0.1:0, as one test binary.
 
+mod binary;
 mod common;
 mod config;
 mod delivery;
