@@ -33,16 +33,7 @@ pub fn resolve(index: &Index, stores: &StoresView, r: &SessionRef) -> Option<(St
         .strip_prefix("agent:")
         .and_then(|rest| rest.split_once(':'));
     let agent = r.agent.as_deref().or(from_key.map(|(a, _)| a));
-    let entry = stores
-        .snapshots
-        .iter()
-        .filter(|s| agent.is_none_or(|a| a == s.agent_id))
-        .find_map(|s| {
-            s.entries
-                .iter()
-                .find(|e| e.key == r.key)
-                .map(|e| (s.agent_id.clone(), e.session_id.clone()))
-        });
+    let entry = store_entry(stores, agent, &r.key);
     if entry.is_some() {
         return entry;
     }
@@ -57,6 +48,24 @@ pub fn resolve(index: &Index, stores: &StoresView, r: &SessionRef) -> Option<(St
         _ => return None,
     };
     (!files(index, a, sid).is_empty()).then(|| (a.to_string(), sid.to_string()))
+}
+
+/// The agent and session id of the store entry with `key` (in `agent`'s store if given).
+pub fn store_entry(
+    stores: &StoresView,
+    agent: Option<&str>,
+    key: &str,
+) -> Option<(String, String)> {
+    stores
+        .snapshots
+        .iter()
+        .filter(|s| agent.is_none_or(|a| a == s.agent_id))
+        .find_map(|s| {
+            s.entries
+                .iter()
+                .find(|e| e.key == key)
+                .map(|e| (s.agent_id.clone(), e.session_id.clone()))
+        })
 }
 
 /// The session's transcripts (its live one and its archives), oldest records first: paths

@@ -1032,17 +1032,7 @@ static LAST_USAGE_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::Ato
 /// The agent and session id a key names: an entry's key (in `agent`'s store if given), or
 /// `agent:<agentId>:<sessionId>` of a session that has transcripts and no entry.
 fn resolve_key(cx: &Ctx<'_>, agent: Option<&str>, key: &str) -> Option<(String, String)> {
-    let found = cx
-        .stores
-        .snapshots
-        .iter()
-        .filter(|s| agent.is_none_or(|a| a == s.agent_id))
-        .find_map(|s| {
-            s.entries
-                .iter()
-                .find(|e| e.key == key)
-                .map(|e| (s.agent_id.clone(), e.session_id.clone()))
-        });
+    let found = super::detail::store_entry(cx.stores, agent, key);
     if found.is_some() {
         return found;
     }
