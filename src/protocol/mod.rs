@@ -10,6 +10,7 @@ pub mod params;
 pub mod reply;
 
 use crate::payload::{Outcome, Payload};
+use reply::Wire;
 
 use crate::error::RpcError;
 use serde_json::{Map, Value, json};
@@ -84,18 +85,18 @@ pub fn res_ok(id: &str, payload: &Value) -> String {
     json!({"type": "res", "id": id, "ok": true, "payload": payload}).to_string()
 }
 
-/// `res_ok` for any payload, without re-parsing raw text.
-pub fn res_ok_payload(id: &str, payload: &Payload) -> String {
+/// `res_ok` for any payload, without re-parsing raw text, and without copying a shared one.
+pub fn res_ok_payload(id: &str, payload: &Payload) -> Wire {
     match payload {
-        Payload::Json(v) => res_ok(id, v),
+        Payload::Json(v) => res_ok(id, v).into(),
         Payload::Raw(_) | Payload::Shared(_) => {
             let id = Value::String(id.to_string()).to_string();
-            let mut out = String::with_capacity(payload.len_hint() + id.len() + 40);
-            out.push_str("{\"type\":\"res\",\"id\":");
-            out.push_str(&id);
-            out.push_str(",\"ok\":true,\"payload\":");
-            payload.write(&mut out);
-            out.push('}');
+            let mut out = Wire::default();
+            out.push(b"{\"type\":\"res\",\"id\":");
+            out.push(id.as_bytes());
+            out.push(b",\"ok\":true,\"payload\":");
+            payload.wire(&mut out);
+            out.push(b"}");
             out
         }
     }
@@ -168,21 +169,21 @@ pub fn event(name: Event, payload: &Value, seq: Option<u64>) -> String {
 }
 
 /// The HTTP body for an RPC outcome: `{"ok":true,"payload":…}` or `{"ok":false,"error":…}`.
-pub fn http_body(outcome: &Outcome) -> (u16, Option<u64>, Vec<u8>) {
+pub fn http_body(outcome: &Outcome) -> (u16, Option<u64>, Wire) {
     match outcome {
         Ok(p) => {
-            let mut out = String::with_capacity(p.len_hint() + 24);
-            out.push_str("{\"ok\":true,\"payload\":");
-            p.write(&mut out);
-            out.push('}');
-            (200, None, out.into_bytes())
+            let mut out = Wire::default();
+            out.push(b"{\"ok\":true,\"payload\":");
+            p.wire(&mut out);
+            out.push(b"}");
+            (200, None, out)
         }
         Err(e) => (
             e.code.http_status(),
             e.retry_after_ms.map(|ms| ms.div_ceil(1000).max(1)),
             json!({"ok": false, "error": e.to_json()})
                 .to_string()
-                .into_bytes(),
+                .into(),
         ),
     }
 }
@@ -237,19 +238,42 @@ mod tests {
     fn http_bodies_carry_status_and_retry_after() {
         let raw = Payload::Raw(r#"{"a":[1]}"#.into());
         assert_eq!(
-            res_ok_payload("i\"d", &raw),
-            r#"{"type":"res","id":"i\"d","ok":true,"payload":{"a":[1]}}"#
+            res_ok_payload("i\"d", &raw).to_vec(),
+            br#"{"type":"res","id":"i\"d","ok":true,"payload":{"a":[1]}}"#
         );
-        assert_eq!(http_body(&Ok(raw)).2, br#"{"ok":true,"payload":{"a":[1]}}"#);
         assert_eq!(
-            http_body(&Ok(json!({"b": 2}).into())).2,
+            http_body(&Ok(raw)).2.to_vec(),
+            br#"{"ok":true,"payload":{"a":[1]}}"#
+        );
+        assert_eq!(
+            http_body(&Ok(json!({"b": 2}).into())).2.to_vec(),
             br#"{"ok":true,"payload":{"b":2}}"#
         );
         let (status, retry, _) = http_body(&Err(RpcError::unavailable("full", 1500)));
         assert_eq!((status, retry), (503, Some(2)));
         let (status, _, body) = http_body(&Err(RpcError::new(Code::DeadlineExceeded, "late")));
         assert_eq!(status, 504);
-        let v: Value = serde_json::from_slice(&body).unwrap();
+        let v: Value = serde_json::from_slice(&body.to_vec()).unwrap();
         assert_eq!(v["error"]["code"], "DEADLINE_EXCEEDED");
+    }
+
+    #[test]
+    fn a_big_shared_payload_is_referenced_not_copied() {
+        let text = std::sync::Arc::new(format!("[{}0]", "0,".repeat(40_000)));
+        let p = Payload::Shared(text.clone());
+        let w = res_ok_payload("7", &p);
+        assert_eq!(
+            w.pieces().len(),
+            3,
+            "envelope, shared payload, closing brace"
+        );
+        assert!(
+            matches!(&w.pieces()[1], reply::Piece::Text(t) if std::sync::Arc::ptr_eq(t, &text))
+        );
+        let v: Value = serde_json::from_slice(&w.to_vec()).unwrap();
+        assert_eq!(v["payload"].as_array().map(Vec::len), Some(40_001));
+        let mut tail = vec![0; 5];
+        w.copy_at(w.len() - 5, &mut tail);
+        assert_eq!(tail, b"0,0]}");
     }
 }

@@ -5,6 +5,7 @@
 
 use super::{http_body, res_err, res_ok_payload};
 use crate::payload::Outcome;
+pub use crate::payload::{Piece, Wire};
 use std::sync::Arc;
 
 /// Where a job's result goes.
@@ -51,13 +52,13 @@ pub enum Outbound {
 
 #[derive(Debug)]
 pub enum CompletionBody {
-    /// One text frame.
-    WsText(String),
+    /// One text message.
+    WsText(Wire),
     /// An HTTP response body (JSON) with its status.
     Http {
         status: u16,
         retry_after_s: Option<u64>,
-        body: Vec<u8>,
+        body: Wire,
     },
     /// A whole HTTP answer with headers of its own (a file of the dashboard).
     Answer(HttpAnswer),
@@ -85,7 +86,7 @@ pub fn encode_reply(reply: &ReplyTo, outcome: &Outcome) -> Option<Completion> {
             generation: *generation,
             body: CompletionBody::WsText(match outcome {
                 Ok(p) => res_ok_payload(id, p),
-                Err(e) => res_err(id, e),
+                Err(e) => res_err(id, e).into(),
             }),
         }),
         ReplyTo::Http { conn, generation } => {

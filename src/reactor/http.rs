@@ -32,8 +32,7 @@ use crate::api;
 use crate::auth::{Client, Forwarding, Scope};
 use crate::error::{Code, RpcError};
 use crate::protocol;
-use crate::protocol::reply::HttpAnswer;
-use crate::protocol::reply::ReplyTo;
+use crate::protocol::reply::{HttpAnswer, Piece, ReplyTo, Wire};
 use mio::net::TcpStream;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
@@ -359,30 +358,15 @@ impl RequestReader {
 /// Bytes owed to a client, in order: owned bytes (heads, small bodies) and bodies shared with
 /// a cache, written from where they are — a file of megabytes is neither copied nor written
 /// in one go (the write budget per wake-up applies).
+/// Bodies up to this size are copied next to their head (one write instead of two).
+const COPY_MAX: usize = 16 << 10;
+
 #[derive(Debug, Default)]
 struct Output {
-    chunks: VecDeque<Chunk>,
+    chunks: VecDeque<Piece>,
     /// Bytes of the first chunk already written.
     pos: usize,
 }
-
-#[derive(Debug)]
-enum Chunk {
-    Owned(Vec<u8>),
-    Shared(Arc<[u8]>),
-}
-
-impl Chunk {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Chunk::Owned(v) => v,
-            Chunk::Shared(b) => b,
-        }
-    }
-}
-
-/// Shared bodies up to this size are copied next to their head (one write instead of two).
-const COPY_MAX: usize = 16 << 10;
 
 impl Output {
     fn push(&mut self, bytes: &[u8]) {
@@ -390,16 +374,21 @@ impl Output {
             return;
         }
         match self.chunks.back_mut() {
-            Some(Chunk::Owned(v)) => v.extend_from_slice(bytes),
-            _ => self.chunks.push_back(Chunk::Owned(bytes.to_vec())),
+            Some(Piece::Owned(v)) => v.extend_from_slice(bytes),
+            _ => self.chunks.push_back(Piece::Owned(bytes.to_vec())),
         }
     }
 
-    fn push_shared(&mut self, body: &Arc<[u8]>) {
-        if body.len() <= COPY_MAX {
-            self.push(body);
-        } else {
-            self.chunks.push_back(Chunk::Shared(body.clone()));
+    /// Queues a body made off the reactor: small pieces are copied next to the head before
+    /// them (one write instead of two), big ones are moved or shared, never copied.
+    fn push_wire(&mut self, body: Wire) {
+        for piece in body.into_pieces() {
+            match piece {
+                Piece::Owned(v) if v.len() > COPY_MAX => self.chunks.push_back(Piece::Owned(v)),
+                Piece::Text(t) if t.len() > COPY_MAX => self.chunks.push_back(Piece::Text(t)),
+                Piece::Bytes(b) if b.len() > COPY_MAX => self.chunks.push_back(Piece::Bytes(b)),
+                small => self.push(small.bytes()),
+            }
         }
     }
 
@@ -980,7 +969,9 @@ impl<S: Socket> HttpConn<S> {
         });
         self.out.push(head.as_bytes());
         if !self.head_only {
-            self.out.push_shared(&a.body);
+            let mut body = Wire::default();
+            body.push_bytes(&a.body);
+            self.out.push_wire(body);
         }
     }
 
@@ -1052,7 +1043,7 @@ impl<S: Socket> HttpConn<S> {
             }
             Err(e) => {
                 let (status, retry, body) = protocol::http_body(&Err(e));
-                self.respond_status(cx, status, retry, &body);
+                self.respond_status(cx, status, retry, body);
             }
         }
     }
@@ -1203,7 +1194,7 @@ impl<S: Socket> HttpConn<S> {
     fn rpc_answer(&mut self, cx: &mut Cx<'_>, outcome: &Result<Value, RpcError>) {
         let outcome = outcome.clone().map(crate::payload::Payload::Json);
         let (status, retry, body) = protocol::http_body(&outcome);
-        self.respond_status(cx, status, retry, &body);
+        self.respond_status(cx, status, retry, body);
     }
 
     fn respond_status(
@@ -1211,20 +1202,15 @@ impl<S: Socket> HttpConn<S> {
         cx: &mut Cx<'_>,
         status: u16,
         retry_after_s: Option<u64>,
-        body: &[u8],
+        body: Wire,
     ) {
         if (400..500).contains(&status) {
             cx.shared.metrics.http_errors_4xx.inc();
         }
-        match retry_after_s {
-            Some(s) => self.respond(
-                cx,
-                status,
-                "application/json",
-                &[("Retry-After", s.to_string())],
-                body,
-            ),
-            None => self.respond(cx, status, "application/json", &[], body),
+        let retry = retry_after_s.map(|s| ("Retry-After", s.to_string()));
+        self.write_head(status, "application/json", retry.as_slice(), body.len());
+        if !self.head_only {
+            self.out.push_wire(body);
         }
     }
 
@@ -1234,7 +1220,7 @@ impl<S: Socket> HttpConn<S> {
         cx: &mut Cx<'_>,
         status: u16,
         retry_after_s: Option<u64>,
-        body: &[u8],
+        body: Wire,
     ) {
         if self.phase != Phase::Waiting {
             return;
@@ -1288,8 +1274,7 @@ impl<S: Socket> HttpConn<S> {
         self.upgrade = true;
     }
 
-    /// Writes an answer. It says `Connection: close` exactly when the connection closes
-    /// after it: both follow `keep_alive`, which a path that closes clears beforehand.
+    /// Writes an answer whose body is at hand.
     fn respond(
         &mut self,
         cx: &mut Cx<'_>,
@@ -1299,13 +1284,28 @@ impl<S: Socket> HttpConn<S> {
         body: &[u8],
     ) {
         let _ = cx;
+        self.write_head(status, content_type, extra, body.len());
+        if !self.head_only {
+            self.out.push(body);
+        }
+    }
+
+    /// Queues an answer's head. It says `Connection: close` exactly when the connection
+    /// closes after the answer: both follow `keep_alive`, which a path that closes clears
+    /// beforehand.
+    fn write_head(
+        &mut self,
+        status: u16,
+        content_type: &str,
+        extra: &[(&str, String)],
+        len: usize,
+    ) {
         if !self.keep_alive {
             self.close_after_write = true;
         }
         let mut head = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
+            "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nCache-Control: no-store\r\n",
             reason(status),
-            body.len()
         );
         for (k, v) in extra {
             head.push_str(&format!("{k}: {v}\r\n"));
@@ -1316,9 +1316,6 @@ impl<S: Socket> HttpConn<S> {
             "Connection: close\r\n\r\n"
         });
         self.out.push(head.as_bytes());
-        if !self.head_only {
-            self.out.push(body);
-        }
     }
 
     /// When [`Self::on_timer`] next has something to do: the deadline it acts on in the

@@ -905,7 +905,7 @@ impl Reactor {
                         body,
                     },
                 ) => {
-                    h.complete(cx, status, retry_after_s, &body);
+                    h.complete(cx, status, retry_after_s, body);
                     h.drive(cx)
                 }
                 (Conn::Http(h), CompletionBody::Answer(answer)) => {

@@ -28,7 +28,7 @@ use crate::api;
 use crate::auth::{Client, Presented};
 use crate::error::RpcError;
 use crate::protocol::handshake::{self, Hello, PRE_AUTH_MAX_FRAME, SessionDefaults};
-use crate::protocol::reply::ReplyTo;
+use crate::protocol::reply::{ReplyTo, Wire};
 use crate::protocol::{self, Event};
 use mio::net::TcpStream;
 use serde_json::{Value, json};
@@ -70,6 +70,16 @@ impl Socket for TcpStream {
     }
 }
 
+/// What waits to be handed to tungstenite.
+enum Queued {
+    /// A frame as it is: a message of at most [`FRAGMENT`] bytes, a ping.
+    Frame(Frame),
+    /// A bigger message, cut into frames as the socket drains, each copied from where the
+    /// message's bytes are (a shared answer of megabytes is never copied whole). `pos` bytes
+    /// have been handed over.
+    Big { wire: Wire, pos: usize },
+}
+
 pub struct WsConn<S: Socket = TcpStream> {
     ws: WebSocket<S>,
     client: Client,
@@ -91,8 +101,8 @@ pub struct WsConn<S: Socket = TcpStream> {
     /// discarded until it closes or the linger ends (closing with unread input would reset
     /// the connection and could destroy the close frame in flight).
     poisoned: bool,
-    /// Frames waiting for the socket, oldest first, and their payload bytes.
-    out: VecDeque<Frame>,
+    /// Frames and messages waiting for the socket, oldest first, and their payload bytes.
+    out: VecDeque<Queued>,
     out_bytes: usize,
     /// Bytes left queued after the last write: the client has not read them yet.
     backlog: usize,
@@ -161,17 +171,17 @@ impl<S: Socket> WsConn<S> {
     }
 
     /// Queues a text message. A message larger than [`FRAGMENT`] is cut into continuation
-    /// frames that are handed to the socket as it drains, so one big reply takes no more
-    /// memory than itself and never blocks the reactor. A client whose backlog (beyond the
-    /// message being written) passes `maxBufferedBytes` is closed as a slow consumer.
-    fn send(&mut self, cx: &mut Cx<'_>, text: String) {
+    /// frames as the socket drains, so one big reply takes no more memory than itself and
+    /// never blocks the reactor. A client whose backlog (beyond the message being written)
+    /// passes `maxBufferedBytes` is closed as a slow consumer.
+    fn send(&mut self, cx: &mut Cx<'_>, text: impl Into<Wire>) {
         self.enqueue(cx, text);
         self.pump();
     }
 
     /// Queues a message without writing yet (events are written once per connection per
     /// reactor round: one syscall for many frames).
-    fn enqueue(&mut self, cx: &mut Cx<'_>, text: String) {
+    fn enqueue(&mut self, cx: &mut Cx<'_>, text: impl Into<Wire>) {
         if self.phase == Phase::Closing {
             return;
         }
@@ -191,21 +201,34 @@ impl<S: Socket> WsConn<S> {
             self.close(cx, CloseCode::Policy, "slow consumer: too much unread data");
             return;
         }
-        let bytes = text.into_bytes();
-        self.out_bytes += bytes.len();
-        if bytes.len() <= FRAGMENT {
-            self.out
-                .push_back(Frame::message(bytes, OpCode::Data(OpData::Text), true));
+        let wire: Wire = text.into();
+        self.out_bytes += wire.len();
+        if wire.len() <= FRAGMENT {
+            let frame = Frame::message(wire.to_vec(), OpCode::Data(OpData::Text), true);
+            self.out.push_back(Queued::Frame(frame));
         } else {
-            let n = bytes.len().div_ceil(FRAGMENT);
-            for (i, chunk) in bytes.chunks(FRAGMENT).enumerate() {
-                let op = if i == 0 {
+            self.out.push_back(Queued::Big { wire, pos: 0 });
+        }
+    }
+
+    /// The next frame to hand over: the front one, or the next fragment of the front message.
+    fn next_frame(&mut self) -> Option<Frame> {
+        match self.out.pop_front()? {
+            Queued::Frame(f) => Some(f),
+            Queued::Big { wire, pos } => {
+                let n = (wire.len() - pos).min(FRAGMENT);
+                let mut bytes = vec![0; n];
+                wire.copy_at(pos, &mut bytes);
+                let op = if pos == 0 {
                     OpData::Text
                 } else {
                     OpData::Continue
                 };
-                self.out
-                    .push_back(Frame::message(chunk.to_vec(), OpCode::Data(op), i + 1 == n));
+                let fin = pos + n == wire.len();
+                if !fin {
+                    self.out.push_front(Queued::Big { wire, pos: pos + n });
+                }
+                Some(Frame::message(bytes, OpCode::Data(op), fin))
             }
         }
     }
@@ -228,7 +251,7 @@ impl<S: Socket> WsConn<S> {
                 Err(WsError::ConnectionClosed) if self.close_sent => return true,
                 Err(_) => return false,
             }
-            let Some(frame) = self.out.pop_front() else {
+            let Some(frame) = self.next_frame() else {
                 if let Some(close) = self.pending_close.take() {
                     self.close_sent = true;
                     match self.ws.close(Some(close)) {
@@ -294,7 +317,7 @@ impl<S: Socket> WsConn<S> {
     }
 
     /// A job's reply frame has arrived.
-    pub fn complete(&mut self, cx: &mut Cx<'_>, text: String) {
+    pub fn complete(&mut self, cx: &mut Cx<'_>, text: Wire) {
         self.inflight.release();
         self.send(cx, text);
     }
@@ -648,7 +671,7 @@ impl<S: Socket> WsConn<S> {
             self.send_event(cx, Event::Tick, &payload);
             if silent >= interval && self.unanswered_ping.is_none() {
                 self.unanswered_ping = Some(cx.now);
-                self.out.push_back(Frame::ping(Vec::new()));
+                self.out.push_back(Queued::Frame(Frame::ping(Vec::new())));
                 self.pump();
             }
         }
