@@ -18,6 +18,7 @@ pub mod error;
 pub mod heartbeat;
 pub mod idempotency;
 pub mod ids;
+pub mod inbound;
 pub mod jobs;
 pub mod lifecycle;
 pub mod logring;

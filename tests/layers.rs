@@ -42,6 +42,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("delivery", 5),
     ("ui", 5),
     ("agent", 6),
+    // Chat channels in: they start runs and deliver replies.
+    ("inbound", 6),
     // The application: the method table, the gateway value and its views.
     ("api", 7),
     ("runtime", 7),
