@@ -12,8 +12,8 @@ pub enum Payload {
     Json(Value),
     /// Valid JSON text.
     Raw(String),
-    /// Valid JSON text that is also kept elsewhere (an answer given again while nothing it
-    /// counts changed): shared, not copied.
+    /// Valid JSON text, shared: written to the wire from where it is (an answer of
+    /// megabytes is not copied).
     Shared(Arc<String>),
 }
 

@@ -884,7 +884,7 @@ impl Reactor {
         touched.dedup();
         for slot in touched {
             self.on_slot(slot, None, now, |conn, cx| match conn {
-                Conn::Ws(w) => w.flush(cx).err().unwrap_or(Outcome::Keep),
+                Conn::Ws(w) => w.flushed(cx),
                 Conn::Http(_) => Outcome::Keep,
             });
         }
@@ -914,7 +914,7 @@ impl Reactor {
                 }
                 (Conn::Ws(w), CompletionBody::WsText(text)) => {
                     w.complete(cx, text);
-                    w.flush(cx).err().unwrap_or(Outcome::Keep)
+                    w.flushed(cx)
                 }
                 _ => Outcome::Keep,
             }
@@ -986,7 +986,7 @@ impl Reactor {
             self.on_slot(slot, None, now, |conn, cx| match conn {
                 Conn::Ws(w) => {
                     f(w, cx);
-                    w.flush(cx).err().unwrap_or(Outcome::Keep)
+                    w.flushed(cx)
                 }
                 Conn::Http(_) => Outcome::Keep,
             });

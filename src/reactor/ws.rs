@@ -47,6 +47,9 @@ const MESSAGE_BUDGET: usize = 32;
 const ROUND_ALLOWANCE: usize = 4 << 20;
 /// Largest frame written at once; bigger messages are fragmented.
 const FRAGMENT: usize = 64 << 10;
+/// Bytes of frames handed to the socket per connection per reactor iteration: a reply of
+/// megabytes to a fast reader is written in slices, with other connections served between.
+const WRITE_BUDGET: usize = 256 << 10;
 /// How long to wait for the peer's close frame after sending ours.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
@@ -109,6 +112,8 @@ pub struct WsConn<S: Socket = TcpStream> {
     /// A close frame to send once `out` has drained.
     pending_close: Option<CloseFrame>,
     close_sent: bool,
+    /// The last write stopped at its budget with frames left: the reactor comes back.
+    more: bool,
 }
 
 pub fn ws_config(max_message: usize) -> WebSocketConfig {
@@ -147,6 +152,7 @@ impl<S: Socket> WsConn<S> {
             backlog: 0,
             pending_close: None,
             close_sent: false,
+            more: false,
         };
         let nonce = cx.rng.uuid();
         let challenge = protocol::event(
@@ -244,6 +250,8 @@ impl<S: Socket> WsConn<S> {
     }
 
     fn pump_inner(&mut self) -> bool {
+        self.more = false;
+        let mut budget = WRITE_BUDGET;
         loop {
             match self.ws.flush() {
                 Ok(()) => {}
@@ -262,6 +270,13 @@ impl<S: Socket> WsConn<S> {
                 }
                 return true;
             };
+            if budget == 0 {
+                // A big reply to a fast reader: other connections go first, then the rest.
+                self.out.push_front(Queued::Frame(frame));
+                self.more = true;
+                return true;
+            }
+            budget = budget.saturating_sub(frame.payload().len());
             self.out_bytes = self.out_bytes.saturating_sub(frame.payload().len());
             match self.ws.write(Message::Frame(frame)) {
                 Ok(()) => {}
@@ -375,7 +390,7 @@ impl<S: Socket> WsConn<S> {
 
     fn on_error(&mut self, cx: &mut Cx<'_>, e: WsError) -> Outcome {
         match e {
-            WsError::Io(e) if io_would_block(&e) => self.flush(cx).then_keep(),
+            WsError::Io(e) if io_would_block(&e) => self.flushed(cx),
             WsError::ConnectionClosed | WsError::AlreadyClosed => Outcome::Close,
             WsError::Capacity(c) => {
                 let code = if self.is_open() {
@@ -445,8 +460,18 @@ impl<S: Socket> WsConn<S> {
         Outcome::Again
     }
 
-    /// Writes what is queued, as far as the socket takes it. `Err` means the connection is
-    /// finished.
+    /// Writes what is queued, as far as the socket and the write budget take it: `Again`
+    /// when the budget ran out with frames left, `Close` when the connection is finished.
+    pub fn flushed(&mut self, cx: &mut Cx<'_>) -> Outcome {
+        match self.flush(cx) {
+            Ok(()) if self.more => Outcome::Again,
+            Ok(()) => Outcome::Keep,
+            Err(o) => o,
+        }
+    }
+
+    /// Writes what is queued, as far as the socket and the write budget take it. `Err` means
+    /// the connection is finished.
     pub fn flush(&mut self, _cx: &mut Cx<'_>) -> Result<(), Outcome> {
         if self.pump() {
             Ok(())
@@ -665,7 +690,7 @@ impl<S: Socket> WsConn<S> {
                     silent.as_secs()
                 );
                 self.close(cx, CloseCode::Away, "ping timeout");
-                return self.flush(cx).then_keep();
+                return self.flushed(cx);
             }
             let payload = json!({"ts": crate::clock::wall_ms()});
             self.send_event(cx, Event::Tick, &payload);
@@ -675,7 +700,7 @@ impl<S: Socket> WsConn<S> {
                 self.pump();
             }
         }
-        self.flush(cx).then_keep()
+        self.flushed(cx)
     }
 }
 
@@ -718,19 +743,6 @@ impl InFlight {
 /// (an error included) is the only one.
 fn holds_slot(d: &api::Dispatched) -> bool {
     matches!(d, api::Dispatched::Accepted(_) | api::Dispatched::Later)
-}
-
-trait ThenKeep {
-    fn then_keep(self) -> Outcome;
-}
-
-impl ThenKeep for Result<(), Outcome> {
-    fn then_keep(self) -> Outcome {
-        match self {
-            Ok(()) => Outcome::Keep,
-            Err(o) => o,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -155,7 +155,10 @@ pub fn timeseries(cx: &Ctx<'_>, r: &SessionRef) -> Result<(Payload, Summary), Rp
             session_id: &sid,
             points,
         })?,
-        Summary { sessions: Some(1) },
+        Summary {
+            sessions: Some(1),
+            rows: None,
+        },
     ))
 }
 

@@ -120,8 +120,6 @@ pub struct Sessions {
     files: Mutex<query::FileCache>,
     /// Bumped by every change of the index (under its write lock).
     generation: AtomicU64,
-    /// The last big answer and what it was computed from (see [`Answered`]).
-    answered: Mutex<Option<Answered>>,
     /// Test hook (`KEEL_TEST_INDEX_DELAY_MS`, honoured only with `KEEL_TEST_HOOKS=1`): each
     /// file a build reads takes at least this long, so tests can query during a build.
     test_delay: Option<Duration>,
@@ -181,7 +179,6 @@ impl Sessions {
             stats: UsageStats::default(),
             files: Mutex::new(query::FileCache::default()),
             generation: AtomicU64::new(0),
-            answered: Mutex::new(None),
         }
     }
 
@@ -395,7 +392,6 @@ impl Sessions {
     /// Drops the per-file results kept for the last range (pressure went up). Returns how
     /// many files' results were dropped.
     pub fn shrink_caches(&self) -> usize {
-        *lock(&self.answered) = None;
         let mut c = lock(&self.files);
         let n = c.files_kept();
         *c = query::FileCache::default();
@@ -596,18 +592,11 @@ impl Sessions {
                 Ok((v.into(), line))
             }
             Query::Usage(q) => {
-                // The same question about the same days, for the answer kept last time.
-                let range = q.range.resolve(now_ms, 30)?;
-                let again = format!("{q:?} {}..{}", range.start_day, range.end_day);
-                self.from_index(&stores, now_ms, ctx, Some(again), |cx| {
-                    query::sessions_usage(cx, q)
-                })
+                self.from_index(&stores, now_ms, ctx, |cx| query::sessions_usage(cx, q))
             }
-            Query::Cost(q) => {
-                self.from_index(&stores, now_ms, ctx, None, |cx| query::usage_cost(cx, q))
-            }
+            Query::Cost(q) => self.from_index(&stores, now_ms, ctx, |cx| query::usage_cost(cx, q)),
             Query::Timeseries(r) => {
-                self.from_index(&stores, now_ms, ctx, None, |cx| detail::timeseries(cx, r))
+                self.from_index(&stores, now_ms, ctx, |cx| detail::timeseries(cx, r))
             }
             Query::Logs(q) => self.logs(&stores, q, ctx),
         }
@@ -644,14 +633,11 @@ impl Sessions {
     }
 
     /// Answers a query from the usage index, brought up to date first as far as that is cheap.
-    /// `again` names the question for [`Answered`]: its answer is kept, and given again while
-    /// nothing it was computed from changed.
     fn from_index(
         self: &Arc<Self>,
         stores: &store::StoresView,
         now_ms: i64,
         ctx: &JobCtx,
-        again: Option<String>,
         answer: impl FnOnce(&query::Ctx<'_>) -> Result<(Payload, query::Summary), RpcError>,
     ) -> Result<(Payload, String), RpcError> {
         let t_refresh = Instant::now();
@@ -666,50 +652,23 @@ impl Sessions {
         let cfg = self.h.config.get();
         let index = self.read();
         let normal = self.h.pressure.level() < crate::pressure::Level::Elevated;
-        // Kept only for a fresh index and normal pressure (under pressure, caches go).
-        let from = again
-            .filter(|_| normal && cache.status == IndexState::Fresh)
-            .map(|key| Answered {
-                key,
-                generation: self.generation.load(Ordering::Acquire),
-                stores: stores
-                    .snapshots
-                    .iter()
-                    .map(|s| Arc::as_ptr(s) as usize)
-                    .collect(),
-                config: Arc::as_ptr(&cfg) as usize,
-                text: Arc::default(),
-            });
-        if let Some(from) = &from
-            && let Some(kept) = lock(&self.answered).as_ref().filter(|a| a.same(from))
-        {
-            let line = format!(
-                "{} stores, {} files indexed, {files} files read: answered again, nothing it counts changed ({} bytes)",
-                stores.snapshots.len(),
-                index.files.len(),
-                kept.text.len()
-            );
-            return Ok((Payload::Shared(kept.text.clone()), line));
-        }
         let cx = query::Ctx {
             index: &index,
             stores,
             prices: &cfg.prices,
             now_ms,
             cache,
-            // Under pressure the per-file results are neither kept nor used (see
+            // Under pressure the per-file results and rows are neither kept nor used (see
             // `shrink_caches`): a query computes what it needs and lets it go.
             files: normal.then_some(&self.files),
             prices_version: Arc::as_ptr(&cfg) as usize,
         };
-        let (mut payload, summary) = answer(&cx)?;
-        if let (Some(mut from), Payload::Raw(text)) = (from, &mut payload) {
-            // Moved, not copied: the text is megabytes.
-            let shared = Arc::new(std::mem::take(text));
-            from.text = shared.clone();
-            *lock(&self.answered) = Some(from);
-            payload = Payload::Shared(shared);
-        }
+        let (payload, summary) = answer(&cx)?;
+        // Moved, not copied: an answer of megabytes is written to the wire from where it is.
+        let payload = match payload {
+            Payload::Raw(text) => Payload::Shared(Arc::new(text)),
+            p => p,
+        };
         let line = format!(
             "{} stores, {} sessions, {} files indexed, {files} files read ({:.2} MB parsed, refresh {refresh_ms:.1} ms), answered {}",
             stores.snapshots.len(),
@@ -725,6 +684,12 @@ impl Sessions {
                 IndexState::Partial => "partially: the index is still building (partial)",
             }
         );
+        let line = match summary.rows {
+            Some((kept, computed)) => {
+                format!("{line}; rows: {kept} as kept, {computed} computed")
+            }
+            None => line,
+        };
         Ok((payload, line))
     }
 
@@ -922,29 +887,6 @@ impl Drop for BuildTicket {
         if !self.done {
             self.svc.build_job_done(true);
         }
-    }
-}
-
-/// The last `sessions.usage` answer and what it was computed from: the question (method,
-/// params as read, and the days they name today), the index's generation, the store
-/// snapshots and the config. While none of that changes, the same question gets the same
-/// text without computing it again — the dashboard asks it on every visit and refresh, and
-/// at the incident's size the answer is megabytes. Any change to the index (an append
-/// anywhere), a store or the config makes it stale; pressure drops it.
-struct Answered {
-    key: String,
-    generation: u64,
-    stores: Vec<usize>,
-    config: usize,
-    text: Arc<String>,
-}
-
-impl Answered {
-    fn same(&self, o: &Answered) -> bool {
-        self.key == o.key
-            && self.generation == o.generation
-            && self.stores == o.stores
-            && self.config == o.config
     }
 }
 

@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde::ser::SerializeStruct;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 /// Tokens and cost, with the keys OpenClaw uses.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -427,6 +428,7 @@ struct HourAcc {
 /// One session's usage in the range. Days, hours, models and tools are small vectors; records
 /// arrive in time order, so the day and hour just used are almost always the ones needed next
 /// (no division, no search). Session totals are summed from the days at the end.
+#[derive(Clone)]
 struct SessionAcc {
     totals: Totals,
     messages: Messages,
@@ -662,11 +664,51 @@ pub struct FileAgg {
 /// What a range's per-file results are keyed by: its bounds, its zone, and the prices.
 type CacheKey = (i64, i64, Zone, usize);
 
-/// Results per file for one range (the last one asked for).
+/// Results per file for one range (the last one asked for), and the rows of
+/// `sessions.usage` computed from them.
 #[derive(Default)]
 pub struct FileCache {
     key: Option<CacheKey>,
     files: HashMap<std::path::PathBuf, ((u64, u64), FileAgg)>,
+    rows: RowMemo,
+}
+
+/// The rows of `sessions.usage` as last computed, for one range and one grouping: each
+/// row's accumulation and its JSON, with a signature of everything they were computed from
+/// (its files and their versions, what its entry says). A row whose signature is unchanged is
+/// neither summed again nor written again: after one transcript grew, the Usage page's answer
+/// of a thousand rows recomputes one of them.
+#[derive(Default)]
+struct RowMemo {
+    grouping: Option<Grouping>,
+    rows: HashMap<u64, Row>,
+    /// Calls that used the memo.
+    calls: u64,
+}
+
+struct Row {
+    agent: Box<str>,
+    session_id: Box<str>,
+    sig: u64,
+    acc: SessionAcc,
+    /// The row as `sessions.usage` writes it; empty until written once.
+    json: Vec<u8>,
+    /// The call that last used it (rows no call uses any more are dropped).
+    seen: u64,
+}
+
+impl RowMemo {
+    fn id(agent: &str, session_id: &str) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (agent, session_id).hash(&mut h);
+        h.finish()
+    }
+
+    fn get(&self, agent: &str, session_id: &str, sig: u64) -> Option<&Row> {
+        self.rows
+            .get(&Self::id(agent, session_id))
+            .filter(|r| r.sig == sig && &*r.agent == agent && &*r.session_id == session_id)
+    }
 }
 
 impl FileCache {
@@ -726,6 +768,8 @@ impl FileAgg {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Summary {
     pub sessions: Option<usize>,
+    /// Rows of `sessions.usage` written as kept from an earlier call, and written anew.
+    pub rows: Option<(usize, usize)>,
 }
 
 /// One row of `sessions.usage`: a session (or, grouped by family, a session key).
@@ -737,6 +781,11 @@ struct Session<'a> {
     /// The newest modification time of the row's transcripts, in ms.
     mtime: i64,
     acc: SessionAcc,
+    /// What the row is computed from, hashed (see [`RowMemo`]): its files and their
+    /// versions. The entry's part is added once all files are seen.
+    sig: u64,
+    /// The row's files, while they are gathered.
+    files: Vec<(&'a std::path::PathBuf, &'a FileIndex)>,
 }
 
 impl Session<'_> {
@@ -783,12 +832,19 @@ fn group<'a>(cx: &'a Ctx<'a>, filter: &Filter<'_>, range: &Range) -> Vec<Session
     };
     let mut at: HashMap<(u32, &'a str), usize> = HashMap::new();
     let mut out: Vec<Session<'a>> = Vec::new();
+    let key = cache_key(range, cx.prices_version);
     let mut cache = cx.files.map(|m| lock(m));
     if let Some(c) = cache.as_deref_mut() {
-        let key = cache_key(range, cx.prices_version);
         if c.key != key || c.files.len() > cx.index.files.len() + 256 {
-            c.key = key;
+            c.key = key.clone();
             c.files.clear();
+            c.rows = RowMemo::default();
+        }
+        if c.rows.grouping != Some(filter.grouping) {
+            c.rows = RowMemo {
+                grouping: Some(filter.grouping),
+                ..RowMemo::default()
+            };
         }
     }
     for (rel, f) in &cx.index.files {
@@ -817,30 +873,105 @@ fn group<'a>(cx: &'a Ctx<'a>, filter: &Filter<'_>, range: &Range) -> Vec<Session
                 entry,
                 mtime: i64::MIN,
                 acc: SessionAcc::default(),
+                sig: 0,
+                files: Vec::new(),
             });
             out.len() - 1
         });
-        out[i].mtime = out[i].mtime.max(f.ident.mtime_ns.div_euclid(1_000_000));
-        match cache.as_deref_mut() {
-            Some(c) => {
-                let version = (f.ident.ino, f.offset);
-                let slot = c
-                    .files
-                    .entry(rel.clone())
-                    .or_insert_with(|| ((u64::MAX, 0), FileAgg::default()));
-                if slot.0 != version {
-                    *slot = (version, FileAgg::compute(f, range, &prices));
+        let row = &mut out[i];
+        row.mtime = row.mtime.max(f.ident.mtime_ns.div_euclid(1_000_000));
+        row.files.push((rel, f));
+        // Summed, so the order files come in does not matter.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (f.agent, f.sid, f.ident.ino, f.offset).hash(&mut h);
+        row.sig = row.sig.wrapping_add(h.finish());
+    }
+    match cache.as_deref_mut() {
+        Some(c) => {
+            c.rows.calls += 1;
+            let call = c.rows.calls;
+            for s in &mut out {
+                s.sig = row_sig(s, &owners, &key, filter.grouping);
+                let id = RowMemo::id(s.agent, s.session_id);
+                if c.rows.get(s.agent, s.session_id, s.sig).is_some()
+                    && let Some(r) = c.rows.rows.get_mut(&id)
+                {
+                    r.seen = call;
+                    s.acc = r.acc.clone();
+                    continue;
                 }
-                out[i].acc.add_agg(&slot.1);
+                for &(rel, f) in &s.files {
+                    let version = (f.ident.ino, f.offset);
+                    let slot = match c.files.get_mut(rel) {
+                        Some(slot) => slot,
+                        None => c
+                            .files
+                            .entry(rel.clone())
+                            .or_insert_with(|| ((u64::MAX, 0), FileAgg::default())),
+                    };
+                    if slot.0 != version {
+                        *slot = (version, FileAgg::compute(f, range, &prices));
+                    }
+                    s.acc.add_agg(&slot.1);
+                }
+                s.acc.finish();
+                let row = Row {
+                    agent: s.agent.into(),
+                    session_id: s.session_id.into(),
+                    sig: s.sig,
+                    acc: s.acc.clone(),
+                    json: Vec::new(),
+                    seen: call,
+                };
+                c.rows.rows.insert(id, row);
             }
-            None => out[i].acc.add_file(f, range, &prices),
+            // Rows of sessions that are gone (only a call that saw every row can tell).
+            if filter.agent.is_none() && filter.session.is_none() {
+                c.rows.rows.retain(|_, r| r.seen == call);
+            }
+        }
+        None => {
+            for s in &mut out {
+                for &(_, f) in &s.files {
+                    s.acc.add_file(f, range, &prices);
+                }
+                s.acc.finish();
+            }
         }
     }
     out.retain(|s| s.acc.active());
-    for s in &mut out {
-        s.acc.finish();
-    }
     out
+}
+
+/// A row's signature (see [`RowMemo`]): its files' part (already in `s.sig`), the range, the
+/// grouping, and everything of its entry the row shows.
+fn row_sig(
+    s: &Session<'_>,
+    owners: &HashMap<(&str, &str), &SessionEntry>,
+    key: &Option<CacheKey>,
+    grouping: Grouping,
+) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (s.sig, s.mtime, s.agent, s.session_id, key).hash(&mut h);
+    (grouping == Grouping::Family).hash(&mut h);
+    if let Some(e) = s.entry {
+        (
+            &e.key,
+            &e.session_id,
+            e.updated_at,
+            &e.label,
+            &e.display_name,
+        )
+            .hash(&mut h);
+        (&e.channel, &e.chat_type, &e.model, &e.model_provider).hash(&mut h);
+        for id in &e.family_ids {
+            let owned = owners
+                .get(&(s.agent, id.as_str()))
+                .is_some_and(|o| std::ptr::eq(*o, e));
+            (id, owned).hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 fn channel_of(entry: Option<&SessionEntry>) -> &str {
@@ -1287,10 +1418,30 @@ pub fn sessions_usage(cx: &Ctx<'_>, q: &UsageQuery) -> Result<(Payload, Summary)
         utc_dates: &utc_dates,
         range: &range,
     };
+    // Rows computed before from the same inputs are copied as they were written.
+    let mut memo = cx.files.map(|m| lock(m));
+    let mut kept_rows = 0;
     for o in page {
         j.sep(&mut first);
-        rows.write(&mut j, &sessions[o.4]);
+        let s = &sessions[o.4];
+        let kept = memo.as_deref_mut().and_then(|c| {
+            c.rows.get(s.agent, s.session_id, s.sig)?;
+            c.rows.rows.get_mut(&RowMemo::id(s.agent, s.session_id))
+        });
+        match kept {
+            Some(r) if !r.json.is_empty() => {
+                kept_rows += 1;
+                j.raw(&r.json);
+            }
+            Some(r) => {
+                let at = j.buf.len();
+                rows.write(&mut j, s);
+                r.json = j.buf[at..].to_vec();
+            }
+            None => rows.write(&mut j, s),
+        }
     }
+    drop(memo);
     let serialized = (|| {
         j.raw(b"],\"totals\":");
         j.serde(&totals)?;
@@ -1320,6 +1471,7 @@ pub fn sessions_usage(cx: &Ctx<'_>, q: &UsageQuery) -> Result<(Payload, Summary)
         Payload::Raw(text),
         Summary {
             sessions: Some(total),
+            rows: Some((kept_rows, page.len() - kept_rows)),
         },
     ))
 }
@@ -1668,7 +1820,7 @@ pub fn usage_cost(cx: &Ctx<'_>, q: &CostQuery) -> Result<(Payload, Summary), Rpc
         totals,
         cache_status: cx.cache.to_json(),
     };
-    Ok((to_payload(&answer)?, Summary { sessions: None }))
+    Ok((to_payload(&answer)?, Summary::default()))
 }
 
 /// `sessions.list`.

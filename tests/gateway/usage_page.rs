@@ -684,7 +684,7 @@ fn the_page_totals_equal_usage_cost_for_the_same_range_and_zone() {
 /// The dashboard asks the same question on every visit: while nothing it counts changed, the
 /// answer kept from last time is given again; any append, or a store change, is seen at once.
 #[test]
-fn a_repeated_question_is_answered_again_until_something_changes() {
+fn a_repeated_question_reuses_its_rows_until_something_changes() {
     let e = expected();
     let g = Gateway::start(Opts::default().fixture("small"));
     let params = dashboard(
@@ -696,9 +696,17 @@ fn a_repeated_question_is_answered_again_until_something_changes() {
     );
     let first = fresh(&g, "sessions.usage", params.clone());
     let again = ok(&g, "sessions.usage", params.clone());
-    assert_eq!(again, first);
+    let but_time = |p: &Value| {
+        let mut p = p.clone();
+        p["updatedAt"] = json!(0);
+        p
+    };
+    assert_eq!(but_time(&again), but_time(&first));
+    // Every row as kept from the first call, none written again.
+    let n = rows(&first).len();
+    assert!(n > 1);
     assert!(
-        g.wait_log("answered again, nothing it counts changed", BOUND)
+        g.wait_log(&format!("rows: {n} as kept, 0 computed"), BOUND)
             .is_some(),
         "{}",
         g.log_text()
@@ -723,6 +731,42 @@ fn a_repeated_question_is_answered_again_until_something_changes() {
         after["totals"]["totalTokens"].as_u64().unwrap(),
         first["totals"]["totalTokens"].as_u64().unwrap() + 777
     );
+    // Only the grown session's row changed, and by exactly the append; the others are as
+    // they were (rows are kept between calls and recomputed only when their inputs change).
+    let grown = live[0].file_stem().unwrap().to_str().unwrap();
+    let by_id = |p: &Value| -> std::collections::BTreeMap<String, Value> {
+        rows(p)
+            .iter()
+            .map(|r| (r["sessionId"].as_str().unwrap().to_string(), r.clone()))
+            .collect()
+    };
+    let (before_rows, after_rows) = (by_id(&first), by_id(&after));
+    assert_eq!(before_rows.len(), after_rows.len());
+    let mut changed = Vec::new();
+    for (id, row) in &after_rows {
+        if before_rows[id] != *row {
+            changed.push(id.clone());
+        }
+    }
+    assert_eq!(changed, [grown.to_string()], "rows that changed");
+    let tokens = |r: &Value| r["usage"]["totalTokens"].as_u64().unwrap();
+    assert_eq!(
+        tokens(&after_rows[grown]),
+        tokens(&before_rows[grown]) + 777
+    );
+    // Another grouping, then this one again: each answer as computed for its own grouping.
+    let instance = ok(
+        &g,
+        "sessions.usage",
+        with(params.clone(), json!({"groupBy": "instance", "limit": 999})),
+    );
+    assert!(rows(&instance).iter().all(|r| r["scope"] == "instance"));
+    let back = ok(
+        &g,
+        "sessions.usage",
+        with(params.clone(), json!({"limit": 998})),
+    );
+    assert_eq!(by_id(&back), after_rows);
     // A store relabelled by another program: the new label on the next call.
     let store = dir.join("sessions.json");
     let mut v: Value = serde_json::from_slice(&std::fs::read(&store).unwrap()).unwrap();
