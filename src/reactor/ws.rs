@@ -244,8 +244,9 @@ impl<S: Socket> WsConn<S> {
     /// Returns false when the connection is broken.
     fn pump(&mut self) -> bool {
         let ok = self.pump_inner();
-        // What the socket did not take: the client has unread data.
-        self.backlog = self.out_bytes;
+        // What the socket did not take: the client has unread data. What the write budget
+        // held back is not the client's doing: it is written next iteration.
+        self.backlog = if self.more { 0 } else { self.out_bytes };
         ok
     }
 
