@@ -24,6 +24,7 @@ pub mod lifecycle;
 pub mod logring;
 pub mod metrics;
 pub mod net;
+pub mod origin;
 pub mod payload;
 pub mod phase;
 pub mod pressure;

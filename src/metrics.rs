@@ -152,6 +152,7 @@ pub struct Metrics {
     /// Gateway authentications refused for presenting no secret (not failures: nothing was
     /// guessed, nothing counts toward a lockout).
     pub auth_missing: Counter,
+    pub origin_refused: Counter,
     pub auth_rate_limited: Counter,
     pub handshake_timeouts: Counter,
     /// Open WebSockets closed for sending nothing (not even a pong) for two tick intervals.
@@ -242,7 +243,7 @@ impl Metrics {
                 c.get()
             );
         }
-        let simple: [(&str, &str, &Counter); 14] = [
+        let simple: [(&str, &str, &Counter); 15] = [
             (
                 "keel_reactor_handler_panics_total",
                 "Connections dropped after a panic in their handler.",
@@ -282,6 +283,11 @@ impl Metrics {
                 "keel_auth_missing_total",
                 "Gateway authentications refused for presenting no secret (not counted toward a lockout).",
                 &self.auth_missing,
+            ),
+            (
+                "keel_ws_origin_refused_total",
+                "WebSocket connects refused for a browser Origin not allowed (gateway.controlUi.allowedOrigins).",
+                &self.origin_refused,
             ),
             (
                 "keel_auth_rate_limited_total",

@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("digest", 0),
     ("idempotency", 0),
     ("logring", 0),
+    ("origin", 0),
     // Configuration types and validation; authentication against them.
     ("config", 1),
     ("auth", 1),

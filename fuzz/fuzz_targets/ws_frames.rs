@@ -40,7 +40,7 @@ fuzz_target!(|input: &[u8]| {
         local: flags & 4 == 0,
         untrusted_forwarding: false,
     };
-    let mut conn = WsConn::start(socket, leftover, client, &mut cx);
+    let mut conn = WsConn::start(socket, leftover, client, None, &mut cx);
     let ended = keel_fuzz::drive_until_quiet(total_in, pieces.len(), || conn.drive(&mut cx));
     keel_fuzz::drain_completions();
     // The timers, checked against the deadline the connection reports (the reactor arms its

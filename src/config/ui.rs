@@ -4,6 +4,7 @@
 
 use super::agents::Issue;
 use crate::ids::AgentId;
+use crate::origin::{self, OriginPolicy};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
@@ -29,6 +30,9 @@ pub struct ControlUi {
     pub environment: Option<Value>,
     /// Who the dashboard greets: the default agent's identity.
     pub assistant: Assistant,
+    /// `allowedOrigins` and `dangerouslyAllowHostHeaderOriginFallback`: which browser pages
+    /// may open a WebSocket (see [`crate::origin`]).
+    pub origins: OriginPolicy,
 }
 
 /// The default agent's `identity` as the bootstrap config reports it.
@@ -58,6 +62,7 @@ impl Default for ControlUi {
                 name: "Assistant".into(),
                 avatar: "A".into(),
             },
+            origins: OriginPolicy::default(),
         }
     }
 }
@@ -72,13 +77,10 @@ const KNOWN: &[&str] = &[
     "automaticallyFetchFavicons",
     "communityInvite",
     "environment",
-];
-const UNSUPPORTED: &[&str] = &[
     "allowedOrigins",
     "dangerouslyAllowHostHeaderOriginFallback",
-    "experimental",
-    "github",
 ];
+const UNSUPPORTED: &[&str] = &["experimental", "github"];
 
 /// Reads `gateway.controlUi` (`ui`, if present) and the default agent's identity from the
 /// config's root. `config_dir` anchors a relative `root`. Returns the settings, the problems
@@ -159,6 +161,37 @@ pub fn parse(
             "gateway.controlUi.embedSandbox".into(),
             format!("expected \"strict\", \"scripts\" or \"trusted\", got {v}"),
         )),
+    }
+    match m.get("allowedOrigins") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) => {
+            for (i, v) in a.iter().enumerate() {
+                match v.as_str().map(origin::allowed_entry) {
+                    Some(Ok(o)) => out.origins.allowed.push(o),
+                    Some(Err(e)) => {
+                        issues.push((format!("gateway.controlUi.allowedOrigins[{i}]"), e))
+                    }
+                    None => issues.push((
+                        format!("gateway.controlUi.allowedOrigins[{i}]"),
+                        format!("expected a string, got {v}"),
+                    )),
+                }
+            }
+        }
+        Some(v) => issues.push((
+            "gateway.controlUi.allowedOrigins".into(),
+            format!("expected a list of origins, got {v}"),
+        )),
+    }
+    flag(
+        "dangerouslyAllowHostHeaderOriginFallback",
+        &mut out.origins.host_header_fallback,
+        &mut issues,
+    );
+    if out.origins.host_header_fallback {
+        warnings.push(
+            "gateway.controlUi.dangerouslyAllowHostHeaderOriginFallback: any page whose origin matches the Host header it sent may connect (list origins in allowedOrigins instead)".into(),
+        );
     }
     match m.get("environment") {
         None | Some(Value::Null) => {}
@@ -328,7 +361,8 @@ mod tests {
                 "enabled": false, "basePath": "/oc/", "root": "ui/dist",
                 "embedSandbox": "strict", "communityInvite": false,
                 "environment": {"label": " edge ", "color": "amber"},
-                "allowedOrigins": ["https://x"], "frob": 1,
+                "allowedOrigins": ["https://X.example/", "*"], "frob": 1,
+                "experimental": {},
             }),
             json!({"agents": {"list": [
                 {"id": "main", "identity": {"name": "Not me"}},
@@ -337,6 +371,8 @@ mod tests {
         );
         assert!(issues.is_empty(), "{issues:?}");
         assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert_eq!(ui.origins.allowed, ["https://x.example", "*"]);
+        assert!(!ui.origins.host_header_fallback);
         assert!(!ui.enabled);
         assert_eq!(ui.base_path, "/oc");
         assert_eq!(ui.root.as_deref(), Some(Path::new("/etc/keel/ui/dist")));

@@ -69,6 +69,15 @@ pub struct Upgrade {
     pub leftover: Vec<u8>,
     /// Who the upgrade request came from: the WebSocket's `connect` is counted against it.
     pub client: Client,
+    /// A browser's `Origin` and the `Host` it was sent to (see [`crate::origin`]).
+    pub browser: Option<Browser>,
+}
+
+/// What a browser said about where its page came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Browser {
+    pub origin: String,
+    pub host: Option<String>,
 }
 
 /// One HTTP connection: over the reactor's socket, or (in the fuzz target) an in-memory one.
@@ -96,6 +105,7 @@ pub struct HttpConn<S: Socket = TcpStream> {
     head_only: bool,
     /// The client of the upgrade request, once a 101 is owed.
     upgrade_client: Option<Client>,
+    upgrade_browser: Option<Browser>,
 }
 
 /// The parts of a request head keel uses, copied out of the read buffer.
@@ -119,6 +129,9 @@ pub struct Head {
     /// `Accept` and `Accept-Encoding`, for the dashboard's files.
     pub accept: Option<String>,
     pub accept_encoding: Option<String>,
+    /// `Origin` and `Host`: a browser's WebSocket connect is checked against them.
+    pub origin: Option<String>,
+    pub host: Option<String>,
 }
 
 /// What the `Expect` header asks for. HTTP/1.0 requests have none: they predate it, and RFC
@@ -170,6 +183,8 @@ fn parse_head(buf: &[u8]) -> Parsed {
         expect: Expect::Nothing,
         accept: None,
         accept_encoding: None,
+        origin: None,
+        host: None,
     };
     let mut seen_length = false;
     for hd in req.headers.iter() {
@@ -226,6 +241,14 @@ fn parse_head(buf: &[u8]) -> Parsed {
             list_header(&mut h.accept, value);
         } else if name.eq_ignore_ascii_case("accept-encoding") {
             list_header(&mut h.accept_encoding, value);
+        } else if name.eq_ignore_ascii_case("origin") {
+            // Browsers send one; a repeat is not a browser's, and is refused as invalid.
+            h.origin = Some(match h.origin {
+                None => value.to_string(),
+                Some(_) => String::new(),
+            });
+        } else if name.eq_ignore_ascii_case("host") {
+            h.host = Some(value.to_string());
         }
         if name.eq_ignore_ascii_case("x-forwarded-for") {
             let xff = h.forwarding.x_forwarded_for.get_or_insert_with(String::new);
@@ -463,6 +486,7 @@ impl<S: Socket> HttpConn<S> {
             keep_alive: true,
             head_only: false,
             upgrade_client: None,
+            upgrade_browser: None,
         }
     }
 
@@ -479,6 +503,7 @@ impl<S: Socket> HttpConn<S> {
             Upgrade {
                 leftover: self.input.into_bytes(),
                 client,
+                browser: self.upgrade_browser,
             },
         )
     }
@@ -1266,6 +1291,10 @@ impl<S: Socket> HttpConn<S> {
             return;
         }
         self.upgrade_client = Some(cx.client(&head.forwarding));
+        self.upgrade_browser = head.origin.as_ref().map(|origin| Browser {
+            origin: origin.clone(),
+            host: head.host.clone(),
+        });
         let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
         let head = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"

@@ -818,7 +818,7 @@ impl Reactor {
             limiters: &mut self.limiters,
             config: &self.config,
         };
-        let ws = WsConn::start(stream, up.leftover, up.client, &mut cx);
+        let ws = WsConn::start(stream, up.leftover, up.client, up.browser, &mut cx);
         // A fresh timer: the HTTP connection's entry is stale, the handshake deadline is armed.
         self.slots[slot] = Some(Slot {
             generation,

@@ -23,6 +23,7 @@
 //! that has not answered it by the next tick — silent for two tick intervals at least, 60 s by
 //! default — is closed 1001.
 
+use super::http::Browser;
 use super::{Cx, Outcome, io_would_block};
 use crate::api;
 use crate::auth::{Client, Presented};
@@ -86,6 +87,8 @@ enum Queued {
 pub struct WsConn<S: Socket = TcpStream> {
     ws: WebSocket<S>,
     client: Client,
+    /// A browser's `Origin` (and `Host`): checked at `connect`.
+    browser: Option<Browser>,
     phase: Phase,
     /// Handshake deadline, then the close linger.
     deadline: Option<Instant>,
@@ -130,13 +133,20 @@ pub fn ws_config(max_message: usize) -> WebSocketConfig {
 impl<S: Socket> WsConn<S> {
     /// Wraps an upgraded socket and sends `connect.challenge`.
     /// `client` is who the upgrade request came from: `connect`'s failures count against it.
-    pub fn start(stream: S, leftover: Vec<u8>, client: Client, cx: &mut Cx<'_>) -> WsConn<S> {
+    pub fn start(
+        stream: S,
+        leftover: Vec<u8>,
+        client: Client,
+        browser: Option<Browser>,
+        cx: &mut Cx<'_>,
+    ) -> WsConn<S> {
         let cfg = cx.config();
         let conf = ws_config(PRE_AUTH_MAX_FRAME);
         let ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(conf));
         let mut c = WsConn {
             ws,
             client,
+            browser,
             phase: Phase::AwaitingConnect,
             deadline: Some(cx.now + cfg.handshake_timeout),
             next_tick: None,
@@ -548,6 +558,33 @@ impl<S: Socket> WsConn<S> {
         let presented =
             Presented::from_connect(params.token.as_deref(), params.password.as_deref());
         let client = self.client;
+        // A page of another site is refused before its secret is looked at: it neither
+        // learns whether a guess was right nor counts against the failure limit.
+        if let Some(b) = &self.browser {
+            let policy = &cx.config().control_ui.origins;
+            if let Err(reason) =
+                crate::origin::check(policy, &b.origin, b.host.as_deref(), client.local)
+            {
+                cx.shared.metrics.origin_refused.inc();
+                log::warn!(
+                    "refused a WebSocket connect from {} with Origin {:?} (Host {:?}): {reason}; open the dashboard from keel's own address or list the origin in gateway.controlUi.allowedOrigins",
+                    cx.peer,
+                    b.origin,
+                    b.host.as_deref().unwrap_or("")
+                );
+                let err = RpcError::invalid(
+                    "origin not allowed (open the Control UI from the gateway host or allow it in gateway.controlUi.allowedOrigins)",
+                )
+                .with_details(json!({"code": "CONTROL_UI_ORIGIN_NOT_ALLOWED", "reason": reason}));
+                return self.fail_handshake(
+                    cx,
+                    &req.id,
+                    &err,
+                    CloseCode::Policy,
+                    "origin not allowed",
+                );
+            }
+        }
         if let Err(e) = cx.authenticate(&client, presented) {
             return self.fail_handshake(cx, &req.id, &e, CloseCode::Policy, "unauthorized");
         }

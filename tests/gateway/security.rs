@@ -568,3 +568,75 @@ fn a_state_directory_keel_creates_is_private_whatever_the_umask() {
     let mode = std::fs::metadata(g.state()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "the state directory itself");
 }
+
+/// A browser page may open a WebSocket only from keel's own address (where only this machine
+/// or its private network reaches) or from an origin listed in
+/// `gateway.controlUi.allowedOrigins`: a page of another site is refused before its secret is
+/// looked at, so it can neither guess the token nor lock the real dashboard out. Clients that
+/// send no `Origin` (the CLI) are not browsers and connect as before.
+#[test]
+fn a_web_page_of_another_site_cannot_open_the_gateway() {
+    let local = std::net::Ipv4Addr::LOCALHOST;
+    let g = Gateway::start(Opts::default());
+    let addr = g.addr();
+    let connect = |origin: Option<&str>, token: &str| {
+        let headers: Vec<(&str, &str)> = origin.map(|o| ("Origin", o)).into_iter().collect();
+        let mut ws = Ws::open_from(local, &addr, &headers);
+        let res = ws.connect(json!({"token": token}), 3, 4);
+        (res, ws)
+    };
+    // The dashboard keel serves: its page's origin is keel's own address.
+    let own = format!("http://{addr}");
+    let (res, _ws) = connect(Some(&own), &g.token);
+    assert_eq!(res["ok"], true, "{res}");
+    // A local dev server on another port, from this machine.
+    let (res, _ws) = connect(Some("http://localhost:5173"), &g.token);
+    assert_eq!(res["ok"], true, "{res}");
+    // No Origin: not a browser.
+    let (res, _ws) = connect(None, &g.token);
+    assert_eq!(res["ok"], true, "{res}");
+    // Another site, even with the right token, and with wrong ones many times over.
+    let (res, mut ws) = connect(Some("https://evil.example"), &g.token);
+    assert_eq!(res["ok"], false, "{res}");
+    assert_eq!(res["error"]["code"], "INVALID_REQUEST");
+    assert!(
+        res["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("origin not allowed"),
+        "{res}"
+    );
+    assert_eq!(
+        res["error"]["details"]["code"],
+        "CONTROL_UI_ORIGIN_NOT_ALLOWED"
+    );
+    assert_eq!(ws.close_code(), Some(1008));
+    for _ in 0..12 {
+        let (res, _) = connect(Some("https://evil.example"), "guess");
+        assert_eq!(
+            res["error"]["details"]["code"],
+            "CONTROL_UI_ORIGIN_NOT_ALLOWED"
+        );
+    }
+    assert_eq!(g.metric("keel_ws_origin_refused_total"), Some(13.0));
+    assert_eq!(g.metric("keel_auth_failures_total"), Some(0.0));
+    // Not locked out: the dashboard still connects.
+    let (res, _ws) = connect(Some(&own), &g.token);
+    assert_eq!(res["ok"], true, "{res}");
+    assert!(
+        g.wait_log("with Origin \"https://evil.example\"", BOUND)
+            .is_some()
+    );
+
+    // Listed, it may connect.
+    let g = Gateway::start(Opts::default().config(json!({
+        "gateway": {"controlUi": {"allowedOrigins": ["https://control.example.com"]}},
+    })));
+    let addr = g.addr();
+    let mut ws = Ws::open_from(local, &addr, &[("Origin", "https://control.example.com")]);
+    let res = ws.connect(json!({"token": g.token}), 3, 4);
+    assert_eq!(res["ok"], true, "{res}");
+    let mut ws = Ws::open_from(local, &addr, &[("Origin", "https://other.example.com")]);
+    let res = ws.connect(json!({"token": g.token}), 3, 4);
+    assert_eq!(res["ok"], false, "{res}");
+}
