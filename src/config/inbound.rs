@@ -9,6 +9,7 @@
 //!   `Config::secrets`, so what keel shows of itself is scrubbed of it.
 //! - One poller per bot token: two accounts with one token are a config error, and neither
 //!   polls (Telegram answers a second poller `409 Conflict`, and both would lose updates).
+//! - `receive: false` (keel's own key) leaves an account send-only: nothing polls it.
 //! - `dmPolicy: "open"` needs `"*"` in `allowFrom`, and `"allowlist"` at least one entry, as
 //!   OpenClaw requires; either mistake disables that account rather than opening it.
 
@@ -544,6 +545,11 @@ fn account(
             }
         },
     };
+    // keel's own key: `receive: false` makes a send-only account (replies and `send` only),
+    // e.g. while another program still polls this bot during a migration.
+    if get("receive") == Some(&Value::Bool(false)) {
+        return None;
+    }
     let webhook = get("webhookUrl")
         .and_then(Value::as_str)
         .is_some_and(|s| !s.trim().is_empty());

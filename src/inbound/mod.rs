@@ -10,3 +10,5 @@ pub mod access;
 pub mod event;
 pub mod queue;
 pub mod routing;
+pub mod service;
+pub mod telegram;
