@@ -35,7 +35,7 @@ struct ApproveParams {
     channel: String,
     #[serde(deserialize_with = "params::required")]
     code: String,
-    #[serde(default, deserialize_with = "params::address")]
+    #[serde(default, deserialize_with = "params::string")]
     account_id: Option<String>,
 }
 
