@@ -34,6 +34,7 @@ Usage:
   keel status [--port N] [--bind ADDR] [--config FILE] [--state-dir DIR] [--json]
   keel usage  [--days N] [--agent ID] [--state-dir DIR] [--config FILE] [--json]
   keel dashboard [--port N] [--bind ADDR] [--config FILE] [--state-dir DIR] [--json]
+  keel pairing list [CHANNEL] | keel pairing approve CHANNEL CODE [--account ID] [--json]
   keel --version
 
 serve   run the gateway (no config file needed: 127.0.0.1:18789, state in ~/.keel,
@@ -43,6 +44,8 @@ status  ask the running gateway for its status (token from the state directory)
 usage   spend per day and per model, read straight from the state directory (no server)
 dashboard  the URL of OpenClaw's dashboard on this gateway, the token in its fragment
         (install the dashboard with scripts/install-dashboard.sh)
+pairing list     chat senders waiting for approval, with their codes
+pairing approve  let the sender who got CODE on CHANNEL send direct messages
 
 Environment: KEEL_PORT, KEEL_BIND, KEEL_CONFIG, KEEL_STATE_DIR, KEEL_GATEWAY_TOKEN,
 KEEL_HANDSHAKE_TIMEOUT_MS, KEEL_LOG (default info).
@@ -55,6 +58,7 @@ pub enum Command {
     Status,
     Usage,
     Dashboard,
+    Pairing,
     Version,
     Help,
 }
@@ -70,6 +74,10 @@ pub struct Args {
     pub json: bool,
     pub days: Option<String>,
     pub agent: Option<String>,
+    /// `--account` (pairing).
+    pub account: Option<String>,
+    /// Words after the command (`pairing approve telegram CODE`).
+    pub rest: Vec<String>,
 }
 
 pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
@@ -84,6 +92,8 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
         json: false,
         days: None,
         agent: None,
+        account: None,
+        rest: Vec::new(),
     };
     let mut command = None;
     while let Some(arg) = p.next()? {
@@ -107,6 +117,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
             Long("json") => a.json = true,
             Long("days") => a.days = Some(p.value()?.string()?),
             Long("agent") => a.agent = Some(p.value()?.string()?),
+            Long("account") => a.account = Some(p.value()?.string()?),
             Value(v) if command.is_none() => {
                 command = Some(match v.string()?.as_str() {
                     "serve" | "run" => Command::Serve,
@@ -114,6 +125,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
                     "status" => Command::Status,
                     "usage" => Command::Usage,
                     "dashboard" => Command::Dashboard,
+                    "pairing" => Command::Pairing,
                     "version" => Command::Version,
                     "help" => Command::Help,
                     other => {
@@ -122,6 +134,9 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
                         )));
                     }
                 });
+            }
+            Value(v) if command == Some(Command::Pairing) && a.rest.len() < 3 => {
+                a.rest.push(v.string()?);
             }
             _ => return Err(arg.unexpected()),
         }
@@ -261,6 +276,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::Status => status(&args, &process_env),
         Command::Usage => usage(&args, &process_env),
         Command::Dashboard => dashboard(&args, &process_env),
+        Command::Pairing => pairing(&args, &process_env),
     }
 }
 
@@ -393,6 +409,96 @@ fn local_addr(cfg: &config::Config) -> SocketAddr {
         ip => ip,
     };
     SocketAddr::new(host, cfg.port)
+}
+
+/// `keel pairing list [CHANNEL]` / `keel pairing approve CHANNEL CODE`: calls `pairing.list`
+/// / `pairing.approve` on the running gateway.
+fn pairing(args: &Args, env: Env<'_>) -> i32 {
+    match pairing_inner(args, env) {
+        Ok(out) => {
+            println!("{out}");
+            0
+        }
+        Err(e) => {
+            eprintln!("keel pairing: {e}");
+            1
+        }
+    }
+}
+
+fn pairing_inner(args: &Args, env: Env<'_>) -> Result<String, String> {
+    let words: Vec<&str> = args.rest.iter().map(String::as_str).collect();
+    let (method, params) = match words.as_slice() {
+        ["list"] => ("pairing.list", serde_json::json!({})),
+        ["list", channel] => ("pairing.list", serde_json::json!({"channel": channel})),
+        ["approve", channel, code] => (
+            "pairing.approve",
+            serde_json::json!({"channel": channel, "code": code, "accountId": args.account}),
+        ),
+        _ => {
+            return Err(
+                "usage: keel pairing list [CHANNEL] | keel pairing approve CHANNEL CODE".into(),
+            );
+        }
+    };
+    let (cfg, state_dir) = client_config(args, env)?;
+    let secret = cfg
+        .auth
+        .token
+        .clone()
+        .or(cfg.auth.password.clone())
+        .ok_or_else(|| {
+            format!(
+                "no token: none configured and none in {}",
+                state::token_path(&state_dir).display()
+            )
+        })?;
+    let addr = local_addr(&cfg);
+    let (code, body) = http_post_body(
+        addr,
+        &format!("/api/rpc/{method}"),
+        &secret,
+        params.to_string().as_bytes(),
+        Duration::from_secs(10),
+    )
+    .map_err(|e| format!("cannot reach the gateway at {addr}: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        format!("gateway at {addr} answered {code} with a body that is not JSON: {e}")
+    })?;
+    if code != 200 {
+        let msg = v["error"]["message"].as_str().unwrap_or("no message");
+        return Err(msg.to_string());
+    }
+    let p = &v["payload"];
+    if args.json {
+        return Ok(serde_json::to_string_pretty(p).unwrap_or_default());
+    }
+    if method == "pairing.approve" {
+        return Ok(format!(
+            "approved {} sender {} (account {})",
+            p["channel"].as_str().unwrap_or("?"),
+            p["senderId"].as_str().unwrap_or("?"),
+            p["accountId"].as_str().unwrap_or("?")
+        ));
+    }
+    let reqs = p["requests"].as_array().cloned().unwrap_or_default();
+    if reqs.is_empty() {
+        return Ok("no pending pairing requests".into());
+    }
+    let mut out = String::from("CODE      CHANNEL   ACCOUNT   SENDER    NAME  (expires)\n");
+    for r in reqs {
+        let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        out.push_str(&format!(
+            "{:<9} {:<9} {:<9} {:<9} {}  ({})\n",
+            s("code"),
+            s("channel"),
+            s("accountId"),
+            s("senderId"),
+            s("name"),
+            s("expiresAt")
+        ));
+    }
+    Ok(out.trim_end().to_string())
 }
 
 /// `keel dashboard`: the URL to open, as `openclaw dashboard --no-open` prints it for a
@@ -729,13 +835,26 @@ fn http_post(
     token: &str,
     timeout: Duration,
 ) -> std::io::Result<(u16, Vec<u8>)> {
+    http_post_body(addr, path, token, b"{}", timeout)
+}
+
+fn http_post_body(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
-    );
-    s.write_all(req.as_bytes())?;
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req)?;
     let mut buf = Vec::new();
     s.take(64 << 20).read_to_end(&mut buf)?;
     let split = buf

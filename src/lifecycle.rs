@@ -220,6 +220,7 @@ fn run(
     shared.sessions.start();
     shared.delivery.start();
     shared.ui.start();
+    shared.inbound.start();
     log::info!(
         "keel {} listening on {local} ({cpu} cpu workers, {io} io workers, nice {nice})",
         crate::VERSION

@@ -51,6 +51,8 @@ pub struct Shared {
     pub delivery: Arc<crate::delivery::service::Delivery>,
     /// OpenClaw's dashboard: its files, from a root on disk (`ui`).
     pub ui: Arc<crate::ui::ControlUi>,
+    /// Chat channels in: the ingress queue, its dispatcher, the transports, pairing.
+    pub inbound: Arc<crate::inbound::service::Service>,
     pub notifier: Notifier,
     /// Hidden `keel.test.*` methods are served only when `KEEL_TEST_HOOKS=1` at boot.
     pub test_hooks: bool,
@@ -119,6 +121,15 @@ impl Shared {
             delivery: delivery.clone(),
             state_dir: p.state_dir.clone(),
         }));
+        let inbound = Arc::new(crate::inbound::service::Service::new(
+            crate::inbound::service::Handles {
+                config: config_cell.clone(),
+                lifecycle: lifecycle.clone(),
+                runs: runs.clone(),
+                delivery: delivery.clone(),
+                state_dir: p.state_dir.clone(),
+            },
+        ));
         Shared {
             started: now,
             started_wall_ms: clock::wall_ms(),
@@ -135,6 +146,7 @@ impl Shared {
             runs,
             delivery,
             ui,
+            inbound,
             notifier: p.notifier,
             test_hooks: p.test_hooks,
             listen: OnceLock::new(),
@@ -181,6 +193,8 @@ impl Shared {
 
     /// Starts the drain; false if one is already under way.
     pub fn begin_drain(&self, now: Instant) -> bool {
+        // Transports stop first: nothing new is received while the rest drains.
+        self.inbound.begin_stop();
         self.jobs.begin_drain(now)
     }
 
@@ -357,6 +371,7 @@ impl Shared {
             r.push(format!("pressure critical: {}", p.reasons.join("; ")));
         }
         r.extend(self.config().readiness_reasons());
+        r.extend(self.inbound.readiness_notes());
         r
     }
 
@@ -442,11 +457,13 @@ impl Shared {
         self.sessions.render_metrics(&mut out);
         self.delivery.render_metrics(&mut out);
         self.ui.render_metrics(&mut out);
+        self.inbound.render_metrics(&mut out);
         crate::idempotency::render_metrics(
             &mut out,
             &[
                 ("send", &self.delivery.sent_keys),
                 ("runs", &self.runs.run_keys),
+                ("inbound", &self.inbound.finished),
             ],
         );
         family(
@@ -510,6 +527,7 @@ impl Shared {
             "usage": self.sessions.status_json(),
             "delivery": self.delivery.status_json(),
             "controlUi": self.ui.status_json(),
+            "inbound": self.inbound.status_json(),
             "heartbeat": {"defaultAgentId": "main", "agents": []},
             "channelSummary": [],
             "queuedSystemEvents": [],

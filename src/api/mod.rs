@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod chat_ui;
 pub mod delivery;
+pub mod inbound;
 pub mod sessions;
 pub mod system;
 pub mod ui;
@@ -491,6 +492,19 @@ const METHODS: &[Method] = &[
         name: "usage.status",
         kind: Kind::Now,
         handler: Handler::Inline(usage::status),
+        hidden: false,
+    },
+    // ---- inbound channels: who may talk (pairing) ----
+    Method {
+        name: "pairing.list",
+        kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(|sh, p| inbound::list(&sh.inbound, p)),
+        hidden: false,
+    },
+    Method {
+        name: "pairing.approve",
+        kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(|sh, p| inbound::approve(&sh.inbound, p)),
         hidden: false,
     },
     Method {

@@ -343,6 +343,68 @@ fn channels_status_json(shared: &Shared, probe: bool, only: Option<&str>) -> Val
             }));
         }
     }
+    // Inbound accounts: merged into the channel's account of the same id (the delivery side
+    // answers for sending, the transport for receiving), or listed as accounts of their own.
+    let now = clock::wall_ms();
+    for h in shared.inbound.accounts() {
+        let name = h.channel.as_str();
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        let inbound = h.status_json(now);
+        if !order.iter().any(|n| n == name) {
+            order.push(name.to_string());
+            let shown =
+                Kind::parse(name).map_or_else(|| name.to_string(), |k| label(k).to_string());
+            labels.insert(name.into(), json!(shown));
+            defaults.insert(name.into(), json!("default"));
+        }
+        let list = accounts
+            .entry(name.to_string())
+            .or_insert_with(|| json!([]));
+        let Value::Array(list) = list else { continue };
+        match list
+            .iter_mut()
+            .find(|a| a["accountId"] == h.account_id.as_str())
+        {
+            Some(Value::Object(a)) => {
+                let outbound_error = a.get("lastError").cloned().unwrap_or(Value::Null);
+                if let Value::Object(i) = inbound.clone() {
+                    for (k, v) in i {
+                        a.insert(k, v);
+                    }
+                }
+                // The transport's error is the one that stops messages coming in; a send
+                // error shows when the transport has none.
+                if a.get("lastError").is_none_or(Value::is_null) {
+                    a.insert("lastError".into(), outbound_error);
+                }
+            }
+            _ => list.push(inbound.clone()),
+        }
+        let first = list.first().cloned().unwrap_or(Value::Null);
+        channels.insert(
+            name.into(),
+            json!({
+                "configured": true,
+                "running": first["running"],
+                "connected": first["connected"],
+                "lastError": first["lastError"],
+                "lastInboundAt": first["lastInboundAt"],
+                "lastOutboundAt": first["lastOutboundAt"],
+            }),
+        );
+        if let Some(why) = h.stale(now).or_else(|| {
+            (!h.connected.load(std::sync::atomic::Ordering::Relaxed))
+                .then(|| inbound["lastError"].as_str().map(str::to_string))
+                .flatten()
+        }) && issues.len() < 50
+        {
+            issues.push(json!({
+                "channel": name, "accountId": h.account_id, "kind": "runtime", "message": why,
+            }));
+        }
+    }
     let mut out = json!({
         "ts": clock::wall_ms(),
         "channelOrder": order,

@@ -12,6 +12,7 @@
 
 pub mod agents;
 pub mod channels;
+pub mod inbound;
 pub mod live;
 pub mod ui;
 
@@ -276,6 +277,8 @@ pub struct Config {
     pub agents: agents::AgentSettings,
     /// Chat channels replies are delivered to.
     pub channels: channels::Channels,
+    /// Inbound chat channels: accounts keel receives on, who may talk, bindings, DM scope.
+    pub inbound: inbound::InboundConfig,
     /// `gateway.controlUi`: the dashboard's files and bootstrap config.
     pub control_ui: ui::ControlUi,
     pub disabled: Vec<Disabled>,
@@ -333,6 +336,7 @@ impl Default for Config {
             prices: Prices::new(),
             hooks: None,
             channels: channels::Channels::default(),
+            inbound: inbound::InboundConfig::default(),
             agents: agents::AgentSettings {
                 run_timeout: agents::DEFAULT_RUN_TIMEOUT,
                 ..Default::default()
@@ -369,6 +373,7 @@ impl Config {
         for c in self.channels.0.values() {
             out.extend(c.credentials.values().into_iter().map(String::from));
         }
+        out.extend(self.inbound.telegram.iter().map(|a| a.bot_token.clone()));
         out.retain(|s| !s.is_empty());
         out
     }
@@ -442,7 +447,6 @@ pub fn load_file(path: &Path) -> Validated {
 
 /// OpenClaw's top-level keys that keel knows of but does not act on (yet): one warning each.
 const OPENCLAW_UNSUPPORTED: &[&str] = &[
-    "session",
     "messages",
     "commands",
     "plugins",
@@ -455,7 +459,6 @@ const OPENCLAW_UNSUPPORTED: &[&str] = &[
     "discovery",
     "talk",
     "broadcast",
-    "bindings",
     "approvals",
     "web",
     "canvasHost",
@@ -555,6 +558,7 @@ impl Validator {
             "",
             &[
                 "gateway", "hooks", "models", "agents", "tools", "meta", "logging", "channels",
+                "session", "bindings",
             ],
             OPENCLAW_UNSUPPORTED,
         );
@@ -579,6 +583,12 @@ impl Validator {
             for (path, msg) in issues {
                 self.disable(&path, msg);
             }
+        }
+        let (inbound, issues) =
+            inbound::parse(root, self.config.source.as_deref().and_then(Path::parent));
+        self.config.inbound = inbound;
+        for (path, msg) in issues {
+            self.disable(&path, msg);
         }
         let (agents, issues) = agents::parse(root);
         self.config.agents = agents;

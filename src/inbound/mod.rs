@@ -6,4 +6,9 @@
 //! Every transport turns what it receives into one [`event::Inbound`]; everything after that
 //! is the same for all channels.
 
+pub mod access;
 pub mod event;
+pub mod queue;
+pub mod routing;
+pub mod service;
+pub mod telegram;

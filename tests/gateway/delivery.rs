@@ -459,7 +459,7 @@ fn crash_run(telegram_policy: &str) -> Crashes {
     );
     let cfg = json!({"channels": {
         "webhook": {"url": format!("{}/hook", hook.url()), "secret": "s"},
-        "telegram": {"baseUrl": tg.url(), "botToken": "123:abc", "delivery": {"onUnknown": telegram_policy}},
+        "telegram": {"baseUrl": tg.url(), "botToken": "123:abc", "receive": false, "delivery": {"onUnknown": telegram_policy}},
     }});
     let mut g = Gateway::start(Opts::default().config(cfg));
     g.wait_log("pending resumed", BOUND)
@@ -645,7 +645,7 @@ fn squeezed(s: &str) -> String {
 fn a_long_reply_is_split_at_the_channel_limit_and_arrives_in_order() {
     let tg = FakeChannel::start(r#"{"ok":true,"result":{"message_id":1}}"#);
     let g = Gateway::start(Opts::default().config(json!({"channels": {
-        "telegram": {"baseUrl": tg.url(), "botToken": "123:abc"},
+        "telegram": {"baseUrl": tg.url(), "botToken": "123:abc", "receive": false},
     }})));
     let text = long_text(400);
     assert!(text.len() > 4096 * 4, "{}", text.len());
@@ -739,7 +739,7 @@ fn a_crash_between_parts_resends_only_the_parts_not_yet_delivered() {
 #[test]
 fn a_held_part_is_shown_everywhere_and_the_rest_waits_for_it() {
     let tg = FakeChannel::start(r#"{"ok":true,"result":{"message_id":1}}"#);
-    let cfg = json!({"channels": {"telegram": {"baseUrl": tg.url(), "botToken": "123:abc", "textChunkLimit": 120}}});
+    let cfg = json!({"channels": {"telegram": {"baseUrl": tg.url(), "botToken": "123:abc", "receive": false, "textChunkLimit": 120}}});
     let g = Gateway::start(Opts::default().config(cfg));
     g.wait_log("pending resumed", BOUND)
         .expect("the queue opens");

@@ -365,7 +365,7 @@ fn secrets_stay_out_of_logs_dumps_status_and_state_files_which_are_private() {
         }}},
         "agents": {"defaults": {"model": {"primary": "p/m"}}},
         "channels": {
-            "telegram": {"baseUrl": api, "botToken": TG_TOKEN},
+            "telegram": {"baseUrl": api, "botToken": TG_TOKEN, "receive": false},
             "feishu": {"baseUrl": api, "appId": "cli_a1b2c3", "appSecret": FS_SECRET},
             "webhook": {"baseUrl": format!("{api}/{WH_PATH}"), "secret": WH_SECRET},
         },

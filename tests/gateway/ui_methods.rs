@@ -52,7 +52,7 @@ fn config(provider: &str) -> Value {
             ],
         },
         "channels": {
-            "telegram": {"botToken": BOT_TOKEN},
+            "telegram": {"botToken": BOT_TOKEN, "receive": false},
             "webhook": {"url": format!("https://hooks.example.test/{WEBHOOK_PATH}"),
                         "secret": WEBHOOK_SECRET},
             "discord": {"enabled": true},

@@ -449,6 +449,23 @@ fn a_param_of_the_wrong_type_is_refused_naming_it_over_websocket_and_http() {
         ("logs.tail", json!({"maxBytes": 2_000_000}), "maxBytes"),
         ("channels.status", json!({"probe": "yes"}), "probe"),
         ("channels.status", json!({"channel": 5}), "channel"),
+        // Inbound channels.
+        ("pairing.list", json!({"channel": 5}), "channel"),
+        (
+            "pairing.approve",
+            json!({"channel": "telegram", "code": 5}),
+            "code",
+        ),
+        (
+            "pairing.approve",
+            json!({"channel": [], "code": "A"}),
+            "channel",
+        ),
+        (
+            "pairing.approve",
+            json!({"channel": "telegram", "code": "A", "accountId": 5}),
+            "accountId",
+        ),
     ];
     // The dashboard's empty answers read the paging and session params they echo.
     for m in [

@@ -1,0 +1,495 @@
+//! Telegram long polling: one thread per configured bot account (the config refuses two
+//! accounts with one token), calling `getUpdates` with the last offset and a long-poll
+//! `timeout`, handing each message to [`Service::ingest`] and advancing the offset only once
+//! every update of the batch is stored (the next `getUpdates` with the new offset is what
+//! confirms them to Telegram).
+//!
+//! Invariants:
+//! - Every call has a deadline (the poll timeout plus 10 s) and a stall limit (the poll
+//!   timeout plus 5 s: the server is silent while it holds a long poll), and a cancel token
+//!   that the drain fires: a drain never waits on a long poll.
+//! - `409 Conflict` (another poller or a webhook on this token), 5xx, malformed answers and
+//!   network errors back off exponentially with jitter (1 s up to 30 s); `429` waits its
+//!   `retry_after`; `401`/`404` (a revoked or wrong token) waits a minute. Each is the
+//!   account's `lastError`, and the account is not `connected` until a poll succeeds again.
+//! - A panic in the poller is caught by its supervisor (the same thread), counted, and the
+//!   poller restarted after a backoff.
+//! - The bot token travels in the URL path only and is scrubbed from every error kept.
+
+use super::event::{ChatKind, Inbound};
+use super::service::{AccountHealth, Service};
+use crate::cancel::{CancelReason, CancelToken};
+use crate::clock::Rng;
+use crate::config::inbound::TelegramAccount;
+use crate::net::{self, Limits, NetError, Request, Url};
+use crate::sync::lock;
+use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The most of a `getUpdates` answer read (100 updates of 4,096 characters fit many times).
+const MAX_ANSWER: usize = 16 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+const AUTH_WAIT: Duration = Duration::from_secs(60);
+
+/// Starts a poller for every Telegram account in the config that polls.
+pub fn start_all(svc: &Arc<Service>) {
+    let cfg = svc.h.config.get();
+    for acct in &cfg.inbound.telegram {
+        let transport = if acct.webhook { "webhook" } else { "polling" };
+        let health = Arc::new(AccountHealth::new(
+            "telegram",
+            &acct.id,
+            transport,
+            acct.poll_timeout,
+        ));
+        svc.add_account(health.clone());
+        if acct.webhook {
+            health.error(
+                "webhook mode (webhookUrl) is not supported by keel yet; remove webhookUrl to \
+                 use long polling"
+                    .into(),
+            );
+            log::warn!(
+                "inbound telegram:{}: webhookUrl is set, and keel does not serve Telegram \
+                 webhooks yet: this account receives nothing",
+                acct.id
+            );
+            continue;
+        }
+        let (svc2, acct2) = (svc.clone(), acct.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!(
+                "tg-{}",
+                acct.id.chars().take(12).collect::<String>()
+            ))
+            .spawn(move || supervise(&svc2, &acct2, &health));
+        if let Err(e) = spawned {
+            log::error!("inbound telegram:{}: cannot start its poller: {e}", acct.id);
+        }
+    }
+}
+
+/// The request in flight, so that a drain can cancel it; one hook on the service's stop
+/// token per poller (a token's hooks are never removed, so none is added per request).
+struct Current(Arc<Mutex<Option<CancelToken>>>);
+
+impl Current {
+    fn new(stop: &CancelToken) -> Current {
+        let slot: Arc<Mutex<Option<CancelToken>>> = Arc::default();
+        let s = slot.clone();
+        stop.on_cancel(move || {
+            if let Some(t) = lock(&s).take() {
+                t.cancel(CancelReason::Drain);
+            }
+        });
+        Current(slot)
+    }
+
+    /// A token for the next request: already fired if the service is stopping.
+    fn next(&self, stop: &CancelToken) -> CancelToken {
+        let t = CancelToken::new();
+        *lock(&self.0) = Some(t.clone());
+        if stop.is_cancelled() {
+            t.cancel(CancelReason::Drain);
+        }
+        t
+    }
+}
+
+/// Sleeps `d`, waking early when the service stops.
+fn pause(svc: &Service, d: Duration) {
+    let end = std::time::Instant::now() + d;
+    while !svc.stop.is_cancelled() {
+        let now = std::time::Instant::now();
+        if now >= end {
+            return;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
+/// Exponential backoff with jitter: between half and all of `base × 2^n`, capped.
+fn backoff(n: u32, rng: &mut Rng) -> Duration {
+    let full = BACKOFF_BASE
+        .saturating_mul(1 << n.min(10))
+        .min(BACKOFF_CAP)
+        .as_millis() as u64;
+    Duration::from_millis(full / 2 + rng.next_u64() % (full / 2 + 1))
+}
+
+/// The poller's supervisor: runs it, and restarts it (after a backoff) if it panics.
+fn supervise(svc: &Arc<Service>, acct: &TelegramAccount, health: &AccountHealth) {
+    let current = Current::new(&svc.stop);
+    let mut rng = Rng::from_os();
+    let mut restarts = 0;
+    while !svc.stop.is_cancelled() {
+        health.running.store(true, Ordering::Relaxed);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            poll(svc, acct, health, &current, &mut rng)
+        }));
+        health.running.store(false, Ordering::Relaxed);
+        health.connected.store(false, Ordering::Relaxed);
+        if svc.stop.is_cancelled() {
+            break;
+        }
+        if r.is_err() {
+            health.restarts.fetch_add(1, Ordering::Relaxed);
+            health.error("the poller failed unexpectedly and is restarted".into());
+            log::error!(
+                "inbound telegram:{}: the poller panicked; restarting",
+                acct.id
+            );
+        }
+        restarts += 1;
+        pause(svc, backoff(restarts, &mut rng));
+    }
+    log::info!("inbound telegram:{}: poller stopped", acct.id);
+}
+
+/// Why a call failed.
+#[derive(Debug, PartialEq)]
+enum Failure {
+    Conflict(String),
+    RetryAfter(Duration, String),
+    Auth(String),
+    Other(String),
+    Stopped,
+}
+
+/// The bot's own id and username, for mentions.
+struct Me {
+    id: i64,
+    username: Option<String>,
+}
+
+/// Polls until the service stops.
+fn poll(
+    svc: &Service,
+    acct: &TelegramAccount,
+    health: &AccountHealth,
+    current: &Current,
+    rng: &mut Rng,
+) {
+    let mut failures: u32 = 0;
+    let mut me: Option<Me> = None;
+    let mut offset: Option<i64> = None;
+    while !svc.stop.is_cancelled() {
+        let result = match &me {
+            None => call(svc, acct, current, "getMe", &json!({}), Duration::ZERO).map(|r| {
+                me = Some(Me {
+                    id: r["id"].as_i64().unwrap_or(0),
+                    username: r["username"].as_str().map(str::to_string),
+                });
+                *lock(&health.bot_name) = r["username"].as_str().map(|u| format!("@{u}"));
+                Vec::new()
+            }),
+            Some(_) => {
+                let mut body = json!({
+                    "timeout": acct.poll_timeout.as_secs(),
+                    "limit": 100,
+                    "allowed_updates": ["message", "channel_post"],
+                });
+                if let Some(o) = offset {
+                    body["offset"] = json!(o);
+                }
+                call(svc, acct, current, "getUpdates", &body, acct.poll_timeout).and_then(|r| {
+                    match r {
+                        Value::Array(a) => Ok(a),
+                        _ => Err(Failure::Other(
+                            "getUpdates: an answer whose result is not a list of updates".into(),
+                        )),
+                    }
+                })
+            }
+        };
+        let wait = match result {
+            Ok(updates) => {
+                failures = 0;
+                health.ok();
+                let Some(me) = me.as_ref() else { continue };
+                match take(svc, acct, me, &updates) {
+                    Ok(next) => {
+                        if next.is_some() {
+                            offset = next;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        health.error(e.clone());
+                        log::warn!("inbound telegram:{}: {e}; the updates come again", acct.id);
+                        failures += 1;
+                        backoff(failures, rng)
+                    }
+                }
+            }
+            Err(Failure::Stopped) => break,
+            Err(Failure::Conflict(d)) => {
+                failures += 1;
+                let msg = format!(
+                    "409 Conflict: {d} (another getUpdates poller or a webhook uses this bot \
+                     token; stop it, or delete the webhook)"
+                );
+                if health.last_error.lock().map_or(true, |e| {
+                    e.as_ref().is_none_or(|(m, _)| !m.starts_with("409"))
+                }) {
+                    log::warn!("inbound telegram:{}: {msg}", acct.id);
+                }
+                health.error(msg);
+                backoff(failures, rng)
+            }
+            Err(Failure::RetryAfter(d, msg)) => {
+                health.error(msg);
+                d
+            }
+            Err(Failure::Auth(msg)) => {
+                log::warn!("inbound telegram:{}: {msg}", acct.id);
+                health.error(msg);
+                AUTH_WAIT
+            }
+            Err(Failure::Other(msg)) => {
+                failures += 1;
+                if failures == 1 || failures.is_power_of_two() {
+                    log::warn!("inbound telegram:{}: {msg} (failure {failures})", acct.id);
+                }
+                health.error(msg);
+                backoff(failures, rng)
+            }
+        };
+        pause(svc, wait);
+    }
+}
+
+/// Hands every message of a batch to the service; the next offset once all are stored.
+fn take(
+    svc: &Service,
+    acct: &TelegramAccount,
+    me: &Me,
+    updates: &[Value],
+) -> Result<Option<i64>, String> {
+    let mut next = None;
+    for u in updates {
+        let Some(id) = u["update_id"].as_i64() else {
+            // Without an id it cannot be confirmed or skipped; nothing after it is safe.
+            return Err("an update without update_id".into());
+        };
+        if let Some(m) = to_inbound(acct, me, id, u) {
+            svc.ingest(m)?;
+        }
+        next = Some(id.saturating_add(1));
+    }
+    Ok(next)
+}
+
+fn id_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// One update as a message for the agent; `None` for anything that is not a text message.
+fn to_inbound(acct: &TelegramAccount, me: &Me, update_id: i64, u: &Value) -> Option<Inbound> {
+    let m = u.get("message").or_else(|| u.get("channel_post"))?;
+    let text = m["text"].as_str().or_else(|| m["caption"].as_str())?;
+    let chat = &m["chat"];
+    let chat_kind = match chat["type"].as_str()? {
+        "private" => ChatKind::Direct,
+        "group" | "supergroup" => ChatKind::Group,
+        "channel" => ChatKind::Channel,
+        _ => return None,
+    };
+    let chat_id = id_text(&chat["id"])?;
+    let from = &m["from"];
+    let sender_id = id_text(&from["id"])
+        .or_else(|| id_text(&m["sender_chat"]["id"]))
+        .unwrap_or_else(|| chat_id.clone());
+    let sender_name = match (from["first_name"].as_str(), from["last_name"].as_str()) {
+        (Some(f), Some(l)) => Some(format!("{f} {l}")),
+        (Some(f), None) => Some(f.to_string()),
+        _ => from["username"].as_str().map(str::to_string),
+    }
+    .map(|n| cut(&n, super::event::MAX_NAME));
+    let thread_id = (m["is_topic_message"] == true)
+        .then(|| id_text(&m["message_thread_id"]))
+        .flatten();
+    let lower = text.to_lowercase();
+    let mentioned = me
+        .username
+        .as_ref()
+        .is_some_and(|u| lower.contains(&format!("@{}", u.to_lowercase())))
+        || (me.id != 0 && m["reply_to_message"]["from"]["id"].as_i64() == Some(me.id))
+        || m["entities"].as_array().is_some_and(|es| {
+            es.iter()
+                .any(|e| e["type"] == "text_mention" && e["user"]["id"].as_i64() == Some(me.id))
+        });
+    Some(Inbound {
+        channel: "telegram".into(),
+        account_id: acct.id.clone(),
+        event_id: update_id.to_string(),
+        chat_kind,
+        chat_id,
+        thread_id,
+        sender_id,
+        sender_name,
+        message_id: id_text(&m["message_id"]),
+        text: text.to_string(),
+        mentioned,
+        ts_ms: m["date"].as_i64().unwrap_or(0).saturating_mul(1000),
+    })
+}
+
+fn cut(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+fn scrub(acct: &TelegramAccount, s: String) -> String {
+    if acct.bot_token.len() >= 4 {
+        s.replace(&acct.bot_token, "<redacted>")
+    } else {
+        s
+    }
+}
+
+/// One Bot API call: its `result`, or why not.
+fn call(
+    svc: &Service,
+    acct: &TelegramAccount,
+    current: &Current,
+    method: &str,
+    body: &Value,
+    long_poll: Duration,
+) -> Result<Value, Failure> {
+    let base = Url::parse(&acct.base_url)
+        .map_err(|_| Failure::Auth("the configured Telegram API root is not a valid URL".into()))?;
+    let url = base.join(&format!("/bot{}/{method}", acct.bot_token));
+    let req = Request::new("POST", url)
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json")
+        .header("User-Agent", &format!("keel/{}", crate::VERSION))
+        .body(body.to_string().into_bytes());
+    let limits = Limits::from_now(
+        long_poll + Duration::from_secs(10),
+        CONNECT_TIMEOUT,
+        long_poll + Duration::from_secs(5),
+    );
+    let token = current.next(&svc.stop);
+    let net_err = |e: NetError| match e {
+        NetError::Cancelled => Failure::Stopped,
+        // Never quoted: a URL error would hold the token.
+        NetError::InvalidUrl(_) => {
+            Failure::Other(format!("{method}: the request URL is not valid"))
+        }
+        e => Failure::Other(scrub(acct, format!("{method}: {e}"))),
+    };
+    let mut resp = net::send(&req, &limits, &token).map_err(net_err)?;
+    let bytes = resp.read_to_end(MAX_ANSWER).map_err(net_err)?;
+    let status = resp.status;
+    let v: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(_) => {
+            return Err(match status {
+                409 => Failure::Conflict("terminated by other getUpdates request".into()),
+                401 | 404 => {
+                    Failure::Auth(format!("{method}: http {status}: the bot token is refused"))
+                }
+                _ => Failure::Other(format!(
+                    "{method}: http {status} with an answer that is not JSON"
+                )),
+            });
+        }
+    };
+    if status == 200 && v["ok"] == true {
+        return Ok(v["result"].clone());
+    }
+    let desc = scrub(
+        acct,
+        crate::config::channels::shown(v["description"].as_str().unwrap_or("no description")),
+    );
+    let code = v["error_code"].as_u64().map_or(status, |c| c as u16);
+    Err(match code {
+        409 => Failure::Conflict(desc),
+        429 => {
+            let s = v["parameters"]["retry_after"]
+                .as_u64()
+                .unwrap_or(5)
+                .min(3600);
+            Failure::RetryAfter(
+                Duration::from_secs(s),
+                format!("{method}: 429 {desc} (retry after {s} s)"),
+            )
+        }
+        401 | 404 => Failure::Auth(format!("{method}: {code} {desc}: the bot token is refused")),
+        _ if status == 200 => Failure::Other(format!("{method}: an answer without ok: true")),
+        _ => Failure::Other(format!("{method}: {code} {desc}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acct() -> TelegramAccount {
+        TelegramAccount {
+            id: "default".into(),
+            bot_token: "1:secret".into(),
+            base_url: "http://127.0.0.1:9".into(),
+            poll_timeout: Duration::from_secs(1),
+            webhook: false,
+            access: Default::default(),
+        }
+    }
+
+    #[test]
+    fn updates_become_messages() {
+        let me = Me {
+            id: 99,
+            username: Some("keel_bot".into()),
+        };
+        let u = json!({"update_id": 5, "message": {"message_id": 7, "date": 1700000000,
+            "chat": {"id": -100, "type": "supergroup"}, "from": {"id": 42, "first_name": "Ada"},
+            "is_topic_message": true, "message_thread_id": 3, "text": "hi @Keel_Bot"}});
+        let m = to_inbound(&acct(), &me, 5, &u).unwrap();
+        assert_eq!(m.chat_kind, ChatKind::Group);
+        assert_eq!((m.chat_id.as_str(), m.sender_id.as_str()), ("-100", "42"));
+        assert_eq!(m.thread_id.as_deref(), Some("3"));
+        assert!(m.mentioned);
+        assert_eq!(m.ts_ms, 1_700_000_000_000);
+        assert_eq!(m.check(), Ok(()));
+        let reply = json!({"update_id": 6, "message": {"message_id": 8, "date": 1,
+            "chat": {"id": 42, "type": "private"}, "from": {"id": 42},
+            "reply_to_message": {"from": {"id": 99}}, "text": "yes"}});
+        let m = to_inbound(&acct(), &me, 6, &reply).unwrap();
+        assert!(m.mentioned && m.chat_kind == ChatKind::Direct);
+        // Not text: skipped.
+        let sticker = json!({"update_id": 7, "message": {"chat": {"id": 1, "type": "private"}, "sticker": {}}});
+        assert!(to_inbound(&acct(), &me, 7, &sticker).is_none());
+        assert!(
+            to_inbound(
+                &acct(),
+                &me,
+                8,
+                &json!({"update_id": 8, "edited_message": {}})
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let mut rng = Rng::new(1);
+        for n in 0..20 {
+            let d = backoff(n, &mut rng);
+            let full = BACKOFF_BASE.saturating_mul(1 << n.min(10)).min(BACKOFF_CAP);
+            assert!(d >= full / 2 && d <= full, "{n}: {d:?}");
+        }
+    }
+}
