@@ -702,15 +702,15 @@ fn a_repeated_question_reuses_its_rows_until_something_changes() {
         p
     };
     assert_eq!(but_time(&again), but_time(&first));
-    // Every row as kept from the first call, none written again.
+    // Every row as kept from the call before, none written again (once pressure is normal:
+    // under pressure, as on a loaded machine at start-up, nothing is kept).
     let n = rows(&first).len();
     assert!(n > 1);
-    assert!(
-        g.wait_log(&format!("rows: {n} as kept, 0 computed"), BOUND)
-            .is_some(),
-        "{}",
-        g.log_text()
-    );
+    let kept = format!("rows: {n} as kept, 0 computed");
+    eventually(BOUND, || {
+        let _ = ok(&g, "sessions.usage", params.clone());
+        g.log_text().contains(&kept).then_some(())
+    });
     // An append to any transcript: counted on the next call.
     let dir = g.state().join("agents/main/sessions");
     let mut live: Vec<PathBuf> = files(&dir)
