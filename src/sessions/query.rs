@@ -16,6 +16,7 @@ use serde::ser::SerializeStruct;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 /// Tokens and cost, with the keys OpenClaw uses.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -690,7 +691,7 @@ struct Row {
     agent: Box<str>,
     session_id: Box<str>,
     sig: u64,
-    acc: SessionAcc,
+    acc: Arc<SessionAcc>,
     /// The row as `sessions.usage` writes it; empty until written once.
     json: Vec<u8>,
     /// The call that last used it (rows no call uses any more are dropped).
@@ -780,7 +781,8 @@ struct Session<'a> {
     entry: Option<&'a SessionEntry>,
     /// The newest modification time of the row's transcripts, in ms.
     mtime: i64,
-    acc: SessionAcc,
+    /// Shared with the kept row (see [`RowMemo`]).
+    acc: Arc<SessionAcc>,
     /// What the row is computed from, hashed (see [`RowMemo`]): its files and their
     /// versions. The entry's part is added once all files are seen.
     sig: u64,
@@ -872,7 +874,7 @@ fn group<'a>(cx: &'a Ctx<'a>, filter: &Filter<'_>, range: &Range) -> Vec<Session
                 session_id: row_sid,
                 entry,
                 mtime: i64::MIN,
-                acc: SessionAcc::default(),
+                acc: Arc::default(),
                 sig: 0,
                 files: Vec::new(),
             });
@@ -900,6 +902,7 @@ fn group<'a>(cx: &'a Ctx<'a>, filter: &Filter<'_>, range: &Range) -> Vec<Session
                     s.acc = r.acc.clone();
                     continue;
                 }
+                let mut acc = SessionAcc::default();
                 for &(rel, f) in &s.files {
                     let version = (f.ident.ino, f.offset);
                     let slot = match c.files.get_mut(rel) {
@@ -912,9 +915,10 @@ fn group<'a>(cx: &'a Ctx<'a>, filter: &Filter<'_>, range: &Range) -> Vec<Session
                     if slot.0 != version {
                         *slot = (version, FileAgg::compute(f, range, &prices));
                     }
-                    s.acc.add_agg(&slot.1);
+                    acc.add_agg(&slot.1);
                 }
-                s.acc.finish();
+                acc.finish();
+                s.acc = Arc::new(acc);
                 let row = Row {
                     agent: s.agent.into(),
                     session_id: s.session_id.into(),
@@ -932,10 +936,12 @@ fn group<'a>(cx: &'a Ctx<'a>, filter: &Filter<'_>, range: &Range) -> Vec<Session
         }
         None => {
             for s in &mut out {
+                let mut acc = SessionAcc::default();
                 for &(_, f) in &s.files {
-                    s.acc.add_file(f, range, &prices);
+                    acc.add_file(f, range, &prices);
                 }
-                s.acc.finish();
+                acc.finish();
+                s.acc = Arc::new(acc);
             }
         }
     }
