@@ -12,6 +12,7 @@
 
 pub mod agents;
 pub mod channels;
+pub mod inbound_webhooks;
 pub mod live;
 pub mod ui;
 
@@ -276,6 +277,8 @@ pub struct Config {
     pub agents: agents::AgentSettings,
     /// Chat channels replies are delivered to.
     pub channels: channels::Channels,
+    /// Slack Events API and Feishu event-subscription accounts, each on its own path.
+    pub inbound_webhooks: inbound_webhooks::InboundWebhooks,
     /// `gateway.controlUi`: the dashboard's files and bootstrap config.
     pub control_ui: ui::ControlUi,
     pub disabled: Vec<Disabled>,
@@ -333,6 +336,7 @@ impl Default for Config {
             prices: Prices::new(),
             hooks: None,
             channels: channels::Channels::default(),
+            inbound_webhooks: inbound_webhooks::InboundWebhooks::default(),
             agents: agents::AgentSettings {
                 run_timeout: agents::DEFAULT_RUN_TIMEOUT,
                 ..Default::default()
@@ -369,6 +373,7 @@ impl Config {
         for c in self.channels.0.values() {
             out.extend(c.credentials.values().into_iter().map(String::from));
         }
+        out.extend(self.inbound_webhooks.secrets());
         out.retain(|s| !s.is_empty());
         out
     }
@@ -576,6 +581,11 @@ impl Validator {
         if let Some(c) = root.get("channels") {
             let (channels, issues) = channels::parse_channels(c);
             self.config.channels = channels::Channels(channels);
+            for (path, msg) in issues {
+                self.disable(&path, msg);
+            }
+            let (webhooks, issues) = inbound_webhooks::parse(c);
+            self.config.inbound_webhooks = webhooks;
             for (path, msg) in issues {
                 self.disable(&path, msg);
             }
