@@ -7,3 +7,5 @@
 //! is the same for all channels.
 
 pub mod event;
+pub mod slack;
+pub mod webhook;
