@@ -7,5 +7,6 @@
 //! is the same for all channels.
 
 pub mod event;
+pub mod feishu;
 pub mod slack;
 pub mod webhook;
