@@ -262,6 +262,25 @@ pub(crate) fn decrypt(key: &str, sealed: &str) -> Option<Vec<u8>> {
     Some(buf)
 }
 
+/// What Feishu does to a callback body with an encrypt key: base64(`iv` + AES-256-CBC of
+/// `plain` under SHA-256(`key`), PKCS#7). For fake Feishu servers, tests and the fuzz target;
+/// keel itself only decrypts.
+pub fn seal(key: &str, iv: [u8; 16], plain: &[u8]) -> String {
+    use aes::cipher::{BlockEncryptMut, KeyIvInit, block_padding::Pkcs7};
+    use base64::Engine as _;
+    let key = crate::digest::sha256(&[key.as_bytes()]);
+    let enc = cbc::Encryptor::<aes::Aes256>::new(&key.into(), &iv.into());
+    let mut buf = iv.to_vec();
+    buf.extend_from_slice(plain);
+    buf.resize(16 + (plain.len() / 16 + 1) * 16, 0);
+    // The buffer has room for the padding, so this cannot fail; the IV is left out.
+    let n = enc
+        .encrypt_padded_mut::<Pkcs7>(&mut buf[16..], plain.len())
+        .map_or(0, <[u8]>::len);
+    buf.truncate(16 + n);
+    base64::engine::general_purpose::STANDARD.encode(buf)
+}
+
 /// Milliseconds since the epoch from a string or a number.
 fn millis(v: &Value) -> Option<i64> {
     match v {
@@ -498,7 +517,17 @@ mod tests {
         for bad in ["", "!!!not base64!!!", "AAAA", "A".repeat(44).as_str()] {
             assert_eq!(decrypt("test key", bad), None, "{bad}");
         }
-        // Round trip with our own encryptor, for lengths around a block.
+        // seal, given the example's IV (its first 16 bytes), gives the example back.
+        let iv: [u8; 16] = base64::engine::general_purpose::STANDARD
+            .decode("P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEzghk=")
+            .unwrap()[..16]
+            .try_into()
+            .unwrap();
+        assert_eq!(
+            seal("test key", iv, b"hello world"),
+            "P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEzghk="
+        );
+        // Round trip with the test's own encryptor, for lengths around a block.
         for n in [0, 1, 15, 16, 17, 100] {
             let plain = vec![b'x'; n];
             assert_eq!(
