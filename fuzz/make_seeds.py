@@ -232,3 +232,29 @@ put("idempotency_log", "torn", line("c1", T, run) + line("c2", T, run)[:40])
 put("idempotency_log", "duplicate-and-expired", line("k", T, 1) + line("k", T + 1, 2) + line("old", T - 3600000, 3))
 put("idempotency_log", "garbage", "not json\n\n[1,2]\n" + line("", T, 1) + line("k" * 300, T, 1) + line("ok", T, None))
 put("idempotency_log", "many", "".join(line(f"k{i}", T + i, "x" * 300) for i in range(20)))
+
+# --- inbound webhooks: a flags byte (see each target), then the body as the channel sends it
+NOW_MS = 1796600000000
+slack_msg = lambda ev: json.dumps({"type": "event_callback", "event_id": "Ev1", "team_id": "T1",
+    "authorizations": [{"user_id": "U0BOT", "is_bot": True}], "event": ev})
+put("inbound_slack", "challenge", b"\x00" + json.dumps({"type": "url_verification", "challenge": "c", "token": "t"}).encode())
+put("inbound_slack", "channel", b"\x00" + slack_msg({"type": "message", "channel": "C1", "channel_type": "channel",
+    "user": "U1", "text": "hi <@U0BOT> &amp; <@U2|ada>", "ts": "1796600000.000100", "thread_ts": "1796599999.000001"}).encode())
+put("inbound_slack", "mention-configured", b"\x10" + slack_msg({"type": "app_mention", "channel": "C1", "user": "U1",
+    "text": "<@U0BOT|keel>", "ts": "1.5", "user_profile": {"real_name": "Ada"}}).encode())
+put("inbound_slack", "edit", b"\x00" + slack_msg({"type": "message", "subtype": "message_changed", "channel": "D1",
+    "message": {"text": "x"}, "ts": "1.0"}).encode())
+put("inbound_slack", "unsigned", b"\x02" + slack_msg({"type": "message", "channel": "D1", "channel_type": "im", "user": "U1", "text": "x", "ts": "1"}).encode())
+feishu_ev = lambda chat, text, mentions: json.dumps({"schema": "2.0", "header": {"event_id": "e1",
+    "event_type": "im.message.receive_v1", "create_time": str(NOW_MS - 1000), "token": "fuzz-token"},
+    "event": {"sender": {"sender_id": {"open_id": "ou_u1"}, "sender_type": "user"},
+    "message": {"message_id": "om_1", "chat_id": "oc_1", "chat_type": chat, "message_type": "text",
+    "thread_id": "omt_1", "content": json.dumps({"text": text}), "create_time": str(NOW_MS - 2000), "mentions": mentions}}})
+mentions = [{"key": "@_user_1", "id": {"open_id": "ou_bot"}, "name": "keel"}, {"key": "@_user_10", "id": {"open_id": "ou_x"}, "name": "X"}]
+# flags: bit 0 key set, bit 1 sealed, bits 2-3 signature (0 good, 2 none), bit 5 bot id known
+put("inbound_feishu", "plain-p2p", bytes([0x08]) + feishu_ev("p2p", "hello", []).encode())
+put("inbound_feishu", "plain-group", bytes([0x28]) + feishu_ev("group", "@_user_1 hi @_user_10 @_user_1", mentions).encode())
+put("inbound_feishu", "sealed-signed", bytes([0x23]) + feishu_ev("group", "@_user_1 hi", mentions).encode())
+put("inbound_feishu", "challenge", bytes([0x08]) + json.dumps({"type": "url_verification", "challenge": "c", "token": "fuzz-token"}).encode())
+put("inbound_feishu", "challenge-sealed", bytes([0x0b]) + json.dumps({"type": "url_verification", "challenge": "c", "token": "fuzz-token"}).encode())
+put("inbound_feishu", "encrypt-garbage", bytes([0x01]) + b'{"encrypt":"P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEzghk="}')

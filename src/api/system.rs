@@ -631,7 +631,9 @@ mod tests {
             "channels": {
                 "telegram": {"botToken": "123:tg-bot-token"},
                 "webhook": {"url": "https://hooks.example/T000/B000/xyzsecretpath", "secret": "whsec"},
-                "feishu": {"appId": "cli_app", "appSecret": "fs-app-secret", "encryptKey": "enc"},
+                "feishu": {"appId": "cli_app", "appSecret": "fs-app-secret", "encryptKey": "enc",
+                    "verificationToken": "fs-verify-tok"},
+                "slack": {"mode": "http", "botToken": "xoxb-bot", "signingSecret": "slack-sig-secret"},
             },
             "agents": {"list": [{"id": "main", "systemPrompt": "mention gw-token-123456 never"}]},
             "session": {"mainKey": "main"},
@@ -650,6 +652,9 @@ mod tests {
             "fs-app-secret",
             "\"enc\"",
             "cli_app",
+            "fs-verify-tok",
+            "xoxb-bot",
+            "slack-sig-secret",
         ] {
             assert!(!out.contains(secret), "{secret} leaked: {out}");
         }

@@ -610,7 +610,11 @@ fn is_loopback(host: &str) -> bool {
 }
 
 /// `${NAME}` reads the value from the environment, so it need not sit in the file.
-fn resolve_secret(v: &str, path: &str, issues: &mut Vec<(String, String)>) -> Option<String> {
+pub(super) fn resolve_secret(
+    v: &str,
+    path: &str,
+    issues: &mut Vec<(String, String)>,
+) -> Option<String> {
     match v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
         Some(name) => match std::env::var(name) {
             Ok(s) if !s.is_empty() => Some(s),

@@ -13,6 +13,7 @@
 pub mod agents;
 pub mod channels;
 pub mod inbound;
+pub mod inbound_webhooks;
 pub mod live;
 pub mod ui;
 
@@ -279,6 +280,8 @@ pub struct Config {
     pub channels: channels::Channels,
     /// Inbound chat channels: accounts keel receives on, who may talk, bindings, DM scope.
     pub inbound: inbound::InboundConfig,
+    /// Slack Events API and Feishu event-subscription accounts, each on its own path.
+    pub inbound_webhooks: inbound_webhooks::InboundWebhooks,
     /// `gateway.controlUi`: the dashboard's files and bootstrap config.
     pub control_ui: ui::ControlUi,
     pub disabled: Vec<Disabled>,
@@ -337,6 +340,7 @@ impl Default for Config {
             hooks: None,
             channels: channels::Channels::default(),
             inbound: inbound::InboundConfig::default(),
+            inbound_webhooks: inbound_webhooks::InboundWebhooks::default(),
             agents: agents::AgentSettings {
                 run_timeout: agents::DEFAULT_RUN_TIMEOUT,
                 ..Default::default()
@@ -374,6 +378,7 @@ impl Config {
             out.extend(c.credentials.values().into_iter().map(String::from));
         }
         out.extend(self.inbound.telegram.iter().map(|a| a.bot_token.clone()));
+        out.extend(self.inbound_webhooks.secrets());
         out.retain(|s| !s.is_empty());
         out
     }
@@ -580,6 +585,11 @@ impl Validator {
         if let Some(c) = root.get("channels") {
             let (channels, issues) = channels::parse_channels(c);
             self.config.channels = channels::Channels(channels);
+            for (path, msg) in issues {
+                self.disable(&path, msg);
+            }
+            let (webhooks, issues) = inbound_webhooks::parse(c);
+            self.config.inbound_webhooks = webhooks;
             for (path, msg) in issues {
                 self.disable(&path, msg);
             }

@@ -8,7 +8,10 @@
 
 pub mod access;
 pub mod event;
+pub mod feishu;
 pub mod queue;
 pub mod routing;
 pub mod service;
+pub mod slack;
 pub mod telegram;
+pub mod webhook;

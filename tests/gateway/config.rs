@@ -157,3 +157,66 @@ fn status_prints_a_summary_of_the_running_gateway() {
     assert_eq!(code, 1);
     assert!(out.contains("cannot reach the gateway"), "{out}");
 }
+
+#[test]
+fn inbound_webhook_accounts_are_checked_and_their_secrets_never_shown() {
+    let channels = json!({
+        "slack": {"mode": "http", "botToken": "xoxb-test", "signingSecret": "slack-signing-secret-1",
+                  "accounts": {"a": {}, "b": {}}},
+        "feishu": {"connectionMode": "webhook", "appId": "cli_x", "appSecret": "feishu-app-secret",
+                   "verificationToken": "${KEEL_TEST_FEISHU_VTOK}", "encryptKey": "feishu-encrypt-key-1"},
+    });
+    let g = Gateway::start(
+        Opts::default()
+            .env("KEEL_TEST_FEISHU_VTOK", "feishu-vtok-from-env")
+            .config(json!({
+                "channels": channels,
+                // A secret keel resolved is scrubbed wherever it appears.
+                "agents": {"list": [{"id": "main", "systemPrompt": "never say feishu-vtok-from-env"}]},
+            })),
+    );
+    // Two Slack accounts on the default /slack/events: both disabled, and /readyz says why.
+    let r = g.get("/readyz");
+    assert_eq!(r.status, 503);
+    let failing = r.json()["failing"].to_string();
+    for account in ["a", "b"] {
+        assert!(
+            failing.contains(&format!("channels.slack.accounts.{account}.webhookPath")),
+            "{failing}"
+        );
+    }
+    assert!(failing.contains("/slack/events"), "{failing}");
+    assert!(!failing.contains("channels.feishu"), "{failing}");
+    let c = g.rpc("config.get", json!({})).json();
+    let shown = c.to_string();
+    for secret in [
+        "slack-signing-secret-1",
+        "feishu-encrypt-key-1",
+        "feishu-vtok-from-env",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown: {shown}");
+        assert!(!g.log_text().contains(secret), "{secret} logged");
+    }
+    let cfg = &c["payload"]["config"]["channels"];
+    assert_eq!(cfg["slack"]["signingSecret"], "__OPENCLAW_REDACTED__");
+    assert_eq!(cfg["feishu"]["encryptKey"], "__OPENCLAW_REDACTED__");
+    assert_eq!(
+        cfg["feishu"]["verificationToken"],
+        "${KEEL_TEST_FEISHU_VTOK}"
+    );
+
+    // `keel check` names the clash; with distinct paths the file is clean.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("keel.json");
+    std::fs::write(&f, json!({"channels": channels}).to_string()).unwrap();
+    let (code, out) = keel(&["check", "--config", f.to_str().unwrap()], dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("give each account its own"), "{out}");
+    let mut fixed = channels.clone();
+    fixed["slack"]["accounts"] =
+        json!({"a": {"webhookPath": "/slack/a"}, "b": {"webhookPath": "/slack/b"}});
+    fixed["feishu"]["verificationToken"] = json!("plain-token");
+    std::fs::write(&f, json!({"channels": fixed}).to_string()).unwrap();
+    let (code, out) = keel(&["check", "--config", f.to_str().unwrap()], dir.path());
+    assert_eq!(code, 0, "{out}");
+}
