@@ -444,7 +444,12 @@ fn a_malformed_store_keeps_the_last_good_snapshot() {
             .contains("not valid JSON")
     );
     assert_eq!(g.metric("keel_session_store_errors"), Some(1.0));
-    assert!(g.log_text().contains("keeping the last good snapshot"));
+    assert!(
+        g.wait_log("keeping the last good snapshot", BOUND)
+            .is_some(),
+        "{}",
+        g.log_text()
+    );
 }
 
 #[test]
