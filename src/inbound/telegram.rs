@@ -38,8 +38,12 @@ const AUTH_WAIT: Duration = Duration::from_secs(60);
 /// Starts a poller for every Telegram account in the config that polls.
 pub fn start_all(svc: &Arc<Service>) {
     let cfg = svc.h.config.get();
-    for acct in &cfg.inbound.telegram {
-        let transport = if acct.webhook { "webhook" } else { "polling" };
+    for acct in cfg.inbound.telegram.iter().filter(|a| a.receive) {
+        let transport = if acct.webhook.is_some() {
+            "webhook"
+        } else {
+            "polling"
+        };
         let health = Arc::new(AccountHealth::new(
             "telegram",
             &acct.id,
@@ -47,7 +51,7 @@ pub fn start_all(svc: &Arc<Service>) {
             acct.poll_timeout,
         ));
         svc.add_account(health.clone());
-        if acct.webhook {
+        if acct.webhook.is_some() {
             health.error(
                 "webhook mode (webhookUrl) is not supported by keel yet; remove webhookUrl to \
                  use long polling"
@@ -443,7 +447,8 @@ mod tests {
             bot_token: "1:secret".into(),
             base_url: "http://127.0.0.1:9".into(),
             poll_timeout: Duration::from_secs(1),
-            webhook: false,
+            webhook: None,
+            receive: true,
             access: Default::default(),
         }
     }

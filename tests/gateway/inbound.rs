@@ -301,3 +301,39 @@ fn sigkill_mid_stream_runs_every_message_exactly_once() {
          {waiting} boots found messages waiting, {begun} had begun their run"
     );
 }
+
+#[test]
+fn each_chat_s_reply_comes_from_the_bot_it_wrote_to() {
+    let p = FakeProvider::start("openai-completions");
+    let tg = FakeTelegram::start();
+    p.push(Behavior::text(&["reply one"]));
+    p.push(Behavior::text(&["reply two"]));
+    // No channel-level token: one account by its own botToken, one by a tokenFile.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ops.token");
+    std::fs::write(&file, "222:opsbot\n").unwrap();
+    let mut c = p.one_provider_config();
+    c["channels"] = json!({"telegram": {
+        "baseUrl": tg.url(), "pollTimeoutSeconds": 1,
+        "allowFrom": [OWNER.to_string(), "43"],
+        "accounts": {
+            "main": {"botToken": "111:mainbot"},
+            "ops": {"tokenFile": file.to_str().unwrap()},
+        },
+    }});
+    let _g = Gateway::start(Opts::default().config(c));
+    tg.dm_to("111:mainbot", OWNER, "to the main bot");
+    eventually(BOUND, || {
+        (!tg.sent_with_token(OWNER).is_empty()).then_some(())
+    });
+    tg.dm_to("222:opsbot", 43, "to the ops bot");
+    let ops = eventually(BOUND, || {
+        let s = tg.sent_with_token(43);
+        (!s.is_empty()).then_some(s)
+    });
+    assert_eq!(
+        tg.sent_with_token(OWNER),
+        [("111:mainbot".to_string(), "reply one".to_string())]
+    );
+    assert_eq!(ops, [("222:opsbot".to_string(), "reply two".to_string())]);
+}
