@@ -13,6 +13,7 @@ pub mod agent;
 pub mod chat_ui;
 pub mod delivery;
 pub mod inbound;
+pub mod inbound_telegram;
 pub mod sessions;
 pub mod system;
 pub mod ui;

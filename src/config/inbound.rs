@@ -847,6 +847,23 @@ mod tests {
     }
 
     #[test]
+    fn webhook_mode_needs_a_secret_and_a_path_of_its_own() {
+        let (c, issues) = parsed(json!({"channels": {"telegram": {"botToken": "1:a",
+            "webhookUrl": "https://x/hook"}}}));
+        assert!(c.telegram.is_empty() && issues[0].0.ends_with("webhookSecret"));
+        let (c, issues) = parsed(json!({"channels": {"telegram": {"botToken": "1:a",
+            "webhookUrl": "https://x/hook", "webhookSecret": "s", "webhookPath": "/healthz"}}}));
+        assert!(c.telegram.is_empty() && issues[0].0.ends_with("webhookPath"));
+        let (c, issues) = parsed(json!({"channels": {"telegram": {"webhookSecret": "s",
+            "webhookUrl": "https://x/hook", "accounts": {"a": {"botToken": "1:a"},
+            "b": {"botToken": "2:b"}, "c": {"botToken": "3:c", "receive": false}}}}}));
+        assert!(issues[0].1.contains("same webhookPath"), "{issues:?}");
+        assert_eq!(c.telegram.len(), 1, "only the send-only account is left");
+        assert!(!c.telegram[0].receive && c.telegram[0].webhook.is_none());
+        assert!(c.access("telegram", "c").is_none());
+    }
+
+    #[test]
     fn a_token_file_must_be_a_regular_file() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("tok"), "5:e\n").unwrap();

@@ -87,6 +87,8 @@ pub struct AccountHealth {
     pub last_error: Mutex<Option<(String, u64)>>,
     /// The bot's own name (`getMe`), for mentions and status.
     pub bot_name: Mutex<Option<String>>,
+    /// The bot's own user id (`getMe`; 0 until known), for mentions.
+    pub bot_id: std::sync::atomic::AtomicI64,
 }
 
 impl AccountHealth {
@@ -248,6 +250,11 @@ impl Service {
         let mut a = lock(&self.accounts);
         a.retain(|x| !(x.channel == h.channel && x.account_id == h.account_id));
         a.push(h);
+    }
+
+    /// The health of `channel`'s account `account`, once its transport has started.
+    pub fn account_health(&self, channel: &str, account: &str) -> Option<Arc<AccountHealth>> {
+        self.account(channel, account)
     }
 
     pub fn accounts(&self) -> Vec<Arc<AccountHealth>> {

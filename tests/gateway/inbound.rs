@@ -337,3 +337,75 @@ fn each_chat_s_reply_comes_from_the_bot_it_wrote_to() {
     );
     assert_eq!(ops, [("222:opsbot".to_string(), "reply two".to_string())]);
 }
+
+/// Posts `body` to keel's Telegram webhook route, with `secret` as the secret-token header.
+fn post_update(g: &Gateway, secret: Option<&str>, body: &str) -> Response {
+    let secret = secret
+        .map(|s| format!("X-Telegram-Bot-Api-Secret-Token: {s}\r\n"))
+        .unwrap_or_default();
+    g.http(&format!(
+        "POST /tg-hook HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{secret}\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+#[test]
+fn webhook_mode_takes_each_update_once_and_refuses_bad_ones() {
+    let p = FakeProvider::start("openai-completions");
+    let tg = FakeTelegram::start();
+    p.push(Behavior::text(&["hooked reply"]));
+    let g = Gateway::start(Opts::default().config(config(
+        &p,
+        &tg,
+        json!({"allowFrom": [OWNER.to_string()], "webhookUrl": "https://bot.example/tg-hook",
+               "webhookSecret": "hook-secret_1", "webhookPath": "/tg-hook"}),
+    )));
+    // keel registers the webhook with its URL and secret, and does not poll.
+    let hooks = eventually(BOUND, || {
+        let h = tg.webhooks();
+        (!h.is_empty()).then_some(h)
+    });
+    assert_eq!(hooks[0].0, "123:abc");
+    assert_eq!(hooks[0].1["url"], "https://bot.example/tg-hook");
+    assert_eq!(hooks[0].1["secret_token"], "hook-secret_1");
+    let mut update = FakeTelegram::dm_update(OWNER, "via the webhook");
+    update["update_id"] = json!(5001);
+    let body = update.to_string();
+    // Wrong or missing secret: 401, nothing runs.
+    assert_eq!(post_update(&g, Some("wrong"), &body).status, 401);
+    assert_eq!(post_update(&g, None, &body).status, 401);
+    // Not JSON: 400.
+    assert_eq!(
+        post_update(&g, Some("hook-secret_1"), "{\"update_id\": 1,").status,
+        400
+    );
+    assert!(p.requests().is_empty(), "nothing ran for refused requests");
+    // The real update: 200 once stored (OpenClaw's durable-acceptance header), one run,
+    // and its reply in that chat.
+    let r = post_update(&g, Some("hook-secret_1"), &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-openclaw-delivery-accepted").as_deref(),
+        Some("durable")
+    );
+    let sent = eventually(BOUND, || {
+        let s = tg.sent_to(OWNER);
+        (!s.is_empty()).then_some(s)
+    });
+    assert_eq!(sent, ["hooked reply"]);
+    // Telegram's retry of the same update_id: 200, no second run.
+    let again = post_update(&g, Some("hook-secret_1"), &body);
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("x-openclaw-delivery-accepted"), None);
+    let a = eventually(BOUND, || {
+        let a = telegram_account(&g);
+        (a["duplicates"].as_u64() >= Some(1)).then_some(a)
+    });
+    assert_eq!(runs_of(&p, "via the webhook"), 1);
+    assert_eq!(tg.sent_to(OWNER).len(), 1);
+    assert_eq!(a["mode"], "webhook", "{a}");
+    assert_eq!(a["connected"], true, "{a}");
+    assert!(a["refused"].as_u64() >= Some(3), "{a}");
+    assert_eq!(tg.polls(), 0, "an account in webhook mode does not poll");
+}
