@@ -508,6 +508,25 @@ const METHODS: &[Method] = &[
         handler: Handler::Work(|sh, p| inbound::approve(&sh.inbound, p)),
         hidden: false,
     },
+    // ---- inbound-telegram: the dashboard's pairing methods (by requestId) ----
+    Method {
+        name: "channels.pairing.list",
+        kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(|sh, p| inbound::dashboard_list(&sh.inbound, p)),
+        hidden: false,
+    },
+    Method {
+        name: "channels.pairing.approve",
+        kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(|sh, p| inbound::dashboard_approve(&sh.inbound, p)),
+        hidden: false,
+    },
+    Method {
+        name: "channels.pairing.dismiss",
+        kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(|sh, p| inbound::dashboard_dismiss(&sh.inbound, p)),
+        hidden: false,
+    },
     Method {
         // A test hook: its params may choose another pool, lane and deadline.
         name: "keel.test.busy",

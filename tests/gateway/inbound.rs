@@ -409,3 +409,90 @@ fn webhook_mode_takes_each_update_once_and_refuses_bad_ones() {
     assert!(a["refused"].as_u64() >= Some(3), "{a}");
     assert_eq!(tg.polls(), 0, "an account in webhook mode does not poll");
 }
+
+#[test]
+fn the_dashboard_lists_approves_and_dismisses_pairing_requests_by_id() {
+    let p = FakeProvider::start("openai-completions");
+    let tg = FakeTelegram::start();
+    p.push(Behavior::text(&["welcome in"]));
+    let g = Gateway::start(Opts::default().config(config(&p, &tg, json!({}))));
+    let mut ws = Ws::open(&g.addr());
+    let hello = ws.connect(json!({"token": g.token}), 3, 4);
+    let methods = hello["payload"]["features"]["methods"].as_array().unwrap();
+    for m in [
+        "channels.pairing.list",
+        "channels.pairing.approve",
+        "channels.pairing.dismiss",
+    ] {
+        assert!(methods.contains(&json!(m)), "{m} in {methods:?}");
+    }
+    let (alice, bob) = (7101, 7102);
+    tg.dm(alice, "hi, I am Alice");
+    tg.dm(bob, "hi, I am Bob");
+    eventually(BOUND, || {
+        (!tg.sent_to(alice).is_empty() && !tg.sent_to(bob).is_empty()).then_some(())
+    });
+    let list = g.rpc("channels.pairing.list", json!({})).json();
+    let l = &list["payload"];
+    assert_eq!(l["accounts"][0]["accountId"], "default", "{list}");
+    assert_eq!(l["accounts"][0]["channel"], "telegram");
+    assert_eq!(l["limits"]["ttlMs"], 3_600_000);
+    let reqs = l["requests"].as_array().unwrap();
+    assert_eq!(reqs.len(), 2, "{list}");
+    let id_of = |sender: &str| {
+        reqs.iter()
+            .find(|r| r["senderId"] == sender)
+            .and_then(|r| r["requestId"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    let (a_id, b_id) = (id_of("7101"), id_of("7102"));
+    assert!(
+        reqs[0]["expiresAt"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+    // Dismiss Bob: his request is gone and he is still not let in.
+    let d = g.rpc(
+        "channels.pairing.dismiss",
+        json!({"channel": "telegram", "accountId": "default", "requestId": b_id}),
+    );
+    assert_eq!(d.json()["payload"]["senderId"], "7102", "{}", d.text());
+    // Approve Alice, telling her.
+    let a = g.rpc(
+        "channels.pairing.approve",
+        json!({"channel": "telegram", "accountId": "default", "requestId": a_id,
+               "notify": true}),
+    );
+    let a = a.json();
+    assert_eq!(a["payload"]["senderId"], "7101", "{a}");
+    assert_eq!(a["payload"]["notification"], "sent", "{a}");
+    assert_eq!(a["payload"]["commandOwnerBootstrap"], "not-requested");
+    eventually(BOUND, || (tg.sent_to(alice).len() == 2).then_some(()));
+    // The same id again: the request no longer exists.
+    let again = g.rpc(
+        "channels.pairing.approve",
+        json!({"channel": "telegram", "accountId": "default", "requestId": a_id}),
+    );
+    assert_eq!(again.json()["error"]["code"], "INVALID_REQUEST");
+    let list = g
+        .rpc("channels.pairing.list", json!({"channel": "telegram"}))
+        .json();
+    assert_eq!(list["payload"]["requests"], json!([]), "{list}");
+    // Alice now runs; Bob is still unknown: nothing runs, and his dismissed request is
+    // gone, so he is given a new code.
+    tg.dm(alice, "now as a friend");
+    tg.dm(bob, "and me?");
+    eventually(BOUND, || (tg.sent_to(alice).len() == 3).then_some(()));
+    assert_eq!(tg.sent_to(alice)[2], "welcome in");
+    eventually(BOUND, || (tg.sent_to(bob).len() == 2).then_some(()));
+    assert_eq!(runs_of(&p, "and me?"), 0);
+    // Hostile params are refused, not run.
+    let bad = g.rpc(
+        "channels.pairing.approve",
+        json!({"channel": "telegram", "accountId": "default"}),
+    );
+    assert_eq!(bad.json()["error"]["code"], "INVALID_REQUEST");
+    let bad = g.rpc("channels.pairing.list", json!({"channel": "slack-x"}));
+    assert_eq!(bad.json()["error"]["code"], "INVALID_REQUEST");
+}
