@@ -13,6 +13,7 @@ pub mod agent;
 pub mod chat_ui;
 pub mod delivery;
 pub mod inbound;
+pub mod inbound_telegram;
 pub mod sessions;
 pub mod system;
 pub mod ui;
@@ -505,6 +506,25 @@ const METHODS: &[Method] = &[
         name: "pairing.approve",
         kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
         handler: Handler::Work(|sh, p| inbound::approve(&sh.inbound, p)),
+        hidden: false,
+    },
+    // ---- inbound-telegram: the dashboard's pairing methods (by requestId) ----
+    Method {
+        name: "channels.pairing.list",
+        kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(|sh, p| inbound::dashboard_list(&sh.inbound, p)),
+        hidden: false,
+    },
+    Method {
+        name: "channels.pairing.approve",
+        kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(|sh, p| inbound::dashboard_approve(&sh.inbound, p)),
+        hidden: false,
+    },
+    Method {
+        name: "channels.pairing.dismiss",
+        kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(|sh, p| inbound::dashboard_dismiss(&sh.inbound, p)),
         hidden: false,
     },
     Method {

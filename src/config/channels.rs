@@ -279,6 +279,17 @@ pub struct ChannelConfig {
     /// Feishu's tenant token fetched from `appId`/`appSecret`, shared by clones so that every
     /// worker reuses it until shortly before it expires.
     pub(crate) feishu_token: Arc<Mutex<Option<CachedToken>>>,
+    /// Per-account credentials (Telegram's `accounts.<id>`, and `default` for the channel's
+    /// own `botToken`/`tokenFile`), filled from the inbound config: a delivery whose route
+    /// names an account goes out as that account ([`ChannelConfig::for_account`]).
+    pub accounts: BTreeMap<String, AccountCredentials>,
+}
+
+/// One account's API root and credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccountCredentials {
+    pub base_url: String,
+    pub credentials: Credentials,
 }
 
 #[derive(Clone)]
@@ -296,6 +307,34 @@ impl ChannelConfig {
             on_unknown: None,
             text_chunk_limit: None,
             feishu_token: Arc::default(),
+            accounts: BTreeMap::new(),
+        }
+    }
+
+    /// The config a message for `account` is sent with: that account's credentials and API
+    /// root (as OpenClaw does, a reply goes out from the bot it came to). No account, or
+    /// `default`, is the channel's own (its `default` account where one is configured); a
+    /// channel without accounts sends everything as itself; an account the channel does not
+    /// have is an error, never another bot.
+    pub fn for_account(
+        &self,
+        account: Option<&str>,
+    ) -> Result<std::borrow::Cow<'_, ChannelConfig>, String> {
+        use std::borrow::Cow;
+        let id = account.unwrap_or("default");
+        match self.accounts.get(id) {
+            Some(a) => Ok(Cow::Owned(ChannelConfig {
+                base_url: a.base_url.clone(),
+                credentials: a.credentials.clone(),
+                accounts: BTreeMap::new(),
+                ..self.clone()
+            })),
+            None if id == "default" || self.accounts.is_empty() => Ok(Cow::Borrowed(self)),
+            None => Err(format!(
+                "channel {}: account {:?} is not configured (or is disabled by a config issue)",
+                self.kind().as_str(),
+                shown(id)
+            )),
         }
     }
 
@@ -484,6 +523,14 @@ fn parse_one(
             }
             Some(_) => issues.push((at, "expected a string".to_string())),
         }
+    }
+    // Telegram's token may come from `tokenFile` or only from `accounts.<id>`: the inbound
+    // config reads those and fills the channel's accounts (`ChannelConfig::for_account`).
+    let telegram_elsewhere = kind == Kind::Telegram
+        && !c.contains_key("botToken")
+        && (c.contains_key("tokenFile") || c.contains_key("accounts"));
+    if telegram_elsewhere {
+        resolved.insert("botToken", String::new());
     }
     let has = |k: &str| resolved.contains_key(k);
     let missing: Vec<&str> = match kind {
@@ -721,7 +768,10 @@ impl PartialEq for Channels {
     fn eq(&self, other: &Channels) -> bool {
         self.0.len() == other.0.len()
             && self.0.iter().zip(&other.0).all(|((a, x), (b, y))| {
-                a == b && x.base_url == y.base_url && x.credentials == y.credentials
+                a == b
+                    && x.base_url == y.base_url
+                    && x.credentials == y.credentials
+                    && x.accounts == y.accounts
             })
     }
 }

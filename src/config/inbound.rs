@@ -134,10 +134,28 @@ pub struct TelegramAccount {
     pub base_url: String,
     /// How long one `getUpdates` long poll may wait for updates.
     pub poll_timeout: Duration,
-    /// `webhookUrl` is set: Telegram pushes updates, nothing polls.
-    pub webhook: bool,
+    /// `webhookUrl` is set: Telegram pushes updates to keel's own port, nothing polls.
+    pub webhook: Option<TelegramWebhook>,
+    /// `receive: false` (keel's own key): a send-only account, used for replies only.
+    pub receive: bool,
     pub access: Access,
 }
+
+/// Webhook mode of one Telegram account (`webhookUrl`, `webhookSecret`, `webhookPath`).
+/// keel serves the path on its own HTTP port; `webhookHost`/`webhookPort` (OpenClaw's own
+/// listener) are not used: a reverse proxy maps `webhookUrl` to keel's port.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TelegramWebhook {
+    /// The public URL Telegram posts to (given to `setWebhook`).
+    pub url: String,
+    /// `secret_token` of `setWebhook`, checked against `X-Telegram-Bot-Api-Secret-Token`.
+    pub secret: String,
+    /// The path keel serves (`webhookPath`, default [`DEFAULT_WEBHOOK_PATH`]).
+    pub path: String,
+}
+
+/// OpenClaw's default `webhookPath`.
+pub const DEFAULT_WEBHOOK_PATH: &str = "/telegram-webhook";
 
 impl fmt::Debug for TelegramAccount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -146,7 +164,8 @@ impl fmt::Debug for TelegramAccount {
             .field("base_url", &self.base_url)
             .field("bot_token", &"<redacted>")
             .field("poll_timeout", &self.poll_timeout)
-            .field("webhook", &self.webhook)
+            .field("webhook", &self.webhook.as_ref().map(|w| &w.path))
+            .field("receive", &self.receive)
             .field("access", &self.access)
             .finish()
     }
@@ -199,10 +218,21 @@ impl InboundConfig {
         self.telegram.iter().find(|a| a.id == id)
     }
 
+    /// The Telegram account in webhook mode whose `webhookPath` is `path` (a query ignored).
+    pub fn telegram_webhook(&self, path: &str) -> Option<&TelegramAccount> {
+        let path = path.split('?').next().unwrap_or(path);
+        self.telegram
+            .iter()
+            .find(|a| a.receive && a.webhook.as_ref().is_some_and(|w| w.path == path))
+    }
+
     /// The access rules of `channel`'s account `account`, if keel receives on it.
     pub fn access(&self, channel: &str, account: &str) -> Option<&Access> {
         match channel {
-            "telegram" => self.telegram_account(account).map(|a| &a.access),
+            "telegram" => self
+                .telegram_account(account)
+                .filter(|a| a.receive)
+                .map(|a| &a.access),
             _ => None,
         }
     }
@@ -547,12 +577,11 @@ fn account(
     };
     // keel's own key: `receive: false` makes a send-only account (replies and `send` only),
     // e.g. while another program still polls this bot during a migration.
-    if get("receive") == Some(&Value::Bool(false)) {
-        return None;
-    }
-    let webhook = get("webhookUrl")
-        .and_then(Value::as_str)
-        .is_some_and(|s| !s.trim().is_empty());
+    let receive = get("receive") != Some(&Value::Bool(false));
+    let webhook = match get("webhookUrl").and_then(Value::as_str).map(str::trim) {
+        Some(u) if receive && !u.is_empty() => webhook(u, path, &get, issues),
+        _ => None,
+    };
     if issues.len() > before {
         return None;
     }
@@ -562,8 +591,91 @@ fn account(
         base_url,
         poll_timeout,
         webhook,
+        receive,
         access,
     })
+}
+
+/// The webhook keys of an account whose `webhookUrl` is `url`.
+fn webhook<'a>(
+    url: &str,
+    path: &str,
+    get: &dyn Fn(&str) -> Option<&'a Value>,
+    issues: &mut Issues,
+) -> Option<TelegramWebhook> {
+    if crate::url::Url::parse(url).is_err() {
+        issues.push((
+            format!("{path}.webhookUrl"),
+            "expected an http(s) URL".into(),
+        ));
+        return None;
+    }
+    let secret = match get("webhookSecret").and_then(Value::as_str).map(str::trim) {
+        Some(s) if !s.is_empty() => {
+            let mut v = Vec::new();
+            match super::channels::resolve_secret(s, &format!("{path}.webhookSecret"), &mut v) {
+                Some(s) if valid_secret(&s) => s,
+                Some(_) => {
+                    issues.push((
+                        format!("{path}.webhookSecret"),
+                        "expected 1-256 characters of A-Z, a-z, 0-9, _ and - (Telegram's \
+                         secret_token)"
+                            .into(),
+                    ));
+                    return None;
+                }
+                None => {
+                    issues.extend(v);
+                    return None;
+                }
+            }
+        }
+        _ => {
+            issues.push((
+                format!("{path}.webhookSecret"),
+                "missing; webhook mode needs a secret, or anyone who finds the URL could post \
+                 updates"
+                    .into(),
+            ));
+            return None;
+        }
+    };
+    let hook_path = match get("webhookPath") {
+        None => DEFAULT_WEBHOOK_PATH.to_string(),
+        Some(Value::String(p)) if valid_path(p.trim()) => p.trim().to_string(),
+        Some(_) => {
+            issues.push((
+                format!("{path}.webhookPath"),
+                "expected a path like /telegram-webhook (not /healthz, /readyz, /metrics or \
+                 /api/...)"
+                    .into(),
+            ));
+            return None;
+        }
+    };
+    Some(TelegramWebhook {
+        url: url.to_string(),
+        secret,
+        path: hook_path,
+    })
+}
+
+/// Telegram's `secret_token`: 1-256 characters `A-Z a-z 0-9 _ -`.
+fn valid_secret(s: &str) -> bool {
+    (1..=256).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A webhook path keel can serve: absolute, plain, and none of its own routes.
+fn valid_path(p: &str) -> bool {
+    p.len() > 1
+        && p.len() <= 200
+        && p.starts_with('/')
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'))
+        && !matches!(p, "/healthz" | "/livez" | "/readyz" | "/metrics")
+        && !p.starts_with("/api/")
 }
 
 fn telegram(
@@ -617,9 +729,29 @@ fn telegram(
     }
     // One poller per token: every account sharing a token is refused.
     let mut by_token: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for a in &out {
+    let mut by_path: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for a in out.iter().filter(|a| a.receive) {
         by_token.entry(&a.bot_token).or_default().push(&a.id);
+        if let Some(w) = &a.webhook {
+            by_path.entry(&w.path).or_default().push(&a.id);
+        }
     }
+    for ids in by_path.values().filter(|ids| ids.len() > 1) {
+        issues.push((
+            format!("{path}.accounts"),
+            format!(
+                "accounts {} use the same webhookPath; give each its own, so an update is \
+                 read with its own bot's secret",
+                ids.join(", ")
+            ),
+        ));
+    }
+    let shared_path: BTreeSet<String> = by_path
+        .values()
+        .filter(|ids| ids.len() > 1)
+        .flatten()
+        .map(|s| s.to_string())
+        .collect();
     let shared: BTreeSet<String> = by_token
         .values()
         .filter(|ids| ids.len() > 1)
@@ -635,7 +767,7 @@ fn telegram(
             ids.iter().map(|s| s.to_string())
         })
         .collect();
-    out.retain(|a| !shared.contains(&a.id));
+    out.retain(|a| !shared.contains(&a.id) && !shared_path.contains(&a.id));
     out
 }
 
@@ -657,7 +789,7 @@ mod tests {
         assert_eq!(a.access.dm_policy, DmPolicy::Pairing);
         assert_eq!(a.access.group_policy, GroupPolicy::Allowlist);
         assert_eq!(a.poll_timeout, DEFAULT_POLL_TIMEOUT);
-        assert!(!a.webhook);
+        assert!(a.webhook.is_none() && a.receive);
         assert!(
             !format!("{a:?}").contains("1:a"),
             "the token is never printed"
@@ -691,7 +823,8 @@ mod tests {
     fn accounts_inherit_the_root_policy_and_ids_are_normalized() {
         let (c, issues) = parsed(json!({"channels": {"telegram": {
             "allowFrom": ["tg:42", 7], "dmPolicy": "allowlist",
-            "accounts": {"ops": {"botToken": "3:c", "webhookUrl": "https://x/y"}}}},
+            "accounts": {"ops": {"botToken": "3:c", "webhookUrl": "https://x/y",
+                                 "webhookSecret": "s3cret"}}}},
             "session": {"dmScope": "per-channel-peer"},
             "bindings": [{"agentId": "Ops", "match": {"channel": "telegram", "accountId": "ops",
                           "peer": {"kind": "group", "id": -100}}}]}));
@@ -699,10 +832,35 @@ mod tests {
         let a = c.telegram_account("ops").unwrap();
         assert_eq!(a.access.dm_policy, DmPolicy::Allowlist);
         assert!(a.access.allow_from.contains("42") && a.access.allow_from.contains("7"));
-        assert!(a.webhook);
+        let w = a.webhook.as_ref().unwrap();
+        assert_eq!(
+            (w.secret.as_str(), w.path.as_str()),
+            ("s3cret", DEFAULT_WEBHOOK_PATH)
+        );
+        assert_eq!(
+            c.telegram_webhook("/telegram-webhook?x=1").unwrap().id,
+            "ops"
+        );
         assert_eq!(c.dm_scope, DmScope::PerChannelPeer);
         assert_eq!(c.bindings[0].agent.as_str(), "ops");
         assert_eq!(c.bindings[0].peer, Some(("group".into(), "-100".into())));
+    }
+
+    #[test]
+    fn webhook_mode_needs_a_secret_and_a_path_of_its_own() {
+        let (c, issues) = parsed(json!({"channels": {"telegram": {"botToken": "1:a",
+            "webhookUrl": "https://x/hook"}}}));
+        assert!(c.telegram.is_empty() && issues[0].0.ends_with("webhookSecret"));
+        let (c, issues) = parsed(json!({"channels": {"telegram": {"botToken": "1:a",
+            "webhookUrl": "https://x/hook", "webhookSecret": "s", "webhookPath": "/healthz"}}}));
+        assert!(c.telegram.is_empty() && issues[0].0.ends_with("webhookPath"));
+        let (c, issues) = parsed(json!({"channels": {"telegram": {"webhookSecret": "s",
+            "webhookUrl": "https://x/hook", "accounts": {"a": {"botToken": "1:a"},
+            "b": {"botToken": "2:b"}, "c": {"botToken": "3:c", "receive": false}}}}}));
+        assert!(issues[0].1.contains("same webhookPath"), "{issues:?}");
+        assert_eq!(c.telegram.len(), 1, "only the send-only account is left");
+        assert!(!c.telegram[0].receive && c.telegram[0].webhook.is_none());
+        assert!(c.access("telegram", "c").is_none());
     }
 
     #[test]

@@ -378,6 +378,12 @@ impl Config {
             out.extend(c.credentials.values().into_iter().map(String::from));
         }
         out.extend(self.inbound.telegram.iter().map(|a| a.bot_token.clone()));
+        out.extend(
+            self.inbound
+                .telegram
+                .iter()
+                .filter_map(|a| a.webhook.as_ref().map(|w| w.secret.clone())),
+        );
         out.extend(self.inbound_webhooks.secrets());
         out.retain(|s| !s.is_empty());
         out
@@ -599,6 +605,21 @@ impl Validator {
         self.config.inbound = inbound;
         for (path, msg) in issues {
             self.disable(&path, msg);
+        }
+        // Replies go out from the bot the message came to: each Telegram account's token
+        // (`accounts.<id>`, `tokenFile`) is the delivery channel's too.
+        if let Some(tg) = self.config.channels.0.get_mut("telegram") {
+            for a in &self.config.inbound.telegram {
+                tg.accounts.insert(
+                    a.id.clone(),
+                    channels::AccountCredentials {
+                        base_url: a.base_url.clone(),
+                        credentials: channels::Credentials::Telegram {
+                            bot_token: a.bot_token.clone(),
+                        },
+                    },
+                );
+            }
         }
         let (agents, issues) = agents::parse(root);
         self.config.agents = agents;

@@ -314,6 +314,15 @@ impl Delivery {
                 ),
             ));
         }
+        if let Some(Err(e)) = cfg
+            .channels
+            .0
+            .get(&route.channel)
+            .map(|c| c.for_account(route.account_id.as_deref()).map(|_| ()))
+        {
+            self.stats.refused.inc();
+            return Err(RpcError::new(Code::ConfigError, format!("delivery: {e}")));
+        }
         if let Err(e) = channels::validate_address(&route.channel, &route.to) {
             self.stats.refused.inc();
             return Err(RpcError::invalid(e));
@@ -657,6 +666,23 @@ impl Delivery {
                 // This attempt is marked just before its first request byte: a boot that finds
                 // the entry `sending` knows whether it can have left.
                 let on_wire = || queue::mark_on_wire(&dir, &entry.id, attempt);
+                // The account the message came to sends the reply (its own bot).
+                let channel = match channel.for_account(entry.route.account_id.as_deref()) {
+                    Ok(c) => c.into_owned(),
+                    Err(message) => {
+                        self.record(
+                            channel_name,
+                            &entry.id,
+                            Err(channels::SendError {
+                                class: ErrorClass::Permanent,
+                                message,
+                                retry_after: None,
+                            }),
+                            &mut rng,
+                        );
+                        continue;
+                    }
+                };
                 let result = channels::send(
                     &channel,
                     &entry.route,

@@ -74,6 +74,21 @@ struct Data {
     pending: Vec<Request>,
 }
 
+/// A pending request's id for the dashboard (`channels.pairing.*`'s `requestId`): stable
+/// for the request's life, and new for a new request of the same sender, as OpenClaw's.
+pub fn request_id(r: &Request) -> String {
+    let d = crate::digest::sha256(&[
+        r.channel.as_bytes(),
+        b"\0",
+        r.account_id.as_bytes(),
+        b"\0",
+        r.sender_id.as_bytes(),
+        b"\0",
+        r.created_ms.to_string().as_bytes(),
+    ]);
+    crate::digest::hex(&d[..16])
+}
+
 /// Approved senders and pending requests, on disk.
 #[derive(Debug)]
 pub struct PairingStore {
@@ -154,6 +169,29 @@ impl PairingStore {
             .filter(|a| channel.is_none_or(|c| a.channel == c))
             .cloned()
             .collect()
+    }
+
+    /// Removes the pending request `request_id` ([`request_id`]) of `channel`'s `account`
+    /// without approving its sender (the dashboard's "dismiss"). `Ok(None)`: no such request.
+    pub fn dismiss(
+        &mut self,
+        channel: &str,
+        account: &str,
+        request_id: &str,
+        now_ms: u64,
+    ) -> io::Result<Option<Request>> {
+        self.expire(now_ms);
+        let Some(i) = self.data.pending.iter().position(|r| {
+            r.channel == channel && r.account_id == account && self::request_id(r) == request_id
+        }) else {
+            return Ok(None);
+        };
+        let r = self.data.pending.remove(i);
+        if let Err(e) = self.save() {
+            self.data.pending.insert(i, r);
+            return Err(e);
+        }
+        Ok(Some(r))
     }
 
     /// Approves the pending request with `code` on `channel` (any account unless named).

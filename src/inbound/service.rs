@@ -87,6 +87,8 @@ pub struct AccountHealth {
     pub last_error: Mutex<Option<(String, u64)>>,
     /// The bot's own name (`getMe`), for mentions and status.
     pub bot_name: Mutex<Option<String>>,
+    /// The bot's own user id (`getMe`; 0 until known), for mentions.
+    pub bot_id: std::sync::atomic::AtomicI64,
 }
 
 impl AccountHealth {
@@ -248,6 +250,11 @@ impl Service {
         let mut a = lock(&self.accounts);
         a.retain(|x| !(x.channel == h.channel && x.account_id == h.account_id));
         a.push(h);
+    }
+
+    /// The health of `channel`'s account `account`, once its transport has started.
+    pub fn account_health(&self, channel: &str, account: &str) -> Option<Arc<AccountHealth>> {
+        self.account(channel, account)
     }
 
     pub fn accounts(&self) -> Vec<Arc<AccountHealth>> {
@@ -754,6 +761,182 @@ impl Service {
             .map(|a| json!({"channel": a.channel, "accountId": a.account_id, "senderId": a.sender_id, "approvedAt": clock::iso8601(a.approved_ms)}))
             .collect();
         Ok(json!({"channel": channel, "requests": requests, "approved": approved}))
+    }
+
+    /// The accounts under `dmPolicy: "pairing"` (the dashboard's pairing accounts).
+    fn pairing_accounts(&self, channel: Option<&str>, account: Option<&str>) -> Vec<Value> {
+        let cfg = self.h.config.get();
+        cfg.inbound
+            .telegram
+            .iter()
+            .filter(|a| a.receive && a.access.dm_policy == crate::config::inbound::DmPolicy::Pairing)
+            .filter(|_| channel.is_none_or(|c| c.eq_ignore_ascii_case("telegram")))
+            .filter(|a| account.is_none_or(|x| x.eq_ignore_ascii_case(&a.id)))
+            .map(|a| json!({"channel": "telegram", "channelLabel": "Telegram", "accountId": a.id, "notifySupported": true}))
+            .collect()
+    }
+
+    /// `channels.pairing.list {channel?, accountId?}`: OpenClaw's shape — `accounts` under
+    /// pairing, their pending `requests` (each with a `requestId`), `limits`.
+    pub fn channels_pairing_list(
+        &self,
+        channel: Option<&str>,
+        account: Option<&str>,
+    ) -> Result<Value, RpcError> {
+        if channel.is_some_and(|c| !c.eq_ignore_ascii_case("telegram")) {
+            return Err(RpcError::invalid(format!(
+                "unknown pairing channel: {}",
+                crate::config::channels::shown(channel.unwrap_or(""))
+            )));
+        }
+        let accounts = self.pairing_accounts(channel, account);
+        let p = lock(&self.pairing);
+        let Some(store) = p.as_ref() else {
+            return Err(RpcError::unavailable(
+                "keel is starting: the pairing store is not open; retry",
+                1000,
+            ));
+        };
+        let now = clock::wall_ms();
+        let requests: Vec<Value> = store
+            .pending(Some("telegram"), now)
+            .into_iter()
+            .filter(|r| {
+                accounts
+                    .iter()
+                    .any(|a| a["accountId"] == r.account_id.as_str())
+            })
+            .map(|r| {
+                let mut v = json!({
+                    "requestId": access::request_id(&r),
+                    "channel": r.channel, "channelLabel": "Telegram",
+                    "accountId": r.account_id, "senderId": r.sender_id,
+                    "senderLabel": "Telegram user id",
+                    "createdAt": clock::iso8601(r.created_ms),
+                    "lastSeenAt": clock::iso8601(r.created_ms),
+                    "expiresAt": clock::iso8601(r.created_ms + access::REQUEST_TTL_MS),
+                    "notifySupported": true,
+                });
+                if let Some(n) = &r.sender_name {
+                    v["metadata"] = json!({"name": n});
+                }
+                v
+            })
+            .collect();
+        Ok(json!({
+            "accounts": accounts,
+            "requests": requests,
+            // keel has no command owners: the dashboard's offer to make one is answered
+            // "unavailable".
+            "commandOwnerConfigured": false,
+            "limits": {"pendingPerAccount": access::MAX_PENDING, "ttlMs": access::REQUEST_TTL_MS},
+        }))
+    }
+
+    /// `channels.pairing.approve {channel, accountId, requestId, notify?,
+    /// bootstrapCommandOwner?}`: approves that request's sender; with `notify`, tells them
+    /// through the delivery queue.
+    pub fn channels_pairing_approve(
+        &self,
+        channel: &str,
+        account: &str,
+        request_id: &str,
+        notify: bool,
+        owner: bool,
+    ) -> Result<Value, RpcError> {
+        let (approved, chat) = self.by_request(channel, account, request_id, |store, r, now| {
+            store
+                .approve(&r.channel, Some(&r.account_id), &r.code, now)
+                .map(|a| a.map(|a| (a, r.chat_id.clone())))
+        })?;
+        log::info!(
+            "inbound {}:{}: sender {} approved from the dashboard",
+            approved.channel,
+            approved.account_id,
+            approved.sender_id
+        );
+        let notification = if !notify {
+            "not-requested"
+        } else {
+            let route = crate::delivery::queue::Route {
+                account_id: Some(approved.account_id.clone()),
+                ..crate::delivery::queue::Route::new(approved.channel.clone(), chat)
+            };
+            let key = format!("pairing-approved:{}", request_id);
+            let text = "keel: your access was approved. You can talk to the agent now.";
+            match self
+                .h
+                .delivery
+                .enqueue(route, text, &key, json!({"pairing": true}))
+            {
+                Ok(_) => "sent",
+                Err(e) => {
+                    log::warn!("inbound: cannot tell the approved sender: {}", e.message);
+                    "failed"
+                }
+            }
+        };
+        Ok(json!({
+            "requestId": request_id, "senderId": approved.sender_id,
+            "notification": notification,
+            "commandOwnerBootstrap": if owner { "unavailable" } else { "not-requested" },
+        }))
+    }
+
+    /// `channels.pairing.dismiss {channel, accountId, requestId}`: drops the request; its
+    /// sender stays unknown, and their next message is a new request with a new code.
+    pub fn channels_pairing_dismiss(
+        &self,
+        channel: &str,
+        account: &str,
+        request_id: &str,
+    ) -> Result<Value, RpcError> {
+        let r = self.by_request(channel, account, request_id, |store, r, now| {
+            store.dismiss(&r.channel, &r.account_id, request_id, now)
+        })?;
+        Ok(json!({"requestId": request_id, "senderId": r.sender_id}))
+    }
+
+    /// Finds `request_id` of an account under pairing and applies `f` to it in the store.
+    fn by_request<T>(
+        &self,
+        channel: &str,
+        account: &str,
+        request_id: &str,
+        f: impl FnOnce(&mut PairingStore, &access::Request, u64) -> std::io::Result<Option<T>>,
+    ) -> Result<T, RpcError> {
+        if self
+            .pairing_accounts(Some(channel), Some(account))
+            .is_empty()
+        {
+            return Err(RpcError::invalid(format!(
+                "channel account does not use DM pairing: {}:{}",
+                crate::config::channels::shown(channel),
+                crate::config::channels::shown(account)
+            )));
+        }
+        let gone = || RpcError::invalid("pending DM access request no longer exists");
+        let mut p = lock(&self.pairing);
+        let Some(store) = p.as_mut() else {
+            return Err(RpcError::unavailable(
+                "keel is starting: the pairing store is not open; retry",
+                1000,
+            ));
+        };
+        let now = clock::wall_ms();
+        let Some(r) = store.pending(Some("telegram"), now).into_iter().find(|r| {
+            r.account_id.eq_ignore_ascii_case(account) && access::request_id(r) == request_id
+        }) else {
+            return Err(gone());
+        };
+        match f(store, &r, now) {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => Err(gone()),
+            Err(e) => Err(RpcError::new(
+                Code::Internal,
+                format!("cannot write the pairing store: {e}"),
+            )),
+        }
     }
 
     /// `pairing.approve {channel, code, accountId?}`.

@@ -17,7 +17,7 @@
 //! - The bot token travels in the URL path only and is scrubbed from every error kept.
 
 use super::event::{ChatKind, Inbound};
-use super::service::{AccountHealth, Service};
+use super::service::{AccountHealth, Ingested, Service};
 use crate::cancel::{CancelReason, CancelToken};
 use crate::clock::Rng;
 use crate::config::inbound::TelegramAccount;
@@ -38,8 +38,12 @@ const AUTH_WAIT: Duration = Duration::from_secs(60);
 /// Starts a poller for every Telegram account in the config that polls.
 pub fn start_all(svc: &Arc<Service>) {
     let cfg = svc.h.config.get();
-    for acct in &cfg.inbound.telegram {
-        let transport = if acct.webhook { "webhook" } else { "polling" };
+    for acct in cfg.inbound.telegram.iter().filter(|a| a.receive) {
+        let transport = if acct.webhook.is_some() {
+            "webhook"
+        } else {
+            "polling"
+        };
         let health = Arc::new(AccountHealth::new(
             "telegram",
             &acct.id,
@@ -47,17 +51,17 @@ pub fn start_all(svc: &Arc<Service>) {
             acct.poll_timeout,
         ));
         svc.add_account(health.clone());
-        if acct.webhook {
-            health.error(
-                "webhook mode (webhookUrl) is not supported by keel yet; remove webhookUrl to \
-                 use long polling"
-                    .into(),
-            );
-            log::warn!(
-                "inbound telegram:{}: webhookUrl is set, and keel does not serve Telegram \
-                 webhooks yet: this account receives nothing",
-                acct.id
-            );
+        if acct.webhook.is_some() {
+            let (svc2, acct2) = (svc.clone(), acct.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!(
+                    "tgw-{}",
+                    acct.id.chars().take(11).collect::<String>()
+                ))
+                .spawn(move || register_webhook(&svc2, &acct2, &health));
+            if let Err(e) = spawned {
+                log::error!("inbound telegram:{}: cannot set its webhook: {e}", acct.id);
+            }
             continue;
         }
         let (svc2, acct2) = (svc.clone(), acct.clone());
@@ -185,6 +189,9 @@ fn poll(
                     username: r["username"].as_str().map(str::to_string),
                 });
                 *lock(&health.bot_name) = r["username"].as_str().map(|u| format!("@{u}"));
+                health
+                    .bot_id
+                    .store(r["id"].as_i64().unwrap_or(0), Ordering::Relaxed);
                 Vec::new()
             }),
             Some(_) => {
@@ -260,6 +267,169 @@ fn poll(
             }
         };
         pause(svc, wait);
+    }
+}
+
+/// Webhook mode: learns the bot (`getMe`) and registers the webhook (`setWebhook` with the
+/// URL and the secret), retrying with backoff until it succeeds or keel stops; each failure
+/// is the account's `lastError`. The thread ends once the webhook is set: Telegram pushes
+/// from then on, and nothing polls.
+fn register_webhook(svc: &Arc<Service>, acct: &TelegramAccount, health: &AccountHealth) {
+    let Some(hook) = &acct.webhook else { return };
+    let current = Current::new(&svc.stop);
+    let mut rng = Rng::from_os();
+    let mut failures = 0;
+    health.running.store(true, Ordering::Relaxed);
+    while !svc.stop.is_cancelled() {
+        let me = call(svc, acct, &current, "getMe", &json!({}), Duration::ZERO);
+        let result = me.and_then(|r| {
+            *lock(&health.bot_name) = r["username"].as_str().map(|u| format!("@{u}"));
+            health
+                .bot_id
+                .store(r["id"].as_i64().unwrap_or(0), Ordering::Relaxed);
+            let body = json!({
+                "url": hook.url,
+                "secret_token": hook.secret,
+                "allowed_updates": ["message", "channel_post"],
+            });
+            call(svc, acct, &current, "setWebhook", &body, Duration::ZERO)
+        });
+        let wait = match result {
+            Ok(_) => {
+                health.ok();
+                log::info!(
+                    "inbound telegram:{}: webhook set; updates are received on {}",
+                    acct.id,
+                    hook.path
+                );
+                return;
+            }
+            Err(Failure::Stopped) => break,
+            Err(Failure::RetryAfter(d, msg)) => {
+                health.error(format!("setWebhook: {msg}"));
+                d
+            }
+            Err(Failure::Conflict(m) | Failure::Auth(m) | Failure::Other(m)) => {
+                failures += 1;
+                if failures == 1 || u32::is_power_of_two(failures) {
+                    log::warn!(
+                        "inbound telegram:{}: cannot set the webhook: {m} (failure {failures})",
+                        acct.id
+                    );
+                }
+                health.error(format!("cannot set the webhook: {m}"));
+                backoff(failures, &mut rng)
+            }
+        };
+        pause(svc, wait);
+    }
+    health.running.store(false, Ordering::Relaxed);
+}
+
+/// What a webhook request to an account's `webhookPath` is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookAnswer {
+    pub status: u16,
+    /// The update was stored durably by this request (OpenClaw's
+    /// `x-openclaw-delivery-accepted: durable`).
+    pub durable: bool,
+    pub error: Option<&'static str>,
+}
+
+impl HookAnswer {
+    fn refuse(status: u16, why: &'static str) -> HookAnswer {
+        HookAnswer {
+            status,
+            durable: false,
+            error: Some(why),
+        }
+    }
+
+    fn ok(durable: bool) -> HookAnswer {
+        HookAnswer {
+            status: 200,
+            durable,
+            error: None,
+        }
+    }
+}
+
+/// Takes one webhook update (on a worker, never the reactor): the secret checked in
+/// constant time against `X-Telegram-Bot-Api-Secret-Token`, the body parsed, the message
+/// stored durably by [`Service::ingest`] before `200` (a repeated `update_id` is a
+/// duplicate: `200`, nothing runs). `401` for a missing or wrong secret, `400` for a body
+/// that is not an update, `503` when the message could not be stored (Telegram retries).
+pub fn webhook_update(
+    svc: &Service,
+    acct: &TelegramAccount,
+    secret: Option<&str>,
+    body: &[u8],
+) -> HookAnswer {
+    let Some(hook) = &acct.webhook else {
+        return HookAnswer::refuse(404, "not a webhook account");
+    };
+    let health = svc.account_health("telegram", &acct.id);
+    let count = |f: fn(&AccountHealth) -> &std::sync::atomic::AtomicU64| {
+        if let Some(h) = &health {
+            f(h).fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let authentic =
+        secret.is_some_and(|s| crate::auth::constant_time_eq(s.as_bytes(), hook.secret.as_bytes()));
+    if !authentic {
+        count(|h| &h.refused);
+        log::debug!(
+            "inbound telegram:{}: a webhook request without the right secret token was refused",
+            acct.id
+        );
+        return HookAnswer::refuse(401, "missing or wrong secret token");
+    }
+    if body.len() > super::webhook::MAX_BODY {
+        count(|h| &h.refused);
+        return HookAnswer::refuse(413, "body too large");
+    }
+    let update: Value = match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            count(|h| &h.refused);
+            log::warn!(
+                "inbound telegram:{}: a webhook body that is not a JSON update was refused",
+                acct.id
+            );
+            return HookAnswer::refuse(400, "the body is not a Telegram update");
+        }
+    };
+    let Some(id) = update["update_id"].as_i64() else {
+        count(|h| &h.refused);
+        return HookAnswer::refuse(400, "an update without update_id");
+    };
+    if let Some(h) = &health {
+        h.ok();
+    }
+    let me = Me {
+        id: health
+            .as_ref()
+            .map_or(0, |h| h.bot_id.load(Ordering::Relaxed)),
+        username: health.as_ref().and_then(|h| {
+            lock(&h.bot_name)
+                .as_deref()
+                .map(|n| n.trim_start_matches('@').to_string())
+        }),
+    };
+    let Some(m) = to_inbound(acct, &me, id, &update) else {
+        // Authentic but nothing to run (an edit, a sticker): acknowledged.
+        return HookAnswer::ok(false);
+    };
+    match svc.ingest(m) {
+        Ok(Ingested::Stored) => HookAnswer::ok(true),
+        Ok(_) => HookAnswer::ok(false),
+        Err(e) => {
+            if let Some(h) = &health {
+                h.error(format!("a webhook update could not be stored: {e}"));
+            }
+            log::warn!("inbound telegram:{}: {e}; Telegram sends it again", acct.id);
+            HookAnswer::refuse(503, "the update could not be stored; retry")
+        }
     }
 }
 
@@ -443,7 +613,8 @@ mod tests {
             bot_token: "1:secret".into(),
             base_url: "http://127.0.0.1:9".into(),
             poll_timeout: Duration::from_secs(1),
-            webhook: false,
+            webhook: None,
+            receive: true,
             access: Default::default(),
         }
     }

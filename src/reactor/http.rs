@@ -132,6 +132,8 @@ pub struct Head {
     /// `Origin` and `Host`: a browser's WebSocket connect is checked against them.
     pub origin: Option<String>,
     pub host: Option<String>,
+    /// `X-Telegram-Bot-Api-Secret-Token`, for a Telegram webhook route.
+    pub telegram_secret: Option<String>,
 }
 
 /// What the `Expect` header asks for. HTTP/1.0 requests have none: they predate it, and RFC
@@ -185,6 +187,7 @@ fn parse_head(buf: &[u8]) -> Parsed {
         accept_encoding: None,
         origin: None,
         host: None,
+        telegram_secret: None,
     };
     let mut seen_length = false;
     for hd in req.headers.iter() {
@@ -249,6 +252,8 @@ fn parse_head(buf: &[u8]) -> Parsed {
             });
         } else if name.eq_ignore_ascii_case("host") {
             h.host = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("x-telegram-bot-api-secret-token") {
+            h.telegram_secret = Some(value.to_string());
         }
         if name.eq_ignore_ascii_case("x-forwarded-for") {
             let xff = h.forwarding.x_forwarded_for.get_or_insert_with(String::new);
@@ -845,12 +850,30 @@ impl<S: Socket> HttpConn<S> {
             {
                 self.hook(cx, &head, &path, &body);
             }
+            p if head.method == "POST" && cx.config().inbound.telegram_webhook(p).is_some() => {
+                self.telegram_webhook(cx, &head, p, body);
+            }
             "/healthz" | "/livez" | "/readyz" | "/metrics" => {
                 self.method_not_allowed(cx, "GET, HEAD");
             }
             p if p.starts_with("/api/rpc/") => self.method_not_allowed(cx, "POST"),
             _ if get && cx.config().control_ui.enabled => self.control_ui(cx, &head),
             _ => self.no_route(cx, &head.method, &path),
+        }
+    }
+
+    /// `POST <webhookPath>` of a Telegram account in webhook mode: everything past the path
+    /// lookup (the secret, parsing, the durable store) is an io job whose answer completes
+    /// the request.
+    fn telegram_webhook(&mut self, cx: &mut Cx<'_>, head: &Head, path: &str, body: Vec<u8>) {
+        let reply = ReplyTo::Http {
+            conn: cx.slot,
+            generation: cx.generation,
+        };
+        let secret = head.telegram_secret.clone();
+        match api::inbound_telegram::webhook(cx.shared, path, secret, body, &reply) {
+            Ok(()) => self.phase = Phase::Waiting,
+            Err(e) => self.rpc_answer(cx, &Err(e)),
         }
     }
 

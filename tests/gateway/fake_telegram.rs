@@ -31,10 +31,15 @@ pub enum Next {
 
 #[derive(Default)]
 struct Inner {
-    updates: Vec<Value>,
+    /// Updates, each for one bot token or (`None`) for any.
+    updates: Vec<(Option<String>, Value)>,
     next_id: i64,
     script: VecDeque<Next>,
     sent: Vec<Value>,
+    /// The bot token of each `sendMessage` (from the URL path), in order.
+    sent_tokens: Vec<String>,
+    /// `setWebhook` bodies received, with the token.
+    webhooks: Vec<(String, Value)>,
     polls: usize,
     offsets: Vec<Option<i64>>,
 }
@@ -81,7 +86,12 @@ impl FakeTelegram {
     }
 
     /// Queues a raw update (its `update_id` is given one if it has none); returns the id.
-    pub fn push(&self, mut u: Value) -> i64 {
+    pub fn push(&self, u: Value) -> i64 {
+        self.push_to(None, u)
+    }
+
+    /// Queues a raw update for the bot with `token` only (`None`: for every bot).
+    pub fn push_to(&self, token: Option<&str>, mut u: Value) -> i64 {
         let (m, cv) = &*self.inner;
         let mut i = m.lock().unwrap();
         let id = match u["update_id"].as_i64() {
@@ -92,7 +102,7 @@ impl FakeTelegram {
                 i.next_id
             }
         };
-        i.updates.push(u);
+        i.updates.push((token.map(str::to_string), u));
         cv.notify_all();
         id
     }
@@ -102,6 +112,34 @@ impl FakeTelegram {
         self.push(json!({"message": {"message_id": 1, "date": 1_700_000_000,
             "chat": {"id": from, "type": "private"},
             "from": {"id": from, "is_bot": false, "first_name": "User"}, "text": text}}))
+    }
+
+    /// A direct message from user `from` to the bot with `token`.
+    pub fn dm_to(&self, token: &str, from: i64, text: &str) -> i64 {
+        self.push_to(Some(token), Self::dm_update(from, text))
+    }
+
+    /// The update of a direct message from `from`, without an `update_id`.
+    pub fn dm_update(from: i64, text: &str) -> Value {
+        json!({"message": {"message_id": 1, "date": 1_700_000_000,
+            "chat": {"id": from, "type": "private"},
+            "from": {"id": from, "is_bot": false, "first_name": "User"}, "text": text}})
+    }
+
+    /// `(token, text)` of every message sent to `chat`.
+    pub fn sent_with_token(&self, chat: i64) -> Vec<(String, String)> {
+        let i = self.inner.0.lock().unwrap();
+        i.sent
+            .iter()
+            .zip(&i.sent_tokens)
+            .filter(|(b, _)| b["chat_id"] == json!(chat))
+            .map(|(b, t)| (t.clone(), b["text"].as_str().unwrap_or("").to_string()))
+            .collect()
+    }
+
+    /// `setWebhook` calls: `(token, body)`.
+    pub fn webhooks(&self) -> Vec<(String, Value)> {
+        self.inner.0.lock().unwrap().webhooks.clone()
     }
 
     pub fn script(&self, n: Next) {
@@ -154,6 +192,14 @@ fn handle(mut s: std::net::TcpStream, shared: &(Mutex<Inner>, Condvar)) {
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let method = path.rsplit('/').next().unwrap_or("");
+    // `/bot<token>/<method>`
+    let token = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .and_then(|s| s.strip_prefix("bot"))
+        .unwrap_or("")
+        .to_string();
     let (m, cv) = shared;
     match method {
         "getMe" => respond(
@@ -165,12 +211,21 @@ fn handle(mut s: std::net::TcpStream, shared: &(Mutex<Inner>, Condvar)) {
             let n = {
                 let mut i = m.lock().unwrap();
                 i.sent.push(body);
+                i.sent_tokens.push(token);
                 i.sent.len()
             };
             respond(
                 &mut s,
                 200,
                 &json!({"ok": true, "result": {"message_id": n}}).to_string(),
+            );
+        }
+        "setWebhook" => {
+            m.lock().unwrap().webhooks.push((token, body));
+            respond(
+                &mut s,
+                200,
+                r#"{"ok":true,"result":true,"description":"Webhook was set"}"#,
             );
         }
         "getUpdates" => {
@@ -231,6 +286,8 @@ fn handle(mut s: std::net::TcpStream, shared: &(Mutex<Inner>, Condvar)) {
                 let due: Vec<Value> = i
                     .updates
                     .iter()
+                    .filter(|(to, _)| to.as_ref().is_none_or(|t| *t == token))
+                    .map(|(_, u)| u)
                     .filter(|u| {
                         replay || offset.is_none_or(|o| u["update_id"].as_i64().unwrap_or(0) >= o)
                     })

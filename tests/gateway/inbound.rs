@@ -301,3 +301,198 @@ fn sigkill_mid_stream_runs_every_message_exactly_once() {
          {waiting} boots found messages waiting, {begun} had begun their run"
     );
 }
+
+#[test]
+fn each_chat_s_reply_comes_from_the_bot_it_wrote_to() {
+    let p = FakeProvider::start("openai-completions");
+    let tg = FakeTelegram::start();
+    p.push(Behavior::text(&["reply one"]));
+    p.push(Behavior::text(&["reply two"]));
+    // No channel-level token: one account by its own botToken, one by a tokenFile.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ops.token");
+    std::fs::write(&file, "222:opsbot\n").unwrap();
+    let mut c = p.one_provider_config();
+    c["channels"] = json!({"telegram": {
+        "baseUrl": tg.url(), "pollTimeoutSeconds": 1,
+        "allowFrom": [OWNER.to_string(), "43"],
+        "accounts": {
+            "main": {"botToken": "111:mainbot"},
+            "ops": {"tokenFile": file.to_str().unwrap()},
+        },
+    }});
+    let _g = Gateway::start(Opts::default().config(c));
+    tg.dm_to("111:mainbot", OWNER, "to the main bot");
+    eventually(BOUND, || {
+        (!tg.sent_with_token(OWNER).is_empty()).then_some(())
+    });
+    tg.dm_to("222:opsbot", 43, "to the ops bot");
+    let ops = eventually(BOUND, || {
+        let s = tg.sent_with_token(43);
+        (!s.is_empty()).then_some(s)
+    });
+    assert_eq!(
+        tg.sent_with_token(OWNER),
+        [("111:mainbot".to_string(), "reply one".to_string())]
+    );
+    assert_eq!(ops, [("222:opsbot".to_string(), "reply two".to_string())]);
+}
+
+/// Posts `body` to keel's Telegram webhook route, with `secret` as the secret-token header.
+fn post_update(g: &Gateway, secret: Option<&str>, body: &str) -> Response {
+    let secret = secret
+        .map(|s| format!("X-Telegram-Bot-Api-Secret-Token: {s}\r\n"))
+        .unwrap_or_default();
+    g.http(&format!(
+        "POST /tg-hook HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{secret}\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+#[test]
+fn webhook_mode_takes_each_update_once_and_refuses_bad_ones() {
+    let p = FakeProvider::start("openai-completions");
+    let tg = FakeTelegram::start();
+    p.push(Behavior::text(&["hooked reply"]));
+    let g = Gateway::start(Opts::default().config(config(
+        &p,
+        &tg,
+        json!({"allowFrom": [OWNER.to_string()], "webhookUrl": "https://bot.example/tg-hook",
+               "webhookSecret": "hook-secret_1", "webhookPath": "/tg-hook"}),
+    )));
+    // keel registers the webhook with its URL and secret, and does not poll.
+    let hooks = eventually(BOUND, || {
+        let h = tg.webhooks();
+        (!h.is_empty()).then_some(h)
+    });
+    assert_eq!(hooks[0].0, "123:abc");
+    assert_eq!(hooks[0].1["url"], "https://bot.example/tg-hook");
+    assert_eq!(hooks[0].1["secret_token"], "hook-secret_1");
+    let mut update = FakeTelegram::dm_update(OWNER, "via the webhook");
+    update["update_id"] = json!(5001);
+    let body = update.to_string();
+    // Wrong or missing secret: 401, nothing runs.
+    assert_eq!(post_update(&g, Some("wrong"), &body).status, 401);
+    assert_eq!(post_update(&g, None, &body).status, 401);
+    // Not JSON: 400.
+    assert_eq!(
+        post_update(&g, Some("hook-secret_1"), "{\"update_id\": 1,").status,
+        400
+    );
+    assert!(p.requests().is_empty(), "nothing ran for refused requests");
+    // The real update: 200 once stored (OpenClaw's durable-acceptance header), one run,
+    // and its reply in that chat.
+    let r = post_update(&g, Some("hook-secret_1"), &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-openclaw-delivery-accepted").as_deref(),
+        Some("durable")
+    );
+    let sent = eventually(BOUND, || {
+        let s = tg.sent_to(OWNER);
+        (!s.is_empty()).then_some(s)
+    });
+    assert_eq!(sent, ["hooked reply"]);
+    // Telegram's retry of the same update_id: 200, no second run.
+    let again = post_update(&g, Some("hook-secret_1"), &body);
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("x-openclaw-delivery-accepted"), None);
+    let a = eventually(BOUND, || {
+        let a = telegram_account(&g);
+        (a["duplicates"].as_u64() >= Some(1)).then_some(a)
+    });
+    assert_eq!(runs_of(&p, "via the webhook"), 1);
+    assert_eq!(tg.sent_to(OWNER).len(), 1);
+    assert_eq!(a["mode"], "webhook", "{a}");
+    assert_eq!(a["connected"], true, "{a}");
+    assert!(a["refused"].as_u64() >= Some(3), "{a}");
+    assert_eq!(tg.polls(), 0, "an account in webhook mode does not poll");
+}
+
+#[test]
+fn the_dashboard_lists_approves_and_dismisses_pairing_requests_by_id() {
+    let p = FakeProvider::start("openai-completions");
+    let tg = FakeTelegram::start();
+    p.push(Behavior::text(&["welcome in"]));
+    let g = Gateway::start(Opts::default().config(config(&p, &tg, json!({}))));
+    let mut ws = Ws::open(&g.addr());
+    let hello = ws.connect(json!({"token": g.token}), 3, 4);
+    let methods = hello["payload"]["features"]["methods"].as_array().unwrap();
+    for m in [
+        "channels.pairing.list",
+        "channels.pairing.approve",
+        "channels.pairing.dismiss",
+    ] {
+        assert!(methods.contains(&json!(m)), "{m} in {methods:?}");
+    }
+    let (alice, bob) = (7101, 7102);
+    tg.dm(alice, "hi, I am Alice");
+    tg.dm(bob, "hi, I am Bob");
+    eventually(BOUND, || {
+        (!tg.sent_to(alice).is_empty() && !tg.sent_to(bob).is_empty()).then_some(())
+    });
+    let list = g.rpc("channels.pairing.list", json!({})).json();
+    let l = &list["payload"];
+    assert_eq!(l["accounts"][0]["accountId"], "default", "{list}");
+    assert_eq!(l["accounts"][0]["channel"], "telegram");
+    assert_eq!(l["limits"]["ttlMs"], 3_600_000);
+    let reqs = l["requests"].as_array().unwrap();
+    assert_eq!(reqs.len(), 2, "{list}");
+    let id_of = |sender: &str| {
+        reqs.iter()
+            .find(|r| r["senderId"] == sender)
+            .and_then(|r| r["requestId"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    let (a_id, b_id) = (id_of("7101"), id_of("7102"));
+    assert!(
+        reqs[0]["expiresAt"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+    // Dismiss Bob: his request is gone and he is still not let in.
+    let d = g.rpc(
+        "channels.pairing.dismiss",
+        json!({"channel": "telegram", "accountId": "default", "requestId": b_id}),
+    );
+    assert_eq!(d.json()["payload"]["senderId"], "7102", "{}", d.text());
+    // Approve Alice, telling her.
+    let a = g.rpc(
+        "channels.pairing.approve",
+        json!({"channel": "telegram", "accountId": "default", "requestId": a_id,
+               "notify": true}),
+    );
+    let a = a.json();
+    assert_eq!(a["payload"]["senderId"], "7101", "{a}");
+    assert_eq!(a["payload"]["notification"], "sent", "{a}");
+    assert_eq!(a["payload"]["commandOwnerBootstrap"], "not-requested");
+    eventually(BOUND, || (tg.sent_to(alice).len() == 2).then_some(()));
+    // The same id again: the request no longer exists.
+    let again = g.rpc(
+        "channels.pairing.approve",
+        json!({"channel": "telegram", "accountId": "default", "requestId": a_id}),
+    );
+    assert_eq!(again.json()["error"]["code"], "INVALID_REQUEST");
+    let list = g
+        .rpc("channels.pairing.list", json!({"channel": "telegram"}))
+        .json();
+    assert_eq!(list["payload"]["requests"], json!([]), "{list}");
+    // Alice now runs; Bob is still unknown: nothing runs, and his dismissed request is
+    // gone, so he is given a new code.
+    tg.dm(alice, "now as a friend");
+    tg.dm(bob, "and me?");
+    eventually(BOUND, || (tg.sent_to(alice).len() == 3).then_some(()));
+    assert_eq!(tg.sent_to(alice)[2], "welcome in");
+    eventually(BOUND, || (tg.sent_to(bob).len() == 2).then_some(()));
+    assert_eq!(runs_of(&p, "and me?"), 0);
+    // Hostile params are refused, not run.
+    let bad = g.rpc(
+        "channels.pairing.approve",
+        json!({"channel": "telegram", "accountId": "default"}),
+    );
+    assert_eq!(bad.json()["error"]["code"], "INVALID_REQUEST");
+    let bad = g.rpc("channels.pairing.list", json!({"channel": "slack-x"}));
+    assert_eq!(bad.json()["error"]["code"], "INVALID_REQUEST");
+}

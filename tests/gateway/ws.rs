@@ -466,6 +466,27 @@ fn a_param_of_the_wrong_type_is_refused_naming_it_over_websocket_and_http() {
             json!({"channel": "telegram", "code": "A", "accountId": 5}),
             "accountId",
         ),
+        (
+            "channels.pairing.list",
+            json!({"accountId": 5}),
+            "accountId",
+        ),
+        (
+            "channels.pairing.approve",
+            json!({"channel": "telegram", "accountId": "default", "requestId": 5}),
+            "requestId",
+        ),
+        (
+            "channels.pairing.approve",
+            json!({"channel": "telegram", "accountId": "default", "requestId": "r",
+                   "notify": "yes"}),
+            "notify",
+        ),
+        (
+            "channels.pairing.dismiss",
+            json!({"channel": "telegram", "accountId": [], "requestId": "r"}),
+            "accountId",
+        ),
     ];
     // The dashboard's empty answers read the paging and session params they echo.
     for m in [
