@@ -80,6 +80,24 @@ impl CancelToken {
         self.reason().is_some()
     }
 
+    /// A token that fires with this one (with its reason) and can also fire on its own. The
+    /// hook left on this token holds only a weak reference: a child that is dropped costs
+    /// this token an empty hook until it fires, never the child itself.
+    pub fn child(&self) -> CancelToken {
+        let child = CancelToken::new();
+        let weak = Arc::downgrade(&child.0);
+        let parent = Arc::downgrade(&self.0);
+        self.on_cancel(move || {
+            let reason = parent
+                .upgrade()
+                .and_then(|p| CancelReason::from_u8(p.reason.load(Ordering::SeqCst)));
+            if let Some(inner) = weak.upgrade() {
+                CancelToken(inner).cancel(reason.unwrap_or(CancelReason::Drain));
+            }
+        });
+        child
+    }
+
     /// Runs `hook` when the token fires (at once if it already has).
     pub fn on_cancel(&self, hook: impl FnOnce() + Send + 'static) {
         let mut hooks = lock(&self.0.hooks);
@@ -95,5 +113,28 @@ impl CancelToken {
 impl std::fmt::Debug for CancelToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "CancelToken({:?})", self.reason())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_fires_with_its_parent_and_alone() {
+        let parent = CancelToken::new();
+        let alone = parent.child();
+        let with = parent.child();
+        assert!(alone.cancel(CancelReason::Client));
+        assert!(!parent.is_cancelled(), "a child never fires its parent");
+        parent.cancel(CancelReason::Drain);
+        assert_eq!(with.reason(), Some(CancelReason::Drain));
+        assert_eq!(
+            alone.reason(),
+            Some(CancelReason::Client),
+            "the first reason sticks"
+        );
+        // A child made after the parent fired is born fired.
+        assert_eq!(parent.child().reason(), Some(CancelReason::Drain));
     }
 }

@@ -374,4 +374,7 @@ pub fn reload(shared: &Shared) {
     crate::logring::global().set_secrets(secrets);
     shared.set_config(next);
     log::info!("SIGHUP: reloaded {}", path.display());
+    // Channel accounts added, removed or changed: their pollers follow (on a thread of their
+    // own; this one stays free for signals).
+    shared.inbound.reconfigure();
 }

@@ -17,6 +17,9 @@
 //!   is not run again, so a crash at any point neither loses a message nor runs it twice.
 //! - Nothing here runs on the reactor except the reads of published health (atomics, and
 //!   locks held for a copy).
+//! - A config reload restarts only the transports whose account was removed or whose
+//!   transport settings changed, each stopped (its thread ended) before anything starts on
+//!   its token; access rules are read from the live config on every message.
 
 use super::access::{self, Decision, PairingStore};
 use super::event::Inbound;
@@ -190,6 +193,8 @@ pub struct Service {
     pub finished: idempotency::Store,
     pairing: Mutex<Option<PairingStore>>,
     accounts: Mutex<Vec<Arc<AccountHealth>>>,
+    /// The Telegram transports running (their threads and stop tokens).
+    pub(super) telegram: Mutex<super::telegram::Transports>,
     wake_tx: Sender<()>,
     wake_rx: Receiver<()>,
     /// Fired at drain start: pollers stop, the dispatcher starts nothing new.
@@ -217,6 +222,7 @@ impl Service {
             finished: idempotency::Store::default(),
             pairing: Mutex::new(None),
             accounts: Mutex::default(),
+            telegram: Mutex::default(),
             wake_tx,
             wake_rx,
             stop: CancelToken::new(),
@@ -250,6 +256,30 @@ impl Service {
         let mut a = lock(&self.accounts);
         a.retain(|x| !(x.channel == h.channel && x.account_id == h.account_id));
         a.push(h);
+    }
+
+    /// Forgets an account whose transport was stopped for good (a reload removed it): status
+    /// and `/metrics` no longer list it.
+    pub fn remove_account(&self, channel: &str, account: &str) {
+        lock(&self.accounts).retain(|x| !(x.channel == channel && x.account_id == account));
+    }
+
+    /// After a config reload: stops, starts and restarts transports to match the new config
+    /// (see [`super::telegram::reconcile`]), on a thread of its own, since stopping a poller
+    /// waits for its thread. Reloads are applied one at a time, each to the config current
+    /// when it runs; before the transports first started, nothing (the boot reads the config
+    /// after this one).
+    pub fn reconfigure(self: &Arc<Self>) {
+        let svc = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("inbound-reload".into())
+            .spawn(move || super::telegram::reconcile(&svc, false));
+        if let Err(e) = spawned {
+            log::error!(
+                "inbound: cannot apply the reload to the channel accounts: {e}; they keep \
+                 their running settings"
+            );
+        }
     }
 
     /// The health of `channel`'s account `account`, once its transport has started.
@@ -463,7 +493,7 @@ impl Service {
             return;
         }
         self.recover();
-        super::telegram::start_all(&self);
+        super::telegram::reconcile(&self, true);
         let mut busy: HashMap<String, Arc<Run>> = HashMap::new();
         let mut retry_at: u64 = 0;
         loop {

@@ -35,51 +35,183 @@ const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 const AUTH_WAIT: Duration = Duration::from_secs(60);
 
-/// Starts a poller for every Telegram account in the config that polls.
-pub fn start_all(svc: &Arc<Service>) {
+/// How long a reload waits for a stopped poller's thread to end before it gives up starting
+/// anything on that token (a cancel ends a long poll at once; this bounds the rest: a batch
+/// being stored, a backoff's next check).
+const STOP_BOUND: Duration = Duration::from_secs(15);
+
+/// One account's running transport: the poller thread (or, in webhook mode, the thread that
+/// registers the webhook and ends), and its own stop token (a child of the service's).
+struct Transport {
+    acct: TelegramAccount,
+    stop: CancelToken,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// The Telegram transports keel runs, by account id.
+#[derive(Default)]
+pub struct Transports {
+    /// Set once the service first started transports: a reload before that changes nothing
+    /// (the boot reads the config after it).
+    started: bool,
+    by_id: std::collections::BTreeMap<String, Transport>,
+    /// Stopped but not yet ended (past [`STOP_BOUND`]): nothing starts on their tokens.
+    stopping: Vec<Transport>,
+}
+
+/// Whether `a` and `b` are received the same way (everything but who may talk, which is read
+/// from the live config on every message).
+fn same_transport(a: &TelegramAccount, b: &TelegramAccount) -> bool {
+    (
+        &a.id,
+        &a.bot_token,
+        &a.base_url,
+        a.poll_timeout,
+        &a.webhook,
+        a.receive,
+    ) == (
+        &b.id,
+        &b.bot_token,
+        &b.base_url,
+        b.poll_timeout,
+        &b.webhook,
+        b.receive,
+    )
+}
+
+/// Waits (at most `bound`) for a thread to end.
+fn ended(t: &Transport, bound: Duration) -> bool {
+    let end = std::time::Instant::now() + bound;
+    while !t.thread.is_finished() {
+        if std::time::Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// Brings the running transports in line with the config: at boot every account that
+/// receives starts; after a reload, the transports of removed accounts and of accounts whose
+/// token, API root, poll timeout or webhook changed are stopped (their threads waited for,
+/// within [`STOP_BOUND`]) before any new one starts, so one token never has two pollers;
+/// unchanged accounts keep running untouched. Access rules are not a transport's: they are
+/// read from the live config on every message. `boot`: the first call (the dispatcher's).
+pub fn reconcile(svc: &Arc<Service>, boot: bool) {
+    let mut t = lock(&svc.telegram);
+    if boot {
+        t.started = true;
+    } else if !t.started {
+        return;
+    }
+    if svc.stop.is_cancelled() {
+        return;
+    }
     let cfg = svc.h.config.get();
-    for acct in cfg.inbound.telegram.iter().filter(|a| a.receive) {
-        let transport = if acct.webhook.is_some() {
-            "webhook"
-        } else {
-            "polling"
+    let wanted: Vec<&TelegramAccount> = cfg.inbound.telegram.iter().filter(|a| a.receive).collect();
+    t.stopping.retain(|x| !x.thread.is_finished());
+    let stale: Vec<String> = t
+        .by_id
+        .iter()
+        .filter(|(id, x)| {
+            !wanted
+                .iter()
+                .any(|a| a.id == **id && same_transport(a, &x.acct))
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in stale {
+        let Some(x) = t.by_id.remove(&id) else {
+            continue;
         };
-        let health = Arc::new(AccountHealth::new(
-            "telegram",
-            &acct.id,
-            transport,
-            acct.poll_timeout,
-        ));
-        svc.add_account(health.clone());
-        if acct.webhook.is_some() {
-            let (svc2, acct2) = (svc.clone(), acct.clone());
-            let spawned = std::thread::Builder::new()
-                .name(format!(
-                    "tgw-{}",
-                    acct.id.chars().take(11).collect::<String>()
-                ))
-                .spawn(move || register_webhook(&svc2, &acct2, &health));
-            if let Err(e) = spawned {
-                log::error!("inbound telegram:{}: cannot set its webhook: {e}", acct.id);
-            }
+        let removed = !wanted.iter().any(|a| a.id == id);
+        x.stop.cancel(CancelReason::Client);
+        if ended(&x, STOP_BOUND) {
+            log::info!(
+                "inbound telegram:{id}: {} by a config reload",
+                if removed {
+                    "removed"
+                } else {
+                    "stopped to restart with its new settings"
+                }
+            );
+        } else {
+            log::error!(
+                "inbound telegram:{id}: its poller has not stopped within {} s; nothing else \
+                 starts on its bot token until it has (the next reload retries)",
+                STOP_BOUND.as_secs()
+            );
+            t.stopping.push(x);
+        }
+        if removed {
+            svc.remove_account("telegram", &id);
+        }
+    }
+    for acct in wanted {
+        if t.by_id.contains_key(&acct.id) {
             continue;
         }
-        let (svc2, acct2) = (svc.clone(), acct.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!(
-                "tg-{}",
-                acct.id.chars().take(12).collect::<String>()
-            ))
-            .spawn(move || supervise(&svc2, &acct2, &health));
-        if let Err(e) = spawned {
-            log::error!("inbound telegram:{}: cannot start its poller: {e}", acct.id);
+        if t.stopping
+            .iter()
+            .any(|x| x.acct.bot_token == acct.bot_token)
+        {
+            log::error!(
+                "inbound telegram:{}: not started: a poller on its bot token is still stopping",
+                acct.id
+            );
+            continue;
+        }
+        if let Some(x) = start(svc, acct) {
+            t.by_id.insert(acct.id.clone(), x);
+        }
+    }
+}
+
+/// Starts one account's transport.
+fn start(svc: &Arc<Service>, acct: &TelegramAccount) -> Option<Transport> {
+    let transport = if acct.webhook.is_some() {
+        "webhook"
+    } else {
+        "polling"
+    };
+    let health = Arc::new(AccountHealth::new(
+        "telegram",
+        &acct.id,
+        transport,
+        acct.poll_timeout,
+    ));
+    svc.add_account(health.clone());
+    let stop = svc.stop.child();
+    let (svc2, acct2, stop2) = (svc.clone(), acct.clone(), stop.clone());
+    let short: String = acct.id.chars().take(11).collect();
+    let spawned = if acct.webhook.is_some() {
+        std::thread::Builder::new()
+            .name(format!("tgw-{short}"))
+            .spawn(move || register_webhook(&acct2, &health, &stop2))
+    } else {
+        std::thread::Builder::new()
+            .name(format!("tg-{short}"))
+            .spawn(move || supervise(&svc2, &acct2, &health, &stop2))
+    };
+    match spawned {
+        Ok(thread) => Some(Transport {
+            acct: acct.clone(),
+            stop,
+            thread,
+        }),
+        Err(e) => {
+            log::error!(
+                "inbound telegram:{}: cannot start its {transport} thread: {e}",
+                acct.id
+            );
+            None
         }
     }
 }
 
 /// The request in flight, so that a drain can cancel it; one hook on the service's stop
 /// token per poller (a token's hooks are never removed, so none is added per request).
-struct Current(Arc<Mutex<Option<CancelToken>>>);
+struct Current(Arc<Mutex<Option<CancelToken>>>, CancelToken);
 
 impl Current {
     fn new(stop: &CancelToken) -> Current {
@@ -90,24 +222,24 @@ impl Current {
                 t.cancel(CancelReason::Drain);
             }
         });
-        Current(slot)
+        Current(slot, stop.clone())
     }
 
-    /// A token for the next request: already fired if the service is stopping.
-    fn next(&self, stop: &CancelToken) -> CancelToken {
+    /// A token for the next request: already fired if the transport is stopping.
+    fn next(&self) -> CancelToken {
         let t = CancelToken::new();
         *lock(&self.0) = Some(t.clone());
-        if stop.is_cancelled() {
+        if self.1.is_cancelled() {
             t.cancel(CancelReason::Drain);
         }
         t
     }
 }
 
-/// Sleeps `d`, waking early when the service stops.
-fn pause(svc: &Service, d: Duration) {
+/// Sleeps `d`, waking early when the transport stops.
+fn pause(stop: &CancelToken, d: Duration) {
     let end = std::time::Instant::now() + d;
-    while !svc.stop.is_cancelled() {
+    while !stop.is_cancelled() {
         let now = std::time::Instant::now();
         if now >= end {
             return;
@@ -126,18 +258,23 @@ fn backoff(n: u32, rng: &mut Rng) -> Duration {
 }
 
 /// The poller's supervisor: runs it, and restarts it (after a backoff) if it panics.
-fn supervise(svc: &Arc<Service>, acct: &TelegramAccount, health: &AccountHealth) {
-    let current = Current::new(&svc.stop);
+fn supervise(
+    svc: &Arc<Service>,
+    acct: &TelegramAccount,
+    health: &AccountHealth,
+    stop: &CancelToken,
+) {
+    let current = Current::new(stop);
     let mut rng = Rng::from_os();
     let mut restarts = 0;
-    while !svc.stop.is_cancelled() {
+    while !stop.is_cancelled() {
         health.running.store(true, Ordering::Relaxed);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             poll(svc, acct, health, &current, &mut rng)
         }));
         health.running.store(false, Ordering::Relaxed);
         health.connected.store(false, Ordering::Relaxed);
-        if svc.stop.is_cancelled() {
+        if stop.is_cancelled() {
             break;
         }
         if r.is_err() {
@@ -149,7 +286,7 @@ fn supervise(svc: &Arc<Service>, acct: &TelegramAccount, health: &AccountHealth)
             );
         }
         restarts += 1;
-        pause(svc, backoff(restarts, &mut rng));
+        pause(stop, backoff(restarts, &mut rng));
     }
     log::info!("inbound telegram:{}: poller stopped", acct.id);
 }
@@ -181,9 +318,9 @@ fn poll(
     let mut failures: u32 = 0;
     let mut me: Option<Me> = None;
     let mut offset: Option<i64> = None;
-    while !svc.stop.is_cancelled() {
+    while !current.1.is_cancelled() {
         let result = match &me {
-            None => call(svc, acct, current, "getMe", &json!({}), Duration::ZERO).map(|r| {
+            None => call(acct, current, "getMe", &json!({}), Duration::ZERO).map(|r| {
                 me = Some(Me {
                     id: r["id"].as_i64().unwrap_or(0),
                     username: r["username"].as_str().map(str::to_string),
@@ -203,13 +340,11 @@ fn poll(
                 if let Some(o) = offset {
                     body["offset"] = json!(o);
                 }
-                call(svc, acct, current, "getUpdates", &body, acct.poll_timeout).and_then(|r| {
-                    match r {
-                        Value::Array(a) => Ok(a),
-                        _ => Err(Failure::Other(
-                            "getUpdates: an answer whose result is not a list of updates".into(),
-                        )),
-                    }
+                call(acct, current, "getUpdates", &body, acct.poll_timeout).and_then(|r| match r {
+                    Value::Array(a) => Ok(a),
+                    _ => Err(Failure::Other(
+                        "getUpdates: an answer whose result is not a list of updates".into(),
+                    )),
                 })
             }
         };
@@ -266,7 +401,7 @@ fn poll(
                 backoff(failures, rng)
             }
         };
-        pause(svc, wait);
+        pause(&current.1, wait);
     }
 }
 
@@ -274,14 +409,14 @@ fn poll(
 /// URL and the secret), retrying with backoff until it succeeds or keel stops; each failure
 /// is the account's `lastError`. The thread ends once the webhook is set: Telegram pushes
 /// from then on, and nothing polls.
-fn register_webhook(svc: &Arc<Service>, acct: &TelegramAccount, health: &AccountHealth) {
+fn register_webhook(acct: &TelegramAccount, health: &AccountHealth, stop: &CancelToken) {
     let Some(hook) = &acct.webhook else { return };
-    let current = Current::new(&svc.stop);
+    let current = Current::new(stop);
     let mut rng = Rng::from_os();
     let mut failures = 0;
     health.running.store(true, Ordering::Relaxed);
-    while !svc.stop.is_cancelled() {
-        let me = call(svc, acct, &current, "getMe", &json!({}), Duration::ZERO);
+    while !stop.is_cancelled() {
+        let me = call(acct, &current, "getMe", &json!({}), Duration::ZERO);
         let result = me.and_then(|r| {
             *lock(&health.bot_name) = r["username"].as_str().map(|u| format!("@{u}"));
             health
@@ -292,7 +427,7 @@ fn register_webhook(svc: &Arc<Service>, acct: &TelegramAccount, health: &Account
                 "secret_token": hook.secret,
                 "allowed_updates": ["message", "channel_post"],
             });
-            call(svc, acct, &current, "setWebhook", &body, Duration::ZERO)
+            call(acct, &current, "setWebhook", &body, Duration::ZERO)
         });
         let wait = match result {
             Ok(_) => {
@@ -321,7 +456,7 @@ fn register_webhook(svc: &Arc<Service>, acct: &TelegramAccount, health: &Account
                 backoff(failures, &mut rng)
             }
         };
-        pause(svc, wait);
+        pause(stop, wait);
     }
     health.running.store(false, Ordering::Relaxed);
 }
@@ -531,7 +666,6 @@ fn scrub(acct: &TelegramAccount, s: String) -> String {
 
 /// One Bot API call: its `result`, or why not.
 fn call(
-    svc: &Service,
     acct: &TelegramAccount,
     current: &Current,
     method: &str,
@@ -551,7 +685,7 @@ fn call(
         CONNECT_TIMEOUT,
         long_poll + Duration::from_secs(5),
     );
-    let token = current.next(&svc.stop);
+    let token = current.next();
     let net_err = |e: NetError| match e {
         NetError::Cancelled => Failure::Stopped,
         // Never quoted: a URL error would hold the token.

@@ -105,6 +105,8 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     /// The body as JSON (`Value::Null` if it was not JSON).
     pub body: Value,
+    /// When the whole request had arrived (the benches' latencies end here).
+    pub at: Instant,
 }
 
 impl Received {
@@ -525,6 +527,7 @@ fn read_request(s: &mut TcpStream, shared: &Shared) -> Option<Received> {
                     path: req.path.unwrap_or("").to_string(),
                     body: serde_json::from_slice(&buf[len..len + want]).unwrap_or(Value::Null),
                     headers,
+                    at: Instant::now(),
                 });
             }
         }

@@ -41,6 +41,8 @@ struct Inner {
     /// `setWebhook` bodies received, with the token.
     webhooks: Vec<(String, Value)>,
     polls: usize,
+    /// The bot token of each `getUpdates`, in order.
+    poll_tokens: Vec<String>,
     offsets: Vec<Option<i64>>,
 }
 
@@ -163,6 +165,12 @@ impl FakeTelegram {
     pub fn polls(&self) -> usize {
         self.inner.0.lock().unwrap().polls
     }
+
+    /// `getUpdates` calls made with the bot token `token`.
+    pub fn polls_for(&self, token: &str) -> usize {
+        let i = self.inner.0.lock().unwrap();
+        i.poll_tokens.iter().filter(|t| *t == token).count()
+    }
 }
 
 fn handle(mut s: std::net::TcpStream, shared: &(Mutex<Inner>, Condvar)) {
@@ -234,6 +242,7 @@ fn handle(mut s: std::net::TcpStream, shared: &(Mutex<Inner>, Condvar)) {
             let next = {
                 let mut i = m.lock().unwrap();
                 i.polls += 1;
+                i.poll_tokens.push(token.clone());
                 i.offsets.push(offset);
                 i.script.pop_front()
             };
