@@ -56,6 +56,8 @@ const REFUSAL_LOG_EVERY_MS: u64 = 3_600_000;
 
 /// The handles the inbound service needs.
 pub struct Handles {
+    /// For the webhook routes' jobs (`inbound::routes`).
+    pub jobs: Arc<crate::jobs::system::JobSystem>,
     pub config: Arc<ConfigCell>,
     pub lifecycle: Arc<LifecycleCell>,
     pub runs: Arc<Runs>,
@@ -337,7 +339,11 @@ impl Service {
             return Ok(Ingested::Duplicate);
         }
         let cfg = self.h.config.get();
-        let Some(access) = cfg.inbound.access(&m.channel, &m.account_id) else {
+        let access = cfg
+            .inbound
+            .access(&m.channel, &m.account_id)
+            .or_else(|| cfg.inbound_webhooks.access(&m.channel, &m.account_id));
+        let Some(access) = access else {
             count(|h| &h.refused);
             self.log_refusal(&m, "the account is not configured for receiving");
             return Ok(Ingested::Dropped);
@@ -457,6 +463,7 @@ impl Service {
         }
         self.recover();
         super::telegram::start_all(&self);
+        super::routes::register_accounts(&self);
         let mut busy: HashMap<String, Arc<Run>> = HashMap::new();
         let mut retry_at: u64 = 0;
         loop {
