@@ -11,6 +11,7 @@ mod hooks;
 mod hostile;
 mod http;
 mod inbound;
+mod inbound_crash;
 mod inbound_webhooks;
 mod lifecycle;
 mod limiter;
