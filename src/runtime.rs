@@ -123,6 +123,7 @@ impl Shared {
         }));
         let inbound = Arc::new(crate::inbound::service::Service::new(
             crate::inbound::service::Handles {
+                jobs: jobs.clone(),
                 config: config_cell.clone(),
                 lifecycle: lifecycle.clone(),
                 runs: runs.clone(),

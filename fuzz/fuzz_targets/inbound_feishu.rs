@@ -27,6 +27,7 @@ fuzz_target!(|input: &[u8]| {
         encrypt_key: with_key.then(|| KEY.to_string()),
         webhook_path: "/feishu/events".into(),
         bot_open_id: (flags & 0x20 != 0).then(|| "ou_bot".to_string()),
+        access: Default::default(),
     };
     // Bit 1: seal the data as Feishu does (with the configured key, or the right one anyway).
     let body: Vec<u8> = if flags & 2 != 0 {

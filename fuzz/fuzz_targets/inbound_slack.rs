@@ -24,6 +24,7 @@ fuzz_target!(|input: &[u8]| {
         signing_secret: SECRET.into(),
         webhook_path: "/slack/events".into(),
         bot_user_id: (flags & 0x10 != 0).then(|| "U0BOT".to_string()),
+        access: Default::default(),
     };
     // Bits 2-3: the timestamp's offset: now, 4 minutes ago, 6 minutes ago, 6 minutes ahead.
     let ts = (NOW_MS / 1000 + [0, -240, -360, 360][usize::from((flags >> 2) & 3)]).to_string();

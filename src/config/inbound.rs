@@ -387,7 +387,12 @@ fn id_list(v: &Value, path: &str, issues: &mut Issues) -> Option<BTreeSet<String
 
 /// The access keys of one scope (`channels.telegram` or one of its `accounts`), over
 /// `base` (what the account inherits from the channel root).
-fn access(c: &Map<String, Value>, path: &str, base: &Access, issues: &mut Issues) -> Access {
+pub(crate) fn access(
+    c: &Map<String, Value>,
+    path: &str,
+    base: &Access,
+    issues: &mut Issues,
+) -> Access {
     let mut a = base.clone();
     if let Some(v) = c.get("dmPolicy").filter(|v| !v.is_null()) {
         match v.as_str().and_then(DmPolicy::parse) {

@@ -6,6 +6,7 @@
 //! means is `inbound::slack`'s and `inbound::feishu`'s.
 
 use super::channels::resolve_secret;
+use super::inbound::Access;
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -32,6 +33,9 @@ pub struct SlackWebhook {
     /// `botUserId`: the bot's Slack user id (`U…`), for mention detection and dropping the
     /// bot's own messages; without it, the id Slack names in each event's `authorizations`.
     pub bot_user_id: Option<String>,
+    /// Who may talk to the agent here (`dmPolicy`, `allowFrom`, `groupPolicy`, …; OpenClaw's
+    /// defaults: DMs by pairing, channels by allowlist).
+    pub access: Access,
 }
 
 /// One Feishu (Lark) app whose event callbacks keel verifies. Never printed with its secrets.
@@ -49,6 +53,8 @@ pub struct FeishuWebhook {
     /// `botOpenId`: the bot's `open_id` (`ou_…`), for mention detection and dropping the
     /// bot's own messages. Feishu's events do not name it.
     pub bot_open_id: Option<String>,
+    /// Who may talk to the agent here, as for Slack.
+    pub access: Access,
 }
 
 /// Every inbound webhook account, each on its own path.
@@ -92,6 +98,23 @@ impl InboundWebhooks {
     pub fn is_empty(&self) -> bool {
         self.slack.is_empty() && self.feishu.is_empty()
     }
+
+    /// The access rules of `channel`'s webhook account `account`, if keel receives on it.
+    pub fn access(&self, channel: &str, account: &str) -> Option<&Access> {
+        match channel {
+            "slack" => self
+                .slack
+                .iter()
+                .find(|a| a.account_id == account)
+                .map(|a| &a.access),
+            "feishu" => self
+                .feishu
+                .iter()
+                .find(|a| a.account_id == account)
+                .map(|a| &a.access),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for SlackWebhook {
@@ -101,6 +124,7 @@ impl fmt::Debug for SlackWebhook {
             .field("signing_secret", &"<redacted>")
             .field("webhook_path", &self.webhook_path)
             .field("bot_user_id", &self.bot_user_id)
+            .field("access", &self.access)
             .finish()
     }
 }
@@ -116,6 +140,7 @@ impl fmt::Debug for FeishuWebhook {
             )
             .field("webhook_path", &self.webhook_path)
             .field("bot_open_id", &self.bot_open_id)
+            .field("access", &self.access)
             .finish()
     }
 }
@@ -300,6 +325,7 @@ fn slack_account(
                 .bytes()
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
     });
+    let access = super::inbound::access(c, at, &Access::default(), issues);
     if issues.len() > before {
         return None;
     }
@@ -308,6 +334,7 @@ fn slack_account(
         signing_secret: secret?,
         webhook_path: webhook_path?,
         bot_user_id,
+        access,
     })
 }
 
@@ -344,6 +371,7 @@ fn feishu_account(
     let bot_open_id = plain_id(c, "botOpenId", at, issues, |s| {
         s.len() > 3 && s.starts_with("ou_") && s[3..].bytes().all(|b| b.is_ascii_alphanumeric())
     });
+    let access = super::inbound::access(c, at, &Access::default(), issues);
     if issues.len() > before {
         return None;
     }
@@ -353,6 +381,7 @@ fn feishu_account(
         encrypt_key,
         webhook_path: webhook_path?,
         bot_open_id,
+        access,
     })
 }
 

@@ -413,6 +413,7 @@ mod tests {
             encrypt_key: encrypt_key.map(str::to_string),
             webhook_path: "/feishu/events".into(),
             bot_open_id: Some("ou_bot0001".into()),
+            access: Default::default(),
         }
     }
 

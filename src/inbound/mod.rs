@@ -10,6 +10,7 @@ pub mod access;
 pub mod event;
 pub mod feishu;
 pub mod queue;
+pub mod routes;
 pub mod routing;
 pub mod service;
 pub mod slack;

@@ -12,7 +12,8 @@
 //!   started for the same session is running, so a conversation's messages run one at a
 //!   time and in order. A run is started through `agent::runs::start` with the entry's id as
 //!   its idempotency key and the message's chat as its origin (`deliver: true`), and the entry
-//!   is removed only once the run was accepted (after its id is recorded). At boot an entry
+//!   is removed only once that run has ended (after its id is recorded): a run accepted but
+//!   not yet begun when keel dies is started at the next boot, not lost. At boot an entry
 //!   whose run had begun (its user message carrying the key is in the session's transcript)
 //!   is not run again, so a crash at any point neither loses a message nor runs it twice.
 //! - Nothing here runs on the reactor except the reads of published health (atomics, and
@@ -59,6 +60,8 @@ const REFUSAL_LOG_EVERY_MS: u64 = 3_600_000;
 
 /// The handles the inbound service needs.
 pub struct Handles {
+    /// For the webhook routes' jobs (`inbound::routes`).
+    pub jobs: Arc<crate::jobs::system::JobSystem>,
     pub config: Arc<ConfigCell>,
     pub lifecycle: Arc<LifecycleCell>,
     pub runs: Arc<Runs>,
@@ -374,7 +377,11 @@ impl Service {
             return Ok(Ingested::Duplicate);
         }
         let cfg = self.h.config.get();
-        let Some(access) = cfg.inbound.access(&m.channel, &m.account_id) else {
+        let access = cfg
+            .inbound
+            .access(&m.channel, &m.account_id)
+            .or_else(|| cfg.inbound_webhooks.access(&m.channel, &m.account_id));
+        let Some(access) = access else {
             count(|h| &h.refused);
             self.log_refusal(&m, "the account is not configured for receiving");
             return Ok(Ingested::Dropped);
@@ -494,13 +501,25 @@ impl Service {
         }
         self.recover();
         super::telegram::reconcile(&self, true);
+        super::routes::register_accounts(&self);
         let mut busy: HashMap<String, Arc<Run>> = HashMap::new();
+        // Entries whose run was accepted and has not ended: removed from the queue only when
+        // it ends, so a crash before the run has begun (its user message in the transcript)
+        // runs the message at the next boot instead of losing it.
+        let mut inflight: Vec<(Entry, Arc<Run>)> = Vec::new();
         let mut retry_at: u64 = 0;
         loop {
             if self.stop.is_cancelled() {
                 break;
             }
             busy.retain(|_, r| r.status() == Status::Running);
+            inflight.retain(|(e, run)| {
+                let running = run.status() == Status::Running;
+                if !running {
+                    self.done(e, json!({"runId": run.id, "sessionKey": e.session_key}));
+                }
+                running
+            });
             let now = clock::wall_ms();
             let mut waiting = false;
             if now >= retry_at {
@@ -520,8 +539,9 @@ impl Service {
                     }
                     match self.dispatch(&e) {
                         Ok(Some(run)) => {
-                            busy.insert(e.session_key.clone(), run);
+                            busy.insert(e.session_key.clone(), run.clone());
                             blocked.insert(e.session_key.clone());
+                            inflight.push((e, run));
                         }
                         Ok(None) => {}
                         Err(after_ms) => {
@@ -625,8 +645,12 @@ impl Service {
                 if new && let Some(h) = &health {
                     h.runs.fetch_add(1, Ordering::Relaxed);
                 }
+                if run.status() == Status::Running {
+                    // Removed when it ends (the dispatcher's `inflight`).
+                    return Ok(Some(run));
+                }
                 self.done(e, json!({"runId": run.id, "sessionKey": e.session_key}));
-                Ok((run.status() == Status::Running).then_some(run))
+                Ok(None)
             }
             Err(err) if err.code == Code::Unavailable || err.code == Code::Draining => {
                 Err(err.retry_after_ms.unwrap_or(500).clamp(50, 5_000))

@@ -321,6 +321,7 @@ mod tests {
             signing_secret: SECRET.into(),
             webhook_path: "/slack/events".into(),
             bot_user_id: None,
+            access: Default::default(),
         }
     }
 

@@ -134,7 +134,23 @@ pub struct Head {
     pub host: Option<String>,
     /// `X-Telegram-Bot-Api-Secret-Token`, for a Telegram webhook route.
     pub telegram_secret: Option<String>,
+    /// The headers Slack and Feishu sign their webhook requests with
+    /// ([`WEBHOOK_HEADERS`]): the first of each, a value over [`WEBHOOK_HEADER_MAX`] bytes
+    /// kept as empty (present, and fails the check).
+    pub webhook: Vec<(&'static str, String)>,
 }
+
+/// The headers the inbound webhook routes need, as the channels spell them.
+pub const WEBHOOK_HEADERS: [&str; 6] = [
+    crate::inbound::slack::SIGNATURE_HEADER,
+    crate::inbound::slack::TIMESTAMP_HEADER,
+    crate::inbound::slack::RETRY_HEADER,
+    crate::inbound::feishu::SIGNATURE_HEADER,
+    crate::inbound::feishu::TIMESTAMP_HEADER,
+    crate::inbound::feishu::NONCE_HEADER,
+];
+/// The longest value kept of a [`WEBHOOK_HEADERS`] header (a signature is 67 bytes).
+pub const WEBHOOK_HEADER_MAX: usize = 256;
 
 /// What the `Expect` header asks for. HTTP/1.0 requests have none: they predate it, and RFC
 /// 9110 §10.1.1 has a server ignore it there.
@@ -188,6 +204,7 @@ fn parse_head(buf: &[u8]) -> Parsed {
         origin: None,
         host: None,
         telegram_secret: None,
+        webhook: Vec::new(),
     };
     let mut seen_length = false;
     for hd in req.headers.iter() {
@@ -254,6 +271,18 @@ fn parse_head(buf: &[u8]) -> Parsed {
             h.host = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("x-telegram-bot-api-secret-token") {
             h.telegram_secret = Some(value.to_string());
+        }
+        if let Some(known) = WEBHOOK_HEADERS
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(name))
+            .filter(|k| !h.webhook.iter().any(|(n, _)| n == *k))
+        {
+            let kept = if value.len() <= WEBHOOK_HEADER_MAX {
+                value.to_string()
+            } else {
+                String::new()
+            };
+            h.webhook.push((known, kept));
         }
         if name.eq_ignore_ascii_case("x-forwarded-for") {
             let xff = h.forwarding.x_forwarded_for.get_or_insert_with(String::new);
@@ -779,6 +808,13 @@ impl<S: Socket> HttpConn<S> {
         if head.upgrade_ws {
             return self.upgrade_ws(cx, &head);
         }
+        if head.method == "POST" {
+            let cfg = cx.config();
+            if let Some(route) = cfg.inbound_webhooks.route(&head.path) {
+                let account = crate::inbound::routes::Account::of(route);
+                return self.inbound_webhook(cx, account, head, body);
+            }
+        }
         match path.as_str() {
             "/healthz" | "/livez" if get => {
                 let body = cx.shared.liveness_json().to_string();
@@ -872,6 +908,26 @@ impl<S: Socket> HttpConn<S> {
         };
         let secret = head.telegram_secret.clone();
         match api::inbound_telegram::webhook(cx.shared, path, secret, body, &reply) {
+            Ok(()) => self.phase = Phase::Waiting,
+            Err(e) => self.rpc_answer(cx, &Err(e)),
+        }
+    }
+
+    /// `POST` to a Slack or Feishu `webhookPath`: verified, read and stored by an io job
+    /// (`inbound::routes`), whose answer completes this request. Authenticated by the
+    /// channel's signature, not the gateway token.
+    fn inbound_webhook(
+        &mut self,
+        cx: &mut Cx<'_>,
+        account: crate::inbound::routes::Account,
+        head: Head,
+        body: Vec<u8>,
+    ) {
+        let admitted =
+            cx.shared
+                .inbound
+                .webhook(account, head.webhook, body, cx.slot, cx.generation);
+        match admitted {
             Ok(()) => self.phase = Phase::Waiting,
             Err(e) => self.rpc_answer(cx, &Err(e)),
         }
@@ -1489,6 +1545,25 @@ mod tests {
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.resize(HEAD_MAX + 10, b'a');
         assert!(matches!(parse_head(&big), Parsed::Reject(431, _)));
+    }
+
+    #[test]
+    fn webhook_signature_headers_are_kept_bounded_and_first_only() {
+        let long = "a".repeat(WEBHOOK_HEADER_MAX + 1);
+        let raw = format!(
+            "POST /slack/events HTTP/1.1\r\nx-slack-signature: v0=ab\r\nX-Slack-Signature: v0=cd\r\n\
+             X-Lark-Request-Nonce: {long}\r\nX-Other: 1\r\n\r\n"
+        );
+        let Parsed::Request(h, _) = parse_head(raw.as_bytes()) else {
+            panic!("parsed")
+        };
+        assert_eq!(
+            h.webhook,
+            [
+                ("X-Slack-Signature", "v0=ab".to_string()),
+                ("X-Lark-Request-Nonce", String::new())
+            ]
+        );
     }
 
     fn head_with(lines: &str) -> Parsed {

@@ -113,7 +113,9 @@ pub fn body_limit(method: &str, path: &str, cfg: &Config) -> usize {
         .is_some_and(|h| hook_route(path, &h.path).is_some())
     {
         HOOK_BODY_MAX
-    } else if cfg.inbound.telegram_webhook(path).is_some() {
+    } else if cfg.inbound.telegram_webhook(path).is_some()
+        || cfg.inbound_webhooks.route(path).is_some()
+    {
         crate::inbound::webhook::MAX_BODY
     } else {
         0

@@ -13,7 +13,7 @@ type Scripted = (u16, String, Option<u64>);
 
 /// A chat channel's API on loopback: records each whole request and when it arrived, answers
 /// from a script (then 200 with `ok_body`), optionally after a delay.
-struct FakeChannel {
+pub(crate) struct FakeChannel {
     port: u16,
     got: Arc<Mutex<Vec<(Instant, String, Value)>>>,
     script: Arc<Mutex<Vec<Scripted>>>,
@@ -22,13 +22,13 @@ struct FakeChannel {
 }
 
 impl FakeChannel {
-    fn start(ok_body: &'static str) -> FakeChannel {
+    pub(crate) fn start(ok_body: &'static str) -> FakeChannel {
         FakeChannel::start_delayed(ok_body, Duration::ZERO)
     }
 
     /// Waits `reply_delay` after recording each request before answering it (a send that
     /// takes a while, so a kill can land in the middle of it).
-    fn start_delayed(ok_body: &'static str, reply_delay: Duration) -> FakeChannel {
+    pub(crate) fn start_delayed(ok_body: &'static str, reply_delay: Duration) -> FakeChannel {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -106,21 +106,21 @@ impl FakeChannel {
     }
 
     /// The next answers wait this long each, in order.
-    fn delay_next(&self, delays: &[Duration]) {
+    pub(crate) fn delay_next(&self, delays: &[Duration]) {
         self.delays.lock().unwrap().extend_from_slice(delays);
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn received(&self) -> Vec<(String, Value)> {
+    pub(crate) fn received(&self) -> Vec<(String, Value)> {
         let got = self.got.lock().unwrap();
         got.iter().map(|(_, p, b)| (p.clone(), b.clone())).collect()
     }
 
     /// When each request arrived, in order.
-    fn arrivals(&self) -> Vec<Instant> {
+    pub(crate) fn arrivals(&self) -> Vec<Instant> {
         self.got
             .lock()
             .unwrap()
@@ -129,7 +129,7 @@ impl FakeChannel {
             .collect()
     }
 
-    fn push(&self, status: u16, body: &str, retry_after: Option<u64>) {
+    pub(crate) fn push(&self, status: u16, body: &str, retry_after: Option<u64>) {
         self.script
             .lock()
             .unwrap()
