@@ -380,12 +380,12 @@ pub fn execute(svc: &Arc<Runs>, run: &Arc<Run>, ctx: &JobCtx) -> Outcome {
         (Err(_), Some(_)) => Status::Aborted,
         (Err(_), None) => Status::Error,
     };
-    let (text, error) = match &outcome {
-        Ok((text, meta)) => {
+    let (text, error, delivered) = match &outcome {
+        Ok((text, meta, delivered)) => {
             run.set_meta(meta.clone());
-            (text.as_str(), None)
+            (text.as_str(), None, *delivered)
         }
-        Err(e) => ("", Some(e.message.clone())),
+        Err(e) => ("", Some(e.message.clone()), false),
     };
     runs::finish(svc, run, status, text, error.clone());
     runs::session_changed(
@@ -394,7 +394,8 @@ pub fn execute(svc: &Arc<Runs>, run: &Arc<Run>, ctx: &JobCtx) -> Outcome {
         "end",
         json!({"reason": "update", "status": status.as_str()}),
     );
-    if status == Status::Ok && run.request.deliver && !text.is_empty() {
+    // (A run that ran out of tool rounds ends without a final answer: its text so far.)
+    if status == Status::Ok && run.request.deliver && !text.is_empty() && !delivered {
         deliver(svc, run, text);
     }
     // The lifecycle ends before the terminal chat event, which is what clients wait for.
@@ -474,11 +475,12 @@ fn deliver(svc: &Arc<Runs>, run: &Run, text: &str) {
     }
 }
 
+/// The run's text and meta, and whether its reply was queued (with the final answer).
 fn execute_inner(
     svc: &Arc<Runs>,
     run: &Arc<Run>,
     ctx: &JobCtx,
-) -> Result<(String, Value), RpcError> {
+) -> Result<(String, Value, bool), RpcError> {
     let req = &run.request;
     let lock = svc.session_lock(&req.session.key);
     // One run per session at a time; a run waiting its turn still honours its deadline and
@@ -538,6 +540,7 @@ fn execute_inner(
     let mut sent = String::new();
     let mut totals = provider::Usage::default();
     let mut last_model: Option<ModelRef> = None;
+    let mut delivered = false;
     for _round in 0..MAX_ROUNDS {
         ctx.check()?;
         let prompt = Prompt {
@@ -549,6 +552,17 @@ fn execute_inner(
         let answer = call_chain(svc, run, ctx, &mut session, &prompt, &mut sent)
             .map_err(|e| RpcError::new(e.code(), e.message))?;
         let c = &answer.candidate;
+        if answer.tool_calls.is_empty() && req.deliver {
+            // The final answer. Its reply is queued before the answer is written to the
+            // transcript: a crash between the two then leaves a transcript without its last
+            // line rather than a reply never sent (a run whose user message is written is not
+            // run again, so nothing would send it later).
+            let text = format!("{full_text}{}", answer.text);
+            if !text.is_empty() {
+                deliver(svc, run, &text);
+                delivered = true;
+            }
+        }
         record(
             svc,
             run,
@@ -610,7 +624,7 @@ fn execute_inner(
         "provider": p, "model": m, "sessionId": session.session_id,
         "usage": {"input": totals.input, "output": totals.output, "cacheRead": totals.cache_read, "cacheWrite": totals.cache_write, "totalTokens": total},
     });
-    Ok((full_text, meta))
+    Ok((full_text, meta, delivered))
 }
 
 fn assistant_content(a: &Answer) -> Value {

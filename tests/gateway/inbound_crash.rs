@@ -257,8 +257,14 @@ fn sigkill_while_telegram_and_slack_messages_arrive_runs_each_exactly_once() {
             (1, _) => {}
             (0, false) => unfinished += 1,
             (0, true) if held_to.contains(chat) => held += 1,
-            // The run wrote its answer and was killed before it queued the reply.
-            (0, true) if !queued.contains(format!("{channel}:{chat}").as_str()) => not_queued += 1,
+            // The run wrote its answer but never queued the reply: cannot happen, the reply is
+            // queued before the answer is written.
+            (0, true) if !queued.contains(format!("{channel}:{chat}").as_str()) => {
+                not_queued += 1;
+                problems.push(format!(
+                    "{tag} ({channel} {chat}): the answer is written but no reply was queued"
+                ));
+            }
             (got, _) => problems.push(format!(
                 "{tag} ({channel} {chat}): {got} replies, run finished: {finished}"
             )),
@@ -269,8 +275,8 @@ fn sigkill_while_telegram_and_slack_messages_arrive_runs_each_exactly_once() {
     eprintln!(
         "inbound crash test: {ROUNDS} kills, {total} messages ({} telegram, {} slack; {} slack \
          retries), {} runs, {model_calls} model calls, {replies} replies, {unfinished} runs \
-         cut by a kill (not re-run, no reply), {not_queued} runs killed between their answer and \
-         queueing the reply, {held} replies held (unknown after send); boots: \
+         cut by a kill (not re-run, no reply), {not_queued} answers written without their reply \
+         queued, {held} replies held (unknown after send); boots: \
          {waiting} found messages waiting, {begun} entries whose run had begun; {:.1} s",
         total / 2,
         total / 2,
