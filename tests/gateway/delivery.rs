@@ -276,6 +276,67 @@ fn sub_agent_completions_go_to_the_requesters_channel_not_the_agents_first_bindi
     assert_eq!(list["counts"]["failed"], 0, "{list}");
 }
 
+/// The field case across both halves: the same agent (bound to Feishu and WeChat), but the
+/// request is a message someone sent the bot on Telegram. The run spawns a sub-agent, which
+/// spawns its own; the agent's reply and both completions land in that Telegram chat, none on
+/// the agent's bound channels.
+#[test]
+fn a_telegram_message_that_spawns_sub_agents_gets_every_reply_in_that_chat() {
+    use crate::fake_telegram::FakeTelegram;
+    const USER: i64 = 4242;
+    let (wx, fs) = (FakeChannel::start(WX_OK), FakeChannel::start(FEISHU_OK));
+    let tg = FakeTelegram::start();
+    let (main, sub, subsub) = (
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+        FakeProvider::start("openai-completions"),
+    );
+    main.push(spawn_call("sub", "look into it"));
+    main.push(stream("parent done"));
+    sub.push(spawn_call("subsub", "dig deeper"));
+    sub.push(stream("child done"));
+    subsub.push(stream("grandchild done"));
+    let provider = |p: &FakeProvider| json!({"baseUrl": p.base_url(), "api": "openai-completions", "models": [{"id": "m"}]});
+    let mut channels = channels(&wx, &fs);
+    channels["telegram"] = json!({
+        "botToken": "123:abc", "baseUrl": tg.url(), "pollTimeoutSeconds": 1,
+        "allowFrom": [USER.to_string()],
+    });
+    let cfg = json!({
+        "models": {"providers": {"main": provider(&main), "sub": provider(&sub), "subsub": provider(&subsub)}},
+        "agents": {"list": [
+            {"id": "main", "default": true, "model": "main/m",
+             "bindings": [{"channel": "feishu", "to": "oc_abcdefghij12"}, {"channel": "openclaw-weixin", "to": "bound@im.wechat"}]},
+            {"id": "sub", "model": "sub/m"},
+            {"id": "subsub", "model": "subsub/m"},
+        ]},
+        "channels": channels,
+    });
+    let g = Gateway::start(Opts::default().config(cfg));
+    tg.dm(USER, "research");
+    let mut got = eventually(BOUND, || {
+        let s = tg.sent_to(USER);
+        (s.len() >= 3).then_some(s)
+    });
+    got.sort();
+    assert_eq!(got, ["child done", "grandchild done", "parent done"]);
+    // Each model ran once: the message ran once, and so did each sub-agent.
+    assert_eq!(
+        (
+            main.requests().len(),
+            sub.requests().len(),
+            subsub.requests().len()
+        ),
+        (2, 2, 1)
+    );
+    // Only once nothing is left to send can "Feishu and WeChat got nothing" mean anything.
+    let list = wait_idle(&g);
+    assert!(fs.received().is_empty(), "feishu got {:?}", fs.received());
+    assert!(wx.received().is_empty(), "wechat got {:?}", wx.received());
+    assert_eq!(list["counts"]["failed"], 0, "{list}");
+    assert_eq!(tg.sent_to(USER).len(), 3, "no reply twice");
+}
+
 #[test]
 fn send_validates_the_address_and_delivers_durably() {
     let (wx, fs) = (FakeChannel::start(WX_OK), FakeChannel::start(FEISHU_OK));
