@@ -312,6 +312,7 @@ fn tg_handle(mut s: TcpStream, st: &(Mutex<TgState>, Condvar)) {
             lock(m).webhooks += 1;
             tg_respond(&mut s, 200, r#"{"ok":true,"result":true}"#);
         }
+        "deleteWebhook" => tg_respond(&mut s, 200, r#"{"ok":true,"result":true}"#),
         "getUpdates" => {
             let offset = body["offset"].as_i64();
             let end = Instant::now() + Duration::from_secs(body["timeout"].as_u64().unwrap_or(0));

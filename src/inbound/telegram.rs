@@ -301,6 +301,18 @@ enum Failure {
     Stopped,
 }
 
+impl Failure {
+    fn message(&self) -> &str {
+        match self {
+            Failure::Conflict(m)
+            | Failure::RetryAfter(_, m)
+            | Failure::Auth(m)
+            | Failure::Other(m) => m,
+            Failure::Stopped => "stopped",
+        }
+    }
+}
+
 /// The bot's own id and username, for mentions.
 struct Me {
     id: i64,
@@ -318,7 +330,24 @@ fn poll(
     let mut failures: u32 = 0;
     let mut me: Option<Me> = None;
     let mut offset: Option<i64> = None;
+    // OpenClaw's poller too: a webhook left set (by keel in webhook mode before a reload, or by
+    // another program) makes Telegram refuse every `getUpdates` with 409.
+    let mut webhook_cleared = false;
     while !current.1.is_cancelled() {
+        if me.is_some() && !webhook_cleared {
+            let body = json!({"drop_pending_updates": false});
+            match call(acct, current, "deleteWebhook", &body, Duration::ZERO) {
+                Ok(_) => {}
+                Err(Failure::Stopped) => break,
+                // Not fatal: `getUpdates` says whether a webhook is still in the way.
+                Err(e) => log::info!(
+                    "inbound telegram:{}: deleteWebhook before polling failed ({}); polling anyway",
+                    acct.id,
+                    e.message()
+                ),
+            }
+            webhook_cleared = true;
+        }
         let result = match &me {
             None => call(acct, current, "getMe", &json!({}), Duration::ZERO).map(|r| {
                 me = Some(Me {

@@ -40,6 +40,10 @@ struct Inner {
     sent_tokens: Vec<String>,
     /// `setWebhook` bodies received, with the token.
     webhooks: Vec<(String, Value)>,
+    /// Tokens whose webhook is set (as Telegram: `getUpdates` is then refused with 409 until
+    /// `deleteWebhook`), and the `deleteWebhook` calls received.
+    webhook_active: std::collections::HashSet<String>,
+    deleted_webhooks: Vec<(String, Value)>,
     polls: usize,
     /// The bot token of each `getUpdates`, in order.
     poll_tokens: Vec<String>,
@@ -140,6 +144,11 @@ impl FakeTelegram {
     }
 
     /// `setWebhook` calls: `(token, body)`.
+    /// `deleteWebhook` calls, with the token and body.
+    pub fn deleted_webhooks(&self) -> Vec<(String, Value)> {
+        self.inner.0.lock().unwrap().deleted_webhooks.clone()
+    }
+
     pub fn webhooks(&self) -> Vec<(String, Value)> {
         self.inner.0.lock().unwrap().webhooks.clone()
     }
@@ -228,8 +237,29 @@ fn handle(mut s: std::net::TcpStream, shared: &(Mutex<Inner>, Condvar)) {
                 &json!({"ok": true, "result": {"message_id": n}}).to_string(),
             );
         }
+        "deleteWebhook" => {
+            let mut i = m.lock().unwrap();
+            i.webhook_active.remove(&token);
+            i.deleted_webhooks.push((token, body));
+            respond(
+                &mut s,
+                200,
+                r#"{"ok":true,"result":true,"description":"Webhook was deleted"}"#,
+            );
+        }
+        "getUpdates" if m.lock().unwrap().webhook_active.contains(&token) => {
+            m.lock().unwrap().poll_tokens.push(token.clone());
+            respond(
+                &mut s,
+                409,
+                r#"{"ok":false,"error_code":409,"description":"Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first"}"#,
+            );
+        }
         "setWebhook" => {
-            m.lock().unwrap().webhooks.push((token, body));
+            let mut i = m.lock().unwrap();
+            i.webhook_active.insert(token.clone());
+            i.webhooks.push((token, body));
+            drop(i);
             respond(
                 &mut s,
                 200,

@@ -226,3 +226,40 @@ fn a_polling_account_switched_to_a_webhook_registers_it_and_stops_polling() {
         "an account in webhook mode does not poll"
     );
 }
+
+/// Back from webhook mode to polling: Telegram refuses `getUpdates` with 409 while a webhook
+/// is set, so the poller deletes it first (keeping pending updates, as OpenClaw does) and
+/// messages run again.
+#[test]
+fn a_webhook_account_switched_back_to_polling_deletes_the_webhook_and_polls() {
+    let p = FakeProvider::start("openai-completions");
+    let tg = FakeTelegram::start();
+    let base = p.one_provider_config();
+    let mut c = base.clone();
+    c["channels"] = json!({"telegram": {
+        "baseUrl": tg.url(), "pollTimeoutSeconds": 1, "allowFrom": ["42"],
+        "accounts": {"bot": {"botToken": FIRST, "webhookUrl": "https://bot.example/hook",
+                             "webhookSecret": "s3cret", "webhookPath": "/hook"}},
+    }});
+    let g = Gateway::start(Opts::default().config(c));
+    eventually(BOUND, || (!tg.webhooks().is_empty()).then_some(()));
+    assert_eq!(tg.polls_for(FIRST), 0, "webhook mode does not poll");
+    reload(&g, &base, &tg, &["42"], json!({"bot": {"botToken": FIRST}}));
+    let deleted = eventually(BOUND, || tg.deleted_webhooks().first().cloned());
+    assert_eq!(deleted.0, FIRST);
+    assert_eq!(deleted.1["drop_pending_updates"], false);
+    p.push(Behavior::text(&["polled again"]));
+    tg.dm_to(FIRST, 42, "after the switch");
+    let sent = eventually(BOUND, || {
+        let s = tg.sent_with_token(42);
+        (!s.is_empty()).then_some(s)
+    });
+    assert_eq!(sent, [(FIRST.to_string(), "polled again".to_string())]);
+    let a = eventually(BOUND, || {
+        account(&g, "bot").filter(|a| a["mode"] == "polling" && a["connected"] == true)
+    });
+    assert!(
+        !a["lastError"].as_str().unwrap_or("").starts_with("409"),
+        "{a}"
+    );
+}
