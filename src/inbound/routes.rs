@@ -20,9 +20,9 @@ use super::{feishu, slack};
 use crate::clock;
 use crate::config::inbound_webhooks::{FeishuWebhook, Route, SlackWebhook};
 use crate::error::RpcError;
-use crate::jobs::system::JobSystem;
-use crate::jobs::{JobCtx, JobInfo, JobSpec, Lane, PoolKind, Work};
-use crate::protocol::reply::{Completion, CompletionBody, HttpAnswer};
+use crate::jobs::system::Responder;
+use crate::jobs::{JobCtx, JobSpec, Lane, PoolKind, Work};
+use crate::protocol::reply::HttpAnswer;
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -77,38 +77,12 @@ pub fn register_accounts(svc: &Service) {
     }
 }
 
-/// Sends the request's one answer: claimed against the watchdog's deadline answer, and a
-/// `500` if the job ends without one (a panic), so the channel retries.
-struct Responder {
-    info: Arc<JobInfo>,
-    jobs: Arc<JobSystem>,
-    conn: usize,
-    generation: u64,
-    sent: bool,
-}
-
-impl Responder {
-    fn send(&mut self, a: Answer) {
-        self.sent = true;
-        if self.info.claim_reply() {
-            self.jobs.outbox.push(Completion {
-                conn: self.conn,
-                generation: self.generation,
-                body: CompletionBody::Answer(HttpAnswer {
-                    status: a.status,
-                    headers: vec![("Content-Type", a.content_type.to_string())],
-                    body: Arc::from(a.body),
-                }),
-            });
-        }
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        if !self.sent {
-            self.send(failed("internal error"));
-        }
+/// A webhook's answer as the reactor writes it.
+fn http(a: Answer) -> HttpAnswer {
+    HttpAnswer {
+        status: a.status,
+        headers: vec![("Content-Type", a.content_type.to_string())],
+        body: Arc::from(a.body),
     }
 }
 
@@ -156,15 +130,9 @@ impl Service {
         let svc = self.clone();
         let jobs = self.h.jobs.clone();
         let work: Work = Box::new(move |ctx: &JobCtx| {
-            ctx.info.defer_reply();
-            let mut answer = Responder {
-                info: ctx.info.clone(),
-                jobs,
-                conn,
-                generation,
-                sent: false,
-            };
-            answer.send(svc.handle_webhook(&account, &headers, &body));
+            let mut answer =
+                Responder::new(ctx, jobs, conn, generation, http(failed("internal error")));
+            answer.send(http(svc.handle_webhook(&account, &headers, &body)));
             Ok(serde_json::Value::Null.into())
         });
         let spec = JobSpec {

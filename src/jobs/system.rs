@@ -269,3 +269,54 @@ impl Detached {
         }
     }
 }
+
+/// Sends an HTTP job's whole answer (a dashboard file, a channel's webhook) exactly once:
+/// claimed against the watchdog's deadline answer, and `fallback` (a 500) if the job ends
+/// without one (a panic), so the client is answered and a channel retries.
+pub struct Responder {
+    info: Arc<JobInfo>,
+    jobs: Arc<JobSystem>,
+    conn: usize,
+    generation: u64,
+    fallback: Option<crate::protocol::reply::HttpAnswer>,
+}
+
+impl Responder {
+    /// For the job `ctx` runs, answering connection `conn` (of `generation`). The job's own
+    /// reply is deferred: this answer replaces it.
+    pub fn new(
+        ctx: &JobCtx,
+        jobs: Arc<JobSystem>,
+        conn: usize,
+        generation: u64,
+        fallback: crate::protocol::reply::HttpAnswer,
+    ) -> Responder {
+        ctx.info.defer_reply();
+        Responder {
+            info: ctx.info.clone(),
+            jobs,
+            conn,
+            generation,
+            fallback: Some(fallback),
+        }
+    }
+
+    pub fn send(&mut self, answer: crate::protocol::reply::HttpAnswer) {
+        self.fallback = None;
+        if self.info.claim_reply() {
+            self.jobs.outbox.push(crate::protocol::reply::Completion {
+                conn: self.conn,
+                generation: self.generation,
+                body: crate::protocol::reply::CompletionBody::Answer(answer),
+            });
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if let Some(f) = self.fallback.take() {
+            self.send(f);
+        }
+    }
+}

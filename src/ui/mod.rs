@@ -25,11 +25,11 @@ use crate::config::Config;
 use crate::config::live::ConfigCell;
 use crate::error::{Code, RpcError};
 use crate::jobs::periodic::Periodic;
-use crate::jobs::system::JobSystem;
-use crate::jobs::{JobCtx, JobInfo, JobSpec, Lane, PoolKind, Work};
+use crate::jobs::system::{JobSystem, Responder};
+use crate::jobs::{JobCtx, JobSpec, Lane, PoolKind, Work};
 use crate::metrics::{Counter, Gauge};
 use crate::pressure::{Level, PressureCell};
-use crate::protocol::reply::{Completion, CompletionBody, HttpAnswer, ReplyTo};
+use crate::protocol::reply::{HttpAnswer, ReplyTo};
 use crate::sync::lock;
 use cache::Lru;
 use serde_json::{Value, json};
@@ -725,14 +725,13 @@ impl ControlUi {
         };
         let svc = self.clone();
         let work: Work = Box::new(move |ctx: &JobCtx| {
-            let mut answer = Responder {
-                info: ctx.info.clone(),
-                jobs: svc.h.jobs.clone(),
+            let mut answer = Responder::new(
+                ctx,
+                svc.h.jobs.clone(),
                 conn,
                 generation,
-                sent: false,
-            };
-            ctx.info.defer_reply();
+                plain(500, "Internal Server Error"),
+            );
             if let Some(delay) = svc.read_delay {
                 let until = Instant::now() + delay;
                 while Instant::now() < until {
@@ -833,37 +832,6 @@ impl ControlUi {
                 "bytes": s.listing.bytes,
                 "cacheBytes": self.stats.cache_bytes.get(),
             }),
-        }
-    }
-}
-
-/// Sends a file job's answer exactly once: claimed against the watchdog's deadline answer,
-/// and a 500 if the job ends without one (a panic).
-struct Responder {
-    info: Arc<JobInfo>,
-    jobs: Arc<JobSystem>,
-    conn: usize,
-    generation: u64,
-    sent: bool,
-}
-
-impl Responder {
-    fn send(&mut self, answer: HttpAnswer) {
-        self.sent = true;
-        if self.info.claim_reply() {
-            self.jobs.outbox.push(Completion {
-                conn: self.conn,
-                generation: self.generation,
-                body: CompletionBody::Answer(answer),
-            });
-        }
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        if !self.sent {
-            self.send(plain(500, "Internal Server Error"));
         }
     }
 }
