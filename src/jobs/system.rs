@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::payload::Outcome;
 use crate::phase::{LifecycleCell, Phase};
 use crate::pressure::{Level, PressureCell};
-use crate::protocol::reply::ReplyTo;
+use crate::protocol::reply::{Completion, CompletionBody, HttpAnswer, ReplyTo};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -278,7 +278,7 @@ pub struct Responder {
     jobs: Arc<JobSystem>,
     conn: usize,
     generation: u64,
-    fallback: Option<crate::protocol::reply::HttpAnswer>,
+    fallback: Option<HttpAnswer>,
 }
 
 impl Responder {
@@ -289,7 +289,7 @@ impl Responder {
         jobs: Arc<JobSystem>,
         conn: usize,
         generation: u64,
-        fallback: crate::protocol::reply::HttpAnswer,
+        fallback: HttpAnswer,
     ) -> Responder {
         ctx.info.defer_reply();
         Responder {
@@ -301,13 +301,13 @@ impl Responder {
         }
     }
 
-    pub fn send(&mut self, answer: crate::protocol::reply::HttpAnswer) {
+    pub fn send(&mut self, answer: HttpAnswer) {
         self.fallback = None;
         if self.info.claim_reply() {
-            self.jobs.outbox.push(crate::protocol::reply::Completion {
+            self.jobs.outbox.push(Completion {
                 conn: self.conn,
                 generation: self.generation,
-                body: crate::protocol::reply::CompletionBody::Answer(answer),
+                body: CompletionBody::Answer(answer),
             });
         }
     }
