@@ -682,7 +682,8 @@ pub struct FileCache {
 #[derive(Default)]
 struct RowMemo {
     grouping: Option<Grouping>,
-    rows: HashMap<u64, Row>,
+    /// By [`RowMemo::id`], already a hash: not hashed again.
+    rows: HashMap<u64, Row, std::hash::BuildHasherDefault<IdHasher>>,
     /// Calls that used the memo.
     calls: u64,
 }
@@ -692,8 +693,9 @@ struct Row {
     session_id: Box<str>,
     sig: u64,
     acc: Arc<SessionAcc>,
-    /// The row as `sessions.usage` writes it; empty until written once.
-    json: Vec<u8>,
+    /// The row as `sessions.usage` writes it, once written; shared with the calls that copy
+    /// it into their answers.
+    json: Option<Arc<[u8]>>,
     /// The call that last used it (rows no call uses any more are dropped).
     seen: u64,
 }
@@ -705,10 +707,32 @@ impl RowMemo {
         h.finish()
     }
 
-    fn get(&self, agent: &str, session_id: &str, sig: u64) -> Option<&Row> {
+    /// The row of `s` if it was computed from what `s` is computed from.
+    fn get_mut(&mut self, s: &Session<'_>) -> Option<&mut Row> {
         self.rows
-            .get(&Self::id(agent, session_id))
-            .filter(|r| r.sig == sig && &*r.agent == agent && &*r.session_id == session_id)
+            .get_mut(&s.memo_id)
+            .filter(|r| r.sig == s.sig && &*r.agent == s.agent && &*r.session_id == s.session_id)
+    }
+}
+
+/// The hasher of maps whose keys are hashes already: the key as it is.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed with it; anything else still gets a usable value.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -788,6 +812,10 @@ struct Session<'a> {
     sig: u64,
     /// The row's files, while they are gathered.
     files: Vec<(&'a std::path::PathBuf, &'a FileIndex)>,
+    /// Its key in [`RowMemo`] (`RowMemo::id`).
+    memo_id: u64,
+    /// Its JSON as kept from an earlier call, if it is.
+    json: Option<Arc<[u8]>>,
 }
 
 impl Session<'_> {
@@ -832,7 +860,7 @@ fn group<'a>(cx: &'a Ctx<'a>, filter: &Filter<'_>, range: &Range) -> Vec<Session
         Grouping::Family => family_owners(cx.stores),
         Grouping::Instance => HashMap::new(),
     };
-    let mut at: HashMap<(u32, &'a str), usize> = HashMap::new();
+    let mut at: HashMap<(u32, &'a str), usize> = HashMap::with_capacity(cx.index.files.len());
     let mut out: Vec<Session<'a>> = Vec::new();
     let key = cache_key(range, cx.prices_version);
     let mut cache = cx.files.map(|m| lock(m));
@@ -877,6 +905,8 @@ fn group<'a>(cx: &'a Ctx<'a>, filter: &Filter<'_>, range: &Range) -> Vec<Session
                 acc: Arc::default(),
                 sig: 0,
                 files: Vec::new(),
+                memo_id: RowMemo::id(agent, row_sid),
+                json: None,
             });
             out.len() - 1
         });
@@ -894,12 +924,10 @@ fn group<'a>(cx: &'a Ctx<'a>, filter: &Filter<'_>, range: &Range) -> Vec<Session
             let call = c.rows.calls;
             for s in &mut out {
                 s.sig = row_sig(s, &owners, &key, filter.grouping);
-                let id = RowMemo::id(s.agent, s.session_id);
-                if c.rows.get(s.agent, s.session_id, s.sig).is_some()
-                    && let Some(r) = c.rows.rows.get_mut(&id)
-                {
+                if let Some(r) = c.rows.get_mut(s) {
                     r.seen = call;
                     s.acc = r.acc.clone();
+                    s.json = r.json.clone();
                     continue;
                 }
                 let mut acc = SessionAcc::default();
@@ -924,10 +952,10 @@ fn group<'a>(cx: &'a Ctx<'a>, filter: &Filter<'_>, range: &Range) -> Vec<Session
                     session_id: s.session_id.into(),
                     sig: s.sig,
                     acc: s.acc.clone(),
-                    json: Vec::new(),
+                    json: None,
                     seen: call,
                 };
-                c.rows.rows.insert(id, row);
+                c.rows.rows.insert(s.memo_id, row);
             }
             // Rows of sessions that are gone (only a call that saw every row can tell).
             if filter.agent.is_none() && filter.session.is_none() {
@@ -1424,30 +1452,35 @@ pub fn sessions_usage(cx: &Ctx<'_>, q: &UsageQuery) -> Result<(Payload, Summary)
         utc_dates: &utc_dates,
         range: &range,
     };
-    // Rows computed before from the same inputs are copied as they were written.
-    let mut memo = cx.files.map(|m| lock(m));
+    // Rows computed before from the same inputs are copied as they were written (`group`
+    // found them); the others are written, and kept for the next call.
     let mut kept_rows = 0;
+    let mut written: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
     for o in page {
         j.sep(&mut first);
         let s = &sessions[o.4];
-        let kept = memo.as_deref_mut().and_then(|c| {
-            c.rows.get(s.agent, s.session_id, s.sig)?;
-            c.rows.rows.get_mut(&RowMemo::id(s.agent, s.session_id))
-        });
-        match kept {
-            Some(r) if !r.json.is_empty() => {
+        match &s.json {
+            Some(json) => {
                 kept_rows += 1;
-                j.raw(&r.json);
+                j.raw(json);
             }
-            Some(r) => {
+            None => {
                 let at = j.buf.len();
                 rows.write(&mut j, s);
-                r.json = j.buf[at..].to_vec();
+                written.push((o.4, at..j.buf.len()));
             }
-            None => rows.write(&mut j, s),
         }
     }
-    drop(memo);
+    if let Some(m) = cx.files
+        && !written.is_empty()
+    {
+        let mut c = lock(m);
+        for (i, span) in written {
+            if let Some(r) = c.rows.get_mut(&sessions[i]) {
+                r.json = Some(Arc::from(&j.buf[span]));
+            }
+        }
+    }
     let serialized = (|| {
         j.raw(b"],\"totals\":");
         j.serde(&totals)?;
