@@ -34,7 +34,8 @@
 #                build then measures parsing rather than the disk, e.g. to compare builds.
 #   --keep DIR   generate the state in DIR/state (figures in DIR/figures.json) and reuse it on
 #                later runs (regenerated when older than 12 h: usage.cost {} covers 30 days up
-#                to today); the transcript the bench appends to is restored afterwards.
+#                to today); the transcript the bench appends to is restored afterwards, and
+#                the gateway's log of the run is kept as DIR/keel.log.
 # Exit status: the bench's (0 ran correctly, targets missed or not; 1 wrong totals, failed
 # calls or failed probes; 2 could not measure), or 1 if the state or the gateway could not be
 # set up.
@@ -107,6 +108,9 @@ restore_transcript() {
 cleanup() {
     bench_kill_server
     restore_transcript
+    if [[ -n "$keep" && -f "$log" ]]; then
+        cp "$log" "$keep/keel.log" || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
