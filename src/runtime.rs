@@ -129,6 +129,7 @@ impl Shared {
                 runs: runs.clone(),
                 delivery: delivery.clone(),
                 state_dir: p.state_dir.clone(),
+                test_hooks: p.test_hooks,
             },
         ));
         Shared {

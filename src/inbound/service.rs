@@ -43,8 +43,8 @@ use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// Started runs are remembered this long (a channel's redelivery comes within hours).
@@ -67,6 +67,8 @@ pub struct Handles {
     pub runs: Arc<Runs>,
     pub delivery: Arc<Delivery>,
     pub state_dir: PathBuf,
+    /// `KEEL_TEST_HOOKS=1` at boot: test-only settings are read.
+    pub test_hooks: bool,
 }
 
 /// One account's health, published for `channels.status`, `status`, `/metrics`, `/readyz`.
@@ -206,7 +208,18 @@ pub struct Service {
     /// Entries waiting (published for readers that must not take the queue's lock).
     pending: AtomicU64,
     started: AtomicBool,
+    /// [`OPENING`], [`OPEN`] or [`UNOPENED`]: whether the queue and stores are open, for
+    /// readers that must not wait (readiness); `opened` wakes a message that came first.
+    open_state: AtomicU8,
+    opened: (Mutex<()>, Condvar),
 }
+
+const OPENING: u8 = 0;
+const OPEN: u8 = 1;
+const UNOPENED: u8 = 2;
+/// How long a message that arrives while keel opens its queue waits for it (on its worker)
+/// before it is answered "not stored, retry": less than Slack's 3 s to acknowledge.
+const OPEN_WAIT: Duration = Duration::from_secs(2);
 
 fn finished_limits() -> idempotency::Limits {
     idempotency::Limits {
@@ -232,6 +245,8 @@ impl Service {
             refusals: Mutex::default(),
             pending: AtomicU64::new(0),
             started: AtomicBool::new(false),
+            open_state: AtomicU8::new(OPENING),
+            opened: (Mutex::new(()), Condvar::new()),
         }
     }
 
@@ -344,6 +359,10 @@ impl Service {
     /// stores it durably. `Err`: not stored (the transport must not acknowledge it; it will
     /// come again).
     pub fn ingest(&self, m: Inbound) -> Result<Ingested, String> {
+        // A webhook can come in while the queue is still being opened at boot.
+        if !self.wait_open(OPEN_WAIT) {
+            return Err("keel is starting: the inbound queue is not open".into());
+        }
         let health = self.account(&m.channel, &m.account_id);
         let count = |f: fn(&AccountHealth) -> &AtomicU64| {
             if let Some(h) = &health {
@@ -462,9 +481,56 @@ impl Service {
         }
     }
 
+    /// Waits up to `within` for the queue and stores to be open; whether they are.
+    fn wait_open(&self, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        let mut g = lock(&self.opened.0);
+        loop {
+            match self.open_state.load(Ordering::Acquire) {
+                OPEN => return true,
+                UNOPENED => return false,
+                _ => {}
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = match self.opened.1.wait_timeout(g, left) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+
+    fn set_open_state(&self, state: u8) {
+        let _g = lock(&self.opened.0);
+        self.open_state.store(state, Ordering::Release);
+        self.opened.1.notify_all();
+    }
+
     // ---- the dispatcher ----------------------------------------------------------------
 
     fn open(&self) -> bool {
+        // `KEEL_TEST_INBOUND_OPEN_DELAY_MS` (with `KEEL_TEST_HOOKS=1`): a slow disk at boot.
+        if let Some(ms) = self
+            .h
+            .test_hooks
+            .then(|| {
+                std::env::var("KEEL_TEST_INBOUND_OPEN_DELAY_MS")
+                    .ok()?
+                    .parse()
+                    .ok()
+            })
+            .flatten()
+        {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        let open = self.open_stores();
+        self.set_open_state(if open { OPEN } else { UNOPENED });
+        open
+    }
+
+    fn open_stores(&self) -> bool {
         let dir = self.dir();
         let opened = Queue::open(&dir.join("queue"));
         let (q, rec) = match opened {
@@ -678,10 +744,13 @@ impl Service {
         if self.stop.is_cancelled() {
             return Vec::new();
         }
-        self.accounts()
-            .iter()
-            .filter_map(|a| a.stale(now))
-            .collect()
+        // (While it is being opened at boot, a message that comes waits for it: not a reason.)
+        let mut notes: Vec<String> = match self.open_state.load(Ordering::Acquire) {
+            UNOPENED => vec!["inbound: the queue could not be opened; nothing is received".into()],
+            _ => Vec::new(),
+        };
+        notes.extend(self.accounts().iter().filter_map(|a| a.stale(now)));
+        notes
     }
 
     /// `channels.status`' accounts of `channel`.

@@ -194,6 +194,29 @@ fn a_signed_slack_dm_runs_once_however_often_it_comes_and_the_reply_goes_to_that
     assert!(fs.received().is_empty(), "{:?}", fs.received());
 }
 
+/// A webhook that comes while keel is still opening its inbound queue at boot (a slow disk)
+/// waits for it, and is stored and answered 200, rather than refused.
+#[test]
+fn a_slack_event_that_comes_while_the_queue_opens_waits_for_it() {
+    let p = FakeProvider::start("openai-completions");
+    let (sl, fs) = (FakeChannel::start(SLACK_OK), FakeChannel::start(FEISHU_OK));
+    p.push(Behavior::text(&["made it"]));
+    let g = Gateway::start(
+        Opts::hooks()
+            .config(config(&p, &sl, &fs, json!({})))
+            .env("KEEL_TEST_INBOUND_OPEN_DELAY_MS", "800"),
+    );
+    let dm = slack_dm(OWNER, "D024BE91L", "1700000000.000100", "early bird");
+    let r = slack_post(&g.addr(), &slack_event("Ev01", dm), &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = eventually(BOUND, || {
+        let s = slack_sent_to(&sl, "D024BE91L");
+        (!s.is_empty()).then_some(s)
+    });
+    assert_eq!(sent[0]["text"], "made it", "{sent:?}");
+    assert_eq!(runs_of(&p, "early bird"), 1);
+}
+
 #[test]
 fn a_bad_stale_or_oversized_slack_request_is_refused_and_nothing_runs() {
     let p = FakeProvider::start("openai-completions");
