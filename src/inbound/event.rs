@@ -83,6 +83,13 @@ impl Inbound {
                 return Err(format!("{name} holds control characters"));
             }
         }
+        // The reply goes back to this chat: an id delivery would refuse to send to is refused
+        // here, before anything runs for a message no answer could reach.
+        if let Some(kind) = crate::config::channels::Kind::parse(&self.channel)
+            && let Some(why) = crate::config::channels::address_problem(kind, &self.chat_id)
+        {
+            return Err(format!("chatId: {why}"));
+        }
         if self.text.len() > MAX_TEXT {
             return Err(format!(
                 "the text is {} bytes, more than {MAX_TEXT}",
@@ -136,6 +143,18 @@ mod tests {
         let mut m = msg();
         m.event_id = "9".repeat(MAX_ID + 1);
         assert!(m.check().unwrap_err().contains("eventId"));
+    }
+
+    #[test]
+    fn a_chat_no_reply_could_reach_is_refused() {
+        let mut m = msg();
+        m.chat_id = "not-a-chat".into();
+        assert!(m.check().unwrap_err().contains("chatId"));
+        m.channel = "slack".into();
+        m.chat_id = "D1099".into();
+        assert!(m.check().unwrap_err().contains("rejects address"));
+        m.chat_id = "D024BE91L".into();
+        assert_eq!(m.check(), Ok(()));
     }
 
     #[test]

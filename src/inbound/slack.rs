@@ -466,7 +466,7 @@ mod tests {
             Verdict::Ignore("conversation type keel does not handle")
         );
         let m = msg(deliver(&callback(json!({
-            "type": "message", "subtype": "thread_broadcast", "channel": "C1", "channel_type": "channel",
+            "type": "message", "subtype": "thread_broadcast", "channel": "C024BE91L", "channel_type": "channel",
             "user": "U1", "text": "in a thread", "ts": "1700000001.000200", "thread_ts": "1700000000.000100",
         }))));
         assert_eq!(m.thread_id.as_deref(), Some("1700000000.000100"));
@@ -476,7 +476,7 @@ mod tests {
     #[test]
     fn the_bots_mention_is_detected_and_stripped() {
         let m = msg(deliver(&callback(json!({
-            "type": "app_mention", "channel": "C1", "user": "U1",
+            "type": "app_mention", "channel": "C024BE91L", "user": "U1",
             "text": "<@U0BOT> what is <@U2>'s plan?", "ts": "1.0",
         }))));
         assert!(m.mentioned);
@@ -484,14 +484,14 @@ mod tests {
         assert_eq!(m.chat_kind, ChatKind::Channel);
         // In a message event, the bot named in authorizations; mid-sentence, with a label.
         let m = msg(deliver(&callback(json!({
-            "type": "message", "channel": "C1", "channel_type": "channel", "user": "U1",
+            "type": "message", "channel": "C024BE91L", "channel_type": "channel", "user": "U1",
             "text": "hey <@U0BOT|keel> look", "ts": "1.0",
         }))));
         assert!(m.mentioned);
         assert_eq!(m.text, "hey look");
         // Someone else's mention is not the bot's.
         let m = msg(deliver(&callback(json!({
-            "type": "message", "channel": "C1", "channel_type": "channel", "user": "U1",
+            "type": "message", "channel": "C024BE91L", "channel_type": "channel", "user": "U1",
             "text": "<@U0BOTX> hi", "ts": "1.0",
         }))));
         assert!(!m.mentioned);
@@ -500,7 +500,7 @@ mod tests {
         let mut acc = account();
         acc.bot_user_id = Some("U0OTHER".into());
         let body = callback(
-            json!({"type": "message", "channel": "C1", "channel_type": "channel",
+            json!({"type": "message", "channel": "C024BE91L", "channel_type": "channel",
             "user": "U1", "text": "<@U0OTHER> hi <@U0BOT>", "ts": "1.0"}),
         )
         .to_string();
@@ -514,7 +514,7 @@ mod tests {
         // Only a mention: nothing to run.
         assert_eq!(
             deliver(&callback(
-                json!({"type": "app_mention", "channel": "C1", "user": "U1", "text": "<@U0BOT>", "ts": "1.0"})
+                json!({"type": "app_mention", "channel": "C024BE91L", "user": "U1", "text": "<@U0BOT>", "ts": "1.0"})
             )),
             Verdict::Ignore("a message without text")
         );
@@ -528,26 +528,26 @@ mod tests {
         };
         assert_eq!(
             ignored(
-                json!({"type": "message", "channel": "C1", "channel_type": "channel", "user": "U0BOT", "text": "my reply", "ts": "1.0"})
+                json!({"type": "message", "channel": "C024BE91L", "channel_type": "channel", "user": "U0BOT", "text": "my reply", "ts": "1.0"})
             ),
             "the bot's own message"
         );
         assert_eq!(
             ignored(
-                json!({"type": "message", "channel": "C1", "channel_type": "channel", "user": "U9", "bot_id": "B1", "text": "x", "ts": "1.0"})
+                json!({"type": "message", "channel": "C024BE91L", "channel_type": "channel", "user": "U9", "bot_id": "B1", "text": "x", "ts": "1.0"})
             ),
             "a bot's message"
         );
         assert_eq!(
             ignored(
-                json!({"type": "message", "subtype": "bot_message", "channel": "C1", "bot_id": "B1", "text": "x", "ts": "1.0"})
+                json!({"type": "message", "subtype": "bot_message", "channel": "C024BE91L", "bot_id": "B1", "text": "x", "ts": "1.0"})
             ),
             "a bot's message"
         );
         for sub in ["message_changed", "message_deleted", "channel_join"] {
             assert_eq!(
                 ignored(
-                    json!({"type": "message", "subtype": sub, "channel": "C1", "message": {"text": "x"}, "ts": "1.0"})
+                    json!({"type": "message", "subtype": sub, "channel": "C024BE91L", "message": {"text": "x"}, "ts": "1.0"})
                 ),
                 "message subtype keel does not handle"
             );
@@ -565,7 +565,7 @@ mod tests {
     #[test]
     fn bad_signatures_and_stale_timestamps_are_refused() {
         let body = callback(
-            json!({"type": "message", "channel": "C1", "channel_type": "im",
+            json!({"type": "message", "channel": "C024BE91L", "channel_type": "im",
             "user": "U1", "text": "hi", "ts": "1.0"}),
         )
         .to_string();
@@ -629,9 +629,9 @@ mod tests {
             (b"[1,2]", "malformed JSON"),
             (br#"{"type":"event_callback","event_id":"Ev1"}"#, "event_callback without an event"),
             (br#"{"type":"url_verification"}"#, "url_verification without a challenge"),
-            (br#"{"type":"event_callback","event":{"type":"message","channel":"C1","user":"U1","text":5,"ts":"1.0"},"event_id":"E"}"#, "malformed message event"),
-            (br#"{"type":"event_callback","event":{"type":"message","channel":"C1","user":"U1","text":"x","ts":"1.0"}}"#, "event without an event_id"),
-            (br#"{"type":"event_callback","event":{"type":"message","channel":"C1","user":"U1","text":"x","ts":"soon"},"event_id":"E"}"#, "malformed ts"),
+            (br#"{"type":"event_callback","event":{"type":"message","channel":"C024BE91L","user":"U1","text":5,"ts":"1.0"},"event_id":"E"}"#, "malformed message event"),
+            (br#"{"type":"event_callback","event":{"type":"message","channel":"C024BE91L","user":"U1","text":"x","ts":"1.0"}}"#, "event without an event_id"),
+            (br#"{"type":"event_callback","event":{"type":"message","channel":"C024BE91L","user":"U1","text":"x","ts":"soon"},"event_id":"E"}"#, "malformed ts"),
         ] {
             assert_eq!(
                 run(&account(), &signed(SECRET, now, body), body),
@@ -649,7 +649,7 @@ mod tests {
         // A text past the bound is refused, not cut.
         let text = "x".repeat(super::super::event::MAX_TEXT + 1);
         let v = deliver(&callback(
-            json!({"type": "message", "channel": "C1", "channel_type": "im",
+            json!({"type": "message", "channel": "C024BE91L", "channel_type": "im",
             "user": "U1", "text": text, "ts": "1.0"}),
         ));
         assert_eq!(v, Verdict::refuse(400, "message out of bounds"));
