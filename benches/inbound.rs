@@ -1,5 +1,5 @@
-//! Inbound: how fast keel takes messages in from Telegram (long polling and webhook mode) with
-//! fsync on, how soon a received message's run starts, and whether `/healthz` stays fast while
+//! Inbound: how fast keel takes messages in from Telegram (long polling and webhook mode) and
+//! Slack (the Events API route) with fsync on, how soon a received message's run starts, and whether `/healthz` stays fast while
 //! accounts long-poll and messages arrive — against a release keel that this binary starts
 //! itself, with a fake Bot API and a fake model provider on loopback.
 //!
@@ -10,9 +10,10 @@
 //!    held until an update for that token is due or the long poll's timeout passes, as
 //!    Telegram does; it records when each update was first handed out and when keel confirmed
 //!    it — a later `getUpdates` whose `offset` is past it, which keel sends only once the batch
-//!    is stored — and counts `sendMessage` replies) and the fake provider (records when each
-//!    model request arrived); writes a config with `--accounts` polling accounts (`p0`…) and
-//!    one webhook-mode account (`hook`, path `/tg-hook`), `dmPolicy: "open"`,
+//!    is stored — and counts `sendMessage` replies, and Slack's `chat.postMessage` under
+//!    `/slack/`) and the fake provider (records when each model request arrived); writes a
+//!    config with `--accounts` polling accounts (`p0`…), one webhook-mode account (`hook`,
+//!    path `/tg-hook`) and a Slack account in HTTP mode (`/slack/events`), `dmPolicy: "open"`,
 //!    `session.dmScope: "per-peer"` (100 senders: 100 sessions that run side by side), and
 //!    waits until every account polled and the webhook was set.
 //! 1. **polling**: `--messages` updates for `p0` at once: messages/s from the first update
@@ -21,11 +22,15 @@
 //! 2. **webhook**: `--messages` updates POSTed to `/tg-hook` from `--conns` keep-alive
 //!    connections; each `200` means stored with fsync (`x-openclaw-delivery-accepted:
 //!    durable`): messages/s and the POST latency. Then waits for the runs and replies.
-//! 3. **load**: for `--seconds`, `--rate` messages/s (open loop) spread over the polling
+//! 3. **Slack**: `--messages` direct-message events POSTed to `/slack/events`, each signed
+//!    (HMAC-SHA256 over `v0:timestamp:body`, as Slack does), from `--conns` keep-alive
+//!    connections; a `200` comes only once the event is stored with fsync: messages/s and the
+//!    POST latency. Then waits for the runs and the replies (`chat.postMessage`).
+//! 4. **load**: for `--seconds`, `--rate` messages/s (open loop) spread over the polling
 //!    accounts while `/healthz` is probed at `--probe-rate`/s (open loop, one keep-alive
 //!    connection): `/healthz` p50/p99/max (target p99 <= 2 ms) and inbound -> run start
 //!    (update handed out -> model request at the provider) median/p99.
-//! 4. keel's peak RSS (`VmHWM`) and RSS now.
+//! 5. keel's peak RSS (`VmHWM`) and RSS now.
 //!
 //! Every message must run exactly once and get exactly one reply.
 //!
@@ -67,6 +72,7 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 const HOOK_SECRET: &str = "bench-hook-secret";
 const HOOK_TOKEN: &str = "900:hookbot";
+const SLACK_SECRET: &str = "bench-slack-signing-secret";
 /// Senders cycle over this many ids: as many sessions (`per-peer`) run side by side.
 const SENDERS: i64 = 100;
 const POLL_TIMEOUT_S: u64 = 25;
@@ -255,6 +261,35 @@ fn update(id: i64, sender: i64) -> Value {
         "text": format!("bench message m{id}e")}})
 }
 
+/// A Slack `event_callback` for a direct message from `sender`, tagged with `id` like the
+/// Telegram updates.
+fn slack_event(id: i64, sender: i64) -> Value {
+    json!({"token": "legacy", "team_id": "T0001", "api_app_id": "A0001",
+        "type": "event_callback", "event_id": format!("Ev{id}"),
+        "event_time": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        "event": {"type": "message", "channel": format!("D{sender:08}"), "channel_type": "im",
+            "user": format!("U{sender:08}"), "text": format!("bench message m{id}e"),
+            "ts": format!("1700000000.{id:06}")}})
+}
+
+/// Slack's signature headers for `body`, now.
+fn slack_headers(body: &[u8]) -> String {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .to_string();
+    let mac = keel::digest::hmac_sha256(
+        SLACK_SECRET.as_bytes(),
+        &[b"v0:", ts.as_bytes(), b":", body],
+    );
+    format!(
+        "X-Slack-Request-Timestamp: {ts}\r\nX-Slack-Signature: v0={}\r\n",
+        keel::digest::hex(&mac)
+    )
+}
+
 fn tg_handle(mut s: TcpStream, st: &(Mutex<TgState>, Condvar)) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let Ok(clone) = s.try_clone() else { return };
@@ -306,6 +341,20 @@ fn tg_handle(mut s: TcpStream, st: &(Mutex<TgState>, Condvar)) {
                 &mut s,
                 200,
                 &json!({"ok": true, "result": {"message_id": n}}).to_string(),
+            );
+        }
+        // Slack's Web API, under `/slack/` (the token part is `slack`).
+        "chat.postMessage" => {
+            let n = {
+                let mut g = lock(m);
+                g.replies += 1;
+                g.replies
+            };
+            tg_respond(
+                &mut s,
+                200,
+                &json!({"ok": true, "channel": body["channel"], "ts": format!("1700000000.{n:06}")})
+                    .to_string(),
             );
         }
         "setWebhook" => {
@@ -420,13 +469,31 @@ fn p(sorted_samples: &[Duration], q: f64) -> f64 {
 }
 
 /// `POST /tg-hook` on a keep-alive connection with the secret header.
+/// POSTs to one of keel's webhook routes over a keep-alive connection.
 struct Poster {
     addr: SocketAddr,
     stream: Option<TcpStream>,
     buf: Vec<u8>,
+    path: &'static str,
+    /// The request's own headers for a body (a secret, a signature), each ending in CRLF.
+    headers: fn(&[u8]) -> String,
+}
+
+fn tg_hook_headers(_: &[u8]) -> String {
+    format!("X-Telegram-Bot-Api-Secret-Token: {HOOK_SECRET}\r\n")
 }
 
 impl Poster {
+    fn new(addr: SocketAddr, path: &'static str, headers: fn(&[u8]) -> String) -> Poster {
+        Poster {
+            addr,
+            stream: None,
+            buf: Vec::new(),
+            path,
+            headers,
+        }
+    }
+
     fn post(&mut self, body: &[u8]) -> Result<(u16, bool), String> {
         let deadline = Instant::now() + RPC_TIMEOUT;
         let r = self.exchange(body, deadline);
@@ -448,8 +515,10 @@ impl Poster {
             return Err(HttpError::Io("no connection".into()));
         };
         let mut wire = format!(
-            "POST /tg-hook HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n\
-             X-Telegram-Bot-Api-Secret-Token: {HOOK_SECRET}\r\nContent-Length: {}\r\n\r\n",
+            "POST {} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n{}\
+             Content-Length: {}\r\n\r\n",
+            self.path,
+            (self.headers)(body),
             body.len()
         )
         .into_bytes();
@@ -467,6 +536,73 @@ impl Poster {
             .contains("x-openclaw-delivery-accepted: durable");
         Ok((resp.status, durable))
     }
+}
+
+/// What [`post_batch`] saw: each accepted POST's latency (sorted), problems, when it began and
+/// when the last poster finished.
+struct Posted {
+    lat: Vec<Duration>,
+    errors: Vec<String>,
+    start: Instant,
+    end: Instant,
+}
+
+/// POSTs one body per id (`body(id, n)`) from `conns` keep-alive connections, each taking a
+/// share of `ids` in order. A POST counts as accepted on `200` (and, with `durable`, only
+/// with `x-openclaw-delivery-accepted: durable`).
+fn post_batch(
+    ids: &[i64],
+    conns: usize,
+    poster: Poster,
+    body: fn(i64, usize) -> Value,
+    durable: bool,
+    hard_end: Instant,
+) -> Posted {
+    let chunks: Vec<Vec<i64>> = ids
+        .chunks(ids.len().div_ceil(conns.max(1)).max(1))
+        .map(<[i64]>::to_vec)
+        .collect();
+    let start = Instant::now();
+    let handles: Vec<_> = chunks
+        .into_iter()
+        .map(|ids| {
+            let mut poster = Poster::new(poster.addr, poster.path, poster.headers);
+            thread::spawn(move || {
+                let mut lat = Vec::with_capacity(ids.len());
+                let mut errors = Vec::new();
+                for (n, id) in ids.iter().enumerate() {
+                    let b = body(*id, n).to_string();
+                    let t0 = Instant::now();
+                    match poster.post(b.as_bytes()) {
+                        Ok((200, d)) if d || !durable => lat.push(t0.elapsed()),
+                        Ok((status, d)) => {
+                            errors.push(format!("message {id}: HTTP {status}, durable {d}"))
+                        }
+                        Err(e) => errors.push(format!("message {id}: {e}")),
+                    }
+                }
+                (lat, errors, Instant::now())
+            })
+        })
+        .collect();
+    let (results, abandoned) = join_bounded(handles, hard_end);
+    let mut out = Posted {
+        lat: Vec::new(),
+        errors: Vec::new(),
+        start,
+        end: start,
+    };
+    if abandoned > 0 {
+        out.errors
+            .push(format!("{abandoned} poster(s) did not finish"));
+    }
+    for (lat, errors, end) in results {
+        out.lat.extend(lat);
+        out.end = out.end.max(end);
+        out.errors.extend(errors);
+    }
+    out.lat = sorted(&out.lat);
+    out
 }
 
 fn metrics_text(keel: &Keel) -> Result<String, String> {
@@ -499,6 +635,11 @@ fn run(o: &Opts) -> Result<i32, String> {
         "baseUrl": tg.url(), "pollTimeoutSeconds": POLL_TIMEOUT_S,
         "dmPolicy": "open", "allowFrom": ["*"], "accounts": accounts,
     }});
+    config["channels"]["slack"] = json!({
+        "mode": "http", "signingSecret": SLACK_SECRET, "botToken": "xoxb-bench",
+        "baseUrl": format!("{}/slack", tg.url()), "botUserId": "U0BOT",
+        "dmPolicy": "open", "allowFrom": ["*"],
+    });
     config["session"] = json!({"dmScope": "per-peer"});
     let mut keel = start_keel(&Launch {
         exe: &o.keel,
@@ -570,53 +711,19 @@ fn run(o: &Opts) -> Result<i32, String> {
     // 2. Webhook.
     let replies_before = tg.st().replies;
     let hook_ids: Vec<i64> = (0..o.messages).map(|_| tg.take_id()).collect();
-    let chunks: Vec<Vec<i64>> = hook_ids
-        .chunks(o.messages.div_ceil(o.conns))
-        .map(<[i64]>::to_vec)
-        .collect();
-    let hook_start = Instant::now();
-    let handles: Vec<_> = chunks
-        .into_iter()
-        .map(|ids| {
-            let addr = keel.addr;
-            thread::spawn(move || {
-                let mut poster = Poster {
-                    addr,
-                    stream: None,
-                    buf: Vec::new(),
-                };
-                let mut lat = Vec::with_capacity(ids.len());
-                let mut errors = Vec::new();
-                for (n, id) in ids.iter().enumerate() {
-                    let body = update(*id, 1_000 + (n as i64 % SENDERS)).to_string();
-                    let t0 = Instant::now();
-                    match poster.post(body.as_bytes()) {
-                        Ok((200, true)) => lat.push(t0.elapsed()),
-                        Ok((status, durable)) => {
-                            errors.push(format!("update {id}: HTTP {status}, durable {durable}"))
-                        }
-                        Err(e) => errors.push(format!("update {id}: {e}")),
-                    }
-                }
-                (lat, errors, Instant::now())
-            })
-        })
-        .collect();
-    let (results, abandoned) = join_bounded(handles, hard_end);
-    if abandoned > 0 {
-        wrong.push(format!("{abandoned} webhook poster(s) did not finish"));
+    let hook = post_batch(
+        &hook_ids,
+        o.conns,
+        Poster::new(keel.addr, "/tg-hook", tg_hook_headers),
+        |id, n| update(id, 1_000 + (n as i64 % SENDERS)),
+        true,
+        hard_end,
+    );
+    for e in &hook.errors {
+        wrong.push(format!("webhook: {e}"));
     }
-    let mut hook_lat = Vec::new();
-    let mut hook_end = hook_start;
-    for (lat, errors, end) in results {
-        hook_lat.extend(lat);
-        hook_end = hook_end.max(end);
-        for e in errors {
-            wrong.push(format!("webhook: {e}"));
-        }
-    }
+    let (hook_start, hook_end, hook_lat) = (hook.start, hook.end, hook.lat);
     let hook_window = hook_end.saturating_duration_since(hook_start);
-    let hook_lat = sorted(&hook_lat);
     let hook_runs_end = match wait_runs(&provider, &tg, &hook_ids, replies_before, hard_end) {
         Ok(t) => Some(t),
         Err(e) => {
@@ -625,7 +732,30 @@ fn run(o: &Opts) -> Result<i32, String> {
         }
     };
 
-    // 3. Load: messages over every polling account, /healthz probed.
+    // 3. Slack's Events API route.
+    let replies_before = tg.st().replies;
+    let slack_ids: Vec<i64> = (0..o.messages).map(|_| tg.take_id()).collect();
+    let slack = post_batch(
+        &slack_ids,
+        o.conns,
+        Poster::new(keel.addr, "/slack/events", slack_headers),
+        |id, n| slack_event(id, 1_000 + (n as i64 % SENDERS)),
+        false,
+        hard_end,
+    );
+    for e in &slack.errors {
+        wrong.push(format!("slack: {e}"));
+    }
+    let slack_window = slack.end.saturating_duration_since(slack.start);
+    let slack_runs_end = match wait_runs(&provider, &tg, &slack_ids, replies_before, hard_end) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            wrong.push(format!("slack: {e}"));
+            None
+        }
+    };
+
+    // 4. Load: messages over every polling account, /healthz probed.
     let replies_before = tg.st().replies;
     let stop = Arc::new(AtomicBool::new(false));
     let load_start = Instant::now() + Duration::from_millis(50);
@@ -679,7 +809,12 @@ fn run(o: &Opts) -> Result<i32, String> {
 
     // Exactly once.
     let mut repeated = 0;
-    for id in poll_ids.iter().chain(&hook_ids).chain(&load_ids) {
+    for id in poll_ids
+        .iter()
+        .chain(&hook_ids)
+        .chain(&slack_ids)
+        .chain(&load_ids)
+    {
         if runs.get(id).is_some_and(|r| r.1 > 1) {
             repeated += 1;
         }
@@ -687,7 +822,7 @@ fn run(o: &Opts) -> Result<i32, String> {
     if repeated > 0 {
         wrong.push(format!("{repeated} message(s) ran more than once"));
     }
-    let total = (poll_ids.len() + hook_ids.len() + load_ids.len()) as u64;
+    let total = (poll_ids.len() + hook_ids.len() + slack_ids.len() + load_ids.len()) as u64;
     // Late duplicates of replies.
     thread::sleep(Duration::from_millis(500));
     let replies = tg.st().replies;
@@ -699,9 +834,9 @@ fn run(o: &Opts) -> Result<i32, String> {
     let rss = procfs::status(pid, "VmRSS").unwrap_or(0);
     let (stopped, stop_took, _) = stop_keel(&mut keel, STOP_TIMEOUT);
 
-    println!("== inbound: Telegram -> keel (fsync on) -> runs -> replies ==");
+    println!("== inbound: Telegram and Slack -> keel (fsync on) -> runs -> replies ==");
     println!(
-        "  {} polling accounts + 1 webhook account, long poll {POLL_TIMEOUT_S} s, {SENDERS} senders (per-peer sessions)",
+        "  {} polling accounts + 1 webhook account (Telegram), 1 Slack account (Events API), long poll {POLL_TIMEOUT_S} s, {SENDERS} senders (per-peer sessions)",
         o.accounts
     );
     println!(
@@ -741,7 +876,24 @@ fn run(o: &Opts) -> Result<i32, String> {
             per_second(hook_ids.len() as u64, w)
         );
     }
-    println!("  Slack route: not measured (not served yet)");
+    println!(
+        "  Slack Events API: {} signed POSTs to /slack/events over {} keep-alive connections in {:.3} s: {:.0} messages/s; POST p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        slack.lat.len(),
+        o.conns,
+        slack_window.as_secs_f64(),
+        per_second(slack.lat.len() as u64, slack_window),
+        p(&slack.lat, 50.0),
+        p(&slack.lat, 99.0),
+        p(&slack.lat, 100.0)
+    );
+    if let Some(t) = slack_runs_end {
+        let w = t.saturating_duration_since(slack.start);
+        println!(
+            "    their runs all started {:.3} s after the first POST ({:.0} runs/s)",
+            w.as_secs_f64(),
+            per_second(slack_ids.len() as u64, w)
+        );
+    }
     println!();
     println!(
         "== (b), (c) {} s: {} messages/s over {} polling accounts, /healthz at {}/s (open loop) ==",

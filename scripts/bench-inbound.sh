@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench-inbound.sh — messages from Telegram: accepted per transport with fsync on, how soon
+# bench-inbound.sh — messages from Telegram and Slack: accepted per transport with fsync on, how soon
 # their runs start, /healthz while accounts long-poll, RSS.
 #
 # Builds the release keel and the `inbound` bench (benches/inbound.rs) and runs the bench,
@@ -10,15 +10,15 @@
 #   (a) messages/s accepted: 2000 updates handed to one polling account at once (first handed
 #       out -> the offset confirming the last, which keel sends only once all are stored with
 #       fsync); 2000 POSTs to the webhook route from 4 keep-alive connections (each 200 comes
-#       after the durable store). After each, until every run started and every reply came.
+#       after the durable store); 2000 signed Slack events POSTed to /slack/events the same
+#       way. After each, until every run started and every reply came.
 #   (b) inbound -> run start: update handed out -> model request at the fake provider,
 #       median and p99, while
 #   (c) 50 messages/s arrive over the 10 long-polling accounts for 20 s and /healthz is probed
 #       at 500/s open loop: p50/p99/max (target p99 <= 2 ms).
 #   (d) keel's peak RSS (VmHWM).
 #
-# Every message must run exactly once and get exactly one reply. The Slack Events route is
-# measured once keel serves it.
+# Every message must run exactly once and get exactly one reply.
 #
 # Usage: scripts/bench-inbound.sh [extra bench args, e.g. --messages 5000 --seconds 60]
 # Exit status: the bench's (0 ran correctly; 1 keel behaved wrongly: a refused post, a lost or
