@@ -464,6 +464,7 @@ impl Shared {
             &mut out,
             &[
                 ("send", &self.delivery.sent_keys),
+                ("replies", &self.delivery.reply_keys),
                 ("runs", &self.runs.run_keys),
                 ("inbound", &self.inbound.finished),
             ],

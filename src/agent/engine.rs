@@ -28,6 +28,17 @@ const ASSISTANT_EVERY: Duration = Duration::from_millis(20);
 /// Messages of earlier turns given to the model.
 const HISTORY: usize = 40;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many of a session's newest messages a resumed run searches for its user message.
+const RESUME_SEARCH: usize = 200;
+/// A run resumed this many times without finishing is given up at the next resume.
+pub const MAX_RESUMES: u32 = 3;
+/// The `customType` of the transcript entry a resume writes (`data`: the idempotency key and
+/// the attempt, or `gaveUp`).
+pub const RESUME_MARK: &str = "keel.run.resume";
+/// What a resumed run writes as the result of a tool call that an earlier life of keel
+/// started and never finished.
+const INTERRUPTED_TOOL: &str = "interrupted: keel restarted while this tool call was running, \
+    so it has no result; it may or may not have taken effect, and it was not run again";
 
 /// One model call that worked.
 struct Answer {
@@ -459,20 +470,284 @@ fn deliver(svc: &Arc<Runs>, run: &Run, text: &str) {
         }
     };
     let extra = json!({"runId": run.id, "sessionKey": req.session.key, "parentRunId": req.parent});
-    match svc
-        .h
-        .delivery
-        .enqueue(route, text, &format!("run:{}", run.id), extra)
-    {
-        Ok(e) => log::info!(
+    let queued = if resumable(run) {
+        svc.h
+            .delivery
+            .enqueue_reply(route, text, &reply_key(run), extra)
+    } else {
+        svc.h
+            .delivery
+            .enqueue(route, text, &reply_key(run), extra)
+            .map(Some)
+    };
+    match queued {
+        Ok(Some(e)) => log::info!(
             "run {}: reply queued for {}:{} ({})",
             run.id,
             e.route.channel,
             e.route.to,
             e.id
         ),
+        Ok(None) => log::info!(
+            "run {}: a reply of this run was queued before (key {}); not queued again",
+            run.id,
+            run.idempotency_key
+        ),
         Err(e) => log::warn!("run {}: cannot deliver the reply: {}", run.id, e.message),
     }
+}
+
+/// A run that a later life of keel can resume: a client's (not a sub-agent's) with a key.
+fn resumable(run: &Run) -> bool {
+    !run.idempotency_key.is_empty() && run.request.parent.is_none()
+}
+
+/// The idempotency key of a run's reply in the delivery queue: from the run's own key when it
+/// has one, so that a resumed run (a new run id) finds the reply an earlier life queued.
+fn reply_key(run: &Run) -> String {
+    if resumable(run) {
+        format!(
+            "{}{}",
+            crate::delivery::service::REPLY_KEY_PREFIX,
+            run.idempotency_key
+        )
+    } else {
+        format!("run:{}", run.id)
+    }
+}
+
+/// Where a resumed run stands.
+enum Resume {
+    /// Nothing is left to do: an earlier life answered (this text) or queued the reply.
+    Finished(String),
+    /// Go on from here: the conversation as the model sees it (this run's own turns and the
+    /// interrupted tool calls' results included), the text of its earlier rounds, and how
+    /// many rounds it had.
+    Continue {
+        messages: Vec<ChatMessage>,
+        text: String,
+        rounds: usize,
+    },
+}
+
+/// The text blocks of a transcript message, joined.
+fn message_text(m: &Value) -> String {
+    match &m["content"] {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter(|b| b["type"] == "text" || b["type"].is_null())
+            .filter_map(|b| b["text"].as_str())
+            .collect(),
+        _ => String::new(),
+    }
+}
+
+/// The tool calls of a transcript assistant message.
+fn message_tool_calls(m: &Value) -> Vec<ToolCall> {
+    m["content"]
+        .as_array()
+        .map(|blocks| {
+            blocks
+                .iter()
+                .filter(|b| b["type"] == "toolCall")
+                .filter_map(|b| {
+                    Some(ToolCall {
+                        id: b["id"].as_str()?.to_string(),
+                        name: b["name"].as_str()?.to_string(),
+                        arguments: b["arguments"].clone(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The run's own turns as the model sees them, from its transcript messages after its user
+/// message: failed calls left out, and every tool call without a result closed with an
+/// error result (returned apart, to be written). Also the text of its rounds and their number,
+/// and whether a final answer (a successful call without tool calls) is among them.
+fn own_turns(after: &[Value]) -> (Vec<ChatMessage>, Vec<ToolCall>, String, usize, bool) {
+    let mut out: Vec<ChatMessage> = Vec::new();
+    let mut closed: Vec<ToolCall> = Vec::new();
+    let mut open: Vec<ToolCall> = Vec::new();
+    let (mut text, mut rounds, mut answered) = (String::new(), 0, false);
+    let close =
+        |open: &mut Vec<ToolCall>, out: &mut Vec<ChatMessage>, closed: &mut Vec<ToolCall>| {
+            for c in open.drain(..) {
+                out.push(ChatMessage {
+                    role: Role::Tool,
+                    text: INTERRUPTED_TOOL.into(),
+                    tool_calls: Vec::new(),
+                    tool_call_id: Some(c.id.clone()),
+                });
+                closed.push(c);
+            }
+        };
+    for m in after {
+        match m["role"].as_str() {
+            Some("assistant") if m["stopReason"] != "error" => {
+                close(&mut open, &mut out, &mut closed);
+                let t = message_text(m);
+                let calls = message_tool_calls(m);
+                text.push_str(&t);
+                rounds += 1;
+                answered |= calls.is_empty();
+                out.push(ChatMessage {
+                    role: Role::Assistant,
+                    text: t,
+                    tool_calls: calls.clone(),
+                    tool_call_id: None,
+                });
+                open = calls;
+            }
+            Some("toolResult") => {
+                let id = m["toolCallId"].as_str();
+                // A result that answers no open call is left out: a provider refuses it.
+                if let Some(i) = open.iter().position(|c| Some(c.id.as_str()) == id) {
+                    let c = open.remove(i);
+                    out.push(ChatMessage {
+                        role: Role::Tool,
+                        text: message_text(m),
+                        tool_calls: Vec::new(),
+                        tool_call_id: Some(c.id),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    close(&mut open, &mut out, &mut closed);
+    (out, closed, text, rounds, answered)
+}
+
+/// Decides how a run asked to resume goes on, given what its earlier life wrote (`trace`):
+/// - it had answered (a final assistant message is written; its reply, if it delivers, was
+///   queued before that): finished, with that text;
+/// - its reply was queued (the kill came between queueing it and writing the answer):
+///   finished;
+/// - it was resumed [`MAX_RESUMES`] times already: given up — an error, and for a run that
+///   delivers, a short notice to its origin instead of the answer;
+/// - otherwise it goes on: a mark is written (counting the resumes), each tool call left
+///   without a result gets an error result saying the restart interrupted it (the tool is
+///   not run again: it may have had its effect; the model decides), and the model is called
+///   with the conversation as written.
+fn resume(
+    svc: &Arc<Runs>,
+    run: &Arc<Run>,
+    ctx: &JobCtx,
+    session: &mut SessionFile,
+    trace: super::transcript::RunTrace,
+) -> Result<Resume, RpcError> {
+    let req = &run.request;
+    let key = &run.idempotency_key;
+    let io = |e: std::io::Error| {
+        RpcError::new(
+            Code::Internal,
+            format!("cannot write the session {}: {e}", req.session.key),
+        )
+    };
+    let (own, interrupted, text, rounds, answered) = own_turns(&trace.after);
+    if answered {
+        log::info!(
+            "run {}: the run of key {key} had answered before the restart; not run again",
+            run.id
+        );
+        return Ok(Resume::Finished(text));
+    }
+    // Known once the delivery queue is open (it opens at boot, like the keys that let this
+    // run start).
+    let queued = loop {
+        match svc.h.delivery.reply_queued(&reply_key(run)) {
+            Ok(q) => break q,
+            Err(_) => {
+                ctx.check()?;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    if queued {
+        log::info!(
+            "run {}: the run of key {key} had queued its reply before the restart; not run again",
+            run.id
+        );
+        return Ok(Resume::Finished(text));
+    }
+    if trace.marks >= MAX_RESUMES {
+        log::error!(
+            "run {}: the run of key {key} in session {} was interrupted by a restart {} times \
+             without finishing; given up{}",
+            run.id,
+            req.session.key,
+            trace.marks + 1,
+            if req.deliver {
+                " (its origin is told)"
+            } else {
+                ""
+            }
+        );
+        session
+            .append_custom(
+                RESUME_MARK,
+                json!({"idempotencyKey": key, "gaveUp": true, "runId": run.id}),
+            )
+            .map_err(io)?;
+        if req.deliver {
+            deliver(
+                svc,
+                run,
+                "keel: this message could not be answered: a restart interrupted its run \
+                 several times, so it was given up. Please send it again.",
+            );
+        }
+        return Err(RpcError::new(
+            Code::Internal,
+            format!(
+                "the run was interrupted by a restart {} times and is given up",
+                trace.marks + 1
+            ),
+        ));
+    }
+    let attempt = trace.marks + 1;
+    session
+        .append_custom(
+            RESUME_MARK,
+            json!({"idempotencyKey": key, "attempt": attempt, "runId": run.id}),
+        )
+        .map_err(io)?;
+    log::info!(
+        "run {}: resuming the run of key {key} after a restart (resume {attempt} of at most \
+         {MAX_RESUMES}): {} of its turns written, {} interrupted tool call(s) closed",
+        run.id,
+        trace.after.len(),
+        interrupted.len()
+    );
+    for call in &interrupted {
+        record(
+            svc,
+            run,
+            session,
+            json!({"role": "toolResult", "toolCallId": call.id, "toolName": call.name, "content": text_content(INTERRUPTED_TOOL), "isError": true, "timestamp": clock::wall_ms()}),
+        )
+        .map_err(io)?;
+    }
+    let mut user_text = message_text(&trace.user);
+    if user_text.is_empty() {
+        user_text = req.message.clone();
+    }
+    let mut messages = history_messages(&trace.before);
+    messages.push(ChatMessage {
+        role: Role::User,
+        text: user_text,
+        tool_calls: Vec::new(),
+        tool_call_id: None,
+    });
+    messages.extend(own);
+    Ok(Resume::Continue {
+        messages,
+        text,
+        rounds,
+    })
 }
 
 /// The run's text and meta, and whether its reply was queued (with the final answer).
@@ -496,6 +771,13 @@ fn execute_inner(
         }
     };
     ctx.check()?;
+    // A run that delivers waits for the delivery queue, which opens on a worker at boot: a
+    // run started then (a message received before the restart) could otherwise end before
+    // its reply can be queued, and lose it.
+    while req.deliver && !svc.h.delivery.is_open() {
+        ctx.check()?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
     runs::emit(
         svc,
         run,
@@ -516,32 +798,62 @@ fn execute_inner(
         changed["reason"] = json!("create");
     }
     runs::session_changed(svc, run, "start", changed);
-    let mut user = json!({"role": "user", "content": text_content(&req.message), "timestamp": clock::wall_ms()});
-    // A client's key marks its message, so that a client that sent it (and may send it again
-    // after a reconnect) can find it in the history.
-    if !run.idempotency_key.is_empty() && req.parent.is_none() {
-        user["idempotencyKey"] = json!(run.idempotency_key);
-    }
-    record(svc, run, &mut session, user).map_err(io)?;
+    // A run asked to resume whose user message an earlier life wrote goes on from there.
+    let trace = if req.resume && resumable(run) {
+        super::transcript::find_run(
+            &svc.h.state_dir,
+            &req.session,
+            &run.idempotency_key,
+            RESUME_SEARCH,
+            HISTORY,
+            RESUME_MARK,
+        )
+        .map_err(io)?
+    } else {
+        None
+    };
+    let (mut messages, mut full_text, rounds_done) = match trace {
+        Some(trace) => match resume(svc, run, ctx, &mut session, trace)? {
+            Resume::Finished(text) => {
+                let meta = json!({"sessionId": session.session_id, "resumed": true});
+                return Ok((text, meta, true));
+            }
+            Resume::Continue {
+                messages,
+                text,
+                rounds,
+            } => (messages, text, rounds),
+        },
+        None => {
+            let mut user = json!({"role": "user", "content": text_content(&req.message), "timestamp": clock::wall_ms()});
+            // A client's key marks its message, so that a client that sent it (and may send
+            // it again after a reconnect) can find it in the history, and a resumed run its
+            // place in the transcript.
+            if resumable(run) {
+                user["idempotencyKey"] = json!(run.idempotency_key);
+            }
+            record(svc, run, &mut session, user).map_err(io)?;
+            let mut messages = history_messages(&earlier);
+            messages.push(ChatMessage {
+                role: Role::User,
+                text: req.message.clone(),
+                tool_calls: Vec::new(),
+                tool_call_id: None,
+            });
+            (messages, String::new(), 0)
+        }
+    };
     let cfg = svc.h.config.get();
     let system = cfg
         .agents
         .agent(&req.session.agent)
         .and_then(|a| a.system.clone());
-    let mut messages = history_messages(&earlier);
-    messages.push(ChatMessage {
-        role: Role::User,
-        text: req.message.clone(),
-        tool_calls: Vec::new(),
-        tool_call_id: None,
-    });
     let tool_specs = tools::specs(&cfg.agents);
-    let mut full_text = String::new();
     let mut sent = String::new();
     let mut totals = provider::Usage::default();
     let mut last_model: Option<ModelRef> = None;
     let mut delivered = false;
-    for _round in 0..MAX_ROUNDS {
+    for _round in rounds_done..MAX_ROUNDS.max(rounds_done + 1) {
         ctx.check()?;
         let prompt = Prompt {
             system: system.as_deref(),
@@ -554,9 +866,9 @@ fn execute_inner(
         let c = &answer.candidate;
         if answer.tool_calls.is_empty() && req.deliver {
             // The final answer. Its reply is queued before the answer is written to the
-            // transcript: a crash between the two then leaves a transcript without its last
-            // line rather than a reply never sent (a run whose user message is written is not
-            // run again, so nothing would send it later).
+            // transcript: a crash between the two leaves a transcript without its last line
+            // and a reply on its way, which a resumed run finds (`Delivery::reply_queued`)
+            // rather than a written answer whose reply was never queued.
             let text = format!("{full_text}{}", answer.text);
             if !text.is_empty() {
                 deliver(svc, run, &text);
@@ -697,6 +1009,51 @@ mod tests {
             (Some("Hi"), Some(true))
         );
         assert_eq!(sent, "Hi");
+    }
+
+    #[test]
+    fn a_resumed_run_sees_its_own_turns_and_its_interrupted_calls_closed() {
+        let call =
+            |id: &str| json!({"type": "toolCall", "id": id, "name": "t", "arguments": {"x": 1}});
+        let after = vec![
+            json!({"role": "assistant", "stopReason": "error", "content": [{"type": "text", "text": "partial"}]}),
+            json!({"role": "assistant", "content": [{"type": "text", "text": "let me look. "}, call("c1"), call("c2")]}),
+            json!({"role": "toolResult", "toolCallId": "c1", "content": [{"type": "text", "text": "one"}]}),
+            json!({"role": "toolResult", "toolCallId": "zz", "content": [{"type": "text", "text": "stray"}]}),
+        ];
+        let (msgs, closed, text, rounds, answered) = own_turns(&after);
+        assert_eq!(
+            (text.as_str(), rounds, answered),
+            ("let me look. ", 1, false)
+        );
+        assert_eq!(
+            closed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+            ["c2"]
+        );
+        let shape: Vec<(Role, Option<&str>, &str)> = msgs
+            .iter()
+            .map(|m| (m.role, m.tool_call_id.as_deref(), m.text.as_str()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (Role::Assistant, None, "let me look. "),
+                (Role::Tool, Some("c1"), "one"),
+                (Role::Tool, Some("c2"), INTERRUPTED_TOOL),
+            ]
+        );
+        assert_eq!(msgs[0].tool_calls.len(), 2);
+        assert_eq!(msgs[0].tool_calls[1].arguments, json!({"x": 1}));
+        // A final answer after the tools: answered.
+        let mut done = after.clone();
+        done.push(json!({"role": "toolResult", "toolCallId": "c2", "content": "two"}));
+        done.push(json!({"role": "assistant", "content": [{"type": "text", "text": "found it"}]}));
+        let (_, closed, text, rounds, answered) = own_turns(&done);
+        assert!(closed.is_empty());
+        assert_eq!(
+            (text.as_str(), rounds, answered),
+            ("let me look. found it", 2, true)
+        );
     }
 
     #[test]

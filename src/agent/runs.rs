@@ -107,6 +107,11 @@ pub struct Request {
     /// Deliver the final reply to the origin (or the agent's bound channel). Sub-agents
     /// always do: their completion goes back to whoever asked for the parent run.
     pub deliver: bool,
+    /// Continue the run of this idempotency key if an earlier life of keel began it (its
+    /// user message is in the session's transcript) instead of starting over: the engine
+    /// writes no second user message and goes on from the transcript as written (see
+    /// `engine::resume`). Without such a message the run starts as usual.
+    pub resume: bool,
 }
 
 impl Request {
@@ -119,6 +124,7 @@ impl Request {
             parent: None,
             depth: 0,
             deliver: false,
+            resume: false,
         }
     }
 }
@@ -227,6 +233,7 @@ impl Run {
                 parent: None,
                 depth: 0,
                 deliver: false,
+                resume: false,
             },
             created_ms: r["startedAt"].as_u64().unwrap_or(0),
             inner: Mutex::new(Inner {

@@ -143,6 +143,7 @@ fn spawn(svc: &Arc<Runs>, parent: &Run, call: &ToolCall) -> Result<String, Strin
         parent: Some(parent.id.clone()),
         depth: parent.request.depth + 1,
         deliver: true,
+        resume: false,
     };
     let idem = format!("{}:spawn:{}", parent.id, call.id);
     let (child, _) = runs::start(svc, &idem, request, ReplyTo::Internal, None)

@@ -239,6 +239,17 @@ impl SessionFile {
         Ok(id)
     }
 
+    /// Appends an entry that is not a message (OpenClaw's `custom` entry: a `customType` and
+    /// its `data`, never shown to the model, nor counted or listed as a message).
+    pub fn append_custom(&mut self, custom_type: &str, data: Value) -> io::Result<()> {
+        let now = clock::wall_ms();
+        let id = format!("{:08x}", clock::Rng::from_os().next_u64() as u32);
+        let line = json!({"type": "custom", "customType": custom_type, "data": data, "id": id, "parentId": self.last_id, "timestamp": clock::iso8601(now)});
+        append_line(&self.transcript, &line)?;
+        self.last_id = Some(id);
+        Ok(())
+    }
+
     /// How many messages the transcript holds (the last one appended is the last of them,
     /// so this is its `seq`). Counted from the file the first time it is asked for — only
     /// when someone watches the session — then kept current by [`SessionFile::append`].
@@ -327,6 +338,91 @@ pub fn history(
     }
     out.reverse();
     Ok((Some(sid), out))
+}
+
+/// What a session's transcript holds of the run whose user message carries an idempotency
+/// key ([`find_run`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunTrace {
+    /// Up to `context` messages before the user message, oldest first.
+    pub before: Vec<Value>,
+    /// The user message.
+    pub user: Value,
+    /// The run's own messages after it (its model calls and tool results), up to the next
+    /// user message, oldest first.
+    pub after: Vec<Value>,
+    /// `custom` entries of type `custom_type` naming the key, written after the user message.
+    pub marks: u32,
+}
+
+/// The run whose user message carries `idem`, looked for among the newest `search` messages
+/// of the session's transcript; `None` when it is not there (the run never wrote it).
+pub fn find_run(
+    state_dir: &Path,
+    key: &SessionKey,
+    idem: &str,
+    search: usize,
+    context: usize,
+    custom_type: &str,
+) -> io::Result<Option<RunTrace>> {
+    let dir = sessions_dir(state_dir, &key.agent);
+    let Some(sid) = read_store(&dir.join("sessions.json"))?
+        .get(&key.key)
+        .and_then(|e| e["sessionId"].as_str().map(String::from))
+    else {
+        return Ok(None);
+    };
+    let path = transcript_path(&dir, &sid)?;
+    // Newest first until the user message is found.
+    let mut later: Vec<Value> = Vec::new();
+    let mut marks_later: Vec<usize> = Vec::new(); // how many messages were newer than each mark
+    let mut seen = 0usize;
+    let mut found: Option<RunTrace> = None;
+    lines_backwards(&path, |l| {
+        let Ok(mut v) = serde_json::from_str::<Value>(l) else {
+            return true;
+        };
+        if let Some(t) = found.as_mut() {
+            if v["type"] == "message" && v["message"].is_object() {
+                t.before.push(v["message"].take());
+            }
+            return t.before.len() < context;
+        }
+        if v["type"] == "custom" && v["customType"] == custom_type {
+            if v["data"]["idempotencyKey"] == idem {
+                marks_later.push(later.len());
+            }
+            return true;
+        }
+        if v["type"] != "message" || !v["message"].is_object() {
+            return true;
+        }
+        let m = v["message"].take();
+        if m["role"] == "user" && m["idempotencyKey"] == idem {
+            // The run's messages end at the next user message (another run's).
+            let own = later
+                .iter()
+                .rposition(|m| m["role"] == "user")
+                .map_or(0, |i| i + 1);
+            let marks = marks_later.iter().filter(|&&n| n >= own).count();
+            let mut after: Vec<Value> = later.drain(own..).collect();
+            after.reverse();
+            found = Some(RunTrace {
+                before: Vec::new(),
+                user: m,
+                after,
+                marks: u32::try_from(marks).unwrap_or(u32::MAX),
+            });
+            return context > 0;
+        }
+        later.push(m);
+        seen += 1;
+        seen < search
+    })?;
+    Ok(found.map(|mut t| {
+        t.before.reverse();
+        t
+    }))
 }
 
 /// Whether a transcript line is a message (`{"type": "message", "message": {…}}`), read
@@ -723,6 +819,74 @@ mod tests {
         }
         let e = page(d.path(), &key("k"), 0, 1, &|| true).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::Interrupted);
+    }
+
+    #[test]
+    fn a_run_is_found_by_its_key_with_its_own_turns_and_resume_marks() {
+        let d = tempfile::tempdir().unwrap();
+        let k = key("agent:main:main");
+        let none = find_run(d.path(), &k, "k1", 200, 40, "mark").unwrap();
+        assert_eq!(none, None, "no session");
+        let mut s = SessionFile::open(d.path(), &k, &Origin::default()).unwrap();
+        let msg = |role: &str, text: &str| json!({"role": role, "content": [{"type": "text", "text": text}]});
+        for i in 0..5 {
+            s.append(msg("user", &format!("old{i}"))).unwrap();
+        }
+        let mut u = msg("user", "do it");
+        u["idempotencyKey"] = json!("k1");
+        s.append(u).unwrap();
+        s.append_custom("mark", json!({"idempotencyKey": "k1", "attempt": 1}))
+            .unwrap();
+        s.append(json!({"role": "assistant", "content": [{"type": "toolCall", "id": "c1", "name": "t", "arguments": {}}]}))
+            .unwrap();
+        s.append_custom("mark", json!({"idempotencyKey": "other"}))
+            .unwrap();
+        s.append(json!({"role": "toolResult", "toolCallId": "c1", "content": [{"type": "text", "text": "r"}]}))
+            .unwrap();
+        s.append_custom("mark", json!({"idempotencyKey": "k1", "attempt": 2}))
+            .unwrap();
+        // Another run after it: not part of it, and its marks do not count.
+        let mut u2 = msg("user", "next");
+        u2["idempotencyKey"] = json!("k2");
+        s.append(u2).unwrap();
+        s.append_custom("mark", json!({"idempotencyKey": "k1"}))
+            .unwrap();
+        s.append(msg("assistant", "answer to next")).unwrap();
+
+        let t = find_run(d.path(), &k, "k1", 200, 3, "mark")
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.user["content"][0]["text"], "do it");
+        assert_eq!(t.marks, 2);
+        let roles: Vec<&str> = t
+            .after
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["assistant", "toolResult"]);
+        let before: Vec<&str> = t
+            .before
+            .iter()
+            .map(|m| m["content"][0]["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            before,
+            ["old2", "old3", "old4"],
+            "the last `context` before it"
+        );
+        let t2 = find_run(d.path(), &k, "k2", 200, 0, "mark")
+            .unwrap()
+            .unwrap();
+        assert_eq!((t2.after.len(), t2.marks, t2.before.len()), (1, 0, 0));
+        // Beyond the search: not found.
+        assert_eq!(find_run(d.path(), &k, "k1", 3, 40, "mark").unwrap(), None);
+        assert_eq!(
+            find_run(d.path(), &k, "nope", 200, 40, "mark").unwrap(),
+            None
+        );
+        // Custom entries are not messages.
+        assert_eq!(s.message_count().unwrap(), 10);
+        assert_eq!(history(d.path(), &k, 100).unwrap().1.len(), 10);
     }
 
     #[test]

@@ -575,6 +575,15 @@ impl Queue {
         Ok(rec)
     }
 
+    /// Whether an entry (in any state, dead letters too) carries this idempotency key.
+    pub fn has_key(&self, idempotency_key: &str) -> bool {
+        !idempotency_key.is_empty()
+            && self
+                .entries
+                .values()
+                .any(|e| e.idempotency_key == idempotency_key)
+    }
+
     /// Queues a message, durably, due at once. If a message with the same (non-empty)
     /// idempotency key is still pending, sending or unknown_after_send, that entry is returned
     /// and nothing is written. On error nothing of the new entry remains on disk.

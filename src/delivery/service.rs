@@ -105,7 +105,27 @@ pub struct Delivery {
     pub stats: DeliveryStats,
     /// `send`'s idempotency keys and first answers.
     pub sent_keys: idempotency::Store,
+    /// Keys of runs' replies queued by [`Delivery::enqueue_reply`], kept a day
+    /// (`<state>/idempotency/replies.jsonl`): whether a run's reply was ever queued, after its
+    /// entry was sent and removed, for a run resumed after a restart.
+    pub reply_keys: idempotency::Store,
     h: Handles,
+}
+
+/// The keys [`Delivery::enqueue_reply`] takes begin with this: an entry found at boot with
+/// one is a reply whose key must be remembered.
+pub const REPLY_KEY_PREFIX: &str = "reply:";
+
+/// How long, and how many, reply keys are remembered: a run interrupted by a restart is
+/// resumed at the next boot, which may come hours later.
+const REPLY_KEYS_WINDOW_MS: u64 = 24 * 3_600_000;
+
+fn reply_limits() -> idempotency::Limits {
+    idempotency::Limits {
+        window_ms: REPLY_KEYS_WINDOW_MS,
+        max_keys: 10_000,
+        max_bytes: 4 << 20,
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> RpcError {
@@ -124,6 +144,7 @@ impl Delivery {
             policy: RetryPolicy::default(),
             stats: DeliveryStats::default(),
             sent_keys: idempotency::Store::default(),
+            reply_keys: idempotency::Store::default(),
             h,
         }
     }
@@ -137,6 +158,11 @@ impl Delivery {
             let limits = svc.h.config.get().idempotency.send_limits();
             let loaded = svc.sent_keys.open(&keys, clock::wall_ms(), &limits);
             idempotency::log_loaded("send", &keys, &loaded);
+            let keys = svc.h.state_dir.join("idempotency").join("replies.jsonl");
+            let loaded = svc
+                .reply_keys
+                .open(&keys, clock::wall_ms(), &reply_limits());
+            idempotency::log_loaded("replies", &keys, &loaded);
             let dir = svc.queue_dir();
             // Decided per route from the config of the moment: a channel no longer configured
             // holds its message.
@@ -159,6 +185,24 @@ impl Delivery {
                             .and_then(|v| v.parse::<u64>().ok())
                         {
                             q.set_write_delay(Duration::from_millis(ms));
+                        }
+                    }
+                    // A reply whose key did not reach the log (keel was killed between
+                    // writing the entry and the key) is remembered now, before anything can
+                    // send the entry and remove it: "queued" stays "held, or in the log".
+                    let now = clock::wall_ms();
+                    for e in q.list(None, usize::MAX) {
+                        let key = &e.idempotency_key;
+                        if key.starts_with(REPLY_KEY_PREFIX)
+                            && svc.reply_keys.get(key, now, REPLY_KEYS_WINDOW_MS) == Lookup::Miss
+                            && let Some(p) = svc.reply_keys.insert(
+                                key,
+                                now,
+                                &json!({"id": e.id}),
+                                &reply_limits(),
+                            )
+                        {
+                            svc.reply_keys.append(p);
                         }
                     }
                     let r = q.recovery().clone();
@@ -258,6 +302,83 @@ impl Delivery {
         // Dispatch starts now rather than at the watchdog's next tick.
         self.schedule();
         Ok(entries.swap_remove(0))
+    }
+
+    /// Queues a run's reply once per `key` (which begins with [`REPLY_KEY_PREFIX`]): `Ok(None)`
+    /// when a reply with that key was queued
+    /// before (still queued, or remembered for a day), nothing queued then. The key is
+    /// remembered under the queue's lock, after the entry is on disk and before any dispatch
+    /// can see it — and at boot for an entry whose key a kill kept from the log, before the
+    /// queue is installed — so "a reply was queued" is exactly "the queue holds the key, or
+    /// the replies' log has it" ([`Delivery::reply_queued`]), whenever keel is killed. (The
+    /// line is appended without fsync, like every idempotency log: a power loss can take it.)
+    pub fn enqueue_reply(
+        self: &Arc<Self>,
+        route: Route,
+        text: &str,
+        key: &str,
+        extra: Value,
+    ) -> Result<Option<Entry>, RpcError> {
+        if !key.starts_with(REPLY_KEY_PREFIX) {
+            return Err(internal(format!(
+                "a reply's key must begin with {REPLY_KEY_PREFIX:?}"
+            )));
+        }
+        let payloads = self.payloads(&route, text, extra)?;
+        let entry = self.with_queue(|q| {
+            let now = clock::wall_ms();
+            match self.reply_keys.get(key, now, REPLY_KEYS_WINDOW_MS) {
+                Lookup::Hit(_) => return Ok(None),
+                Lookup::Loading => {
+                    return Err(RpcError::unavailable(
+                        "the delivery queue is not open (starting)",
+                        1000,
+                    ));
+                }
+                Lookup::Miss => {}
+            }
+            if q.has_key(key) {
+                return Ok(None);
+            }
+            let mut parts = q
+                .enqueue_parts(route, payloads, key, now)
+                .map_err(not_queued)?;
+            let first = parts.swap_remove(0);
+            let answer = json!({"id": first.id});
+            if let Some(p) = self.reply_keys.insert(key, now, &answer, &reply_limits()) {
+                self.reply_keys.append(p);
+            }
+            Ok(Some(first))
+        })??;
+        if entry.is_some() {
+            self.schedule();
+        }
+        Ok(entry)
+    }
+
+    /// Whether the queue is open (at boot it opens on a worker; the reply keys are loaded
+    /// before it is installed). Takes the queue's lock: not for the reactor.
+    pub fn is_open(&self) -> bool {
+        lock(&self.queue).is_some()
+    }
+
+    /// Whether a reply with `key` was queued by [`Delivery::enqueue_reply`] (the queue holds
+    /// it, in any state, or it was sent within the last day). `Err`: not known yet (the
+    /// queue is opening).
+    pub fn reply_queued(&self, key: &str) -> Result<bool, RpcError> {
+        let q = self.queue()?;
+        let held = q.as_ref().is_some_and(|q| q.has_key(key));
+        match self
+            .reply_keys
+            .get(key, clock::wall_ms(), REPLY_KEYS_WINDOW_MS)
+        {
+            Lookup::Hit(_) => Ok(true),
+            Lookup::Miss => Ok(held),
+            Lookup::Loading => Err(RpcError::unavailable(
+                "the delivery queue is not open (starting)",
+                1000,
+            )),
+        }
     }
 
     /// `send`: the first answer for `key` if it was given within the window (nothing is

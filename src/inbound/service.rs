@@ -13,9 +13,15 @@
 //!   time and in order. A run is started through `agent::runs::start` with the entry's id as
 //!   its idempotency key and the message's chat as its origin (`deliver: true`), and the entry
 //!   is removed only once that run has ended (after its id is recorded): a run accepted but
-//!   not yet begun when keel dies is started at the next boot, not lost. At boot an entry
-//!   whose run had begun (its user message carrying the key is in the session's transcript)
-//!   is not run again, so a crash at any point neither loses a message nor runs it twice.
+//!   not yet begun when keel dies is started at the next boot, not lost. An entry found at
+//!   boot is started with `resume` (`agent::runs::Request::resume`): a run an earlier life
+//!   began (its user message carrying the key is in the session's transcript) is one run,
+//!   continued — no second user message; it ends at once if its answer was written or its
+//!   reply queued, and otherwise calls the model again from the transcript as written, its
+//!   interrupted tool calls closed with an error result. So a crash at any point neither
+//!   loses a message nor runs it twice, and its reply is queued once (`reply:<entry id>` in
+//!   the delivery queue, remembered a day). A run resumed 3 times without finishing is given
+//!   up: logged as an error, and the chat gets a short notice instead of an answer.
 //! - Nothing here runs on the reactor except the reads of published health (atomics, and
 //!   locks held for a copy).
 //! - A config reload restarts only the transports whose account was removed or whose
@@ -53,8 +59,6 @@ const FINISHED_KEYS: usize = 10_000;
 const FINISHED_BYTES: usize = 4 << 20;
 /// Entries looked at per dispatcher round.
 const ROUND: usize = 256;
-/// How many of a session's last messages are searched for a recovered entry's key.
-const RECOVERY_HISTORY: usize = 200;
 /// A refusal of one sender is logged at most this often.
 const REFUSAL_LOG_EVERY_MS: u64 = 3_600_000;
 
@@ -565,7 +569,8 @@ impl Service {
         if !self.open() {
             return;
         }
-        self.recover();
+        // Entries from before the restart: their runs may have begun, and are resumed.
+        let recovered = self.recover();
         super::telegram::reconcile(&self, true);
         super::routes::register_accounts(&self);
         let mut busy: HashMap<String, Arc<Run>> = HashMap::new();
@@ -603,7 +608,7 @@ impl Service {
                         waiting = true;
                         continue;
                     }
-                    match self.dispatch(&e) {
+                    match self.dispatch(&e, recovered.contains(&e.id)) {
                         Ok(Some(run)) => {
                             busy.insert(e.session_key.clone(), run.clone());
                             blocked.insert(e.session_key.clone());
@@ -632,16 +637,17 @@ impl Service {
         log::info!("inbound: dispatcher stopped");
     }
 
-    /// Entries found at boot whose run had already begun (the crash came after the run was
-    /// accepted and before the entry was removed) are finished without running again.
-    fn recover(&self) {
+    /// At boot: entries recorded as done (the crash came before the file was removed) are
+    /// removed; the ids of the others are returned, and their runs are started with
+    /// `resume` — a run an earlier life began goes on from its transcript rather than
+    /// starting over (`agent::engine`), one that never began starts.
+    fn recover(&self) -> HashSet<String> {
         let entries = lock(&self.queue)
             .as_ref()
             .map(|q| q.oldest(usize::MAX))
             .unwrap_or_default();
-        let cfg = self.h.config.get();
+        let mut waiting = HashSet::new();
         for e in entries {
-            // Recorded as done, and the crash came before the file was removed.
             if matches!(
                 self.finished
                     .get(&e.id, clock::wall_ms(), FINISHED_WINDOW_MS),
@@ -650,22 +656,9 @@ impl Service {
                 self.done(&e, json!({"recovered": true}));
                 continue;
             }
-            let Ok(session) = SessionKey::parse(&e.session_key, &cfg.agents.default_agent_id())
-            else {
-                continue;
-            };
-            let begun =
-                crate::agent::transcript::history(&self.h.state_dir, &session, RECOVERY_HISTORY)
-                    .map(|(_, msgs)| msgs.iter().any(|m| m["idempotencyKey"] == e.id.as_str()))
-                    .unwrap_or(false);
-            if begun {
-                log::info!(
-                    "inbound: message {} had started its run before the restart; not run again",
-                    e.id
-                );
-                self.done(&e, json!({"recovered": true}));
-            }
+            waiting.insert(e.id);
         }
+        waiting
     }
 
     /// Records that `e` is done (its run accepted, or never to run) and removes it.
@@ -683,7 +676,8 @@ impl Service {
 
     /// Starts `e`'s run. `Ok(Some(run))`: started (or found running); `Ok(None)`: finished
     /// without a run to wait for; `Err(ms)`: retry the queue after that long.
-    fn dispatch(&self, e: &Entry) -> Result<Option<Arc<Run>>, u64> {
+    /// `resume`: the entry was found at boot (its run may have begun before the restart).
+    fn dispatch(&self, e: &Entry, resume: bool) -> Result<Option<Arc<Run>>, u64> {
         let cfg = self.h.config.get();
         if self.h.lifecycle.phase() >= Phase::Draining {
             return Err(1000);
@@ -706,6 +700,7 @@ impl Service {
             routing::origin_of(&e.message),
         );
         request.deliver = true;
+        request.resume = resume;
         match runs::start(&self.h.runs, &e.id, request, ReplyTo::Internal, None) {
             Ok((run, new)) => {
                 if new && let Some(h) = &health {

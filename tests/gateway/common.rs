@@ -227,6 +227,19 @@ impl Gateway {
         self.log.text()
     }
 
+    /// Waits until keel's log pipe is closed (it exited, and everything it wrote is read):
+    /// the whole log of a process that was killed.
+    pub fn wait_log_closed(&self, bound: Duration) -> bool {
+        let end = Instant::now() + bound;
+        while !self.log.closed() {
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))

@@ -13,6 +13,7 @@ mod http;
 mod inbound;
 mod inbound_crash;
 mod inbound_reload;
+mod inbound_resume;
 mod inbound_webhooks;
 mod lifecycle;
 mod limiter;

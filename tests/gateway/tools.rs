@@ -38,16 +38,16 @@ fn unique(what: &str) -> String {
 
 /// Kills whatever still carries the marker when the test ends, passed or failed, so a failure
 /// does not leave sleeps behind on the machine.
-struct Marked(String);
+pub struct Marked(pub String);
 
 impl Marked {
-    fn new(what: &str) -> Marked {
+    pub fn new(what: &str) -> Marked {
         Marked(unique(what))
     }
 
     /// Live processes (not zombies: their command line and environment read empty) whose
     /// command line or environment holds the marker.
-    fn pids(&self) -> Vec<u32> {
+    pub fn pids(&self) -> Vec<u32> {
         let me = std::process::id();
         let mark = self.0.as_bytes();
         let Ok(dir) = std::fs::read_dir("/proc") else {
