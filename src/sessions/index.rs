@@ -78,10 +78,14 @@ pub fn classify(name: &str) -> Option<(String, FileKind)> {
     (!sid.is_empty()).then(|| (sid.to_string(), kind))
 }
 
-/// Every transcript file under `<state>/agents/*/sessions/`.
+/// Every transcript file under `<state>/agents/*/sessions/`, but for agents whose sessions
+/// live in a SQLite store (their files are OpenClaw's imported originals).
 pub fn scan(state_dir: &Path) -> Vec<Seen> {
     let mut out = Vec::new();
     for agent in super::store::list_agents(state_dir) {
+        if super::sqlite::has_db(state_dir, &agent) {
+            continue;
+        }
         let dir = super::store::agents_dir(state_dir)
             .join(&agent)
             .join("sessions");
@@ -212,15 +216,21 @@ impl Task {
 pub struct Chunk {
     pub task: Task,
     pub parsed: Parsed,
-    /// Offset after the last complete line read.
+    /// Offset after the last complete line read (for a database source: the next `seq`).
     pub end: u64,
     pub ident: FileIdent,
+    /// Bytes parsed.
+    pub bytes: u64,
+    /// What a database source skipped, by reason.
+    pub skips: super::sqlite::Skips,
 }
 
 /// Why a parse stopped early.
 #[derive(Debug)]
 pub enum ParseError {
     Io(io::Error),
+    /// A database source could not be read (busy past its timeout, damaged).
+    Db(super::sqlite::DbError),
     Cancelled,
 }
 
@@ -231,6 +241,9 @@ pub fn parse_task(
     task: Task,
     mut check: impl FnMut() -> bool,
 ) -> Result<Chunk, ParseError> {
+    if let Some(src) = super::sqlite::Source::parse(&task.seen.rel) {
+        return parse_db_task(state_dir, &src, task, check);
+    }
     let path = state_dir.join(&task.seen.rel);
     let mut f = File::open(&path).map_err(ParseError::Io)?;
     let ident = FileIdent::of(&f.metadata().map_err(ParseError::Io)?);
@@ -260,10 +273,46 @@ pub fn parse_task(
         }
     }
     Ok(Chunk {
+        bytes: offset - task.from,
         task,
         parsed,
         end: offset,
         ident,
+        skips: Default::default(),
+    })
+}
+
+/// [`parse_task`] for a source in an agent's SQLite store.
+fn parse_db_task(
+    state_dir: &Path,
+    src: &super::sqlite::Source,
+    task: Task,
+    check: impl FnMut() -> bool,
+) -> Result<Chunk, ParseError> {
+    use super::sqlite::{ReadError, Skip};
+    let read = super::sqlite::read_source(
+        state_dir,
+        src,
+        task.from,
+        super::sqlite::BUSY_TIMEOUT,
+        check,
+    )
+    .map_err(|e| match e {
+        ReadError::Cancelled => ParseError::Cancelled,
+        ReadError::Io(e) => ParseError::Io(e),
+        ReadError::Db(e) if e.skip == Skip::Deleted => {
+            ParseError::Io(io::Error::new(io::ErrorKind::NotFound, e.message))
+        }
+        ReadError::Db(e) => ParseError::Db(e),
+    })?;
+    let ident = task.seen.ident;
+    Ok(Chunk {
+        bytes: read.bytes,
+        end: read.end,
+        ident,
+        parsed: read.parsed,
+        skips: read.skips,
+        task,
     })
 }
 
@@ -278,7 +327,15 @@ fn plan_one(index: &Index, s: &Seen) -> Option<Task> {
         }),
         Some(f) => {
             let expect = Some((f.ident.ino, f.offset));
-            if f.ident.ino != s.ident.ino || s.ident.size < f.offset {
+            // A session's rows in a database: fewer than were read means it was rewritten.
+            let fewer_rows = matches!(
+                super::sqlite::Source::parse(&s.rel),
+                Some(super::sqlite::Source {
+                    table: super::sqlite::Table::Events,
+                    ..
+                })
+            ) && (s.ident.mtime_ns.max(0) as u64) < f.lines;
+            if f.ident.ino != s.ident.ino || s.ident.size < f.offset || fewer_rows {
                 Some(Task {
                     seen: s.clone(),
                     from: 0,
@@ -299,12 +356,22 @@ fn plan_one(index: &Index, s: &Seen) -> Option<Task> {
 
 /// Compares a scan with the index: what to read, and which indexed files are gone.
 pub fn plan(index: &Index, seen: &[Seen]) -> (Vec<Task>, Vec<PathBuf>) {
+    plan_where(index, seen, |_| true)
+}
+
+/// [`plan`] over the part of the index `mine` says the scan covered (files or database
+/// sources): entries outside it are never called gone.
+pub fn plan_where(
+    index: &Index,
+    seen: &[Seen],
+    mine: impl Fn(&Path) -> bool,
+) -> (Vec<Task>, Vec<PathBuf>) {
     let tasks = seen.iter().filter_map(|s| plan_one(index, s)).collect();
     let present: std::collections::HashSet<&PathBuf> = seen.iter().map(|s| &s.rel).collect();
     let gone = index
         .files
         .keys()
-        .filter(|k| !present.contains(k))
+        .filter(|k| mine(k) && !present.contains(k))
         .cloned()
         .collect();
     (tasks, gone)
@@ -327,6 +394,10 @@ pub fn plan_paths(
         let [_, agent, _, name] = parts.as_slice() else {
             continue;
         };
+        // Files beside an agent's SQLite store are not its sessions.
+        if super::sqlite::has_db(state_dir, agent) {
+            continue;
+        }
         let Some((session_id, kind)) = classify(name) else {
             continue;
         };
@@ -448,17 +519,28 @@ impl Index {
     /// Brings the index up to date in the calling thread (no bound: for the CLI and tests).
     pub fn refresh_all(&mut self, state_dir: &Path) -> io::Result<u64> {
         let seen = scan(state_dir);
-        let (tasks, gone) = plan(self, &seen);
+        let (mut tasks, mut gone) = plan_where(self, &seen, |k| !super::sqlite::is_db_rel(k));
+        let dbs = super::sqlite::live::Dbs::default();
+        let db_seen: Vec<Seen> = dbs
+            .check_all(state_dir, true)
+            .into_iter()
+            .filter_map(|(_, v)| v)
+            .flat_map(|v| v.seen.to_vec())
+            .collect();
+        let (t, g) = plan_where(self, &db_seen, super::sqlite::is_db_rel);
+        tasks.extend(t);
+        gone.extend(g);
         self.remove(&gone);
         let mut bytes = 0;
         for t in tasks {
             match parse_task(state_dir, t, || true) {
                 Ok(c) => {
-                    bytes += c.end - c.task.from;
+                    bytes += c.bytes;
                     self.merge(c);
                 }
                 Err(ParseError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(ParseError::Io(e)) => return Err(e),
+                Err(ParseError::Db(e)) => return Err(io::Error::other(e.message)),
                 Err(ParseError::Cancelled) => {}
             }
         }
