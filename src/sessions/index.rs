@@ -61,7 +61,8 @@ pub struct Seen {
 /// Classifies a file name: `<sid>.jsonl`, `<sid>.jsonl.reset.<stamp>`,
 /// `<sid>.jsonl.deleted.<stamp>`; anything else is not a transcript.
 pub fn classify(name: &str) -> Option<(String, FileKind)> {
-    if name.starts_with('.') {
+    // `*.imported-<ms>`: OpenClaw moved the file aside once it was in its SQLite store.
+    if name.starts_with('.') || name.contains(".imported-") {
         return None;
     }
     if let Some(sid) = name.strip_suffix(".jsonl") {
@@ -920,6 +921,11 @@ mod tests {
         assert_eq!(classify("sessions.json"), None);
         assert_eq!(classify(".abc.jsonl.tmp.1"), None);
         assert_eq!(classify("abc.jsonl.lock"), None);
+        assert_eq!(classify("abc.jsonl.imported-1796700240136"), None);
+        assert_eq!(
+            classify("abc.jsonl.deleted.2026-11-18T17-20-54.948Z.imported-1796700240136"),
+            None
+        );
     }
 
     #[test]

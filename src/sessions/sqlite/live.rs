@@ -42,6 +42,8 @@ pub struct Dbs {
     agents: Mutex<HashMap<String, Arc<Mutex<AgentDb>>>>,
     skips: [AtomicU64; 8],
     notes: Mutex<Arc<Vec<String>>>,
+    /// Agent → why its database is not read (the source of `notes`).
+    refused: Mutex<std::collections::BTreeMap<String, String>>,
     busy: Duration,
     /// Databases listed again (a change was seen, or a full check).
     pub rescans: AtomicU64,
@@ -59,6 +61,7 @@ impl Dbs {
             agents: Mutex::default(),
             skips: Default::default(),
             notes: Mutex::default(),
+            refused: Mutex::default(),
             busy,
             rescans: AtomicU64::new(0),
         }
@@ -87,22 +90,21 @@ impl Dbs {
         lock(&self.notes).clone()
     }
 
-    fn publish_notes(&self) {
-        let agents: Vec<(String, Arc<Mutex<AgentDb>>)> = lock(&self.agents)
+    /// Records an agent's state (`None`: read fine) and publishes the notes if it changed.
+    fn set_refused(&self, agent: &str, error: Option<&DbError>) {
+        let mut refused = lock(&self.refused);
+        let now = error.map(|e| e.message.clone());
+        if refused.get(agent) == now.as_ref() {
+            return;
+        }
+        match now {
+            Some(m) => refused.insert(agent.to_string(), m),
+            None => refused.remove(agent),
+        };
+        let notes: Vec<String> = refused
             .iter()
-            .map(|(a, s)| (a.clone(), s.clone()))
+            .map(|(a, e)| format!("agent {a}: session database not read: {e}"))
             .collect();
-        let mut notes: Vec<String> = agents
-            .iter()
-            .filter_map(|(a, s)| {
-                // Never wait here for an agent being read: its note is published after.
-                let st = s.try_lock().ok()?;
-                st.error
-                    .as_ref()
-                    .map(|e| format!("agent {a}: session database not read: {e}"))
-            })
-            .collect();
-        notes.sort();
         *lock(&self.notes) = Arc::new(notes);
     }
 
@@ -129,9 +131,9 @@ impl Dbs {
                     version: st.version + 1,
                     ..AgentDb::default()
                 };
-                drop(st);
-                self.publish_notes();
             }
+            drop(st);
+            self.set_refused(agent, None);
             return None;
         };
         let before = st.error.as_ref().map(|e| e.message.clone());
@@ -162,11 +164,8 @@ impl Dbs {
             version: st.version,
             error: st.error.clone(),
         };
-        let changed_error = before != st.error.as_ref().map(|e| e.message.clone());
         drop(st);
-        if changed_error {
-            self.publish_notes();
-        }
+        self.set_refused(agent, view.error.as_ref());
         Some(view)
     }
 
