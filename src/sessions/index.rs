@@ -79,14 +79,14 @@ pub fn classify(name: &str) -> Option<(String, FileKind)> {
     (!sid.is_empty()).then(|| (sid.to_string(), kind))
 }
 
-/// Every transcript file under `<state>/agents/*/sessions/`, but for agents whose sessions
-/// live in a SQLite store (their files are OpenClaw's imported originals).
+/// Every transcript file under `<state>/agents/*/sessions/`. For an agent whose sessions live
+/// in a SQLite store only its reset and deleted archives count (OpenClaw's import leaves them
+/// there, and publishes its own archives there; see [`super::sqlite::files_beside`]): a live
+/// `<sid>.jsonl` beside a database is not its session.
 pub fn scan(state_dir: &Path) -> Vec<Seen> {
     let mut out = Vec::new();
     for agent in super::store::list_agents(state_dir) {
-        if super::sqlite::has_db(state_dir, &agent) {
-            continue;
-        }
+        let db = super::sqlite::has_db(state_dir, &agent);
         let dir = super::store::agents_dir(state_dir)
             .join(&agent)
             .join("sessions");
@@ -100,6 +100,9 @@ pub fn scan(state_dir: &Path) -> Vec<Seen> {
             let Some((session_id, kind)) = classify(&name) else {
                 continue;
             };
+            if db && kind == FileKind::Live {
+                continue;
+            }
             let Ok(meta) = e.metadata() else { continue };
             if !meta.is_file() {
                 continue;
@@ -395,13 +398,13 @@ pub fn plan_paths(
         let [_, agent, _, name] = parts.as_slice() else {
             continue;
         };
-        // Files beside an agent's SQLite store are not its sessions.
-        if super::sqlite::has_db(state_dir, agent) {
-            continue;
-        }
         let Some((session_id, kind)) = classify(name) else {
             continue;
         };
+        // A live transcript file beside an agent's SQLite store is not its session.
+        if kind == FileKind::Live && super::sqlite::has_db(state_dir, agent) {
+            continue;
+        }
         match std::fs::metadata(state_dir.join(rel)) {
             Ok(meta) if meta.is_file() => {
                 let seen = Seen {
@@ -519,14 +522,14 @@ impl Index {
 
     /// Brings the index up to date in the calling thread (no bound: for the CLI and tests).
     pub fn refresh_all(&mut self, state_dir: &Path) -> io::Result<u64> {
-        let seen = scan(state_dir);
-        let (mut tasks, mut gone) = plan_where(self, &seen, |k| !super::sqlite::is_db_rel(k));
         let dbs = super::sqlite::live::Dbs::default();
-        let db_seen: Vec<Seen> = dbs
-            .check_all(state_dir, true)
+        let views = dbs.check_all(state_dir, true);
+        let seen = super::sqlite::files_beside(scan(state_dir), &views);
+        let (mut tasks, mut gone) = plan_where(self, &seen, |k| !super::sqlite::is_db_rel(k));
+        let db_seen: Vec<Seen> = views
             .into_iter()
             .filter_map(|(_, v)| v)
-            .flat_map(|v| v.seen.to_vec())
+            .flat_map(|v| v.listing.seen.to_vec())
             .collect();
         let (t, g) = plan_where(self, &db_seen, super::sqlite::is_db_rel);
         tasks.extend(t);

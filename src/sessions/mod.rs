@@ -243,27 +243,42 @@ impl Sessions {
             (Some(watcher), false) => watcher.drain(&self.state_dir),
             _ => watch::Changes::All,
         };
+        // Agent databases: each looked at (two stats and `PRAGMA data_version`), and listed
+        // again only when it changed, or at the periodic full check.
+        let views = self.stores.dbs.check_all(&self.state_dir, due);
         let (mut tasks, mut gone) = match changes {
             watch::Changes::All => {
                 w.0 = watch::Watcher::new(&self.state_dir);
                 w.1 = Some(Instant::now());
                 drop(w);
                 // Scanned before the lock is taken: a scan reads every directory.
-                let seen = index::scan(&self.state_dir);
+                let seen = sqlite::files_beside(index::scan(&self.state_dir), &views);
                 index::plan_where(&self.read(), &seen, |k| !sqlite::is_db_rel(k))
             }
             watch::Changes::Paths(paths) => {
                 drop(w);
-                index::plan_paths(&self.read(), &self.state_dir, &paths)
+                let (tasks, gone) = index::plan_paths(&self.read(), &self.state_dir, &paths);
+                let seen = tasks
+                    .into_iter()
+                    .map(|t| (t.seen.clone(), t))
+                    .collect::<Vec<_>>();
+                let keep: std::collections::HashSet<PathBuf> =
+                    sqlite::files_beside(seen.iter().map(|(s, _)| s.clone()).collect(), &views)
+                        .into_iter()
+                        .map(|s| s.rel)
+                        .collect();
+                let tasks = seen
+                    .into_iter()
+                    .filter(|(s, _)| keep.contains(&s.rel))
+                    .map(|(_, t)| t)
+                    .collect();
+                (tasks, gone)
             }
         };
-        // Agent databases: each looked at (two stats and `PRAGMA data_version`), and listed
-        // again only when it changed, or at the periodic full check.
-        let views = self.stores.dbs.check_all(&self.state_dir, due);
         let seen: Vec<index::Seen> = views
             .iter()
             .filter_map(|(_, v)| v.as_ref())
-            .flat_map(|v| v.seen.iter().cloned())
+            .flat_map(|v| v.listing.seen.iter().cloned())
             .collect();
         let (t, g) = index::plan_where(&self.read(), &seen, sqlite::is_db_rel);
         tasks.extend(t);

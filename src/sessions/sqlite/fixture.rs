@@ -132,7 +132,7 @@ impl Writer {
         let sha = crate::digest::hex(&crate::digest::sha256(&[&blob]));
         self.conn.execute(
             "INSERT INTO session_transcript_archives (session_id, generation, session_key, reason, encoding, archive_blob, archive_sha256, archive_name, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0)",
-            params![session_id, generation, key, reason, encoding, blob, sha, format!("{session_id}.{generation}.jsonl")],
+            params![session_id, generation, key, reason, encoding, blob, sha, format!("{session_id}.jsonl.{reason}.{generation}")],
         )?;
         Ok(())
     }

@@ -5,7 +5,7 @@
 //! the others answer from the last listing. Failures are kept per agent with their reason
 //! (and the last good listing is kept while a database is only busy).
 
-use super::{DbError, DbIdent, Skip, Skips, db_ident, db_path, open, scan};
+use super::{DbError, DbIdent, Listing, Skip, Skips, db_ident, db_path, open, scan};
 use crate::sync::lock;
 use rusqlite::Connection;
 use std::collections::HashMap;
@@ -14,15 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::super::index::Seen;
-
 #[derive(Default)]
 struct AgentDb {
     ident: Option<DbIdent>,
     /// The connection `data_version` is asked on, with the inode it was opened on.
     probe: Option<(u64, Connection)>,
     data_version: Option<i64>,
-    seen: Arc<Vec<Seen>>,
+    listing: Arc<Listing>,
     /// Bumped whenever the database was seen to change.
     version: u64,
     error: Option<DbError>,
@@ -31,7 +29,7 @@ struct AgentDb {
 /// What one agent's database looks like now.
 #[derive(Clone)]
 pub struct AgentView {
-    pub seen: Arc<Vec<Seen>>,
+    pub listing: Arc<Listing>,
     pub version: u64,
     pub error: Option<DbError>,
 }
@@ -149,7 +147,7 @@ impl Dbs {
                 }
                 // Busy is passing: the last listing stands. Anything else: nothing is shown.
                 if e.skip != Skip::Busy {
-                    st.seen = Arc::new(Vec::new());
+                    st.listing = Arc::default();
                     st.probe = None;
                     st.ident = None;
                     st.data_version = None;
@@ -160,7 +158,7 @@ impl Dbs {
             }
         }
         let view = AgentView {
-            seen: st.seen.clone(),
+            listing: st.listing.clone(),
             version: st.version,
             error: st.error.clone(),
         };
@@ -194,11 +192,11 @@ impl Dbs {
         if same && !full {
             return Ok(());
         }
-        let seen = scan(conn, agent, ino).map_err(|e| super::db_error(path, e))?;
+        let listing = scan(conn, agent, ino).map_err(|e| super::db_error(path, e))?;
         self.rescans.fetch_add(1, Ordering::Relaxed);
-        if *st.seen != seen {
+        if *st.listing != listing {
             st.version += 1;
-            st.seen = Arc::new(seen);
+            st.listing = Arc::new(listing);
         }
         st.ident = Some(ident);
         st.data_version = Some(dv);

@@ -403,8 +403,9 @@ pub fn agent_prefix(agent: &str) -> String {
 /// `transcript_events`: `ident.size` is one past the largest `seq`, `ident.mtime_ns` the row
 /// count (fewer rows than were read means the session was rewritten). For an archive: its
 /// blob's length and creation time.
-pub fn scan(conn: &Connection, agent: &str, ino: u64) -> rusqlite::Result<Vec<Seen>> {
+pub fn scan(conn: &Connection, agent: &str, ino: u64) -> rusqlite::Result<Listing> {
     let mut out = Vec::new();
+    let mut names = std::collections::HashSet::new();
     // One transaction, so the three lists agree; it ends before this returns.
     let tx = conn.unchecked_transaction()?;
     {
@@ -434,7 +435,7 @@ pub fn scan(conn: &Connection, agent: &str, ino: u64) -> rusqlite::Result<Vec<Se
             });
         }
         let mut st = tx.prepare(
-            "SELECT session_id, generation, reason, length(archive_blob), created_at FROM session_transcript_archives",
+            "SELECT session_id, generation, reason, length(archive_blob), created_at, archive_name FROM session_transcript_archives",
         )?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
@@ -443,6 +444,7 @@ pub fn scan(conn: &Connection, agent: &str, ino: u64) -> rusqlite::Result<Vec<Se
             let reason: String = r.get(2)?;
             let len: i64 = r.get(3)?;
             let created: i64 = r.get(4)?;
+            names.insert(r.get::<_, String>(5)?);
             let src = Source {
                 agent: agent.to_string(),
                 session_id: sid.clone(),
@@ -490,9 +492,53 @@ pub fn scan(conn: &Connection, agent: &str, ino: u64) -> rusqlite::Result<Vec<Se
             });
         }
     }
+    let mut ids = std::collections::HashSet::new();
+    {
+        let mut st = tx.prepare("SELECT session_id FROM session_windows")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            ids.insert(r.get::<_, String>(0)?);
+        }
+    }
+    ids.extend(out.iter().map(|s| s.session_id.clone()));
     tx.commit()?;
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
-    Ok(out)
+    Ok(Listing {
+        seen: out,
+        archive_names: names,
+        session_ids: ids,
+    })
+}
+
+/// What [`scan`] found in one database.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub seen: Vec<Seen>,
+    /// `archive_name` of every row of `session_transcript_archives`: OpenClaw publishes an
+    /// archive as a file of that name in the agent's `sessions/` and keeps the row, so such
+    /// a file is the same transcript and is not read again.
+    pub archive_names: std::collections::HashSet<String>,
+    /// Every session id the database knows (`session_windows`, and any with rows): the
+    /// database is the whole record of those, so files of theirs beside it are not read
+    /// (OpenClaw 2026.9.6 counts them the same way).
+    pub session_ids: std::collections::HashSet<String>,
+}
+
+/// The reset and deleted transcript files beside an agent's database (OpenClaw's import
+/// leaves them in `sessions/`, and publishes its own archives there) that the database does
+/// not cover: `seen` (a file scan) less the published archives and the files of sessions
+/// the database knows.
+pub fn files_beside(seen: Vec<Seen>, views: &[(String, Option<live::AgentView>)]) -> Vec<Seen> {
+    seen.into_iter()
+        .filter(|s| {
+            let Some(Some(v)) = views.iter().find(|(a, _)| *a == s.agent).map(|(_, v)| v) else {
+                return true;
+            };
+            let name = s.rel.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            !v.listing.archive_names.contains(name)
+                && !v.listing.session_ids.contains(&s.session_id)
+        })
+        .collect()
 }
 
 // ---- Sessions -------------------------------------------------------------------------------

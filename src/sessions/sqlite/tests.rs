@@ -215,7 +215,7 @@ fn the_same_sessions_as_files_and_in_a_database_count_the_same() {
     let seen: Vec<_> = dbs
         .check_all(d.path(), true)
         .into_iter()
-        .flat_map(|(_, v)| v.unwrap().seen.to_vec())
+        .flat_map(|(_, v)| v.unwrap().listing.seen.to_vec())
         .collect();
     let (tasks, gone) = index::plan_where(&db, &seen, is_db_rel);
     assert!(tasks.is_empty() && gone.is_empty());
@@ -226,7 +226,7 @@ fn plan(dbs: &Dbs, d: &Path, idx: &Index, full: bool) -> (Vec<index::Task>, Vec<
         .check_all(d, full)
         .into_iter()
         .filter_map(|(_, v)| v)
-        .flat_map(|v| v.seen.to_vec())
+        .flat_map(|v| v.listing.seen.to_vec())
         .collect();
     index::plan_where(idx, &seen, is_db_rel)
 }
@@ -411,7 +411,7 @@ fn a_locked_database_is_skipped_after_the_busy_timeout_and_a_deleted_one_dropped
     let dbs = Dbs::with_busy(Duration::from_millis(100));
     let view = dbs.check(d.path(), "main", true).unwrap();
     assert!(view.error.is_none());
-    let listed = view.seen.len();
+    let listed = view.listing.seen.len();
     let locker = Connection::open(db_path(d.path(), "main")).unwrap();
     locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let t0 = std::time::Instant::now();
@@ -419,7 +419,7 @@ fn a_locked_database_is_skipped_after_the_busy_timeout_and_a_deleted_one_dropped
     assert!(t0.elapsed() >= Duration::from_millis(100));
     assert_eq!(view.error.as_ref().map(|e| e.skip), Some(Skip::Busy));
     assert_eq!(
-        view.seen.len(),
+        view.listing.seen.len(),
         listed,
         "the last listing stands while busy"
     );
@@ -477,4 +477,38 @@ fn reading_never_writes_nor_checkpoints() {
     let c = open(&path, BUSY_TIMEOUT).unwrap();
     assert!(c.execute("DELETE FROM transcript_events", []).is_err());
     drop(w);
+}
+
+#[test]
+fn beside_a_database_only_archives_of_sessions_it_does_not_know_count() {
+    // What OpenClaw's import leaves in sessions/: .reset./.deleted. files, and (published)
+    // copies of the database's own archives.
+    let (d, _w) = state();
+    let s = d.path().join("agents/main/sessions");
+    std::fs::create_dir_all(&s).unwrap();
+    let mut idx = Index::default();
+    idx.refresh_all(d.path()).unwrap();
+    let base = totals(&idx);
+    // A deleted session the database does not know: counted.
+    std::fs::write(
+        s.join("gone.jsonl.deleted.2026-01-01T00-00-00.000Z"),
+        line(900, 11, 0.5, 0) + "\n",
+    )
+    .unwrap();
+    // A reset transcript of a session it knows, a published copy of one of its archives, a
+    // live file and an imported original: not counted.
+    std::fs::write(
+        s.join("s1.jsonl.reset.2026-01-01T00-00-00.000Z"),
+        line(901, 13, 0.5, 0) + "\n",
+    )
+    .unwrap();
+    std::fs::write(s.join("s0.jsonl.deleted.g2"), line(902, 17, 0.5, 0) + "\n").unwrap();
+    std::fs::write(s.join("s9.jsonl"), line(903, 19, 0.5, 0) + "\n").unwrap();
+    std::fs::write(
+        s.join("s8.jsonl.imported-1796700240136"),
+        line(904, 23, 0.5, 0) + "\n",
+    )
+    .unwrap();
+    idx.refresh_all(d.path()).unwrap();
+    assert_eq!(totals(&idx), (base.0 + 1, base.1 + 11, base.2 + 0.5));
 }
