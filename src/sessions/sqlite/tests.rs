@@ -512,3 +512,86 @@ fn beside_a_database_only_archives_of_sessions_it_does_not_know_count() {
     idx.refresh_all(d.path()).unwrap();
     assert_eq!(totals(&idx), (base.0 + 1, base.1 + 11, base.2 + 0.5));
 }
+
+#[test]
+fn a_writer_appending_in_wal_mode_is_never_blocked_and_every_row_is_seen_at_the_next_refresh() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+    let (d, w) = state();
+    drop(w);
+    let state_dir = d.path().to_path_buf();
+    let committed = Arc::new(AtomicI64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    const ROWS: i64 = 400;
+    // The writer: OpenClaw's pragmas (WAL, synchronous normal, 5 s busy timeout), one
+    // transaction per appended event, a TRUNCATE checkpoint every 50 rows.
+    let writer = {
+        let (committed, done, dir) = (committed.clone(), done.clone(), state_dir.clone());
+        std::thread::spawn(move || {
+            let w = Writer::create_current(&dir, "main").unwrap();
+            w.session("agent:main:live", "live", &json!({}), 1).unwrap();
+            let wal = PathBuf::from(format!("{}-wal", db_path(&dir, "main").display()));
+            let mut truncated = 0;
+            for seq in 0..ROWS {
+                let t0 = std::time::Instant::now();
+                w.event(
+                    "live",
+                    seq,
+                    &line(10_000 + seq, 1, 0.01, (seq as usize % 4) * 400),
+                )
+                .expect("the writer is never refused");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(5),
+                    "never waits out its timeout"
+                );
+                committed.store(seq + 1, Ordering::Release);
+                if seq % 50 == 49 {
+                    let busy: i64 = w
+                        .conn
+                        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                        .unwrap();
+                    assert_eq!(busy, 0, "no reader holds a snapshot past the busy timeout");
+                    if std::fs::metadata(&wal).map_or(0, |m| m.len()) == 0 {
+                        truncated += 1;
+                    }
+                }
+            }
+            done.store(true, Ordering::Release);
+            truncated
+        })
+    };
+    // keel: refreshes in a loop, as queries do.
+    let dbs = Dbs::default();
+    let mut idx = Index::default();
+    let live_rows = |idx: &Index| -> usize {
+        idx.files
+            .iter()
+            .filter(|(_, f)| &*f.session_id == "live")
+            .map(|(_, f)| f.usage.len())
+            .sum()
+    };
+    let mut refreshes = 0;
+    loop {
+        let finished = done.load(Ordering::Acquire);
+        let before = committed.load(Ordering::Acquire) as usize;
+        let p = plan(&dbs, &state_dir, &idx, false);
+        apply(&state_dir, &mut idx, p);
+        refreshes += 1;
+        assert!(
+            live_rows(&idx) >= before,
+            "every row committed before a refresh is seen by it ({} < {before})",
+            live_rows(&idx)
+        );
+        if finished {
+            break;
+        }
+    }
+    let truncated = writer.join().unwrap();
+    assert_eq!(live_rows(&idx), ROWS as usize);
+    assert_eq!(
+        truncated,
+        (ROWS / 50) as usize,
+        "the WAL shrank at every checkpoint"
+    );
+    assert!(refreshes > 1);
+}
