@@ -26,6 +26,14 @@ struct AgentDb {
     error: Option<DbError>,
 }
 
+/// One agent's state, and the view its last look gave (answered to a caller that finds
+/// another worker looking, so no query waits on an agent whose database is slow or locked).
+#[derive(Default)]
+struct Slot {
+    db: Mutex<AgentDb>,
+    last: Mutex<Option<AgentView>>,
+}
+
 /// What one agent's database looks like now.
 #[derive(Clone)]
 pub struct AgentView {
@@ -37,7 +45,7 @@ pub struct AgentView {
 /// Every agent database's state. Only workers call in; the reactor reads [`Dbs::notes`] and
 /// the counters, which no one holds across I/O.
 pub struct Dbs {
-    agents: Mutex<HashMap<String, Arc<Mutex<AgentDb>>>>,
+    agents: Mutex<HashMap<String, Arc<Slot>>>,
     skips: [AtomicU64; 8],
     notes: Mutex<Arc<Vec<String>>>,
     /// Agent → why its database is not read (the source of `notes`).
@@ -114,7 +122,14 @@ impl Dbs {
             .entry(agent.to_string())
             .or_default()
             .clone();
-        let mut st = lock(&slot);
+        let mut st = match slot.db.try_lock() {
+            Ok(st) => st,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => match lock(&slot.last).clone() {
+                Some(v) => return Some(v),
+                None => lock(&slot.db),
+            },
+        };
         let Some(ident) = db_ident(&path) else {
             if st.probe.is_some() || st.ident.is_some() {
                 let mut s = Skips::default();
@@ -130,6 +145,7 @@ impl Dbs {
                     ..AgentDb::default()
                 };
             }
+            *lock(&slot.last) = None;
             drop(st);
             self.set_refused(agent, None);
             return None;
@@ -162,6 +178,7 @@ impl Dbs {
             version: st.version,
             error: st.error.clone(),
         };
+        *lock(&slot.last) = Some(view.clone());
         drop(st);
         self.set_refused(agent, view.error.as_ref());
         Some(view)
@@ -201,6 +218,13 @@ impl Dbs {
         st.ident = Some(ident);
         st.data_version = Some(dv);
         Ok(())
+    }
+
+    /// Whether a worker is looking at an agent's database right now (for tests).
+    #[cfg(test)]
+    pub fn looking(&self, agent: &str) -> bool {
+        let slot = lock(&self.agents).get(agent).cloned();
+        slot.is_some_and(|s| s.db.try_lock().is_err())
     }
 
     /// The agents that have a database under `state_dir`, each looked at.

@@ -595,3 +595,41 @@ fn a_writer_appending_in_wal_mode_is_never_blocked_and_every_row_is_seen_at_the_
     );
     assert!(refreshes > 1);
 }
+
+#[test]
+fn a_look_never_waits_for_another_worker_stuck_on_a_locked_database() {
+    let (d, w) = state();
+    w.conn
+        .pragma_update(None, "journal_mode", "delete")
+        .unwrap();
+    let dbs = std::sync::Arc::new(Dbs::with_busy(Duration::from_millis(1500)));
+    let first = dbs.check(d.path(), "main", true).unwrap();
+    let locker = Connection::open(db_path(d.path(), "main")).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let stuck = {
+        let (dbs, dir) = (dbs.clone(), d.path().to_path_buf());
+        std::thread::spawn(move || dbs.check(&dir, "main", true).unwrap())
+    };
+    // Once the other look holds the agent (waited for, bounded), a look answers at once
+    // from the last view.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !dbs.looking("main") {
+        assert!(
+            std::time::Instant::now() < until,
+            "the other look never started"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let t0 = std::time::Instant::now();
+    let v = dbs.check(d.path(), "main", true).unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(v.error.is_none());
+    assert_eq!(v.listing, first.listing);
+    let v = stuck.join().unwrap();
+    assert_eq!(v.error.map(|e| e.skip), Some(Skip::Busy));
+    locker.execute_batch("COMMIT").unwrap();
+}
