@@ -947,6 +947,7 @@ pub fn live_transcript(
 }
 
 pub mod fixture;
+pub mod import;
 pub mod live;
 
 /// One session entry of a database agent by key (for clients that show a session).

@@ -633,3 +633,47 @@ fn a_look_never_waits_for_another_worker_stuck_on_a_locked_database() {
     assert_eq!(v.error.map(|e| e.skip), Some(Skip::Busy));
     locker.execute_batch("COMMIT").unwrap();
 }
+
+#[test]
+fn import_writes_keels_store_with_the_same_usage_resumably_and_never_touches_the_source() {
+    let (d, w) = state();
+    drop(w);
+    let db = db_path(d.path(), "main");
+    let source_bytes = std::fs::read(&db).unwrap();
+    let mut src = Index::default();
+    src.refresh_all(d.path()).unwrap();
+    let to = tempfile::tempdir().unwrap();
+    let dry = import::import(d.path(), to.path(), true).unwrap();
+    assert!(dry.written > 0);
+    assert!(
+        !to.path().join("agents").exists(),
+        "a dry run writes nothing"
+    );
+    let r = import::import(d.path(), to.path(), false).unwrap();
+    assert_eq!(
+        (r.agents, r.sessions, r.written, r.unchanged),
+        (1, 3, dry.written, 0)
+    );
+    assert!(r.skipped.is_empty(), "{r:?}");
+    // keel's own store now: files, archives as archives, the same usage.
+    let mut imported = Index::default();
+    imported.refresh_all(to.path()).unwrap();
+    assert_eq!(totals(&imported), totals(&src));
+    assert!(imported.files.keys().all(|k| !is_db_rel(k)));
+    let kinds: Vec<_> = imported.files.values().map(|f| f.kind).collect();
+    assert!(kinds.contains(&index::FileKind::Reset) && kinds.contains(&index::FileKind::Deleted));
+    let v = Stores::default().refresh(to.path());
+    assert_eq!(v.snapshots[0].entries.len(), 3);
+    // Killed half-way: a file lost is written again, the others left alone.
+    let live = to.path().join("agents/main/sessions/s1.jsonl");
+    std::fs::remove_file(&live).unwrap();
+    let again = import::import(d.path(), to.path(), false).unwrap();
+    assert_eq!((again.written, again.unchanged), (1, r.written - 1));
+    assert!(live.exists());
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        source_bytes,
+        "the source is never modified"
+    );
+    assert!(import::import(d.path(), d.path(), false).is_err());
+}
