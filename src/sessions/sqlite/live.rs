@@ -125,10 +125,15 @@ impl Dbs {
         let mut st = match slot.db.try_lock() {
             Ok(st) => st,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => match lock(&slot.last).clone() {
-                Some(v) => return Some(v),
-                None => lock(&slot.db),
-            },
+            Err(std::sync::TryLockError::WouldBlock) => {
+                // Taken and released before waiting: the looker sets `last` while it holds
+                // `db` (lock order: db, then last).
+                let last = lock(&slot.last).clone();
+                match last {
+                    Some(v) => return Some(v),
+                    None => lock(&slot.db),
+                }
+            }
         };
         let Some(ident) = db_ident(&path) else {
             if st.probe.is_some() || st.ident.is_some() {

@@ -677,3 +677,43 @@ fn import_writes_keels_store_with_the_same_usage_resumably_and_never_touches_the
     );
     assert!(import::import(d.path(), d.path(), false).is_err());
 }
+
+#[test]
+fn two_first_looks_at_once_do_not_deadlock() {
+    // The first look ever at an agent has no last view to answer from: the second waits for
+    // the first, which must be able to publish its view meanwhile.
+    let (d, w) = state();
+    w.conn
+        .pragma_update(None, "journal_mode", "delete")
+        .unwrap();
+    let dbs = std::sync::Arc::new(Dbs::with_busy(Duration::from_millis(300)));
+    let locker = Connection::open(db_path(d.path(), "main")).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let first = {
+        let (dbs, dir) = (dbs.clone(), d.path().to_path_buf());
+        std::thread::spawn(move || dbs.check(&dir, "main", true).map(|v| v.error.is_some()))
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !dbs.looking("main") && !first.is_finished() {
+        assert!(std::time::Instant::now() < until);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let (dbs, dir) = (dbs.clone(), d.path().to_path_buf());
+        std::thread::spawn(move || {
+            let _ = tx.send(dbs.check(&dir, "main", false).is_some());
+        });
+    }
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)),
+        Ok(true),
+        "deadlocked"
+    );
+    assert_eq!(
+        first.join().unwrap(),
+        Some(true),
+        "the first look saw the lock"
+    );
+    locker.execute_batch("COMMIT").unwrap();
+}
