@@ -461,12 +461,32 @@ fn append_line(path: &Path, n: usize) -> Result<(), String> {
         "{{\"type\":\"message\",\"id\":\"bench-{n}\",\"timestamp\":\"{}\",\"message\":{{\"role\":\"assistant\",\"provider\":\"anthropic\",\"model\":\"claude-sonnet-4-5\",\"timestamp\":{t},\"content\":[{{\"type\":\"text\",\"text\":\"bench\"}}],\"usage\":{{\"input\":{APPEND_INPUT},\"output\":100,\"cacheRead\":0,\"cacheWrite\":0,\"totalTokens\":{APPEND_TOTAL_TOKENS},\"cost\":{{\"input\":0.003,\"output\":0.0015,\"cacheRead\":0,\"cacheWrite\":0,\"total\":{APPEND_COST}}}}}}}}}\n",
         iso_from_ms(t)
     );
+    if path.extension().is_some_and(|x| x == "sqlite") {
+        return append_row(path, line.trim_end());
+    }
     let mut f = OpenOptions::new()
         .append(true)
         .open(path)
         .map_err(|e| format!("cannot open {} to append: {e}", path.display()))?;
     f.write_all(line.as_bytes())
         .map_err(|e| format!("cannot append to {}: {e}", path.display()))
+}
+
+/// Appends an event to the first session (by id) of an OpenClaw agent database, as OpenClaw
+/// does: one transaction, next `seq` (`scripts/bench-usage.sh --store sqlite`).
+fn append_row(db: &Path, line: &str) -> Result<(), String> {
+    let c =
+        rusqlite::Connection::open(db).map_err(|e| format!("cannot open {}: {e}", db.display()))?;
+    c.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    c.execute(
+        "INSERT INTO transcript_events (session_id, seq, event_json, created_at) \
+         SELECT session_id, max(seq) + 1, ?1, 0 FROM transcript_events \
+         WHERE session_id = (SELECT min(session_id) FROM transcript_events)",
+        [line],
+    )
+    .map_err(|e| format!("cannot append to {}: {e}", db.display()))?;
+    Ok(())
 }
 
 /// The first live transcript (`*.jsonl`) of agent `main`, by name.

@@ -28,8 +28,11 @@
 # then stops keel with SIGTERM (SIGKILL after 40 s) and prints the figures and a summary with
 # PASS/MISS per target.
 #
-# Usage: scripts/bench-usage.sh [--keep DIR] [--warm-cache] [-- extra bench args, e.g. --rate 1000
-#                                 --calls 100 --loop-secs 10]
+# Usage: scripts/bench-usage.sh [--store files|sqlite] [--keep DIR] [--warm-cache]
+#                               [-- extra bench args, e.g. --rate 1000 --calls 100 --loop-secs 10]
+#   --store sqlite  the same state converted into OpenClaw's per-agent SQLite store
+#                (`keel-gen-state --sqlite`, as OpenClaw 2026.7+ imports one; the figures do not
+#                change); the appends are rows added to agent main's first session.
 #   --warm-cache leave the page cache as it is (a state read just before is in memory): the
 #                build then measures parsing rather than the disk, e.g. to compare builds.
 #   --keep DIR   generate the state in DIR/state (figures in DIR/figures.json) and reuse it on
@@ -46,6 +49,7 @@ source "$(dirname "$0")/bench-lib.sh"
 
 keep=""
 warm_cache=0
+store=files
 extra=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -61,6 +65,11 @@ while [[ $# -gt 0 ]]; do
     --warm-cache)
         warm_cache=1
         shift
+        ;;
+    --store)
+        [[ $# -ge 2 && ( "$2" == files || "$2" == sqlite ) ]] || { echo "usage: $0 [--store files|sqlite] ..." >&2; exit 2; }
+        store="$2"
+        shift 2
         ;;
     --)
         shift
@@ -93,6 +102,10 @@ if [[ -n "$keep" ]]; then
     keep="$(cd "$keep" && pwd)"
     state="$keep/state"
     figures="$keep/figures.json"
+    if [[ "$store" == sqlite ]]; then
+        state="$keep/state-sqlite"
+        figures="$keep/figures-sqlite.json"
+    fi
 else
     state="$work/state"
     figures="$work/figures.json"
@@ -100,7 +113,9 @@ fi
 
 restore_transcript() {
     # Undo the bench's appends, so that a kept state still matches its figures.
-    if [[ -n "$append_file" && -n "$append_size" && -f "$append_file" ]]; then
+    if [[ "$store" == sqlite && -n "$append_file" && -f "$append_file" ]]; then
+        python3 -c 'import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute("DELETE FROM transcript_events WHERE event_json LIKE ?", (chr(37)+chr(34)+"id"+chr(34)+":"+chr(34)+"bench-"+chr(37),)); c.commit()' "$append_file" || true
+    elif [[ -n "$append_file" && -n "$append_size" && -f "$append_file" ]]; then
         truncate -s "$append_size" "$append_file" || true
     fi
 }
@@ -138,7 +153,9 @@ if [[ "$regenerate" -eq 1 ]]; then
     fi
     rm -f "$figures"
     echo "== generating the state in $state ==" >&2
-    if ! timeout 300 target/release/keel-gen-state --out "$state" --now "$now_ms" >"$figures.tmp"; then
+    gen_args=()
+    [[ "$store" == sqlite ]] && gen_args=(--sqlite)
+    if ! timeout 600 target/release/keel-gen-state --out "$state" --now "$now_ms" "${gen_args[@]}" >"$figures.tmp"; then
         rm -f "$figures.tmp"
         echo "bench-usage: keel-gen-state failed or took more than 300 s" >&2
         exit 1
@@ -149,9 +166,14 @@ fi
 rm -f "$state"/usage-index.bin*
 
 # The live transcript the bench appends to, and its size, to restore it afterwards.
-append_file="$(find "$state/agents/main/sessions" -maxdepth 1 -name '*.jsonl' -type f | LC_ALL=C sort | sed -n 1p)"
-[[ -n "$append_file" ]] || { echo "bench-usage: no live transcript in $state/agents/main/sessions" >&2; exit 1; }
-append_size="$(stat -c %s "$append_file")"
+if [[ "$store" == sqlite ]]; then
+    append_file="$state/agents/main/agent/openclaw-agent.sqlite"
+    [[ -f "$append_file" ]] || { echo "bench-usage: no $append_file" >&2; exit 1; }
+else
+    append_file="$(find "$state/agents/main/sessions" -maxdepth 1 -name '*.jsonl' -type f | LC_ALL=C sort | sed -n 1p)"
+    [[ -n "$append_file" ]] || { echo "bench-usage: no live transcript in $state/agents/main/sessions" >&2; exit 1; }
+    append_size="$(stat -c %s "$append_file")"
+fi
 
 # ---- a cold start ---------------------------------------------------------------------------
 page_cache=warm

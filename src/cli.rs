@@ -35,6 +35,7 @@ Usage:
   keel usage  [--days N] [--agent ID] [--state-dir DIR] [--config FILE] [--json]
   keel dashboard [--port N] [--bind ADDR] [--config FILE] [--state-dir DIR] [--json]
   keel pairing list [CHANNEL] | keel pairing approve CHANNEL CODE [--account ID] [--json]
+  keel import openclaw [--from DIR] [--to STATE] [--dry-run]
   keel --version
 
 serve   run the gateway (no config file needed: 127.0.0.1:18789, state in ~/.keel,
@@ -46,6 +47,9 @@ dashboard  the URL of OpenClaw's dashboard on this gateway, the token in its fra
         (install the dashboard with scripts/install-dashboard.sh)
 pairing list     chat senders waiting for approval, with their codes
 pairing approve  let the sender who got CODE on CHANNEL send direct messages
+import openclaw  copy an OpenClaw state (its SQLite store or its files; default ~/.openclaw)
+        into keel's store (default the state directory): sessions, transcripts, archives;
+        atomic per file, resumable, the source never modified
 
 Environment: KEEL_PORT, KEEL_BIND, KEEL_CONFIG, KEEL_STATE_DIR, KEEL_GATEWAY_TOKEN,
 KEEL_HANDSHAKE_TIMEOUT_MS, KEEL_LOG (default info).
@@ -59,6 +63,7 @@ pub enum Command {
     Usage,
     Dashboard,
     Pairing,
+    Import,
     Version,
     Help,
 }
@@ -78,6 +83,10 @@ pub struct Args {
     pub account: Option<String>,
     /// Words after the command (`pairing approve telegram CODE`).
     pub rest: Vec<String>,
+    /// `import openclaw --from DIR --to STATE --dry-run`.
+    pub from: Option<PathBuf>,
+    pub to: Option<PathBuf>,
+    pub dry_run: bool,
 }
 
 pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
@@ -94,6 +103,9 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
         agent: None,
         account: None,
         rest: Vec::new(),
+        from: None,
+        to: None,
+        dry_run: false,
     };
     let mut command = None;
     while let Some(arg) = p.next()? {
@@ -118,6 +130,9 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
             Long("days") => a.days = Some(p.value()?.string()?),
             Long("agent") => a.agent = Some(p.value()?.string()?),
             Long("account") => a.account = Some(p.value()?.string()?),
+            Long("from") => a.from = Some(p.value()?.into()),
+            Long("to") => a.to = Some(p.value()?.into()),
+            Long("dry-run") => a.dry_run = true,
             Value(v) if command.is_none() => {
                 command = Some(match v.string()?.as_str() {
                     "serve" | "run" => Command::Serve,
@@ -126,14 +141,18 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
                     "usage" => Command::Usage,
                     "dashboard" => Command::Dashboard,
                     "pairing" => Command::Pairing,
+                    "import" => Command::Import,
                     "version" => Command::Version,
                     "help" => Command::Help,
                     other => {
                         return Err(lexopt::Error::from(format!(
-                            "unknown command {other:?} (try: serve, check, status, dashboard)"
+                            "unknown command {other:?} (try: serve, check, status, dashboard, import)"
                         )));
                     }
                 });
+            }
+            Value(v) if command == Some(Command::Import) && a.rest.is_empty() => {
+                a.rest.push(v.string()?);
             }
             Value(v) if command == Some(Command::Pairing) && a.rest.len() < 3 => {
                 a.rest.push(v.string()?);
@@ -275,6 +294,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::Check => check(&args, &process_env),
         Command::Status => status(&args, &process_env),
         Command::Usage => usage(&args, &process_env),
+        Command::Import => import(&args, &process_env),
         Command::Dashboard => dashboard(&args, &process_env),
         Command::Pairing => pairing(&args, &process_env),
     }
@@ -651,6 +671,54 @@ pub fn summarize(addr: SocketAddr, p: &serde_json::Value) -> String {
     out
 }
 
+/// `keel import openclaw [--from DIR] [--to STATE] [--dry-run]`: an OpenClaw state (its SQLite
+/// store or its files; default `~/.openclaw`) written into keel's store (default the state
+/// directory), never modifying the source.
+fn import(args: &Args, env: Env<'_>) -> i32 {
+    if args.rest.first().map(String::as_str) != Some("openclaw") {
+        eprintln!("keel import: usage: keel import openclaw [--from DIR] [--to STATE] [--dry-run]");
+        return 2;
+    }
+    let from = match args.from.clone().or_else(|| {
+        env("OPENCLAW_STATE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".openclaw")))
+    }) {
+        Some(f) => f,
+        None => {
+            eprintln!("keel import: no source: give --from DIR");
+            return 2;
+        }
+    };
+    let to = match args.to.clone().map_or_else(|| args.state_dir(env), Ok) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("keel import: {e}");
+            return 2;
+        }
+    };
+    match crate::sessions::sqlite::import::import(&from, &to, args.dry_run) {
+        Ok(r) => {
+            print!(
+                "keel import openclaw: {} → {}{}\n{}",
+                from.display(),
+                to.display(),
+                if args.dry_run {
+                    " (dry run: nothing written)"
+                } else {
+                    ""
+                },
+                r.summary(args.dry_run)
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("keel import: {e}");
+            1
+        }
+    }
+}
+
 /// `keel usage`: a spend table straight from the state directory, without a server. Reads
 /// the saved usage index if there is one (never writes it) and whatever changed since.
 fn usage(args: &Args, env: Env<'_>) -> i32 {
@@ -893,6 +961,33 @@ mod tests {
         assert_eq!(args(&["check"]).unwrap().command, Command::Check);
         assert!(args(&["status", "--json"]).unwrap().json);
         assert_eq!(args(&["--version"]).unwrap().command, Command::Version);
+        let i = args(&[
+            "import",
+            "openclaw",
+            "--from",
+            "/o",
+            "--to",
+            "/k",
+            "--dry-run",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                i.command,
+                i.rest.as_slice(),
+                i.from.as_deref(),
+                i.to.as_deref(),
+                i.dry_run
+            ),
+            (
+                Command::Import,
+                ["openclaw".to_string()].as_slice(),
+                Some(Path::new("/o")),
+                Some(Path::new("/k")),
+                true
+            )
+        );
+        assert!(args(&["import", "openclaw", "extra"]).is_err());
         let u = args(&["usage", "--days", "7", "--agent", "main"]).unwrap();
         assert_eq!(
             (u.command, u.days.as_deref(), u.agent.as_deref()),

@@ -94,6 +94,54 @@ fn lines_backwards(path: &Path, mut each: impl FnMut(&str) -> bool) -> io::Resul
     Ok(())
 }
 
+/// Where a session's live transcript is: a file, or (for an agent whose sessions live in
+/// OpenClaw's SQLite store) its rows, read in short statements into memory.
+enum Transcript {
+    File(PathBuf),
+    Db(Vec<u8>),
+}
+
+impl Transcript {
+    /// The session id of `key` and where its transcript is; `None` without a store entry.
+    fn locate(state_dir: &Path, key: &SessionKey) -> io::Result<Option<(String, Transcript)>> {
+        if crate::sessions::sqlite::has_db(state_dir, key.agent.as_str()) {
+            return Ok(crate::sessions::sqlite::live_transcript(
+                state_dir,
+                key.agent.as_str(),
+                &key.key,
+            )?
+            .map(|(sid, _, bytes)| (sid, Transcript::Db(bytes))));
+        }
+        let dir = sessions_dir(state_dir, &key.agent);
+        let Some(sid) = read_store(&dir.join("sessions.json"))?
+            .get(&key.key)
+            .and_then(|e| e["sessionId"].as_str().map(String::from))
+        else {
+            return Ok(None);
+        };
+        let path = transcript_path(&dir, &sid)?;
+        Ok(Some((sid, Transcript::File(path))))
+    }
+
+    /// [`lines_backwards`] of either kind.
+    fn backwards(&self, mut each: impl FnMut(&str) -> bool) -> io::Result<()> {
+        match self {
+            Transcript::File(p) => lines_backwards(p, each),
+            Transcript::Db(bytes) => {
+                for line in bytes.rsplit(|&b| b == b'\n') {
+                    if let Ok(l) = std::str::from_utf8(line)
+                        && !l.trim().is_empty()
+                        && !each(l.strip_suffix('\r').unwrap_or(l))
+                    {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 fn read_store(path: &Path) -> io::Result<Map<String, Value>> {
     match std::fs::read(path) {
         Ok(b) => match serde_json::from_slice(&b) {
@@ -315,18 +363,12 @@ pub fn history(
     key: &SessionKey,
     limit: usize,
 ) -> io::Result<(Option<String>, Vec<Value>)> {
-    let (agent_id, key) = (&key.agent, key.key.as_str());
-    let store = sessions_dir(state_dir, agent_id).join("sessions.json");
-    let Some(sid) = read_store(&store)?
-        .get(key)
-        .and_then(|e| e["sessionId"].as_str().map(String::from))
-    else {
+    let Some((sid, transcript)) = Transcript::locate(state_dir, key)? else {
         return Ok((None, Vec::new()));
     };
-    let path = transcript_path(&sessions_dir(state_dir, agent_id), &sid)?;
     let mut out: Vec<Value> = Vec::new();
     if limit > 0 {
-        lines_backwards(&path, |l| {
+        transcript.backwards(|l| {
             if let Ok(mut v) = serde_json::from_str::<Value>(l)
                 && v["type"] == "message"
                 && v["message"].is_object()
@@ -495,6 +537,9 @@ impl<'de> serde::Deserialize<'de> for IsObject {
 /// The raw store entry of a session (`sessions.json`), if it has one: read-only, for clients
 /// that show a session.
 pub fn session_entry(state_dir: &Path, key: &SessionKey) -> io::Result<Option<Map<String, Value>>> {
+    if crate::sessions::sqlite::has_db(state_dir, key.agent.as_str()) {
+        return crate::sessions::sqlite::entry_of(state_dir, key.agent.as_str(), &key.key);
+    }
     let store = sessions_dir(state_dir, &key.agent).join("sessions.json");
     Ok(read_store(&store)?.remove(&key.key).and_then(|v| match v {
         Value::Object(m) => Some(m),
@@ -539,20 +584,15 @@ pub fn page(
     limit: usize,
     cancelled: &dyn Fn() -> bool,
 ) -> io::Result<Page> {
-    let dir = sessions_dir(state_dir, &key.agent);
-    let Some(sid) = read_store(&dir.join("sessions.json"))?
-        .get(&key.key)
-        .and_then(|e| e["sessionId"].as_str().map(String::from))
-    else {
+    let Some((sid, transcript)) = Transcript::locate(state_dir, key)? else {
         return Ok(Page::default());
     };
-    let path = transcript_path(&dir, &sid)?;
     // Counted from the newest: the n-th message met is the n-th from the end.
     let mut from_end: u64 = 0;
     let mut newest_first: Vec<(u64, Option<String>, Option<i64>, Value)> = Vec::new();
     let mut lines: u32 = 0;
     let mut stopped = false;
-    lines_backwards(&path, |l| {
+    transcript.backwards(|l| {
         lines += 1;
         if lines.is_multiple_of(CANCEL_EVERY) && cancelled() {
             stopped = true;

@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 
 const USAGE: &str = "\
 usage: keel-gen-state --out DIR [--agents N] [--sessions N] [--messages N] [--seed N]
-                      [--days N] [--now MS] [--pretty]
+                      [--days N] [--now MS] [--pretty] [--sqlite]
 
 Writes a synthetic OpenClaw state directory under DIR (which must be empty or absent) and
 prints its exact usage figures (per docs/USAGE.md) as JSON on stdout.
@@ -31,7 +31,11 @@ prints its exact usage figures (per docs/USAGE.md) as JSON on stdout.
   --seed N        PRNG seed                                  (default 1)
   --days N        messages spread over the N days up to now  (default 28)
   --now MS        ms since the epoch                         (default: the current time)
-  --pretty        pretty-print the figures";
+  --pretty        pretty-print the figures
+  --sqlite        then convert it as OpenClaw 2026.7+ imports a state: per agent
+                  agents/<id>/agent/openclaw-agent.sqlite (events of 1 KiB and more
+                  zstd-compressed, archives every other one compressed), the files
+                  moved aside as *.imported-<ms>; the figures do not change";
 
 const DAY_MS: i64 = 86_400_000;
 const CHANNELS: [&str; 6] = [
@@ -227,6 +231,7 @@ struct Args {
     days: u64,
     now: i64,
     pretty: bool,
+    sqlite: bool,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
@@ -240,6 +245,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         days: 28,
         now: -1,
         pretty: false,
+        sqlite: false,
     };
     fn num(flag: &str, v: Option<String>, min: u64, max: u64) -> Result<u64, String> {
         let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -268,6 +274,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--days" => a.days = num("--days", value(), 1, 36_500)?,
             "--now" => a.now = num("--now", value(), 0, 253_402_300_799_999)? as i64,
             "--pretty" if inline.is_none() => a.pretty = true,
+            "--sqlite" if inline.is_none() => a.sqlite = true,
             _ => return Err(format!("unknown argument {arg:?}")),
         }
     }
@@ -1295,7 +1302,17 @@ fn main() -> ExitCode {
         }
     };
     let started = Instant::now();
-    match run(&args) {
+    let result = run(&args).and_then(|r| {
+        if args.sqlite {
+            let c = keel::sessions::sqlite::fixture::convert_legacy(&args.out)?;
+            eprintln!(
+                "keel-gen-state: converted to SQLite: {} agents, {} sessions, {} events, {} archives",
+                c.agents, c.sessions, c.events, c.archives
+            );
+        }
+        Ok(r)
+    });
+    match result {
         Ok((figures, [entries, files, bytes])) => {
             let mut stdout = io::stdout().lock();
             if writeln!(stdout, "{figures}")

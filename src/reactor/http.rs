@@ -848,7 +848,8 @@ impl<S: Socket> HttpConn<S> {
                     )
                 };
                 // Reasons to look, not failures: held deliveries.
-                let notes = cx.shared.delivery.readiness_notes();
+                let mut notes = cx.shared.delivery.readiness_notes();
+                notes.extend(cx.shared.sessions.readiness_notes());
                 if !notes.is_empty() {
                     body["notes"] = json!(notes);
                 }

@@ -341,10 +341,35 @@ fn log_entry(line: &[u8], prices: &Prices) -> Option<LogEntry> {
 /// stops with `false` as soon as `check` says so.
 fn lines(
     path: &Path,
+    check: impl FnMut() -> bool,
+    each: impl FnMut(&[u8]),
+) -> std::io::Result<bool> {
+    let r = BufReader::with_capacity(256 << 10, std::fs::File::open(path)?);
+    lines_of(r, check, each)
+}
+
+/// [`lines`] of a transcript in the usage index: a file, or a source in an agent's SQLite
+/// store (read in short statements, then walked in memory).
+fn source_lines(
+    state_dir: &Path,
+    rel: &Path,
+    check: impl FnMut() -> bool,
+    each: impl FnMut(&[u8]),
+) -> std::io::Result<bool> {
+    match super::sqlite::Source::parse(rel) {
+        Some(src) => {
+            let bytes = super::sqlite::jsonl(state_dir, &src, super::sqlite::BUSY_TIMEOUT)?;
+            lines_of(std::io::Cursor::new(bytes), check, each)
+        }
+        None => lines(&state_dir.join(rel), check, each),
+    }
+}
+
+fn lines_of(
+    mut r: impl BufRead,
     mut check: impl FnMut() -> bool,
     mut each: impl FnMut(&[u8]),
 ) -> std::io::Result<bool> {
-    let mut r = BufReader::with_capacity(256 << 10, std::fs::File::open(path)?);
     let mut line: Vec<u8> = Vec::new();
     let mut skipping = false;
     let mut n = 0u64;
@@ -401,7 +426,7 @@ pub fn logs(
         out.drain(..extra);
     };
     for rel in files {
-        let read = lines(&state_dir.join(rel), &mut check, |line| {
+        let read = source_lines(state_dir, rel, &mut check, |line| {
             if let Some(e) = log_entry(line, prices) {
                 out.push(e);
                 if out.len() > 2 * limit {

@@ -61,7 +61,8 @@ pub struct Seen {
 /// Classifies a file name: `<sid>.jsonl`, `<sid>.jsonl.reset.<stamp>`,
 /// `<sid>.jsonl.deleted.<stamp>`; anything else is not a transcript.
 pub fn classify(name: &str) -> Option<(String, FileKind)> {
-    if name.starts_with('.') {
+    // `*.imported-<ms>`: OpenClaw moved the file aside once it was in its SQLite store.
+    if name.starts_with('.') || name.contains(".imported-") {
         return None;
     }
     if let Some(sid) = name.strip_suffix(".jsonl") {
@@ -78,10 +79,14 @@ pub fn classify(name: &str) -> Option<(String, FileKind)> {
     (!sid.is_empty()).then(|| (sid.to_string(), kind))
 }
 
-/// Every transcript file under `<state>/agents/*/sessions/`.
+/// Every transcript file under `<state>/agents/*/sessions/`. For an agent whose sessions live
+/// in a SQLite store only its reset and deleted archives count (OpenClaw's import leaves them
+/// there, and publishes its own archives there; see [`super::sqlite::files_beside`]): a live
+/// `<sid>.jsonl` beside a database is not its session.
 pub fn scan(state_dir: &Path) -> Vec<Seen> {
     let mut out = Vec::new();
     for agent in super::store::list_agents(state_dir) {
+        let db = super::sqlite::has_db(state_dir, &agent);
         let dir = super::store::agents_dir(state_dir)
             .join(&agent)
             .join("sessions");
@@ -95,6 +100,9 @@ pub fn scan(state_dir: &Path) -> Vec<Seen> {
             let Some((session_id, kind)) = classify(&name) else {
                 continue;
             };
+            if db && kind == FileKind::Live {
+                continue;
+            }
             let Ok(meta) = e.metadata() else { continue };
             if !meta.is_file() {
                 continue;
@@ -212,15 +220,21 @@ impl Task {
 pub struct Chunk {
     pub task: Task,
     pub parsed: Parsed,
-    /// Offset after the last complete line read.
+    /// Offset after the last complete line read (for a database source: the next `seq`).
     pub end: u64,
     pub ident: FileIdent,
+    /// Bytes parsed.
+    pub bytes: u64,
+    /// What a database source skipped, by reason.
+    pub skips: super::sqlite::Skips,
 }
 
 /// Why a parse stopped early.
 #[derive(Debug)]
 pub enum ParseError {
     Io(io::Error),
+    /// A database source could not be read (busy past its timeout, damaged).
+    Db(super::sqlite::DbError),
     Cancelled,
 }
 
@@ -231,6 +245,9 @@ pub fn parse_task(
     task: Task,
     mut check: impl FnMut() -> bool,
 ) -> Result<Chunk, ParseError> {
+    if let Some(src) = super::sqlite::Source::parse(&task.seen.rel) {
+        return parse_db_task(state_dir, &src, task, check);
+    }
     let path = state_dir.join(&task.seen.rel);
     let mut f = File::open(&path).map_err(ParseError::Io)?;
     let ident = FileIdent::of(&f.metadata().map_err(ParseError::Io)?);
@@ -260,10 +277,46 @@ pub fn parse_task(
         }
     }
     Ok(Chunk {
+        bytes: offset - task.from,
         task,
         parsed,
         end: offset,
         ident,
+        skips: Default::default(),
+    })
+}
+
+/// [`parse_task`] for a source in an agent's SQLite store.
+fn parse_db_task(
+    state_dir: &Path,
+    src: &super::sqlite::Source,
+    task: Task,
+    check: impl FnMut() -> bool,
+) -> Result<Chunk, ParseError> {
+    use super::sqlite::{ReadError, Skip};
+    let read = super::sqlite::read_source(
+        state_dir,
+        src,
+        task.from,
+        super::sqlite::BUSY_TIMEOUT,
+        check,
+    )
+    .map_err(|e| match e {
+        ReadError::Cancelled => ParseError::Cancelled,
+        ReadError::Io(e) => ParseError::Io(e),
+        ReadError::Db(e) if e.skip == Skip::Deleted => {
+            ParseError::Io(io::Error::new(io::ErrorKind::NotFound, e.message))
+        }
+        ReadError::Db(e) => ParseError::Db(e),
+    })?;
+    let ident = task.seen.ident;
+    Ok(Chunk {
+        bytes: read.bytes,
+        end: read.end,
+        ident,
+        parsed: read.parsed,
+        skips: read.skips,
+        task,
     })
 }
 
@@ -278,7 +331,15 @@ fn plan_one(index: &Index, s: &Seen) -> Option<Task> {
         }),
         Some(f) => {
             let expect = Some((f.ident.ino, f.offset));
-            if f.ident.ino != s.ident.ino || s.ident.size < f.offset {
+            // A session's rows in a database: fewer than were read means it was rewritten.
+            let fewer_rows = matches!(
+                super::sqlite::Source::parse(&s.rel),
+                Some(super::sqlite::Source {
+                    table: super::sqlite::Table::Events,
+                    ..
+                })
+            ) && (s.ident.mtime_ns.max(0) as u64) < f.lines;
+            if f.ident.ino != s.ident.ino || s.ident.size < f.offset || fewer_rows {
                 Some(Task {
                     seen: s.clone(),
                     from: 0,
@@ -299,12 +360,22 @@ fn plan_one(index: &Index, s: &Seen) -> Option<Task> {
 
 /// Compares a scan with the index: what to read, and which indexed files are gone.
 pub fn plan(index: &Index, seen: &[Seen]) -> (Vec<Task>, Vec<PathBuf>) {
+    plan_where(index, seen, |_| true)
+}
+
+/// [`plan`] over the part of the index `mine` says the scan covered (files or database
+/// sources): entries outside it are never called gone.
+pub fn plan_where(
+    index: &Index,
+    seen: &[Seen],
+    mine: impl Fn(&Path) -> bool,
+) -> (Vec<Task>, Vec<PathBuf>) {
     let tasks = seen.iter().filter_map(|s| plan_one(index, s)).collect();
     let present: std::collections::HashSet<&PathBuf> = seen.iter().map(|s| &s.rel).collect();
     let gone = index
         .files
         .keys()
-        .filter(|k| !present.contains(k))
+        .filter(|k| mine(k) && !present.contains(k))
         .cloned()
         .collect();
     (tasks, gone)
@@ -330,6 +401,10 @@ pub fn plan_paths(
         let Some((session_id, kind)) = classify(name) else {
             continue;
         };
+        // A live transcript file beside an agent's SQLite store is not its session.
+        if kind == FileKind::Live && super::sqlite::has_db(state_dir, agent) {
+            continue;
+        }
         match std::fs::metadata(state_dir.join(rel)) {
             Ok(meta) if meta.is_file() => {
                 let seen = Seen {
@@ -447,18 +522,29 @@ impl Index {
 
     /// Brings the index up to date in the calling thread (no bound: for the CLI and tests).
     pub fn refresh_all(&mut self, state_dir: &Path) -> io::Result<u64> {
-        let seen = scan(state_dir);
-        let (tasks, gone) = plan(self, &seen);
+        let dbs = super::sqlite::live::Dbs::default();
+        let views = dbs.check_all(state_dir, true);
+        let seen = super::sqlite::files_beside(scan(state_dir), &views);
+        let (mut tasks, mut gone) = plan_where(self, &seen, |k| !super::sqlite::is_db_rel(k));
+        let db_seen: Vec<Seen> = views
+            .into_iter()
+            .filter_map(|(_, v)| v)
+            .flat_map(|v| v.listing.seen.to_vec())
+            .collect();
+        let (t, g) = plan_where(self, &db_seen, super::sqlite::is_db_rel);
+        tasks.extend(t);
+        gone.extend(g);
         self.remove(&gone);
         let mut bytes = 0;
         for t in tasks {
             match parse_task(state_dir, t, || true) {
                 Ok(c) => {
-                    bytes += c.end - c.task.from;
+                    bytes += c.bytes;
                     self.merge(c);
                 }
                 Err(ParseError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(ParseError::Io(e)) => return Err(e),
+                Err(ParseError::Db(e)) => return Err(io::Error::other(e.message)),
                 Err(ParseError::Cancelled) => {}
             }
         }
@@ -838,6 +924,11 @@ mod tests {
         assert_eq!(classify("sessions.json"), None);
         assert_eq!(classify(".abc.jsonl.tmp.1"), None);
         assert_eq!(classify("abc.jsonl.lock"), None);
+        assert_eq!(classify("abc.jsonl.imported-1796700240136"), None);
+        assert_eq!(
+            classify("abc.jsonl.deleted.2026-11-18T17-20-54.948Z.imported-1796700240136"),
+            None
+        );
     }
 
     #[test]

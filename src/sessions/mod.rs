@@ -17,6 +17,7 @@ pub mod detail;
 pub mod index;
 pub mod json;
 pub mod query;
+pub mod sqlite;
 pub mod store;
 pub mod time;
 pub mod transcript;
@@ -242,20 +243,47 @@ impl Sessions {
             (Some(watcher), false) => watcher.drain(&self.state_dir),
             _ => watch::Changes::All,
         };
-        match changes {
+        // Agent databases: each looked at (two stats and `PRAGMA data_version`), and listed
+        // again only when it changed, or at the periodic full check.
+        let views = self.stores.dbs.check_all(&self.state_dir, due);
+        let (mut tasks, mut gone) = match changes {
             watch::Changes::All => {
                 w.0 = watch::Watcher::new(&self.state_dir);
                 w.1 = Some(Instant::now());
                 drop(w);
                 // Scanned before the lock is taken: a scan reads every directory.
-                let seen = index::scan(&self.state_dir);
-                index::plan(&self.read(), &seen)
+                let seen = sqlite::files_beside(index::scan(&self.state_dir), &views);
+                index::plan_where(&self.read(), &seen, |k| !sqlite::is_db_rel(k))
             }
             watch::Changes::Paths(paths) => {
                 drop(w);
-                index::plan_paths(&self.read(), &self.state_dir, &paths)
+                let (tasks, gone) = index::plan_paths(&self.read(), &self.state_dir, &paths);
+                let seen = tasks
+                    .into_iter()
+                    .map(|t| (t.seen.clone(), t))
+                    .collect::<Vec<_>>();
+                let keep: std::collections::HashSet<PathBuf> =
+                    sqlite::files_beside(seen.iter().map(|(s, _)| s.clone()).collect(), &views)
+                        .into_iter()
+                        .map(|s| s.rel)
+                        .collect();
+                let tasks = seen
+                    .into_iter()
+                    .filter(|(s, _)| keep.contains(&s.rel))
+                    .map(|(_, t)| t)
+                    .collect();
+                (tasks, gone)
             }
-        }
+        };
+        let seen: Vec<index::Seen> = views
+            .iter()
+            .filter_map(|(_, v)| v.as_ref())
+            .flat_map(|v| v.listing.seen.iter().cloned())
+            .collect();
+        let (t, g) = index::plan_where(&self.read(), &seen, sqlite::is_db_rel);
+        tasks.extend(t);
+        gone.extend(g);
+        (tasks, gone)
     }
 
     /// Boot: load the saved index (on a worker), then bring it up to date in the background.
@@ -527,8 +555,21 @@ impl Sessions {
     fn ingest(&self, task: Task, ctx: &JobCtx) -> Result<Option<u64>, RpcError> {
         match index::parse_task(&self.state_dir, task, || ctx.check().is_ok()) {
             Ok(chunk) => {
-                let bytes = chunk.end - chunk.task.from;
+                let bytes = chunk.bytes;
                 self.stats.malformed_lines.add(chunk.parsed.malformed);
+                if !chunk.skips.is_empty() {
+                    self.stores.dbs.count(&chunk.skips);
+                    log::warn!(
+                        "usage index: {}: skipped {}",
+                        chunk.task.seen.rel.display(),
+                        sqlite::Skip::ALL
+                            .iter()
+                            .filter(|s| chunk.skips.get(**s) > 0)
+                            .map(|s| format!("{} {}", chunk.skips.get(*s), s.as_str()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
                 self.modify(|i| i.merge(chunk));
                 self.dirty.store(true, Ordering::Release);
                 Ok(Some(bytes))
@@ -540,6 +581,14 @@ impl Sessions {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     log::warn!("usage index: cannot read a transcript: {e}");
                 }
+                Ok(None)
+            }
+            Err(ParseError::Db(e)) => {
+                // Tried again at the next refresh (the index entry is unchanged).
+                let mut s = sqlite::Skips::default();
+                s.add(e.skip, 1);
+                self.stores.dbs.count(&s);
+                log::warn!("usage index: {e}");
                 Ok(None)
             }
         }
@@ -771,6 +820,34 @@ impl Sessions {
             "Session stores whose last read failed (last good snapshot in use).",
             self.stores.errors().len(),
         );
+        family(
+            out,
+            "keel_session_db_refused",
+            "gauge",
+            "Agents whose OpenClaw SQLite session store is not read (unknown schema version, damaged, gone); the reasons are in /readyz and status.",
+            self.stores.dbs.notes().len(),
+        );
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP keel_session_db_skipped_total Things skipped in OpenClaw SQLite session stores, by reason."
+        );
+        let _ = writeln!(out, "# TYPE keel_session_db_skipped_total counter");
+        let skipped = self.stores.dbs.skipped();
+        for s in sqlite::Skip::ALL {
+            let _ = writeln!(
+                out,
+                "keel_session_db_skipped_total{{reason=\"{}\"}} {}",
+                s.as_str(),
+                skipped.get(s)
+            );
+        }
+    }
+
+    /// Notes for `/readyz`: agents whose SQLite session store is not read, and why. Read on
+    /// the reactor: a pointer copy under a lock no one holds across I/O.
+    pub fn readiness_notes(&self) -> Vec<String> {
+        self.stores.dbs.notes().to_vec()
     }
 
     /// For `status` and the dump.
@@ -780,6 +857,10 @@ impl Sessions {
         serde_json::json!({
             "index": {"status": cache.status.as_str(), "files": files, "messages": msgs, "usageRecords": usage, "malformedLines": malformed},
             "storeErrors": self.stores.errors().iter().map(|(a, e)| serde_json::json!({"agentId": a, "error": e})).collect::<Vec<_>>(),
+            "sqlite": {
+                "refused": *self.stores.dbs.notes(),
+                "skipped": sqlite::Skip::ALL.iter().map(|s| (s.as_str().to_string(), serde_json::json!(self.stores.dbs.skipped().get(*s)))).collect::<serde_json::Map<_, _>>(),
+            },
             "queries": self.stats.queries.get(),
         })
     }

@@ -75,6 +75,12 @@ impl StoreSnapshot {
             Ok(_) => return Err("expected a JSON object of session key → entry".into()),
             Err(e) => return Err(format!("not valid JSON: {e}")),
         };
+        Ok(StoreSnapshot::from_map(agent_id, path, &raw))
+    }
+
+    /// A store from its entries (session key → entry), as `sessions.json` holds them or as
+    /// the SQLite store's `session_nodes` give them.
+    pub fn from_map(agent_id: &str, path: &Path, raw: &Map<String, Value>) -> StoreSnapshot {
         let mut entries: Vec<SessionEntry> = raw
             .iter()
             .filter_map(|(key, v)| {
@@ -120,12 +126,12 @@ impl StoreSnapshot {
             .enumerate()
             .map(|(i, e)| (e.session_id.clone(), i))
             .collect();
-        Ok(StoreSnapshot {
+        StoreSnapshot {
             agent_id: agent_id.to_string(),
             path: path.to_path_buf(),
             entries,
             by_session,
-        })
+        }
     }
 
     pub fn by_session_id(&self, session_id: &str) -> Option<&SessionEntry> {
@@ -133,11 +139,16 @@ impl StoreSnapshot {
     }
 }
 
-/// (size, mtime in ns): a change in either means the file must be read again.
-type Ident = (u64, i64);
+/// (size, mtime in ns) of `sessions.json`, or the version of an agent database's listing: a
+/// change means the store must be read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ident {
+    File(u64, i64),
+    Db(u64),
+}
 
 fn ident(meta: &std::fs::Metadata) -> Ident {
-    (
+    Ident::File(
         meta.size(),
         meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
     )
@@ -154,6 +165,8 @@ struct Cached {
 #[derive(Default)]
 pub struct Stores {
     cache: Mutex<HashMap<String, Cached>>,
+    /// The agents whose sessions live in OpenClaw's SQLite store.
+    pub dbs: super::sqlite::live::Dbs,
 }
 
 /// What [`Stores::refresh`] found.
@@ -180,12 +193,18 @@ pub fn agents_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("agents")
 }
 
-/// Agent ids with a `sessions` directory, sorted.
+/// Agent ids with a `sessions` directory or a SQLite session store, sorted.
 pub fn list_agents(state_dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(agents_dir(state_dir))
         .map(|d| {
             d.filter_map(Result::ok)
-                .filter(|e| e.path().join("sessions").is_dir())
+                .filter(|e| {
+                    e.path().join("sessions").is_dir()
+                        || e.path()
+                            .join("agent")
+                            .join(super::sqlite::DB_FILE)
+                            .is_file()
+                })
                 .filter_map(|e| e.file_name().into_string().ok())
                 .collect()
         })
@@ -201,24 +220,39 @@ impl Stores {
         let mut view = StoresView::default();
         let agents = list_agents(state_dir);
         for agent in &agents {
-            let path = agents_dir(state_dir)
-                .join(agent)
-                .join("sessions")
-                .join("sessions.json");
-            let meta = std::fs::metadata(&path).ok();
-            let now_ident = meta.as_ref().map(ident);
+            // An agent with a SQLite store is read from it alone: the files beside it are
+            // OpenClaw's imported originals (`*.imported-*`) or older leftovers.
+            let db = self.dbs.check(state_dir, agent, false);
+            let path = match &db {
+                Some(_) => super::sqlite::db_path(state_dir, agent),
+                None => agents_dir(state_dir)
+                    .join(agent)
+                    .join("sessions")
+                    .join("sessions.json"),
+            };
+            let now_ident = match &db {
+                Some(v) => Some(Ident::Db(v.version)),
+                None => std::fs::metadata(&path).ok().as_ref().map(ident),
+            };
             let stale = {
                 let cache = lock(&self.cache);
                 cache.get(agent).is_none_or(|c| c.ident != now_ident)
             };
             if stale {
-                let loaded = match std::fs::read(&path) {
-                    Ok(bytes) => StoreSnapshot::parse(agent, &path, &bytes),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        StoreSnapshot::parse(agent, &path, b"{}")
-                    }
-                    Err(e) => Err(format!("cannot read: {e}")),
+                let loaded = match &db {
+                    Some(v) => match &v.error {
+                        Some(e) if e.skip != super::sqlite::Skip::Busy => Err(e.message.clone()),
+                        _ => self.read_db(state_dir, agent, &path),
+                    },
+                    None => match std::fs::read(&path) {
+                        Ok(bytes) => StoreSnapshot::parse(agent, &path, &bytes),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            StoreSnapshot::parse(agent, &path, b"{}")
+                        }
+                        Err(e) => Err(format!("cannot read: {e}")),
+                    },
                 };
+                let refused = matches!(&db, Some(v) if v.error.as_ref().is_some_and(|e| e.skip != super::sqlite::Skip::Busy));
                 view.reloaded += 1;
                 let mut cache = lock(&self.cache);
                 let c = cache.entry(agent.clone()).or_default();
@@ -227,6 +261,12 @@ impl Stores {
                     Ok(s) => {
                         c.snapshot = Some(Arc::new(s));
                         c.error = None;
+                    }
+                    Err(e) if refused => {
+                        // A database keel does not read shows nothing (said in the log once,
+                        // by the check).
+                        c.snapshot = None;
+                        c.error = Some(e);
                     }
                     Err(e) => {
                         log::warn!(
@@ -248,6 +288,33 @@ impl Stores {
             }
         }
         view
+    }
+
+    /// An agent's sessions from its SQLite store (`session_nodes`), in one short read.
+    fn read_db(&self, state_dir: &Path, agent: &str, path: &Path) -> Result<StoreSnapshot, String> {
+        let mut skips = super::sqlite::Skips::default();
+        let map = super::sqlite::with_conn(path, self.dbs.busy(), |c| {
+            super::sqlite::session_entries(c, &mut skips)
+                .map_err(|e| super::sqlite::db_error(path, e))
+        });
+        self.dbs.count(&skips);
+        if skips.get(super::sqlite::Skip::Entry) > 0 {
+            log::warn!(
+                "agent {agent}: {} session entries in {} are not JSON objects; skipped",
+                skips.get(super::sqlite::Skip::Entry),
+                path.display()
+            );
+        }
+        let _ = state_dir;
+        match map {
+            Ok(m) => Ok(StoreSnapshot::from_map(agent, path, &m)),
+            Err(e) => {
+                let mut s = super::sqlite::Skips::default();
+                s.add(e.skip, 1);
+                self.dbs.count(&s);
+                Err(e.message)
+            }
+        }
     }
 
     /// Stores whose last read failed: (agent, error).

@@ -57,7 +57,11 @@ impl Watcher {
         .ok()?;
         w.dirs.insert(wd, None);
         for agent in super::store::list_agents(state_dir) {
-            w.watch_agent(&agents, &agent)?;
+            // An agent with only a SQLite store has no sessions directory to watch (its
+            // database is looked at on every refresh instead).
+            if agents.join(&agent).join("sessions").is_dir() {
+                w.watch_agent(&agents, &agent)?;
+            }
         }
         Some(w)
     }

@@ -30,5 +30,6 @@ mod ui_methods;
 mod ui_static;
 mod usage;
 mod usage_page;
+mod usage_sqlite;
 mod ws;
 mod ws_conformance;
