@@ -156,6 +156,21 @@ fn every_route_and_method_needs_the_token() {
     methods.push("no.such.method".into());
     ws.sock.close(None).ok();
 
+    // Boot's own background work (the usage index, its prewarm, the dashboard's files) done
+    // first: only what the refused requests might start is compared.
+    assert!(
+        g.wait_log_any(&["usage index up to date", "usage index built"], BOUND)
+            .is_some(),
+        "{}",
+        g.log_text()
+    );
+    assert!(
+        g.wait_log("control UI:", BOUND).is_some(),
+        "{}",
+        g.log_text()
+    );
+    g.wait_metric("keel_jobs_in_flight{pool=\"cpu\"}", 0.0);
+    g.wait_metric("keel_jobs_in_flight{pool=\"io\"}", 0.0);
     let before = (
         tree(&g.state()),
         g.metric("keel_jobs_total{outcome=\"ok\"}"),
