@@ -53,6 +53,8 @@ pub struct Shared {
     pub ui: Arc<crate::ui::ControlUi>,
     /// Chat channels in: the ingress queue, its dispatcher, the transports, pairing.
     pub inbound: Arc<crate::inbound::service::Service>,
+    /// The scheduler: cron jobs, heartbeats, their receipts.
+    pub cron: Arc<crate::cron::service::Cron>,
     pub notifier: Notifier,
     /// Hidden `keel.test.*` methods are served only when `KEEL_TEST_HOOKS=1` at boot.
     pub test_hooks: bool,
@@ -131,6 +133,14 @@ impl Shared {
                 state_dir: p.state_dir.clone(),
             },
         ));
+        let cron = Arc::new(crate::cron::service::Cron::new(
+            crate::cron::service::Handles {
+                config: config_cell.clone(),
+                lifecycle: lifecycle.clone(),
+                runs: runs.clone(),
+                state_dir: p.state_dir.clone(),
+            },
+        ));
         Shared {
             started: now,
             started_wall_ms: clock::wall_ms(),
@@ -148,6 +158,7 @@ impl Shared {
             delivery,
             ui,
             inbound,
+            cron,
             notifier: p.notifier,
             test_hooks: p.test_hooks,
             listen: OnceLock::new(),
@@ -196,6 +207,7 @@ impl Shared {
     pub fn begin_drain(&self, now: Instant) -> bool {
         // Transports stop first: nothing new is received while the rest drains.
         self.inbound.begin_stop();
+        self.cron.begin_stop();
         self.jobs.begin_drain(now)
     }
 
@@ -267,6 +279,7 @@ impl Shared {
             Box::new(self.runs.clone()),
             Box::new(self.sessions.clone()),
             Box::new(self.ui.clone()),
+            Box::new(self.cron.clone()),
         ]
     }
 
@@ -373,6 +386,7 @@ impl Shared {
         }
         r.extend(self.config().readiness_reasons());
         r.extend(self.inbound.readiness_notes());
+        r.extend(self.cron.overdue_notes());
         r
     }
 
@@ -459,6 +473,7 @@ impl Shared {
         self.delivery.render_metrics(&mut out);
         self.ui.render_metrics(&mut out);
         self.inbound.render_metrics(&mut out);
+        self.cron.render_metrics(&mut out);
         crate::idempotency::render_metrics(
             &mut out,
             &[
@@ -529,6 +544,7 @@ impl Shared {
             "delivery": self.delivery.status_json(),
             "controlUi": self.ui.status_json(),
             "inbound": self.inbound.status_json(),
+            "cron": self.cron.status_json(),
             "heartbeat": {"defaultAgentId": "main", "agents": []},
             "channelSummary": [],
             "queuedSystemEvents": [],
