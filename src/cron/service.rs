@@ -91,6 +91,17 @@ impl Entry {
         }
     }
 
+    /// When the job should have run, for lateness: its natural slot (a catch-up spread at boot
+    /// counts from its planned time; a retry after a failure does not move it).
+    fn judged_due_ms(&self) -> Option<i64> {
+        let job = self.job.as_ref().ok()?;
+        if !job.def.enabled {
+            return None;
+        }
+        let natural = job.schedule.next_after(self.last_slot_ms)?;
+        Some(self.catch_up_at_ms.map_or(natural, |c| c.max(natural)))
+    }
+
     fn next_due_ms(&self) -> Option<i64> {
         let job = self.job.as_ref().ok()?;
         if !job.def.enabled {
@@ -516,6 +527,14 @@ impl Cron {
                 format!("cannot write the run's receipt: {err}"),
             ));
         }
+        if self.draining() {
+            // The drain began while the receipt was written: nothing starts.
+            let _ = std::fs::remove_file(receipts::job_dir(&root, &job.def.id).join(&r.file));
+            return Err(RpcError::new(
+                Code::Draining,
+                "keel is draining: no job starts",
+            ));
+        }
         let idem = if manual {
             format!("cron:{}:manual:{run_id}", job.def.id)
         } else {
@@ -681,6 +700,7 @@ impl Cron {
             let Ok(job) = &e.job else { continue };
             let Some(due) = e.next_due_ms() else { continue };
             nearest = Some(nearest.map_or(due, |n: i64| n.min(due)));
+            let due = e.judged_due_ms().unwrap_or(due);
             let period = job
                 .schedule
                 .period_ms(e.last_slot_ms)
