@@ -1239,7 +1239,8 @@ impl Cron {
 
     /// Late jobs, as the watchdog last judged them (for `/readyz` and `status`).
     pub fn overdue_notes(&self) -> Vec<String> {
-        lock(&self.overdue).as_ref().clone()
+        let notes = lock(&self.overdue).clone();
+        notes.as_ref().clone()
     }
 
     pub fn status_json(&self) -> Value {
