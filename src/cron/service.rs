@@ -1300,8 +1300,8 @@ impl Cron {
     /// second): no lock but the published snapshot's pointer copy and the watchdog's own.
     fn judge(&self, now_ms: i64) {
         let p = lock(&self.published).clone();
-        let mut notes = Vec::new();
-        let mut late_ids = HashSet::new();
+        // (job id, note); the id is what "logged once" is kept by.
+        let mut late: Vec<(String, String)> = Vec::new();
         if !self.draining() {
             for d in &p.dues {
                 let note = match d.running_until_ms {
@@ -1322,8 +1322,7 @@ impl Cron {
                     None => None,
                 };
                 if let Some(n) = note {
-                    late_ids.insert(d.id.clone());
-                    notes.push(n);
+                    late.push((d.id.clone(), n));
                 }
             }
             let loop_ms = self.loop_ms.load(Ordering::Relaxed);
@@ -1331,26 +1330,27 @@ impl Cron {
                 && loop_ms > 0
                 && (now_ms as u64).saturating_sub(loop_ms) > STALL_MS
             {
-                notes.push(format!(
-                    "the cron scheduler thread has not run for {} s",
-                    (now_ms as u64 - loop_ms) / 1000
+                late.push((
+                    String::new(),
+                    format!(
+                        "the cron scheduler thread has not run for {} s",
+                        (now_ms as u64 - loop_ms) / 1000
+                    ),
                 ));
-                late_ids.insert(String::new());
             }
         }
         {
             let mut logged = lock(&self.logged);
-            for n in &notes {
-                let key = n.split(" is ").next().unwrap_or(n).to_string();
-                if logged.insert(key) {
+            for (id, n) in &late {
+                if logged.insert(id.clone()) {
                     log::warn!("cron: {n}");
                 }
             }
-            logged.retain(|k| notes.iter().any(|n| n.starts_with(k.as_str())));
+            logged.retain(|k| late.iter().any(|(id, _)| id == k));
         }
         self.overdue_count
-            .store(late_ids.len() as u64, Ordering::Relaxed);
-        *lock(&self.overdue) = Arc::new(notes);
+            .store(late.len() as u64, Ordering::Relaxed);
+        *lock(&self.overdue) = Arc::new(late.into_iter().map(|(_, n)| n).collect());
     }
 }
 
