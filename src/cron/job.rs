@@ -172,8 +172,11 @@ pub struct Job {
     /// The turn's text.
     pub message: String,
     pub timeout: Duration,
-    /// Where the reply goes (`None`: not delivered).
+    /// Where the reply goes (`None` with `deliver`: the agent's bound channel, as OpenClaw's
+    /// `channel: "last"`).
     pub origin: Option<Origin>,
+    /// Whether the reply is delivered at all (`delivery.mode: "announce"`).
+    pub deliver: bool,
     pub heartbeat: bool,
 }
 
@@ -336,16 +339,26 @@ pub fn check(def: JobDef, cfg: &Config) -> Result<Job, String> {
         }
     }
     .min(cfg.agents.run_timeout);
+    let announce = def.delivery.as_ref().is_some_and(|d| d.mode == "announce");
     let origin = match &def.delivery {
         None => None,
         Some(d) => match d.mode.as_str() {
             "none" => None,
+            // No channel (or OpenClaw's "last") and no address: the agent's bound channel.
+            "announce"
+                if d.channel
+                    .as_deref()
+                    .is_none_or(|c| c.is_empty() || c == "last")
+                    && d.to.is_none() =>
+            {
+                None
+            }
             "announce" => {
                 let channel = d
                     .channel
                     .as_deref()
                     .filter(|c| !c.is_empty() && *c != "last")
-                    .ok_or("delivery.channel is required for announce delivery")?;
+                    .ok_or("delivery.channel is required with delivery.to")?;
                 let to =
                     d.to.as_deref()
                         .ok_or("delivery.to is required for announce delivery")?;
@@ -377,6 +390,7 @@ pub fn check(def: JobDef, cfg: &Config) -> Result<Job, String> {
         message,
         timeout,
         origin,
+        deliver: announce,
         heartbeat,
         def,
     })
@@ -523,6 +537,10 @@ mod tests {
             (
                 json!({"schedule": every, "payload": turn, "delivery": {"mode": "announce", "channel": "telegram"}}),
                 "delivery.to",
+            ),
+            (
+                json!({"schedule": every, "payload": turn, "delivery": {"mode": "announce", "to": "12"}}),
+                "delivery.channel",
             ),
             (
                 json!({"schedule": every, "payload": turn, "delivery": {"mode": "announce", "channel": "telegram", "to": "not a chat"}}),

@@ -545,7 +545,7 @@ impl Cron {
             session,
             job.origin.clone().unwrap_or_default(),
         );
-        request.deliver = job.origin.is_some();
+        request.deliver = job.deliver;
         match runs::start(&self.h.runs, &idem, request, ReplyTo::Internal, None) {
             Ok((run, true)) => {
                 r.agent_run_id = Some(run.id.clone());
