@@ -712,8 +712,9 @@ fn keel_config(
         "baseUrl": provider.base_url(), "apiKey": "soak-key", "api": "openai-completions",
         "models": [{"id": "m", "cost": {"input": 1.0, "output": 2.0}}],
     });
-    let agents: Vec<Value> = (0..CRON_AGENTS)
-        .map(|i| json!({"id": format!("agent{i}")}))
+    // `main` (the runs' sessions) stays the default; the cron jobs' agents come beside it.
+    let agents: Vec<Value> = std::iter::once(json!({"id": "main", "default": true}))
+        .chain((0..CRON_AGENTS).map(|i| json!({"id": format!("agent{i}")})))
         .collect();
     config["agents"] = json!({"defaults": {"model": {"primary": "soak/m"}}, "list": agents});
     config["channels"] = json!({"webhook": {"url": receiver.url(), "secret": SECRET}});
