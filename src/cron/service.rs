@@ -560,7 +560,12 @@ impl Cron {
                     timed_out: false,
                 });
                 self.runs_started.fetch_add(1, Ordering::Relaxed);
-                log::info!("cron: job {} run {run_id} started ({reason})", job.def.id);
+                // The receipt is the record; the log only says what was unusual.
+                if reason == "scheduled" {
+                    log::debug!("cron: job {} run {run_id} started", job.def.id);
+                } else {
+                    log::info!("cron: job {} run {run_id} started ({reason})", job.def.id);
+                }
                 Ok(run_id)
             }
             Ok((run, false)) => {
@@ -669,7 +674,15 @@ impl Cron {
             if running.run.request.deliver {
                 r.delivered = Some(st == "ok");
             }
-            log::info!("cron: job {id} run {} finished {st}", r.run_id);
+            if st == "ok" {
+                log::debug!("cron: job {id} run {} finished ok", r.run_id);
+            } else {
+                log::warn!(
+                    "cron: job {id} run {} finished {st}: {}",
+                    r.run_id,
+                    error.as_deref().unwrap_or("")
+                );
+            }
             self.finish_receipt(e, r, st, error, text);
             if let Ok(job) = &e.job
                 && job.def.delete_after_run
