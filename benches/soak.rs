@@ -371,46 +371,65 @@ fn add_cron_jobs(http: &mut Http, token: &str) -> Result<Vec<CronJob>, String> {
         .collect()
 }
 
-/// Slots counted against receipts: (slots due, run exactly once, missing, run twice or more,
-/// receipts not `ok`).
-fn count_cron(state: &Path, jobs: &[CronJob], until_ms: i64) -> (u64, u64, u64, u64, u64) {
-    let (mut due, mut once, mut missing, mut twice, mut not_ok) = (0, 0, 0, 0, 0);
-    for j in jobs {
-        let dir = state.join("cron/runs").join(&j.id);
-        let mut by_slot: std::collections::HashMap<i64, u64> = Default::default();
-        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || !name.ends_with(".json") {
-                continue;
+/// The cron jobs' receipts seen so far. keel keeps the newest 200 per job, so they are read
+/// as they come (each file once, at every sample) rather than only at the end.
+#[derive(Default)]
+struct CronSeen {
+    files: std::collections::HashSet<String>,
+    /// (job id, scheduled slot) → receipts for it.
+    slots: std::collections::HashMap<(String, i64), u64>,
+    not_ok: u64,
+}
+
+impl CronSeen {
+    fn scan(&mut self, state: &Path, jobs: &[CronJob]) {
+        for j in jobs {
+            let dir = state.join("cron/runs").join(&j.id);
+            for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') || !name.ends_with(".json") {
+                    continue;
+                }
+                let Ok(v) = fs::read(e.path())
+                    .map_err(drop)
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(drop))
+                else {
+                    continue;
+                };
+                // A receipt is final once its run ended; a running one is read again later.
+                if v["status"] == "running" || v["manual"] == true {
+                    continue;
+                }
+                if !self.files.insert(format!("{}/{name}", j.id)) {
+                    continue;
+                }
+                if v["status"] != "ok" {
+                    self.not_ok += 1;
+                }
+                let slot = v["scheduledAtMs"].as_i64().unwrap_or(0);
+                *self.slots.entry((j.id.clone(), slot)).or_default() += 1;
             }
-            let Ok(v) = fs::read(e.path())
-                .map_err(drop)
-                .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(drop))
-            else {
-                continue;
-            };
-            if v["manual"] == true {
-                continue;
-            }
-            if v["status"] != "ok" {
-                not_ok += 1;
-            }
-            *by_slot
-                .entry(v["scheduledAtMs"].as_i64().unwrap_or(0))
-                .or_default() += 1;
-        }
-        let mut slot = j.anchor_ms + j.every_ms;
-        while slot <= until_ms {
-            due += 1;
-            match by_slot.get(&slot).copied().unwrap_or(0) {
-                0 => missing += 1,
-                1 => once += 1,
-                _ => twice += 1,
-            }
-            slot += j.every_ms;
         }
     }
-    (due, once, missing, twice, not_ok)
+
+    /// Slots counted against receipts: (slots due, run exactly once, missing, run twice or
+    /// more, receipts not `ok`).
+    fn count(&self, jobs: &[CronJob], until_ms: i64) -> (u64, u64, u64, u64, u64) {
+        let (mut due, mut once, mut missing, mut twice) = (0, 0, 0, 0);
+        for j in jobs {
+            let mut slot = j.anchor_ms + j.every_ms;
+            while slot <= until_ms {
+                due += 1;
+                match self.slots.get(&(j.id.clone(), slot)).copied().unwrap_or(0) {
+                    0 => missing += 1,
+                    1 => once += 1,
+                    _ => twice += 1,
+                }
+                slot += j.every_ms;
+            }
+        }
+        (due, once, missing, twice, self.not_ok)
+    }
 }
 
 /// Leaves: with a close frame, or (one in four) by dropping the socket.
@@ -794,9 +813,11 @@ fn run(o: &Opts) -> Result<i32, String> {
     let mut samples = Vec::new();
     let mut http = Http::new(keel.addr);
     let mut sample_errors = 0u64;
+    let mut cron_seen = CronSeen::default();
     let mut next = t0 + o.sample;
     while next <= t0 + o.duration {
         thread::sleep(next.saturating_duration_since(Instant::now()));
+        cron_seen.scan(&state, &cron_jobs);
         match take_sample(&keel, &mut http, &tally, t0.elapsed().as_secs_f64()) {
             Ok(s) => samples.push(s),
             Err(e) => {
@@ -828,8 +849,9 @@ fn run(o: &Opts) -> Result<i32, String> {
     // Slots due up to a period before the stop were all decided by now.
     let cron_until = now_ms() - 6_000;
     let (exit, stop_took, killed) = stop_keel(&mut keel, STOP_TIMEOUT);
+    cron_seen.scan(&state, &cron_jobs);
     let (slots_due, slots_once, slots_missing, slots_twice, cron_not_ok) =
-        count_cron(&state, &cron_jobs, cron_until);
+        cron_seen.count(&cron_jobs, cron_until);
 
     if let Some(path) = &o.csv {
         let text = csv(&samples);
