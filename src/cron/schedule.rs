@@ -141,6 +141,41 @@ impl Schedule {
     }
 }
 
+/// What to do about a job now, given the last slot decided (run or skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing is due; the next slot, if any.
+    Wait(Option<i64>),
+    /// Run once for `slot`, the latest due; `missed` slots passed since the last one (1: just
+    /// this one; more: a catch-up that stands for all of them).
+    Run { slot: i64, missed: usize },
+    /// Record the missed slots as skipped, up to `slot` (`cron.skipMissedJobs` at boot).
+    Skip { slot: i64, missed: usize },
+}
+
+/// The scheduler's decision for one job: at most one run for every slot that passed since
+/// `last_slot`, however many; at boot, under `skip_missed`, a recurring job's missed slots
+/// are skipped instead (a one-shot still runs).
+pub fn decide(
+    s: &Schedule,
+    last_slot: i64,
+    now: i64,
+    at_boot: bool,
+    skip_missed: bool,
+) -> Decision {
+    match s.last_between(last_slot, now) {
+        None => Decision::Wait(s.next_after(last_slot)),
+        Some(slot) => {
+            let missed = s.count_between(last_slot, now, 10_000);
+            if at_boot && skip_missed && !matches!(s, Schedule::At { .. }) {
+                Decision::Skip { slot, missed }
+            } else {
+                Decision::Run { slot, missed }
+            }
+        }
+    }
+}
+
 impl CronSchedule {
     pub fn parse(expr: &str, tz: Option<&str>) -> Result<CronSchedule, String> {
         let tz = match tz.map(str::trim).filter(|s| !s.is_empty()) {
@@ -555,6 +590,80 @@ mod tests {
             walk(&s, "2026-10-24T12:00:00Z", 2),
             ["2026-10-24T22:00:00Z", "2026-10-25T23:00:00Z"]
         );
+    }
+
+    #[test]
+    fn catch_up_decisions() {
+        let s = Schedule::Every {
+            every_ms: 60_000,
+            anchor_ms: 0,
+        };
+        // The 10:00 slot ran; down until 10:05:10: five slots passed, one run stands for them.
+        let last = 10 * 3_600_000;
+        let now = last + 5 * 60_000 + 10_000;
+        assert_eq!(
+            decide(&s, last, now, true, false),
+            Decision::Run {
+                slot: last + 5 * 60_000,
+                missed: 5
+            }
+        );
+        // With skipMissedJobs: skipped, and then nothing is due until the next slot.
+        let d = decide(&s, last, now, true, true);
+        assert_eq!(
+            d,
+            Decision::Skip {
+                slot: last + 5 * 60_000,
+                missed: 5
+            }
+        );
+        let Decision::Skip { slot, .. } = d else {
+            unreachable!()
+        };
+        assert_eq!(
+            decide(&s, slot, now, false, true),
+            Decision::Wait(Some(slot + 60_000))
+        );
+        // Not at boot (a long run, a stall): caught up once even under skipMissedJobs.
+        assert!(matches!(
+            decide(&s, last, now, false, true),
+            Decision::Run { missed: 5, .. }
+        ));
+        // After the run, nothing is due again until the next slot.
+        assert_eq!(
+            decide(&s, last + 5 * 60_000, now, false, false),
+            Decision::Wait(Some(last + 6 * 60_000))
+        );
+        // A one-shot due while down runs once, skipMissedJobs or not; then never again.
+        let at = Schedule::At { at_ms: 1_000 };
+        assert_eq!(
+            decide(&at, 0, 5_000, true, true),
+            Decision::Run {
+                slot: 1_000,
+                missed: 1
+            }
+        );
+        assert_eq!(
+            decide(&at, 1_000, 9_000, false, false),
+            Decision::Wait(None)
+        );
+        // A clock stepped back: nothing due, the next slot stays where it was.
+        assert_eq!(
+            decide(&s, last, last - 3_600_000, false, false),
+            Decision::Wait(Some(last + 60_000))
+        );
+        // Fifty agents' heartbeats down for a day: each one run, not 1,440.
+        let hb = Schedule::Every {
+            every_ms: 60_000,
+            anchor_ms: 0,
+        };
+        assert!(matches!(
+            decide(&hb, 0, 86_400_000, true, false),
+            Decision::Run {
+                slot: 86_400_000,
+                missed: 1440
+            }
+        ));
     }
 
     #[test]

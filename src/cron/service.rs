@@ -15,6 +15,7 @@
 
 use super::job::{self, HEARTBEAT_PREFIX, Job, JobDef, PayloadDef, ScheduleDef};
 use super::receipts::{self, Owner, Receipt};
+use super::schedule::{Decision, decide};
 use crate::agent::runs::{self, Request, Run, Runs, Status};
 use crate::cancel::{CancelReason, CancelToken};
 use crate::clock;
@@ -368,18 +369,18 @@ impl Cron {
             if !job.def.enabled {
                 continue;
             }
-            let Some(slot) = job.schedule.last_between(e.last_slot_ms, now) else {
-                continue;
+            let missed = match decide(&job.schedule, e.last_slot_ms, now, true, skip) {
+                Decision::Wait(_) => continue,
+                Decision::Skip { slot, missed } => {
+                    let reason = format!(
+                        "missed: {missed} slot(s) passed while keel was down; skipped \
+                         (cron.skipMissedJobs)"
+                    );
+                    self.record_skip(id, &job, e, slot, &reason);
+                    continue;
+                }
+                Decision::Run { missed, .. } => missed,
             };
-            let missed = job.schedule.count_between(e.last_slot_ms, now, 10_000);
-            let recurring = !job.def.schedule.is_at();
-            if skip && recurring {
-                let reason = format!(
-                    "missed: {missed} slot(s) passed while keel was down; skipped (cron.skipMissedJobs)"
-                );
-                self.record_skip(id, &job, e, slot, &reason);
-                continue;
-            }
             e.catch_up_at_ms = Some(now + (k * CATCH_UP_STEP_MS).min(CATCH_UP_SPREAD_MS));
             k += 1;
             log::info!(
@@ -466,10 +467,11 @@ impl Cron {
             }
             let Some(e) = jobs.get_mut(&id) else { continue };
             let Ok(job) = e.job.clone() else { continue };
-            let Some(slot) = job.schedule.last_between(e.last_slot_ms, now) else {
+            let Decision::Run { slot, missed } =
+                decide(&job.schedule, e.last_slot_ms, now, false, false)
+            else {
                 continue;
             };
-            let missed = job.schedule.count_between(e.last_slot_ms, now, 10_000);
             let reason = if e.catch_up_at_ms.is_some() {
                 format!("catch-up: {missed} slot(s) missed while keel was down; run once")
             } else if missed > 1 {
