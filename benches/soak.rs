@@ -13,13 +13,15 @@
 //!    `/healthz` probes (latency recorded), usage queries (`sessions.usage`, `usage.cost`
 //!    alternately, over HTTP), deliveries (`send` to the webhook channel, a key each), agent
 //!    runs (a WebSocket client connects, `chat.send`s to one of 8 sessions, reads until the
-//!    run's final event and leaves — one in four without a close frame), and WebSocket clients
-//!    that connect, ask `status` and leave (one in four abruptly);
+//!    run's final event and leaves — one in four without a close frame), WebSocket clients
+//!    that connect, ask `status` and leave (one in four abruptly), and the scheduler's mix: 50
+//!    cron jobs every 1–5 s across 10 agents, added over HTTP at the start (kind `cron`);
 //! 2. every `--sample-s` seconds samples keel's RSS, open descriptors and threads (`/proc`),
 //!    its queue depths, jobs in flight, connections and outbound queue (`/metrics`), and the
 //!    `/healthz` p50/p99/max of the probes in that window;
 //! 3. at the end waits for every accepted delivery to reach the receiver, stops keel with
-//!    SIGTERM and prints a row per minute, then per series the median, the least-squares slope
+//!    SIGTERM, counts the cron jobs' receipts against their schedules (every slot due before
+//!    the end must have exactly one receipt), and prints a row per minute, then per series the median, the least-squares slope
 //!    per hour and the change that slope makes over the steady window (everything after
 //!    `--warmup-s`), with a verdict: flat or growing.
 //!
@@ -74,6 +76,9 @@ const USAGE_PER_S: f64 = 2.0;
 const SENDS_PER_S: f64 = 2.0;
 const RUNS_PER_S: f64 = 1.0;
 const WS_PER_S: f64 = 2.0;
+/// The scheduler's mix: this many jobs, periods 1..=5 s, across this many agents.
+const CRON_JOBS: u64 = 50;
+const CRON_AGENTS: u64 = 10;
 
 /// What "flat" allows over the steady window (the fitted change, first sample to last).
 const FLAT_RSS_FRACTION: f64 = 0.10;
@@ -100,7 +105,7 @@ struct Opts {
 
 fn usage() -> &'static str {
     "usage: soak --keel PATH --gen PATH --work DIR --duration-s N [--sample-s 5] [--warmup-s 120] [--csv PATH] [--only KIND,...] [--scale F]
-kinds: healthz, usage, send, run, ws"
+kinds: healthz, usage, send, run, ws, cron"
 }
 
 fn parse_opts() -> Result<Opts, String> {
@@ -186,9 +191,18 @@ enum Kind {
     Send,
     Run,
     Ws,
+    /// Not paced: the jobs are added once, and the scheduler runs them.
+    Cron,
 }
 
-const KINDS: [Kind; 5] = [Kind::Probe, Kind::Usage, Kind::Send, Kind::Run, Kind::Ws];
+const KINDS: [Kind; 6] = [
+    Kind::Probe,
+    Kind::Usage,
+    Kind::Send,
+    Kind::Run,
+    Kind::Ws,
+    Kind::Cron,
+];
 
 impl Kind {
     fn name(self) -> &'static str {
@@ -198,6 +212,7 @@ impl Kind {
             Kind::Send => "send",
             Kind::Run => "run",
             Kind::Ws => "ws",
+            Kind::Cron => "cron",
         }
     }
 
@@ -208,14 +223,16 @@ impl Kind {
             Kind::Send => SENDS_PER_S,
             Kind::Run => RUNS_PER_S,
             Kind::Ws => WS_PER_S,
+            // Jobs per second of runs: sum of 1/period over the jobs.
+            Kind::Cron => (0..CRON_JOBS).map(|i| 1.0 / cron_period_s(i) as f64).sum(),
         }
     }
 }
 
 #[derive(Default)]
 struct Tally {
-    ok: [AtomicU64; 5],
-    failed: [AtomicU64; 5],
+    ok: [AtomicU64; 6],
+    failed: [AtomicU64; 6],
     /// `/healthz` latencies of the current sample window.
     probes: Mutex<Vec<Duration>>,
     /// Idempotency keys of the accepted sends.
@@ -284,6 +301,7 @@ fn drive(
             Kind::Send => send(&mut http, token, i, t),
             Kind::Run => agent_run(keel_addr, token, i),
             Kind::Ws => ws_visit(keel_addr, token, i),
+            Kind::Cron => Ok(()),
         };
         match r {
             Ok(()) => t.ok(kind),
@@ -315,6 +333,103 @@ fn send(http: &mut Http, token: &str, i: u64, t: &Tally) -> Result<(), String> {
     }
     lock_ignoring_poison(&t.sent).push(key);
     Ok(())
+}
+
+fn cron_period_s(i: u64) -> u64 {
+    1 + i % 5
+}
+
+/// A cron job added for the mix: its id, period and first slot's anchor.
+struct CronJob {
+    id: String,
+    every_ms: i64,
+    anchor_ms: i64,
+}
+
+/// Adds the scheduler's mix: [`CRON_JOBS`] jobs every 1–5 s across [`CRON_AGENTS`] agents.
+fn add_cron_jobs(http: &mut Http, token: &str) -> Result<Vec<CronJob>, String> {
+    (0..CRON_JOBS)
+        .map(|i| {
+            let every_ms = cron_period_s(i) * 1000;
+            let params = json!({
+                "name": format!("soak-{i}"),
+                "agentId": format!("agent{}", i % CRON_AGENTS),
+                "schedule": {"kind": "every", "everyMs": every_ms},
+                "sessionTarget": "main",
+                "payload": {"kind": "agentTurn", "message": format!("soak cron {i}")},
+            });
+            let v = rpc(http, token, RPC_TIMEOUT, "cron.add", &params)?;
+            let p = &v["payload"];
+            Ok(CronJob {
+                id: p["id"].as_str().ok_or("cron.add: no id")?.to_string(),
+                every_ms: every_ms as i64,
+                anchor_ms: p["createdAtMs"]
+                    .as_i64()
+                    .ok_or("cron.add: no createdAtMs")?,
+            })
+        })
+        .collect()
+}
+
+/// The cron jobs' receipts seen so far. keel keeps the newest 200 per job, so they are read
+/// as they come (each file once, at every sample) rather than only at the end.
+#[derive(Default)]
+struct CronSeen {
+    files: std::collections::HashSet<String>,
+    /// (job id, scheduled slot) → receipts for it.
+    slots: std::collections::HashMap<(String, i64), u64>,
+    not_ok: u64,
+}
+
+impl CronSeen {
+    fn scan(&mut self, state: &Path, jobs: &[CronJob]) {
+        for j in jobs {
+            let dir = state.join("cron/runs").join(&j.id);
+            for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') || !name.ends_with(".json") {
+                    continue;
+                }
+                let Ok(v) = fs::read(e.path())
+                    .map_err(drop)
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(drop))
+                else {
+                    continue;
+                };
+                // A receipt is final once its run ended; a running one is read again later.
+                if v["status"] == "running" || v["manual"] == true {
+                    continue;
+                }
+                if !self.files.insert(format!("{}/{name}", j.id)) {
+                    continue;
+                }
+                if v["status"] != "ok" {
+                    self.not_ok += 1;
+                }
+                let slot = v["scheduledAtMs"].as_i64().unwrap_or(0);
+                *self.slots.entry((j.id.clone(), slot)).or_default() += 1;
+            }
+        }
+    }
+
+    /// Slots counted against receipts: (slots due, run exactly once, missing, run twice or
+    /// more, receipts not `ok`).
+    fn count(&self, jobs: &[CronJob], until_ms: i64) -> (u64, u64, u64, u64, u64) {
+        let (mut due, mut once, mut missing, mut twice) = (0, 0, 0, 0);
+        for j in jobs {
+            let mut slot = j.anchor_ms + j.every_ms;
+            while slot <= until_ms {
+                due += 1;
+                match self.slots.get(&(j.id.clone(), slot)).copied().unwrap_or(0) {
+                    0 => missing += 1,
+                    1 => once += 1,
+                    _ => twice += 1,
+                }
+                slot += j.every_ms;
+            }
+        }
+        (due, once, missing, twice, self.not_ok)
+    }
 }
 
 /// Leaves: with a close frame, or (one in four) by dropping the socket.
@@ -616,7 +731,11 @@ fn keel_config(
         "baseUrl": provider.base_url(), "apiKey": "soak-key", "api": "openai-completions",
         "models": [{"id": "m", "cost": {"input": 1.0, "output": 2.0}}],
     });
-    config["agents"] = json!({"defaults": {"model": {"primary": "soak/m"}}});
+    // `main` (the runs' sessions) stays the default; the cron jobs' agents come beside it.
+    let agents: Vec<Value> = std::iter::once(json!({"id": "main", "default": true}))
+        .chain((0..CRON_AGENTS).map(|i| json!({"id": format!("agent{i}")})))
+        .collect();
+    config["agents"] = json!({"defaults": {"model": {"primary": "soak/m"}}, "list": agents});
     config["channels"] = json!({"webhook": {"url": receiver.url(), "secret": SECRET}});
     config["gateway"] = json!({"drainTimeoutMs": 10000, "drainGraceMs": 2000});
     Ok(config)
@@ -671,9 +790,15 @@ fn run(o: &Opts) -> Result<i32, String> {
 
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
+    let cron_jobs = if o.kinds.contains(&Kind::Cron) {
+        add_cron_jobs(&mut Http::new(keel.addr), &keel.token)?
+    } else {
+        Vec::new()
+    };
     let drivers: Vec<_> = o
         .kinds
         .iter()
+        .filter(|k| **k != Kind::Cron)
         .map(|&kind| {
             let (t, s, addr, token) = (tally.clone(), stop.clone(), keel.addr, keel.token.clone());
             let rate = kind.per_second() * o.scale;
@@ -688,9 +813,11 @@ fn run(o: &Opts) -> Result<i32, String> {
     let mut samples = Vec::new();
     let mut http = Http::new(keel.addr);
     let mut sample_errors = 0u64;
+    let mut cron_seen = CronSeen::default();
     let mut next = t0 + o.sample;
     while next <= t0 + o.duration {
         thread::sleep(next.saturating_duration_since(Instant::now()));
+        cron_seen.scan(&state, &cron_jobs);
         match take_sample(&keel, &mut http, &tally, t0.elapsed().as_secs_f64()) {
             Ok(s) => samples.push(s),
             Err(e) => {
@@ -719,7 +846,12 @@ fn run(o: &Opts) -> Result<i32, String> {
         drop(got);
         thread::sleep(Duration::from_millis(100));
     };
+    // Slots due up to a period before the stop were all decided by now.
+    let cron_until = now_ms() - 6_000;
     let (exit, stop_took, killed) = stop_keel(&mut keel, STOP_TIMEOUT);
+    cron_seen.scan(&state, &cron_jobs);
+    let (slots_due, slots_once, slots_missing, slots_twice, cron_not_ok) =
+        cron_seen.count(&cron_jobs, cron_until);
 
     if let Some(path) = &o.csv {
         let text = csv(&samples);
@@ -731,7 +863,7 @@ fn run(o: &Opts) -> Result<i32, String> {
     println!();
     println!("== operations (ok / failed) ==");
     let mut failures = 0;
-    for &k in &o.kinds {
+    for &k in o.kinds.iter().filter(|k| **k != Kind::Cron) {
         let (ok, failed) = tally.count(k);
         failures += failed;
         println!(
@@ -755,6 +887,14 @@ fn run(o: &Opts) -> Result<i32, String> {
             (None, _) => "unknown".to_string(),
         }
     );
+    if !cron_jobs.is_empty() {
+        println!(
+            "cron: {} jobs, {slots_due} slots due, {slots_once} ran exactly once, \
+             {slots_missing} missing, {slots_twice} ran more than once, {cron_not_ok} receipts \
+             not ok",
+            cron_jobs.len()
+        );
+    }
     let stopped_clean = !killed && exit.is_some_and(|s| s.success());
     let correct = failures == 0
         && lost == 0
@@ -762,6 +902,9 @@ fn run(o: &Opts) -> Result<i32, String> {
         && bad_signature == 0
         && sample_errors == 0
         && abandoned == 0
+        && slots_missing == 0
+        && slots_twice == 0
+        && cron_not_ok == 0
         && stopped_clean;
     println!(
         "verdict: {} and {}",
@@ -777,4 +920,10 @@ fn run(o: &Opts) -> Result<i32, String> {
 
 fn main() {
     bench_main("soak", parse_opts, usage, run)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -8,7 +8,8 @@
 # "unknown method" answer on any page; Usage totals that differ from keel's usage.cost for the
 # same range; a page that does not reconnect on its own after a reload and after a keel restart
 # (or that reloads in a loop); a chat message whose streamed reply from the fake provider does
-# not appear. A screenshot of each page is saved in the output directory.
+# not appear; an Automations page that does not list a job added and run over HTTP with its
+# last run ok. A screenshot of each page is saved in the output directory.
 #
 # Installs what it needs: Debian's chromium (apt-get, as root or with sudo) and playwright-core
 # from npm (into target/browser-tools; it drives the system's Chromium, downloads no browser).

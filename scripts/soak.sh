@@ -7,7 +7,8 @@
 # provider and a fake webhook channel on loopback and drives, each at a fixed rate:
 #   /healthz probes 20/s, usage queries (sessions.usage, usage.cost) 2/s, deliveries (`send`)
 #   2/s, agent runs from WebSocket clients that connect, run and leave 1/s, WebSocket clients
-#   that connect, ask `status` and leave 2/s.
+#   that connect, ask `status` and leave 2/s, and 50 cron jobs every 1-5 s across 10 agents
+#   (their receipts counted against their schedules at the end).
 # Every SAMPLE seconds (default 5) it records keel's RSS, descriptors, threads, queued jobs,
 # jobs in flight, connections, outbound queue and the /healthz p50/p99/max of that window;
 # at the end it prints a row a minute, then per series the least-squares slope over the

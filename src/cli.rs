@@ -36,6 +36,10 @@ Usage:
   keel dashboard [--port N] [--bind ADDR] [--config FILE] [--state-dir DIR] [--json]
   keel pairing list [CHANNEL] | keel pairing approve CHANNEL CODE [--account ID] [--json]
   keel import openclaw [--from DIR] [--to STATE] [--dry-run]
+  keel cron list [--json] | keel cron run ID | keel cron rm ID
+  keel cron add --name NAME (--every 30m | --cron EXPR [--tz ZONE] | --at ISO)
+                --message TEXT [--agent ID] [--session isolated|main]
+                [--channel CH --to ADDR [--account ID]] [--timeout SECONDS]
   keel --version
 
 serve   run the gateway (no config file needed: 127.0.0.1:18789, state in ~/.keel,
@@ -50,6 +54,8 @@ pairing approve  let the sender who got CODE on CHANNEL send direct messages
 import openclaw  copy an OpenClaw state (its SQLite store or its files; default ~/.openclaw)
         into keel's store (default the state directory): sessions, transcripts, archives;
         atomic per file, resumable, the source never modified
+cron    scheduled agent turns on the running gateway: list them, add one, run one now,
+        remove one (cron.* over HTTP)
 
 Environment: KEEL_PORT, KEEL_BIND, KEEL_CONFIG, KEEL_STATE_DIR, KEEL_GATEWAY_TOKEN,
 KEEL_HANDSHAKE_TIMEOUT_MS, KEEL_LOG (default info).
@@ -64,6 +70,7 @@ pub enum Command {
     Dashboard,
     Pairing,
     Import,
+    Cron,
     Version,
     Help,
 }
@@ -87,6 +94,9 @@ pub struct Args {
     pub from: Option<PathBuf>,
     pub to: Option<PathBuf>,
     pub dry_run: bool,
+    /// `keel cron add`'s flags, by name (`name`, `every`, `cron`, `tz`, `at`, `message`,
+    /// `session`, `channel`, `to`, `timeout`).
+    pub cron: Vec<(String, String)>,
 }
 
 pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
@@ -106,6 +116,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
         from: None,
         to: None,
         dry_run: false,
+        cron: Vec::new(),
     };
     let mut command = None;
     while let Some(arg) = p.next()? {
@@ -130,6 +141,13 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
             Long("days") => a.days = Some(p.value()?.string()?),
             Long("agent") => a.agent = Some(p.value()?.string()?),
             Long("account") => a.account = Some(p.value()?.string()?),
+            Long(
+                flag @ ("name" | "every" | "cron" | "tz" | "at" | "message" | "session" | "channel"
+                | "to" | "timeout"),
+            ) if command == Some(Command::Cron) => {
+                let flag = flag.to_string();
+                a.cron.push((flag, p.value()?.string()?));
+            }
             Long("from") => a.from = Some(p.value()?.into()),
             Long("to") => a.to = Some(p.value()?.into()),
             Long("dry-run") => a.dry_run = true,
@@ -142,11 +160,12 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
                     "dashboard" => Command::Dashboard,
                     "pairing" => Command::Pairing,
                     "import" => Command::Import,
+                    "cron" => Command::Cron,
                     "version" => Command::Version,
                     "help" => Command::Help,
                     other => {
                         return Err(lexopt::Error::from(format!(
-                            "unknown command {other:?} (try: serve, check, status, dashboard, import)"
+                            "unknown command {other:?} (try: serve, check, status, usage, dashboard, pairing, cron, import)"
                         )));
                     }
                 });
@@ -154,7 +173,10 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Args, lexopt::Error> {
             Value(v) if command == Some(Command::Import) && a.rest.is_empty() => {
                 a.rest.push(v.string()?);
             }
-            Value(v) if command == Some(Command::Pairing) && a.rest.len() < 3 => {
+            Value(v)
+                if matches!(command, Some(Command::Pairing | Command::Cron))
+                    && a.rest.len() < 3 =>
+            {
                 a.rest.push(v.string()?);
             }
             _ => return Err(arg.unexpected()),
@@ -297,6 +319,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::Import => import(&args, &process_env),
         Command::Dashboard => dashboard(&args, &process_env),
         Command::Pairing => pairing(&args, &process_env),
+        Command::Cron => cron(&args, &process_env),
     }
 }
 
@@ -461,34 +484,7 @@ fn pairing_inner(args: &Args, env: Env<'_>) -> Result<String, String> {
             );
         }
     };
-    let (cfg, state_dir) = client_config(args, env)?;
-    let secret = cfg
-        .auth
-        .token
-        .clone()
-        .or(cfg.auth.password.clone())
-        .ok_or_else(|| {
-            format!(
-                "no token: none configured and none in {}",
-                state::token_path(&state_dir).display()
-            )
-        })?;
-    let addr = local_addr(&cfg);
-    let (code, body) = http_post_body(
-        addr,
-        &format!("/api/rpc/{method}"),
-        &secret,
-        params.to_string().as_bytes(),
-        Duration::from_secs(10),
-    )
-    .map_err(|e| format!("cannot reach the gateway at {addr}: {e}"))?;
-    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-        format!("gateway at {addr} answered {code} with a body that is not JSON: {e}")
-    })?;
-    if code != 200 {
-        let msg = v["error"]["message"].as_str().unwrap_or("no message");
-        return Err(msg.to_string());
-    }
+    let v = rpc(args, env, method, &params)?;
     let p = &v["payload"];
     if args.json {
         return Ok(serde_json::to_string_pretty(p).unwrap_or_default());
@@ -519,6 +515,166 @@ fn pairing_inner(args: &Args, env: Env<'_>) -> Result<String, String> {
         ));
     }
     Ok(out.trim_end().to_string())
+}
+
+/// Calls `method` on the running gateway over HTTP (`POST /api/rpc/<method>`, the token from
+/// the config or the state directory); the answer, or its error's message.
+fn rpc(
+    args: &Args,
+    env: Env<'_>,
+    method: &str,
+    params: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let (cfg, state_dir) = client_config(args, env)?;
+    let secret = cfg
+        .auth
+        .token
+        .clone()
+        .or(cfg.auth.password.clone())
+        .ok_or_else(|| {
+            format!(
+                "no token: none configured and none in {}",
+                state::token_path(&state_dir).display()
+            )
+        })?;
+    let addr = local_addr(&cfg);
+    let (code, body) = http_post_body(
+        addr,
+        &format!("/api/rpc/{method}"),
+        &secret,
+        params.to_string().as_bytes(),
+        Duration::from_secs(10),
+    )
+    .map_err(|e| format!("cannot reach the gateway at {addr}: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        format!("gateway at {addr} answered {code} with a body that is not JSON: {e}")
+    })?;
+    if code != 200 {
+        let msg = v["error"]["message"].as_str().unwrap_or("no message");
+        return Err(msg.to_string());
+    }
+    Ok(v)
+}
+
+/// `keel cron list|add|run|rm`: `cron.list`, `cron.add`, `cron.run`, `cron.remove` on the
+/// running gateway.
+fn cron(args: &Args, env: Env<'_>) -> i32 {
+    match cron_inner(args, env) {
+        Ok(out) => {
+            println!("{out}");
+            0
+        }
+        Err(e) => {
+            eprintln!("keel cron: {e}");
+            1
+        }
+    }
+}
+
+/// The `cron.add` params `keel cron add`'s flags stand for.
+pub fn cron_add_params(args: &Args) -> Result<serde_json::Value, String> {
+    use serde_json::json;
+    let flag = |k: &str| {
+        args.cron
+            .iter()
+            .rev()
+            .find(|(f, _)| f == k)
+            .map(|(_, v)| v.clone())
+    };
+    let name = flag("name").ok_or("--name is required")?;
+    let message = flag("message").ok_or("--message is required")?;
+    let schedule = match (flag("every"), flag("cron"), flag("at")) {
+        (Some(e), None, None) => {
+            let d = crate::config::cron::duration(&json!(e))
+                .map_err(|why| format!("--every: {why}"))?
+                .ok_or("--every: must be more than zero")?;
+            json!({"kind": "every", "everyMs": d.as_millis() as u64})
+        }
+        (None, Some(expr), None) => json!({"kind": "cron", "expr": expr, "tz": flag("tz")}),
+        (None, None, Some(at)) => json!({"kind": "at", "at": at}),
+        _ => return Err("give one of --every, --cron or --at".into()),
+    };
+    let mut payload = json!({"kind": "agentTurn", "message": message});
+    if let Some(t) = flag("timeout") {
+        let t: u64 = t
+            .parse()
+            .map_err(|_| "--timeout: seconds, a whole number")?;
+        payload["timeoutSeconds"] = json!(t);
+    }
+    let mut p = json!({
+        "name": name,
+        "schedule": schedule,
+        "payload": payload,
+        "sessionTarget": flag("session").unwrap_or_else(|| "isolated".into()),
+    });
+    if let Some(a) = &args.agent {
+        p["agentId"] = json!(a);
+    }
+    if let Some(ch) = flag("channel") {
+        p["delivery"] = json!({"mode": "announce", "channel": ch, "to": flag("to"),
+                               "accountId": args.account});
+    }
+    Ok(p)
+}
+
+fn cron_inner(args: &Args, env: Env<'_>) -> Result<String, String> {
+    use serde_json::json;
+    let words: Vec<&str> = args.rest.iter().map(String::as_str).collect();
+    let (method, params) = match words.as_slice() {
+        ["list"] => ("cron.list", json!({"includeDisabled": true, "limit": 1000})),
+        ["add"] => ("cron.add", cron_add_params(args)?),
+        ["run", id] => ("cron.run", json!({"id": id, "mode": "force"})),
+        ["rm" | "remove", id] => ("cron.remove", json!({"id": id})),
+        _ => return Err("usage: keel cron list | add … | run ID | rm ID (keel --help)".into()),
+    };
+    let v = rpc(args, env, method, &params)?;
+    let p = &v["payload"];
+    if args.json {
+        return Ok(serde_json::to_string_pretty(p).unwrap_or_default());
+    }
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    Ok(match method {
+        "cron.add" => format!(
+            "added {} ({}), next run {}",
+            s(&p["id"]),
+            s(&p["name"]),
+            s(&p["nextRunAt"])
+        ),
+        "cron.run" if p["ran"] == true => format!("started run {}", s(&p["runId"])),
+        "cron.run" => format!("not run: {}", s(&p["reason"])),
+        "cron.remove" => format!("removed {}", s(&p["id"])),
+        _ => {
+            let jobs = p["jobs"].as_array().cloned().unwrap_or_default();
+            if jobs.is_empty() {
+                return Ok("no cron jobs".into());
+            }
+            let mut out = String::from(
+                "ID                                    ENABLED  NEXT RUN                  LAST     NAME\n",
+            );
+            for j in jobs {
+                let enabled = if j["enabled"] == true {
+                    "yes"
+                } else if j["broken"] == true {
+                    "BROKEN"
+                } else {
+                    "no"
+                };
+                out.push_str(&format!(
+                    "{:<37} {:<8} {:<25} {:<8} {}{}\n",
+                    s(&j["id"]),
+                    enabled,
+                    s(&j["nextRunAt"]),
+                    s(&j["lastRunStatus"]),
+                    s(&j["name"]),
+                    j["disabledReason"]
+                        .as_str()
+                        .map(|r| format!("  ({r})"))
+                        .unwrap_or_default(),
+                ));
+            }
+            out.trim_end().to_string()
+        }
+    })
 }
 
 /// `keel dashboard`: the URL to open, as `openclaw dashboard --no-open` prints it for a

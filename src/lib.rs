@@ -12,6 +12,7 @@ pub mod cancel;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod cron;
 pub mod delivery;
 pub mod digest;
 pub mod error;

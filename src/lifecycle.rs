@@ -221,6 +221,7 @@ fn run(
     shared.delivery.start();
     shared.ui.start();
     shared.inbound.start();
+    shared.cron.start();
     log::info!(
         "keel {} listening on {local} ({cpu} cpu workers, {io} io workers, nice {nice})",
         crate::VERSION
@@ -377,4 +378,5 @@ pub fn reload(shared: &Shared) {
     // Channel accounts added, removed or changed: their pollers follow (on a thread of their
     // own; this one stays free for signals).
     shared.inbound.reconfigure();
+    shared.cron.reconfigure();
 }

@@ -53,6 +53,8 @@ pub struct Shared {
     pub ui: Arc<crate::ui::ControlUi>,
     /// Chat channels in: the ingress queue, its dispatcher, the transports, pairing.
     pub inbound: Arc<crate::inbound::service::Service>,
+    /// The scheduler: cron jobs, heartbeats, their receipts.
+    pub cron: Arc<crate::cron::service::Cron>,
     pub notifier: Notifier,
     /// Hidden `keel.test.*` methods are served only when `KEEL_TEST_HOOKS=1` at boot.
     pub test_hooks: bool,
@@ -132,6 +134,14 @@ impl Shared {
                 test_hooks: p.test_hooks,
             },
         ));
+        let cron = Arc::new(crate::cron::service::Cron::new(
+            crate::cron::service::Handles {
+                config: config_cell.clone(),
+                lifecycle: lifecycle.clone(),
+                runs: runs.clone(),
+                state_dir: p.state_dir.clone(),
+            },
+        ));
         Shared {
             started: now,
             started_wall_ms: clock::wall_ms(),
@@ -149,6 +159,7 @@ impl Shared {
             delivery,
             ui,
             inbound,
+            cron,
             notifier: p.notifier,
             test_hooks: p.test_hooks,
             listen: OnceLock::new(),
@@ -197,6 +208,7 @@ impl Shared {
     pub fn begin_drain(&self, now: Instant) -> bool {
         // Transports stop first: nothing new is received while the rest drains.
         self.inbound.begin_stop();
+        self.cron.begin_stop();
         self.jobs.begin_drain(now)
     }
 
@@ -268,6 +280,7 @@ impl Shared {
             Box::new(self.runs.clone()),
             Box::new(self.sessions.clone()),
             Box::new(self.ui.clone()),
+            Box::new(self.cron.clone()),
         ]
     }
 
@@ -374,6 +387,7 @@ impl Shared {
         }
         r.extend(self.config().readiness_reasons());
         r.extend(self.inbound.readiness_notes());
+        r.extend(self.cron.overdue_notes());
         r
     }
 
@@ -460,6 +474,7 @@ impl Shared {
         self.delivery.render_metrics(&mut out);
         self.ui.render_metrics(&mut out);
         self.inbound.render_metrics(&mut out);
+        self.cron.render_metrics(&mut out);
         crate::idempotency::render_metrics(
             &mut out,
             &[
@@ -531,6 +546,7 @@ impl Shared {
             "delivery": self.delivery.status_json(),
             "controlUi": self.ui.status_json(),
             "inbound": self.inbound.status_json(),
+            "cron": self.cron.status_json(),
             "heartbeat": {"defaultAgentId": "main", "agents": []},
             "channelSummary": [],
             "queuedSystemEvents": [],

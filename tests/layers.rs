@@ -45,6 +45,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("agent", 6),
     // Chat channels in: they start runs and deliver replies.
     ("inbound", 6),
+    // The scheduler: it starts runs and delivers their replies.
+    ("cron", 6),
     // The application: the method table, the gateway value and its views.
     ("api", 7),
     ("runtime", 7),

@@ -232,6 +232,41 @@ async function checkChat(page, w) {
   log(`chat: reply shown (chat.send answered ${sent?.ok ? 'ok' : JSON.stringify(sent?.error)})`);
 }
 
+/**
+ * The Automations page: a job added over HTTP and run once (its receipt finished `ok`) is
+ * listed by name with its last run shown as ok.
+ */
+async function seedJob(port) {
+  const name = 'browser-test-pulse';
+  const job = await rpc(port, 'cron.add', {
+    name, schedule: { kind: 'every', everyMs: 3_600_000 }, sessionTarget: 'isolated',
+    payload: { kind: 'agentTurn', message: 'A scheduled turn from the browser test' },
+  });
+  const ran = await rpc(port, 'cron.run', { id: job.id, mode: 'force' });
+  if (!ran.ran) fail(`cron.run did not start a run: ${JSON.stringify(ran)}`);
+  await until('the scheduled run to finish ok', async () => {
+    const runs = await rpc(port, 'cron.runs', { id: job.id });
+    return runs.entries.find((e) => e.status === 'ok');
+  });
+  log(`automations: job ${job.id} added and run once`);
+  return { id: job.id, name };
+}
+
+async function checkAutomations(page, w, job) {
+  const listed = await until('cron.list with the job on the Automations page', () =>
+    w.answers.filter((a) => a.method === 'cron.list' && a.ok).flatMap((a) => a.payload?.jobs ?? [])
+      .find((j) => j.id === job.id));
+  if (listed.lastRunStatus !== 'ok') fail(`cron.list gave the page lastRunStatus ${listed.lastRunStatus}`);
+  await page.getByText(job.name, { exact: false }).first()
+    .waitFor({ state: 'visible', timeout: BOUND_MS })
+    .catch(() => fail(`the Automations page does not show the job "${job.name}"`));
+  await page.locator('.cron-last-glyph--ok').first()
+    .waitFor({ state: 'visible', timeout: BOUND_MS })
+    .catch(() => fail('the Automations page does not show the job\'s last run as ok'));
+  await page.screenshot({ path: path.join(OUT, 'automations-job.png') });
+  log(`automations: "${job.name}" listed with its last run ok`);
+}
+
 async function main() {
   fs.mkdirSync(OUT, { recursive: true });
   const provider = await fakeProvider();
@@ -253,7 +288,9 @@ async function main() {
     await visit(page, w, port, '/chat', 'chat');
     await checkChat(page, w);
     await visit(page, w, port, '/logs', 'logs');
+    const job = await seedJob(port);
     await visit(page, w, port, '/automations', 'automations');
+    await checkAutomations(page, w, job);
     await visit(page, w, port, '/settings/connection', 'connection');
 
     // A reload: connected again from what the page stored, once.

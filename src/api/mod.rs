@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod chat_ui;
+pub mod cron;
 pub mod delivery;
 pub mod inbound;
 pub mod inbound_telegram;
@@ -207,7 +208,7 @@ const METHODS: &[Method] = &[
     },
     // ---- Dashboard: the common and system methods every page calls (api::ui, api::system).
     // What keel has, from its config and its own measurements; for what it has not
-    // (approvals, cron, boards, …), OpenClaw's empty answer of the same shape.
+    // (approvals, boards, …), OpenClaw's empty answer of the same shape.
     Method {
         name: "agents.list",
         kind: Kind::Now,
@@ -315,24 +316,6 @@ const METHODS: &[Method] = &[
         name: "environments.list",
         kind: Kind::Now,
         handler: Handler::Inline(ui::environments_list),
-        hidden: false,
-    },
-    Method {
-        name: "cron.list",
-        kind: Kind::Now,
-        handler: Handler::Inline(ui::cron_list),
-        hidden: false,
-    },
-    Method {
-        name: "cron.status",
-        kind: Kind::Now,
-        handler: Handler::Inline(ui::cron_status),
-        hidden: false,
-    },
-    Method {
-        name: "cron.runs",
-        kind: Kind::Now,
-        handler: Handler::Inline(ui::cron_runs),
         hidden: false,
     },
     Method {
@@ -525,6 +508,55 @@ const METHODS: &[Method] = &[
         name: "channels.pairing.dismiss",
         kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
         handler: Handler::Work(|sh, p| inbound::dashboard_dismiss(&sh.inbound, p)),
+        hidden: false,
+    },
+    // ---- cron: the scheduler (api::cron, cron::service); the Automations page and `keel cron` ----
+    Method {
+        name: "cron.list",
+        kind: job(PoolKind::Cpu, Lane::Interactive, Duration::from_secs(5)),
+        handler: Handler::Work(|sh, p| cron::list(&sh.cron, p)),
+        hidden: false,
+    },
+    Method {
+        name: "cron.status",
+        kind: job(PoolKind::Cpu, Lane::Interactive, Duration::from_secs(5)),
+        handler: Handler::Work(|sh, p| cron::status(&sh.cron, p)),
+        hidden: false,
+    },
+    Method {
+        name: "cron.get",
+        kind: job(PoolKind::Cpu, Lane::Interactive, Duration::from_secs(5)),
+        handler: Handler::Work(|sh, p| cron::get(&sh.cron, p)),
+        hidden: false,
+    },
+    Method {
+        name: "cron.runs",
+        kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(|sh, p| cron::runs(&sh.cron, p)),
+        hidden: false,
+    },
+    Method {
+        name: "cron.add",
+        kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(|sh, p| cron::add(&sh.cron, p)),
+        hidden: false,
+    },
+    Method {
+        name: "cron.update",
+        kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(|sh, p| cron::update(&sh.cron, p)),
+        hidden: false,
+    },
+    Method {
+        name: "cron.remove",
+        kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(|sh, p| cron::remove(&sh.cron, p)),
+        hidden: false,
+    },
+    Method {
+        name: "cron.run",
+        kind: job(PoolKind::Io, Lane::Interactive, Duration::from_secs(10)),
+        handler: Handler::Work(|sh, p| cron::run(&sh.cron, p)),
         hidden: false,
     },
     Method {

@@ -1,7 +1,7 @@
 //! What OpenClaw's dashboard (the Control UI) calls on every page, answered from what keel
 //! has: its agents from the config, each agent's identity, the providers' credentials (whether
 //! one is configured, never its value), and — for the features keel does not have (approvals,
-//! questions, cron, plugins, boards, tasks, talk, …) — the empty answer OpenClaw itself gives
+//! questions, plugins, boards, tasks, talk, …) — the empty answer OpenClaw itself gives
 //! when it has none, in OpenClaw's shape, so the dashboard's panels render "nothing here"
 //! instead of an error.
 //!
@@ -336,25 +336,11 @@ pub fn viewers_set(shared: &Arc<Shared>, p: &Value, _caller: &ReplyTo) -> Result
 
 /// An empty answer of OpenClaw's shape: for what keel does not have.
 pub fn empty(method: &str, p: &Value, instance_id: &str) -> Value {
-    let limit = p.get("limit").and_then(Value::as_u64).unwrap_or(50);
-    let offset = p.get("offset").and_then(Value::as_u64).unwrap_or(0);
     match method {
         "exec.approval.list" | "plugin.approval.list" | "openclaw.approval.list" => json!([]),
         "question.list" => json!({"questions": []}),
         "node.list" => json!({"ts": crate::clock::wall_ms(), "nodes": []}),
         "environments.list" => json!({"environments": []}),
-        "cron.list" => json!({
-            "jobs": [], "total": 0, "offset": offset, "limit": limit,
-            "hasMore": false, "nextOffset": null,
-        }),
-        "cron.status" => json!({
-            "enabled": false, "triggersEnabled": false, "storePath": null, "storage": null,
-            "jobs": 0, "nextWakeAtMs": null,
-        }),
-        "cron.runs" => json!({
-            "entries": [], "total": 0, "offset": offset, "limit": limit,
-            "hasMore": false, "nextOffset": null,
-        }),
         "plugins.controlUi.list" => json!({"revision": "none", "plugins": [], "diagnostics": []}),
         "sessions.groups.list" => json!({"groups": [], "sectionOrder": []}),
         "sessions.groups.defaults" => json!({"defaults": []}),
@@ -439,9 +425,6 @@ empty_methods! {
     question_list => "question.list",
     node_list => "node.list",
     environments_list => "environments.list",
-    cron_list => "cron.list",
-    cron_status => "cron.status",
-    cron_runs => "cron.runs",
     plugins_control_ui_list => "plugins.controlUi.list",
     sessions_groups_list => "sessions.groups.list",
     sessions_groups_defaults => "sessions.groups.defaults",
@@ -469,11 +452,6 @@ mod tests {
             assert!(!empty(m, &json!({}), "boot").is_null(), "{m} has no answer");
         }
         assert!(empty("no.such.method", &json!({}), "boot").is_null());
-        let page = empty("cron.runs", &json!({"limit": 7, "offset": 3}), "boot");
-        assert_eq!(
-            (page["limit"].as_u64(), page["offset"].as_u64()),
-            (Some(7), Some(3))
-        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod agents;
 pub mod channels;
+pub mod cron;
 pub mod inbound;
 pub mod inbound_webhooks;
 pub mod live;
@@ -284,6 +285,8 @@ pub struct Config {
     pub inbound_webhooks: inbound_webhooks::InboundWebhooks,
     /// `gateway.controlUi`: the dashboard's files and bootstrap config.
     pub control_ui: ui::ControlUi,
+    /// `cron.*` and the agents' heartbeats: the scheduler.
+    pub cron: cron::CronConfig,
     pub disabled: Vec<Disabled>,
 }
 
@@ -346,6 +349,7 @@ impl Default for Config {
                 ..Default::default()
             },
             control_ui: ui::ControlUi::default(),
+            cron: cron::CronConfig::default(),
             disabled: Vec::new(),
         }
     }
@@ -466,7 +470,6 @@ const OPENCLAW_UNSUPPORTED: &[&str] = &[
     "browser",
     "diagnostics",
     "update",
-    "cron",
     "discovery",
     "talk",
     "broadcast",
@@ -569,7 +572,7 @@ impl Validator {
             "",
             &[
                 "gateway", "hooks", "models", "agents", "tools", "meta", "logging", "channels",
-                "session", "bindings",
+                "session", "bindings", "cron",
             ],
             OPENCLAW_UNSUPPORTED,
         );
@@ -623,6 +626,18 @@ impl Validator {
         }
         let (agents, issues) = agents::parse(root);
         self.config.agents = agents;
+        for (path, msg) in issues {
+            self.disable(&path, msg);
+        }
+        let ids: Vec<crate::ids::AgentId> = self
+            .config
+            .agents
+            .agents
+            .iter()
+            .map(|a| a.id.clone())
+            .collect();
+        let (cron, issues) = cron::parse(root, &ids, &self.config.agents.default_agent_id());
+        self.config.cron = cron;
         for (path, msg) in issues {
             self.disable(&path, msg);
         }

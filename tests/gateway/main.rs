@@ -3,6 +3,7 @@
 mod binary;
 mod common;
 mod config;
+mod cron;
 mod delivery;
 mod fake_provider;
 mod fake_telegram;

@@ -365,7 +365,8 @@ fn every_page_load_method_answers_with_openclaws_shape_and_no_secret() {
     assert_eq!(a("exec.approval.list"), json!([]));
     assert_eq!(a("question.list"), json!({"questions": []}));
     assert_eq!(a("sessions.observer.visibility"), json!({"ok": true}));
-    assert_eq!(a("cron.status")["enabled"], false);
+    // The scheduler, with no job yet.
+    assert_eq!(a("cron.status")["enabled"], true);
     assert_eq!(a("cron.status")["jobs"], 0);
     assert_eq!(a("cron.list")["jobs"], json!([]));
     assert_eq!(a("cron.runs")["total"], 0);
