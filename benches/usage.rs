@@ -1233,24 +1233,5 @@ fn wait_fresh(o: &Opts, addr: SocketAddr, t_port: Instant) -> Result<(String, Fr
 }
 
 fn main() {
-    steady_client_allocator();
     bench_main("usage", parse_opts, usage, run);
 }
-
-/// The bench reads answers of megabytes and parses them; with glibc's defaults each call's
-/// buffers came from fresh mappings or a re-grown heap (thousands of page faults per call,
-/// some of them inside the timed read), so the client's own allocator showed up in keel's
-/// latency. Big allocations stay in the heap and the heap is not trimmed: what is timed is
-/// keel and the socket, as it would be for a browser on another machine.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn steady_client_allocator() {
-    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn steady_client_allocator() {}
