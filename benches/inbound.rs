@@ -538,6 +538,53 @@ impl Poster {
     }
 }
 
+/// One webhook phase: `ids` POSTed by [`post_batch`] (problems reported under `label`), then
+/// waited for until every run started and every reply came; when the last run started.
+fn webhook_phase(
+    label: &str,
+    ids: &[i64],
+    poster: Poster,
+    body: fn(i64, usize) -> Value,
+    durable: bool,
+    (o, provider, tg, wrong, hard_end): (&Opts, &FakeProvider, &FakeTg, &Wrong, Instant),
+) -> (Posted, Option<Instant>) {
+    let replies_before = tg.st().replies;
+    let posted = post_batch(ids, o.conns, poster, body, durable, hard_end);
+    for e in &posted.errors {
+        wrong.push(format!("{label}: {e}"));
+    }
+    let runs_end = match wait_runs(provider, tg, ids, replies_before, hard_end) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            wrong.push(format!("{label}: {e}"));
+            None
+        }
+    };
+    (posted, runs_end)
+}
+
+/// Prints a webhook phase's figures; `what` has one `{}` for the count of POSTs.
+fn print_posted(what: &str, posted: &Posted, runs_end: Option<Instant>, conns: usize) {
+    let window = posted.end.saturating_duration_since(posted.start);
+    println!(
+        "  {} over {conns} keep-alive connections in {:.3} s: {:.0} messages/s; POST p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        what.replacen("{}", &posted.lat.len().to_string(), 1),
+        window.as_secs_f64(),
+        per_second(posted.lat.len() as u64, window),
+        p(&posted.lat, 50.0),
+        p(&posted.lat, 99.0),
+        p(&posted.lat, 100.0)
+    );
+    if let Some(t) = runs_end {
+        let w = t.saturating_duration_since(posted.start);
+        println!(
+            "    their runs all started {:.3} s after the first POST ({:.0} runs/s)",
+            w.as_secs_f64(),
+            per_second(posted.lat.len() as u64, w)
+        );
+    }
+}
+
 /// What [`post_batch`] saw: each accepted POST's latency (sorted), problems, when it began and
 /// when the last poster finished.
 struct Posted {
@@ -708,52 +755,25 @@ fn run(o: &Opts) -> Result<i32, String> {
         }
     };
 
-    // 2. Webhook.
-    let replies_before = tg.st().replies;
+    // 2. Webhook; 3. Slack's Events API route.
     let hook_ids: Vec<i64> = (0..o.messages).map(|_| tg.take_id()).collect();
-    let hook = post_batch(
+    let (hook, hook_runs_end) = webhook_phase(
+        "webhook",
         &hook_ids,
-        o.conns,
         Poster::new(keel.addr, "/tg-hook", tg_hook_headers),
         |id, n| update(id, 1_000 + (n as i64 % SENDERS)),
         true,
-        hard_end,
+        (o, &provider, &tg, &wrong, hard_end),
     );
-    for e in &hook.errors {
-        wrong.push(format!("webhook: {e}"));
-    }
-    let (hook_start, hook_end, hook_lat) = (hook.start, hook.end, hook.lat);
-    let hook_window = hook_end.saturating_duration_since(hook_start);
-    let hook_runs_end = match wait_runs(&provider, &tg, &hook_ids, replies_before, hard_end) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            wrong.push(format!("webhook: {e}"));
-            None
-        }
-    };
-
-    // 3. Slack's Events API route.
-    let replies_before = tg.st().replies;
     let slack_ids: Vec<i64> = (0..o.messages).map(|_| tg.take_id()).collect();
-    let slack = post_batch(
+    let (slack, slack_runs_end) = webhook_phase(
+        "slack",
         &slack_ids,
-        o.conns,
         Poster::new(keel.addr, "/slack/events", slack_headers),
         |id, n| slack_event(id, 1_000 + (n as i64 % SENDERS)),
         false,
-        hard_end,
+        (o, &provider, &tg, &wrong, hard_end),
     );
-    for e in &slack.errors {
-        wrong.push(format!("slack: {e}"));
-    }
-    let slack_window = slack.end.saturating_duration_since(slack.start);
-    let slack_runs_end = match wait_runs(&provider, &tg, &slack_ids, replies_before, hard_end) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            wrong.push(format!("slack: {e}"));
-            None
-        }
-    };
 
     // 4. Load: messages over every polling account, /healthz probed.
     let replies_before = tg.st().replies;
@@ -858,42 +878,13 @@ fn run(o: &Opts) -> Result<i32, String> {
             per_second(poll_ids.len() as u64, w)
         );
     }
-    println!(
-        "  webhook: {} POSTs over {} keep-alive connections in {:.3} s: {:.0} messages/s; POST p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        hook_lat.len(),
+    print_posted("webhook: {} POSTs", &hook, hook_runs_end, o.conns);
+    print_posted(
+        "Slack Events API: {} signed POSTs to /slack/events",
+        &slack,
+        slack_runs_end,
         o.conns,
-        hook_window.as_secs_f64(),
-        per_second(hook_lat.len() as u64, hook_window),
-        p(&hook_lat, 50.0),
-        p(&hook_lat, 99.0),
-        p(&hook_lat, 100.0)
     );
-    if let Some(t) = hook_runs_end {
-        let w = t.saturating_duration_since(hook_start);
-        println!(
-            "    their runs all started {:.3} s after the first POST ({:.0} runs/s)",
-            w.as_secs_f64(),
-            per_second(hook_ids.len() as u64, w)
-        );
-    }
-    println!(
-        "  Slack Events API: {} signed POSTs to /slack/events over {} keep-alive connections in {:.3} s: {:.0} messages/s; POST p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        slack.lat.len(),
-        o.conns,
-        slack_window.as_secs_f64(),
-        per_second(slack.lat.len() as u64, slack_window),
-        p(&slack.lat, 50.0),
-        p(&slack.lat, 99.0),
-        p(&slack.lat, 100.0)
-    );
-    if let Some(t) = slack_runs_end {
-        let w = t.saturating_duration_since(slack.start);
-        println!(
-            "    their runs all started {:.3} s after the first POST ({:.0} runs/s)",
-            w.as_secs_f64(),
-            per_second(slack_ids.len() as u64, w)
-        );
-    }
     println!();
     println!(
         "== (b), (c) {} s: {} messages/s over {} polling accounts, /healthz at {}/s (open loop) ==",
