@@ -410,6 +410,25 @@ pub fn agent_prefix(agent: &str) -> String {
 /// blob's length and creation time.
 pub fn scan(conn: &Connection, agent: &str, ino: u64) -> rusqlite::Result<Listing> {
     let mut out = Vec::new();
+    // One listed source: its table's rows as one virtual file (see [`Source::rel`]).
+    let seen = |session_id: String, table: Table, kind: FileKind, size: u64, mtime_ns: i64| {
+        let src = Source {
+            agent: agent.to_string(),
+            session_id: session_id.clone(),
+            table,
+        };
+        Seen {
+            rel: src.rel(),
+            agent: agent.to_string(),
+            session_id,
+            kind,
+            ident: FileIdent {
+                ino,
+                size,
+                mtime_ns,
+            },
+        }
+    };
     let mut names = std::collections::HashSet::new();
     // One transaction, so the three lists agree; it ends before this returns.
     let tx = conn.unchecked_transaction()?;
@@ -422,22 +441,13 @@ pub fn scan(conn: &Connection, agent: &str, ino: u64) -> rusqlite::Result<Listin
             let sid: String = r.get(0)?;
             let count: i64 = r.get(1)?;
             let max: i64 = r.get(2)?;
-            let src = Source {
-                agent: agent.to_string(),
-                session_id: sid.clone(),
-                table: Table::Events,
-            };
-            out.push(Seen {
-                rel: src.rel(),
-                agent: agent.to_string(),
-                session_id: sid,
-                kind: FileKind::Live,
-                ident: FileIdent {
-                    ino,
-                    size: max.saturating_add(1).max(0) as u64,
-                    mtime_ns: count,
-                },
-            });
+            out.push(seen(
+                sid,
+                Table::Events,
+                FileKind::Live,
+                max.saturating_add(1).max(0) as u64,
+                count,
+            ));
         }
         let mut st = tx.prepare(
             "SELECT session_id, generation, reason, length(archive_blob), created_at, archive_name FROM session_transcript_archives",
@@ -450,26 +460,17 @@ pub fn scan(conn: &Connection, agent: &str, ino: u64) -> rusqlite::Result<Listin
             let len: i64 = r.get(3)?;
             let created: i64 = r.get(4)?;
             names.insert(r.get::<_, String>(5)?);
-            let src = Source {
-                agent: agent.to_string(),
-                session_id: sid.clone(),
-                table: Table::Archive { generation },
-            };
-            out.push(Seen {
-                rel: src.rel(),
-                agent: agent.to_string(),
-                session_id: sid,
-                kind: if reason == "deleted" {
+            out.push(seen(
+                sid,
+                Table::Archive { generation },
+                if reason == "deleted" {
                     FileKind::Deleted
                 } else {
                     FileKind::Reset
                 },
-                ident: FileIdent {
-                    ino,
-                    size: len.max(0) as u64,
-                    mtime_ns: created,
-                },
-            });
+                len.max(0) as u64,
+                created,
+            ));
         }
         let mut st = tx.prepare(
             "SELECT session_id, archive_bytes, last_seq FROM session_transcript_cold_archives",
@@ -479,22 +480,13 @@ pub fn scan(conn: &Connection, agent: &str, ino: u64) -> rusqlite::Result<Listin
             let sid: String = r.get(0)?;
             let bytes: i64 = r.get(1)?;
             let last: i64 = r.get(2)?;
-            let src = Source {
-                agent: agent.to_string(),
-                session_id: sid.clone(),
-                table: Table::Cold,
-            };
-            out.push(Seen {
-                rel: src.rel(),
-                agent: agent.to_string(),
-                session_id: sid,
-                kind: FileKind::Live,
-                ident: FileIdent {
-                    ino,
-                    size: bytes.max(0) as u64,
-                    mtime_ns: last,
-                },
-            });
+            out.push(seen(
+                sid,
+                Table::Cold,
+                FileKind::Live,
+                bytes.max(0) as u64,
+                last,
+            ));
         }
     }
     let mut ids = std::collections::HashSet::new();
