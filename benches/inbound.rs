@@ -331,31 +331,19 @@ fn tg_handle(mut s: TcpStream, st: &(Mutex<TgState>, Condvar)) {
             200,
             r#"{"ok":true,"result":{"id":999,"is_bot":true,"first_name":"Bench","username":"bench_bot"}}"#,
         ),
-        "sendMessage" => {
+        // A reply: Telegram's, or Slack's Web API under `/slack/` (the token part is `slack`).
+        "sendMessage" | "chat.postMessage" => {
             let n = {
                 let mut g = lock(m);
                 g.replies += 1;
                 g.replies
             };
-            tg_respond(
-                &mut s,
-                200,
-                &json!({"ok": true, "result": {"message_id": n}}).to_string(),
-            );
-        }
-        // Slack's Web API, under `/slack/` (the token part is `slack`).
-        "chat.postMessage" => {
-            let n = {
-                let mut g = lock(m);
-                g.replies += 1;
-                g.replies
+            let answer = if method == "sendMessage" {
+                json!({"ok": true, "result": {"message_id": n}})
+            } else {
+                json!({"ok": true, "channel": body["channel"], "ts": format!("1700000000.{n:06}")})
             };
-            tg_respond(
-                &mut s,
-                200,
-                &json!({"ok": true, "channel": body["channel"], "ts": format!("1700000000.{n:06}")})
-                    .to_string(),
-            );
+            tg_respond(&mut s, 200, &answer.to_string());
         }
         "setWebhook" => {
             lock(m).webhooks += 1;
